@@ -1,0 +1,150 @@
+"""Typed job config: the file data engineers edit (TOML under deploy/config/).
+
+Every model is frozen and rejects unknown keys; each field documents its unit and default.
+`load_config` turns any problem into ConfigError naming the field and the fix, before a job starts.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KafkaConfig(_Strict):
+    bootstrap_servers: str = "127.0.0.1:19092"
+    """host:port list of the brokers."""
+    interactions_topic: str = "interactions"
+    items_topic: str = "items"
+    dlq_topic: str = "interactions.dlq"
+    group_id: str = "streamrank-recommend"
+    startup_mode: Literal["earliest-offset", "latest-offset", "group-offsets"] = "earliest-offset"
+    """Where the job starts reading when it has no checkpoint."""
+    bounded: bool = False
+    """Stop at the offsets that were latest when the job started (tests, backfills)."""
+
+
+class RedisConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(16379, ge=1, le=65535)
+    rec_ttl_s: int = Field(7 * 86400, ge=0)
+    """TTL of rec:{user} and feat:{user} keys in seconds; 0 keeps them forever."""
+
+
+class FeatureConfig(_Strict):
+    micro_batch_s: float = Field(2.0, gt=0, le=3600)
+    """Event-time tumbling window (s) in which Flink aggregates a user's events before scoring."""
+    out_of_orderness_s: float = Field(5.0, ge=0)
+    """Watermark delay (s): how late an event may arrive and still be counted."""
+    short_half_life_s: float = Field(3600.0, gt=0)
+    """Half-life (s) of the short-term frequency counters (default 1 h)."""
+    long_half_life_s: float = Field(86400.0, gt=0)
+    """Half-life (s) of the daily frequency counters (default 24 h)."""
+    monetary_half_life_s: float = Field(7 * 86400.0, gt=0)
+    """Half-life (s) of purchase value and count (default 7 d)."""
+    interest_half_life_s: float = Field(86400.0, gt=0)
+    """Half-life (s) of category affinity (default 24 h)."""
+    item_half_life_s: float = Field(3600.0, gt=0)
+    """Half-life (s) of item popularity used for trending candidates (default 1 h)."""
+    max_items_per_user: int = Field(50, ge=1, le=1000)
+    """How many of a user's recent items the state keeps (repeat candidates)."""
+
+
+class CandidateConfig(_Strict):
+    trending: int = Field(100, ge=1, le=5000)
+    """Globally trending items offered to every user."""
+    per_category: int = Field(20, ge=0, le=1000)
+    """Trending items from each of the user's top categories."""
+    top_categories: int = Field(3, ge=0, le=20)
+    own_history: int = Field(20, ge=0, le=1000)
+    """The user's own recent items (repeat purchases are common in retail)."""
+    refresh_s: float = Field(2.0, gt=0)
+    """How often a scorer reloads trending sets from Redis (s)."""
+
+
+class ScoringConfig(_Strict):
+    top_k: int = Field(25, ge=1, le=500)
+    """Length of each user's list in rec:{user}."""
+    model_dir: str = "var/models/current"
+    """Model directory (model.onnx + card.json); relative paths are from the project root."""
+
+
+class FlinkConfig(_Strict):
+    parallelism: int = Field(1, ge=1, le=256)
+    checkpoint_interval_s: float = Field(10.0, gt=0)
+    python_bundle_size: int = Field(10000, ge=1)
+    """Rows per Python bundle: Python is crossed in batches of up to this many rows."""
+    python_bundle_time_ms: int = Field(500, ge=1)
+    """Longest a row waits for its bundle (ms): bounds added latency."""
+    extra: dict[str, str] = {}
+    """Raw Flink options passed through unchanged (e.g. state.backend.type)."""
+
+
+class JobConfig(_Strict):
+    """The recommend job's config file (deploy/config/*.toml)."""
+
+    kafka: KafkaConfig = KafkaConfig()
+    redis: RedisConfig = RedisConfig()
+    features: FeatureConfig = FeatureConfig()
+    candidates: CandidateConfig = CandidateConfig()
+    scoring: ScoringConfig = ScoringConfig()
+    flink: FlinkConfig = FlinkConfig()
+
+    @model_validator(mode="after")
+    def _micro_batch_fits(self) -> JobConfig:
+        if self.features.micro_batch_s > self.features.short_half_life_s:
+            raise ValueError(
+                "features.micro_batch_s must not exceed features.short_half_life_s"
+            )
+        return self
+
+
+class ConfigError(ValueError):
+    """A config file that cannot run; the message names the field and the fix."""
+
+
+def _describe(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config {source}:"]
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            fix = "remove it or check its spelling (see deploy/config/README.md for the fields)"
+            lines.append(f"  {where}: unknown key; {fix}")
+        else:
+            lines.append(f"  {where}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict, source: str = "<dict>") -> JobConfig:
+    try:
+        return JobConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_describe(err, source)) from None
+
+
+def load_config(path: str | Path | None, overrides: dict | None = None) -> JobConfig:
+    """Load a TOML config file (None: all defaults), then apply dotted overrides.
+
+    overrides maps "section.field" to a value, e.g. {"redis.port": 6380}.
+    """
+    data: dict = {}
+    source = "<defaults>"
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        try:
+            data = tomllib.loads(p.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {p} not found; pass an existing file") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
+    for dotted, value in (overrides or {}).items():
+        section, _, name = dotted.partition(".")
+        data.setdefault(section, {})[name] = value
+    return parse_config(data, source)

@@ -1,0 +1,97 @@
+"""Redis key layout and value encoding, shared by the job's writer and the gRPC service.
+
+- `rec:{user}`   JSON RecList: ranked items with scores, model version, feature timestamp.
+- `feat:{user}`  JSON user feature state (see udfs.features.UserState).
+- `trending`     sorted set item_id -> forward-decayed popularity (global candidates, fallback).
+- `trending:cat:{category}` the same per category.
+- `item:meta`    hash item_id -> JSON {"category", "price"} from the `items` topic.
+
+Writes of rec/feat are guarded by the feature timestamp in a Lua script, so a replay after
+recovery never moves a key backwards.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+TRENDING = "trending"
+ITEM_META = "item:meta"
+
+
+def rec_key(user_id: str) -> str:
+    return f"rec:{user_id}"
+
+
+def feat_key(user_id: str) -> str:
+    return f"feat:{user_id}"
+
+
+def trending_category_key(category: str) -> str:
+    return f"trending:cat:{category}"
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredItem:
+    item_id: str
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class RecList:
+    items: list[ScoredItem]
+    model_version: str
+    feature_ts: int  # event time (ms) of the newest event the features include
+    written_at: int = 0  # wall clock (ms) when the job wrote the list
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def encode(self) -> str:
+        d = asdict(self)
+        d["items"] = [[i.item_id, round(i.score, 6)] for i in self.items]
+        return json.dumps(d, separators=(",", ":"))
+
+    @staticmethod
+    def decode(raw: str | bytes) -> RecList:
+        d = json.loads(raw)
+        return RecList(
+            items=[ScoredItem(i, float(s)) for i, s in d["items"]],
+            model_version=d["model_version"],
+            feature_ts=int(d["feature_ts"]),
+            written_at=int(d.get("written_at", 0)),
+            extra=d.get("extra", {}),
+        )
+
+
+# Set KEYS[1] to ARGV[2] (with TTL ARGV[3] s) unless its stored guard field is newer than ARGV[1].
+# Values are JSON with a top-level "feature_ts"; equal timestamps rewrite (idempotent replay).
+GUARDED_SET_LUA = """
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local ok, doc = pcall(cjson.decode, cur)
+  if ok and doc['feature_ts'] and tonumber(doc['feature_ts']) > tonumber(ARGV[1]) then
+    return 0
+  end
+end
+if tonumber(ARGV[3]) > 0 then
+  redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+else
+  redis.call('SET', KEYS[1], ARGV[2])
+end
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class ItemMeta:
+    """Value of one field of the `item:meta` hash."""
+
+    category: str
+    price: float
+
+    def encode(self) -> str:
+        return json.dumps({"category": self.category, "price": self.price}, separators=(",", ":"))
+
+    @staticmethod
+    def decode(raw: str | bytes) -> ItemMeta:
+        d = json.loads(raw)
+        return ItemMeta(str(d.get("category") or "unknown"), float(d.get("price") or 0.0))

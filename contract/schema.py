@@ -1,0 +1,123 @@
+"""Interaction event schema: the single definition the job, the simulator and training use.
+
+An event on the `interactions` topic is a JSON object (key = user_id):
+
+    {"event_id": str, "user_id": str, "item_id": str, "type": "view"|"click"|"add_to_cart"|"purchase",
+     "ts": int (event time, epoch ms), "value": float? (price), "category": str?,
+     "context": {...}?, "consent": bool?}
+
+Unknown fields are kept. The Flink job validates with the SQL expression from `validation_sql`,
+built from the same constants, so the rule lives here once.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+EVENT_TYPES: tuple[str, ...] = ("view", "click", "add_to_cart", "purchase")
+ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
+_ID_RE = re.compile(ID_PATTERN)
+# Event times outside [MIN_TS_MS, ingest time + MAX_FUTURE_MS] are rejected.
+MIN_TS_MS = 946_684_800_000  # 2000-01-01
+MAX_FUTURE_MS = 3_600_000
+
+
+class InvalidEvent(ValueError):
+    """An interaction record that cannot be used; `reason` is what the DLQ record carries."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Interaction:
+    event_id: str
+    user_id: str
+    item_id: str
+    type: str
+    ts: int
+    value: float
+    category: str
+    consent: bool
+
+
+def validate(raw: str | bytes, ingest_ts_ms: int | None = None) -> Interaction:
+    """Parse and validate one raw record; raises InvalidEvent with the DLQ reason.
+
+    Mirrors `validation_sql` exactly (tests check both on the same records).
+    """
+    try:
+        obj: Any = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidEvent("not_json") from None
+    if not isinstance(obj, dict):
+        raise InvalidEvent("not_json")
+    for field in ("event_id", "user_id", "item_id"):
+        v = obj.get(field)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            v = str(v)
+        if not isinstance(v, str) or not _ID_RE.match(v):
+            raise InvalidEvent(f"bad_{field}")
+    if obj.get("type") not in EVENT_TYPES:
+        raise InvalidEvent("bad_type")
+    ts = obj.get("ts")
+    if isinstance(ts, bool) or not isinstance(ts, int) or ts < MIN_TS_MS:
+        raise InvalidEvent("bad_ts")
+    if ingest_ts_ms is not None and ts > ingest_ts_ms + MAX_FUTURE_MS:
+        raise InvalidEvent("bad_ts")
+    value = obj.get("value", 0.0)
+    if value is None:
+        value = 0.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise InvalidEvent("bad_value")
+    category = sanitize_category(obj.get("category"))
+    consent = obj.get("consent", True) is not False
+    return Interaction(
+        event_id=str(obj["event_id"]),
+        user_id=str(obj["user_id"]),
+        item_id=str(obj["item_id"]),
+        type=obj["type"],
+        ts=ts,
+        value=float(value),
+        category=str(category),
+        consent=consent,
+    )
+
+
+def sanitize_category(category: object) -> str:
+    """Categories travel inside Flink's per-window event lists, where '|' and ';' separate fields."""
+    if category is None or category == "":
+        return "unknown"
+    return re.sub(r"[|;]", "_", str(category))
+
+
+CATEGORY_SQL = "REGEXP_REPLACE(COALESCE(NULLIF(JSON_VALUE({raw}, '$.category'), ''), 'unknown'), '[|;]', '_')"
+
+
+def validation_sql(raw: str = "payload", kafka_ts_ms: str = "kafka_ts_ms") -> str:
+    """The same rules as `validate`, as a Flink SQL CASE giving the reason or NULL (valid)."""
+    types = ", ".join(f"'{t}'" for t in EVENT_TYPES)
+    flink_re = ID_PATTERN.replace("\\", "\\\\")
+
+    def jv(path: str) -> str:
+        return f"JSON_VALUE({raw}, '$.{path}')"
+
+    id_checks = "\n".join(
+        f"  WHEN {jv(f)} IS NULL OR NOT REGEXP({jv(f)}, '{flink_re}') THEN 'bad_{f}'"
+        for f in ("event_id", "user_id", "item_id")
+    )
+    ts = f"TRY_CAST({jv('ts')} AS BIGINT)"
+    value = f"TRY_CAST({jv('value')} AS DOUBLE)"
+    return f"""CASE
+  WHEN {raw} IS NULL OR NOT ({raw} IS JSON OBJECT) THEN 'not_json'
+{id_checks}
+  WHEN {jv('type')} IS NULL OR {jv('type')} NOT IN ({types}) THEN 'bad_type'
+  WHEN NOT REGEXP(COALESCE({jv('ts')}, ''), '^[0-9]{{1,15}}$') OR {ts} < {MIN_TS_MS}
+       OR {ts} > {kafka_ts_ms} + {MAX_FUTURE_MS} THEN 'bad_ts'
+  WHEN {jv('value')} IS NOT NULL AND ({value} IS NULL OR {value} < 0) THEN 'bad_value'
+  ELSE CAST(NULL AS STRING)
+END"""

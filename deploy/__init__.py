@@ -1,0 +1,1 @@
+"""How streamrank runs beyond one process: local stack, Flink cluster, config files."""

@@ -1,0 +1,31 @@
+"""Where things live on disk: project root, cached jars, run directory, venv interpreter."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CACHE = PROJECT_ROOT / ".cache"
+KAFKA_JARS = CACHE / "jars" / "kafka"
+FLINK_JARS = CACHE / "jars" / "flink"
+
+
+def run_dir() -> Path:
+    """The directory holding pids, ports and logs of locally started processes."""
+    return Path(os.environ.get("STREAMRANK_RUN_DIR", PROJECT_ROOT / ".run")).resolve()
+
+
+def python_executable() -> str:
+    """The interpreter Flink's Python workers must use (FACTS: not `python` from PATH)."""
+    return sys.executable
+
+
+def connector_jars() -> list[Path]:
+    jars = sorted(FLINK_JARS.glob("flink-sql-connector-kafka-*.jar"))
+    if not jars:
+        raise FileNotFoundError(
+            f"no Flink Kafka connector jar in {FLINK_JARS}; run `make setup` to fetch it"
+        )
+    return jars

@@ -1,0 +1,278 @@
+"""Local stack: a single-node Kafka broker in KRaft mode and Redis, as plain processes on loopback.
+
+State (ports, pids, log paths) is kept in `<run_dir>/stack.json`; `status` checks the processes
+and ports themselves, so it tells the truth after a crash.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from deploy.paths import KAFKA_JARS
+
+log = logging.getLogger(__name__)
+
+KAFKA_LOG4J = """\
+status = warn
+appender.file.type = File
+appender.file.name = file
+appender.file.fileName = {log}
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = {level}
+rootLogger.appenderRef.file.ref = file
+"""
+
+KAFKA_PROPS = """\
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:{controller_port}
+listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}
+advertised.listeners=PLAINTEXT://127.0.0.1:{port}
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+log.dirs={data}
+num.partitions={partitions}
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=4
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=true
+"""
+
+
+class StackError(RuntimeError):
+    """A stack process failed to start or answer; the message says which log to read."""
+
+
+@dataclass
+class Service:
+    name: str
+    pid: int
+    port: int
+    log: str
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (exited child not yet reaped) is not alive
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _spawn(cmd: list[str], log_path: Path, cwd: Path) -> int:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True
+        )
+    return proc.pid
+
+
+def _wait(check, what: str, timeout_s: float, pid: int, log_path: Path) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if not pid_alive(pid):
+            raise StackError(f"{what} exited during start-up; see {log_path}")
+        time.sleep(0.2)
+    raise StackError(f"{what} did not answer within {timeout_s:.0f}s; see {log_path}")
+
+
+def kafka_classpath() -> str:
+    if not KAFKA_JARS.is_dir() or not any(KAFKA_JARS.glob("kafka_2.13-*.jar")):
+        raise StackError(f"Kafka broker jars missing in {KAFKA_JARS}; run `make setup`")
+    return str(KAFKA_JARS / "*")
+
+
+def start_kafka(run_dir: Path, port: int, controller_port: int, partitions: int = 2) -> Service:
+    home = run_dir / "kafka"
+    data = home / "data"
+    home.mkdir(parents=True, exist_ok=True)
+    props = home / "server.properties"
+    props.write_text(
+        KAFKA_PROPS.format(
+            port=port, controller_port=controller_port, data=data, partitions=partitions
+        )
+    )
+    log_path = home / "kafka.log"
+    log4j = home / "log4j2.properties"
+    log4j.write_text(KAFKA_LOG4J.format(log=home / "server.log", level="INFO"))
+    java = shutil.which("java") or "java"
+    jvm = [java, "-Xms256m", "-Xmx768m", f"-Dlog4j2.configurationFile={log4j}", "-cp", kafka_classpath()]
+    if not (data / "meta.properties").exists():
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        out = subprocess.run(
+            [*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
+            capture_output=True, text=True,
+        )
+        if out.returncode != 0:
+            raise StackError(f"formatting Kafka storage failed:\n{out.stdout}{out.stderr}")
+    pid = _spawn([*jvm, "kafka.Kafka", str(props)], log_path, home)
+    _wait(lambda: port_open(port), "Kafka broker", 90, pid, log_path)
+    _wait(lambda: _kafka_answers(port), "Kafka broker metadata", 60, pid, log_path)
+    return Service("kafka", pid, port, str(home / "server.log"))
+
+
+def _kafka_answers(port: int) -> bool:
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=f"127.0.0.1:{port}", request_timeout_ms=3000)
+        admin.list_topics()
+        admin.close()
+        return True
+    except (KafkaError, OSError):
+        return False
+
+
+def start_redis(run_dir: Path, port: int) -> Service:
+    home = run_dir / "redis"
+    home.mkdir(parents=True, exist_ok=True)
+    exe = shutil.which("redis-server") or "/usr/bin/redis-server"
+    if not Path(exe).exists():
+        raise StackError("redis-server not installed; run `make setup` (installs Debian's redis-server)")
+    log_path = home / "redis.log"
+    cmd = [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(home),
+           "--save", "", "--appendonly", "no", "--daemonize", "no", "--protected-mode", "yes"]
+    pid = _spawn(cmd, log_path, home)
+    _wait(lambda: _redis_answers(port), "Redis", 30, pid, log_path)
+    return Service("redis", pid, port, str(log_path))
+
+
+def _redis_answers(port: int) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis(port=port, socket_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+def stop_pid(pid: int, timeout_s: float = 20) -> None:
+    if not pid_alive(pid):
+        return
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and pid_alive(pid):
+        time.sleep(0.2)
+    if pid_alive(pid):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def create_topics(bootstrap: str, partitions: int = 2, names: dict | None = None) -> None:
+    """Create the interactions, items (compacted) and DLQ topics if missing."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    names = names or {"interactions": "interactions", "items": "items", "dlq": "interactions.dlq"}
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        existing = set(admin.list_topics())
+        wanted = [
+            NewTopic(names["interactions"], partitions, 1),
+            NewTopic(names["items"], 1, 1, topic_configs={"cleanup.policy": "compact"}),
+            NewTopic(names["dlq"], 1, 1),
+        ]
+        todo = [t for t in wanted if t.name not in existing]
+        if todo:
+            try:
+                admin.create_topics(todo)
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        admin.close()
+
+
+class LocalStack:
+    """The Kafka + Redis pair recorded in `<run_dir>/stack.json`."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.state_file = run_dir / "stack.json"
+
+    def services(self) -> dict[str, Service]:
+        if not self.state_file.exists():
+            return {}
+        raw = json.loads(self.state_file.read_text())
+        return {k: Service(**v) for k, v in raw.items()}
+
+    def _save(self, services: dict[str, Service]) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.state_file.write_text(json.dumps({k: asdict(v) for k, v in services.items()}, indent=2))
+
+    def status(self) -> dict[str, dict]:
+        out = {}
+        for name, svc in self.services().items():
+            alive = pid_alive(svc.pid)
+            out[name] = {**asdict(svc), "running": alive and port_open(svc.port)}
+        return out
+
+    def up(self, kafka_port: int = 19092, redis_port: int = 16379, partitions: int = 2) -> dict[str, Service]:
+        services = self.services()
+        status = self.status()
+        if not status.get("redis", {}).get("running"):
+            if "redis" in services:
+                stop_pid(services["redis"].pid)
+            log.info("starting Redis on 127.0.0.1:%d", redis_port)
+            services["redis"] = start_redis(self.run_dir, redis_port)
+            self._save(services)
+        if not status.get("kafka", {}).get("running"):
+            if "kafka" in services:
+                stop_pid(services["kafka"].pid)
+            log.info("starting Kafka (KRaft) on 127.0.0.1:%d", kafka_port)
+            services["kafka"] = start_kafka(self.run_dir, kafka_port, free_port(), partitions)
+            self._save(services)
+        create_topics(f"127.0.0.1:{services['kafka'].port}", partitions)
+        return services
+
+    def down(self) -> None:
+        for svc in self.services().values():
+            stop_pid(svc.pid)
+        if self.state_file.exists():
+            self.state_file.unlink()
+
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.services()['kafka'].port}"

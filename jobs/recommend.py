@@ -1,0 +1,236 @@
+"""The recommend job: Kafka interactions -> validated events -> per-user micro-batch windows
+(JVM) -> batched ONNX ranking (Python) -> Redis; invalid records -> DLQ topic.
+
+    python -m jobs.recommend --config deploy/config/local.toml [--bounded]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from contract.config import JobConfig, load_config
+from contract.schema import CATEGORY_SQL, MAX_FUTURE_MS, MIN_TS_MS, validation_sql
+
+log = logging.getLogger("streamrank.jobs.recommend")
+
+
+def environment(cfg: JobConfig):
+    """The one place the job's Flink environment and options are made."""
+    from pyflink.datastream import StreamExecutionEnvironment
+    from pyflink.table import EnvironmentSettings, StreamTableEnvironment
+
+    from deploy.paths import connector_jars, python_executable
+
+    env = StreamExecutionEnvironment.get_execution_environment()
+    t_env = StreamTableEnvironment.create(env, EnvironmentSettings.in_streaming_mode())
+    f = cfg.flink
+    options = {
+        "pipeline.name": "streamrank-recommend",
+        "pipeline.jars": ";".join(p.as_uri() for p in connector_jars()),
+        "python.executable": python_executable(),
+        "parallelism.default": str(f.parallelism),
+        "execution.checkpointing.interval": f"{int(f.checkpoint_interval_s * 1000)} ms",
+        "execution.checkpointing.mode": "EXACTLY_ONCE",
+        "python.fn-execution.bundle.size": str(f.python_bundle_size),
+        "python.fn-execution.bundle.time": str(f.python_bundle_time_ms),
+        "python.fn-execution.arrow.batch.size": str(f.python_bundle_size),
+        "table.local-time-zone": "UTC",
+        "table.exec.source.idle-timeout": "5 s",
+        **f.extra,
+    }
+    conf = t_env.get_config()
+    for key, value in options.items():
+        conf.set(key, value)
+    return t_env
+
+
+def kafka_source_ddl(cfg: JobConfig) -> str:
+    """interactions_src: the raw record and its Kafka coordinates, with event time + watermark.
+
+    Records whose `ts` is missing or out of range get the Kafka timestamp as event time so they
+    cannot move the watermark; validation sends them to the DLQ anyway."""
+    k = cfg.kafka
+    bounded = ",\n  'scan.bounded.mode' = 'latest-offset'" if k.bounded else ""
+    ts = "TRY_CAST(JSON_VALUE(payload, '$.ts') AS BIGINT)"
+    kafka_ms = "(UNIX_TIMESTAMP(CAST(kafka_ts AS STRING)) * 1000)"
+    delay_s = f"{cfg.features.out_of_orderness_s:.3f}"
+    return f"""
+CREATE TABLE interactions_src (
+  payload STRING,
+  src_topic STRING METADATA FROM 'topic' VIRTUAL,
+  src_partition INT METADATA FROM 'partition' VIRTUAL,
+  src_offset BIGINT METADATA FROM 'offset' VIRTUAL,
+  kafka_ts TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL,
+  kafka_ts_ms AS {kafka_ms},
+  event_time AS TO_TIMESTAMP_LTZ(CASE
+    WHEN {ts} BETWEEN {MIN_TS_MS} AND {kafka_ms} + {MAX_FUTURE_MS} THEN {ts}
+    ELSE {kafka_ms} END, 3),
+  WATERMARK FOR event_time AS event_time - INTERVAL '{delay_s}' SECOND
+) WITH (
+  'connector' = 'kafka',
+  'topic' = '{k.interactions_topic}',
+  'properties.bootstrap.servers' = '{k.bootstrap_servers}',
+  'properties.group.id' = '{k.group_id}',
+  'scan.startup.mode' = '{k.startup_mode}',
+  'format' = 'raw'{bounded}
+)"""
+
+
+def kafka_items_ddl(cfg: JobConfig) -> str:
+    k = cfg.kafka
+    bounded = ",\n  'scan.bounded.mode' = 'latest-offset'" if k.bounded else ""
+    return f"""
+CREATE TABLE items_src (
+  item_id STRING,
+  category STRING,
+  price DOUBLE
+) WITH (
+  'connector' = 'kafka',
+  'topic' = '{k.items_topic}',
+  'properties.bootstrap.servers' = '{k.bootstrap_servers}',
+  'properties.group.id' = '{k.group_id}-items',
+  'scan.startup.mode' = 'earliest-offset',
+  'format' = 'json',
+  'json.ignore-parse-errors' = 'true'{bounded}
+)"""
+
+
+def kafka_dlq_ddl(cfg: JobConfig) -> str:
+    k = cfg.kafka
+    return f"""
+CREATE TABLE dlq_sink (
+  record STRING,
+  reason STRING,
+  src_topic STRING,
+  src_partition INT,
+  src_offset BIGINT
+) WITH (
+  'connector' = 'kafka',
+  'topic' = '{k.dlq_topic}',
+  'properties.bootstrap.servers' = '{k.bootstrap_servers}',
+  'sink.delivery-guarantee' = 'at-least-once',
+  'format' = 'json'
+)"""
+
+
+def build(t_env, cfg: JobConfig, *, sources: bool = True, dlq: bool = True):
+    """Wire the job into a StatementSet. With sources/dlq False the caller has created
+    `interactions_src`, `items_src` and `dlq_sink` itself (tests: collection source, file sink)."""
+    from udfs.flink_functions import register
+
+    if sources:
+        t_env.execute_sql(kafka_source_ddl(cfg))
+        t_env.execute_sql(kafka_items_ddl(cfg))
+    if dlq:
+        t_env.execute_sql(kafka_dlq_ddl(cfg))
+    register(t_env, cfg)
+    t_env.execute_sql("CREATE TABLE discard (written INT) WITH ('connector' = 'blackhole')")
+
+    # checked: every input record + reason (NULL when valid)
+    t_env.execute_sql(f"""
+CREATE TEMPORARY VIEW checked AS
+SELECT payload, src_topic, src_partition, src_offset, event_time,
+  {validation_sql('payload', 'kafka_ts_ms')} AS reason
+FROM interactions_src""")
+
+    # events: valid, consented interactions, typed
+    t_env.execute_sql(f"""
+CREATE TEMPORARY VIEW events AS
+SELECT JSON_VALUE(payload, '$.user_id') AS user_id,
+  JSON_VALUE(payload, '$.item_id') AS item_id,
+  JSON_VALUE(payload, '$.type') AS etype,
+  CAST(JSON_VALUE(payload, '$.ts') AS BIGINT) AS ts,
+  COALESCE(TRY_CAST(JSON_VALUE(payload, '$.value') AS DOUBLE), 0.0) AS amount,
+  {CATEGORY_SQL.format(raw='payload')} AS category,
+  event_time
+FROM checked
+WHERE reason IS NULL AND COALESCE(JSON_VALUE(payload, '$.consent'), 'true') <> 'false'""")
+
+    mb_ms = int(round(cfg.features.micro_batch_s * 1000))
+    window = f"TABLE(TUMBLE(TABLE events, DESCRIPTOR(event_time), INTERVAL '{mb_ms / 1000:.3f}' SECOND))"
+    window_end = f"MAX(ts - MOD(ts, {mb_ms}) + {mb_ms})"
+
+    def count(t: str) -> str:
+        return f"CAST(SUM(CASE WHEN etype = '{t}' THEN 1 ELSE 0 END) AS INT)"
+
+    stmts = t_env.create_statement_set()
+    # DLQ: the raw record, why it was rejected, and where it came from
+    stmts.add_insert_sql("""
+INSERT INTO dlq_sink
+SELECT payload, reason, src_topic, src_partition, src_offset FROM checked WHERE reason IS NOT NULL""")
+    # per user and micro-batch window -> rank_users (writes feat:{user}, rec:{user})
+    stmts.add_insert_sql(f"""
+INSERT INTO discard
+SELECT rank_users(user_id, window_end_ms, n_view, n_click, n_cart, n_purchase, purchase_value,
+                  last_ts, last_click_ts, last_purchase_ts, event_list)
+FROM (
+  SELECT user_id, {window_end} AS window_end_ms,
+    {count('view')} AS n_view, {count('click')} AS n_click,
+    {count('add_to_cart')} AS n_cart, {count('purchase')} AS n_purchase,
+    SUM(CASE WHEN etype = 'purchase' THEN amount ELSE 0.0 END) AS purchase_value,
+    MAX(ts) AS last_ts,
+    MAX(CASE WHEN etype = 'click' THEN ts ELSE CAST(0 AS BIGINT) END) AS last_click_ts,
+    MAX(CASE WHEN etype = 'purchase' THEN ts ELSE CAST(0 AS BIGINT) END) AS last_purchase_ts,
+    LISTAGG(CONCAT(etype, '|', item_id, '|', category), ';') AS event_list
+  FROM {window}
+  GROUP BY user_id, window_start, window_end
+)""")
+    # per item and micro-batch window -> update_trending (trending boards in Redis)
+    stmts.add_insert_sql(f"""
+INSERT INTO discard
+SELECT update_trending(window_end_ms, item_id, category, n_view, n_click, n_cart, n_purchase)
+FROM (
+  SELECT item_id, category, {window_end} AS window_end_ms,
+    {count('view')} AS n_view, {count('click')} AS n_click,
+    {count('add_to_cart')} AS n_cart, {count('purchase')} AS n_purchase
+  FROM {window}
+  GROUP BY item_id, category, window_start, window_end
+)""")
+    # catalog -> item:meta
+    stmts.add_insert_sql("""
+INSERT INTO discard
+SELECT store_item_meta(item_id, category, price) FROM items_src WHERE item_id IS NOT NULL""")
+    return stmts
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="jobs.recommend", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="job config TOML (default: built-in defaults)")
+    parser.add_argument("--bounded", action="store_true",
+                        help="stop at the offsets that are latest when the job starts")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one config field (value parsed as TOML)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = load_config(args.config, parse_overrides(args.set, bounded=args.bounded))
+    t_env = environment(cfg)
+    result = build(t_env, cfg).execute()
+    job = result.get_job_client()
+    log.info("submitted job %s (bounded=%s)", job.get_job_id() if job else "?", cfg.kafka.bounded)
+    result.wait()
+    return 0
+
+
+def parse_overrides(pairs: list[str], bounded: bool = False) -> dict:
+    """["redis.port=6380"] -> {"redis.port": 6380}; values are TOML literals, else strings."""
+    import tomllib
+
+    out: dict = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or "." not in key:
+            raise SystemExit(f"--set expects SECTION.KEY=VALUE, got {pair!r}")
+        try:
+            out[key] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key] = value
+    if bounded:
+        out["kafka.bounded"] = True
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

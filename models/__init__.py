@@ -1,0 +1,1 @@
+"""Training: point-in-time training sets from event logs, scikit-learn models, ONNX export."""

@@ -1,0 +1,168 @@
+"""Model v0: point-in-time training set -> GradientBoostingClassifier -> ONNX -> registry.
+
+For sampled (user, window end) cut-offs from the offline replay, candidates come from the same
+generator the job uses; the label says whether the user interacts with the item within
+`horizon_s` after the cut-off. The last quarter of cut-offs (by time) is the holdout."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from bisect import bisect_right
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from contract.config import JobConfig
+from models.offline import OfflineReplay, load_catalog, read_history
+from udfs.candidates import gather_candidates
+from udfs.features import FEATURE_NAMES, user_item_features
+
+log = logging.getLogger(__name__)
+PARITY_TOLERANCE = 1e-5
+
+
+class PublishRefused(RuntimeError):
+    """The exported model does not behave like the trained one; nothing was published."""
+
+
+@dataclass
+class TrainingSet:
+    x: np.ndarray
+    y: np.ndarray
+    cutoff: np.ndarray  # ms, per row
+    users: int
+    start_ms: int
+    end_ms: int
+
+
+def build_training_set(
+    history: str | Path, cfg: JobConfig, horizon_s: float = 1800.0, sample: float = 0.3,
+    negatives_per_cutoff: int = 20, seed: int = 0, catalog: str | Path | None = None,
+    progress: bool = True,
+) -> TrainingSet:
+    events, rejected = read_history(history)
+    if rejected:
+        log.warning("%d history lines rejected (first: line %d, %s)", len(rejected), *rejected[0])
+    if not events:
+        raise ValueError(f"{history} holds no valid events")
+    future: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    for e in events:
+        future[e.user_id].append((e.ts, e.item_id))
+    future_ts = {u: [t for t, _ in v] for u, v in future.items()}
+    horizon_ms = int(horizon_s * 1000)
+    last_ts = events[-1].ts
+    rng = random.Random(seed)
+    replay = OfflineReplay(cfg)
+    if catalog:
+        replay.catalog.update(load_catalog(catalog))
+    c = cfg.candidates
+    xs: list[list[float]] = []
+    ys: list[int] = []
+    cuts: list[int] = []
+    windows = len({e.ts - e.ts % replay.mb_ms for e in events})
+    for step in tqdm(replay.run(events), total=windows, desc="replaying windows", disable=not progress, unit="win"):
+        t = step.window_end
+        if t + horizon_ms > last_ts:
+            break  # labels would be cut short
+        global_top = replay.boards.top(c.trending)
+        for user in step.active_users:
+            if rng.random() >= sample:
+                continue
+            state = replay.states[user]
+            cats = {cat: replay.boards.top(c.per_category, cat) for cat in state.top_categories(c.top_categories)}
+            cands = gather_candidates(state, global_top, cats, replay.catalog, c.top_categories, c.own_history)
+            ts_list = future_ts[user]
+            lo, hi = bisect_right(ts_list, t), bisect_right(ts_list, t + horizon_ms)
+            positives = {item for _, item in future[user][lo:hi]}
+            pos = [cd for cd in cands if cd.item_id in positives]
+            neg = [cd for cd in cands if cd.item_id not in positives]
+            neg = rng.sample(neg, min(len(neg), negatives_per_cutoff))
+            for cd, label in [(p, 1) for p in pos] + [(n, 0) for n in neg]:
+                xs.append(user_item_features(state, t, cd.item_id, cd.category, cd.price, cd.popularity))
+                ys.append(label)
+                cuts.append(t)
+    if not xs or len(set(ys)) < 2:
+        raise ValueError("history too short to build a training set with both labels; simulate more events")
+    return TrainingSet(np.asarray(xs, dtype=np.float32), np.asarray(ys), np.asarray(cuts),
+                       len(replay.states), events[0].ts, last_ts)
+
+
+def next_version(registry: Path) -> str:
+    existing = [int(p.name[1:]) for p in registry.glob("v*") if p.name[1:].isdigit()]
+    return f"v{max(existing, default=0) + 1:04d}"
+
+
+def train_and_publish(ts: TrainingSet, registry: str | Path, cfg: JobConfig, seed: int = 0) -> Path:
+    from sklearn.ensemble import GradientBoostingClassifier
+    from sklearn.metrics import roc_auc_score
+
+    order = np.argsort(ts.cutoff, kind="stable")
+    split = int(len(order) * 0.75)
+    split_time = ts.cutoff[order[split]]
+    train = ts.cutoff < split_time
+    hold = ~train
+    if hold.sum() == 0 or len(set(ts.y[hold])) < 2 or len(set(ts.y[train])) < 2:
+        raise ValueError("time split left one side without both labels; simulate more events")
+    model = GradientBoostingClassifier(n_estimators=100, max_depth=3, random_state=seed)
+    with tqdm(total=1, desc="training GradientBoostingClassifier", unit="model") as bar:
+        model.fit(ts.x[train], ts.y[train])
+        bar.update()
+    p_hold = model.predict_proba(ts.x[hold])[:, 1]
+    auc = float(roc_auc_score(ts.y[hold], p_hold))
+    onnx_bytes, opset = export_onnx(model, ts.x.shape[1])
+    max_diff = parity(model, onnx_bytes, ts.x[hold][:5000])
+    if max_diff > PARITY_TOLERANCE:
+        raise PublishRefused(
+            f"ONNX and scikit-learn disagree by {max_diff:.2e} (> {PARITY_TOLERANCE}); model not published"
+        )
+    registry = Path(registry)
+    registry.mkdir(parents=True, exist_ok=True)
+    version = next_version(registry)
+    out = registry / version
+    out.mkdir()
+    (out / "model.onnx").write_bytes(onnx_bytes)
+    card = {
+        "version": version,
+        "model": "GradientBoostingClassifier(n_estimators=100, max_depth=3)",
+        "feature_names": list(FEATURE_NAMES),
+        "opset": opset,
+        "training_window": {"start_ms": ts.start_ms, "end_ms": ts.end_ms},
+        "rows": int(len(ts.y)), "positives": int(ts.y.sum()), "users": ts.users,
+        "holdout": {"split_at_ms": int(split_time), "rows": int(hold.sum()), "auc": round(auc, 4)},
+        "onnx_parity_max_abs_diff": max_diff,
+        "features_config": cfg.features.model_dump(),
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    (out / "card.json").write_text(json.dumps(card, indent=2))
+    current = registry / "current"
+    tmp = registry / ".current.tmp"
+    if tmp.is_symlink():
+        tmp.unlink()
+    tmp.symlink_to(version)
+    tmp.replace(current)
+    log.info("published %s (holdout AUC %.3f, parity %.1e)", version, auc, max_diff)
+    return out
+
+
+def export_onnx(model, n_features: int) -> tuple[bytes, int]:
+    from skl2onnx import to_onnx
+
+    onx = to_onnx(model, np.zeros((1, n_features), dtype=np.float32),
+                  options={id(model): {"zipmap": False}}, target_opset={"": 17, "ai.onnx.ml": 3})
+    opset = next(o.version for o in onx.opset_import if o.domain in ("", "ai.onnx"))
+    return onx.SerializeToString(), int(opset)
+
+
+def parity(model, onnx_bytes: bytes, x: np.ndarray) -> float:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    (probs,) = sess.run(["probabilities"], {sess.get_inputs()[0].name: x.astype(np.float32)})
+    ref = model.predict_proba(x.astype(np.float32))[:, 1]
+    return float(np.max(np.abs(np.asarray(probs)[:, 1] - ref))) if len(x) else 0.0

@@ -1,0 +1,1 @@
+"""Simulated interaction traffic for demos, tests and training."""

@@ -1,0 +1,2 @@
+"""Logic that runs inside Flink: pure-Python core (no pyflink import) plus thin Flink wrappers
+in `flink_functions`."""

@@ -1,0 +1,188 @@
+"""Batch ranking: window deltas in, features and top-K lists written to Redis.
+
+One call handles a whole Arrow batch from Flink: one pipelined read of the users' states, one
+ONNX run over every (user, candidate) row, one pipelined guarded write.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import redis
+
+from contract import keys
+from contract.config import JobConfig
+from udfs.candidates import Candidate, gather_candidates, item_weight
+from udfs.features import UserState, WindowDelta, apply_window, user_item_features
+from udfs.scorer import OnnxScorer
+
+log = logging.getLogger(__name__)
+
+TRENDING_LANDMARK = "trending:landmark"
+TRENDING_BOARDS = "trending:boards"
+
+# ARGV: half_life_ms, max_board, then (t, item, category, weight) quadruples in time order.
+# Same math as udfs.candidates.TrendingBoards.add; boards share the landmark in KEYS[1].
+TRENDING_ADD_LUA = """
+local hl = tonumber(ARGV[1])
+local maxn = tonumber(ARGV[2])
+local lm = tonumber(redis.call('GET', KEYS[1]) or '')
+for i = 3, #ARGV, 4 do
+  local t = tonumber(ARGV[i])
+  if not lm then lm = t; redis.call('SET', KEYS[1], t) end
+  local e = (t - lm) / hl
+  if e > 256 then
+    local f = 2 ^ (-e)
+    for _, b in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+      local all = redis.call('ZRANGE', b, 0, -1, 'WITHSCORES')
+      for j = 1, #all, 2 do redis.call('ZADD', b, tonumber(all[j + 1]) * f, all[j]) end
+    end
+    lm = t; redis.call('SET', KEYS[1], t); e = 0
+  end
+  local inc = tonumber(ARGV[i + 3]) * (2 ^ e)
+  local ck = 'trending:cat:' .. ARGV[i + 2]
+  redis.call('ZINCRBY', 'trending', inc, ARGV[i + 1])
+  redis.call('ZINCRBY', ck, inc, ARGV[i + 1])
+  redis.call('SADD', KEYS[2], 'trending', ck)
+end
+redis.call('ZREMRANGEBYRANK', 'trending', 0, -(maxn + 1))
+return 1
+"""
+
+
+def redis_client(cfg: JobConfig) -> redis.Redis:
+    return redis.Redis(host=cfg.redis.host, port=cfg.redis.port, socket_timeout=10)
+
+
+class TrendingWriter:
+    """Adds per-item window counts to the trending boards in Redis (one script call per batch)."""
+
+    MAX_BOARD = 5000
+
+    def __init__(self, cfg: JobConfig, client: redis.Redis | None = None) -> None:
+        self.cfg = cfg
+        self.redis = client or redis_client(cfg)
+        self.script = self.redis.register_script(TRENDING_ADD_LUA)
+
+    def write(self, rows: list[tuple[int, str, str, int, int, int, int]]) -> int:
+        """rows: (window_end, item_id, category, n_view, n_click, n_cart, n_purchase)."""
+        argv: list = [self.cfg.features.item_half_life_s * 1000.0, self.MAX_BOARD]
+        for t, item, category, nv, nc, na, np_ in sorted(rows):
+            argv += [t, item, category, item_weight(nv, nc, na, np_)]
+        if rows:
+            self.script(keys=[TRENDING_LANDMARK, TRENDING_BOARDS], args=argv)
+        return len(rows)
+
+
+class CandidateSource:
+    """Trending boards and item metadata read from Redis, refreshed every `refresh_s`."""
+
+    def __init__(self, cfg: JobConfig, client: redis.Redis) -> None:
+        self.cfg = cfg
+        self.redis = client
+        self.loaded_at = 0.0
+        self.global_top: list[tuple[str, float]] = []
+        self.category_top: dict[str, list[tuple[str, float]]] = {}
+        self.catalog: dict[str, tuple[str, float]] = {}
+
+    def refresh(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.loaded_at < self.cfg.candidates.refresh_s:
+            return
+        c = self.cfg.candidates
+        boards = [b.decode() for b in self.redis.smembers(TRENDING_BOARDS)]
+        cat_keys = [b for b in boards if b.startswith("trending:cat:")]
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zrevrange(keys.TRENDING, 0, c.trending - 1, withscores=True)
+        for b in cat_keys:
+            pipe.zrevrange(b, 0, c.per_category - 1, withscores=True)
+        res = pipe.execute()
+        self.global_top = [(i.decode(), s) for i, s in res[0]]
+        self.category_top = {
+            b[len("trending:cat:"):]: [(i.decode(), s) for i, s in r]
+            for b, r in zip(cat_keys, res[1:])
+        }
+        wanted = {i for i, _ in self.global_top}
+        for top in self.category_top.values():
+            wanted.update(i for i, _ in top)
+        self._load_meta(wanted)
+        self.loaded_at = now
+
+    def _load_meta(self, items: set[str]) -> None:
+        missing = sorted(i for i in items if i not in self.catalog)
+        if not missing:
+            return
+        for item, raw in zip(missing, self.redis.hmget(keys.ITEM_META, missing)):
+            if raw is not None:
+                meta = keys.ItemMeta.decode(raw)
+                self.catalog[item] = (meta.category, meta.price)
+
+    def for_user(self, state: UserState) -> list[Candidate]:
+        c = self.cfg.candidates
+        own = [i for i in state.items if i not in self.catalog]
+        if own:
+            self._load_meta(set(own))
+        return gather_candidates(
+            state, self.global_top, self.category_top, self.catalog, c.top_categories, c.own_history
+        )
+
+
+class BatchRanker:
+    """Applies window deltas to user states in Redis, scores candidates, writes top-K lists."""
+
+    def __init__(self, cfg: JobConfig, scorer: OnnxScorer, client: redis.Redis | None = None) -> None:
+        self.cfg = cfg
+        self.scorer = scorer
+        self.redis = client or redis_client(cfg)
+        self.guarded_set = self.redis.register_script(keys.GUARDED_SET_LUA)
+        self.candidates = CandidateSource(cfg, self.redis)
+
+    def rank(self, deltas: list[WindowDelta]) -> int:
+        """Returns how many lists were written."""
+        if not deltas:
+            return 0
+        self.candidates.refresh()
+        users = sorted({d.user_id for d in deltas})
+        raw_states = self.redis.mget([keys.feat_key(u) for u in users])
+        states = {u: UserState.decode(r) for u, r in zip(users, raw_states)}
+        for d in sorted(deltas, key=lambda d: d.window_end):
+            states[d.user_id] = apply_window(states[d.user_id], d, self.cfg.features)
+
+        rows: list[list[float]] = []
+        spans: list[tuple[str, list[Candidate], int, int]] = []
+        for u in users:
+            s = states[u]
+            cands = self.candidates.for_user(s)
+            start = len(rows)
+            for c in cands:
+                rows.append(user_item_features(s, s.window_end, c.item_id, c.category, c.price, c.popularity))
+            spans.append((u, cands, start, len(rows)))
+        scores = self.scorer.score(np.asarray(rows, dtype=np.float32).reshape(len(rows), -1))
+
+        now_ms = int(time.time() * 1000)
+        ttl = self.cfg.redis.rec_ttl_s
+        k = self.cfg.scoring.top_k
+        pipe = self.redis.pipeline(transaction=False)
+        for u, cands, a, b in spans:
+            s = states[u]
+            user_scores = scores[a:b]
+            order = np.argsort(-user_scores, kind="stable")[:k]
+            rec = keys.RecList(
+                items=[keys.ScoredItem(cands[i].item_id, float(user_scores[i])) for i in order],
+                model_version=self.scorer.version,
+                feature_ts=s.feature_ts,
+                written_at=now_ms,
+            )
+            self.guarded_set(keys=[keys.feat_key(u)], args=[s.feature_ts, s.encode(), ttl], client=pipe)
+            self.guarded_set(keys=[keys.rec_key(u)], args=[s.feature_ts, rec.encode(), ttl], client=pipe)
+        pipe.execute()
+        return len(spans)
+
+
+def write_item_meta(client: redis.Redis, rows: list[tuple[str, str, float]]) -> int:
+    """rows: (item_id, category, price) from the `items` catalog topic."""
+    if rows:
+        client.hset(keys.ITEM_META, mapping={i: keys.ItemMeta(c, p).encode() for i, c, p in rows})
+    return len(rows)

@@ -148,3 +148,35 @@ def load_config(path: str | Path | None, overrides: dict | None = None) -> JobCo
         section, _, name = dotted.partition(".")
         data.setdefault(section, {})[name] = value
     return parse_config(data, source)
+
+
+class ServingConfig(_Strict):
+    """The gRPC lookup service's config file (deploy/config/serving.toml)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(50051, ge=0, le=65535)
+    """gRPC port; 0 binds a free one."""
+    workers: int = Field(8, ge=1, le=256)
+    default_k: int = Field(10, ge=1)
+    max_k: int = Field(100, ge=1, le=1000)
+    """Larger k in a request is cut to this."""
+    redis: RedisConfig = RedisConfig()
+    redis_timeout_s: float = Field(0.5, gt=0)
+    reflection: bool = False
+    """Serve grpc.reflection (off unless enabled)."""
+    grace_s: float = Field(5.0, ge=0)
+    """How long SIGTERM waits for in-flight calls."""
+
+
+def load_serving_config(path: str | Path | None, overrides: dict | None = None) -> ServingConfig:
+    data: dict = tomllib.loads(Path(path).read_text()) if path else {}
+    for dotted, value in (overrides or {}).items():
+        parts = dotted.split(".")
+        node = data
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    try:
+        return ServingConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_describe(err, str(path or "<defaults>"))) from None

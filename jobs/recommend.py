@@ -201,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="job config TOML (default: built-in defaults)")
     parser.add_argument("--bounded", action="store_true",
                         help="stop at the offsets that are latest when the job starts")
+    parser.add_argument("--detached", action="store_true",
+                        help="return once the job is submitted (flink run -d)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one config field (value parsed as TOML)")
     args = parser.parse_args(argv)
@@ -210,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     result = build(t_env, cfg).execute()
     job = result.get_job_client()
     log.info("submitted job %s (bounded=%s)", job.get_job_id() if job else "?", cfg.kafka.bounded)
-    result.wait()
+    if not args.detached:
+        result.wait()
     return 0
 
 

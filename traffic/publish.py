@@ -53,7 +53,7 @@ def publish_events(
     users: set[str] = set()
     first = last = 0
     for key, value, valid in tqdm(sim.records(start, rate_per_s, count, malformed_fraction),
-                                  total=count, desc=f"publishing to {topic}", unit="ev",
+                                  total=count, desc=f"publishing to {topic}", unit="ev", mininterval=2,
                                   disable=not progress):
         if realtime:
             ts = json.loads(value)["ts"] if valid else None

@@ -1,0 +1,39 @@
+# The two commands of the quick start are `make demo` and `make test`; both run `make setup` first.
+PY := .venv/bin/python
+PYTEST := $(PY) -m pytest
+
+.PHONY: setup demo test test-unit test-flink test-integration test-cluster bench lock lint clean
+
+setup:
+	@bash deploy/setup/setup.sh
+
+demo: setup
+	$(PY) -m deploy.cli demo
+
+test: setup
+	$(PYTEST) tests
+
+test-unit: setup
+	$(PYTEST) -m unit tests
+
+test-flink: setup
+	$(PYTEST) -m flink tests
+
+test-integration: setup
+	$(PYTEST) -m integration tests
+
+test-cluster: setup
+	$(PYTEST) -m cluster tests
+
+bench: setup
+	$(PY) -m bench.e2e
+
+# Re-resolve the whole dependency set in one run (then commit requirements.lock).
+lock:
+	$(PY) -m uv pip compile requirements.in -o requirements.lock --python-version 3.11
+
+lint: setup
+	$(PY) -m ruff check . || echo "ruff not in the lock yet"
+
+clean:
+	rm -rf .run var serving/generated

@@ -1,0 +1,301 @@
+"""The `streamrank` command: local stack, traffic, training, the job (embedded or on a cluster),
+serving and lookups. Every subcommand has --help."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from deploy.paths import PROJECT_ROOT, run_dir
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+stack_app = typer.Typer(help="Local Kafka (KRaft) + Redis on loopback.", no_args_is_help=True)
+cluster_app = typer.Typer(help="Standalone Flink cluster from PyFlink's bin/.", no_args_is_help=True)
+app.add_typer(stack_app, name="stack")
+app.add_typer(cluster_app, name="cluster")
+
+DEFAULT_CONFIG = str(PROJECT_ROOT / "deploy" / "config" / "local.toml")
+DEFAULT_SERVING = str(PROJECT_ROOT / "deploy" / "config" / "serving.toml")
+ConfigOpt = Annotated[str, typer.Option("--config", "-c", help="job config TOML")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override a field: SECTION.KEY=VALUE")]
+
+
+def _logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+
+
+def _job_config(config: str, sets: list[str] | None, bounded: bool = False):
+    from contract.config import ConfigError, load_config
+    from jobs.recommend import parse_overrides
+
+    try:
+        return load_config(config, parse_overrides(sets or [], bounded=bounded))
+    except ConfigError as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(2) from None
+
+
+@stack_app.command("up")
+def stack_up(
+    kafka_port: Annotated[int, typer.Option(help="broker port")] = 19092,
+    redis_port: Annotated[int, typer.Option(help="Redis port")] = 16379,
+    partitions: Annotated[int, typer.Option(help="partitions of the interactions topic")] = 2,
+) -> None:
+    """Start (or keep) Kafka and Redis; wait until both answer; create topics."""
+    from deploy.stack import LocalStack, StackError
+
+    _logging()
+    try:
+        services = LocalStack(run_dir()).up(kafka_port, redis_port, partitions)
+    except StackError as e:
+        typer.echo(f"stack up failed: {e}", err=True)
+        raise typer.Exit(1) from None
+    for s in services.values():
+        typer.echo(f"{s.name:6s} 127.0.0.1:{s.port}  pid {s.pid}  log {s.log}")
+
+
+@stack_app.command("down")
+def stack_down() -> None:
+    """Stop Kafka and Redis started by `stack up`."""
+    from deploy.stack import LocalStack
+
+    LocalStack(run_dir()).down()
+    typer.echo("stack stopped")
+
+
+@stack_app.command("status")
+def stack_status() -> None:
+    """Show each service and whether its process runs and its port answers."""
+    from deploy.stack import LocalStack
+
+    status = LocalStack(run_dir()).status()
+    if not status:
+        typer.echo("stack not started (streamrank stack up)")
+        raise typer.Exit(1)
+    for name, s in status.items():
+        typer.echo(f"{name:6s} {'running' if s['running'] else 'DOWN':8s} 127.0.0.1:{s['port']}  pid {s['pid']}  log {s['log']}")
+    if not all(s["running"] for s in status.values()):
+        raise typer.Exit(1)
+
+
+@app.command()
+def simulate(
+    events: Annotated[int, typer.Option(help="how many records")] = 10000,
+    rate: Annotated[float, typer.Option(help="events per second of event time")] = 200.0,
+    users: Annotated[int, typer.Option(help="simulated users")] = 500,
+    items: Annotated[int, typer.Option(help="catalog size")] = 2000,
+    categories: Annotated[int, typer.Option(help="item categories")] = 20,
+    seed: Annotated[int, typer.Option(help="same seed, same stream")] = 7,
+    malformed: Annotated[float, typer.Option(help="fraction of records to break (0..1)")] = 0.0,
+    history: Annotated[Optional[Path], typer.Option(help="write a JSONL history file instead of publishing")] = None,
+    hours_ago: Annotated[float, typer.Option(help="with --history: start this many hours before now")] = 6.0,
+    realtime: Annotated[bool, typer.Option(help="pace sends so event time follows the wall clock")] = False,
+    config: ConfigOpt = DEFAULT_CONFIG,
+) -> None:
+    """Publish simulated interactions (and the item catalog) to Kafka, or write a history file."""
+    from traffic.publish import publish_catalog, publish_events, write_history
+    from traffic.simulator import Simulator
+
+    _logging()
+    if not 0 <= malformed < 1:
+        typer.echo("--malformed must be in [0, 1)", err=True)
+        raise typer.Exit(2)
+    sim = Simulator(seed=seed, users=users, items=items, categories=categories)
+    if history:
+        start = int((time.time() - hours_ago * 3600) * 1000)
+        history.parent.mkdir(parents=True, exist_ok=True)
+        report = write_history(sim, str(history), events, rate, start, malformed)
+        catalog = history.with_suffix(".items.jsonl")
+        catalog.write_text("".join(json.dumps(i.to_json()) + "\n" for i in sim.items))
+        typer.echo(json.dumps({**report.as_dict(), "history": str(history), "catalog": str(catalog)}))
+        return
+    cfg = _job_config(config, None)
+    k = cfg.kafka
+    n_items = publish_catalog(sim, k.bootstrap_servers, k.items_topic)
+    report = publish_events(sim, k.bootstrap_servers, k.interactions_topic, events, rate,
+                            malformed_fraction=malformed, realtime=realtime)
+    typer.echo(json.dumps({**report.as_dict(), "catalog_items": n_items}))
+
+
+@app.command()
+def train(
+    history: Annotated[Path, typer.Option(help="JSONL event history (streamrank simulate --history)")],
+    catalog: Annotated[Optional[Path], typer.Option(help="items JSONL (item_id, category, price)")] = None,
+    registry: Annotated[Path, typer.Option(help="model registry directory")] = PROJECT_ROOT / "var" / "models",
+    horizon_s: Annotated[float, typer.Option(help="label horizon after each cut-off (s)")] = 1800.0,
+    config: ConfigOpt = DEFAULT_CONFIG,
+) -> None:
+    """Build point-in-time features, train model v0, export to ONNX, check parity, publish."""
+    from models.training import PublishRefused, build_training_set, train_and_publish
+
+    _logging()
+    cfg = _job_config(config, None)
+    if catalog is None and history.with_suffix(".items.jsonl").exists():
+        catalog = history.with_suffix(".items.jsonl")
+    ts = build_training_set(history, cfg, horizon_s=horizon_s, catalog=catalog)
+    try:
+        out = train_and_publish(ts, registry, cfg)
+    except PublishRefused as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(1) from None
+    typer.echo((out / "card.json").read_text())
+
+
+@app.command()
+def run(
+    config: ConfigOpt = DEFAULT_CONFIG,
+    bounded: Annotated[bool, typer.Option(help="stop at the offsets latest at start")] = False,
+    set_: SetOpt = None,
+) -> None:
+    """Run the recommend job on the embedded Flink MiniCluster (the default)."""
+    from jobs.recommend import main as job_main
+
+    _job_config(config, set_, bounded)  # fail before Flink starts
+    args = ["--config", config] + [a for s in (set_ or []) for a in ("--set", s)]
+    raise typer.Exit(job_main(args + (["--bounded"] if bounded else [])))
+
+
+@cluster_app.command("up")
+def cluster_up(
+    rest_port: Annotated[int, typer.Option(help="REST/web port")] = 18081,
+    slots: Annotated[int, typer.Option(help="task slots")] = 2,
+) -> None:
+    """Start a JobManager and a TaskManager on loopback."""
+    from deploy.cluster import ClusterError, FlinkCluster
+
+    try:
+        ov = FlinkCluster(run_dir()).up(rest_port, slots)
+    except ClusterError as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"Flink {ov.get('flink-version')} at http://127.0.0.1:{rest_port}  "
+               f"taskmanagers {ov['taskmanagers']}  slots {ov['slots-total']}")
+
+
+@cluster_app.command("down")
+def cluster_down() -> None:
+    """Stop the standalone cluster."""
+    from deploy.cluster import FlinkCluster
+
+    FlinkCluster(run_dir()).down()
+    typer.echo("cluster stopped")
+
+
+@cluster_app.command("status")
+def cluster_status() -> None:
+    """Show the cluster overview and its jobs."""
+    from deploy.cluster import FlinkCluster
+
+    c = FlinkCluster(run_dir())
+    ov = c.overview()
+    if not ov:
+        typer.echo("cluster not running (streamrank cluster up)")
+        raise typer.Exit(1)
+    typer.echo(json.dumps({"overview": ov, "jobs": c.jobs()}, indent=2))
+
+
+@app.command()
+def submit(
+    config: ConfigOpt = DEFAULT_CONFIG,
+    bounded: Annotated[bool, typer.Option(help="stop at the offsets latest at start")] = False,
+    detached: Annotated[bool, typer.Option(help="return once submitted")] = True,
+    set_: SetOpt = None,
+) -> None:
+    """Submit the recommend job to the standalone cluster with `flink run -py`."""
+    from deploy.cluster import FlinkCluster
+
+    _job_config(config, set_, bounded)
+    c = FlinkCluster(run_dir())
+    if not c.overview():
+        typer.echo("no cluster answers; start one with `streamrank cluster up`", err=True)
+        raise typer.Exit(1)
+    extra = [a for s in (set_ or []) for a in ("--set", s)] + (["--bounded"] if bounded else [])
+    out = c.submit(str(Path(config).resolve()), extra, detached)
+    typer.echo(out.stdout[-4000:])
+    if out.returncode != 0:
+        typer.echo(out.stderr[-4000:], err=True)
+        raise typer.Exit(out.returncode)
+
+
+@app.command()
+def serve(
+    config: Annotated[str, typer.Option("--config", "-c", help="serving config TOML")] = DEFAULT_SERVING,
+    port: Annotated[Optional[int], typer.Option(help="override the port (0: any free)")] = None,
+) -> None:
+    """Run the gRPC lookup service until SIGTERM/SIGINT (then drain)."""
+    from contract.config import ConfigError, load_serving_config
+
+    _logging()
+    try:
+        cfg = load_serving_config(config, {"port": port} if port is not None else None)
+    except ConfigError as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(2) from None
+    from serving.server import serve as run_server
+
+    run_server(cfg)
+
+
+@app.command()
+def lookup(
+    user_id: Annotated[str, typer.Argument(help="user to look up")],
+    k: Annotated[int, typer.Option(help="how many items")] = 10,
+    target: Annotated[str, typer.Option(help="gRPC host:port")] = "127.0.0.1:50051",
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Ask the gRPC service for a user's recommendations."""
+    import grpc
+    from google.protobuf.json_format import MessageToDict
+
+    from serving.server import lookup_once
+
+    try:
+        resp = lookup_once(target, user_id, k)
+    except grpc.RpcError as e:
+        typer.echo(f"{e.code().name}: {e.details()}", err=True)
+        raise typer.Exit(1) from None
+    if as_json:
+        typer.echo(json.dumps(MessageToDict(resp, preserving_proto_field_name=True)))
+    else:
+        typer.echo(format_recommendations(resp))
+
+
+def format_recommendations(resp) -> str:
+    kind = f"fallback ({resp.fallback_reason})" if resp.fallback else f"model {resp.model_version}"
+    age = f", list age {resp.list_age_ms / 1000:.1f}s" if not resp.fallback else ""
+    lines = [f"user {resp.user_id}: {kind}{age}"]
+    lines += [f"  {n:2d}. {i.item_id}  {i.score:.4f}" for n, i in enumerate(resp.items, 1)]
+    return "\n".join(lines)
+
+
+@app.command()
+def demo(
+    live_events: Annotated[int, typer.Option(help="live events to stream through the job")] = 12000,
+    rate: Annotated[float, typer.Option(help="live events per second")] = 250.0,
+    keep: Annotated[bool, typer.Option(help="leave the stack running afterwards")] = False,
+) -> None:
+    """The whole loop: stack, history, train, job on live traffic, gRPC lookups, tidy up."""
+    from deploy.demo import run_demo
+
+    _logging()
+    raise typer.Exit(run_demo(live_events, rate, keep))
+
+
+def main() -> None:
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    if str(PROJECT_ROOT) not in sys.path:
+        sys.path.insert(0, str(PROJECT_ROOT))
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""A standalone Flink cluster (JobManager + TaskManager on loopback) from PyFlink's own bin/,
+and job submission with `flink run -py`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from deploy.paths import PROJECT_ROOT, python_executable
+
+PY_PACKAGES = ("contract", "jobs", "udfs", "deploy", "models")
+
+
+class ClusterError(RuntimeError):
+    """The cluster did not start, answer or accept a job; the message names the log."""
+
+
+def flink_home() -> Path:
+    import pyflink
+
+    return Path(pyflink.__file__).parent
+
+
+def _conf_yaml(rest_port: int, rpc_port: int, slots: int, run: Path) -> str:
+    py = python_executable()
+    return f"""\
+jobmanager:
+  bind-host: 127.0.0.1
+  rpc:
+    address: 127.0.0.1
+    port: {rpc_port}
+  memory:
+    process:
+      size: 1024m
+taskmanager:
+  bind-host: 127.0.0.1
+  host: 127.0.0.1
+  numberOfTaskSlots: {slots}
+  memory:
+    process:
+      size: 2048m
+rest:
+  address: 127.0.0.1
+  bind-address: 127.0.0.1
+  port: {rest_port}
+parallelism:
+  default: 1
+python:
+  executable: {py}
+  client:
+    executable: {py}
+env:
+  pid:
+    dir: {run}
+"""
+
+
+class FlinkCluster:
+    def __init__(self, run_dir: Path) -> None:
+        self.dir = run_dir / "flink-cluster"
+        self.conf = self.dir / "conf"
+        self.logs = self.dir / "log"
+        self.state_file = self.dir / "cluster.json"
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["FLINK_CONF_DIR"] = str(self.conf)
+        env["FLINK_LOG_DIR"] = str(self.logs)
+        env["PATH"] = f"{Path(python_executable()).parent}:{env.get('PATH', '')}"
+        return env
+
+    @property
+    def rest_port(self) -> int:
+        return int(json.loads(self.state_file.read_text())["rest_port"])
+
+    def address(self) -> str:
+        return f"127.0.0.1:{self.rest_port}"
+
+    def overview(self) -> dict | None:
+        if not self.state_file.exists():
+            return None
+        try:
+            with urllib.request.urlopen(f"http://{self.address()}/overview", timeout=2) as r:
+                return json.loads(r.read())
+        except (urllib.error.URLError, OSError):
+            return None
+
+    def up(self, rest_port: int = 18081, slots: int = 2) -> dict:
+        if (ov := self.overview()) and ov.get("taskmanagers", 0) > 0:
+            return ov
+        from deploy.stack import free_port
+
+        home = flink_home()
+        self.conf.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(parents=True, exist_ok=True)
+        for name in ("log4j.properties", "log4j-console.properties", "log4j-cli.properties", "logback.xml"):
+            src = home / "conf" / name
+            if src.exists():
+                (self.conf / name).write_text(src.read_text())
+        (self.conf / "config.yaml").write_text(_conf_yaml(rest_port, free_port(), slots, self.dir))
+        (self.conf / "masters").write_text(f"127.0.0.1:{rest_port}\n")
+        (self.conf / "workers").write_text("127.0.0.1\n")
+        self.state_file.write_text(json.dumps({"rest_port": rest_port}))
+        env = self._env()
+        # start-cluster.sh would ssh to the workers; start both daemons directly instead
+        for script in ("jobmanager.sh", "taskmanager.sh"):
+            out = subprocess.run(["bash", str(home / "bin" / script), "start"], env=env,
+                                 capture_output=True, text=True)
+            if out.returncode != 0:
+                raise ClusterError(f"{script} start failed: {out.stderr or out.stdout}; logs in {self.logs}")
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            ov = self.overview()
+            if ov and ov.get("taskmanagers", 0) > 0 and ov.get("slots-total", 0) > 0:
+                return ov
+            time.sleep(1)
+        raise ClusterError(f"Flink cluster did not come up within 90s; see {self.logs}")
+
+    def down(self) -> None:
+        if not self.conf.exists():
+            return
+        home = flink_home()
+        env = self._env()
+        for script in ("taskmanager.sh", "jobmanager.sh"):
+            subprocess.run(["bash", str(home / "bin" / script), "stop-all"], env=env, capture_output=True)
+        if self.state_file.exists():
+            self.state_file.unlink()
+
+    def jobs(self) -> list[dict]:
+        with urllib.request.urlopen(f"http://{self.address()}/jobs/overview", timeout=5) as r:
+            return json.loads(r.read())["jobs"]
+
+    def submit(self, config: str | None, extra_args: list[str], detached: bool) -> subprocess.CompletedProcess:
+        """`flink run -py jobs/recommend.py`, shipping the project's packages and the jars."""
+        home = flink_home()
+        py = python_executable()
+        cmd = [
+            "bash", str(home / "bin" / "flink"), "run", "-m", self.address(),
+            "-py", str(PROJECT_ROOT / "jobs" / "recommend.py"),
+            "-pyfs", ",".join(str(PROJECT_ROOT / p) for p in PY_PACKAGES),
+            "-pyexec", py, "-pyclientexec", py,
+        ]
+        if detached:
+            cmd.append("-d")
+        cmd += [*(["--config", config] if config else []), *extra_args]
+        if detached:
+            cmd.append("--detached")
+        env = self._env()
+        env["PYTHONPATH"] = f"{PROJECT_ROOT}:{env.get('PYTHONPATH', '')}"
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=PROJECT_ROOT)

@@ -1,0 +1,117 @@
+"""`make demo`: the whole loop on real parts, then tidy up.
+
+stack up -> simulate a history file -> train model v0 -> recommend job on the embedded
+MiniCluster -> live simulated traffic through Kafka -> gRPC lookups of real lists -> stop all."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import redis
+
+from contract import keys
+from contract.config import load_config, load_serving_config
+from deploy.paths import PROJECT_ROOT, run_dir
+from deploy.stack import LocalStack, free_port, stop_pid
+
+log = logging.getLogger("streamrank.demo")
+CONFIG = PROJECT_ROOT / "deploy" / "config" / "local.toml"
+
+
+def _step(msg: str) -> None:
+    print(f"\n==> {msg}", flush=True)
+
+
+def run_demo(live_events: int, rate: float, keep: bool) -> int:
+    from models.training import build_training_set, train_and_publish
+    from serving.server import create_server, lookup_once
+    from traffic.publish import publish_catalog, publish_events, write_history
+    from traffic.simulator import Simulator
+    from deploy.cli import format_recommendations
+
+    run = run_dir()
+    stack = LocalStack(run)
+    cfg = load_config(CONFIG)
+    job = None
+    server = None
+    try:
+        _step("starting Kafka (KRaft) and Redis")
+        stack.up(int(cfg.kafka.bootstrap_servers.rsplit(":", 1)[1]), cfg.redis.port)
+        r = redis.Redis(host=cfg.redis.host, port=cfg.redis.port)
+        r.flushdb()
+
+        _step("simulating 6 hours of history and training model v0")
+        sim = Simulator(seed=11)
+        history = run / "demo" / "history.jsonl"
+        history.parent.mkdir(parents=True, exist_ok=True)
+        write_history(sim, str(history), 60000, 5.0, int((time.time() - 6 * 3600) * 1000))
+        catalog = history.with_suffix(".items.jsonl")
+        catalog.write_text("".join(json.dumps(i.to_json()) + "\n" for i in sim.items))
+        registry = PROJECT_ROOT / "var" / "models"
+        model = train_and_publish(build_training_set(history, cfg, catalog=catalog), registry, cfg)
+        card = json.loads((model / "card.json").read_text())
+        print(f"model {card['version']}: holdout AUC {card['holdout']['auc']}, "
+              f"ONNX parity {card['onnx_parity_max_abs_diff']:.1e}")
+
+        _step("starting the recommend job on the embedded Flink MiniCluster")
+        job_log = run / "demo" / "job.log"
+        with open(job_log, "wb") as out:
+            job = subprocess.Popen(
+                [sys.executable, "-m", "jobs.recommend", "--config", str(CONFIG),
+                 "--set", f'scoring.model_dir="{registry / "current"}"',
+                 "--set", 'kafka.startup_mode="latest-offset"',
+                 "--set", f'kafka.group_id="streamrank-demo-{int(time.time())}"'],
+                cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        publish_catalog(sim, cfg.kafka.bootstrap_servers, cfg.kafka.items_topic)
+        print(f"job log: {job_log}; waiting for the job to read its sources")
+        _wait_for(lambda: r.hlen(keys.ITEM_META) > 0, 120, job, job_log, "the job to load the catalog")
+
+        _step(f"streaming {live_events} live events at {rate:.0f}/s through Kafka (1% malformed)")
+        live = Simulator(seed=12)
+        report = publish_events(live, cfg.kafka.bootstrap_servers, cfg.kafka.interactions_topic,
+                                live_events, rate, malformed_fraction=0.01, realtime=True)
+        print(f"published {report.sent} records ({report.malformed} malformed) from {report.users} users")
+        # the last windows close once the watermark passes them: keep a trickle flowing
+        publish_events(Simulator(seed=13), cfg.kafka.bootstrap_servers, cfg.kafka.interactions_topic,
+                       int(rate * 10), rate, realtime=True, progress=False)
+        _wait_for(lambda: sum(1 for _ in r.scan_iter("rec:*", count=1000)) >= report.users * 0.9,
+                  90, job, job_log, "lists for the live users")
+        n_lists = sum(1 for _ in r.scan_iter("rec:*", count=1000))
+
+        _step("serving over gRPC and looking up a few users")
+        scfg = load_serving_config(PROJECT_ROOT / "deploy" / "config" / "serving.toml", {"port": 0})
+        server, port = create_server(scfg, free_port())
+        server.start()
+        newest = sorted(
+            ((keys.RecList.decode(r.get(k)).feature_ts, k.decode()[4:]) for k in r.scan_iter("rec:*", count=1000)),
+            reverse=True,
+        )
+        users = [u for _, u in newest[:3]]
+        for u in users + ["cold-user-42"]:
+            print(format_recommendations(lookup_once(f"127.0.0.1:{port}", u, 5)))
+        print(f"\n{n_lists} users have lists in Redis; Kafka -> Flink -> ONNX -> Redis -> gRPC works.")
+        return 0
+    finally:
+        _step("tidying up")
+        if server is not None:
+            server.stop(1)
+        if job is not None:
+            stop_pid(job.pid)
+        if not keep:
+            stack.down()
+
+
+def _wait_for(check, timeout_s: float, job, job_log: Path, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if job.poll() is not None:
+            raise RuntimeError(f"the job exited ({job.returncode}) while waiting for {what}; see {job_log}")
+        time.sleep(1)
+    raise RuntimeError(f"timed out after {timeout_s:.0f}s waiting for {what}; see {job_log}")

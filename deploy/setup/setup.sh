@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# One idempotent set-up step (make setup): venv from the lock, Maven jars, redis-server, stubs.
+# Each part is skipped when its stamp matches its inputs, so a second run does no network work.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+VENV=$ROOT/.venv
+CACHE=$ROOT/.cache
+STAMPS=$CACHE/stamps
+UV_VERSION=0.13.9
+KAFKA_CONNECTOR=org.apache.flink:flink-sql-connector-kafka:5.0.0-2.2
+DEP_PLUGIN=org.apache.maven.plugins:maven-dependency-plugin:3.8.1
+mkdir -p "$STAMPS"
+
+fail() { echo "setup: $1" >&2; echo "setup: fix the cause above, then run 'make setup' again (finished parts are skipped)" >&2; exit 1; }
+stamp_of() { cat "$@" | sha256sum | cut -c1-16; }
+
+# 1. Python environment from the lock (uv installs the exact pins in one go)
+want=$(stamp_of requirements.lock pyproject.toml)
+if [ "$(cat "$STAMPS/venv" 2>/dev/null)" != "$want" ] || [ ! -x "$VENV/bin/python" ]; then
+  echo "setup: Python environment (.venv) from requirements.lock"
+  [ -x "$VENV/bin/python" ] || python3.11 -m venv "$VENV" 2>/dev/null || python3 -m venv "$VENV" || fail "could not create $VENV"
+  "$VENV/bin/python" -m pip install -q "uv==$UV_VERSION" || fail "PyPI: installing uv $UV_VERSION failed"
+  "$VENV/bin/python" -m uv pip install -q --python "$VENV/bin/python" -r requirements.lock || fail "PyPI: installing requirements.lock failed"
+  "$VENV/bin/python" -m uv pip install -q --python "$VENV/bin/python" --no-deps -e . || fail "installing the streamrank package failed"
+  echo "$want" > "$STAMPS/venv"
+fi
+
+# 2. Jars from Maven Central: Flink's Kafka SQL connector and Apache Kafka's broker
+want=$(stamp_of deploy/maven/kafka-broker.pom.xml deploy/setup/setup.sh)
+if [ "$(cat "$STAMPS/jars" 2>/dev/null)" != "$want" ]; then
+  command -v mvn >/dev/null || fail "Maven (mvn) is not installed"
+  echo "setup: jars from Maven Central (Flink Kafka connector, Kafka broker)"
+  rm -rf "$CACHE/jars"
+  mvn -q -B "$DEP_PLUGIN:copy" -Dartifact="$KAFKA_CONNECTOR" -DoutputDirectory="$CACHE/jars/flink" \
+    || fail "Maven Central: fetching $KAFKA_CONNECTOR failed"
+  mvn -q -B -f deploy/maven/kafka-broker.pom.xml "$DEP_PLUGIN:copy-dependencies" \
+    -DoutputDirectory="$CACHE/jars/kafka" -DincludeScope=runtime \
+    || fail "Maven Central: fetching the Kafka broker jars failed"
+  echo "$want" > "$STAMPS/jars"
+fi
+
+# 3. Redis from Debian's packages
+if ! command -v redis-server >/dev/null; then
+  echo "setup: installing Debian's redis-server"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq || fail "apt-get update failed (Debian package mirrors)"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null \
+    || fail "apt-get install redis-server failed"
+  # the package starts a system Redis on 6379; streamrank starts its own on loopback ports
+  ($SUDO service redis-server stop || true) >/dev/null 2>&1
+fi
+
+# 4. gRPC stubs, generated from serving/proto (not checked in)
+want=$(stamp_of serving/proto/streamrank/v1/*.proto requirements.lock)
+if [ "$(cat "$STAMPS/stubs" 2>/dev/null)" != "$want" ]; then
+  rm -rf serving/generated
+  "$VENV/bin/python" -c "from serving.stubs import generate; generate()" || fail "generating gRPC stubs failed"
+  echo "$want" > "$STAMPS/stubs"
+fi
+echo "setup: ready (.venv, .cache/jars, redis-server, serving/generated)"

@@ -16,14 +16,15 @@ from contract.schema import CATEGORY_SQL, MAX_FUTURE_MS, MIN_TS_MS, validation_s
 log = logging.getLogger("streamrank.jobs.recommend")
 
 
-def environment(cfg: JobConfig):
-    """The one place the job's Flink environment and options are made."""
+def environment(cfg: JobConfig, env=None):
+    """The one place the job's Flink environment and options are made (env: an existing
+    StreamExecutionEnvironment, for tests that feed it a collection)."""
     from pyflink.datastream import StreamExecutionEnvironment
     from pyflink.table import EnvironmentSettings, StreamTableEnvironment
 
     from deploy.paths import connector_jars, python_executable
 
-    env = StreamExecutionEnvironment.get_execution_environment()
+    env = env or StreamExecutionEnvironment.get_execution_environment()
     t_env = StreamTableEnvironment.create(env, EnvironmentSettings.in_streaming_mode())
     f = cfg.flink
     options = {
@@ -46,16 +47,24 @@ def environment(cfg: JobConfig):
     return t_env
 
 
-def kafka_source_ddl(cfg: JobConfig) -> str:
-    """interactions_src: the raw record and its Kafka coordinates, with event time + watermark.
+def event_time_sql(kafka_ms: str = "kafka_ts_ms") -> str:
+    """Event time from the record's `ts`; when `ts` is missing or out of range, the earliest
+    allowed time, which can never advance the watermark (a Kafka timestamp would, on replays of
+    old events). Validation sends such records to the DLQ, which is not windowed."""
+    ts = "TRY_CAST(JSON_VALUE(payload, '$.ts') AS BIGINT)"
+    return (f"TO_TIMESTAMP_LTZ(CASE WHEN {ts} BETWEEN {MIN_TS_MS} AND {kafka_ms} + {MAX_FUTURE_MS} "
+            f"THEN {ts} ELSE {MIN_TS_MS} END, 3)")
 
-    Records whose `ts` is missing or out of range get the Kafka timestamp as event time so they
-    cannot move the watermark; validation sends them to the DLQ anyway."""
+
+def watermark_sql(cfg: JobConfig) -> str:
+    return f"event_time - INTERVAL '{cfg.features.out_of_orderness_s:.3f}' SECOND"
+
+
+def kafka_source_ddl(cfg: JobConfig) -> str:
+    """interactions_src: the raw record and its Kafka coordinates, with event time + watermark."""
     k = cfg.kafka
     bounded = ",\n  'scan.bounded.mode' = 'latest-offset'" if k.bounded else ""
-    ts = "TRY_CAST(JSON_VALUE(payload, '$.ts') AS BIGINT)"
     kafka_ms = "(UNIX_TIMESTAMP(CAST(kafka_ts AS STRING)) * 1000)"
-    delay_s = f"{cfg.features.out_of_orderness_s:.3f}"
     return f"""
 CREATE TABLE interactions_src (
   payload STRING,
@@ -64,10 +73,8 @@ CREATE TABLE interactions_src (
   src_offset BIGINT METADATA FROM 'offset' VIRTUAL,
   kafka_ts TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL,
   kafka_ts_ms AS {kafka_ms},
-  event_time AS TO_TIMESTAMP_LTZ(CASE
-    WHEN {ts} BETWEEN {MIN_TS_MS} AND {kafka_ms} + {MAX_FUTURE_MS} THEN {ts}
-    ELSE {kafka_ms} END, 3),
-  WATERMARK FOR event_time AS event_time - INTERVAL '{delay_s}' SECOND
+  event_time AS {event_time_sql(kafka_ms)},
+  WATERMARK FOR event_time AS {watermark_sql(cfg)}
 ) WITH (
   'connector' = 'kafka',
   'topic' = '{k.interactions_topic}',

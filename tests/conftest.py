@@ -1,0 +1,93 @@
+"""Shared fixtures. Tiers are marked by folder: tests/unit (no JVM, no network), tests/flink
+(MiniCluster + a real Redis), tests/integration (real Kafka, Redis, Flink processes)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from contract.config import JobConfig, load_config
+from deploy.paths import PROJECT_ROOT
+
+TIERS = ("unit", "flink", "integration")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        parts = Path(str(item.fspath)).parts
+        for tier in TIERS:
+            if tier in parts:
+                item.add_marker(getattr(pytest.mark, tier))
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A real redis-server on a free loopback port: (port, client)."""
+    import redis
+
+    from deploy.stack import free_port, start_redis, stop_pid
+
+    port = free_port()
+    svc = start_redis(tmp_path_factory.mktemp("redis"), port)
+    yield port, redis.Redis(port=port)
+    stop_pid(svc.pid)
+
+
+@pytest.fixture
+def redis_db(redis_server):
+    port, client = redis_server
+    client.flushdb()
+    return port, client
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory):
+    """A real single-node Kafka broker (KRaft) on free loopback ports: bootstrap string."""
+    from deploy.stack import free_port, start_kafka, stop_pid
+
+    svc = start_kafka(tmp_path_factory.mktemp("kafka"), free_port(), free_port(), partitions=2)
+    yield f"127.0.0.1:{svc.port}"
+    stop_pid(svc.pid)
+
+
+@pytest.fixture(scope="session")
+def sim_history(tmp_path_factory):
+    """A simulated history file (and its catalog) ending now."""
+    from traffic.publish import write_history
+    from traffic.simulator import Simulator
+
+    d = tmp_path_factory.mktemp("history")
+    sim = Simulator(seed=21, users=200, items=500, categories=10)
+    path = d / "history.jsonl"
+    write_history(sim, str(path), 15000, 5.0, int((time.time() - 3600) * 1000), progress=False)
+    catalog = d / "history.items.jsonl"
+    catalog.write_text("".join(json.dumps(i.to_json()) + "\n" for i in sim.items))
+    return path, catalog
+
+
+@pytest.fixture(scope="session")
+def model_dir(sim_history, tmp_path_factory) -> Path:
+    """Model v0 trained on the simulated history and published to a temporary registry."""
+    from models.training import build_training_set, train_and_publish
+
+    history, catalog = sim_history
+    cfg = load_config(None)
+    registry = tmp_path_factory.mktemp("registry")
+    ts = build_training_set(history, cfg, catalog=catalog, progress=False)
+    train_and_publish(ts, registry, cfg)
+    return registry / "current"
+
+
+def job_config(redis_port: int, model: Path, bootstrap: str = "127.0.0.1:9", **sections) -> JobConfig:
+    overrides = {
+        "redis.port": redis_port,
+        "scoring.model_dir": str(model),
+        "kafka.bootstrap_servers": bootstrap,
+        "flink.checkpoint_interval_s": 2.0,
+    }
+    for key, value in sections.items():
+        overrides[key.replace("__", ".")] = value
+    return load_config(PROJECT_ROOT / "deploy" / "config" / "local.toml", overrides)

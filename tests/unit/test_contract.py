@@ -1,0 +1,81 @@
+import json
+
+import pytest
+
+from contract import keys
+from contract.config import ConfigError, load_config, load_serving_config, parse_config
+from contract.schema import InvalidEvent, sanitize_category, validate
+from deploy.paths import PROJECT_ROOT
+
+GOOD = {"event_id": "e1", "user_id": "u1", "item_id": "i1", "type": "click", "ts": 1_700_000_000_000}
+
+
+def test_valid_event_parses_with_defaults():
+    ev = validate(json.dumps({**GOOD, "extra": {"kept": True}}))
+    assert (ev.user_id, ev.type, ev.value, ev.category, ev.consent) == ("u1", "click", 0.0, "unknown", True)
+
+
+@pytest.mark.parametrize(
+    "record, reason",
+    [
+        (b"{not json", "not_json"),
+        (json.dumps([1, 2]), "not_json"),
+        (json.dumps({**GOOD, "user_id": ""}), "bad_user_id"),
+        (json.dumps({**GOOD, "user_id": "has space"}), "bad_user_id"),
+        (json.dumps({k: v for k, v in GOOD.items() if k != "event_id"}), "bad_event_id"),
+        (json.dumps({**GOOD, "item_id": None}), "bad_item_id"),
+        (json.dumps({**GOOD, "type": "teleport"}), "bad_type"),
+        (json.dumps({**GOOD, "ts": "yesterday"}), "bad_ts"),
+        (json.dumps({**GOOD, "ts": 12}), "bad_ts"),
+        (json.dumps({**GOOD, "value": -5}), "bad_value"),
+        (json.dumps({**GOOD, "value": "free"}), "bad_value"),
+    ],
+)
+def test_invalid_events_name_their_reason(record, reason):
+    with pytest.raises(InvalidEvent) as err:
+        validate(record)
+    assert err.value.reason == reason
+
+
+def test_future_event_rejected_against_ingest_time():
+    with pytest.raises(InvalidEvent, match="bad_ts"):
+        validate(json.dumps({**GOOD, "ts": 1_700_000_000_000 + 2 * 3600_000}), ingest_ts_ms=1_700_000_000_000)
+
+
+def test_category_separators_are_replaced():
+    assert sanitize_category("a|b;c") == "a_b_c"
+    assert sanitize_category(None) == "unknown"
+
+
+@pytest.mark.parametrize("path", sorted((PROJECT_ROOT / "deploy" / "config").glob("*.toml")), ids=lambda p: p.name)
+def test_every_config_file_under_deploy_loads(path):
+    if path.name.startswith("serving"):
+        assert load_serving_config(path).max_k >= 1
+    else:
+        assert load_config(path).scoring.top_k >= 1
+
+
+def test_unknown_key_fails_naming_the_field():
+    with pytest.raises(ConfigError, match=r"features\.micro_batch: unknown key"):
+        parse_config({"features": {"micro_batch": 2}})
+
+
+def test_negative_window_fails_naming_the_field():
+    with pytest.raises(ConfigError, match=r"features\.micro_batch_s: .*greater than 0"):
+        parse_config({"features": {"micro_batch_s": -1}})
+
+
+def test_zero_half_life_fails_naming_the_field():
+    with pytest.raises(ConfigError, match=r"features\.interest_half_life_s"):
+        parse_config({"features": {"interest_half_life_s": 0}})
+
+
+def test_missing_file_says_so(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_rec_list_round_trip():
+    rec = keys.RecList([keys.ScoredItem("i1", 0.5), keys.ScoredItem("i2", 0.25)], "v0001", 123, 456)
+    assert keys.RecList.decode(rec.encode()) == rec
+    assert keys.rec_key("u1") == "rec:u1" and keys.feat_key("u1") == "feat:u1"

@@ -26,6 +26,14 @@ def flink_home() -> Path:
     return Path(pyflink.__file__).parent
 
 
+def _shipped_java_opts() -> str:
+    """The --add-opens/--add-exports flags of PyFlink's own config.yaml (Java 17 needs them)."""
+    for line in (flink_home() / "conf" / "config.yaml").read_text().splitlines():
+        if line.strip().startswith("all: --add-"):
+            return line.split("all:", 1)[1].strip()
+    return ""
+
+
 def _conf_yaml(rest_port: int, rpc_port: int, slots: int, run: Path) -> str:
     py = python_executable()
     return f"""\
@@ -57,6 +65,9 @@ python:
 env:
   pid:
     dir: {run}
+  java:
+    opts:
+      all: {_shipped_java_opts()}
 """
 
 
@@ -65,12 +76,14 @@ class FlinkCluster:
         self.dir = run_dir / "flink-cluster"
         self.conf = self.dir / "conf"
         self.logs = self.dir / "log"
+        self.lib = self.dir / "lib"
         self.state_file = self.dir / "cluster.json"
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
         env["FLINK_CONF_DIR"] = str(self.conf)
         env["FLINK_LOG_DIR"] = str(self.logs)
+        env["FLINK_LIB_DIR"] = str(self.lib)
         env["PATH"] = f"{Path(python_executable()).parent}:{env.get('PATH', '')}"
         return env
 
@@ -98,6 +111,7 @@ class FlinkCluster:
         home = flink_home()
         self.conf.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)
+        self._link_lib(home)
         for name in ("log4j.properties", "log4j-console.properties", "log4j-cli.properties", "logback.xml"):
             src = home / "conf" / name
             if src.exists():
@@ -120,6 +134,15 @@ class FlinkCluster:
                 return ov
             time.sleep(1)
         raise ClusterError(f"Flink cluster did not come up within 90s; see {self.logs}")
+
+    def _link_lib(self, home: Path) -> None:
+        """lib/ of the cluster = PyFlink's lib/ plus opt/flink-python (the Python operators run in
+        the TaskManager, whose classpath is lib/ only); PyFlink's own install stays untouched."""
+        self.lib.mkdir(parents=True, exist_ok=True)
+        for jar in [*(home / "lib").glob("*.jar"), *(home / "opt").glob("flink-python-*.jar")]:
+            link = self.lib / jar.name
+            if not link.exists():
+                link.symlink_to(jar)
 
     def down(self) -> None:
         if not self.conf.exists():

@@ -1,0 +1,43 @@
+"""Helpers for the integration tier: run the job as the user would, read topics back."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from deploy.paths import PROJECT_ROOT
+
+
+def job_args(bootstrap: str, redis_port: int, model: Path, topic_prefix: str, group: str) -> list[str]:
+    """--set overrides pointing the shipped local config at the test's broker, Redis and topics."""
+    sets = {
+        "kafka.bootstrap_servers": json.dumps(bootstrap),
+        "kafka.interactions_topic": json.dumps(f"{topic_prefix}interactions"),
+        "kafka.items_topic": json.dumps(f"{topic_prefix}items"),
+        "kafka.dlq_topic": json.dumps(f"{topic_prefix}interactions.dlq"),
+        "kafka.group_id": json.dumps(group),
+        "redis.port": str(redis_port),
+        "scoring.model_dir": json.dumps(str(model)),
+        "flink.checkpoint_interval_s": "2.0",
+    }
+    return [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
+
+
+def run_job_embedded(args: list[str], log_path: Path, timeout_s: float = 300) -> None:
+    cmd = [sys.executable, "-m", "deploy.cli", "run", "--bounded", *args]
+    with open(log_path, "wb") as log:
+        rc = subprocess.run(cmd, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s).returncode
+    assert rc == 0, f"job failed ({rc}); tail of {log_path}:\n{log_path.read_text()[-3000:]}"
+
+
+def read_topic(bootstrap: str, topic: str, idle_ms: int = 5000) -> list[bytes]:
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                             consumer_timeout_ms=idle_ms, enable_auto_commit=False)
+    try:
+        return [m.value for m in consumer]
+    finally:
+        consumer.close()

@@ -1,0 +1,81 @@
+"""The whole loop on real parts: Kafka broker (KRaft), Redis, the job on the Flink MiniCluster
+(as `streamrank run`), and the gRPC service on port 0."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import grpc
+import pytest
+
+from contract import keys
+from contract.config import load_serving_config
+from deploy.stack import create_topics
+from serving.server import create_server, lookup_once
+from tests.integration.helpers import job_args, read_topic, run_job_embedded
+from traffic.publish import publish_catalog, publish_events
+from traffic.simulator import Simulator
+
+
+@pytest.fixture(scope="module")
+def loop_run(kafka_broker, redis_server, model_dir, tmp_path_factory):
+    """Publish 3,000 records (1% malformed) and run the job over them once."""
+    port, r = redis_server
+    r.flushdb()
+    prefix = "e2e."
+    create_topics(kafka_broker, 2, {"interactions": f"{prefix}interactions", "items": f"{prefix}items",
+                                    "dlq": f"{prefix}interactions.dlq"})
+    sim = Simulator(seed=99, users=150, items=400, categories=8)
+    publish_catalog(sim, kafka_broker, f"{prefix}items")
+    report = publish_events(sim, kafka_broker, f"{prefix}interactions", 3000, 50.0,
+                            start_ms=int(time.time() * 1000) - 120_000, malformed_fraction=0.01,
+                            progress=False)
+    valid_users = set()
+    for _, value, ok in Simulator(seed=99, users=150, items=400, categories=8).records(
+            report.first_ts, 50.0, 3000, 0.01):
+        if ok:
+            valid_users.add(json.loads(value)["user_id"])
+    log = tmp_path_factory.mktemp("job") / "job.log"
+    run_job_embedded(job_args(kafka_broker, port, model_dir, prefix, "e2e"), log)
+    return report, valid_users, r, port
+
+
+def test_every_valid_user_has_a_list(loop_run):
+    report, valid_users, r, _ = loop_run
+    assert report.malformed > 0 and len(valid_users) == report.users
+    with_lists = {k.decode()[4:] for k in r.scan_iter("rec:*")}
+    assert with_lists == valid_users
+    rec = keys.RecList.decode(r.get(keys.rec_key(sorted(valid_users)[0])))
+    assert rec.items and rec.model_version.startswith("v") and rec.feature_ts > 0
+
+
+def test_dlq_holds_exactly_the_malformed_records(loop_run, kafka_broker):
+    report, *_ = loop_run
+    dlq = [json.loads(v) for v in read_topic(kafka_broker, "e2e.interactions.dlq")]
+    assert len(dlq) == report.malformed
+    assert all(d["reason"] and d["src_topic"] == "e2e.interactions" and d["src_offset"] >= 0 for d in dlq)
+    assert len({(d["src_partition"], d["src_offset"]) for d in dlq}) == len(dlq)
+
+
+def test_grpc_returns_the_redis_list(loop_run):
+    _, valid_users, r, port = loop_run
+    cfg = load_serving_config(None, {"redis.port": port})
+    server, grpc_port = create_server(cfg, 0)
+    server.start()
+    try:
+        target = f"127.0.0.1:{grpc_port}"
+        for user in sorted(valid_users)[:5]:
+            stored = keys.RecList.decode(r.get(keys.rec_key(user)))
+            resp = lookup_once(target, user, 10)
+            assert not resp.fallback
+            assert [i.item_id for i in resp.items] == [i.item_id for i in stored.items[:10]]
+            assert resp.model_version == stored.model_version
+            assert resp.feature_ts_ms == stored.feature_ts
+        cold = lookup_once(target, "never-seen", 5)
+        assert cold.fallback and cold.fallback_reason == "no_list" and len(cold.items) == 5
+        with pytest.raises(grpc.RpcError) as err:
+            lookup_once(target, "bad user!", 5)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        server.stop(0)

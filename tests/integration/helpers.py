@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 from deploy.paths import PROJECT_ROOT
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment for a child process. An in-process MiniCluster run (the flink tier) leaves
+    PYFLINK_GATEWAY_DISABLED set in this process; a child that inherits it cannot start Flink."""
+    env = {k: v for k, v in os.environ.items() if k != "PYFLINK_GATEWAY_DISABLED"}
+    env.update(extra)
+    return env
 
 
 def job_args(bootstrap: str, redis_port: int, model: Path, topic_prefix: str, group: str) -> list[str]:
@@ -28,7 +37,8 @@ def job_args(bootstrap: str, redis_port: int, model: Path, topic_prefix: str, gr
 def run_job_embedded(args: list[str], log_path: Path, timeout_s: float = 300) -> None:
     cmd = [sys.executable, "-m", "deploy.cli", "run", "--bounded", *args]
     with open(log_path, "wb") as log:
-        rc = subprocess.run(cmd, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s).returncode
+        rc = subprocess.run(cmd, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s,
+                            env=child_env()).returncode
     assert rc == 0, f"job failed ({rc}); tail of {log_path}:\n{log_path.read_text()[-3000:]}"
 
 

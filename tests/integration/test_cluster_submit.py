@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ import pytest
 from deploy.cluster import FlinkCluster
 from deploy.paths import PROJECT_ROOT
 from deploy.stack import create_topics, free_port
-from tests.integration.helpers import job_args
+from tests.integration.helpers import child_env, job_args
 from traffic.publish import publish_catalog, publish_events
 from traffic.simulator import Simulator
 
@@ -40,7 +39,7 @@ def test_submitted_job_writes_lists(cluster, kafka_broker, redis_server, model_d
     publish_catalog(sim, kafka_broker, f"{prefix}items")
     report = publish_events(sim, kafka_broker, f"{prefix}interactions", 1000, 50.0,
                             start_ms=int(time.time() * 1000) - 60_000, progress=False)
-    env = {**os.environ, "STREAMRANK_RUN_DIR": str(run)}
+    env = child_env(STREAMRANK_RUN_DIR=str(run))
     out = subprocess.run(
         [sys.executable, "-m", "deploy.cli", "submit", "--bounded", "--no-detached",
          "--config", str(PROJECT_ROOT / "deploy" / "config" / "local.toml"),

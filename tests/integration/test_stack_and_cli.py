@@ -9,6 +9,7 @@ import pytest
 
 from deploy.paths import PROJECT_ROOT
 from deploy.stack import LocalStack, free_port, stop_pid
+from tests.integration.helpers import child_env
 
 COMMANDS = [[], ["stack"], ["stack", "up"], ["stack", "down"], ["stack", "status"], ["simulate"], ["train"],
             ["run"], ["cluster"], ["cluster", "up"], ["cluster", "down"], ["cluster", "status"], ["submit"],
@@ -17,7 +18,7 @@ COMMANDS = [[], ["stack"], ["stack", "up"], ["stack", "down"], ["stack", "status
 
 def cli(*args: str, env=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "deploy.cli", *args], cwd=PROJECT_ROOT,
-                          capture_output=True, text=True, env=env, timeout=300)
+                          capture_output=True, text=True, env=env or child_env(), timeout=300)
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c) or "streamrank")
@@ -26,10 +27,8 @@ def test_every_command_has_help(cmd):
     assert out.returncode == 0 and "Usage" in out.stdout
 
 
-def test_stack_up_twice_status_and_crash(tmp_path, monkeypatch):
-    import os
-
-    env = {**os.environ, "STREAMRANK_RUN_DIR": str(tmp_path)}
+def test_stack_up_twice_status_and_crash(tmp_path):
+    env = child_env(STREAMRANK_RUN_DIR=str(tmp_path))
     kp, rp = str(free_port()), str(free_port())
     first = cli("stack", "up", "--kafka-port", kp, "--redis-port", rp, env=env)
     assert first.returncode == 0, first.stderr

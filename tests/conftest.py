@@ -11,6 +11,7 @@ import pytest
 
 from contract.config import JobConfig, load_config
 from deploy.paths import PROJECT_ROOT
+from tests.integration import helpers as _helpers  # noqa: F401  (snapshots the environment first)
 
 TIERS = ("unit", "flink", "integration")
 

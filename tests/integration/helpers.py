@@ -11,12 +11,15 @@ from pathlib import Path
 from deploy.paths import PROJECT_ROOT
 
 
+# Taken at import, before any test runs Flink in this process: an in-process MiniCluster run (the
+# flink tier) changes os.environ (PYFLINK_GATEWAY_DISABLED, JAVA_HOME, ...) in ways that stop a
+# child process from starting Flink.
+_START_ENV = dict(os.environ)
+
+
 def child_env(**extra: str) -> dict[str, str]:
-    """The environment for a child process. An in-process MiniCluster run (the flink tier) leaves
-    PYFLINK_GATEWAY_DISABLED set in this process; a child that inherits it cannot start Flink."""
-    env = {k: v for k, v in os.environ.items() if k != "PYFLINK_GATEWAY_DISABLED"}
-    env.update(extra)
-    return env
+    """The environment for a child process: this process's as it was before Flink ran in it."""
+    return {**_START_ENV, **extra}
 
 
 def job_args(bootstrap: str, redis_port: int, model: Path, topic_prefix: str, group: str) -> list[str]:

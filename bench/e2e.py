@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--events", type=int, default=200_000, help="backlog size for the throughput runs")
     p.add_argument("--parallelism", type=int, default=1)
     p.add_argument("--users", type=int, default=5000)
+    p.add_argument("--event-rate", type=float, default=20000.0,
+                   help="density of the backlog in event time (events per second of event time)")
     p.add_argument("--live-rate", type=float, default=1000.0, help="events/s for the freshness run")
     p.add_argument("--live-seconds", type=float, default=30.0)
     args = p.parse_args(argv)
@@ -82,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             create_topics(bootstrap, max(2, args.parallelism), {"interactions": t, "items": "bench.items", "dlq": "bench.dlq"})
         publish_catalog(sim, bootstrap, "bench.items")
         start = int(time.time() * 1000) - 3_600_000
-        publish_events(sim, bootstrap, "bench.backlog", args.events, args.events / 3000, start_ms=start)
+        publish_events(sim, bootstrap, "bench.backlog", args.events, args.event_rate, start_ms=start)
         publish_events(sim, bootstrap, "bench.tiny", 1, 1.0, start_ms=start, progress=False)
 
         def run(module: str, topic: str) -> float:
@@ -130,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         fresh = np.array(list(samples.values()) or [0])
         report = {
             "events": args.events,
+            "backlog_event_rate": args.event_rate,
             "parallelism": args.parallelism,
             "users_with_lists": users_with_lists,
             "events_per_s": round(args.events / max(e2e_full - e2e_tiny, 1e-3)),

@@ -13,7 +13,7 @@ recovery never moves a key backwards.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 TRENDING = "trending"
 ITEM_META = "item:meta"
@@ -46,8 +46,13 @@ class RecList:
     extra: dict[str, object] = field(default_factory=dict)
 
     def encode(self) -> str:
-        d = asdict(self)
-        d["items"] = [[i.item_id, round(i.score, 6)] for i in self.items]
+        d = {
+            "items": [[i.item_id, round(i.score, 6)] for i in self.items],
+            "model_version": self.model_version,
+            "feature_ts": self.feature_ts,
+            "written_at": self.written_at,
+            "extra": self.extra,
+        }
         return json.dumps(d, separators=(",", ":"))
 
     @staticmethod

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from contract.config import JobConfig
 from contract.schema import Interaction, InvalidEvent, validate
-from udfs.candidates import TrendingBoards, item_weight
+from udfs.candidates import GLOBAL, CandidatePool, TrendingBoards, item_weight
 from udfs.features import UserState, WindowDelta, apply_window
 
 
@@ -91,6 +91,12 @@ class OfflineReplay:
             window.append(e)
         if window and current is not None:
             yield self._fold(window, current)
+
+    def candidate_pool(self) -> CandidatePool:
+        """The pool the job's scorer would draw from now (see udfs.ranking.CandidateSource)."""
+        c = self.cfg.candidates
+        boards = {b: self.boards.top(c.per_category, b) for b in self.boards.boards if b != GLOBAL}
+        return CandidatePool(self.boards.top(c.trending), boards, self.catalog)
 
     def _fold(self, window: list[Interaction], end: int) -> ReplayStep:
         items: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0, 0, 0])

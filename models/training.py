@@ -20,8 +20,8 @@ from tqdm import tqdm
 
 from contract.config import JobConfig
 from models.offline import OfflineReplay, load_catalog, read_history
-from udfs.candidates import gather_candidates
-from udfs.features import FEATURE_NAMES, user_item_features
+from udfs.candidates import CandidatePool, gather_candidates
+from udfs.features import FEATURE_NAMES, user_item_matrix
 
 log = logging.getLogger(__name__)
 PARITY_TOLERANCE = 1e-5
@@ -62,7 +62,7 @@ def build_training_set(
     if catalog:
         replay.catalog.update(load_catalog(catalog))
     c = cfg.candidates
-    xs: list[list[float]] = []
+    xs: list[np.ndarray] = []
     ys: list[int] = []
     cuts: list[int] = []
     windows = len({e.ts - e.ts % replay.mb_ms for e in events})
@@ -70,26 +70,30 @@ def build_training_set(
         t = step.window_end
         if t + horizon_ms > last_ts:
             break  # labels would be cut short
-        global_top = replay.boards.top(c.trending)
-        for user in step.active_users:
-            if rng.random() >= sample:
-                continue
+        sampled = [u for u in step.active_users if rng.random() < sample]
+        if not sampled:
+            continue
+        pool = replay.candidate_pool()
+        for user in sampled:
             state = replay.states[user]
-            cats = {cat: replay.boards.top(c.per_category, cat) for cat in state.top_categories(c.top_categories)}
-            cands = gather_candidates(state, global_top, cats, replay.catalog, c.top_categories, c.own_history)
+            cands = gather_candidates(state, pool, c.top_categories, c.own_history)
             ts_list = future_ts[user]
             lo, hi = bisect_right(ts_list, t), bisect_right(ts_list, t + horizon_ms)
             positives = {item for _, item in future[user][lo:hi]}
             pos = [cd for cd in cands if cd.item_id in positives]
             neg = [cd for cd in cands if cd.item_id not in positives]
             neg = rng.sample(neg, min(len(neg), negatives_per_cutoff))
-            for cd, label in [(p, 1) for p in pos] + [(n, 0) for n in neg]:
-                xs.append(user_item_features(state, t, cd.item_id, cd.category, cd.price, cd.popularity))
-                ys.append(label)
-                cuts.append(t)
+            chosen = pos + neg
+            if not chosen:
+                continue
+            xs.append(user_item_matrix(
+                state, t, [cd.item_id for cd in chosen], [cd.category for cd in chosen],
+                np.array([cd.price for cd in chosen]), np.array([cd.popularity for cd in chosen])))
+            ys += [1] * len(pos) + [0] * len(neg)
+            cuts += [t] * len(chosen)
     if not xs or len(set(ys)) < 2:
         raise ValueError("history too short to build a training set with both labels; simulate more events")
-    return TrainingSet(np.asarray(xs, dtype=np.float32), np.asarray(ys), np.asarray(cuts),
+    return TrainingSet(np.concatenate(xs), np.asarray(ys), np.asarray(cuts),
                        len(replay.states), events[0].ts, last_ts)
 
 

@@ -62,32 +62,45 @@ def item_weight(n_view: int, n_click: int, n_cart: int, n_purchase: int) -> floa
     return n_view * w["view"] + n_click * w["click"] + n_cart * w["add_to_cart"] + n_purchase * w["purchase"]
 
 
-def gather_candidates(
-    state: UserState,
-    global_top: list[tuple[str, float]],
-    category_top: dict[str, list[tuple[str, float]]],
-    catalog: dict[str, tuple[str, float]],
-    top_categories: int,
-    own_history: int,
-) -> list[Candidate]:
+@dataclass
+class CandidatePool:
+    """What every user's candidates are drawn from at one moment: trending boards (global and per
+    category, sharing one landmark) and the item catalog. Build once per refresh, not per user."""
+
+    global_top: list[tuple[str, float]]
+    category_top: dict[str, list[tuple[str, float]]]
+    catalog: dict[str, tuple[str, float]]
+
+    def __post_init__(self) -> None:
+        self.top_score = self.global_top[0][1] if self.global_top else 1.0
+        self.scores: dict[str, float] = {}
+        for board in self.category_top.values():
+            self.scores.update(board)
+        self.scores.update(self.global_top)
+        self._made: dict[str, Candidate] = {}
+        self.global_candidates = [self.candidate(i) for i, _ in self.global_top]
+
+    def candidate(self, item: str) -> Candidate:
+        made = self._made.get(item)
+        if made is None or (made.category == "unknown" and item in self.catalog):
+            category, price = self.catalog.get(item, ("unknown", 0.0))
+            pop = min(self.scores.get(item, 0.0) / self.top_score, 1.0) if self.top_score > 0 else 0.0
+            made = self._made[item] = Candidate(item, category, price, pop)
+        return made
+
+
+def gather_candidates(state: UserState, pool: CandidatePool, top_categories: int, own_history: int) -> list[Candidate]:
     """Union of global trending, trending in the user's top categories and the user's own items,
     without duplicates, in that order. Popularity is relative to the global top score."""
-    top_score = global_top[0][1] if global_top else 1.0
-    scores = dict(global_top)
-    for board in category_top.values():
-        scores.update(board)
-    order: list[str] = [i for i, _ in global_top]
+    out = list(pool.global_candidates)
+    seen = {c.item_id for c in out}
+    extra: list[str] = []
     for cat in state.top_categories(top_categories):
-        order.extend(i for i, _ in category_top.get(cat, []))
+        extra.extend(i for i, _ in pool.category_top.get(cat, []))
     own = sorted(state.items.items(), key=lambda kv: (-kv[1], kv[0]))[:own_history]
-    order.extend(i for i, _ in own)
-    seen: set[str] = set()
-    out = []
-    for item in order:
-        if item in seen:
-            continue
-        seen.add(item)
-        category, price = catalog.get(item, ("unknown", 0.0))
-        pop = min(scores.get(item, 0.0) / top_score, 1.0) if top_score > 0 else 0.0
-        out.append(Candidate(item, category, price, pop))
+    extra.extend(i for i, _ in own)
+    for item in extra:
+        if item not in seen:
+            seen.add(item)
+            out.append(pool.candidate(item))
     return out

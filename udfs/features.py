@@ -12,6 +12,8 @@ import json
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from contract.config import FeatureConfig
 
 # The model's input, in order. Exported into every model card; the scorer refuses a model whose
@@ -32,6 +34,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     "item_popularity",
     "item_price_log",
 )
+N_USER_FEATURES = 10  # the first ten depend on the user only
 NEVER_S = 30 * 86400.0  # "since" features of a user who never did it
 EVENT_WEIGHTS = {"view": 1.0, "click": 2.0, "add_to_cart": 4.0, "purchase": 8.0}
 
@@ -144,24 +147,14 @@ def apply_window(state: UserState, d: WindowDelta, cfg: FeatureConfig) -> UserSt
     return s
 
 
-def user_item_features(
-    state: UserState,
-    t: int,
-    item_id: str,
-    item_category: str,
-    item_price: float,
-    item_popularity: float,
-) -> list[float]:
-    """The model input for (user, item) at time t (ms), in FEATURE_NAMES order.
-
+def user_vector(state: UserState, t: int) -> np.ndarray:
+    """The user half of the model input at time t (ms): FEATURE_NAMES[:N_USER_FEATURES].
     `state` must already be decayed to t."""
-    total_aff = sum(state.affinity.values()) or 1.0
-    total_items = sum(state.items.values()) or 1.0
 
     def since(ts: int) -> float:
         return min((t - ts) / 1000.0, NEVER_S) if ts > 0 else NEVER_S
 
-    return [
+    return np.array([
         since(state.feature_ts),
         since(state.last_click_ts),
         since(state.last_purchase_ts),
@@ -172,8 +165,41 @@ def user_item_features(
         state.events_long,
         state.purchases_monetary,
         state.spend_monetary,
-        state.affinity.get(item_category, 0.0) / total_aff,
-        state.items.get(item_id, 0.0) / total_items,
-        item_popularity,
-        math.log1p(max(item_price, 0.0)),
-    ]
+    ], dtype=np.float64)
+
+
+def user_item_matrix(
+    state: UserState,
+    t: int,
+    item_ids: list[str],
+    item_categories: list[str],
+    item_prices: np.ndarray,
+    item_popularity: np.ndarray,
+) -> np.ndarray:
+    """Model input for the user and each of n candidate items at time t: an (n, features) float32
+    matrix in FEATURE_NAMES order. One definition for the job and for training."""
+    n = len(item_ids)
+    x = np.empty((n, len(FEATURE_NAMES)), dtype=np.float64)
+    x[:, :N_USER_FEATURES] = user_vector(state, t)
+    total_aff = sum(state.affinity.values()) or 1.0
+    total_items = sum(state.items.values()) or 1.0
+    aff = state.affinity
+    x[:, N_USER_FEATURES] = [aff.get(c, 0.0) / total_aff for c in item_categories]
+    own = state.items
+    x[:, N_USER_FEATURES + 1] = [own.get(i, 0.0) / total_items for i in item_ids] if own else 0.0
+    x[:, N_USER_FEATURES + 2] = item_popularity
+    x[:, N_USER_FEATURES + 3] = np.log1p(np.maximum(np.asarray(item_prices, dtype=np.float64), 0.0))
+    return x.astype(np.float32)
+
+
+def user_item_features(
+    state: UserState,
+    t: int,
+    item_id: str,
+    item_category: str,
+    item_price: float,
+    item_popularity: float,
+) -> list[float]:
+    """One (user, item) row of `user_item_matrix`, as float64 values (for inspection and tests)."""
+    row = user_item_matrix(state, t, [item_id], [item_category], np.array([item_price]), np.array([item_popularity]))
+    return [float(v) for v in row[0]]

@@ -14,8 +14,8 @@ import redis
 
 from contract import keys
 from contract.config import JobConfig
-from udfs.candidates import Candidate, gather_candidates, item_weight
-from udfs.features import UserState, WindowDelta, apply_window, user_item_features
+from udfs.candidates import Candidate, CandidatePool, gather_candidates, item_weight
+from udfs.features import UserState, WindowDelta, apply_window, user_item_matrix
 from udfs.scorer import OnnxScorer
 
 log = logging.getLogger(__name__)
@@ -82,10 +82,10 @@ class CandidateSource:
     def __init__(self, cfg: JobConfig, client: redis.Redis) -> None:
         self.cfg = cfg
         self.redis = client
-        self.loaded_at = 0.0
-        self.global_top: list[tuple[str, float]] = []
-        self.category_top: dict[str, list[tuple[str, float]]] = {}
+        self.loaded_at = -1e18
         self.catalog: dict[str, tuple[str, float]] = {}
+        self.unknown: set[str] = set()  # items without metadata yet; asked again after a refresh
+        self.pool = CandidatePool([], {}, self.catalog)
 
     def refresh(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -99,34 +99,33 @@ class CandidateSource:
         for b in cat_keys:
             pipe.zrevrange(b, 0, c.per_category - 1, withscores=True)
         res = pipe.execute()
-        self.global_top = [(i.decode(), s) for i, s in res[0]]
-        self.category_top = {
-            b[len("trending:cat:"):]: [(i.decode(), s) for i, s in r]
-            for b, r in zip(cat_keys, res[1:])
+        global_top = [(i.decode(), s) for i, s in res[0]]
+        category_top = {
+            b[len("trending:cat:"):]: [(i.decode(), s) for i, s in r] for b, r in zip(cat_keys, res[1:])
         }
-        wanted = {i for i, _ in self.global_top}
-        for top in self.category_top.values():
+        self.unknown.clear()
+        wanted = {i for i, _ in global_top}
+        for top in category_top.values():
             wanted.update(i for i, _ in top)
-        self._load_meta(wanted)
+        self.load_meta(wanted)
+        self.pool = CandidatePool(global_top, category_top, self.catalog)
         self.loaded_at = now
 
-    def _load_meta(self, items: set[str]) -> None:
-        missing = sorted(i for i in items if i not in self.catalog)
+    def load_meta(self, items: set[str]) -> None:
+        """One HMGET for every item whose metadata is not known yet."""
+        missing = sorted(i for i in items if i not in self.catalog and i not in self.unknown)
         if not missing:
             return
         for item, raw in zip(missing, self.redis.hmget(keys.ITEM_META, missing)):
-            if raw is not None:
+            if raw is None:
+                self.unknown.add(item)
+            else:
                 meta = keys.ItemMeta.decode(raw)
                 self.catalog[item] = (meta.category, meta.price)
 
     def for_user(self, state: UserState) -> list[Candidate]:
         c = self.cfg.candidates
-        own = [i for i in state.items if i not in self.catalog]
-        if own:
-            self._load_meta(set(own))
-        return gather_candidates(
-            state, self.global_top, self.category_top, self.catalog, c.top_categories, c.own_history
-        )
+        return gather_candidates(state, self.pool, c.top_categories, c.own_history)
 
 
 class BatchRanker:
@@ -149,17 +148,21 @@ class BatchRanker:
         states = {u: UserState.decode(r) for u, r in zip(users, raw_states)}
         for d in sorted(deltas, key=lambda d: d.window_end):
             states[d.user_id] = apply_window(states[d.user_id], d, self.cfg.features)
+        self.candidates.load_meta({i for s in states.values() for i in s.items})
 
-        rows: list[list[float]] = []
+        blocks: list[np.ndarray] = []
         spans: list[tuple[str, list[Candidate], int, int]] = []
+        start = 0
         for u in users:
             s = states[u]
             cands = self.candidates.for_user(s)
-            start = len(rows)
-            for c in cands:
-                rows.append(user_item_features(s, s.window_end, c.item_id, c.category, c.price, c.popularity))
-            spans.append((u, cands, start, len(rows)))
-        scores = self.scorer.score(np.asarray(rows, dtype=np.float32).reshape(len(rows), -1))
+            blocks.append(user_item_matrix(
+                s, s.window_end, [c.item_id for c in cands], [c.category for c in cands],
+                np.fromiter((c.price for c in cands), np.float64, len(cands)),
+                np.fromiter((c.popularity for c in cands), np.float64, len(cands))))
+            spans.append((u, cands, start, start + len(cands)))
+            start += len(cands)
+        scores = self.scorer.score(np.concatenate(blocks)) if start else np.zeros(0, np.float32)
 
         now_ms = int(time.time() * 1000)
         ttl = self.cfg.redis.rec_ttl_s

@@ -1,9 +1,11 @@
 import math
 
+import numpy as np
+
 import pytest
 
 from contract.config import FeatureConfig
-from udfs.candidates import TrendingBoards, gather_candidates
+from udfs.candidates import CandidatePool, TrendingBoards, gather_candidates
 from udfs.features import FEATURE_NAMES, NEVER_S, UserState, WindowDelta, apply_window, user_item_features
 
 CFG = FeatureConfig(short_half_life_s=10.0, long_half_life_s=100.0, interest_half_life_s=10.0)
@@ -59,10 +61,22 @@ def test_trending_rescale_keeps_ratios():
 
 def test_candidates_union_trending_category_and_own_items():
     s = apply_window(UserState(), delta(T0, views=2, events="view|own1|c2;view|own1|c2"), CFG)
-    cands = gather_candidates(
-        s, [("g1", 10.0), ("g2", 5.0)], {"c2": [("k1", 4.0), ("g2", 5.0)]},
-        {"g1": ("c1", 3.0), "k1": ("c2", 1.0)}, top_categories=1, own_history=5,
-    )
+    pool = CandidatePool([("g1", 10.0), ("g2", 5.0)], {"c2": [("k1", 4.0), ("g2", 5.0)]},
+                         {"g1": ("c1", 3.0), "k1": ("c2", 1.0)})
+    cands = gather_candidates(s, pool, top_categories=1, own_history=5)
     assert [c.item_id for c in cands] == ["g1", "g2", "k1", "own1"]
     assert cands[0].popularity == 1.0 and cands[2].popularity == 0.4
     assert cands[3].category == "unknown" and cands[3].popularity == 0.0
+
+
+def test_matrix_rows_equal_single_rows():
+    from udfs.features import user_item_matrix
+
+    s = apply_window(UserState(), delta(T0, views=3, clicks=1, events="view|a|c1;view|b|c2;click|a|c1;view|a|c1"), CFG)
+    ids, cats = ["a", "b", "z"], ["c1", "c2", "c9"]
+    prices, pops = np.array([1.0, 20.0, 0.0]), np.array([1.0, 0.5, 0.0])
+    m = user_item_matrix(s, T0 + 1000, ids, cats, prices, pops)
+    assert m.shape == (3, len(FEATURE_NAMES))
+    for n in range(3):
+        assert list(m[n]) == pytest.approx(user_item_features(s, T0 + 1000, ids[n], cats[n], prices[n], pops[n]))
+    assert m[2, FEATURE_NAMES.index("item_affinity")] == 0.0

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -23,6 +23,7 @@ class KafkaConfig(_Strict):
     interactions_topic: str = "interactions"
     items_topic: str = "items"
     dlq_topic: str = "interactions.dlq"
+    late_topic: str = "interactions.late"
     group_id: str = "streamrank-recommend"
     startup_mode: Literal["earliest-offset", "latest-offset", "group-offsets"] = "earliest-offset"
     """Where the job starts reading when it has no checkpoint."""
@@ -37,23 +38,43 @@ class RedisConfig(_Strict):
     """TTL of rec:{user} and feat:{user} keys in seconds; 0 keeps them forever."""
 
 
+PositiveSeconds = Annotated[float, Field(gt=0)]
+
+
 class FeatureConfig(_Strict):
     micro_batch_s: float = Field(2.0, gt=0, le=3600)
-    """Event-time tumbling window (s) in which Flink aggregates a user's events before scoring."""
+    """Event-time tumbling window (s) in which Flink groups a user's events before Python folds
+    them into the user's state. Smaller: fresher lists, more Python calls."""
     out_of_orderness_s: float = Field(5.0, ge=0)
-    """Watermark delay (s): how late an event may arrive and still be counted."""
-    short_half_life_s: float = Field(3600.0, gt=0)
-    """Half-life (s) of the short-term frequency counters (default 1 h)."""
-    long_half_life_s: float = Field(86400.0, gt=0)
-    """Half-life (s) of the daily frequency counters (default 24 h)."""
-    monetary_half_life_s: float = Field(7 * 86400.0, gt=0)
-    """Half-life (s) of purchase value and count (default 7 d)."""
+    """Watermark delay (s): an event this much older than the newest seen is still used; older
+    ones are late (counted, sent to the late topic)."""
+    watermark_emit: Literal["on-event", "on-periodic"] = "on-event"
+    """on-event: a watermark after every record (exact, reproducible late accounting);
+    on-periodic: every pipeline.auto-watermark-interval (cheaper)."""
+    frequency_windows_s: tuple[PositiveSeconds, ...] = (3600.0, 86400.0, 604800.0)
+    """Sliding windows (s) for interaction counts by type (default 1 h, 24 h, 7 d)."""
+    monetary_windows_s: tuple[PositiveSeconds, ...] = (604800.0, 2592000.0)
+    """Sliding windows (s) for purchase value sum and mean (default 7 d, 30 d)."""
+    window_slices: int = Field(12, ge=1, le=120)
+    """Each sliding window advances in steps of window/window_slices (like a HOP window's slide)."""
+    session_gap_s: float = Field(1800.0, gt=0)
+    """Inactivity (s) that ends a session."""
+    session_window_s: float = Field(604800.0, gt=0)
+    """Window (s) over which sessions are counted (default 7 d)."""
     interest_half_life_s: float = Field(86400.0, gt=0)
-    """Half-life (s) of category affinity (default 24 h)."""
+    """Half-life (s) of category and item affinity (default 24 h)."""
     item_half_life_s: float = Field(3600.0, gt=0)
     """Half-life (s) of item popularity used for trending candidates (default 1 h)."""
     max_items_per_user: int = Field(50, ge=1, le=1000)
     """How many of a user's recent items the state keeps (repeat candidates)."""
+    dedup_horizon_s: float = Field(86400.0, gt=0)
+    """How long (s) an event_id is remembered to drop duplicates (state TTL)."""
+
+    @model_validator(mode="after")
+    def _windows_present(self) -> FeatureConfig:
+        if not self.frequency_windows_s or not self.monetary_windows_s:
+            raise ValueError("frequency_windows_s and monetary_windows_s need at least one window each")
+        return self
 
 
 class CandidateConfig(_Strict):
@@ -86,6 +107,15 @@ class FlinkConfig(_Strict):
     """Raw Flink options passed through unchanged (e.g. state.backend.type)."""
 
 
+class FaultConfig(_Strict):
+    """For recovery tests only: make the job fail once, to exercise checkpoint recovery."""
+
+    fail_after_windows: int = Field(0, ge=0)
+    """Fail once after this many user windows have been handed to Python (0: never)."""
+    marker_file: str = "/tmp/streamrank-fault-injected"
+    """Created when the failure fires, so the restarted job does not fail again."""
+
+
 class JobConfig(_Strict):
     """The recommend job's config file (deploy/config/*.toml)."""
 
@@ -95,13 +125,12 @@ class JobConfig(_Strict):
     candidates: CandidateConfig = CandidateConfig()
     scoring: ScoringConfig = ScoringConfig()
     flink: FlinkConfig = FlinkConfig()
+    faults: FaultConfig = FaultConfig()
 
     @model_validator(mode="after")
     def _micro_batch_fits(self) -> JobConfig:
-        if self.features.micro_batch_s > self.features.short_half_life_s:
-            raise ValueError(
-                "features.micro_batch_s must not exceed features.short_half_life_s"
-            )
+        if self.features.micro_batch_s > min(self.features.frequency_windows_s):
+            raise ValueError("features.micro_batch_s must not exceed the shortest frequency window")
         return self
 
 

@@ -5,6 +5,7 @@
 - `trending`     sorted set item_id -> forward-decayed popularity (global candidates, fallback).
 - `trending:cat:{category}` the same per category.
 - `item:meta`    hash item_id -> JSON {"category", "price"} from the `items` topic.
+- `ledger`       hash: how many input records were used, duplicate, opted_out, dlq, late.
 
 Writes of rec/feat are guarded by the feature timestamp in a Lua script, so a replay after
 recovery never moves a key backwards.
@@ -16,6 +17,7 @@ import json
 from dataclasses import dataclass, field
 
 TRENDING = "trending"
+LEDGER = "ledger"  # hash: used / duplicate / opted_out / dlq / late -> records counted
 ITEM_META = "item:meta"
 
 

@@ -75,7 +75,8 @@ def validate(raw: str | bytes, ingest_ts_ms: int | None = None) -> Interaction:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
         raise InvalidEvent("bad_value")
     category = sanitize_category(obj.get("category"))
-    consent = obj.get("consent", True) is not False
+    consent_raw = obj.get("consent", True)
+    consent = not (consent_raw is False or (isinstance(consent_raw, str) and consent_raw.lower() == "false"))
     return Interaction(
         event_id=str(obj["event_id"]),
         user_id=str(obj["user_id"]),

@@ -81,6 +81,7 @@ CREATE TABLE interactions_src (
   'properties.bootstrap.servers' = '{k.bootstrap_servers}',
   'properties.group.id' = '{k.group_id}',
   'scan.startup.mode' = '{k.startup_mode}',
+  'scan.watermark.emit.strategy' = '{cfg.features.watermark_emit}',
   'format' = 'raw'{bounded}
 )"""
 
@@ -104,10 +105,11 @@ CREATE TABLE items_src (
 )"""
 
 
-def kafka_dlq_ddl(cfg: JobConfig) -> str:
+def kafka_dlq_ddl(cfg: JobConfig, table: str = "dlq_sink", topic: str | None = None) -> str:
+    """A rejected-records sink: the raw record, why, and its Kafka coordinates."""
     k = cfg.kafka
     return f"""
-CREATE TABLE dlq_sink (
+CREATE TABLE {table} (
   record STRING,
   reason STRING,
   src_topic STRING,
@@ -115,45 +117,55 @@ CREATE TABLE dlq_sink (
   src_offset BIGINT
 ) WITH (
   'connector' = 'kafka',
-  'topic' = '{k.dlq_topic}',
+  'topic' = '{topic or k.dlq_topic}',
   'properties.bootstrap.servers' = '{k.bootstrap_servers}',
   'sink.delivery-guarantee' = 'at-least-once',
   'format' = 'json'
 )"""
 
 
-def build(t_env, cfg: JobConfig, *, sources: bool = True, dlq: bool = True):
-    """Wire the job into a StatementSet. With sources/dlq False the caller has created
-    `interactions_src`, `items_src` and `dlq_sink` itself (tests: collection source, file sink)."""
+# A window's events as Python's udfs.features.parse_events reads them.
+EVENT_LIST_SQL = ("LISTAGG(CONCAT_WS('|', event_id, etype, item_id, category, CAST(ts AS STRING), "
+                  "CAST(amount AS STRING), consent), ';')")
+
+
+def build(t_env, cfg: JobConfig, *, sources: bool = True, sinks: bool = True):
+    """Wire the job into a StatementSet. With sources/sinks False the caller has created
+    `interactions_src`, `items_src`, `dlq_sink` and `late_sink` itself (tests)."""
     from udfs.flink_functions import register
 
     if sources:
         t_env.execute_sql(kafka_source_ddl(cfg))
         t_env.execute_sql(kafka_items_ddl(cfg))
-    if dlq:
+    if sinks:
         t_env.execute_sql(kafka_dlq_ddl(cfg))
+        t_env.execute_sql(kafka_dlq_ddl(cfg, "late_sink", cfg.kafka.late_topic))
     register(t_env, cfg)
     t_env.execute_sql("CREATE TABLE discard (written INT) WITH ('connector' = 'blackhole')")
 
-    # checked: every input record + reason (NULL when valid)
+    # checked: every input record, the DLQ reason (NULL when valid) and whether it is late
+    # (at or behind the watermark: event-time windows would drop it silently)
     t_env.execute_sql(f"""
 CREATE TEMPORARY VIEW checked AS
 SELECT payload, src_topic, src_partition, src_offset, event_time,
-  {validation_sql('payload', 'kafka_ts_ms')} AS reason
+  {validation_sql('payload', 'kafka_ts_ms')} AS reason,
+  COALESCE(event_time <= CURRENT_WATERMARK(event_time), FALSE) AS is_late
 FROM interactions_src""")
 
-    # events: valid, consented interactions, typed
+    # events: valid, on-time interactions, typed; consent travels on (Python counts opt-outs)
     t_env.execute_sql(f"""
 CREATE TEMPORARY VIEW events AS
-SELECT JSON_VALUE(payload, '$.user_id') AS user_id,
+SELECT JSON_VALUE(payload, '$.event_id') AS event_id,
+  JSON_VALUE(payload, '$.user_id') AS user_id,
   JSON_VALUE(payload, '$.item_id') AS item_id,
   JSON_VALUE(payload, '$.type') AS etype,
   CAST(JSON_VALUE(payload, '$.ts') AS BIGINT) AS ts,
   COALESCE(TRY_CAST(JSON_VALUE(payload, '$.value') AS DOUBLE), 0.0) AS amount,
   {CATEGORY_SQL.format(raw='payload')} AS category,
+  CASE WHEN LOWER(COALESCE(JSON_VALUE(payload, '$.consent'), 'true')) = 'false' THEN '0' ELSE '1' END AS consent,
   event_time
 FROM checked
-WHERE reason IS NULL AND COALESCE(JSON_VALUE(payload, '$.consent'), 'true') <> 'false'""")
+WHERE reason IS NULL AND NOT is_late""")
 
     mb_ms = int(round(cfg.features.micro_batch_s * 1000))
     window = f"TABLE(TUMBLE(TABLE events, DESCRIPTOR(event_time), INTERVAL '{mb_ms / 1000:.3f}' SECOND))"
@@ -163,28 +175,27 @@ WHERE reason IS NULL AND COALESCE(JSON_VALUE(payload, '$.consent'), 'true') <> '
         return f"CAST(SUM(CASE WHEN etype = '{t}' THEN 1 ELSE 0 END) AS INT)"
 
     stmts = t_env.create_statement_set()
-    # DLQ: the raw record, why it was rejected, and where it came from
+    # rejected records: DLQ (with reason) or late topic, each counted once in the ledger
     stmts.add_insert_sql("""
 INSERT INTO dlq_sink
 SELECT payload, reason, src_topic, src_partition, src_offset FROM checked WHERE reason IS NOT NULL""")
-    # per user and micro-batch window -> rank_users (writes feat:{user}, rec:{user})
+    stmts.add_insert_sql("""
+INSERT INTO late_sink
+SELECT payload, 'late', src_topic, src_partition, src_offset FROM checked WHERE reason IS NULL AND is_late""")
+    stmts.add_insert_sql("""
+INSERT INTO discard
+SELECT count_rejected(CASE WHEN reason IS NOT NULL THEN 'dlq' ELSE 'late' END)
+FROM checked WHERE reason IS NOT NULL OR is_late""")
+    # per user and micro-batch window -> rank_users (dedup, consent, features, scoring, Redis)
     stmts.add_insert_sql(f"""
 INSERT INTO discard
-SELECT rank_users(user_id, window_end_ms, n_view, n_click, n_cart, n_purchase, purchase_value,
-                  last_ts, last_click_ts, last_purchase_ts, event_list)
+SELECT rank_users(user_id, window_end_ms, event_list)
 FROM (
-  SELECT user_id, {window_end} AS window_end_ms,
-    {count('view')} AS n_view, {count('click')} AS n_click,
-    {count('add_to_cart')} AS n_cart, {count('purchase')} AS n_purchase,
-    SUM(CASE WHEN etype = 'purchase' THEN amount ELSE 0.0 END) AS purchase_value,
-    MAX(ts) AS last_ts,
-    MAX(CASE WHEN etype = 'click' THEN ts ELSE CAST(0 AS BIGINT) END) AS last_click_ts,
-    MAX(CASE WHEN etype = 'purchase' THEN ts ELSE CAST(0 AS BIGINT) END) AS last_purchase_ts,
-    LISTAGG(CONCAT(etype, '|', item_id, '|', category), ';') AS event_list
+  SELECT user_id, {window_end} AS window_end_ms, {EVENT_LIST_SQL} AS event_list
   FROM {window}
   GROUP BY user_id, window_start, window_end
 )""")
-    # per item and micro-batch window -> update_trending (trending boards in Redis)
+    # per item and micro-batch window (consented events) -> update_trending (boards in Redis)
     stmts.add_insert_sql(f"""
 INSERT INTO discard
 SELECT update_trending(window_end_ms, item_id, category, n_view, n_click, n_cart, n_purchase)
@@ -193,6 +204,7 @@ FROM (
     {count('view')} AS n_view, {count('click')} AS n_click,
     {count('add_to_cart')} AS n_cart, {count('purchase')} AS n_purchase
   FROM {window}
+  WHERE consent = '1'
   GROUP BY item_id, category, window_start, window_end
 )""")
     # catalog -> item:meta

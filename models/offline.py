@@ -1,28 +1,38 @@
 """Offline replay of an event log through the streaming job's feature definitions.
 
-Events are grouped into the same event-time micro-batch windows Flink uses (window end =
-ts - ts mod mb + mb), and each window's per-user and per-item deltas are folded with the same
-functions (`udfs.features.apply_window`, `udfs.candidates.TrendingBoards`). So a user's state
-after window W is what the job wrote to feat:{user} after W."""
+Records are classified as the job does: invalid (DLQ reason), late (at or behind the watermark,
+computed in file order as on one Kafka partition with on-event watermarks), or on time. On-time
+events are grouped into the job's event-time micro-batch windows (window end = ts - ts mod mb +
+mb) and folded with the same functions (`udfs.features.apply_window`,
+`udfs.candidates.TrendingBoards`), so a user's state after window W is what the job wrote to
+feat:{user} after W."""
 
 from __future__ import annotations
 
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from contract.config import JobConfig
 from contract.schema import Interaction, InvalidEvent, validate
 from udfs.candidates import GLOBAL, CandidatePool, TrendingBoards, item_weight
-from udfs.features import UserState, WindowDelta, apply_window
+from udfs.features import Event, Ledger, UserState, WindowDelta, apply_window
 
 
-def read_history(path: str | Path) -> tuple[list[Interaction], list[tuple[int, str]]]:
-    """Valid, consented events sorted by time, and (line number, reason) of rejected lines."""
-    events: list[Interaction] = []
-    rejected: list[tuple[int, str]] = []
+@dataclass
+class History:
+    events: list[Interaction]  # on time, sorted by event time
+    rejected: list[tuple[int, str]] = field(default_factory=list)  # (line number, DLQ reason)
+    late: list[int] = field(default_factory=list)  # line numbers
+
+
+def read_history(path: str | Path, cfg: JobConfig | None = None) -> History:
+    """Parse a JSONL log in arrival order. With cfg, late events are set apart as the job would."""
+    delay_ms = int(cfg.features.out_of_orderness_s * 1000) if cfg else None
+    out = History([])
+    watermark: int | None = None
     with open(path, "rb") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -30,12 +40,16 @@ def read_history(path: str | Path) -> tuple[list[Interaction], list[tuple[int, s
             try:
                 ev = validate(line)
             except InvalidEvent as e:
-                rejected.append((n, e.reason))
+                out.rejected.append((n, e.reason))
                 continue
-            if ev.consent:
-                events.append(ev)
-    events.sort(key=lambda e: e.ts)
-    return events, rejected
+            if delay_ms is not None:
+                if watermark is not None and ev.ts <= watermark:
+                    out.late.append(n)
+                    continue
+                watermark = max(watermark or ev.ts - delay_ms, ev.ts - delay_ms)
+            out.events.append(ev)
+    out.events.sort(key=lambda e: e.ts)
+    return out
 
 
 def window_end(ts: int, mb_ms: int) -> int:
@@ -44,22 +58,11 @@ def window_end(ts: int, mb_ms: int) -> int:
 
 def user_deltas(window: list[Interaction], end: int) -> list[WindowDelta]:
     """What Flink's per-user window aggregation emits for one window."""
-    by_user: dict[str, list[Interaction]] = defaultdict(list)
+    by_user: dict[str, list[str]] = defaultdict(list)
     for e in window:
-        by_user[e.user_id].append(e)
-    out = []
-    for user, evs in sorted(by_user.items()):
-        n = {t: sum(1 for e in evs if e.type == t) for t in ("view", "click", "add_to_cart", "purchase")}
-        out.append(WindowDelta(
-            user_id=user, window_end=end, n_view=n["view"], n_click=n["click"],
-            n_cart=n["add_to_cart"], n_purchase=n["purchase"],
-            purchase_value=sum(e.value for e in evs if e.type == "purchase"),
-            last_ts=max(e.ts for e in evs),
-            last_click_ts=max((e.ts for e in evs if e.type == "click"), default=0),
-            last_purchase_ts=max((e.ts for e in evs if e.type == "purchase"), default=0),
-            events=";".join(f"{e.type}|{e.item_id}|{e.category}" for e in evs),
-        ))
-    return out
+        by_user[e.user_id].append(
+            Event(e.event_id, e.type, e.item_id, e.category, e.ts, e.value, e.consent).encode())
+    return [WindowDelta(u, end, ";".join(evs)) for u, evs in sorted(by_user.items())]
 
 
 @dataclass
@@ -70,7 +73,7 @@ class ReplayStep:
 
 class OfflineReplay:
     """Folds windows in order; between steps, `states`, `boards` and `catalog` hold exactly what
-    the job would have after that window."""
+    the job would have after that window, and `ledger` what it would have counted."""
 
     def __init__(self, cfg: JobConfig) -> None:
         self.cfg = cfg
@@ -78,12 +81,16 @@ class OfflineReplay:
         self.states: dict[str, UserState] = defaultdict(UserState)
         self.boards = TrendingBoards(cfg.features.item_half_life_s)
         self.catalog: dict[str, tuple[str, float]] = {}
+        self.ledger = Ledger()
 
-    def run(self, events: Iterable[Interaction]) -> Iterator[ReplayStep]:
+    def run(self, events: Iterable[Interaction], until_ms: int | None = None) -> Iterator[ReplayStep]:
+        """Windows in order; with until_ms, only windows that end at or before it."""
         window: list[Interaction] = []
         current = None
         for e in events:
             end = window_end(e.ts, self.mb_ms)
+            if until_ms is not None and end > until_ms:
+                break
             if current is not None and end != current:
                 yield self._fold(window, current)
                 window = []
@@ -102,15 +109,20 @@ class OfflineReplay:
         items: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
         kinds = {"view": 0, "click": 1, "add_to_cart": 2, "purchase": 3}
         for e in window:
+            if not e.consent:
+                continue
             items[(e.item_id, e.category)][kinds[e.type]] += 1
             if e.item_id not in self.catalog or e.value > 0:
                 self.catalog[e.item_id] = (e.category, e.value or self.catalog.get(e.item_id, ("", 0.0))[1])
         for (item, category), c in sorted(items.items()):
             self.boards.add(end, item, category, item_weight(*c))
-        deltas = user_deltas(window, end)
-        for d in deltas:
-            self.states[d.user_id] = apply_window(self.states[d.user_id], d, self.cfg.features)
-        return ReplayStep(end, [d.user_id for d in deltas])
+        active = []
+        for d in user_deltas(window, end):
+            self.states[d.user_id], counted = apply_window(self.states[d.user_id], d, self.cfg.features)
+            self.ledger.add(counted)
+            if counted.used:
+                active.append(d.user_id)
+        return ReplayStep(end, active)
 
 
 def load_catalog(path: str | Path) -> dict[str, tuple[str, float]]:

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from contract.config import JobConfig
 from models.offline import OfflineReplay, load_catalog, read_history
 from udfs.candidates import CandidatePool, gather_candidates
-from udfs.features import FEATURE_NAMES, user_item_matrix
+from udfs.features import feature_names, user_item_matrix
 
 log = logging.getLogger(__name__)
 PARITY_TOLERANCE = 1e-5
@@ -46,9 +46,12 @@ def build_training_set(
     negatives_per_cutoff: int = 20, seed: int = 0, catalog: str | Path | None = None,
     progress: bool = True,
 ) -> TrainingSet:
-    events, rejected = read_history(history)
-    if rejected:
-        log.warning("%d history lines rejected (first: line %d, %s)", len(rejected), *rejected[0])
+    hist = read_history(history, cfg)
+    events = hist.events
+    if hist.rejected:
+        log.warning("%d history lines rejected (first: line %d, %s)", len(hist.rejected), *hist.rejected[0])
+    if hist.late:
+        log.warning("%d history lines late (first: line %d)", len(hist.late), hist.late[0])
     if not events:
         raise ValueError(f"{history} holds no valid events")
     future: dict[str, list[tuple[int, str]]] = defaultdict(list)
@@ -87,7 +90,7 @@ def build_training_set(
             if not chosen:
                 continue
             xs.append(user_item_matrix(
-                state, t, [cd.item_id for cd in chosen], [cd.category for cd in chosen],
+                state, t, cfg.features, [cd.item_id for cd in chosen], [cd.category for cd in chosen],
                 np.array([cd.price for cd in chosen]), np.array([cd.popularity for cd in chosen])))
             ys += [1] * len(pos) + [0] * len(neg)
             cuts += [t] * len(chosen)
@@ -134,7 +137,7 @@ def train_and_publish(ts: TrainingSet, registry: str | Path, cfg: JobConfig, see
     card = {
         "version": version,
         "model": "GradientBoostingClassifier(n_estimators=100, max_depth=3)",
-        "feature_names": list(FEATURE_NAMES),
+        "feature_names": list(feature_names(cfg.features)),
         "opset": opset,
         "training_window": {"start_ms": ts.start_ms, "end_ms": ts.end_ms},
         "rows": int(len(ts.y)), "positives": int(ts.y.sum()), "users": ts.users,

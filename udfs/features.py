@@ -1,9 +1,11 @@
 """User features: one definition, used by the streaming job and by offline training.
 
-Flink aggregates a user's events per event-time micro-batch window on the JVM (counts, sums,
-last timestamps, and the (type, item, category) list); `apply_window` folds that delta into the
-user's state, and `user_item_features` turns state + a candidate item into the model's vector.
-Frequency and monetary counters decay exponentially with half-lives from the job config.
+Flink groups a user's valid, on-time events per event-time micro-batch window on the JVM and
+hands the window's event list to Python in Arrow batches. `apply_window` folds it into the user's
+state: duplicates (by event_id, within the dedup horizon) and opted-out events are counted and
+not used; the rest update recency, sliding-window counts and sums (per window, in
+window/window_slices steps), sessions, baskets and decayed category/item affinity.
+`user_item_matrix` turns the state and candidate items into the model's input.
 """
 
 from __future__ import annotations
@@ -16,27 +18,56 @@ import numpy as np
 
 from contract.config import FeatureConfig
 
-# The model's input, in order. Exported into every model card; the scorer refuses a model whose
-# card lists other features.
-FEATURE_NAMES: tuple[str, ...] = (
-    "recency_s",
-    "since_click_s",
-    "since_purchase_s",
-    "views_short",
-    "clicks_short",
-    "carts_short",
-    "purchases_short",
-    "events_long",
-    "purchases_monetary",
-    "spend_monetary",
-    "category_affinity",
-    "item_affinity",
-    "item_popularity",
-    "item_price_log",
-)
-N_USER_FEATURES = 10  # the first ten depend on the user only
 NEVER_S = 30 * 86400.0  # "since" features of a user who never did it
 EVENT_WEIGHTS = {"view": 1.0, "click": 2.0, "add_to_cart": 4.0, "purchase": 8.0}
+TYPE_SLOT = {"view": 0, "click": 1, "add_to_cart": 2, "purchase": 3}  # bucket: [v, c, a, p, value]
+ITEM_FEATURES = ("category_affinity", "item_affinity", "item_popularity", "item_price_log")
+
+
+def _w(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+def user_feature_names(cfg: FeatureConfig) -> tuple[str, ...]:
+    names = ["recency_s", "since_click_s", "since_purchase_s"]
+    for w in cfg.frequency_windows_s:
+        names += [f"views_{_w(w)}", f"clicks_{_w(w)}", f"carts_{_w(w)}", f"purchases_{_w(w)}"]
+    for w in cfg.monetary_windows_s:
+        names += [f"spend_{_w(w)}", f"mean_purchase_{_w(w)}"]
+    names += [f"sessions_{_w(cfg.session_window_s)}", "session_events", "avg_basket"]
+    return tuple(names)
+
+
+def feature_names(cfg: FeatureConfig) -> tuple[str, ...]:
+    """The model's input, in order; exported into every model card and checked by the scorer."""
+    return user_feature_names(cfg) + ITEM_FEATURES
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    event_id: str
+    type: str
+    item_id: str
+    category: str
+    ts: int
+    value: float
+    consent: bool
+
+    def encode(self) -> str:
+        return f"{self.event_id}|{self.type}|{self.item_id}|{self.category}|{self.ts}|{self.value!r}|{int(self.consent)}"
+
+
+def parse_events(events: str) -> list[Event]:
+    """The window's event list as Flink's LISTAGG builds it (see jobs.recommend.EVENT_LIST_SQL)."""
+    out = []
+    for part in events.split(";"):
+        if part:
+            eid, etype, item, category, ts, value, consent = part.split("|")
+            out.append(Event(eid, etype, item, category, int(ts), float(value), consent not in ("0", "false")))
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,15 +76,19 @@ class WindowDelta:
 
     user_id: str
     window_end: int  # ms
-    n_view: int
-    n_click: int
-    n_cart: int
-    n_purchase: int
-    purchase_value: float
-    last_ts: int
-    last_click_ts: int  # 0 when none
-    last_purchase_ts: int  # 0 when none
-    events: str  # "type|item_id|category;..." in no particular order
+    events: str  # Event.encode() joined by ';', in no particular order
+
+
+@dataclass
+class Ledger:
+    used: int = 0
+    duplicate: int = 0
+    opted_out: int = 0
+
+    def add(self, other: Ledger) -> None:
+        self.used += other.used
+        self.duplicate += other.duplicate
+        self.opted_out += other.opted_out
 
 
 def decay(value: float, dt_ms: float, half_life_s: float) -> float:
@@ -64,22 +99,23 @@ def decay(value: float, dt_ms: float, half_life_s: float) -> float:
 
 @dataclass
 class UserState:
-    """What `feat:{user}` holds. Counters are decayed to `as_of` (ms)."""
+    """What `feat:{user}` holds."""
 
     window_end: int = 0
-    feature_ts: int = 0
-    as_of: int = 0
+    feature_ts: int = 0  # newest used event (ms)
+    as_of: int = 0  # affinity is decayed to this time (ms)
     last_click_ts: int = 0
     last_purchase_ts: int = 0
-    views_short: float = 0.0
-    clicks_short: float = 0.0
-    carts_short: float = 0.0
-    purchases_short: float = 0.0
-    events_long: float = 0.0
-    purchases_monetary: float = 0.0
-    spend_monetary: float = 0.0
+    # window seconds (as str) -> slice index (as str) -> [views, clicks, carts, purchases, value]
+    buckets: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    session_start: int = 0
+    session_events: int = 0
+    session_purchased: bool = False
+    sessions: list[int] = field(default_factory=list)  # session start times within session window
+    baskets: list[int] = field(default_factory=list)  # starts of sessions with a purchase
     affinity: dict[str, float] = field(default_factory=dict)
     items: dict[str, float] = field(default_factory=dict)
+    seen: dict[str, int] = field(default_factory=dict)  # event_id -> ts, within dedup horizon
 
     def encode(self) -> str:
         return json.dumps(self.__dict__, separators=(",", ":"))
@@ -90,116 +126,155 @@ class UserState:
             return UserState()
         return UserState(**json.loads(raw))
 
-    def decayed_to(self, t: int, cfg: FeatureConfig) -> UserState:
-        """A copy with every counter decayed from `as_of` to time t (ms)."""
-        dt = t - self.as_of
-        s = UserState(**{**self.__dict__, "affinity": dict(self.affinity), "items": dict(self.items)})
-        if dt <= 0 or self.as_of == 0:
-            s.as_of = max(t, self.as_of)
-            return s
-        for name in ("views_short", "clicks_short", "carts_short", "purchases_short"):
-            setattr(s, name, decay(getattr(self, name), dt, cfg.short_half_life_s))
-        s.events_long = decay(self.events_long, dt, cfg.long_half_life_s)
-        s.purchases_monetary = decay(self.purchases_monetary, dt, cfg.monetary_half_life_s)
-        s.spend_monetary = decay(self.spend_monetary, dt, cfg.monetary_half_life_s)
-        s.affinity = {c: decay(w, dt, cfg.interest_half_life_s) for c, w in self.affinity.items()}
-        s.items = {i: decay(w, dt, cfg.interest_half_life_s) for i, w in self.items.items()}
-        s.as_of = t
-        return s
-
     def top_categories(self, n: int) -> list[str]:
         return [c for c, _ in sorted(self.affinity.items(), key=lambda kv: (-kv[1], kv[0]))[:n]]
 
 
-def parse_events(events: str) -> list[tuple[str, str, str]]:
-    out = []
-    for part in events.split(";"):
-        if part:
-            etype, item, category = part.split("|", 2)
-            out.append((etype, item, category))
-    return out
+def _all_windows(cfg: FeatureConfig) -> list[float]:
+    return sorted(set(cfg.frequency_windows_s) | set(cfg.monetary_windows_s))
 
 
-def apply_window(state: UserState, d: WindowDelta, cfg: FeatureConfig) -> UserState:
-    """Fold one window's delta into the state. A window at or before state.window_end is a replay
-    and leaves the state unchanged (idempotent recovery)."""
+def _slice_ms(window_s: float, cfg: FeatureConfig) -> int:
+    return max(1, int(window_s * 1000 / cfg.window_slices))
+
+
+def window_sum(state: UserState, window_s: float, t: int, cfg: FeatureConfig) -> list[float]:
+    """[views, clicks, carts, purchases, value] over the window ending at t: the slices whose end
+    is after t - window (the window moves in window/window_slices steps)."""
+    size = _slice_ms(window_s, cfg)
+    horizon = t - window_s * 1000
+    total = [0.0] * 5
+    for idx, counts in state.buckets.get(f"{window_s:g}", {}).items():
+        if (int(idx) + 1) * size > horizon:
+            for k in range(5):
+                total[k] += counts[k]
+    return total
+
+
+def apply_window(state: UserState, d: WindowDelta, cfg: FeatureConfig) -> tuple[UserState, Ledger]:
+    """Fold one window into the state. A window at or before state.window_end is a replay after
+    recovery and changes nothing (idempotent)."""
+    ledger = Ledger()
     if d.window_end <= state.window_end:
-        return state
-    s = state.decayed_to(d.window_end, cfg)
-    s.window_end = d.window_end
-    s.feature_ts = max(s.feature_ts, d.last_ts)
-    s.last_click_ts = max(s.last_click_ts, d.last_click_ts)
-    s.last_purchase_ts = max(s.last_purchase_ts, d.last_purchase_ts)
-    s.views_short += d.n_view
-    s.clicks_short += d.n_click
-    s.carts_short += d.n_cart
-    s.purchases_short += d.n_purchase
-    s.events_long += d.n_view + d.n_click + d.n_cart + d.n_purchase
-    s.purchases_monetary += d.n_purchase
-    s.spend_monetary += d.purchase_value
-    for etype, item, category in parse_events(d.events):
-        w = EVENT_WEIGHTS.get(etype, 1.0)
-        s.affinity[category] = s.affinity.get(category, 0.0) + w
-        s.items[item] = s.items.get(item, 0.0) + w
+        return state, ledger
+    s = UserState(**json.loads(state.encode()))  # deep copy
+    t = d.window_end
+    dt = t - s.as_of if s.as_of else 0
+    if dt > 0:
+        s.affinity = {c: decay(w, dt, cfg.interest_half_life_s) for c, w in s.affinity.items()}
+        s.items = {i: decay(w, dt, cfg.interest_half_life_s) for i, w in s.items.items()}
+    s.as_of = t
+    s.window_end = t
+    horizon = t - cfg.dedup_horizon_s * 1000  # ids older than this are forgotten before matching
+    s.seen = {k: v for k, v in s.seen.items() if v > horizon}
+    windows = _all_windows(cfg)
+    gap_ms = cfg.session_gap_s * 1000
+    for e in sorted(parse_events(d.events), key=lambda e: (e.ts, e.event_id)):
+        if e.event_id in s.seen:
+            ledger.duplicate += 1
+            continue
+        s.seen[e.event_id] = e.ts
+        if not e.consent:
+            ledger.opted_out += 1
+            continue
+        ledger.used += 1
+        if s.feature_ts == 0 or e.ts - s.feature_ts > gap_ms:
+            s.session_start, s.session_events, s.session_purchased = e.ts, 0, False
+            s.sessions.append(e.ts)
+        s.session_events += 1
+        s.feature_ts = max(s.feature_ts, e.ts)
+        if e.type == "click":
+            s.last_click_ts = max(s.last_click_ts, e.ts)
+        slot = TYPE_SLOT[e.type]
+        for w in windows:
+            idx = str(e.ts // _slice_ms(w, cfg))
+            b = s.buckets.setdefault(f"{w:g}", {}).setdefault(idx, [0.0] * 5)
+            b[slot] += 1
+            if e.type == "purchase":
+                b[4] += e.value
+        if e.type == "purchase":
+            s.last_purchase_ts = max(s.last_purchase_ts, e.ts)
+            if not s.session_purchased:
+                s.session_purchased = True
+                s.baskets.append(s.session_start)
+        weight = EVENT_WEIGHTS[e.type]
+        s.affinity[e.category] = s.affinity.get(e.category, 0.0) + weight
+        s.items[e.item_id] = s.items.get(e.item_id, 0.0) + weight
+    _prune(s, t, cfg)
+    return s, ledger
+
+
+def _prune(s: UserState, t: int, cfg: FeatureConfig) -> None:
+    for w in _all_windows(cfg):
+        size, horizon = _slice_ms(w, cfg), t - w * 1000
+        board = s.buckets.get(f"{w:g}", {})
+        for idx in [i for i in board if (int(i) + 1) * size <= horizon]:
+            del board[idx]
+    s.sessions = [x for x in s.sessions if x > t - cfg.session_window_s * 1000]
+    s.baskets = [x for x in s.baskets if x > t - max(cfg.monetary_windows_s) * 1000]
     if len(s.items) > cfg.max_items_per_user:
         keep = sorted(s.items.items(), key=lambda kv: (-kv[1], kv[0]))[: cfg.max_items_per_user]
         s.items = dict(keep)
-    return s
 
 
-def user_vector(state: UserState, t: int) -> np.ndarray:
-    """The user half of the model input at time t (ms): FEATURE_NAMES[:N_USER_FEATURES].
-    `state` must already be decayed to t."""
+def user_vector(state: UserState, t: int, cfg: FeatureConfig) -> np.ndarray:
+    """The user half of the model input at time t (ms), in user_feature_names order."""
 
     def since(ts: int) -> float:
         return min((t - ts) / 1000.0, NEVER_S) if ts > 0 else NEVER_S
 
-    return np.array([
-        since(state.feature_ts),
-        since(state.last_click_ts),
-        since(state.last_purchase_ts),
-        state.views_short,
-        state.clicks_short,
-        state.carts_short,
-        state.purchases_short,
-        state.events_long,
-        state.purchases_monetary,
-        state.spend_monetary,
-    ], dtype=np.float64)
+    v = [since(state.feature_ts), since(state.last_click_ts), since(state.last_purchase_ts)]
+    for w in cfg.frequency_windows_s:
+        v += window_sum(state, w, t, cfg)[:4]
+    for w in cfg.monetary_windows_s:
+        total = window_sum(state, w, t, cfg)
+        v += [total[4], total[4] / total[3] if total[3] else 0.0]
+    sessions = sum(1 for x in state.sessions if x > t - cfg.session_window_s * 1000)
+    in_session = state.session_events if state.feature_ts and t - state.feature_ts <= cfg.session_gap_s * 1000 else 0
+    longest = max(cfg.monetary_windows_s)
+    baskets = sum(1 for x in state.baskets if x > t - longest * 1000)
+    spend = window_sum(state, longest, t, cfg)[4]
+    v += [float(sessions), float(in_session), spend / baskets if baskets else 0.0]
+    return np.array(v, dtype=np.float64)
 
 
 def user_item_matrix(
     state: UserState,
     t: int,
+    cfg: FeatureConfig,
     item_ids: list[str],
     item_categories: list[str],
     item_prices: np.ndarray,
     item_popularity: np.ndarray,
 ) -> np.ndarray:
     """Model input for the user and each of n candidate items at time t: an (n, features) float32
-    matrix in FEATURE_NAMES order. One definition for the job and for training."""
+    matrix in feature_names(cfg) order. One definition for the job and for training."""
     n = len(item_ids)
-    x = np.empty((n, len(FEATURE_NAMES)), dtype=np.float64)
-    x[:, :N_USER_FEATURES] = user_vector(state, t)
+    user = user_vector(state, t, cfg)
+    nu = len(user)
+    x = np.empty((n, nu + len(ITEM_FEATURES)), dtype=np.float64)
+    x[:, :nu] = user
+    # affinity shares: a common decay factor from as_of to t cancels out, so no decay step here
     total_aff = sum(state.affinity.values()) or 1.0
     total_items = sum(state.items.values()) or 1.0
-    aff = state.affinity
-    x[:, N_USER_FEATURES] = [aff.get(c, 0.0) / total_aff for c in item_categories]
-    own = state.items
-    x[:, N_USER_FEATURES + 1] = [own.get(i, 0.0) / total_items for i in item_ids] if own else 0.0
-    x[:, N_USER_FEATURES + 2] = item_popularity
-    x[:, N_USER_FEATURES + 3] = np.log1p(np.maximum(np.asarray(item_prices, dtype=np.float64), 0.0))
+    aff, own = state.affinity, state.items
+    x[:, nu] = [aff.get(c, 0.0) / total_aff for c in item_categories] if aff else 0.0
+    x[:, nu + 1] = [own.get(i, 0.0) / total_items for i in item_ids] if own else 0.0
+    x[:, nu + 2] = item_popularity
+    x[:, nu + 3] = np.log1p(np.maximum(np.asarray(item_prices, dtype=np.float64), 0.0))
     return x.astype(np.float32)
 
 
-def user_item_features(
-    state: UserState,
-    t: int,
-    item_id: str,
-    item_category: str,
-    item_price: float,
-    item_popularity: float,
-) -> list[float]:
-    """One (user, item) row of `user_item_matrix`, as float64 values (for inspection and tests)."""
-    row = user_item_matrix(state, t, [item_id], [item_category], np.array([item_price]), np.array([item_popularity]))
+def user_item_features(state: UserState, t: int, cfg: FeatureConfig, item_id: str, item_category: str,
+                       item_price: float, item_popularity: float) -> list[float]:
+    """One (user, item) row of `user_item_matrix`, as floats (for inspection and tests)."""
+    row = user_item_matrix(state, t, cfg, [item_id], [item_category], np.array([item_price]),
+                           np.array([item_popularity]))
     return [float(v) for v in row[0]]
+
+
+def describe(state: UserState, t: int, cfg: FeatureConfig) -> dict[str, float | list[str]]:
+    """The user's features at t by name (for `streamrank features` and GetUserFeatures)."""
+    out: dict[str, float | list[str]] = dict(zip(user_feature_names(cfg), map(float, user_vector(state, t, cfg))))
+    out["top_categories"] = state.top_categories(3)
+    return out

@@ -16,32 +16,36 @@ log = logging.getLogger(__name__)
 
 
 class RankUsers(ScalarFunction):
-    """(user window delta columns...) -> lists written; see udfs.ranking.BatchRanker."""
+    """(user_id, window_end, event_list) -> events used; see udfs.ranking.BatchRanker.
+    Flink metrics streamrank.{used,duplicate,opted_out} count every record it is handed."""
 
     def __init__(self, cfg_json: str) -> None:
         self.cfg_json = cfg_json
         self.ranker = None
+        self.counters: dict = {}
 
     def open(self, function_context: FunctionContext) -> None:
+        from udfs.faults import FaultInjector
+        from udfs.features import feature_names
         from udfs.ranking import BatchRanker
         from udfs.scorer import OnnxScorer
 
         cfg = JobConfig.model_validate_json(self.cfg_json)
-        self.ranker = BatchRanker(cfg, OnnxScorer(cfg.scoring.model_dir))
+        self.ranker = BatchRanker(cfg, OnnxScorer(cfg.scoring.model_dir, feature_names(cfg.features)))
+        self.faults = FaultInjector(cfg.faults)
+        group = function_context.get_metric_group().add_group("streamrank")
+        self.counters = {name: group.counter(name) for name in ("used", "duplicate", "opted_out")}
         log.info("RankUsers loaded model %s", self.ranker.scorer.version)
 
-    def eval(self, user_id, window_end, n_view, n_click, n_cart, n_purchase,  # type: ignore[override]
-             purchase_value, last_ts, last_click_ts, last_purchase_ts, events):
+    def eval(self, user_id, window_end, events):  # type: ignore[override]
         from udfs.features import WindowDelta
 
-        deltas = [
-            WindowDelta(str(u), int(w), int(a), int(b), int(c), int(d), float(v), int(t), int(tc), int(tp), str(e))
-            for u, w, a, b, c, d, v, t, tc, tp, e in zip(
-                user_id, window_end, n_view, n_click, n_cart, n_purchase, purchase_value,
-                last_ts, last_click_ts, last_purchase_ts, events)
-        ]
-        written = self.ranker.rank(deltas)
-        return pd.Series([written] * len(deltas), dtype="int32")
+        deltas = [WindowDelta(str(u), int(w), str(e)) for u, w, e in zip(user_id, window_end, events)]
+        self.faults.before_batch(len(deltas))
+        ledger = self.ranker.rank(deltas)
+        for name, counter in self.counters.items():
+            counter.inc(getattr(ledger, name))
+        return pd.Series([ledger.used] * len(deltas), dtype="int32")
 
 
 class UpdateTrending(ScalarFunction):
@@ -85,6 +89,34 @@ class StoreItemMeta(ScalarFunction):
         return pd.Series([n] * len(rows), dtype="int32")
 
 
+class CountRejected(ScalarFunction):
+    """(status) -> 1: counts DLQ'd and late records into the ledger (Redis hash + Flink metrics
+    streamrank.dlq / streamrank.late). Only rejected records cross into Python here."""
+
+    def __init__(self, cfg_json: str) -> None:
+        self.cfg_json = cfg_json
+        self.client = None
+        self.counters: dict = {}
+
+    def open(self, function_context: FunctionContext) -> None:
+        from udfs.ranking import redis_client
+
+        self.client = redis_client(JobConfig.model_validate_json(self.cfg_json))
+        group = function_context.get_metric_group().add_group("streamrank")
+        self.counters = {name: group.counter(name) for name in ("dlq", "late")}
+
+    def eval(self, ledger_field):  # type: ignore[override]
+        from contract import keys
+
+        counts = ledger_field.value_counts()
+        pipe = self.client.pipeline(transaction=True)
+        for name, n in counts.items():
+            pipe.hincrby(keys.LEDGER, str(name), int(n))
+            self.counters[str(name)].inc(int(n))
+        pipe.execute()
+        return pd.Series([1] * len(ledger_field), dtype="int32")
+
+
 def register(t_env, cfg: JobConfig) -> None:
     """Register the job's Python functions under the names the SQL uses."""
     cfg_json = cfg.model_dump_json()
@@ -92,3 +124,4 @@ def register(t_env, cfg: JobConfig) -> None:
     t_env.create_temporary_function("rank_users", udf(RankUsers(cfg_json), result_type=out, func_type="pandas"))
     t_env.create_temporary_function("update_trending", udf(UpdateTrending(cfg_json), result_type=out, func_type="pandas"))
     t_env.create_temporary_function("store_item_meta", udf(StoreItemMeta(cfg_json), result_type=out, func_type="pandas"))
+    t_env.create_temporary_function("count_rejected", udf(CountRejected(cfg_json), result_type=out, func_type="pandas"))

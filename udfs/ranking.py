@@ -15,12 +15,13 @@ import redis
 from contract import keys
 from contract.config import JobConfig
 from udfs.candidates import Candidate, CandidatePool, gather_candidates, item_weight
-from udfs.features import UserState, WindowDelta, apply_window, user_item_matrix
+from udfs.features import Ledger, UserState, WindowDelta, apply_window, user_item_matrix
 from udfs.scorer import OnnxScorer
 
 log = logging.getLogger(__name__)
 
 TRENDING_LANDMARK = "trending:landmark"
+LEDGER = keys.LEDGER
 TRENDING_BOARDS = "trending:boards"
 
 # ARGV: half_life_ms, max_board, then (t, item, category, weight) quadruples in time order.
@@ -138,17 +139,20 @@ class BatchRanker:
         self.guarded_set = self.redis.register_script(keys.GUARDED_SET_LUA)
         self.candidates = CandidateSource(cfg, self.redis)
 
-    def rank(self, deltas: list[WindowDelta]) -> int:
-        """Returns how many lists were written."""
+    def rank(self, deltas: list[WindowDelta]) -> Ledger:
+        """Fold the windows into the users' states, rank, write; returns what was counted."""
+        ledger = Ledger()
         if not deltas:
-            return 0
+            return ledger
         self.candidates.refresh()
         users = sorted({d.user_id for d in deltas})
         raw_states = self.redis.mget([keys.feat_key(u) for u in users])
         states = {u: UserState.decode(r) for u, r in zip(users, raw_states)}
         for d in sorted(deltas, key=lambda d: d.window_end):
-            states[d.user_id] = apply_window(states[d.user_id], d, self.cfg.features)
-        self.candidates.load_meta({i for s in states.values() for i in s.items})
+            states[d.user_id], counted = apply_window(states[d.user_id], d, self.cfg.features)
+            ledger.add(counted)
+        users = [u for u in users if states[u].feature_ts > 0]  # only duplicates/opted-out so far
+        self.candidates.load_meta({i for u in users for i in states[u].items})
 
         blocks: list[np.ndarray] = []
         spans: list[tuple[str, list[Candidate], int, int]] = []
@@ -157,7 +161,7 @@ class BatchRanker:
             s = states[u]
             cands = self.candidates.for_user(s)
             blocks.append(user_item_matrix(
-                s, s.window_end, [c.item_id for c in cands], [c.category for c in cands],
+                s, s.window_end, self.cfg.features, [c.item_id for c in cands], [c.category for c in cands],
                 np.fromiter((c.price for c in cands), np.float64, len(cands)),
                 np.fromiter((c.popularity for c in cands), np.float64, len(cands))))
             spans.append((u, cands, start, start + len(cands)))
@@ -167,7 +171,11 @@ class BatchRanker:
         now_ms = int(time.time() * 1000)
         ttl = self.cfg.redis.rec_ttl_s
         k = self.cfg.scoring.top_k
-        pipe = self.redis.pipeline(transaction=False)
+        # one MULTI: states, lists and the ledger change together or not at all
+        pipe = self.redis.pipeline(transaction=True)
+        for field_name, n in ledger.__dict__.items():
+            if n:
+                pipe.hincrby(LEDGER, field_name, n)
         for u, cands, a, b in spans:
             s = states[u]
             user_scores = scores[a:b]
@@ -181,7 +189,7 @@ class BatchRanker:
             self.guarded_set(keys=[keys.feat_key(u)], args=[s.feature_ts, s.encode(), ttl], client=pipe)
             self.guarded_set(keys=[keys.rec_key(u)], args=[s.feature_ts, rec.encode(), ttl], client=pipe)
         pipe.execute()
-        return len(spans)
+        return ledger
 
 
 def write_item_meta(client: redis.Redis, rows: list[tuple[str, str, float]]) -> int:

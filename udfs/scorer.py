@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 
-from udfs.features import FEATURE_NAMES
 
 
 class ModelError(RuntimeError):
@@ -33,15 +32,15 @@ class ModelCard:
 class OnnxScorer:
     """Loads model.onnx once; `score` takes an (n, features) float32 matrix, returns P(interact)."""
 
-    def __init__(self, model_dir: str | Path) -> None:
+    def __init__(self, model_dir: str | Path, feature_names: tuple[str, ...]) -> None:
         import onnxruntime as ort
 
         model_dir = Path(model_dir)
         self.card = ModelCard.load(model_dir)
-        if self.card.feature_names != FEATURE_NAMES:
+        if self.card.feature_names != tuple(feature_names):
             raise ModelError(
-                f"model {self.card.version} expects features {list(self.card.feature_names)} but this "
-                f"code computes {list(FEATURE_NAMES)}; retrain with `streamrank train`"
+                f"model {self.card.version} expects features {list(self.card.feature_names)} but the job "
+                f"config gives {list(feature_names)}; retrain with `streamrank train` using this config"
             )
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1

@@ -1,13 +1,16 @@
 """The recommend job's graph on the embedded MiniCluster, fed from a collection source.
 
-Redis is real (the job's sink); Kafka is replaced by a collection source and a filesystem DLQ
-sink, which is what this tier is for. Asserts: every valid user gets a list, the DLQ holds
-exactly the malformed records with the reasons the Python validator gives, and the features
-the job wrote equal the offline replay's (one feature definition, no skew)."""
+Redis is real (the job's sink); Kafka is replaced by a collection source and filesystem sinks
+for the DLQ and late records, which is what this tier is for. Asserts: every user with a used
+event gets a list, rejected records land exactly where the Python validator says, the ledger
+accounts for every record, and the features the job wrote equal the offline replay's at two
+cut-offs (one feature definition, no skew). The second run re-reads the first half, so it also
+checks that replayed windows change nothing."""
 
 from __future__ import annotations
 
 import json
+import random
 import time
 
 import pytest
@@ -17,16 +20,15 @@ from contract.schema import InvalidEvent, validate
 from models.offline import OfflineReplay, read_history
 from tests.conftest import job_config
 from traffic.simulator import Simulator
-from udfs.features import UserState
+from udfs.features import UserState, describe
 
 
-def run_job(cfg, records, items, dlq_dir):
+def run_job(cfg, records, items, out_dir):
     from pyflink.common import Row, Types
+    from pyflink.datastream import StreamExecutionEnvironment
     from pyflink.table import DataTypes, Schema
 
     from jobs.recommend import build, environment, event_time_sql, watermark_sql
-
-    from pyflink.datastream import StreamExecutionEnvironment
 
     env = StreamExecutionEnvironment.get_execution_environment()
     t_env = environment(cfg, env)
@@ -47,55 +49,104 @@ def run_job(cfg, records, items, dlq_dir):
         DataTypes.ROW([DataTypes.FIELD("item_id", DataTypes.STRING()),
                        DataTypes.FIELD("category", DataTypes.STRING()),
                        DataTypes.FIELD("price", DataTypes.DOUBLE())])))
-    t_env.execute_sql(f"""CREATE TABLE dlq_sink (record STRING, reason STRING, src_topic STRING,
-        src_partition INT, src_offset BIGINT) WITH ('connector' = 'filesystem',
-        'path' = '{dlq_dir}', 'format' = 'json')""")
-    build(t_env, cfg, sources=False, dlq=False).execute().wait()
+    for table in ("dlq_sink", "late_sink"):
+        t_env.execute_sql(f"""CREATE TABLE {table} (record STRING, reason STRING, src_topic STRING,
+            src_partition INT, src_offset BIGINT) WITH ('connector' = 'filesystem',
+            'path' = '{out_dir / table}', 'format' = 'json')""")
+    build(t_env, cfg, sources=False, sinks=False).execute().wait()
+
+
+def read_rows(path):
+    return [json.loads(line) for f in path.rglob("*") if f.is_file() and not f.name.startswith(".")
+            for line in f.read_text().splitlines() if line]
+
+
+def traffic(seed: int):
+    """Two parts split at a micro-batch boundary, with 2% malformed, 10% duplicated and 3% opted-out
+    records; duplicates follow their original within a few records."""
+    sim = Simulator(seed=seed, users=80, items=300, categories=8)
+    rng = random.Random(seed)
+    start = int(time.time() * 1000) - 600_000
+    start -= start % 2000
+    parts: list[list[bytes]] = [[], []]
+    boundary = start + 50_000
+    pending: list[bytes] = []
+    for _, value, ok in sim.records(start, 20.0, 2000, malformed_fraction=0.02):
+        if ok:
+            ev = json.loads(value)
+            if rng.random() < 0.03:
+                ev["consent"] = False
+            value = json.dumps(ev).encode()
+            part = parts[0] if ev["ts"] < boundary else parts[1]
+            if part is parts[1] and not parts[1]:  # first record of part two: part one's dups stay there
+                parts[0].extend(pending)
+                pending = []
+        else:
+            part = parts[0] if not parts[1] else parts[1]
+        part.append(value)
+        if ok and rng.random() < 0.10:
+            pending.append(value)
+        if len(pending) > 3 or (pending and rng.random() < 0.3):
+            part.extend(pending)
+            pending = []
+    parts[1].extend(pending)
+    return sim, parts
+
+
+def offline(cfg, records, tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(b"\n".join(records) + b"\n")
+    hist = read_history(path, cfg)
+    replay = OfflineReplay(cfg)
+    for _ in replay.run(hist.events):
+        pass
+    return hist, replay
+
+
+def assert_same_features(r, replay, cfg, cutoff):
+    used_users = {u for u, s in replay.states.items() if s.feature_ts > 0}
+    assert {k.decode()[4:] for k in r.scan_iter("rec:*")} == used_users
+    for user in used_users:
+        online = UserState.decode(r.get(keys.feat_key(user)))
+        want = describe(replay.states[user], cutoff, cfg.features)
+        got = describe(online, cutoff, cfg.features)
+        assert got.keys() == want.keys()
+        for name, value in want.items():
+            assert got[name] == (value if isinstance(value, list) else pytest.approx(value, rel=1e-9, abs=1e-9)), (user, name)
 
 
 @pytest.mark.parametrize("parallelism", [1, 2])
-def test_job_graph_lists_dlq_and_offline_parity(parallelism, redis_db, model_dir, tmp_path):
+def test_job_graph_accounts_for_every_record_and_matches_offline(parallelism, redis_db, model_dir, tmp_path):
     port, r = redis_db
-    sim = Simulator(seed=parallelism, users=80, items=300, categories=8)
-    start = int(time.time() * 1000) - 600_000
-    records = [v for _, v, _ in sim.records(start, 20.0, 2000, malformed_fraction=0.02)]
+    sim, (first, second) = traffic(parallelism)
     cfg = job_config(port, model_dir, flink__parallelism=parallelism)
 
-    run_job(cfg, records, sim.items, tmp_path / "dlq")
-
+    # cut-off 1: the first part only
+    run_job(cfg, first, sim.items, tmp_path / "run1")
+    hist, replay = offline(cfg, first, tmp_path, "first.jsonl")
     expected_dlq = {}
-    valid_users = set()
-    for offset, value in enumerate(records):
+    for offset, value in enumerate(first):
         try:
-            valid_users.add(validate(value).user_id)
+            validate(value)
         except InvalidEvent as e:
             expected_dlq[offset] = e.reason
-    dlq = [json.loads(line) for f in (tmp_path / "dlq").rglob("*") if f.is_file() and not f.name.startswith(".")
-           for line in f.read_text().splitlines() if line]
-    assert {d["src_offset"]: d["reason"] for d in dlq} == expected_dlq
-    assert len(dlq) == len(expected_dlq) > 0
-
-    users_with_lists = {k.decode()[4:] for k in r.scan_iter("rec:*")}
-    assert users_with_lists == valid_users
-    some = keys.RecList.decode(r.get(keys.rec_key(sorted(valid_users)[0])))
+    dlq = read_rows(tmp_path / "run1" / "dlq_sink")
+    assert {d["src_offset"]: d["reason"] for d in dlq} == expected_dlq and len(dlq) == len(expected_dlq) > 0
+    assert read_rows(tmp_path / "run1" / "late_sink") == [] and hist.late == []
+    ledger = {k.decode(): int(v) for k, v in r.hgetall(keys.LEDGER).items()}
+    assert ledger == {"used": replay.ledger.used, "duplicate": replay.ledger.duplicate,
+                      "opted_out": replay.ledger.opted_out, "dlq": len(expected_dlq)}
+    assert sum(ledger.values()) == len(first)
+    assert replay.ledger.duplicate > 0 and replay.ledger.opted_out > 0
+    cutoff1 = max(s.window_end for s in replay.states.values())
+    assert_same_features(r, replay, cfg, cutoff1)
+    some = keys.RecList.decode(r.get(next(r.scan_iter("rec:*"))))
     assert 0 < len(some.items) <= cfg.scoring.top_k
     assert some.model_version == json.loads((model_dir / "card.json").read_text())["version"]
 
-    # the same records through the offline path give the same features
-    hist = tmp_path / "history.jsonl"
-    hist.write_bytes(b"\n".join(records) + b"\n")
-    events, rejected = read_history(hist)
-    assert len(rejected) == len(expected_dlq)
-    replay = OfflineReplay(cfg)
-    for _ in replay.run(events):
-        pass
-    for user in valid_users:
-        online = UserState.decode(r.get(keys.feat_key(user)))
-        offline = replay.states[user]
-        assert online.window_end == offline.window_end and online.feature_ts == offline.feature_ts
-        for name in ("views_short", "clicks_short", "carts_short", "purchases_short", "events_long",
-                     "purchases_monetary", "spend_monetary"):
-            assert getattr(online, name) == pytest.approx(getattr(offline, name), rel=1e-9, abs=1e-9), name
-        assert online.affinity.keys() == offline.affinity.keys()
-        for c, w in offline.affinity.items():
-            assert online.affinity[c] == pytest.approx(w, rel=1e-9)
+    # cut-off 2: everything, the first part read again (replayed windows must change nothing)
+    run_job(cfg, first + second, sim.items, tmp_path / "run2")
+    _, replay_all = offline(cfg, first + second, tmp_path, "all.jsonl")
+    cutoff2 = max(s.window_end for s in replay_all.states.values())
+    assert cutoff2 > cutoff1
+    assert_same_features(r, replay_all, cfg, cutoff2)

@@ -1,51 +1,106 @@
-import math
-
 import numpy as np
-
 import pytest
 
 from contract.config import FeatureConfig
 from udfs.candidates import CandidatePool, TrendingBoards, gather_candidates
-from udfs.features import FEATURE_NAMES, NEVER_S, UserState, WindowDelta, apply_window, user_item_features
+from udfs.features import (
+    NEVER_S, Event, UserState, WindowDelta, apply_window, describe, feature_names, user_feature_names,
+    user_item_features, user_item_matrix,
+)
 
-CFG = FeatureConfig(short_half_life_s=10.0, long_half_life_s=100.0, interest_half_life_s=10.0)
-T0 = 1_700_000_000_000
-
-
-def delta(end, views=0, clicks=0, purchases=0, value=0.0, events=""):
-    return WindowDelta("u1", end, views, clicks, 0, purchases, value, end - 1, end - 1 if clicks else 0,
-                       end - 1 if purchases else 0, events)
-
-
-def test_counts_decay_by_half_life():
-    s = apply_window(UserState(), delta(T0, views=4, events="view|i1|c1;view|i1|c1;view|i2|c1;view|i3|c2"), CFG)
-    s = apply_window(s, delta(T0 + 10_000, views=1, events="view|i1|c1"), CFG)
-    assert s.views_short == pytest.approx(4 * 0.5 + 1)
-    assert s.events_long == pytest.approx(4 * 2 ** (-0.1) + 1)
-    assert s.affinity["c1"] == pytest.approx(3 * 0.5 + 1)
-    assert s.top_categories(1) == ["c1"]
+CFG = FeatureConfig(frequency_windows_s=(60.0, 3600.0), monetary_windows_s=(3600.0,), window_slices=6,
+                    session_gap_s=30.0, session_window_s=3600.0, interest_half_life_s=10.0,
+                    dedup_horizon_s=600.0)
+T0 = 1_700_000_000_000 - 1_700_000_000_000 % 60_000  # aligned to every slice
 
 
-def test_replayed_window_is_ignored():
-    s1 = apply_window(UserState(), delta(T0, views=2, events="view|i1|c1;view|i1|c1"), CFG)
-    s2 = apply_window(s1, delta(T0, views=2, events="view|i1|c1;view|i1|c1"), CFG)
-    assert s2 == s1
+def ev(n, etype, ts, item="i1", cat="c1", value=0.0, consent=True):
+    return Event(f"e{n}", etype, item, cat, ts, value, consent)
 
 
-def test_monetary_and_recency():
-    s = apply_window(UserState(), delta(T0, purchases=1, value=30.0, events="purchase|i9|c3"), CFG)
-    f = dict(zip(FEATURE_NAMES, user_item_features(s, T0 + 5000, "i9", "c3", 30.0, 0.5)))
-    assert f["spend_monetary"] == 30.0 and f["purchases_monetary"] == 1
-    assert f["recency_s"] == pytest.approx(5.001)
-    assert f["since_click_s"] == NEVER_S
-    assert f["category_affinity"] == 1.0 and f["item_affinity"] == 1.0
-    assert f["item_price_log"] == pytest.approx(math.log1p(30.0))
-    assert len(f) == len(FEATURE_NAMES)
+def window(end, *events):
+    return WindowDelta("u1", end, ";".join(e.encode() for e in events))
+
+
+def fold(state, *deltas):
+    total = {"used": 0, "duplicate": 0, "opted_out": 0}
+    for d in deltas:
+        state, ledger = apply_window(state, d, CFG)
+        for k in total:
+            total[k] += getattr(ledger, k)
+    return state, total
+
+
+def test_feature_names_follow_the_configured_windows():
+    names = user_feature_names(CFG)
+    assert names[:3] == ("recency_s", "since_click_s", "since_purchase_s")
+    assert "views_1m" in names and "purchases_1h" in names and "spend_1h" in names and "sessions_1h" in names
+    assert feature_names(CFG)[-4:] == ("category_affinity", "item_affinity", "item_popularity", "item_price_log")
+
+
+def test_sliding_window_counts_expire_by_slice():
+    s, _ = fold(UserState(), window(T0 + 2000, ev(1, "view", T0 + 500), ev(2, "click", T0 + 1500)))
+    f = describe(s, T0 + 2000, CFG)
+    assert (f["views_1m"], f["clicks_1m"], f["views_1h"]) == (1, 1, 1)
+    # 60 s window in 10 s slices: the slice [T0, T0+10s) leaves the window once t - 60s >= T0 + 10s
+    assert describe(s, T0 + 69_999, CFG)["views_1m"] == 1
+    assert describe(s, T0 + 70_000, CFG)["views_1m"] == 0
+    assert describe(s, T0 + 70_000, CFG)["views_1h"] == 1
+
+
+def test_monetary_sessions_and_baskets():
+    s, _ = fold(UserState(),
+                window(T0 + 2000, ev(1, "view", T0), ev(2, "purchase", T0 + 1000, value=30.0)),
+                window(T0 + 62_000, ev(3, "purchase", T0 + 61_000, value=10.0)),  # new session (gap 30 s)
+                window(T0 + 64_000, ev(4, "view", T0 + 62_500)))
+    f = describe(s, T0 + 64_000, CFG)
+    assert f["spend_1h"] == 40.0 and f["mean_purchase_1h"] == 20.0
+    assert f["sessions_1h"] == 2 and f["session_events"] == 2
+    assert f["avg_basket"] == 20.0
+    assert f["recency_s"] == pytest.approx(1.5) and f["since_click_s"] == NEVER_S
+    assert f["since_purchase_s"] == pytest.approx(3.0)
+    assert describe(s, T0 + 64_000 + 31_000, CFG)["session_events"] == 0  # session over
+
+
+def test_duplicates_and_opt_outs_are_counted_not_used():
+    s, led = fold(UserState(),
+                  window(T0 + 2000, ev(1, "view", T0), ev(1, "view", T0), ev(2, "click", T0 + 10, consent=False)),
+                  window(T0 + 4000, ev(1, "view", T0 + 3000)))  # same event_id, later window
+    assert led == {"used": 1, "duplicate": 2, "opted_out": 1}
+    assert describe(s, T0 + 4000, CFG)["views_1m"] == 1 and s.last_click_ts == 0
+
+
+def test_event_ids_are_forgotten_after_the_dedup_horizon():
+    s, _ = fold(UserState(), window(T0 + 2000, ev(1, "view", T0)))
+    s, led = fold(s, window(T0 + 700_000, ev(1, "view", T0 + 699_000)))
+    assert led["used"] == 1
+
+
+def test_replayed_window_changes_nothing():
+    d = window(T0 + 2000, ev(1, "view", T0), ev(2, "view", T0 + 5))
+    s1, _ = fold(UserState(), d)
+    s2, led = fold(s1, d)
+    assert s2 == s1 and led == {"used": 0, "duplicate": 0, "opted_out": 0}
 
 
 def test_state_round_trips_through_json():
-    s = apply_window(UserState(), delta(T0, views=1, events="view|i1|c1"), CFG)
+    s, _ = fold(UserState(), window(T0 + 2000, ev(1, "purchase", T0, value=3.5)))
     assert UserState.decode(s.encode()) == s
+
+
+def test_matrix_rows_equal_single_rows_and_affinity_shares():
+    s, _ = fold(UserState(), window(T0 + 2000, ev(1, "view", T0, "a", "c1"), ev(2, "view", T0 + 1, "b", "c2"),
+                                    ev(3, "click", T0 + 2, "a", "c1")))
+    ids, cats = ["a", "b", "z"], ["c1", "c2", "c9"]
+    prices, pops = np.array([1.0, 20.0, 0.0]), np.array([1.0, 0.5, 0.0])
+    m = user_item_matrix(s, T0 + 3000, CFG, ids, cats, prices, pops)
+    names = feature_names(CFG)
+    assert m.shape == (3, len(names))
+    for n in range(3):
+        assert list(m[n]) == pytest.approx(user_item_features(s, T0 + 3000, CFG, ids[n], cats[n], prices[n], pops[n]))
+    assert m[0, names.index("category_affinity")] == pytest.approx(3 / 4)
+    assert m[2, names.index("item_affinity")] == 0.0
+    assert m[1, names.index("item_price_log")] == pytest.approx(np.log1p(20.0))
 
 
 def test_trending_rescale_keeps_ratios():
@@ -60,23 +115,10 @@ def test_trending_rescale_keeps_ratios():
 
 
 def test_candidates_union_trending_category_and_own_items():
-    s = apply_window(UserState(), delta(T0, views=2, events="view|own1|c2;view|own1|c2"), CFG)
+    s, _ = fold(UserState(), window(T0 + 2000, ev(1, "view", T0, "own1", "c2"), ev(2, "view", T0 + 1, "own1", "c2")))
     pool = CandidatePool([("g1", 10.0), ("g2", 5.0)], {"c2": [("k1", 4.0), ("g2", 5.0)]},
                          {"g1": ("c1", 3.0), "k1": ("c2", 1.0)})
     cands = gather_candidates(s, pool, top_categories=1, own_history=5)
     assert [c.item_id for c in cands] == ["g1", "g2", "k1", "own1"]
     assert cands[0].popularity == 1.0 and cands[2].popularity == 0.4
     assert cands[3].category == "unknown" and cands[3].popularity == 0.0
-
-
-def test_matrix_rows_equal_single_rows():
-    from udfs.features import user_item_matrix
-
-    s = apply_window(UserState(), delta(T0, views=3, clicks=1, events="view|a|c1;view|b|c2;click|a|c1;view|a|c1"), CFG)
-    ids, cats = ["a", "b", "z"], ["c1", "c2", "c9"]
-    prices, pops = np.array([1.0, 20.0, 0.0]), np.array([1.0, 0.5, 0.0])
-    m = user_item_matrix(s, T0 + 1000, ids, cats, prices, pops)
-    assert m.shape == (3, len(FEATURE_NAMES))
-    for n in range(3):
-        assert list(m[n]) == pytest.approx(user_item_features(s, T0 + 1000, ids[n], cats[n], prices[n], pops[n]))
-    assert m[2, FEATURE_NAMES.index("item_affinity")] == 0.0

@@ -4,8 +4,11 @@ import numpy as np
 import pytest
 
 from models.training import PARITY_TOLERANCE, export_onnx, parity
-from udfs.features import FEATURE_NAMES
+from contract.config import FeatureConfig
+from udfs.features import feature_names
 from udfs.scorer import ModelError, OnnxScorer
+
+FEATURE_NAMES = feature_names(FeatureConfig())
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +28,7 @@ def trained(tmp_path_factory):
 
 def test_onnx_scores_equal_scikit_learn(trained):
     model, onnx_bytes, d, x = trained
-    scorer = OnnxScorer(d)
+    scorer = OnnxScorer(d, FEATURE_NAMES)
     got = scorer.score(x[:500])
     want = model.predict_proba(x[:500])[:, 1]
     assert np.max(np.abs(got - want)) <= PARITY_TOLERANCE
@@ -34,7 +37,7 @@ def test_onnx_scores_equal_scikit_learn(trained):
 
 
 def test_empty_batch_scores_nothing(trained):
-    assert OnnxScorer(trained[2]).score(np.zeros((0, len(FEATURE_NAMES)), np.float32)).shape == (0,)
+    assert OnnxScorer(trained[2], FEATURE_NAMES).score(np.zeros((0, len(FEATURE_NAMES)), np.float32)).shape == (0,)
 
 
 def test_scorer_refuses_model_with_other_features(trained, tmp_path):
@@ -42,9 +45,9 @@ def test_scorer_refuses_model_with_other_features(trained, tmp_path):
     (tmp_path / "model.onnx").write_bytes(onnx_bytes)
     (tmp_path / "card.json").write_text(json.dumps({"version": "v9", "feature_names": ["a", "b"]}))
     with pytest.raises(ModelError, match="retrain"):
-        OnnxScorer(tmp_path)
+        OnnxScorer(tmp_path, FEATURE_NAMES)
 
 
 def test_missing_card_says_how_to_fix(tmp_path):
     with pytest.raises(ModelError, match="streamrank train"):
-        OnnxScorer(tmp_path)
+        OnnxScorer(tmp_path, FEATURE_NAMES)

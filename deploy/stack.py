@@ -202,12 +202,13 @@ def stop_pid(pid: int, timeout_s: float = 20) -> None:
 
 
 def create_topics(bootstrap: str, partitions: int = 2, names: dict | None = None) -> None:
-    """Create the interactions, items (compacted) and DLQ topics if missing."""
+    """Create the interactions, items (compacted), DLQ and late topics if missing."""
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
-    names = names or {"interactions": "interactions", "items": "items", "dlq": "interactions.dlq"}
+    names = {"interactions": "interactions", "items": "items", "dlq": "interactions.dlq", **(names or {})}
+    names.setdefault("late", names["interactions"] + ".late")
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     try:
         existing = set(admin.list_topics())
@@ -215,6 +216,7 @@ def create_topics(bootstrap: str, partitions: int = 2, names: dict | None = None
             NewTopic(names["interactions"], partitions, 1),
             NewTopic(names["items"], 1, 1, topic_configs={"cleanup.policy": "compact"}),
             NewTopic(names["dlq"], 1, 1),
+            NewTopic(names["late"], 1, 1),
         ]
         todo = [t for t in wanted if t.name not in existing]
         if todo:

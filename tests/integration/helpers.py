@@ -29,6 +29,7 @@ def job_args(bootstrap: str, redis_port: int, model: Path, topic_prefix: str, gr
         "kafka.interactions_topic": json.dumps(f"{topic_prefix}interactions"),
         "kafka.items_topic": json.dumps(f"{topic_prefix}items"),
         "kafka.dlq_topic": json.dumps(f"{topic_prefix}interactions.dlq"),
+        "kafka.late_topic": json.dumps(f"{topic_prefix}interactions.late"),
         "kafka.group_id": json.dumps(group),
         "redis.port": str(redis_port),
         "scoring.model_dir": json.dumps(str(model)),
@@ -38,10 +39,11 @@ def job_args(bootstrap: str, redis_port: int, model: Path, topic_prefix: str, gr
 
 
 def run_job_embedded(args: list[str], log_path: Path, timeout_s: float = 300) -> None:
+    """`streamrank run --bounded`; Flink's own log goes to log_path's folder (flink-*.log)."""
     cmd = [sys.executable, "-m", "deploy.cli", "run", "--bounded", *args]
     with open(log_path, "wb") as log:
         rc = subprocess.run(cmd, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s,
-                            env=child_env()).returncode
+                            env=child_env(FLINK_LOG_DIR=str(log_path.parent))).returncode
     assert rc == 0, f"job failed ({rc}); tail of {log_path}:\n{log_path.read_text()[-3000:]}"
 
 

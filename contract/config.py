@@ -90,6 +90,8 @@ class CandidateConfig(_Strict):
 
 
 class ScoringConfig(_Strict):
+    enabled: bool = True
+    """false: the job keeps features (feat:{user}) and the ledger but scores nothing."""
     top_k: int = Field(25, ge=1, le=500)
     """Length of each user's list in rec:{user}."""
     model_dir: str = "var/models/current"
@@ -99,6 +101,9 @@ class ScoringConfig(_Strict):
 class FlinkConfig(_Strict):
     parallelism: int = Field(1, ge=1, le=256)
     checkpoint_interval_s: float = Field(10.0, gt=0)
+    checkpoint_dir: str = "var/checkpoints"
+    """Where checkpoints are stored (filesystem storage; the JobManager's memory caps state at
+    5 MB). A path (relative to the project root) or a URI such as s3://bucket/path."""
     python_bundle_size: int = Field(10000, ge=1)
     """Rows per Python bundle: Python is crossed in batches of up to this many rows."""
     python_bundle_time_ms: int = Field(500, ge=1)

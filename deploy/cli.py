@@ -150,6 +150,78 @@ def train(
     typer.echo((out / "card.json").read_text())
 
 
+def _parse_time(value: str) -> int:
+    """Epoch milliseconds, or an ISO-8601 time (UTC when no zone is given)."""
+    from datetime import UTC, datetime
+
+    if value.isdigit():
+        return int(value)
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is neither epoch milliseconds nor an ISO-8601 time") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp() * 1000)
+
+
+@app.command()
+def features(
+    events: Annotated[Path, typer.Option(help="JSONL event history, in arrival order")],
+    at: Annotated[str, typer.Option(help="cut-off: epoch ms or ISO time, e.g. 2026-11-24T05:00:00")],
+    user: Annotated[Optional[list[str]], typer.Option(help="only these users (repeatable)")] = None,
+    limit: Annotated[int, typer.Option(help="at most this many users")] = 20,
+    config: ConfigOpt = DEFAULT_CONFIG,
+) -> None:
+    """Show users' features at a cut-off, computed offline with the streaming job's definitions."""
+    from models.offline import OfflineReplay, read_history
+    from udfs.features import describe
+
+    cfg = _job_config(config, None)
+    t = _parse_time(at)
+    hist = read_history(events, cfg)
+    replay = OfflineReplay(cfg)
+    for _ in replay.run(hist.events, until_ms=t):
+        pass
+    wanted = user or sorted(u for u, s in replay.states.items() if s.feature_ts > 0)[:limit]
+    for u in wanted:
+        s = replay.states.get(u)
+        if s is None or s.feature_ts == 0:
+            typer.echo(json.dumps({"user_id": u, "features": None, "why": "no used events before the cut-off"}))
+            continue
+        typer.echo(json.dumps({"user_id": u, "at_ms": t, "window_end": s.window_end,
+                               "features": describe(s, t, cfg.features)}))
+
+
+@app.command()
+def ledger(config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """Where every input record went: used / duplicate / opted_out / late / dlq, beside the input count."""
+    import redis as redis_lib
+
+    from contract import keys
+
+    cfg = _job_config(config, None)
+    try:
+        raw = redis_lib.Redis(host=cfg.redis.host, port=cfg.redis.port).hgetall(keys.LEDGER)
+    except redis_lib.RedisError as e:
+        typer.echo(f"cannot read the ledger from Redis {cfg.redis.host}:{cfg.redis.port}: {e}", err=True)
+        raise typer.Exit(1) from None
+    counts = {k: int(raw.get(k.encode(), 0)) for k in ("used", "duplicate", "opted_out", "late", "dlq")}
+    report: dict[str, object] = {**counts, "accounted": sum(counts.values())}
+    try:
+        from kafka import KafkaConsumer, TopicPartition
+
+        consumer = KafkaConsumer(bootstrap_servers=cfg.kafka.bootstrap_servers, request_timeout_ms=5000)
+        parts = [TopicPartition(cfg.kafka.interactions_topic, p)
+                 for p in consumer.partitions_for_topic(cfg.kafka.interactions_topic) or []]
+        end, begin = consumer.end_offsets(parts), consumer.beginning_offsets(parts)
+        report["input_records"] = sum(end[p] - begin[p] for p in parts)
+        consumer.close()
+    except Exception as e:  # the ledger is still worth printing without Kafka
+        report["input_records"] = f"unknown ({type(e).__name__})"
+    typer.echo(json.dumps(report))
+
+
 @app.command()
 def run(
     config: ConfigOpt = DEFAULT_CONFIG,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from contract.config import JobConfig, load_config
 from contract.schema import CATEGORY_SQL, MAX_FUTURE_MS, MIN_TS_MS, validation_sql
@@ -34,6 +35,8 @@ def environment(cfg: JobConfig, env=None):
         "parallelism.default": str(f.parallelism),
         "execution.checkpointing.interval": f"{int(f.checkpoint_interval_s * 1000)} ms",
         "execution.checkpointing.mode": "EXACTLY_ONCE",
+        "execution.checkpointing.storage": "filesystem",
+        "execution.checkpointing.dir": checkpoint_uri(f.checkpoint_dir),
         "python.fn-execution.bundle.size": str(f.python_bundle_size),
         "python.fn-execution.bundle.time": str(f.python_bundle_time_ms),
         "python.fn-execution.arrow.batch.size": str(f.python_bundle_size),
@@ -45,6 +48,15 @@ def environment(cfg: JobConfig, env=None):
     for key, value in options.items():
         conf.set(key, value)
     return t_env
+
+
+def checkpoint_uri(path: str) -> str:
+    if "://" in path:
+        return path
+    from deploy.paths import PROJECT_ROOT
+
+    p = Path(path)
+    return (p if p.is_absolute() else PROJECT_ROOT / p).resolve().as_uri()
 
 
 def event_time_sql(kafka_ms: str = "kafka_ts_ms") -> str:

@@ -31,11 +31,12 @@ class RankUsers(ScalarFunction):
         from udfs.scorer import OnnxScorer
 
         cfg = JobConfig.model_validate_json(self.cfg_json)
-        self.ranker = BatchRanker(cfg, OnnxScorer(cfg.scoring.model_dir, feature_names(cfg.features)))
+        scorer = OnnxScorer(cfg.scoring.model_dir, feature_names(cfg.features)) if cfg.scoring.enabled else None
+        self.ranker = BatchRanker(cfg, scorer)
         self.faults = FaultInjector(cfg.faults)
         group = function_context.get_metric_group().add_group("streamrank")
         self.counters = {name: group.counter(name) for name in ("used", "duplicate", "opted_out")}
-        log.info("RankUsers loaded model %s", self.ranker.scorer.version)
+        log.info("RankUsers scoring with %s", scorer.version if scorer else "nothing (scoring.enabled = false)")
 
     def eval(self, user_id, window_end, events):  # type: ignore[override]
         from udfs.features import WindowDelta

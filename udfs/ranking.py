@@ -132,7 +132,7 @@ class CandidateSource:
 class BatchRanker:
     """Applies window deltas to user states in Redis, scores candidates, writes top-K lists."""
 
-    def __init__(self, cfg: JobConfig, scorer: OnnxScorer, client: redis.Redis | None = None) -> None:
+    def __init__(self, cfg: JobConfig, scorer: OnnxScorer | None, client: redis.Redis | None = None) -> None:
         self.cfg = cfg
         self.scorer = scorer
         self.redis = client or redis_client(cfg)
@@ -152,6 +152,9 @@ class BatchRanker:
             states[d.user_id], counted = apply_window(states[d.user_id], d, self.cfg.features)
             ledger.add(counted)
         users = [u for u in users if states[u].feature_ts > 0]  # only duplicates/opted-out so far
+        if self.scorer is None:
+            self._write(ledger, {u: (states[u], None) for u in users})
+            return ledger
         self.candidates.load_meta({i for u in users for i in states[u].items})
 
         blocks: list[np.ndarray] = []
@@ -169,27 +172,33 @@ class BatchRanker:
         scores = self.scorer.score(np.concatenate(blocks)) if start else np.zeros(0, np.float32)
 
         now_ms = int(time.time() * 1000)
-        ttl = self.cfg.redis.rec_ttl_s
         k = self.cfg.scoring.top_k
-        # one MULTI: states, lists and the ledger change together or not at all
-        pipe = self.redis.pipeline(transaction=True)
-        for field_name, n in ledger.__dict__.items():
-            if n:
-                pipe.hincrby(LEDGER, field_name, n)
+        out: dict[str, tuple[UserState, keys.RecList | None]] = {}
         for u, cands, a, b in spans:
             s = states[u]
             user_scores = scores[a:b]
             order = np.argsort(-user_scores, kind="stable")[:k]
-            rec = keys.RecList(
+            out[u] = (s, keys.RecList(
                 items=[keys.ScoredItem(cands[i].item_id, float(user_scores[i])) for i in order],
                 model_version=self.scorer.version,
                 feature_ts=s.feature_ts,
                 written_at=now_ms,
-            )
-            self.guarded_set(keys=[keys.feat_key(u)], args=[s.feature_ts, s.encode(), ttl], client=pipe)
-            self.guarded_set(keys=[keys.rec_key(u)], args=[s.feature_ts, rec.encode(), ttl], client=pipe)
-        pipe.execute()
+            ))
+        self._write(ledger, out)
         return ledger
+
+    def _write(self, ledger: Ledger, out: dict[str, tuple[UserState, keys.RecList | None]]) -> None:
+        """One MULTI: states, lists and the ledger change together or not at all."""
+        ttl = self.cfg.redis.rec_ttl_s
+        pipe = self.redis.pipeline(transaction=True)
+        for field_name, n in ledger.__dict__.items():
+            if n:
+                pipe.hincrby(LEDGER, field_name, n)
+        for u, (s, rec) in out.items():
+            self.guarded_set(keys=[keys.feat_key(u)], args=[s.feature_ts, s.encode(), ttl], client=pipe)
+            if rec is not None:
+                self.guarded_set(keys=[keys.rec_key(u)], args=[s.feature_ts, rec.encode(), ttl], client=pipe)
+        pipe.execute()
 
 
 def write_item_meta(client: redis.Redis, rows: list[tuple[str, str, float]]) -> int:

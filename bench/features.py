@@ -1,0 +1,70 @@
+"""Feature pipeline benchmark: features only (scoring off), written to Redis, beside the ceiling.
+
+    python -m bench.features [--events 300000] [--users 10000] [--event-rate 50000]
+
+For parallelism 1 and 2, in the same run: a bounded backlog of --events records through the job
+with scoring.enabled = false (events_per_s), and the same topic through the same source and
+validation into a blackhole (ceiling_events_per_s); both with the job's fixed start-up taken
+out (a run over a one-record topic). state_bytes_per_user is the mean size of feat:{user}.
+The last stdout line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from bench.harness import start_bench_stack, sustained_rate
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--events", type=int, default=300_000)
+    p.add_argument("--users", type=int, default=10_000)
+    p.add_argument("--event-rate", type=float, default=50_000.0, help="backlog density in event time (events/s)")
+    p.add_argument("--parallelism", type=int, nargs="+", default=[1, 2])
+    args = p.parse_args(argv)
+
+    from traffic.publish import publish_catalog, publish_events
+    from traffic.simulator import Simulator
+
+    stack = start_bench_stack(partitions=max(args.parallelism))
+    try:
+        stack.topics("bench.backlog", "bench.tiny", partitions=max(args.parallelism))
+        sim = Simulator(seed=7, users=args.users, items=5000, categories=30)
+        publish_catalog(sim, stack.bootstrap, "bench.items")
+        start = int(time.time() * 1000) - 3_600_000
+        publish_events(sim, stack.bootstrap, "bench.backlog", args.events, args.event_rate, start_ms=start)
+        publish_events(sim, stack.bootstrap, "bench.tiny", 1, 1.0, start_ms=start, progress=False)
+        runs = []
+        for par in args.parallelism:
+            print(f"bench: parallelism {par}", flush=True)
+            off = {"scoring.enabled": False}
+            ceil = [stack.timed_run("bench.ceiling_job", stack.job_sets(t, par)) for t in ("bench.tiny", "bench.backlog")]
+            feat = [stack.timed_run("jobs.recommend", stack.job_sets(t, par, **off)) for t in ("bench.tiny", "bench.backlog")]
+            r = stack.redis
+            users = [k for k in r.scan_iter("feat:*", count=5000)]
+            sizes = [r.strlen(k) for k in users]
+            ledger = {k.decode(): int(v) for k, v in r.hgetall("ledger").items()}
+            run = {
+                "parallelism": par,
+                "events_per_s": sustained_rate(args.events, feat[1], feat[0]),
+                "ceiling_events_per_s": sustained_rate(args.events, ceil[1], ceil[0]),
+                "users": len(users),
+                "state_bytes_per_user": round(sum(sizes) / max(len(sizes), 1)),
+                "ledger_total": sum(ledger.values()),
+            }
+            run["ratio"] = round(run["events_per_s"] / max(run["ceiling_events_per_s"], 1), 3)
+            print(json.dumps(run), flush=True)
+            runs.append(run)
+        best = max(runs, key=lambda x: x["parallelism"])
+        print(json.dumps({**best, "events": args.events, "backlog_event_rate": args.event_rate, "runs": runs}))
+        return 0
+    finally:
+        stack.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""What the benchmarks share: their own Kafka + Redis, a small trained model, timed job runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+from deploy.paths import PROJECT_ROOT
+from deploy.stack import Service, create_topics, free_port, start_kafka, start_redis, stop_pid
+
+
+@dataclass
+class BenchStack:
+    work: Path
+    kafka: Service
+    redis_svc: Service
+    model: Path
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.kafka.port}"
+
+    @property
+    def redis(self) -> redis.Redis:
+        return redis.Redis(port=self.redis_svc.port)
+
+    def topics(self, *names: str, partitions: int = 2) -> None:
+        for t in names:
+            create_topics(self.bootstrap, partitions, {"interactions": t, "items": "bench.items", "dlq": "bench.dlq"})
+
+    def job_sets(self, topic: str, parallelism: int, startup: str = "earliest-offset", **extra: object) -> list[str]:
+        values: dict[str, object] = {
+            "kafka.bootstrap_servers": self.bootstrap, "kafka.interactions_topic": topic,
+            "kafka.items_topic": "bench.items", "kafka.dlq_topic": "bench.dlq",
+            "kafka.late_topic": "bench.late", "kafka.group_id": f"bench-{time.time()}",
+            "kafka.startup_mode": startup, "redis.port": self.redis_svc.port,
+            "scoring.model_dir": str(self.model), "flink.parallelism": parallelism, **extra,
+        }
+        return [a for k, v in values.items() for a in ("--set", f"{k}={json.dumps(v)}")]
+
+    def timed_run(self, module: str, args: list[str]) -> float:
+        """Seconds for one bounded run of `python -m module` (Redis flushed first)."""
+        self.redis.flushdb()
+        t0 = time.monotonic()
+        with open(self.work / "jobs.log", "ab") as out:
+            rc = subprocess.run([sys.executable, "-m", module, "--bounded", *args], cwd=PROJECT_ROOT,
+                                stdout=out, stderr=subprocess.STDOUT).returncode
+        if rc != 0:
+            raise SystemExit(f"{module} failed ({rc}); see {self.work / 'jobs.log'}")
+        return time.monotonic() - t0
+
+    def close(self) -> None:
+        stop_pid(self.kafka.pid)
+        stop_pid(self.redis_svc.pid)
+
+
+def start_bench_stack(partitions: int = 2) -> BenchStack:
+    from contract.config import load_config
+    from models.training import build_training_set, train_and_publish
+    from traffic.publish import write_history
+    from traffic.simulator import Simulator
+
+    work = Path(tempfile.mkdtemp(prefix="streamrank-bench-"))
+    print(f"bench: work dir {work}", flush=True)
+    rsvc = start_redis(work, free_port())
+    ksvc = start_kafka(work, free_port(), free_port(), partitions=partitions)
+    hist = work / "history.jsonl"
+    write_history(Simulator(seed=42, users=2000, items=5000, categories=30), str(hist), 20000, 5.0,
+                  int((time.time() - 7200) * 1000), progress=False)
+    cfg = load_config(None)
+    model = train_and_publish(build_training_set(hist, cfg, progress=False), work / "models", cfg).parent / "current"
+    return BenchStack(work, ksvc, rsvc, model)
+
+
+def sustained_rate(events: int, full_s: float, tiny_s: float) -> int:
+    """Events/s with the job's fixed start-up (a run over a one-record topic) taken out."""
+    return round(events / max(full_s - tiny_s, 1e-3))

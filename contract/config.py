@@ -64,7 +64,13 @@ class FeatureConfig(_Strict):
     interest_half_life_s: float = Field(86400.0, gt=0)
     """Half-life (s) of category and item affinity (default 24 h)."""
     item_half_life_s: float = Field(3600.0, gt=0)
-    """Half-life (s) of item popularity used for trending candidates (default 1 h)."""
+    """Time scale (s) of short-term item and category popularity, and of trending candidates:
+    counts decay with this half-life (default 1 h)."""
+    item_long_half_life_s: float = Field(86400.0, gt=0)
+    """Time scale (s) of long-term item/category popularity and of conversion rates (24 h)."""
+    conversion_prior_weight: float = Field(20.0, ge=0)
+    """Pseudo-views pulling an item's conversion rate toward the global rate (new items are
+    not ranked on noise)."""
     max_items_per_user: int = Field(50, ge=1, le=1000)
     """How many of a user's recent items the state keeps (repeat candidates)."""
     dedup_horizon_s: float = Field(86400.0, gt=0)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from contract.config import JobConfig
 from contract.schema import Interaction, InvalidEvent, validate
-from udfs.candidates import GLOBAL, CandidatePool, TrendingBoards, item_weight
+from udfs.candidates import GLOBAL, CandidatePool, TrendingBoards
 from udfs.features import Event, Ledger, UserState, WindowDelta, apply_window
 
 
@@ -79,7 +79,7 @@ class OfflineReplay:
         self.cfg = cfg
         self.mb_ms = int(round(cfg.features.micro_batch_s * 1000))
         self.states: dict[str, UserState] = defaultdict(UserState)
-        self.boards = TrendingBoards(cfg.features.item_half_life_s)
+        self.boards = TrendingBoards(cfg.features.item_half_life_s, cfg.features.item_long_half_life_s)
         self.catalog: dict[str, tuple[str, float]] = {}
         self.ledger = Ledger()
 
@@ -102,8 +102,12 @@ class OfflineReplay:
     def candidate_pool(self) -> CandidatePool:
         """The pool the job's scorer would draw from now (see udfs.ranking.CandidateSource)."""
         c = self.cfg.candidates
-        boards = {b: self.boards.top(c.per_category, b) for b in self.boards.boards if b != GLOBAL}
-        return CandidatePool(self.boards.top(c.trending), boards, self.catalog)
+        boards = {b: self.boards.top(c.per_category, b) for b in self.boards.boards
+                  if b != GLOBAL and not b.startswith(":")}
+        global_top = self.boards.top(c.trending)
+        wanted = {i for i, _ in global_top} | {i for top in boards.values() for i, _ in top}
+        return CandidatePool(global_top, boards, self.catalog, self.boards.stats(wanted),
+                             self.cfg.features.conversion_prior_weight)
 
     def _fold(self, window: list[Interaction], end: int) -> ReplayStep:
         items: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
@@ -115,7 +119,7 @@ class OfflineReplay:
             if e.item_id not in self.catalog or e.value > 0:
                 self.catalog[e.item_id] = (e.category, e.value or self.catalog.get(e.item_id, ("", 0.0))[1])
         for (item, category), c in sorted(items.items()):
-            self.boards.add(end, item, category, item_weight(*c))
+            self.boards.add(end, item, category, tuple(c))
         active = []
         for d in user_deltas(window, end):
             self.states[d.user_id], counted = apply_window(self.states[d.user_id], d, self.cfg.features)

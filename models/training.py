@@ -89,9 +89,7 @@ def build_training_set(
             chosen = pos + neg
             if not chosen:
                 continue
-            xs.append(user_item_matrix(
-                state, t, cfg.features, [cd.item_id for cd in chosen], [cd.category for cd in chosen],
-                np.array([cd.price for cd in chosen]), np.array([cd.popularity for cd in chosen])))
+            xs.append(user_item_matrix(state, t, cfg.features, chosen))
             ys += [1] * len(pos) + [0] * len(neg)
             cuts += [t] * len(chosen)
     if not xs or len(set(ys)) < 2:

@@ -1,9 +1,18 @@
-"""Candidate generation: trending items (global and per category) plus the user's own items.
+"""Candidate generation and item-side statistics.
 
-Item popularity is a forward-decayed sum: each interaction adds w * 2^((t - landmark)/half_life),
-so scores need no periodic decay pass; when the exponent grows large the board is rescaled and
-the landmark moved (same math in Python here and in the Redis Lua script `TRENDING_ADD_LUA`).
-Popularity features use score / top score, which does not depend on the landmark.
+Candidates: globally trending items, trending items of the user's top categories, and the user's
+own items. Item statistics are forward-decayed sums: an interaction adds w * 2^((t - landmark) /
+half_life), so no periodic decay pass is needed; all boards share one landmark, and when the
+exponent grows large every board is rescaled and the landmark moved (the same math in Python
+here and in the Redis Lua script `udfs.ranking.ITEM_STATS_LUA`). Features use ratios of scores
+within a board (share of the top, or purchases / views), which do not depend on the landmark.
+
+Boards (short = item_half_life_s, long = item_long_half_life_s):
+  GLOBAL ("")          item -> short popularity (global trending; candidates)
+  <category>           item -> short popularity within the category (candidates)
+  LONG                 item -> long popularity
+  CATS / CATS_LONG     category -> short / long popularity
+  VIEWS / BUYS         item (and ALL) -> long-decayed views / purchases (conversion)
 """
 
 from __future__ import annotations
@@ -13,8 +22,10 @@ from dataclasses import dataclass, field
 
 from udfs.features import EVENT_WEIGHTS, UserState
 
-RESCALE_EXPONENT = 256.0  # rescale before 2^exponent gets near float limits (2^1024)
-MAX_BOARD = 5000  # items kept per trending board
+RESCALE_EXPONENT = 256.0  # rescale before 2^exponent nears float limits (2^1024)
+GLOBAL, LONG, CATS, CATS_LONG, VIEWS, BUYS = "", ":long", ":cats", ":cats:long", ":views", ":buys"
+ALL = "__all__"
+LONG_BOARDS = (LONG, CATS_LONG, VIEWS, BUYS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,39 +33,11 @@ class Candidate:
     item_id: str
     category: str
     price: float
-    popularity: float  # 0..1, share of the top item's score
-
-
-GLOBAL = ""  # board name of global trending; category boards are named by category
-
-
-@dataclass
-class TrendingBoards:
-    """Global and per-category trending, sharing one landmark so scores compare across boards.
-
-    Mirrors what the job keeps in Redis (`trending`, `trending:cat:{c}`)."""
-
-    half_life_s: float
-    landmark: int | None = None
-    boards: dict[str, dict[str, float]] = field(default_factory=dict)
-
-    def add(self, t: int, item_id: str, category: str, weight: float) -> None:
-        if self.landmark is None:
-            self.landmark = t
-        exponent = (t - self.landmark) / (self.half_life_s * 1000.0)
-        if exponent > RESCALE_EXPONENT:
-            factor = math.pow(2.0, -exponent)
-            self.boards = {b: {k: v * factor for k, v in s.items()} for b, s in self.boards.items()}
-            self.landmark = t
-            exponent = 0.0
-        inc = weight * math.pow(2.0, exponent)
-        for board in (GLOBAL, category):
-            scores = self.boards.setdefault(board, {})
-            scores[item_id] = scores.get(item_id, 0.0) + inc
-
-    def top(self, n: int, board: str = GLOBAL) -> list[tuple[str, float]]:
-        scores = self.boards.get(board, {})
-        return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+    popularity: float  # share of the top item's short score
+    popularity_long: float  # share of the top item's long score
+    category_popularity: float  # the category's share of the top category (short)
+    category_popularity_long: float
+    conversion: float  # purchases / views, smoothed toward the global rate
 
 
 def item_weight(n_view: int, n_click: int, n_cart: int, n_purchase: int) -> float:
@@ -63,13 +46,72 @@ def item_weight(n_view: int, n_click: int, n_cart: int, n_purchase: int) -> floa
 
 
 @dataclass
+class TrendingBoards:
+    """In-memory item statistics, mirroring what the job keeps in Redis."""
+
+    half_life_s: float
+    long_half_life_s: float
+    landmark: int | None = None
+    boards: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def _exp(self, t: int, board: str) -> float:
+        hl = self.long_half_life_s if board in LONG_BOARDS else self.half_life_s
+        return (t - (self.landmark or t)) / (hl * 1000.0)
+
+    def add(self, t: int, item_id: str, category: str, counts: tuple[int, int, int, int]) -> None:
+        if self.landmark is None:
+            self.landmark = t
+        if self._exp(t, GLOBAL) > RESCALE_EXPONENT:
+            self.boards = {b: {k: v * math.pow(2.0, -self._exp(t, b)) for k, v in s.items()}
+                           for b, s in self.boards.items()}
+            self.landmark = t
+        w = item_weight(*counts)
+        for board, member, amount in ((GLOBAL, item_id, w), (category, item_id, w), (LONG, item_id, w),
+                                      (CATS, category, w), (CATS_LONG, category, w),
+                                      (VIEWS, item_id, counts[0]), (VIEWS, ALL, counts[0]),
+                                      (BUYS, item_id, counts[3]), (BUYS, ALL, counts[3])):
+            if amount:
+                scores = self.boards.setdefault(board, {})
+                scores[member] = scores.get(member, 0.0) + amount * math.pow(2.0, self._exp(t, board))
+
+    def top(self, n: int, board: str = GLOBAL) -> list[tuple[str, float]]:
+        scores = self.boards.get(board, {})
+        return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+
+    def stats(self, items: set[str]) -> ItemStats:
+        """What the job's scorer reads for these items (see udfs.ranking.CandidateSource)."""
+        b = self.boards
+        long_ = b.get(LONG, {})
+        return ItemStats(
+            long={i: long_[i] for i in items if i in long_},
+            long_top=max(long_.values(), default=0.0),
+            categories=dict(b.get(CATS, {})),
+            categories_long=dict(b.get(CATS_LONG, {})),
+            views={i: b.get(VIEWS, {})[i] for i in items | {ALL} if i in b.get(VIEWS, {})},
+            buys={i: b.get(BUYS, {})[i] for i in items | {ALL} if i in b.get(BUYS, {})},
+        )
+
+
+@dataclass
+class ItemStats:
+    long: dict[str, float] = field(default_factory=dict)
+    long_top: float = 0.0
+    categories: dict[str, float] = field(default_factory=dict)
+    categories_long: dict[str, float] = field(default_factory=dict)
+    views: dict[str, float] = field(default_factory=dict)  # includes ALL
+    buys: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
 class CandidatePool:
-    """What every user's candidates are drawn from at one moment: trending boards (global and per
-    category, sharing one landmark) and the item catalog. Build once per refresh, not per user."""
+    """What every user's candidates are drawn from at one moment: trending boards, item statistics
+    and the catalog. Build once per refresh, not per user."""
 
     global_top: list[tuple[str, float]]
     category_top: dict[str, list[tuple[str, float]]]
     catalog: dict[str, tuple[str, float]]
+    stats: ItemStats = field(default_factory=ItemStats)
+    prior_weight: float = 20.0  # pseudo-views pulling conversion toward the global rate
 
     def __post_init__(self) -> None:
         self.top_score = self.global_top[0][1] if self.global_top else 1.0
@@ -77,6 +119,11 @@ class CandidatePool:
         for board in self.category_top.values():
             self.scores.update(board)
         self.scores.update(self.global_top)
+        st = self.stats
+        all_views = st.views.get(ALL, 0.0)
+        self.prior = st.buys.get(ALL, 0.0) / all_views if all_views > 0 else 0.0
+        self.cat_top = max(st.categories.values(), default=0.0)
+        self.cat_top_long = max(st.categories_long.values(), default=0.0)
         self._made: dict[str, Candidate] = {}
         self.global_candidates = [self.candidate(i) for i, _ in self.global_top]
 
@@ -84,14 +131,26 @@ class CandidatePool:
         made = self._made.get(item)
         if made is None or (made.category == "unknown" and item in self.catalog):
             category, price = self.catalog.get(item, ("unknown", 0.0))
-            pop = min(self.scores.get(item, 0.0) / self.top_score, 1.0) if self.top_score > 0 else 0.0
-            made = self._made[item] = Candidate(item, category, price, pop)
+            st = self.stats
+
+            def share(x: float, top: float) -> float:
+                return min(x / top, 1.0) if top > 0 else 0.0
+
+            views, buys = st.views.get(item, 0.0), st.buys.get(item, 0.0)
+            made = self._made[item] = Candidate(
+                item, category, price,
+                share(self.scores.get(item, 0.0), self.top_score),
+                share(st.long.get(item, 0.0), st.long_top),
+                share(st.categories.get(category, 0.0), self.cat_top),
+                share(st.categories_long.get(category, 0.0), self.cat_top_long),
+                (buys + self.prior_weight * self.prior) / (views + self.prior_weight),
+            )
         return made
 
 
 def gather_candidates(state: UserState, pool: CandidatePool, top_categories: int, own_history: int) -> list[Candidate]:
     """Union of global trending, trending in the user's top categories and the user's own items,
-    without duplicates, in that order. Popularity is relative to the global top score."""
+    without duplicates, in that order."""
     out = list(pool.global_candidates)
     seen = {c.item_id for c in out}
     extra: list[str] = []

@@ -21,7 +21,6 @@ from contract.config import FeatureConfig
 NEVER_S = 30 * 86400.0  # "since" features of a user who never did it
 EVENT_WEIGHTS = {"view": 1.0, "click": 2.0, "add_to_cart": 4.0, "purchase": 8.0}
 TYPE_SLOT = {"view": 0, "click": 1, "add_to_cart": 2, "purchase": 3}  # bucket: [v, c, a, p, value]
-ITEM_FEATURES = ("category_affinity", "item_affinity", "item_popularity", "item_price_log")
 
 
 def _w(seconds: float) -> str:
@@ -41,9 +40,15 @@ def user_feature_names(cfg: FeatureConfig) -> tuple[str, ...]:
     return tuple(names)
 
 
+def item_feature_names(cfg: FeatureConfig) -> tuple[str, ...]:
+    short, long_ = _w(cfg.item_half_life_s), _w(cfg.item_long_half_life_s)
+    return ("category_affinity", "item_affinity", f"item_popularity_{short}", f"item_popularity_{long_}",
+            f"category_popularity_{short}", f"category_popularity_{long_}", "item_conversion", "item_price_log")
+
+
 def feature_names(cfg: FeatureConfig) -> tuple[str, ...]:
     """The model's input, in order; exported into every model card and checked by the scorer."""
-    return user_feature_names(cfg) + ITEM_FEATURES
+    return user_feature_names(cfg) + item_feature_names(cfg)
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,39 +243,29 @@ def user_vector(state: UserState, t: int, cfg: FeatureConfig) -> np.ndarray:
     return np.array(v, dtype=np.float64)
 
 
-def user_item_matrix(
-    state: UserState,
-    t: int,
-    cfg: FeatureConfig,
-    item_ids: list[str],
-    item_categories: list[str],
-    item_prices: np.ndarray,
-    item_popularity: np.ndarray,
-) -> np.ndarray:
-    """Model input for the user and each of n candidate items at time t: an (n, features) float32
-    matrix in feature_names(cfg) order. One definition for the job and for training."""
-    n = len(item_ids)
+def user_item_matrix(state: UserState, t: int, cfg: FeatureConfig, cands: list) -> np.ndarray:
+    """Model input for the user and each candidate (udfs.candidates.Candidate) at time t: an
+    (n, features) float32 matrix in feature_names(cfg) order. One definition for the job and
+    for training."""
+    n = len(cands)
     user = user_vector(state, t, cfg)
     nu = len(user)
-    x = np.empty((n, nu + len(ITEM_FEATURES)), dtype=np.float64)
+    x = np.empty((n, nu + 8), dtype=np.float64)
     x[:, :nu] = user
     # affinity shares: a common decay factor from as_of to t cancels out, so no decay step here
     total_aff = sum(state.affinity.values()) or 1.0
     total_items = sum(state.items.values()) or 1.0
     aff, own = state.affinity, state.items
-    x[:, nu] = [aff.get(c, 0.0) / total_aff for c in item_categories] if aff else 0.0
-    x[:, nu + 1] = [own.get(i, 0.0) / total_items for i in item_ids] if own else 0.0
-    x[:, nu + 2] = item_popularity
-    x[:, nu + 3] = np.log1p(np.maximum(np.asarray(item_prices, dtype=np.float64), 0.0))
+    x[:, nu] = [aff.get(c.category, 0.0) / total_aff for c in cands] if aff else 0.0
+    x[:, nu + 1] = [own.get(c.item_id, 0.0) / total_items for c in cands] if own else 0.0
+    x[:, nu + 2:nu + 8] = [(c.popularity, c.popularity_long, c.category_popularity, c.category_popularity_long,
+                            c.conversion, math.log1p(max(c.price, 0.0))) for c in cands] if n else 0.0
     return x.astype(np.float32)
 
 
-def user_item_features(state: UserState, t: int, cfg: FeatureConfig, item_id: str, item_category: str,
-                       item_price: float, item_popularity: float) -> list[float]:
-    """One (user, item) row of `user_item_matrix`, as floats (for inspection and tests)."""
-    row = user_item_matrix(state, t, cfg, [item_id], [item_category], np.array([item_price]),
-                           np.array([item_popularity]))
-    return [float(v) for v in row[0]]
+def user_item_features(state: UserState, t: int, cfg: FeatureConfig, cand) -> list[float]:
+    """One (user, candidate) row of `user_item_matrix`, as floats (for inspection and tests)."""
+    return [float(v) for v in user_item_matrix(state, t, cfg, [cand])[0]]
 
 
 def describe(state: UserState, t: int, cfg: FeatureConfig) -> dict[str, float | list[str]]:

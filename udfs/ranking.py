@@ -14,7 +14,7 @@ import redis
 
 from contract import keys
 from contract.config import JobConfig
-from udfs.candidates import Candidate, CandidatePool, gather_candidates, item_weight
+from udfs.candidates import ALL, Candidate, CandidatePool, ItemStats, gather_candidates, item_weight
 from udfs.features import Ledger, UserState, WindowDelta, apply_window, user_item_matrix
 from udfs.scorer import OnnxScorer
 
@@ -23,32 +23,53 @@ log = logging.getLogger(__name__)
 TRENDING_LANDMARK = "trending:landmark"
 LEDGER = keys.LEDGER
 TRENDING_BOARDS = "trending:boards"
+LONG_KEY, CATS_KEY, CATS_LONG_KEY = "trending:long", "trending:cats", "trending:cats:long"
+VIEWS_KEY, BUYS_KEY = "trending:views", "trending:buys"
 
-# ARGV: half_life_ms, max_board, then (t, item, category, weight) quadruples in time order.
-# Same math as udfs.candidates.TrendingBoards.add; boards share the landmark in KEYS[1].
-TRENDING_ADD_LUA = """
-local hl = tonumber(ARGV[1])
-local maxn = tonumber(ARGV[2])
+# ARGV: short and long half-life (ms), max board size, then (t, item, category, views, purchases,
+# weight) per item window, in time order. Same math as udfs.candidates.TrendingBoards.add; all
+# boards share the landmark in KEYS[1]; KEYS[2] lists the boards for rescaling.
+ITEM_STATS_LUA = """
+local hs, hl, maxn = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local lm = tonumber(redis.call('GET', KEYS[1]) or '')
-for i = 3, #ARGV, 4 do
+local function islong(b)
+  return string.sub(b, -5) == ':long' or b == 'trending:views' or b == 'trending:buys'
+end
+local function add(key, amount, member)
+  if amount > 0 then redis.call('ZINCRBY', key, string.format('%.17g', amount), member) end
+end
+for i = 4, #ARGV, 6 do
   local t = tonumber(ARGV[i])
   if not lm then lm = t; redis.call('SET', KEYS[1], t) end
-  local e = (t - lm) / hl
-  if e > 256 then
-    local f = 2 ^ (-e)
+  if (t - lm) / hs > 256 then
     for _, b in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+      local f = 2 ^ (-(t - lm) / (islong(b) and hl or hs))
       local all = redis.call('ZRANGE', b, 0, -1, 'WITHSCORES')
-      for j = 1, #all, 2 do redis.call('ZADD', b, tonumber(all[j + 1]) * f, all[j]) end
+      for j = 1, #all, 2 do
+        redis.call('ZADD', b, string.format('%.17g', tonumber(all[j + 1]) * f), all[j])
+      end
     end
-    lm = t; redis.call('SET', KEYS[1], t); e = 0
+    lm = t; redis.call('SET', KEYS[1], t)
   end
-  local inc = tonumber(ARGV[i + 3]) * (2 ^ e)
-  local ck = 'trending:cat:' .. ARGV[i + 2]
-  redis.call('ZINCRBY', 'trending', inc, ARGV[i + 1])
-  redis.call('ZINCRBY', ck, inc, ARGV[i + 1])
-  redis.call('SADD', KEYS[2], 'trending', ck)
+  local ms, ml = 2 ^ ((t - lm) / hs), 2 ^ ((t - lm) / hl)
+  local item, cat = ARGV[i + 1], ARGV[i + 2]
+  local nv, np, w = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4]), tonumber(ARGV[i + 5])
+  local ck = 'trending:cat:' .. cat
+  add('trending', w * ms, item)
+  add(ck, w * ms, item)
+  add('trending:long', w * ml, item)
+  add('trending:cats', w * ms, cat)
+  add('trending:cats:long', w * ml, cat)
+  add('trending:views', nv * ml, item)
+  add('trending:views', nv * ml, '__all__')
+  add('trending:buys', np * ml, item)
+  add('trending:buys', np * ml, '__all__')
+  redis.call('SADD', KEYS[2], 'trending', ck, 'trending:long', 'trending:cats', 'trending:cats:long',
+             'trending:views', 'trending:buys')
 end
-redis.call('ZREMRANGEBYRANK', 'trending', 0, -(maxn + 1))
+for _, b in ipairs({'trending', 'trending:long', 'trending:views', 'trending:buys'}) do
+  redis.call('ZREMRANGEBYRANK', b, 0, -(maxn + 1))
+end
 return 1
 """
 
@@ -58,20 +79,21 @@ def redis_client(cfg: JobConfig) -> redis.Redis:
 
 
 class TrendingWriter:
-    """Adds per-item window counts to the trending boards in Redis (one script call per batch)."""
+    """Adds per-item window counts to the item statistics in Redis (one script call per batch)."""
 
     MAX_BOARD = 5000
 
     def __init__(self, cfg: JobConfig, client: redis.Redis | None = None) -> None:
         self.cfg = cfg
         self.redis = client or redis_client(cfg)
-        self.script = self.redis.register_script(TRENDING_ADD_LUA)
+        self.script = self.redis.register_script(ITEM_STATS_LUA)
 
     def write(self, rows: list[tuple[int, str, str, int, int, int, int]]) -> int:
         """rows: (window_end, item_id, category, n_view, n_click, n_cart, n_purchase)."""
-        argv: list = [self.cfg.features.item_half_life_s * 1000.0, self.MAX_BOARD]
+        f = self.cfg.features
+        argv: list = [f.item_half_life_s * 1000.0, f.item_long_half_life_s * 1000.0, self.MAX_BOARD]
         for t, item, category, nv, nc, na, np_ in sorted(rows):
-            argv += [t, item, category, item_weight(nv, nc, na, np_)]
+            argv += [t, item, category, nv, np_, repr(item_weight(nv, nc, na, np_))]
         if rows:
             self.script(keys=[TRENDING_LANDMARK, TRENDING_BOARDS], args=argv)
         return len(rows)
@@ -86,7 +108,7 @@ class CandidateSource:
         self.loaded_at = -1e18
         self.catalog: dict[str, tuple[str, float]] = {}
         self.unknown: set[str] = set()  # items without metadata yet; asked again after a refresh
-        self.pool = CandidatePool([], {}, self.catalog)
+        self.pool = CandidatePool([], {}, self.catalog, ItemStats(), cfg.features.conversion_prior_weight)
 
     def refresh(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -109,8 +131,37 @@ class CandidateSource:
         for top in category_top.values():
             wanted.update(i for i, _ in top)
         self.load_meta(wanted)
-        self.pool = CandidatePool(global_top, category_top, self.catalog)
+        self.pool = CandidatePool(global_top, category_top, self.catalog, self._stats(sorted(wanted)),
+                                  self.cfg.features.conversion_prior_weight)
         self.loaded_at = now
+
+    def _stats(self, items: list[str]) -> ItemStats:
+        """Long-term popularity and conversion counts of these items; category popularity."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zrevrange(LONG_KEY, 0, 0, withscores=True)
+        pipe.zrange(CATS_KEY, 0, -1, withscores=True)
+        pipe.zrange(CATS_LONG_KEY, 0, -1, withscores=True)
+        with_all = [*items, ALL]
+        if items:
+            pipe.zmscore(LONG_KEY, items)
+        pipe.zmscore(VIEWS_KEY, with_all)
+        pipe.zmscore(BUYS_KEY, with_all)
+        res = pipe.execute()
+        long_top, cats, cats_long = res[0], res[1], res[2]
+        long_scores = res[3] if items else []
+        views, buys = res[-2], res[-1]
+
+        def known(names: list[str], scores: list) -> dict[str, float]:
+            return {n: float(s) for n, s in zip(names, scores) if s is not None}
+
+        return ItemStats(
+            long=known(items, long_scores),
+            long_top=float(long_top[0][1]) if long_top else 0.0,
+            categories={c.decode(): float(s) for c, s in cats},
+            categories_long={c.decode(): float(s) for c, s in cats_long},
+            views=known(with_all, views),
+            buys=known(with_all, buys),
+        )
 
     def load_meta(self, items: set[str]) -> None:
         """One HMGET for every item whose metadata is not known yet."""
@@ -163,10 +214,7 @@ class BatchRanker:
         for u in users:
             s = states[u]
             cands = self.candidates.for_user(s)
-            blocks.append(user_item_matrix(
-                s, s.window_end, self.cfg.features, [c.item_id for c in cands], [c.category for c in cands],
-                np.fromiter((c.price for c in cands), np.float64, len(cands)),
-                np.fromiter((c.popularity for c in cands), np.float64, len(cands))))
+            blocks.append(user_item_matrix(s, s.window_end, self.cfg.features, cands))
             spans.append((u, cands, start, start + len(cands)))
             start += len(cands)
         scores = self.scorer.score(np.concatenate(blocks)) if start else np.zeros(0, np.float32)

@@ -111,6 +111,7 @@ def test_recovery_from_checkpoint_equals_uninterrupted_run(published, kafka_brok
     run_job_embedded(job_args(kafka_broker, port, model_dir, PREFIX, "acct-2"), tmp_path / "clean.log")
     clean = {k: r.get(k) for k in r.scan_iter("feat:*")}
     clean_recs = {k: json.loads(r.get(k)) for k in r.scan_iter("rec:*")}
+    clean_ledger = {k.decode(): int(v) for k, v in r.hgetall(keys.LEDGER).items()}
 
     r.flushdb()
     marker = tmp_path / "fault-fired"
@@ -126,6 +127,12 @@ def test_recovery_from_checkpoint_equals_uninterrupted_run(published, kafka_brok
     assert "Restoring state for 1 split(s) to reader" in flink_log  # Kafka offsets from the checkpoint
 
     recovered = {k: r.get(k) for k in r.scan_iter("feat:*")}
+    ledger = {k.decode(): int(v) for k, v in r.hgetall(keys.LEDGER).items()}
+    differing = [k for k in clean if UserState.decode(clean[k]).seen != UserState.decode(recovered.get(k)).seen]
+    print("DEBUG ledgers", clean_ledger, ledger, "differing users", len(differing), "of", len(clean))
+    for k in differing[:3]:
+        a, b = UserState.decode(clean[k]).seen, UserState.decode(recovered[k]).seen
+        print("DEBUG", k, set(a) - set(b), set(b) - set(a))
     assert recovered.keys() == clean.keys() and len(clean) > 50
     cfg = job_config(port, model_dir)
     t = max(UserState.decode(v).window_end for v in clean.values())

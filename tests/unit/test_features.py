@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from contract.config import FeatureConfig
-from udfs.candidates import CandidatePool, TrendingBoards, gather_candidates
+from udfs.candidates import ALL, Candidate, CandidatePool, TrendingBoards, gather_candidates
 from udfs.features import (
     NEVER_S, Event, UserState, WindowDelta, apply_window, describe, feature_names, user_feature_names,
     user_item_features, user_item_matrix,
@@ -35,7 +35,9 @@ def test_feature_names_follow_the_configured_windows():
     names = user_feature_names(CFG)
     assert names[:3] == ("recency_s", "since_click_s", "since_purchase_s")
     assert "views_1m" in names and "purchases_1h" in names and "spend_1h" in names and "sessions_1h" in names
-    assert feature_names(CFG)[-4:] == ("category_affinity", "item_affinity", "item_popularity", "item_price_log")
+    assert feature_names(CFG)[len(names):] == (
+        "category_affinity", "item_affinity", "item_popularity_1h", "item_popularity_1d",
+        "category_popularity_1h", "category_popularity_1d", "item_conversion", "item_price_log")
 
 
 def test_sliding_window_counts_expire_by_slice():
@@ -91,27 +93,43 @@ def test_state_round_trips_through_json():
 def test_matrix_rows_equal_single_rows_and_affinity_shares():
     s, _ = fold(UserState(), window(T0 + 2000, ev(1, "view", T0, "a", "c1"), ev(2, "view", T0 + 1, "b", "c2"),
                                     ev(3, "click", T0 + 2, "a", "c1")))
-    ids, cats = ["a", "b", "z"], ["c1", "c2", "c9"]
-    prices, pops = np.array([1.0, 20.0, 0.0]), np.array([1.0, 0.5, 0.0])
-    m = user_item_matrix(s, T0 + 3000, CFG, ids, cats, prices, pops)
+    cands = [Candidate("a", "c1", 1.0, 1.0, 0.5, 1.0, 0.2, 0.1), Candidate("b", "c2", 20.0, 0.5, 1.0, 0.3, 1.0, 0.05),
+             Candidate("z", "c9", 0.0, 0.0, 0.0, 0.0, 0.0, 0.02)]
+    m = user_item_matrix(s, T0 + 3000, CFG, cands)
     names = feature_names(CFG)
     assert m.shape == (3, len(names))
     for n in range(3):
-        assert list(m[n]) == pytest.approx(user_item_features(s, T0 + 3000, CFG, ids[n], cats[n], prices[n], pops[n]))
+        assert list(m[n]) == pytest.approx(user_item_features(s, T0 + 3000, CFG, cands[n]))
     assert m[0, names.index("category_affinity")] == pytest.approx(3 / 4)
     assert m[2, names.index("item_affinity")] == 0.0
     assert m[1, names.index("item_price_log")] == pytest.approx(np.log1p(20.0))
+    assert m[1, names.index("item_popularity_1h")] == 0.5 and m[1, names.index("item_popularity_1d")] == 1.0
+    assert m[0, names.index("item_conversion")] == pytest.approx(0.1)
 
 
-def test_trending_rescale_keeps_ratios():
-    b = TrendingBoards(half_life_s=1.0)
-    b.add(T0, "a", "c", 2.0)
-    b.add(T0, "b", "c", 1.0)
-    b.add(T0 + 300_000, "b", "c", 0.0)  # 300 half-lives later forces a rescale
+def test_item_statistics_rescale_keeps_ratios():
+    b = TrendingBoards(half_life_s=1.0, long_half_life_s=10.0)
+    b.add(T0, "a", "c", (2, 0, 0, 0))
+    b.add(T0, "b", "c", (1, 0, 0, 1))
+    b.add(T0 + 300_000, "b", "c", (0, 0, 0, 0))  # 300 half-lives later forces a rescale
     assert b.landmark == T0 + 300_000
     top = b.top(2)
-    assert top[0][0] == "a" and top[0][1] / top[1][1] == pytest.approx(2.0)
+    assert top[0][0] == "b" and top[0][1] / top[1][1] == pytest.approx(9 / 2)
     assert b.top(5, "c") == top
+    st = b.stats({"a", "b"})
+    assert st.views["b"] / st.views["a"] == pytest.approx(0.5) and st.buys[ALL] == pytest.approx(st.buys["b"])
+
+
+def test_conversion_is_smoothed_toward_the_global_rate():
+    b = TrendingBoards(half_life_s=3600.0, long_half_life_s=86400.0)
+    for n in range(100):
+        b.add(T0, f"i{n}", "c", (10, 0, 0, 1))  # global rate 0.1
+    b.add(T0, "new", "c", (1, 0, 0, 1))  # one view, one purchase
+    pool = CandidatePool(b.top(200), {}, {}, b.stats({"new", "i1"}), prior_weight=20.0)
+    assert pool.prior == pytest.approx(101 / 1001)
+    assert pool.candidate("new").conversion == pytest.approx((1 + 20 * pool.prior) / 21)
+    assert pool.candidate("i1").conversion == pytest.approx((1 + 20 * pool.prior) / 30)
+    assert pool.candidate("unseen").conversion == pytest.approx(pool.prior)
 
 
 def test_candidates_union_trending_category_and_own_items():

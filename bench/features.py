@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--users", type=int, default=10_000)
     p.add_argument("--event-rate", type=float, default=50_000.0, help="backlog density in event time (events/s)")
     p.add_argument("--parallelism", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=JSON",
+                   help="extra job config for the measured runs, e.g. features.watermark_emit=\"on-periodic\"")
     args = p.parse_args(argv)
 
     from traffic.publish import publish_catalog, publish_events
@@ -41,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = []
         for par in args.parallelism:
             print(f"bench: parallelism {par}", flush=True)
-            off = {"scoring.enabled": False}
+            off = {"scoring.enabled": False, **{k: json.loads(v) for k, v in (x.split("=", 1) for x in args.set)}}
             ceil = [stack.timed_run("bench.ceiling_job", stack.job_sets(t, par)) for t in ("bench.tiny", "bench.backlog")]
             feat = [stack.timed_run("jobs.recommend", stack.job_sets(t, par, **off)) for t in ("bench.tiny", "bench.backlog")]
             r = stack.redis
@@ -60,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(run), flush=True)
             runs.append(run)
         best = max(runs, key=lambda x: x["parallelism"])
-        print(json.dumps({**best, "events": args.events, "backlog_event_rate": args.event_rate, "runs": runs}))
+        print(json.dumps({**best, "events": args.events, "backlog_event_rate": args.event_rate,
+                          "settings": args.set, "runs": runs}))
         return 0
     finally:
         stack.close()

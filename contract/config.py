@@ -206,6 +206,13 @@ class ServingConfig(_Strict):
     """Serve grpc.reflection (off unless enabled)."""
     grace_s: float = Field(5.0, ge=0)
     """How long SIGTERM waits for in-flight calls."""
+    auth_token_env: str | None = None
+    """Name of an environment variable holding the bearer token callers must send
+    (`authorization: Bearer <token>`); unset: no authentication."""
+    health_interval_s: float = Field(1.0, gt=0)
+    """How often grpc.health.v1 status is refreshed from a Redis PING."""
+    job_config: str = "deploy/config/local.toml"
+    """The job's config file: GetUserFeatures names features by its windows."""
 
 
 def load_serving_config(path: str | Path | None, overrides: dict | None = None) -> ServingConfig:

@@ -37,6 +37,7 @@ def trending_category_key(category: str) -> str:
 class ScoredItem:
     item_id: str
     score: float
+    category: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +50,7 @@ class RecList:
 
     def encode(self) -> str:
         d = {
-            "items": [[i.item_id, round(i.score, 6)] for i in self.items],
+            "items": [[i.item_id, round(i.score, 6), i.category] for i in self.items],
             "model_version": self.model_version,
             "feature_ts": self.feature_ts,
             "written_at": self.written_at,
@@ -61,7 +62,7 @@ class RecList:
     def decode(raw: str | bytes) -> RecList:
         d = json.loads(raw)
         return RecList(
-            items=[ScoredItem(i, float(s)) for i, s in d["items"]],
+            items=[ScoredItem(e[0], float(e[1]), e[2] if len(e) > 2 else "") for e in d["items"]],
             model_version=d["model_version"],
             feature_ts=int(d["feature_ts"]),
             written_at=int(d.get("written_at", 0)),

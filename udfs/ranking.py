@@ -227,7 +227,7 @@ class BatchRanker:
             user_scores = scores[a:b]
             order = np.argsort(-user_scores, kind="stable")[:k]
             out[u] = (s, keys.RecList(
-                items=[keys.ScoredItem(cands[i].item_id, float(user_scores[i])) for i in order],
+                items=[keys.ScoredItem(cands[i].item_id, float(user_scores[i]), cands[i].category) for i in order],
                 model_version=self.scorer.version,
                 feature_ts=s.feature_ts,
                 written_at=now_ms,

@@ -174,15 +174,12 @@ def features(
     config: ConfigOpt = DEFAULT_CONFIG,
 ) -> None:
     """Show users' features at a cut-off, computed offline with the streaming job's definitions."""
-    from models.offline import OfflineReplay, read_history
+    from models.offline import replay_file
     from udfs.features import describe
 
     cfg = _job_config(config, None)
     t = _parse_time(at)
-    hist = read_history(events, cfg)
-    replay = OfflineReplay(cfg)
-    for _ in replay.run(hist.events, until_ms=t):
-        pass
+    _, replay = replay_file(events, cfg, until_ms=t)
     wanted = user or sorted(u for u, s in replay.states.items() if s.feature_ts > 0)[:limit]
     for u in wanted:
         s = replay.states.get(u)

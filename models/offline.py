@@ -129,6 +129,15 @@ class OfflineReplay:
         return ReplayStep(end, active)
 
 
+def replay_file(path: str | Path, cfg: JobConfig, until_ms: int | None = None) -> tuple[History, OfflineReplay]:
+    """Read a log as the job would and fold it up to until_ms: (what was rejected/late, replay)."""
+    hist = read_history(path, cfg)
+    replay = OfflineReplay(cfg)
+    for _ in replay.run(hist.events, until_ms=until_ms):
+        pass
+    return hist, replay
+
+
 def load_catalog(path: str | Path) -> dict[str, tuple[str, float]]:
     """items JSONL (item_id, category, price) -> catalog mapping."""
     out = {}

@@ -17,8 +17,8 @@ import pytest
 
 from contract import keys
 from contract.schema import InvalidEvent, validate
-from models.offline import OfflineReplay, read_history
 from tests.conftest import job_config
+from tests.integration.helpers import records_replay
 from traffic.simulator import Simulator
 from udfs.features import UserState, describe
 
@@ -94,13 +94,7 @@ def traffic(seed: int):
 
 
 def offline(cfg, records, tmp_path, name):
-    path = tmp_path / name
-    path.write_bytes(b"\n".join(records) + b"\n")
-    hist = read_history(path, cfg)
-    replay = OfflineReplay(cfg)
-    for _ in replay.run(hist.events):
-        pass
-    return hist, replay
+    return records_replay(records, cfg, tmp_path / name)
 
 
 def assert_same_features(r, replay, cfg, cutoff):

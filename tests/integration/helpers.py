@@ -56,3 +56,21 @@ def read_topic(bootstrap: str, topic: str, idle_ms: int = 5000) -> list[bytes]:
         return [m.value for m in consumer]
     finally:
         consumer.close()
+
+
+def records_replay(records: list[bytes], cfg, path: Path):
+    """Write raw records as a history file and replay it offline: (History, OfflineReplay)."""
+    from models.offline import replay_file
+
+    path.write_bytes(b"\n".join(records) + b"\n")
+    return replay_file(path, cfg)
+
+
+def prefixed_topics(bootstrap: str, prefix: str, partitions: int = 2) -> dict[str, str]:
+    """Create interactions/items/dlq/late topics named with a test's prefix; returns the names."""
+    from deploy.stack import create_topics
+
+    names = {"interactions": f"{prefix}interactions", "items": f"{prefix}items",
+             "dlq": f"{prefix}interactions.dlq", "late": f"{prefix}interactions.late"}
+    create_topics(bootstrap, partitions, names)
+    return names

@@ -11,8 +11,8 @@ import pytest
 
 from deploy.cluster import FlinkCluster
 from deploy.paths import PROJECT_ROOT
-from deploy.stack import create_topics, free_port
-from tests.integration.helpers import child_env, job_args
+from deploy.stack import free_port
+from tests.integration.helpers import child_env, job_args, prefixed_topics
 from traffic.publish import publish_catalog, publish_events
 from traffic.simulator import Simulator
 
@@ -33,8 +33,7 @@ def test_submitted_job_writes_lists(cluster, kafka_broker, redis_server, model_d
     port, r = redis_server
     r.flushdb()
     prefix = "cl."
-    create_topics(kafka_broker, 2, {"interactions": f"{prefix}interactions", "items": f"{prefix}items",
-                                    "dlq": f"{prefix}interactions.dlq"})
+    prefixed_topics(kafka_broker, prefix)
     sim = Simulator(seed=5, users=60, items=200, categories=6)
     publish_catalog(sim, kafka_broker, f"{prefix}items")
     report = publish_events(sim, kafka_broker, f"{prefix}interactions", 1000, 50.0,

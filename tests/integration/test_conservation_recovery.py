@@ -15,9 +15,7 @@ import time
 import pytest
 
 from contract import keys
-from deploy.stack import create_topics
-from models.offline import OfflineReplay, read_history
-from tests.integration.helpers import job_args, read_topic, run_job_embedded
+from tests.integration.helpers import job_args, prefixed_topics, read_topic, records_replay, run_job_embedded
 from traffic.publish import producer
 from traffic.simulator import Simulator
 from udfs.features import UserState, describe
@@ -60,8 +58,7 @@ def stream(seed: int = 4) -> tuple[list[bytes], dict[str, int]]:
 
 @pytest.fixture(scope="module")
 def published(kafka_broker, sim_history):
-    create_topics(kafka_broker, 1, {"interactions": f"{PREFIX}interactions", "items": f"{PREFIX}items",
-                                    "dlq": f"{PREFIX}interactions.dlq"})
+    prefixed_topics(kafka_broker, PREFIX, partitions=1)
     records, injected = stream()
     p = producer(kafka_broker)
     for value in records:
@@ -72,13 +69,7 @@ def published(kafka_broker, sim_history):
 
 
 def expected(records, cfg, tmp_path):
-    path = tmp_path / "stream.jsonl"
-    path.write_bytes(b"\n".join(records) + b"\n")
-    hist = read_history(path, cfg)
-    replay = OfflineReplay(cfg)
-    for _ in replay.run(hist.events):
-        pass
-    return hist, replay
+    return records_replay(records, cfg, tmp_path / "stream.jsonl")
 
 
 def test_every_record_lands_in_exactly_one_place(published, kafka_broker, redis_server, model_dir, tmp_path):

@@ -11,9 +11,8 @@ import pytest
 
 from contract import keys
 from contract.config import load_serving_config
-from deploy.stack import create_topics
 from serving.server import create_server, lookup_once
-from tests.integration.helpers import job_args, read_topic, run_job_embedded
+from tests.integration.helpers import job_args, prefixed_topics, read_topic, run_job_embedded
 from traffic.publish import publish_catalog, publish_events
 from traffic.simulator import Simulator
 
@@ -24,8 +23,7 @@ def loop_run(kafka_broker, redis_server, model_dir, tmp_path_factory):
     port, r = redis_server
     r.flushdb()
     prefix = "e2e."
-    create_topics(kafka_broker, 2, {"interactions": f"{prefix}interactions", "items": f"{prefix}items",
-                                    "dlq": f"{prefix}interactions.dlq"})
+    prefixed_topics(kafka_broker, prefix)
     sim = Simulator(seed=99, users=150, items=400, categories=8)
     publish_catalog(sim, kafka_broker, f"{prefix}items")
     report = publish_events(sim, kafka_broker, f"{prefix}interactions", 3000, 50.0,

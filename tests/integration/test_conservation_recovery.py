@@ -110,8 +110,9 @@ def test_recovery_from_checkpoint_equals_uninterrupted_run(published, kafka_brok
 
     r.flushdb()
     marker = tmp_path / "fault-fired"
+    # spare slots: the restarted attempt must not wait for the failed one's Python worker to let go
     extra = '{"restart-strategy.type" = "fixed-delay", "restart-strategy.fixed-delay.attempts" = "3", ' \
-            '"restart-strategy.fixed-delay.delay" = "1 s"}'
+            '"restart-strategy.fixed-delay.delay" = "1 s", "taskmanager.numberOfTaskSlots" = "4"}'
     args = job_args(kafka_broker, port, model_dir, PREFIX, "acct-3") + lateness + [
         "--set", "faults.fail_after_windows=150", "--set", f'faults.marker_file="{marker}"',
         "--set", "flink.checkpoint_interval_s=0.5", "--set", f"flink.extra={extra}"]

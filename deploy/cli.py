@@ -102,7 +102,7 @@ def simulate(
     config: ConfigOpt = DEFAULT_CONFIG,
 ) -> None:
     """Publish simulated interactions (and the item catalog) to Kafka, or write a history file."""
-    from traffic.publish import publish_catalog, publish_events, write_history
+    from traffic.publish import catalog_path, publish_catalog, publish_events, write_history
     from traffic.simulator import Simulator
 
     _logging()
@@ -114,9 +114,7 @@ def simulate(
         start = int((time.time() - hours_ago * 3600) * 1000)
         history.parent.mkdir(parents=True, exist_ok=True)
         report = write_history(sim, str(history), events, rate, start, malformed)
-        catalog = history.with_suffix(".items.jsonl")
-        catalog.write_text("".join(json.dumps(i.to_json()) + "\n" for i in sim.items))
-        typer.echo(json.dumps({**report.as_dict(), "history": str(history), "catalog": str(catalog)}))
+        typer.echo(json.dumps({**report.as_dict(), "history": str(history), "catalog": str(catalog_path(history))}))
         return
     cfg = _job_config(config, None)
     k = cfg.kafka
@@ -139,8 +137,10 @@ def train(
 
     _logging()
     cfg = _job_config(config, None)
-    if catalog is None and history.with_suffix(".items.jsonl").exists():
-        catalog = history.with_suffix(".items.jsonl")
+    from traffic.publish import catalog_path
+
+    if catalog is None and catalog_path(history).exists():
+        catalog = catalog_path(history)
     ts = build_training_set(history, cfg, horizon_s=horizon_s, catalog=catalog)
     try:
         out = train_and_publish(ts, registry, cfg)

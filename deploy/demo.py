@@ -30,7 +30,7 @@ def _step(msg: str) -> None:
 def run_demo(live_events: int, rate: float, keep: bool) -> int:
     from models.training import build_training_set, train_and_publish
     from serving.server import create_server, lookup_once
-    from traffic.publish import publish_catalog, publish_events, write_history
+    from traffic.publish import catalog_path, publish_catalog, publish_events, write_history
     from traffic.simulator import Simulator
     from deploy.cli import format_recommendations
 
@@ -50,8 +50,7 @@ def run_demo(live_events: int, rate: float, keep: bool) -> int:
         history = run / "demo" / "history.jsonl"
         history.parent.mkdir(parents=True, exist_ok=True)
         write_history(sim, str(history), 60000, 5.0, int((time.time() - 6 * 3600) * 1000))
-        catalog = history.with_suffix(".items.jsonl")
-        catalog.write_text("".join(json.dumps(i.to_json()) + "\n" for i in sim.items))
+        catalog = catalog_path(history)
         registry = PROJECT_ROOT / "var" / "models"
         model = train_and_publish(build_training_set(history, cfg, catalog=catalog), registry, cfg)
         card = json.loads((model / "card.json").read_text())

@@ -81,10 +81,6 @@ def check_request(user_id: str, k: int, default_k: int, max_k: int, filters: Fil
     return Request(user_id, min(k or default_k, max_k), filters, placement)
 
 
-def get_recommendations(client: redis.Redis, user_id: str, k: int) -> Recommendations:
-    return get_many(client, [Request(user_id, k)])[0]
-
-
 def get_many(client: redis.Redis, requests: list[Request]) -> list[Recommendations]:
     """Answers for many requests with one pipelined round trip (plus one catalog read when a
     fallback must be filtered by category)."""

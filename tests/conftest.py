@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -57,16 +56,14 @@ def kafka_broker(tmp_path_factory):
 @pytest.fixture(scope="session")
 def sim_history(tmp_path_factory):
     """A simulated history file (and its catalog) ending now."""
-    from traffic.publish import write_history
+    from traffic.publish import catalog_path, write_history
     from traffic.simulator import Simulator
 
     d = tmp_path_factory.mktemp("history")
     sim = Simulator(seed=21, users=200, items=500, categories=10)
     path = d / "history.jsonl"
     write_history(sim, str(path), 15000, 5.0, int((time.time() - 3600) * 1000), progress=False)
-    catalog = d / "history.items.jsonl"
-    catalog.write_text("".join(json.dumps(i.to_json()) + "\n" for i in sim.items))
-    return path, catalog
+    return path, catalog_path(path)
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from tqdm import tqdm
 
@@ -75,8 +76,15 @@ def publish_events(
     return PublishReport(sent, malformed, len(users), first, last)
 
 
+def catalog_path(history: str | Path) -> Path:
+    """Where a history file's item catalog (item_id, category, price JSONL) lives."""
+    return Path(history).with_suffix(".items.jsonl")
+
+
 def write_history(sim: Simulator, path: str, count: int, rate_per_s: float, start_ms: int,
                   malformed_fraction: float = 0.0, progress: bool = True) -> PublishReport:
+    """Write `count` records as JSONL, and the simulator's catalog at catalog_path(path)."""
+    catalog_path(path).write_text("".join(json.dumps(i.to_json()) + "\n" for i in sim.items))
     sent = malformed = 0
     users: set[str] = set()
     first = last = 0

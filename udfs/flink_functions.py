@@ -107,14 +107,14 @@ class CountRejected(ScalarFunction):
         self.counters = {name: group.counter(name) for name in ("dlq", "late")}
 
     def eval(self, ledger_field):  # type: ignore[override]
-        from contract import keys
+        from udfs.ranking import count_in_ledger
 
-        counts = ledger_field.value_counts()
+        counts = {str(name): int(n) for name, n in ledger_field.value_counts().items()}
         pipe = self.client.pipeline(transaction=True)
-        for name, n in counts.items():
-            pipe.hincrby(keys.LEDGER, str(name), int(n))
-            self.counters[str(name)].inc(int(n))
+        count_in_ledger(pipe, counts)
         pipe.execute()
+        for name, n in counts.items():
+            self.counters[name].inc(n)
         return pd.Series([1] * len(ledger_field), dtype="int32")
 
 

@@ -21,7 +21,6 @@ from udfs.scorer import OnnxScorer
 log = logging.getLogger(__name__)
 
 TRENDING_LANDMARK = "trending:landmark"
-LEDGER = keys.LEDGER
 TRENDING_BOARDS = "trending:boards"
 LONG_KEY, CATS_KEY, CATS_LONG_KEY = "trending:long", "trending:cats", "trending:cats:long"
 VIEWS_KEY, BUYS_KEY = "trending:views", "trending:buys"
@@ -72,6 +71,13 @@ for _, b in ipairs({'trending', 'trending:long', 'trending:views', 'trending:buy
 end
 return 1
 """
+
+
+def count_in_ledger(pipe, counts: dict[str, int]) -> None:
+    """Queue HINCRBYs of the ledger hash (used/duplicate/opted_out/dlq/late) on a pipeline."""
+    for name, n in counts.items():
+        if n:
+            pipe.hincrby(keys.LEDGER, str(name), int(n))
 
 
 def redis_client(cfg: JobConfig) -> redis.Redis:
@@ -239,9 +245,7 @@ class BatchRanker:
         """One MULTI: states, lists and the ledger change together or not at all."""
         ttl = self.cfg.redis.rec_ttl_s
         pipe = self.redis.pipeline(transaction=True)
-        for field_name, n in ledger.__dict__.items():
-            if n:
-                pipe.hincrby(LEDGER, field_name, n)
+        count_in_ledger(pipe, ledger.__dict__)
         for u, (s, rec) in out.items():
             self.guarded_set(keys=[keys.feat_key(u)], args=[s.feature_ts, s.encode(), ttl], client=pipe)
             if rec is not None:

@@ -190,18 +190,60 @@ def load_config(path: str | Path | None, overrides: dict | None = None) -> JobCo
     return parse_config(data, source)
 
 
+class TlsConfig(_Strict):
+    """TLS for the gRPC service; with client_ca_file, mutual TLS (clients must present a
+    certificate signed by that CA)."""
+
+    cert_file: str
+    key_file: str
+    client_ca_file: str | None = None
+
+    @model_validator(mode="after")
+    def _files_exist(self) -> TlsConfig:
+        for name in ("cert_file", "key_file", "client_ca_file"):
+            value = getattr(self, name)
+            if value is not None and not Path(value).is_file():
+                raise ValueError(f"{name} = {value!r} is not a readable file; give the PEM file's path")
+        return self
+
+
+class CacheConfig(_Strict):
+    """The local cache of popular lists that answers cold users, and every user while Redis is
+    slow or down."""
+
+    refresh_s: float = Field(1.0, gt=0)
+    """How often the popular lists are re-read from Redis."""
+    popular_size: int = Field(200, ge=1, le=10_000)
+    """Trending items kept (before filters)."""
+
+
+class BreakerConfig(_Strict):
+    """Circuit breaker in front of Redis: after `failures` consecutive errors or timeouts, calls
+    skip Redis (and answer from the cache) for `reset_s`, then one trial call decides."""
+
+    failures: int = Field(5, ge=1)
+    reset_s: float = Field(2.0, gt=0)
+
+
+class GatewayConfig(_Strict):
+    """The HTTP/JSON + GraphQL gateway (`streamrank gateway`)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+
+
 class ServingConfig(_Strict):
     """The gRPC lookup service's config file (deploy/config/serving.toml)."""
 
     host: str = "127.0.0.1"
     port: int = Field(50051, ge=0, le=65535)
     """gRPC port; 0 binds a free one."""
-    workers: int = Field(8, ge=1, le=256)
     default_k: int = Field(10, ge=1)
     max_k: int = Field(100, ge=1, le=1000)
     """Larger k in a request is cut to this."""
     redis: RedisConfig = RedisConfig()
-    redis_timeout_s: float = Field(0.5, gt=0)
+    redis_timeout_s: float = Field(0.25, gt=0)
+    """Longest wait for Redis in one call (shortened further by the caller's deadline)."""
     reflection: bool = False
     """Serve grpc.reflection (off unless enabled)."""
     grace_s: float = Field(5.0, ge=0)
@@ -213,6 +255,16 @@ class ServingConfig(_Strict):
     """How often grpc.health.v1 status is refreshed from a Redis PING."""
     job_config: str = "deploy/config/local.toml"
     """The job's config file: GetUserFeatures names features by its windows."""
+    tls: TlsConfig | None = None
+    """[tls] cert_file/key_file (and client_ca_file for mTLS); absent: plaintext on loopback."""
+    cache: CacheConfig = CacheConfig()
+    breaker: BreakerConfig = BreakerConfig()
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    """Prometheus /metrics port (0: a free one); unset: no metrics endpoint."""
+    metrics_host: str = "127.0.0.1"
+    log_format: Literal["json", "text"] = "json"
+    """json: one JSON object per log line (for log shippers); text: for people."""
+    gateway: GatewayConfig = GatewayConfig()
 
 
 def load_serving_config(path: str | Path | None, overrides: dict | None = None) -> ServingConfig:

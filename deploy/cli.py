@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from contract.config import ConfigError
 from deploy.paths import PROJECT_ROOT, run_dir
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -27,9 +28,17 @@ ConfigOpt = Annotated[str, typer.Option("--config", "-c", help="job config TOML"
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override a field: SECTION.KEY=VALUE")]
 
 
-def _logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _logging(verbose: bool = False, fmt: str = "text") -> None:
+    """text for people; json (one object per line, for log shippers) for the long-running services."""
+    handler = logging.StreamHandler()
+    if fmt == "json":
+        from pythonjsonlogger.json import JsonFormatter
+
+        handler.setFormatter(JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s",
+                                           rename_fields={"levelname": "level", "name": "logger"}))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler], force=True)
     logging.getLogger("kafka").setLevel(logging.WARNING)
 
 
@@ -295,23 +304,50 @@ def submit(
         raise typer.Exit(out.returncode)
 
 
+def _serving_config(config: str, port: int | None):
+    from contract.config import load_serving_config
+
+    try:
+        return load_serving_config(config, {"port": port} if port is not None else None)
+    except ConfigError as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(2) from None
+
+
 @app.command()
 def serve(
     config: Annotated[str, typer.Option("--config", "-c", help="serving config TOML")] = DEFAULT_SERVING,
     port: Annotated[Optional[int], typer.Option(help="override the port (0: any free)")] = None,
 ) -> None:
-    """Run the gRPC lookup service until SIGTERM/SIGINT (then drain)."""
-    from contract.config import ConfigError, load_serving_config
+    """Run the gRPC lookup service until SIGTERM/SIGINT (then drain in-flight calls)."""
+    cfg = _serving_config(config, port)
+    _logging(fmt=cfg.log_format)
+    from serving.server import serve as run_server
 
-    _logging()
     try:
-        cfg = load_serving_config(config, {"port": port} if port is not None else None)
+        run_server(cfg)
     except ConfigError as e:
         typer.echo(str(e), err=True)
         raise typer.Exit(2) from None
-    from serving.server import serve as run_server
 
-    run_server(cfg)
+
+@app.command()
+def gateway(
+    config: Annotated[str, typer.Option("--config", "-c", help="serving config TOML ([gateway] section)")] = DEFAULT_SERVING,
+    port: Annotated[Optional[int], typer.Option(help="override the gateway port")] = None,
+) -> None:
+    """Run the HTTP/JSON + GraphQL gateway (same lookups as gRPC) until SIGTERM/SIGINT."""
+    cfg = _serving_config(config, None)
+    if port is not None:
+        cfg = cfg.model_copy(update={"gateway": cfg.gateway.model_copy(update={"port": port})})
+    _logging(fmt=cfg.log_format)
+    from serving.gateway import run_gateway
+
+    try:
+        run_gateway(cfg)
+    except ConfigError as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command()
@@ -319,16 +355,21 @@ def lookup(
     user_id: Annotated[str, typer.Argument(help="user to look up")],
     k: Annotated[int, typer.Option(help="how many items")] = 10,
     target: Annotated[str, typer.Option(help="gRPC host:port")] = "127.0.0.1:50051",
+    token_env: Annotated[Optional[str], typer.Option(help="environment variable holding the bearer token")] = None,
+    ca_file: Annotated[Optional[str], typer.Option(help="CA certificate (PEM) for a TLS server")] = None,
+    deadline_s: Annotated[float, typer.Option(help="deadline per call, seconds")] = 2.0,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Ask the gRPC service for a user's recommendations."""
     import grpc
     from google.protobuf.json_format import MessageToDict
 
-    from serving.server import lookup_once
+    from serving.client import RecommendationsClient
 
+    token = os.environ.get(token_env) if token_env else None
     try:
-        resp = lookup_once(target, user_id, k)
+        with RecommendationsClient(target, token=token, ca_file=ca_file, deadline_s=deadline_s) as client:
+            resp = client.recommendations(user_id, k)
     except grpc.RpcError as e:
         typer.echo(f"{e.code().name}: {e.details()}", err=True)
         raise typer.Exit(1) from None

@@ -29,7 +29,8 @@ def _step(msg: str) -> None:
 
 def run_demo(live_events: int, rate: float, keep: bool) -> int:
     from models.training import build_training_set, train_and_publish
-    from serving.server import create_server, lookup_once
+    from serving.client import RecommendationsClient
+    from serving.server import ServerThread
     from traffic.publish import catalog_path, publish_catalog, publish_events, write_history
     from traffic.simulator import Simulator
     from deploy.cli import format_recommendations
@@ -84,15 +85,15 @@ def run_demo(live_events: int, rate: float, keep: bool) -> int:
 
         _step("serving over gRPC and looking up a few users")
         scfg = load_serving_config(PROJECT_ROOT / "deploy" / "config" / "serving.toml", {"port": 0})
-        server, port = create_server(scfg, free_port())
-        server.start()
+        server = ServerThread(scfg, free_port())
         newest = sorted(
             ((keys.RecList.decode(r.get(k)).feature_ts, k.decode()[4:]) for k in r.scan_iter("rec:*", count=1000)),
             reverse=True,
         )
         users = [u for _, u in newest[:3]]
-        for u in users + ["cold-user-42"]:
-            print(format_recommendations(lookup_once(f"127.0.0.1:{port}", u, 5)))
+        with RecommendationsClient(f"127.0.0.1:{server.port}", deadline_s=2.0) as client:
+            for u in users + ["cold-user-42"]:
+                print(format_recommendations(client.recommendations(u, 5)))
         print(f"\n{n_lists} users have lists in Redis; Kafka -> Flink -> ONNX -> Redis -> gRPC works.")
         return 0
     finally:

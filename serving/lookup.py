@@ -1,13 +1,12 @@
-"""The lookup core, free of gRPC: validate requests, read Redis in one round trip, filter, fall
-back to trending when a user has no list."""
+"""The lookup rules, free of gRPC and of I/O: validate requests, build an answer from a stored list
+(filtered, cut to k) or from the popular items. serving.core does the reading."""
 
 from __future__ import annotations
 
 import re
-import time
 from dataclasses import dataclass, field
 
-import redis
+import orjson
 
 from contract import keys
 from contract.config import FeatureConfig
@@ -17,7 +16,6 @@ _ID_RE = re.compile(ID_PATTERN)
 MAX_FILTER_CATEGORIES = 100
 MAX_EXCLUDED_ITEMS = 1000
 MAX_BATCH = 100
-FALLBACK_POOL = 200  # trending items read for a fallback, before filters
 
 
 class InvalidRequest(ValueError):
@@ -81,39 +79,6 @@ def check_request(user_id: str, k: int, default_k: int, max_k: int, filters: Fil
     return Request(user_id, min(k or default_k, max_k), filters, placement)
 
 
-def get_many(client: redis.Redis, requests: list[Request]) -> list[Recommendations]:
-    """Answers for many requests with one pipelined round trip (plus one catalog read when a
-    fallback must be filtered by category)."""
-    if len(requests) > MAX_BATCH:
-        raise InvalidRequest(f"a batch takes at most {MAX_BATCH} requests")
-    users = sorted({r.user_id for r in requests})
-    pipe = client.pipeline(transaction=False)
-    for u in users:
-        pipe.get(keys.rec_key(u))
-    pipe.zrevrange(keys.TRENDING, 0, FALLBACK_POOL - 1, withscores=True)
-    *raws, trending = pipe.execute()
-    lists = {u: keys.RecList.decode(raw) for u, raw in zip(users, raws) if raw is not None}
-    top = trending[0][1] if trending else 1.0
-    popular = [keys.ScoredItem(i.decode(), s / top if top else 0.0) for i, s in trending]
-    if any(r.user_id not in lists and r.filters.by_category for r in requests) and popular:
-        metas = client.hmget(keys.ITEM_META, [p.item_id for p in popular])
-        popular = [keys.ScoredItem(p.item_id, p.score, keys.ItemMeta.decode(m).category if m else "")
-                   for p, m in zip(popular, metas)]
-    now = int(time.time() * 1000)
-    out = []
-    for r in requests:
-        rec = lists.get(r.user_id)
-        if rec is not None:
-            items = [i for i in rec.items if r.filters.keep(i)][: r.k]
-            out.append(Recommendations(r.user_id, items, rec.model_version, rec.feature_ts,
-                                       max(0, now - rec.feature_ts), placement=r.placement))
-        else:
-            items = [i for i in popular if r.filters.keep(i)][: r.k]
-            out.append(Recommendations(r.user_id, items, fallback=True, fallback_reason="no_list",
-                                       placement=r.placement))
-    return out
-
-
 @dataclass
 class UserFeatures:
     user_id: str
@@ -124,12 +89,39 @@ class UserFeatures:
     window_end_ms: int = 0
 
 
-def get_user_features(client: redis.Redis, user_id: str, cfg: FeatureConfig) -> UserFeatures:
-    """The user's features as of the last window the job folded in."""
+def popular_items(trending: list[tuple[bytes, float]], metas: list[bytes | None]) -> list[keys.ScoredItem]:
+    """The trending board (ZREVRANGE WITHSCORES) with item categories, scores scaled to the top."""
+    top = trending[0][1] if trending else 1.0
+    return [keys.ScoredItem(i.decode(), s / top if top else 0.0, keys.ItemMeta.decode(m).category if m else "")
+            for (i, s), m in zip(trending, metas)]
+
+
+def answer(request: Request, raw: bytes | None, popular: list[keys.ScoredItem], now_ms: int,
+           unavailable: str = "") -> Recommendations:
+    """One answer from the user's stored list (raw JSON, or None) or, failing that, from the
+    popular items. `unavailable` names why the store could not be read (then raw is None)."""
+    r = request
+    if raw is not None:
+        d = orjson.loads(raw)
+        keep, items = r.filters.keep, []
+        for e in d["items"]:
+            item = keys.ScoredItem(e[0], float(e[1]), e[2] if len(e) > 2 else "")
+            if keep(item):
+                items.append(item)
+                if len(items) == r.k:
+                    break
+        feature_ts = int(d["feature_ts"])
+        return Recommendations(r.user_id, items, d["model_version"], feature_ts, max(0, now_ms - feature_ts),
+                               placement=r.placement)
+    items = [i for i in popular if r.filters.keep(i)][: r.k]
+    return Recommendations(r.user_id, items, fallback=True, fallback_reason=unavailable or "no_list",
+                           placement=r.placement)
+
+
+def user_features(user_id: str, raw: bytes | None, cfg: FeatureConfig) -> UserFeatures:
+    """The user's features as of the last window the job folded in (raw: the feat: value)."""
     from udfs.features import UserState, describe
 
-    check_user(user_id)
-    raw = client.get(keys.feat_key(user_id))
     if raw is None:
         return UserFeatures(user_id, False)
     state = UserState.decode(raw)

@@ -1,26 +1,23 @@
-"""gRPC server: a thin servicer over serving.lookup, with grpc.health.v1 following Redis,
-bearer-token authentication and opt-in reflection. Errors leave as status codes from one place."""
+"""gRPC server (grpc.aio): a thin servicer over serving.core, with grpc.health.v1 following Redis,
+bearer-token authentication, TLS/mTLS from config, opt-in reflection, Prometheus metrics and a
+graceful drain on SIGTERM. Errors leave as status codes from one place."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import os
 import signal
 import threading
-from concurrent import futures
-from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from contract.config import ConfigError, ServingConfig, load_config
-from deploy.paths import PROJECT_ROOT
+from contract.config import ConfigError, ServingConfig
 from serving import lookup
+from serving.core import LookupService, Observed, StoreUnavailable, status_of
 from serving.stubs import load
 
 log = logging.getLogger(__name__)
@@ -28,16 +25,7 @@ pb, pb_grpc = load()
 SERVICE_NAME = "streamrank.v1.Recommendations"
 
 
-@contextmanager
-def status_codes(context):
-    """The one mapping from failures to gRPC status codes."""
-    try:
-        yield
-    except lookup.InvalidRequest as e:
-        context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-    except redis.RedisError as e:
-        log.warning("redis error: %s", e)
-        context.abort(grpc.StatusCode.UNAVAILABLE, "recommendation store unavailable; retry")
+CODES = {"INVALID_ARGUMENT": grpc.StatusCode.INVALID_ARGUMENT, "UNAVAILABLE": grpc.StatusCode.UNAVAILABLE}
 
 
 def _filters(msg) -> lookup.Filters:
@@ -55,128 +43,191 @@ def _response(rec: lookup.Recommendations):
 
 
 class RecommendationsServicer(pb_grpc.RecommendationsServicer):
-    def __init__(self, cfg: ServingConfig, client: redis.Redis) -> None:
-        self.cfg = cfg
-        self.redis = client
-        path = Path(cfg.job_config)
-        path = path if path.is_absolute() else PROJECT_ROOT / path
-        try:
-            self.features_cfg = load_config(path).features
-        except ConfigError:
-            log.warning("job config %s not loadable; GetUserFeatures uses default windows", path)
-            self.features_cfg = load_config(None).features
+    def __init__(self, cfg: ServingConfig, service: LookupService) -> None:
+        self.cfg, self.service = cfg, service
 
     def _request(self, r) -> lookup.Request:
         return lookup.check_request(r.user_id, r.k, self.cfg.default_k, self.cfg.max_k, _filters(r.filters), r.placement)
 
-    def GetRecommendations(self, request, context):  # noqa: N802 (gRPC method name)
-        with status_codes(context):
-            return _response(lookup.get_many(self.redis, [self._request(request)])[0])
+    async def _answer(self, context, method: str, work):
+        """Runs one call under its metrics; the one mapping from failures to status codes."""
+        try:
+            with Observed("grpc", method):
+                return await work()
+        except (lookup.InvalidRequest, StoreUnavailable) as e:
+            detail = str(e) if isinstance(e, lookup.InvalidRequest) else f"recommendation store unavailable ({e}); retry"
+            await context.abort(CODES[status_of(e)], detail)
 
-    def BatchGetRecommendations(self, request, context):  # noqa: N802
-        with status_codes(context):
+    async def GetRecommendations(self, request, context):  # noqa: N802 (gRPC method name)
+        async def work():
+            (rec,) = await self.service.recommend([self._request(request)], context.time_remaining())
+            return _response(rec)
+
+        return await self._answer(context, "GetRecommendations", work)
+
+    async def BatchGetRecommendations(self, request, context):  # noqa: N802
+        async def work():
             if len(request.requests) > lookup.MAX_BATCH:
                 raise lookup.InvalidRequest(f"a batch takes at most {lookup.MAX_BATCH} requests")
-            answers = lookup.get_many(self.redis, [self._request(r) for r in request.requests])
+            answers = await self.service.recommend([self._request(r) for r in request.requests],
+                                                   context.time_remaining())
             return pb.BatchGetRecommendationsResponse(responses=[_response(a) for a in answers])
 
-    def GetUserFeatures(self, request, context):  # noqa: N802
-        with status_codes(context):
-            f = lookup.get_user_features(self.redis, request.user_id, self.features_cfg)
+        return await self._answer(context, "BatchGetRecommendations", work)
+
+    async def GetUserFeatures(self, request, context):  # noqa: N802
+        async def work():
+            f = await self.service.user_features(request.user_id, context.time_remaining())
             return pb.GetUserFeaturesResponse(
                 user_id=f.user_id, found=f.found, features=f.features, top_categories=f.top_categories,
                 feature_ts_ms=f.feature_ts_ms, window_end_ms=f.window_end_ms)
 
+        return await self._answer(context, "GetUserFeatures", work)
 
-class TokenAuth(grpc.ServerInterceptor):
+
+def bearer_token(cfg: ServingConfig) -> bytes | None:
+    """`Bearer <token>` callers must send, from the variable auth_token_env names (None: no auth)."""
+    if not cfg.auth_token_env:
+        return None
+    token = os.environ.get(cfg.auth_token_env)
+    if not token:
+        raise ConfigError(f"auth_token_env names {cfg.auth_token_env}, which is not set; export it or unset auth_token_env")
+    return f"Bearer {token}".encode()
+
+
+def authorized(sent: str | None, expected: bytes | None) -> bool:
+    """Constant-time check of an `authorization` value."""
+    return expected is None or hmac.compare_digest((sent or "").encode(), expected)
+
+
+class TokenAuth(grpc.aio.ServerInterceptor):
     """Requires `authorization: Bearer <token>` on every call but health checks; constant-time
     compare; UNAUTHENTICATED otherwise."""
 
-    def __init__(self, token: str) -> None:
-        self.expected = f"Bearer {token}".encode()
+    def __init__(self, expected: bytes) -> None:
+        self.expected = expected
 
-        def deny(request, context):
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "send metadata 'authorization: Bearer <token>'")
+        async def deny(request, context):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "send metadata 'authorization: Bearer <token>'")
 
         self.denied = grpc.unary_unary_rpc_method_handler(deny)
 
-    def intercept_service(self, continuation, handler_call_details):
+    async def intercept_service(self, continuation, handler_call_details):
         if handler_call_details.method.startswith("/grpc.health.v1."):
-            return continuation(handler_call_details)
-        sent = dict(handler_call_details.invocation_metadata or ()).get("authorization", "")
-        if hmac.compare_digest(sent.encode(), self.expected):
-            return continuation(handler_call_details)
+            return await continuation(handler_call_details)
+        sent = dict(handler_call_details.invocation_metadata or ()).get("authorization")
+        if authorized(sent, self.expected):
+            return await continuation(handler_call_details)
         return self.denied
 
 
-class HealthMonitor(threading.Thread):
+async def follow_redis_health(servicer, service: LookupService, interval_s: float) -> None:
     """Keeps grpc.health.v1 status in step with Redis reachability."""
-
-    def __init__(self, servicer: health.HealthServicer, client: redis.Redis, interval_s: float) -> None:
-        super().__init__(name="redis-health", daemon=True)
-        self.servicer, self.client, self.interval_s = servicer, client, interval_s
-        self.stopped = threading.Event()
-
-    def run(self) -> None:
-        last = None
-        while not self.stopped.is_set():
-            try:
-                ok = bool(self.client.ping())
-            except redis.RedisError:
-                ok = False
-            status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
-            if status != last:
-                log.info("health: %s", "SERVING" if ok else "NOT_SERVING (redis unreachable)")
-                for name in ("", SERVICE_NAME):
-                    self.servicer.set(name, status)
-                last = status
-            self.stopped.wait(self.interval_s)
+    last = None
+    while True:
+        ok = await service.ping()
+        status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+        if status != last:
+            log.info("health: %s", "SERVING" if ok else "NOT_SERVING (redis unreachable)")
+            for name in ("", SERVICE_NAME):
+                await servicer.set(name, status)
+            last = status
+        await asyncio.sleep(interval_s)
 
 
-def create_server(cfg: ServingConfig, port: int | None = None) -> tuple[grpc.Server, int]:
-    """Build (not start) the server; port 0 binds a free port, returned."""
-    # no client-side retries: a dead Redis answers UNAVAILABLE within redis_timeout_s, and the
-    # caller (with its deadline) decides whether to retry
-    client = redis.Redis(host=cfg.redis.host, port=cfg.redis.port, socket_timeout=cfg.redis_timeout_s,
-                         socket_connect_timeout=cfg.redis_timeout_s, retry=Retry(NoBackoff(), 0))
-    interceptors = []
-    if cfg.auth_token_env:
-        token = os.environ.get(cfg.auth_token_env)
-        if not token:
-            raise ConfigError(f"auth_token_env names {cfg.auth_token_env}, which is not set; export it or unset auth_token_env")
-        interceptors.append(TokenAuth(token))
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.workers), interceptors=interceptors)
-    pb_grpc.add_RecommendationsServicer_to_server(RecommendationsServicer(cfg, client), server)
-    health_servicer = health.HealthServicer()
+def server_credentials(cfg: ServingConfig) -> grpc.ServerCredentials | None:
+    if cfg.tls is None:
+        return None
+    key, cert = Path(cfg.tls.key_file).read_bytes(), Path(cfg.tls.cert_file).read_bytes()
+    ca = Path(cfg.tls.client_ca_file).read_bytes() if cfg.tls.client_ca_file else None
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
+
+
+class Running:
+    """A started server: its port, and how to stop it (drain for grace_s)."""
+
+    def __init__(self, server: grpc.aio.Server, port: int, service: LookupService, tasks: list[asyncio.Task]) -> None:
+        self.server, self.port, self.service, self.tasks = server, port, service, tasks
+
+    async def stop(self, grace_s: float | None) -> None:
+        await self.server.stop(grace_s)
+        for t in self.tasks:
+            t.cancel()
+        await self.service.close()
+
+
+async def start(cfg: ServingConfig, port: int | None = None) -> Running:
+    """Builds and starts the server on the running loop; port 0 binds a free one."""
+    expected = bearer_token(cfg)
+    service = LookupService(cfg)
+    await service.start()
+    server = grpc.aio.server(interceptors=[TokenAuth(expected)] if expected else None)
+    pb_grpc.add_RecommendationsServicer_to_server(RecommendationsServicer(cfg, service), server)
+    health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    monitor = HealthMonitor(health_servicer, client, cfg.health_interval_s)
-    monitor.start()
-    server.health_monitor = monitor  # type: ignore[attr-defined]  (stopped with the server)
     if cfg.reflection:
         from grpc_reflection.v1alpha import reflection
 
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    bound = server.add_insecure_port(f"{cfg.host}:{cfg.port if port is None else port}")
-    return server, bound
+        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    address = f"{cfg.host}:{cfg.port if port is None else port}"
+    creds = server_credentials(cfg)
+    bound = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
+    await server.start()
+    tasks = [asyncio.create_task(follow_redis_health(health_servicer, service, cfg.health_interval_s))]
+    log.info("serving %s on %s:%d (%s; redis %s:%d)", SERVICE_NAME, cfg.host, bound,
+             "mTLS" if cfg.tls and cfg.tls.client_ca_file else "TLS" if cfg.tls else "plaintext",
+             cfg.redis.host, cfg.redis.port)
+    return Running(server, bound, service, tasks)
 
 
-def serve(cfg: ServingConfig) -> None:
-    server, port = create_server(cfg)
-    server.start()
-    log.info("serving %s on %s:%d (redis %s:%d)", SERVICE_NAME, cfg.host, port, cfg.redis.host, cfg.redis.port)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
-    log.info("draining in-flight calls (grace %.0fs)", cfg.grace_s)
-    server.stop(cfg.grace_s).wait()
-    server.health_monitor.stopped.set()
+def start_metrics(cfg: ServingConfig) -> int | None:
+    """Prometheus /metrics on metrics_host:metrics_port (None: off); returns the bound port."""
+    if cfg.metrics_port is None:
+        return None
+    from prometheus_client import start_http_server
+
+    httpd, _ = start_http_server(cfg.metrics_port, addr=cfg.metrics_host)
+    port = httpd.server_port
+    log.info("metrics on http://%s:%d/metrics", cfg.metrics_host, port)
+    return port
 
 
-def lookup_once(target: str, user_id: str, k: int, timeout_s: float = 5.0, token: str | None = None):
-    with grpc.insecure_channel(target) as channel:
-        stub = pb_grpc.RecommendationsStub(channel)
-        metadata = [("authorization", f"Bearer {token}")] if token else None
-        return stub.GetRecommendations(pb.GetRecommendationsRequest(user_id=user_id, k=k), timeout=timeout_s,
-                                       metadata=metadata)
+def serve(cfg: ServingConfig, port: int | None = None) -> None:
+    """Runs until SIGTERM/SIGINT, then stops taking calls and drains in-flight ones for grace_s."""
+
+    async def main() -> None:
+        running = await start(cfg, port)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("draining in-flight calls (grace %.1fs)", cfg.grace_s)
+        await running.stop(cfg.grace_s)
+        log.info("stopped")
+
+    start_metrics(cfg)
+    asyncio.run(main())
+
+
+class ServerThread:
+    """The server on its own event loop in a background thread (tests, the demo, benches):
+    `with ServerThread(cfg) as s: ... s.port`."""
+
+    def __init__(self, cfg: ServingConfig, port: int = 0) -> None:
+        self.cfg, self.loop = cfg, asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="grpc-server", daemon=True)
+        self.thread.start()
+        self.running: Running = asyncio.run_coroutine_threadsafe(start(cfg, port), self.loop).result(30)
+        self.port = self.running.port
+
+    def stop(self, grace_s: float | None = 0) -> None:
+        asyncio.run_coroutine_threadsafe(self.running.stop(grace_s), self.loop).result(30 + (grace_s or 0))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+    def __enter__(self) -> ServerThread:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop(0)

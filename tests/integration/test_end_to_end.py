@@ -11,7 +11,8 @@ import pytest
 
 from contract import keys
 from contract.config import load_serving_config
-from serving.server import create_server, lookup_once
+from serving.client import RecommendationsClient
+from serving.server import ServerThread
 from tests.integration.helpers import job_args, prefixed_topics, read_topic, run_job_embedded
 from traffic.publish import publish_catalog, publish_events
 from traffic.simulator import Simulator
@@ -59,21 +60,16 @@ def test_dlq_holds_exactly_the_malformed_records(loop_run, kafka_broker):
 def test_grpc_returns_the_redis_list(loop_run):
     _, valid_users, r, port = loop_run
     cfg = load_serving_config(None, {"redis.port": port})
-    server, grpc_port = create_server(cfg, 0)
-    server.start()
-    try:
-        target = f"127.0.0.1:{grpc_port}"
+    with ServerThread(cfg) as server, RecommendationsClient(f"127.0.0.1:{server.port}", deadline_s=5) as client:
         for user in sorted(valid_users)[:5]:
             stored = keys.RecList.decode(r.get(keys.rec_key(user)))
-            resp = lookup_once(target, user, 10)
+            resp = client.recommendations(user, 10)
             assert not resp.fallback
             assert [i.item_id for i in resp.items] == [i.item_id for i in stored.items[:10]]
             assert resp.model_version == stored.model_version
             assert resp.feature_ts_ms == stored.feature_ts
-        cold = lookup_once(target, "never-seen", 5)
+        cold = client.recommendations("never-seen", 5)
         assert cold.fallback and cold.fallback_reason == "no_list" and len(cold.items) == 5
         with pytest.raises(grpc.RpcError) as err:
-            lookup_once(target, "bad user!", 5)
+            client.recommendations("bad user!", 5)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    finally:
-        server.stop(0)

@@ -1,5 +1,5 @@
 """The gRPC lookup service against a real Redis, on port 0: answers, filters, batch, features,
-status codes, token authentication, and health following Redis."""
+status codes. Resilience, security and operations are in test_serving_ops.py."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from contract import keys
 from contract.config import load_config, load_serving_config
 from deploy.stack import free_port, start_redis, stop_pid
-from serving.server import create_server, pb, pb_grpc
+from serving.server import ServerThread, pb, pb_grpc
 from udfs.features import Event, UserState, WindowDelta, apply_window
 
 T0 = int(time.time() * 1000) - 60_000
@@ -30,17 +30,12 @@ def seed(r) -> None:
 
 
 @pytest.fixture
-def service(redis_db, monkeypatch):
+def service(redis_db):
     port, r = redis_db
     seed(r)
     cfg = load_serving_config(None, {"redis.port": port, "max_k": 10, "default_k": 4})
-    server, grpc_port = create_server(cfg, 0)
-    server.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
-    yield pb_grpc.RecommendationsStub(channel), r
-    channel.close()
-    server.stop(0)
-    server.health_monitor.stopped.set()
+    with ServerThread(cfg) as server, grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        yield pb_grpc.RecommendationsStub(channel), r
 
 
 def req(user="u1", k=0, placement="", **filters):
@@ -102,60 +97,3 @@ def test_oversized_batch_is_invalid(service):
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def test_token_authentication(redis_db, monkeypatch):
-    port, r = redis_db
-    seed(r)
-    monkeypatch.setenv("STREAMRANK_TEST_TOKEN", "s3cret")
-    cfg = load_serving_config(None, {"redis.port": port, "auth_token_env": "STREAMRANK_TEST_TOKEN"})
-    server, grpc_port = create_server(cfg, 0)
-    server.start()
-    try:
-        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as ch:
-            stub = pb_grpc.RecommendationsStub(ch)
-            for metadata in (None, [("authorization", "Bearer wrong")], [("authorization", "s3cret")]):
-                with pytest.raises(grpc.RpcError) as err:
-                    stub.GetRecommendations(req(), timeout=5, metadata=metadata)
-                assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
-            ok = stub.GetRecommendations(req(), timeout=5, metadata=[("authorization", "Bearer s3cret")])
-            assert ok.items
-            health = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
-            assert health.status == health_pb2.HealthCheckResponse.SERVING
-    finally:
-        server.stop(0)
-        server.health_monitor.stopped.set()
-
-
-def test_health_follows_redis_and_calls_fail_fast(tmp_path):
-    port = free_port()
-    svc = start_redis(tmp_path, port)
-    cfg = load_serving_config(None, {"redis.port": port, "health_interval_s": 0.2, "redis_timeout_s": 0.3})
-    server, grpc_port = create_server(cfg, 0)
-    server.start()
-    try:
-        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as ch:
-            health = health_pb2_grpc.HealthStub(ch)
-            stub = pb_grpc.RecommendationsStub(ch)
-
-            def status():
-                return health.Check(health_pb2.HealthCheckRequest(service="streamrank.v1.Recommendations"),
-                                    timeout=2).status
-
-            def wait_for(want):
-                deadline = time.monotonic() + 10
-                while time.monotonic() < deadline and status() != want:
-                    time.sleep(0.1)
-                return status()
-
-            assert wait_for(health_pb2.HealthCheckResponse.SERVING) == health_pb2.HealthCheckResponse.SERVING
-            stop_pid(svc.pid)
-            assert wait_for(health_pb2.HealthCheckResponse.NOT_SERVING) == health_pb2.HealthCheckResponse.NOT_SERVING
-            t = time.monotonic()
-            with pytest.raises(grpc.RpcError) as err:
-                stub.GetRecommendations(req(), timeout=3)
-            assert err.value.code() == grpc.StatusCode.UNAVAILABLE and time.monotonic() - t < 3
-            svc = start_redis(tmp_path, port)
-            assert wait_for(health_pb2.HealthCheckResponse.SERVING) == health_pb2.HealthCheckResponse.SERVING
-    finally:
-        server.stop(0)
-        server.health_monitor.stopped.set()
-        stop_pid(svc.pid)

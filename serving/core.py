@@ -1,0 +1,263 @@
+"""The lookup core both front ends share (gRPC in serving.server, HTTP/GraphQL in
+serving.gateway): asyncio reads from Redis with concurrent GETs coalesced into one MGET, a local
+cache of popular lists, a circuit breaker, deadlines, and Prometheus metrics.
+
+A call never waits on Redis longer than min(redis_timeout_s, the caller's remaining deadline minus
+a small reserve); when Redis is slow, down or behind an open breaker, recommendations come from the
+popular-list cache, marked fallback with reason `store_unavailable`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+import redis.asyncio as aredis
+from prometheus_client import Counter, Gauge, Histogram
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from contract import keys
+from contract.config import ConfigError, FeatureConfig, ServingConfig, load_config
+from deploy.paths import PROJECT_ROOT
+from serving import lookup
+
+log = logging.getLogger(__name__)
+
+# time kept back from the caller's deadline for building and sending the answer
+DEADLINE_RESERVE_S = 0.005
+
+REQUESTS = Counter("streamrank_serving_requests_total", "Lookup calls by interface, method and status code",
+                   ["interface", "method", "code"])
+LATENCY = Histogram("streamrank_serving_request_seconds", "Lookup call latency in the service",
+                    ["interface", "method"],
+                    buckets=(.0002, .0005, .001, .002, .003, .005, .01, .025, .05, .1, .25, .5, 1.0))
+FALLBACKS = Counter("streamrank_serving_fallbacks_total", "Answers that are not personalized, by reason", ["reason"])
+REDIS_ERRORS = Counter("streamrank_serving_redis_errors_total", "Failed or timed-out Redis reads", ["kind"])
+BREAKER_OPEN = Gauge("streamrank_serving_breaker_open", "1 while the Redis circuit breaker is open")
+CACHE_AGE = Gauge("streamrank_serving_popular_cache_age_seconds", "Age of the popular-list cache")
+
+
+class StoreUnavailable(RuntimeError):
+    """Redis could not answer in time and there is no fallback for this call (UNAVAILABLE)."""
+
+
+class Breaker:
+    """Consecutive-failure circuit breaker: open after `failures` in a row, for `reset_s`; then
+    half-open, where one trial call closes it again (or re-opens it). Single event loop, so no locks."""
+
+    def __init__(self, failures: int, reset_s: float, clock=time.monotonic) -> None:
+        self.failures, self.reset_s, self.clock = failures, reset_s, clock
+        self.count = 0
+        self.opened_at: float | None = None
+        self.trial = False
+
+    @property
+    def state(self) -> str:
+        if self.opened_at is None:
+            return "closed"
+        return "half-open" if self.clock() - self.opened_at >= self.reset_s else "open"
+
+    def allow(self) -> bool:
+        state = self.state
+        if state == "closed":
+            return True
+        if state == "half-open" and not self.trial:
+            self.trial = True
+            return True
+        return False
+
+    def success(self) -> None:
+        if self.opened_at is not None:
+            log.info("redis circuit breaker closed: redis answers again")
+        self.count, self.opened_at, self.trial = 0, None, False
+        BREAKER_OPEN.set(0)
+
+    def failure(self) -> None:
+        self.count += 1
+        self.trial = False
+        if self.count >= self.failures:
+            if self.opened_at is None:
+                log.warning("redis circuit breaker open after %d failures; answering from the cache for %.1fs",
+                            self.count, self.reset_s)
+            self.opened_at = self.clock()
+            BREAKER_OPEN.set(1)
+
+
+class Coalescer:
+    """Concurrent GETs issued in the same event-loop turn leave as one MGET."""
+
+    def __init__(self, client: aredis.Redis) -> None:
+        self.client = client
+        self.pending: dict[str, list[asyncio.Future]] = {}
+
+    def get(self, key: str) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        if not self.pending:
+            loop.call_soon(self._flush)
+        self.pending.setdefault(key, []).append(fut)
+        return fut
+
+    def _flush(self) -> None:
+        batch, self.pending = self.pending, {}
+        task = asyncio.ensure_future(self._read(batch))
+        task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+
+    async def _read(self, batch: dict[str, list[asyncio.Future]]) -> None:
+        try:
+            values = await self.client.mget(list(batch))
+        except Exception as err:  # noqa: BLE001 (every waiter gets the error)
+            for futs in batch.values():
+                for f in futs:
+                    if not f.done():
+                        f.set_exception(err)
+            return
+        for futs, value in zip(batch.values(), values):
+            for f in futs:
+                if not f.done():
+                    f.set_result(value)
+
+
+@dataclass
+class PopularCache:
+    items: list[keys.ScoredItem]
+    loaded_at: float  # monotonic; 0 = never loaded
+
+
+class LookupService:
+    """Answers lookups from Redis; one instance per event loop (it owns an asyncio client)."""
+
+    def __init__(self, cfg: ServingConfig) -> None:
+        self.cfg = cfg
+        self.redis = aredis.Redis(host=cfg.redis.host, port=cfg.redis.port, socket_timeout=cfg.redis_timeout_s,
+                                  socket_connect_timeout=cfg.redis_timeout_s, retry=Retry(NoBackoff(), 0))
+        self.reads = Coalescer(self.redis)
+        self.breaker = Breaker(cfg.breaker.failures, cfg.breaker.reset_s)
+        self.popular = PopularCache([], 0.0)
+        self.features_cfg = _feature_config(cfg)
+        self._refresher: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        """Loads the popular cache (if Redis answers) and keeps it fresh in the background."""
+        await self.refresh_popular()
+        self._refresher = asyncio.create_task(self._refresh_loop(), name="popular-cache")
+
+    async def close(self) -> None:
+        if self._refresher:
+            self._refresher.cancel()
+        await self.redis.aclose()
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await asyncio.wait_for(self.redis.ping(), self.cfg.redis_timeout_s))
+        except (aredis.RedisError, OSError, asyncio.TimeoutError):
+            return False
+
+    async def refresh_popular(self) -> bool:
+        try:
+            trending = await asyncio.wait_for(
+                self.redis.zrevrange(keys.TRENDING, 0, self.cfg.cache.popular_size - 1, withscores=True),
+                self.cfg.redis_timeout_s)
+            metas = (await asyncio.wait_for(self.redis.hmget(keys.ITEM_META, [i for i, _ in trending]),
+                                            self.cfg.redis_timeout_s)) if trending else []
+        except (aredis.RedisError, OSError, asyncio.TimeoutError) as err:
+            log.debug("popular cache not refreshed: %r", err)
+            return False
+        self.popular = PopularCache(lookup.popular_items(trending, metas), time.monotonic())
+        return True
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.cache.refresh_s)
+            await self.refresh_popular()
+            if self.popular.loaded_at:
+                CACHE_AGE.set(time.monotonic() - self.popular.loaded_at)
+
+    def _budget(self, remaining_s: float | None) -> float:
+        budget = self.cfg.redis_timeout_s
+        if remaining_s is not None:
+            budget = min(budget, remaining_s - DEADLINE_RESERVE_S)
+        return max(budget, 0.0)
+
+    async def _read(self, redis_keys: list[str], remaining_s: float | None) -> list[bytes | None]:
+        """Values for keys, or StoreUnavailable (breaker open, error or past the budget)."""
+        if not self.breaker.allow():
+            raise StoreUnavailable("circuit breaker open")
+        budget = self._budget(remaining_s)
+        try:
+            if budget <= 0:
+                raise asyncio.TimeoutError
+            values = await asyncio.wait_for(asyncio.gather(*(self.reads.get(k) for k in redis_keys)), budget)
+        except asyncio.TimeoutError:
+            REDIS_ERRORS.labels("timeout").inc()
+            self.breaker.failure()
+            raise StoreUnavailable(f"redis did not answer within {budget * 1000:.0f} ms") from None
+        except (aredis.RedisError, OSError) as err:
+            REDIS_ERRORS.labels(type(err).__name__).inc()
+            self.breaker.failure()
+            raise StoreUnavailable(f"redis error: {err}") from None
+        self.breaker.success()
+        return values
+
+    async def recommend(self, requests: list[lookup.Request], remaining_s: float | None = None
+                        ) -> list[lookup.Recommendations]:
+        """Answers in request order; one MGET for all users (shared with concurrent calls)."""
+        if len(requests) > lookup.MAX_BATCH:
+            raise lookup.InvalidRequest(f"a batch takes at most {lookup.MAX_BATCH} requests")
+        users = list(dict.fromkeys(r.user_id for r in requests))
+        unavailable = ""
+        try:
+            raws = dict(zip(users, await self._read([keys.rec_key(u) for u in users], remaining_s)))
+        except StoreUnavailable as err:
+            log.debug("answering from the popular cache: %s", err)
+            raws, unavailable = {}, "store_unavailable"
+        now = int(time.time() * 1000)
+        popular = self.popular.items
+        out = [lookup.answer(r, raws.get(r.user_id), popular, now, unavailable) for r in requests]
+        for a in out:
+            if a.fallback:
+                FALLBACKS.labels(a.fallback_reason).inc()
+        return out
+
+    async def user_features(self, user_id: str, remaining_s: float | None = None) -> lookup.UserFeatures:
+        lookup.check_user(user_id)
+        (raw,) = await self._read([keys.feat_key(user_id)], remaining_s)
+        return lookup.user_features(user_id, raw, self.features_cfg)
+
+
+def _feature_config(cfg: ServingConfig) -> FeatureConfig:
+    path = PROJECT_ROOT / cfg.job_config if not cfg.job_config.startswith("/") else cfg.job_config
+    try:
+        return load_config(path).features
+    except ConfigError:
+        log.warning("job config %s not loadable; GetUserFeatures uses default windows", path)
+        return load_config(None).features
+
+
+def status_of(exc: BaseException | None) -> str:
+    """The gRPC status name a failure maps to (the HTTP gateway maps these names to HTTP codes)."""
+    if exc is None:
+        return "OK"
+    if isinstance(exc, lookup.InvalidRequest):
+        return "INVALID_ARGUMENT"
+    if isinstance(exc, StoreUnavailable):
+        return "UNAVAILABLE"
+    return "INTERNAL"
+
+
+class Observed:
+    """Times one call and counts it by interface, method and status code."""
+
+    def __init__(self, interface: str, method: str) -> None:
+        self.interface, self.method = interface, method
+
+    def __enter__(self) -> Observed:
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.code = status_of(exc)
+        LATENCY.labels(self.interface, self.method).observe(time.perf_counter() - self.t0)
+        REQUESTS.labels(self.interface, self.method, self.code).inc()

@@ -1,0 +1,208 @@
+"""HTTP/JSON and GraphQL gateway for CMSs that cannot speak gRPC: FastAPI (HTTP/JSON, OpenAPI docs
+at /docs) and Strawberry (GraphQL at /graphql) over the same lookup core as the gRPC service, so
+the answers are the same. The same bearer token is required when auth_token_env is set.
+
+    GET  /v1/recommendations/{user_id}?k=10&exclude_items=i1&include_categories=shoes&placement=hero
+    POST /v1/recommendations:batch   {"requests": [{"user_id": "u1", "k": 5}, ...]}
+    GET  /v1/users/{user_id}/features
+    POST /graphql                    {recommendations(userId: "u1", k: 5) {items {itemId score}}}
+    GET  /healthz   GET /metrics
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+from typing import Optional
+
+import strawberry
+import uvicorn
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import JSONResponse
+from prometheus_client import make_asgi_app
+from pydantic import BaseModel, ConfigDict, Field
+from strawberry.fastapi import GraphQLRouter
+
+from contract.config import ServingConfig
+from serving import lookup
+from serving.core import LookupService, Observed, StoreUnavailable
+from serving.server import authorized, bearer_token
+
+log = logging.getLogger(__name__)
+
+
+class RecommendationQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user_id: str
+    k: int = 0
+    include_categories: list[str] = []
+    exclude_categories: list[str] = []
+    exclude_items: list[str] = []
+    placement: str = ""
+
+
+class BatchQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    requests: list[RecommendationQuery] = Field(max_length=lookup.MAX_BATCH)
+
+
+def recommendation_json(rec: lookup.Recommendations) -> dict:
+    """The JSON form, with the proto's field names (as gRPC JSON transcoding would give)."""
+    return {"user_id": rec.user_id, "items": [asdict(i) for i in rec.items], "model_version": rec.model_version,
+            "feature_ts_ms": rec.feature_ts_ms, "list_age_ms": rec.list_age_ms, "fallback": rec.fallback,
+            "fallback_reason": rec.fallback_reason, "placement": rec.placement}
+
+
+# ---- GraphQL schema -------------------------------------------------------------------------
+
+@strawberry.type
+class ScoredItem:
+    item_id: str
+    score: float
+    category: str
+
+
+@strawberry.type
+class Recommendations:
+    user_id: str
+    items: list[ScoredItem]
+    model_version: str
+    feature_ts_ms: float  # GraphQL Int is 32-bit: epoch milliseconds do not fit
+    list_age_ms: float
+    fallback: bool
+    fallback_reason: str
+    placement: str
+
+    @staticmethod
+    def of(rec: lookup.Recommendations) -> Recommendations:
+        return Recommendations(
+            user_id=rec.user_id, items=[ScoredItem(item_id=i.item_id, score=i.score, category=i.category)
+                                        for i in rec.items],
+            model_version=rec.model_version, feature_ts_ms=rec.feature_ts_ms, list_age_ms=rec.list_age_ms,
+            fallback=rec.fallback, fallback_reason=rec.fallback_reason, placement=rec.placement)
+
+
+@strawberry.type
+class Feature:
+    name: str
+    value: float
+
+
+@strawberry.type
+class UserFeatures:
+    user_id: str
+    found: bool
+    features: list[Feature]
+    top_categories: list[str]
+    feature_ts_ms: float
+    window_end_ms: float
+
+
+@strawberry.input
+class Filters:
+    include_categories: list[str] = strawberry.field(default_factory=list)
+    exclude_categories: list[str] = strawberry.field(default_factory=list)
+    exclude_items: list[str] = strawberry.field(default_factory=list)
+
+
+def _service(info) -> LookupService:
+    return info.context["request"].app.state.service
+
+
+@strawberry.type
+class Query:
+    @strawberry.field(description="A user's ranked list (or the popular fallback), filtered and cut to k.")
+    async def recommendations(self, info: strawberry.Info, user_id: str, k: int = 0,
+                              filters: Optional[Filters] = None, placement: str = "") -> Recommendations:
+        with Observed("graphql", "recommendations"):
+            f = filters or Filters()
+            req = lookup.check_request(user_id, k, _service(info).cfg.default_k, _service(info).cfg.max_k,
+                                       lookup.Filters(frozenset(f.include_categories), frozenset(f.exclude_categories),
+                                                      frozenset(f.exclude_items)), placement)
+            (rec,) = await _service(info).recommend([req])
+            return Recommendations.of(rec)
+
+    @strawberry.field(description="The features the user's list was computed from.")
+    async def user_features(self, info: strawberry.Info, user_id: str) -> UserFeatures:
+        with Observed("graphql", "user_features"):
+            f = await _service(info).user_features(user_id)
+            return UserFeatures(user_id=f.user_id, found=f.found,
+                                features=[Feature(name=k, value=v) for k, v in f.features.items()],
+                                top_categories=f.top_categories, feature_ts_ms=f.feature_ts_ms,
+                                window_end_ms=f.window_end_ms)
+
+
+schema = strawberry.Schema(query=Query)
+
+
+# ---- the app ------------------------------------------------------------------------------
+
+def create_app(cfg: ServingConfig) -> FastAPI:
+    expected = bearer_token(cfg)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.service = LookupService(cfg)
+        await app.state.service.start()
+        log.info("gateway on http://%s:%d (redis %s:%d)", cfg.gateway.host, cfg.gateway.port,
+                 cfg.redis.host, cfg.redis.port)
+        yield
+        await app.state.service.close()
+
+    async def require_token(request: Request) -> None:
+        if not authorized(request.headers.get("authorization"), expected):
+            raise HTTPException(401, "send header 'Authorization: Bearer <token>'")
+
+    app = FastAPI(title="streamrank lookup gateway", lifespan=lifespan, dependencies=[Depends(require_token)])
+
+    @app.exception_handler(lookup.InvalidRequest)
+    async def invalid(request: Request, err: lookup.InvalidRequest):
+        return JSONResponse({"code": "INVALID_ARGUMENT", "error": str(err)}, status_code=400)
+
+    @app.exception_handler(StoreUnavailable)
+    async def unavailable(request: Request, err: StoreUnavailable):
+        return JSONResponse({"code": "UNAVAILABLE", "error": f"recommendation store unavailable ({err}); retry"},
+                            status_code=503)
+
+    def check(q: RecommendationQuery) -> lookup.Request:
+        return lookup.check_request(q.user_id, q.k, cfg.default_k, cfg.max_k,
+                                    lookup.Filters(frozenset(q.include_categories), frozenset(q.exclude_categories),
+                                                   frozenset(q.exclude_items)), q.placement)
+
+    @app.get("/v1/recommendations/{user_id}")
+    async def recommendations(request: Request, user_id: str, k: int = 0,
+                              include_categories: list[str] = Query([]), exclude_categories: list[str] = Query([]),
+                              exclude_items: list[str] = Query([]), placement: str = "") -> dict:
+        with Observed("http", "GetRecommendations"):
+            q = RecommendationQuery(user_id=user_id, k=k, include_categories=include_categories,
+                                    exclude_categories=exclude_categories, exclude_items=exclude_items,
+                                    placement=placement)
+            (rec,) = await request.app.state.service.recommend([check(q)])
+            return recommendation_json(rec)
+
+    @app.post("/v1/recommendations:batch")
+    async def batch(request: Request, body: BatchQuery) -> dict:
+        with Observed("http", "BatchGetRecommendations"):
+            answers = await request.app.state.service.recommend([check(q) for q in body.requests])
+            return {"responses": [recommendation_json(a) for a in answers]}
+
+    @app.get("/v1/users/{user_id}/features")
+    async def features(request: Request, user_id: str) -> dict:
+        with Observed("http", "GetUserFeatures"):
+            return asdict(await request.app.state.service.user_features(user_id))
+
+    @app.get("/healthz")
+    async def healthz(request: Request):
+        ok = await request.app.state.service.ping()
+        return JSONResponse({"status": "SERVING" if ok else "NOT_SERVING"}, status_code=200 if ok else 503)
+
+    app.include_router(GraphQLRouter(schema, context_getter=None), prefix="/graphql")
+    app.mount("/metrics", make_asgi_app())
+    return app
+
+
+def run_gateway(cfg: ServingConfig) -> None:
+    """Serves until SIGTERM/SIGINT (uvicorn finishes in-flight requests first)."""
+    uvicorn.run(create_app(cfg), host=cfg.gateway.host, port=cfg.gateway.port, log_config=None,
+                timeout_graceful_shutdown=cfg.grace_s)

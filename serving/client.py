@@ -39,7 +39,8 @@ class RecommendationsClient:
                  server_name: str | None = None) -> None:
         if not 0 <= retries <= 4:
             raise ValueError("retries must be 0-4 (gRPC allows at most 5 attempts)")
-        options = [("grpc.enable_retries", 1), ("grpc.service_config", retry_service_config(retries + 1))]
+        options = [("grpc.enable_retries", 1), ("grpc.service_config", retry_service_config(retries + 1))] \
+            if retries else [("grpc.enable_retries", 0)]
         if server_name:
             options.append(("grpc.ssl_target_name_override", server_name))
         if ca_file:

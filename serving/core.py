@@ -131,8 +131,10 @@ class LookupService:
 
     def __init__(self, cfg: ServingConfig) -> None:
         self.cfg = cfg
+        # one immediate retry, so a connection left stale by a Redis restart is replaced, not counted
+        # as a failure; the caller's budget (wait_for) still bounds the whole read
         self.redis = aredis.Redis(host=cfg.redis.host, port=cfg.redis.port, socket_timeout=cfg.redis_timeout_s,
-                                  socket_connect_timeout=cfg.redis_timeout_s, retry=Retry(NoBackoff(), 0))
+                                  socket_connect_timeout=cfg.redis_timeout_s, retry=Retry(NoBackoff(), 1))
         self.reads = Coalescer(self.redis)
         self.breaker = Breaker(cfg.breaker.failures, cfg.breaker.reset_s)
         self.popular = PopularCache([], 0.0)

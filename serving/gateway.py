@@ -111,7 +111,7 @@ def _service(info) -> LookupService:
 
 
 @strawberry.type
-class Query:
+class GraphQuery:
     @strawberry.field(description="A user's ranked list (or the popular fallback), filtered and cut to k.")
     async def recommendations(self, info: strawberry.Info, user_id: str, k: int = 0,
                               filters: Optional[Filters] = None, placement: str = "") -> Recommendations:
@@ -133,7 +133,7 @@ class Query:
                                 window_end_ms=f.window_end_ms)
 
 
-schema = strawberry.Schema(query=Query)
+schema = strawberry.Schema(query=GraphQuery)
 
 
 # ---- the app ------------------------------------------------------------------------------

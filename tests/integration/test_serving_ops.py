@@ -1,0 +1,336 @@
+"""The lookup service's resilience, security and operations, against real Redis processes and real
+servers on free ports: Redis killed or frozen mid-load (answers fall back within the deadline, the
+breaker opens, health flips and recovers), TLS and mutual TLS, client retries, graceful drain on
+SIGTERM with metrics and JSON logs from the real `streamrank serve` process, and the HTTP/GraphQL
+gateway answering what gRPC answers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import httpx
+import pytest
+import trustme
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from contract import keys
+from contract.config import load_serving_config
+from deploy.paths import PROJECT_ROOT
+from deploy.stack import free_port, port_open, start_redis, stop_pid
+from serving.client import RecommendationsClient
+from serving.server import ServerThread, pb, pb_grpc
+from tests.integration.helpers import child_env
+from tests.integration.test_serving import seed
+
+SERVICE = "streamrank.v1.Recommendations"
+
+
+def health_status(channel) -> int:
+    return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=2).status
+
+
+def wait_until(check, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return check()
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    """A Redis this test may kill: (port, client, restart)."""
+    import redis
+
+    port = free_port()
+    svc = {"pid": start_redis(tmp_path, port).pid}
+    client = redis.Redis(port=port)
+    seed(client)
+
+    def restart():
+        svc["pid"] = start_redis(tmp_path, port).pid
+        seed(client)
+
+    yield port, client, restart, svc
+    stop_pid(svc["pid"])
+
+
+def test_redis_killed_mid_load_answers_fall_back_within_deadline(own_redis):
+    port, r, restart, svc = own_redis
+    cfg = load_serving_config(None, {"redis.port": port, "health_interval_s": 0.1, "redis_timeout_s": 0.2,
+                                     "breaker.failures": 3, "breaker.reset_s": 0.5, "cache.refresh_s": 0.2})
+    deadline_s = 0.25
+    with ServerThread(cfg) as server, grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+        stub = pb_grpc.RecommendationsStub(ch)
+        assert wait_until(lambda: health_status(ch) == health_pb2.HealthCheckResponse.SERVING)
+        results: list[tuple[float, float, str, list[str]]] = []  # (start, seconds, fallback reason, items)
+        stop = threading.Event()
+
+        def load():
+            while not stop.is_set():
+                t = time.monotonic()
+                resp = stub.GetRecommendations(pb.GetRecommendationsRequest(user_id="u1", k=3), timeout=deadline_s)
+                results.append((t, time.monotonic() - t, resp.fallback_reason, [i.item_id for i in resp.items]))
+
+        with ThreadPoolExecutor(4) as pool:
+            workers = [pool.submit(load) for _ in range(4)]
+            time.sleep(0.5)
+            killed_at = time.monotonic()
+            os.killpg(svc["pid"], signal.SIGKILL)
+            assert wait_until(lambda: health_status(ch) == health_pb2.HealthCheckResponse.NOT_SERVING)
+            time.sleep(1.0)
+            restart()
+            assert wait_until(lambda: health_status(ch) == health_pb2.HealthCheckResponse.SERVING)
+            restarted_at = time.monotonic()
+            time.sleep(1.5)  # past the breaker's reset
+            stop.set()
+            for w in workers:
+                w.result()  # no call raised: none outlived its deadline, none failed
+
+        before = [x for x in results if x[0] + x[1] < killed_at]
+        during = [x for x in results if killed_at + 0.05 < x[0] < restarted_at - 0.05]
+        after = [x for x in results if x[0] > restarted_at + 1.0]
+        assert before and during and after
+        assert max(x[1] for x in results) < deadline_s
+        assert all(x[2] == "" and x[3] == ["i0", "i1", "i2"] for x in before)
+        # while Redis is dead every answer is the cached popular list, marked as such
+        assert all(x[2] == "store_unavailable" and x[3] == ["t0", "t1", "t2"] for x in during)
+        assert all(x[2] == "" and x[3] == ["i0", "i1", "i2"] for x in after), sorted({x[2] for x in after})
+        # GetUserFeatures has no fallback: UNAVAILABLE while Redis is down is the honest answer
+        assert stub.GetUserFeatures(pb.GetUserFeaturesRequest(user_id="u1"), timeout=1).found
+
+
+def test_frozen_redis_breaker_opens_and_calls_keep_their_deadline(own_redis):
+    port, r, restart, svc = own_redis
+    cfg = load_serving_config(None, {"redis.port": port, "redis_timeout_s": 0.5, "breaker.failures": 2,
+                                     "breaker.reset_s": 30})
+    with ServerThread(cfg) as server, grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+        stub = pb_grpc.RecommendationsStub(ch)
+        os.killpg(svc["pid"], signal.SIGSTOP)  # a Redis that accepts connections and never answers
+        try:
+            timings = []
+            for _ in range(6):
+                t = time.monotonic()
+                resp = stub.GetRecommendations(pb.GetRecommendationsRequest(user_id="u1", k=2), timeout=0.15)
+                timings.append(time.monotonic() - t)
+                assert resp.fallback_reason == "store_unavailable" and [i.item_id for i in resp.items] == ["t0", "t1"]
+            # the first two wait out the deadline's budget; then the breaker answers at once
+            assert all(0.1 < s < 0.15 for s in timings[:2]) and all(s < 0.1 for s in timings[2:])
+            with pytest.raises(grpc.RpcError) as err:
+                stub.GetUserFeatures(pb.GetUserFeaturesRequest(user_id="u1"), timeout=1)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "circuit breaker open" in err.value.details()
+        finally:
+            os.killpg(svc["pid"], signal.SIGCONT)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    """A throwaway CA, a server certificate for 127.0.0.1 and a client certificate."""
+    d = tmp_path_factory.mktemp("pki")
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(d / "ca.pem"))
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    server.private_key_pem.write_to_path(str(d / "server.key"))
+    server.cert_chain_pems[0].write_to_path(str(d / "server.pem"))
+    client = ca.issue_cert("cms-middleware@example.test")
+    client.private_key_pem.write_to_path(str(d / "client.key"))
+    client.cert_chain_pems[0].write_to_path(str(d / "client.pem"))
+    return d
+
+
+def test_tls_and_mutual_tls(redis_db, pki):
+    port, r = redis_db
+    seed(r)
+    tls = {"tls": {"cert_file": str(pki / "server.pem"), "key_file": str(pki / "server.key")}}
+    cfg = load_serving_config(None, {"redis.port": port, **tls})
+    with ServerThread(cfg) as server:
+        target = f"127.0.0.1:{server.port}"
+        with RecommendationsClient(target, ca_file=str(pki / "ca.pem"), deadline_s=5) as client:
+            assert [i.item_id for i in client.recommendations("u1", 2).items] == ["i0", "i1"]
+        with RecommendationsClient(target, deadline_s=2, retries=0) as plaintext:
+            with pytest.raises(grpc.RpcError) as err:
+                plaintext.recommendations("u1", 2)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+    mtls = {"tls": {**tls["tls"], "client_ca_file": str(pki / "ca.pem")}}
+    cfg = load_serving_config(None, {"redis.port": port, **mtls})
+    with ServerThread(cfg) as server:
+        target = f"127.0.0.1:{server.port}"
+        with RecommendationsClient(target, ca_file=str(pki / "ca.pem"), cert_file=str(pki / "client.pem"),
+                                   key_file=str(pki / "client.key"), deadline_s=5) as client:
+            assert client.recommendations("u1", 2).items
+        with RecommendationsClient(target, ca_file=str(pki / "ca.pem"), deadline_s=2, retries=0) as anonymous:
+            with pytest.raises(grpc.RpcError) as err:
+                anonymous.recommendations("u1", 2)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_tls_config_names_a_missing_file(tmp_path):
+    from contract.config import ConfigError
+
+    with pytest.raises(ConfigError, match="tls.*cert_file.*not a readable file"):
+        load_serving_config(None, {"tls": {"cert_file": str(tmp_path / "nope.pem"), "key_file": str(tmp_path / "k")}})
+
+
+def test_token_authentication(redis_db, monkeypatch):
+    port, r = redis_db
+    seed(r)
+    monkeypatch.setenv("STREAMRANK_TEST_TOKEN", "s3cret")
+    cfg = load_serving_config(None, {"redis.port": port, "auth_token_env": "STREAMRANK_TEST_TOKEN"})
+    with ServerThread(cfg) as server:
+        target = f"127.0.0.1:{server.port}"
+        for token in (None, "wrong"):
+            with RecommendationsClient(target, token=token, deadline_s=5) as client:
+                with pytest.raises(grpc.RpcError) as err:
+                    client.recommendations("u1")
+                assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with RecommendationsClient(target, token="s3cret", deadline_s=5) as client:
+            assert client.recommendations("u1").items
+            assert health_status(client.channel) == health_pb2.HealthCheckResponse.SERVING  # no token needed
+
+
+class Flaky(pb_grpc.RecommendationsServicer):
+    """A real gRPC server that fails the first `failures` calls with UNAVAILABLE."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures, self.calls = failures, 0
+
+    def GetRecommendations(self, request, context):  # noqa: N802
+        self.calls += 1
+        if self.calls <= self.failures:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "try again")
+        return pb.GetRecommendationsResponse(user_id=request.user_id)
+
+
+@pytest.mark.parametrize("failures, retries, ok", [(2, 2, True), (3, 2, False), (1, 0, False)])
+def test_client_retries_unavailable(failures, retries, ok):
+    from concurrent import futures
+
+    servicer = Flaky(failures)
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    pb_grpc.add_RecommendationsServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with RecommendationsClient(f"127.0.0.1:{port}", retries=retries, deadline_s=5) as client:
+            if ok:
+                assert client.recommendations("u1").user_id == "u1"
+            else:
+                with pytest.raises(grpc.RpcError) as err:
+                    client.recommendations("u1")
+                assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert servicer.calls == min(failures + 1, retries + 1)
+    finally:
+        server.stop(0)
+
+
+def test_sigterm_drains_in_flight_calls_with_metrics_and_json_logs(own_redis, tmp_path):
+    port, r, restart, svc = own_redis
+    grpc_port, metrics_port = free_port(), free_port()
+    config = tmp_path / "serving.toml"
+    config.write_text(f'port = {grpc_port}\nredis_timeout_s = 10.0\ngrace_s = 10.0\nmetrics_port = {metrics_port}\n'
+                      f'[redis]\nport = {port}\n')
+    stderr = tmp_path / "serve.log"
+    with open(stderr, "wb") as err_out:
+        proc = subprocess.Popen([sys.executable, "-m", "deploy.cli", "serve", "--config", str(config)],
+                                cwd=PROJECT_ROOT, stdout=err_out, stderr=subprocess.STDOUT, env=child_env())
+    try:
+        assert wait_until(lambda: port_open(grpc_port) and port_open(metrics_port), 30), stderr.read_text()
+        with RecommendationsClient(f"127.0.0.1:{grpc_port}", deadline_s=10, retries=0) as client:
+            assert client.recommendations("u1", 2).items
+            with pytest.raises(grpc.RpcError):
+                client.recommendations("not valid!")
+            metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
+            assert 'streamrank_serving_requests_total{code="OK",interface="grpc",method="GetRecommendations"} 1.0' in metrics
+            assert 'code="INVALID_ARGUMENT",interface="grpc",method="GetRecommendations"} 1.0' in metrics
+            assert "streamrank_serving_request_seconds_bucket" in metrics
+
+            os.killpg(svc["pid"], signal.SIGSTOP)  # the next call stays in flight until Redis resumes
+            with ThreadPoolExecutor(1) as pool:
+                in_flight = pool.submit(client.recommendations, "u1", 2)
+                time.sleep(0.3)
+                proc.send_signal(signal.SIGTERM)
+                time.sleep(0.5)
+                assert proc.poll() is None  # still draining
+                os.killpg(svc["pid"], signal.SIGCONT)
+                resp = in_flight.result()
+            assert not resp.fallback and [i.item_id for i in resp.items] == ["i0", "i1"]
+        assert proc.wait(15) == 0
+    finally:
+        os.killpg(svc["pid"], signal.SIGCONT)
+        if proc.poll() is None:
+            proc.kill()
+    lines = [json.loads(line) for line in stderr.read_text().splitlines() if line.startswith("{")]
+    messages = [x["message"] for x in lines]
+    assert all({"asctime", "level", "logger", "message"} <= set(x) for x in lines)
+    assert any(m.startswith("serving streamrank.v1.Recommendations") for m in messages)
+    assert any(m.startswith("draining in-flight calls") for m in messages) and messages[-1] == "stopped"
+
+
+def test_gateway_and_graphql_answer_what_grpc_answers(redis_db):
+    import uvicorn
+
+    from serving.gateway import create_app
+
+    port, r = redis_db
+    seed(r)
+    cfg = load_serving_config(None, {"redis.port": port, "max_k": 10, "default_k": 4})
+    http_port = free_port()
+    gateway = uvicorn.Server(uvicorn.Config(create_app(cfg), host="127.0.0.1", port=http_port, log_config=None))
+    thread = threading.Thread(target=gateway.run, daemon=True)
+    thread.start()
+    try:
+        assert wait_until(lambda: gateway.started, 20)
+        base = f"http://127.0.0.1:{http_port}"
+        with ServerThread(cfg) as server, RecommendationsClient(f"127.0.0.1:{server.port}", deadline_s=5) as client:
+            cases = [("u1", 3, {}), ("u1", 10, {"include_categories": ["c1"], "exclude_items": ["i1"]}),
+                     ("nobody", 5, {"exclude_categories": ["c0"]})]
+            for user, k, filters in cases:
+                g = client.recommendations(user, k, **filters)
+                want = {"items": [(i.item_id, round(i.score, 6), i.category) for i in g.items],
+                        "model_version": g.model_version, "feature_ts_ms": g.feature_ts_ms,
+                        "fallback_reason": g.fallback_reason}
+
+                h = httpx.get(f"{base}/v1/recommendations/{user}", params={"k": k, **filters}).json()
+                assert {"items": [(i["item_id"], round(i["score"], 6), i["category"]) for i in h["items"]],
+                        "model_version": h["model_version"], "feature_ts_ms": h["feature_ts_ms"],
+                        "fallback_reason": h["fallback_reason"]} == want
+
+                gql = httpx.post(f"{base}/graphql", json={
+                    "query": "query($u: String!, $k: Int!, $f: Filters) { recommendations(userId: $u, k: $k, filters: $f)"
+                             " { items { itemId score category } modelVersion featureTsMs fallbackReason } }",
+                    "variables": {"u": user, "k": k, "f": {_camel(n): v for n, v in filters.items()}}}).json()
+                q = gql["data"]["recommendations"]
+                assert {"items": [(i["itemId"], round(i["score"], 6), i["category"]) for i in q["items"]],
+                        "model_version": q["modelVersion"], "feature_ts_ms": int(q["featureTsMs"]),
+                        "fallback_reason": q["fallbackReason"]} == want
+
+            batch = httpx.post(f"{base}/v1/recommendations:batch",
+                               json={"requests": [{"user_id": "u1", "k": 1}, {"user_id": "cold", "k": 2}]}).json()
+            assert [(x["fallback"], len(x["items"])) for x in batch["responses"]] == [(False, 1), (True, 2)]
+            f = httpx.get(f"{base}/v1/users/u1/features").json()
+            assert f["found"] and f["features"] == dict(client.user_features("u1").features)
+
+        bad = httpx.get(f"{base}/v1/recommendations/not%20valid")
+        assert bad.status_code == 400 and bad.json()["code"] == "INVALID_ARGUMENT"
+        gql_bad = httpx.post(f"{base}/graphql", json={"query": '{ recommendations(userId: "not valid") { userId } }'}).json()
+        assert "user_id must be" in gql_bad["errors"][0]["message"]
+        assert httpx.get(f"{base}/healthz").json() == {"status": "SERVING"}
+        assert 'interface="http",method="GetRecommendations"' in httpx.get(f"{base}/metrics/").text
+    finally:
+        gateway.should_exit = True
+        thread.join(10)
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(p.title() for p in rest)

@@ -1,5 +1,5 @@
 """The lookup core both front ends share (gRPC in serving.server, HTTP/GraphQL in
-serving.gateway): asyncio reads from Redis with concurrent GETs coalesced into one MGET, a local
+serving.gateway): asyncio reads from Redis (one MGET per call, batch calls included), a local
 cache of popular lists, a circuit breaker, deadlines, and Prometheus metrics.
 
 A call never waits on Redis longer than min(redis_timeout_s, the caller's remaining deadline minus
@@ -9,19 +9,18 @@ popular-list cache, marked fallback with reason `store_unavailable`."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from dataclasses import dataclass
 
-import redis.asyncio as aredis
 from prometheus_client import Counter, Gauge, Histogram
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from contract import keys
 from contract.config import ConfigError, FeatureConfig, ServingConfig, load_config
 from deploy.paths import PROJECT_ROOT
 from serving import lookup
+from serving.resp import PipelinedRedis, RedisReplyError, RedisUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -85,41 +84,6 @@ class Breaker:
             BREAKER_OPEN.set(1)
 
 
-class Coalescer:
-    """Concurrent GETs issued in the same event-loop turn leave as one MGET."""
-
-    def __init__(self, client: aredis.Redis) -> None:
-        self.client = client
-        self.pending: dict[str, list[asyncio.Future]] = {}
-
-    def get(self, key: str) -> asyncio.Future:
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        if not self.pending:
-            loop.call_soon(self._flush)
-        self.pending.setdefault(key, []).append(fut)
-        return fut
-
-    def _flush(self) -> None:
-        batch, self.pending = self.pending, {}
-        task = asyncio.ensure_future(self._read(batch))
-        task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
-
-    async def _read(self, batch: dict[str, list[asyncio.Future]]) -> None:
-        try:
-            values = await self.client.mget(list(batch))
-        except Exception as err:  # noqa: BLE001 (every waiter gets the error)
-            for futs in batch.values():
-                for f in futs:
-                    if not f.done():
-                        f.set_exception(err)
-            return
-        for futs, value in zip(batch.values(), values):
-            for f in futs:
-                if not f.done():
-                    f.set_result(value)
-
-
 @dataclass
 class PopularCache:
     items: list[keys.ScoredItem]
@@ -131,11 +95,7 @@ class LookupService:
 
     def __init__(self, cfg: ServingConfig) -> None:
         self.cfg = cfg
-        # one immediate retry, so a connection left stale by a Redis restart is replaced, not counted
-        # as a failure; the caller's budget (wait_for) still bounds the whole read
-        self.redis = aredis.Redis(host=cfg.redis.host, port=cfg.redis.port, socket_timeout=cfg.redis_timeout_s,
-                                  socket_connect_timeout=cfg.redis_timeout_s, retry=Retry(NoBackoff(), 1))
-        self.reads = Coalescer(self.redis)
+        self.redis = PipelinedRedis(cfg.redis.host, cfg.redis.port, cfg.redis_timeout_s)
         self.breaker = Breaker(cfg.breaker.failures, cfg.breaker.reset_s)
         self.popular = PopularCache([], 0.0)
         self.features_cfg = _feature_config(cfg)
@@ -149,22 +109,23 @@ class LookupService:
     async def close(self) -> None:
         if self._refresher:
             self._refresher.cancel()
-        await self.redis.aclose()
+        await self.redis.close()
 
     async def ping(self) -> bool:
         try:
-            return bool(await asyncio.wait_for(self.redis.ping(), self.cfg.redis_timeout_s))
-        except (aredis.RedisError, OSError, asyncio.TimeoutError):
+            async with asyncio.timeout(self.cfg.redis_timeout_s):
+                return await self.redis.execute("PING") == b"PONG"
+        except (RedisUnavailable, RedisReplyError, asyncio.TimeoutError):
             return False
 
     async def refresh_popular(self) -> bool:
         try:
-            trending = await asyncio.wait_for(
-                self.redis.zrevrange(keys.TRENDING, 0, self.cfg.cache.popular_size - 1, withscores=True),
-                self.cfg.redis_timeout_s)
-            metas = (await asyncio.wait_for(self.redis.hmget(keys.ITEM_META, [i for i, _ in trending]),
-                                            self.cfg.redis_timeout_s)) if trending else []
-        except (aredis.RedisError, OSError, asyncio.TimeoutError) as err:
+            async with asyncio.timeout(self.cfg.redis_timeout_s):
+                flat = await self.redis.execute("ZREVRANGE", keys.TRENDING, 0, self.cfg.cache.popular_size - 1,
+                                                "WITHSCORES")
+                trending = [(flat[n], float(flat[n + 1])) for n in range(0, len(flat), 2)]
+                metas = await self.redis.execute("HMGET", keys.ITEM_META, *[i for i, _ in trending]) if trending else []
+        except (RedisUnavailable, RedisReplyError, asyncio.TimeoutError) as err:
             log.debug("popular cache not refreshed: %r", err)
             return False
         self.popular = PopularCache(lookup.popular_items(trending, metas), time.monotonic())
@@ -191,12 +152,13 @@ class LookupService:
         try:
             if budget <= 0:
                 raise asyncio.TimeoutError
-            values = await asyncio.wait_for(asyncio.gather(*(self.reads.get(k) for k in redis_keys)), budget)
+            async with asyncio.timeout(budget):  # no extra task per call, unlike wait_for
+                values = await self.redis.execute("MGET", *redis_keys)
         except asyncio.TimeoutError:
             REDIS_ERRORS.labels("timeout").inc()
             self.breaker.failure()
             raise StoreUnavailable(f"redis did not answer within {budget * 1000:.0f} ms") from None
-        except (aredis.RedisError, OSError) as err:
+        except (RedisUnavailable, RedisReplyError) as err:
             REDIS_ERRORS.labels(type(err).__name__).inc()
             self.breaker.failure()
             raise StoreUnavailable(f"redis error: {err}") from None
@@ -205,7 +167,7 @@ class LookupService:
 
     async def recommend(self, requests: list[lookup.Request], remaining_s: float | None = None
                         ) -> list[lookup.Recommendations]:
-        """Answers in request order; one MGET for all users (shared with concurrent calls)."""
+        """Answers in request order; one MGET for all users."""
         if len(requests) > lookup.MAX_BATCH:
             raise lookup.InvalidRequest(f"a batch takes at most {lookup.MAX_BATCH} requests")
         users = list(dict.fromkeys(r.user_id for r in requests))
@@ -249,6 +211,16 @@ def status_of(exc: BaseException | None) -> str:
     return "INTERNAL"
 
 
+@functools.cache
+def _latency(interface: str, method: str):
+    return LATENCY.labels(interface, method)
+
+
+@functools.cache
+def _requests(interface: str, method: str, code: str):
+    return REQUESTS.labels(interface, method, code)
+
+
 class Observed:
     """Times one call and counts it by interface, method and status code."""
 
@@ -261,5 +233,5 @@ class Observed:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.code = status_of(exc)
-        LATENCY.labels(self.interface, self.method).observe(time.perf_counter() - self.t0)
-        REQUESTS.labels(self.interface, self.method, self.code).inc()
+        _latency(self.interface, self.method).observe(time.perf_counter() - self.t0)
+        _requests(self.interface, self.method, self.code).inc()

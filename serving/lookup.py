@@ -38,6 +38,9 @@ class Filters:
         return bool(self.include_categories or self.exclude_categories)
 
 
+NO_FILTERS = Filters()
+
+
 @dataclass(frozen=True)
 class Request:
     user_id: str
@@ -103,13 +106,16 @@ def answer(request: Request, raw: bytes | None, popular: list[keys.ScoredItem], 
     r = request
     if raw is not None:
         d = orjson.loads(raw)
-        keep, items = r.filters.keep, []
-        for e in d["items"]:
-            item = keys.ScoredItem(e[0], float(e[1]), e[2] if len(e) > 2 else "")
-            if keep(item):
-                items.append(item)
-                if len(items) == r.k:
-                    break
+        if r.filters == NO_FILTERS:
+            items = [keys.ScoredItem(e[0], float(e[1]), e[2] if len(e) > 2 else "") for e in d["items"][: r.k]]
+        else:
+            keep, items = r.filters.keep, []
+            for e in d["items"]:
+                item = keys.ScoredItem(e[0], float(e[1]), e[2] if len(e) > 2 else "")
+                if keep(item):
+                    items.append(item)
+                    if len(items) == r.k:
+                        break
         feature_ts = int(d["feature_ts"])
         return Recommendations(r.user_id, items, d["model_version"], feature_ts, max(0, now_ms - feature_ts),
                                placement=r.placement)

@@ -29,6 +29,8 @@ CODES = {"INVALID_ARGUMENT": grpc.StatusCode.INVALID_ARGUMENT, "UNAVAILABLE": gr
 
 
 def _filters(msg) -> lookup.Filters:
+    if not (msg.include_categories or msg.exclude_categories or msg.exclude_items):
+        return lookup.NO_FILTERS
     return lookup.Filters(frozenset(msg.include_categories), frozenset(msg.exclude_categories),
                           frozenset(msg.exclude_items))
 

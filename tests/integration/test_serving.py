@@ -97,3 +97,26 @@ def test_oversized_batch_is_invalid(service):
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+
+
+def test_pipelined_redis_keeps_replies_in_order_and_reconnects(redis_db):
+    import asyncio
+
+    from serving.resp import PipelinedRedis, RedisReplyError
+
+    port, r = redis_db
+    r.mset({f"k{n}": f"v{n}" for n in range(500)})
+
+    async def scenario():
+        client = PipelinedRedis("127.0.0.1", port, 1.0)
+        got = await asyncio.gather(*(client.execute("GET", f"k{n}") for n in range(500)))
+        assert got == [f"v{n}".encode() for n in range(500)]
+        assert await client.execute("MGET", "k1", "missing") == [b"v1", None]
+        with pytest.raises(RedisReplyError, match="WRONGTYPE"):
+            await client.execute("HGET", "k1", "field")
+        r.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")  # drop our connection
+        await asyncio.sleep(0.1)
+        assert await client.execute("GET", "k2") == b"v2"  # a new connection, transparently
+        await client.close()
+
+    asyncio.run(scenario())

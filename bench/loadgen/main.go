@@ -1,0 +1,271 @@
+// loadgen: the load process of `python -m bench.serving`. It drives the streamrank gRPC lookup
+// service (closed loop at each concurrency, then open loop at half of the peak rate) and reads the
+// same keys from Redis directly, from this one process, and prints one JSON object. It is written
+// in Go so that the load generator's own CPU cost (2 cores shared with the server) stays small.
+// Requests are encoded with protowire and sent through a pass-through codec: no generated stubs.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"math/rand"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/encoding"
+	"google.golang.org/protobuf/encoding/protowire"
+)
+
+const method = "/streamrank.v1.Recommendations/GetRecommendations"
+
+// rawCodec passes pre-encoded protobuf bytes through unchanged.
+type rawCodec struct{}
+
+func (rawCodec) Marshal(v any) ([]byte, error)      { return *(v.(*[]byte)), nil }
+func (rawCodec) Unmarshal(data []byte, v any) error { *(v.(*[]byte)) = append([]byte(nil), data...); return nil }
+func (rawCodec) Name() string                       { return "proto" }
+
+func encodeRequest(user string, k int) []byte {
+	b := protowire.AppendTag(nil, 1, protowire.BytesType)
+	b = protowire.AppendString(b, user)
+	b = protowire.AppendTag(b, 2, protowire.VarintType)
+	return protowire.AppendVarint(b, uint64(k))
+}
+
+// countItems counts field 2 (items) of a GetRecommendationsResponse.
+func countItems(b []byte) int {
+	n := 0
+	for len(b) > 0 {
+		num, typ, l := protowire.ConsumeTag(b)
+		if l < 0 {
+			return -1
+		}
+		b = b[l:]
+		l = protowire.ConsumeFieldValue(num, typ, b)
+		if l < 0 {
+			return -1
+		}
+		if num == 2 {
+			n++
+		}
+		b = b[l:]
+	}
+	return n
+}
+
+type Summary struct {
+	QPS         float64  `json:"qps"`
+	P50         *float64 `json:"p50_ms"`
+	P99         *float64 `json:"p99_ms"`
+	Calls       int      `json:"calls"`
+	Concurrency int      `json:"concurrency,omitempty"`
+	Rate        float64  `json:"rate,omitempty"`
+	Errors      int64    `json:"errors"`
+}
+
+func summarize(lat []time.Duration, seconds float64) Summary {
+	s := Summary{Calls: len(lat), QPS: round(float64(len(lat))/seconds, 1)}
+	if len(lat) == 0 {
+		return s
+	}
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	p50 := round(float64(lat[len(lat)/2].Microseconds())/1000, 3)
+	i99 := int(float64(len(lat)) * 0.99)
+	if i99 >= len(lat) {
+		i99 = len(lat) - 1
+	}
+	p99 := round(float64(lat[i99].Microseconds())/1000, 3)
+	s.P50, s.P99 = &p50, &p99
+	return s
+}
+
+func round(x float64, digits int) float64 {
+	f, _ := strconv.ParseFloat(strconv.FormatFloat(x, 'f', digits, 64), 64)
+	return f
+}
+
+type call func(r *rand.Rand) error
+
+func closedLoop(c call, concurrency int, seconds, warmup float64) Summary {
+	var mu sync.Mutex
+	var all []time.Duration
+	var errors int64
+	start := time.Now()
+	measure := start.Add(time.Duration(warmup * float64(time.Second)))
+	end := measure.Add(time.Duration(seconds * float64(time.Second)))
+	var wg sync.WaitGroup
+	for n := 0; n < concurrency; n++ {
+		wg.Add(1)
+		go func(n int) {
+			defer wg.Done()
+			r := rand.New(rand.NewSource(int64(n)))
+			var mine []time.Duration
+			for {
+				t := time.Now()
+				if !t.Before(end) {
+					break
+				}
+				if err := c(r); err != nil {
+					atomic.AddInt64(&errors, 1)
+				}
+				if !t.Before(measure) {
+					mine = append(mine, time.Since(t))
+				}
+			}
+			mu.Lock()
+			all = append(all, mine...)
+			mu.Unlock()
+		}(n)
+	}
+	wg.Wait()
+	s := summarize(all, seconds)
+	s.Concurrency, s.Errors = concurrency, errors
+	return s
+}
+
+// openLoop starts calls on a fixed schedule, each in its own goroutine, so a slow answer never
+// delays the next call (no coordinated omission); latency counts from the call's start, so the
+// generator's own timer jitter is not charged to the server.
+func openLoop(c call, rate, seconds float64) Summary {
+	total := int(rate * seconds)
+	lat := make([]time.Duration, total)
+	var errors int64
+	var wg sync.WaitGroup
+	t0 := time.Now()
+	for i := 0; i < total; i++ {
+		due := t0.Add(time.Duration(float64(i) / rate * float64(time.Second)))
+		if d := time.Until(due); d > 0 {
+			time.Sleep(d)
+		}
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			r := rand.New(rand.NewSource(int64(i)))
+			start := time.Now()
+			if err := c(r); err != nil {
+				atomic.AddInt64(&errors, 1)
+			}
+			lat[i] = time.Since(start)
+		}(i)
+	}
+	wg.Wait()
+	s := summarize(lat, seconds)
+	s.Rate, s.Errors = round(rate, 1), errors
+	return s
+}
+
+type Curve struct {
+	Curve   []Summary `json:"curve"`
+	PeakQPS float64   `json:"peak_qps"`
+	Half    *Summary  `json:"at_half_peak,omitempty"`
+	Direct  *Summary  `json:"at_grpc_half_peak,omitempty"`
+}
+
+func peak(c []Summary) float64 {
+	p := 0.0
+	for _, s := range c {
+		if s.QPS > p {
+			p = s.QPS
+		}
+	}
+	return p
+}
+
+func ints(s string) []int {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		v, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "not a number list: %q\n", s)
+			os.Exit(2)
+		}
+		out = append(out, v)
+	}
+	return out
+}
+
+func main() {
+	target := flag.String("target", "127.0.0.1:50051", "gRPC host:port")
+	redisAddr := flag.String("redis", "127.0.0.1:16379", "Redis host:port (direct GETs of the same keys)")
+	users := flag.Int("users", 10000, "users u0..u{N-1} with stored lists")
+	ks := flag.String("k", "10,25,100", "k values")
+	concs := flag.String("concurrency", "1,2,4,8,16,32,64", "closed-loop concurrency steps")
+	channels := flag.Int("channels", 4, "gRPC connections the callers share")
+	seconds := flag.Float64("seconds", 3, "measured seconds per step")
+	warmup := flag.Float64("warmup", 0.5, "unmeasured seconds before each closed-loop step")
+	flag.Parse()
+
+	conns := make([]*grpc.ClientConn, *channels)
+	for i := range conns {
+		c, err := grpc.NewClient(*target, grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithDefaultCallOptions(grpc.ForceCodec(encoding.Codec(rawCodec{}))))
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "dial:", err)
+			os.Exit(1)
+		}
+		conns[i] = c
+	}
+	out := map[string]any{}
+	grpcOut := map[string]Curve{}
+	var kHalf float64
+	for _, k := range ints(*ks) {
+		reqs := make([][]byte, *users)
+		for u := range reqs {
+			reqs[u] = encodeRequest(fmt.Sprintf("u%d", u), k)
+		}
+		want := k
+		c := func(r *rand.Rand) error {
+			req := reqs[r.Intn(len(reqs))]
+			var resp []byte
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			if err := conns[r.Intn(len(conns))].Invoke(ctx, method, &req, &resp); err != nil {
+				return err
+			}
+			if n := countItems(resp); n != want {
+				return fmt.Errorf("%d items, wanted %d", n, want)
+			}
+			return nil
+		}
+		var curve []Summary
+		for _, n := range ints(*concs) {
+			curve = append(curve, closedLoop(c, n, *seconds, *warmup))
+		}
+		p := peak(curve)
+		half := openLoop(c, p/2, *seconds)
+		grpcOut[strconv.Itoa(k)] = Curve{Curve: curve, PeakQPS: p, Half: &half}
+		if k == 25 || kHalf == 0 {
+			kHalf = p / 2
+		}
+	}
+	out["grpc"] = grpcOut
+
+	rdb := redis.NewClient(&redis.Options{Addr: *redisAddr, PoolSize: 128})
+	keys := make([]string, *users)
+	for u := range keys {
+		keys[u] = fmt.Sprintf("rec:u%d", u)
+	}
+	rc := func(r *rand.Rand) error {
+		return rdb.Get(context.Background(), keys[r.Intn(len(keys))]).Err()
+	}
+	var curve []Summary
+	for _, n := range ints(*concs) {
+		curve = append(curve, closedLoop(rc, n, *seconds, *warmup))
+	}
+	direct := openLoop(rc, kHalf, *seconds)
+	out["redis"] = Curve{Curve: curve, PeakQPS: peak(curve), Direct: &direct}
+	enc := json.NewEncoder(os.Stdout)
+	if err := enc.Encode(out); err != nil {
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,143 @@
+"""Lookup-service benchmark: its own Redis seeded with lists, `streamrank serve` as a separate
+process, and the load from another process (bench/loadgen, a small Go program, built here with
+`go build` on first use): closed loop at concurrency 1-64 for k = 10, 25 and 100, then open loop at
+half of the peak rate, and direct Redis GETs of the same keys from the same load process. The load
+generator is Go so that its own CPU (the machine has 2 cores) is small: a Python grpc.aio load
+process took most of a core at 3,500 calls/s. Writes a latency/throughput plot; the last stdout
+line is JSON.
+
+    .venv/bin/python -m bench.serving [--users 10000] [--seconds 3] [--plot var/bench/serving.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+from tqdm import tqdm
+
+from contract import keys
+from deploy.paths import PROJECT_ROOT
+from deploy.stack import free_port, port_open, start_redis, stop_pid
+
+ITEMS_PER_LIST = 100
+
+
+def seed(r: redis.Redis, users: int) -> None:
+    now = int(time.time() * 1000)
+    pipe = r.pipeline(transaction=False)
+    for u in tqdm(range(users), desc="seeding lists", unit="user", mininterval=1):
+        items = [keys.ScoredItem(f"i{(u * 7 + n) % 5000}", 1.0 - n / ITEMS_PER_LIST, f"c{n % 12}")
+                 for n in range(ITEMS_PER_LIST)]
+        pipe.set(keys.rec_key(f"u{u}"), keys.RecList(items, "v0001", now, now).encode())
+        if u % 1000 == 999:
+            pipe.execute()
+    pipe.zadd(keys.TRENDING, {f"i{n}": 1000 - n for n in range(500)})
+    pipe.execute()
+
+
+LOADGEN_SRC = PROJECT_ROOT / "bench" / "loadgen"
+LOADGEN = PROJECT_ROOT / ".cache" / "bin" / "loadgen"
+
+
+def build_loadgen() -> Path:
+    """go build (incremental: a no-op when nothing changed); modules from the Go module proxy."""
+    go = shutil.which("go")
+    if go is None:
+        raise SystemExit("bench.serving needs Go (https://go.dev/dl/) to build its load generator, bench/loadgen")
+    LOADGEN.parent.mkdir(parents=True, exist_ok=True)
+    out = subprocess.run([go, "build", "-o", str(LOADGEN), "."], cwd=LOADGEN_SRC, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"go build of bench/loadgen failed:\n{out.stderr[-3000:]}")
+    return LOADGEN
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for k, data in result["grpc"].items():
+        curve = data["curve"]
+        ax.plot([c["qps"] for c in curve], [c["p99_ms"] for c in curve], marker="o", label=f"gRPC k={k} p99")
+    curve = result["redis"]["curve"]
+    ax.plot([c["qps"] for c in curve], [c["p99_ms"] for c in curve], marker="s", linestyle="--",
+            label="Redis GET direct p99")
+    ax.set_xlabel("throughput (calls/s, closed loop, concurrency 1-64)")
+    ax.set_ylabel("p99 latency (ms)")
+    ax.set_yscale("log")
+    ax.set_xscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    ax.set_title("streamrank lookup service: latency vs throughput")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--users", type=int, default=10_000, help="users with a stored list (default 10000)")
+    p.add_argument("--seconds", type=float, default=3.0, help="measured seconds per load step (default 3)")
+    p.add_argument("--plot", default=str(PROJECT_ROOT / "var" / "bench" / "serving.png"), help="PNG to write")
+    args = p.parse_args()
+
+    loadgen = build_loadgen()
+    work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    redis_svc = start_redis(work, free_port())
+    server = None
+    try:
+        seed(redis.Redis(port=redis_svc.port), args.users)
+        grpc_port = free_port()
+        config = work / "serving.toml"
+        config.write_text(f'port = {grpc_port}\nlog_format = "text"\n[redis]\nport = {redis_svc.port}\n')
+        server_log = work / "serve.log"
+        with open(server_log, "wb") as out:
+            server = subprocess.Popen([sys.executable, "-m", "deploy.cli", "serve", "--config", str(config)],
+                                      cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 30
+        while not port_open(grpc_port):
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise SystemExit(f"server did not start; see {server_log}")
+            time.sleep(0.1)
+        print(f"load: k in 10/25/100, concurrency 1-64, {args.seconds:.0f} s a step (about "
+              f"{(3 * 8 + 8) * (args.seconds + 0.5):.0f} s)", file=sys.stderr, flush=True)
+        load = subprocess.run([str(loadgen), "-target", f"127.0.0.1:{grpc_port}",
+                               "-redis", f"127.0.0.1:{redis_svc.port}", "-users", str(args.users),
+                               "-seconds", str(args.seconds)], capture_output=True, text=True)
+        if load.returncode != 0:
+            raise SystemExit(f"load process failed:\n{load.stderr[-3000:]}")
+        result = json.loads(load.stdout.strip().splitlines()[-1])
+    finally:
+        if server is not None:
+            stop_pid(server.pid)
+        stop_pid(redis_svc.pid)
+
+    plot(result, Path(args.plot))
+    (Path(args.plot).with_suffix(".json")).write_text(json.dumps(result, indent=1))
+    summary: dict = {}
+    for k, data in result["grpc"].items():
+        half = data["at_half_peak"]
+        summary[f"k{k}"] = {"qps": data["peak_qps"], "p50_ms": half["p50_ms"], "p99_ms": half["p99_ms"],
+                            "half_peak_rate": half["rate"], "errors": sum(c["errors"] for c in data["curve"]) + half["errors"]}
+    direct = result["redis"]["at_grpc_half_peak"]
+    summary.update({"redis_get_qps": result["redis"]["peak_qps"], "redis_get_p99_ms": direct["p99_ms"],
+                    "redis_get_p50_ms": direct["p50_ms"], "users": args.users, "plot": args.plot})
+    k25 = summary.get("k25")
+    if k25 and direct["p99_ms"]:
+        summary["k25_p99_over_redis_p99"] = round(k25["p99_ms"] / direct["p99_ms"], 2)
+    print(f"curves and details: {Path(args.plot).with_suffix('.json')}", file=sys.stderr)
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

@@ -27,6 +27,8 @@ test-cluster: setup
 
 bench: setup
 	$(PY) -m bench.e2e
+	$(PY) -m bench.features
+	$(PY) -m bench.serving
 
 # Re-resolve the whole dependency set in one run (then commit requirements.lock).
 lock:

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from contract.config import JobConfig, load_config
-from contract.schema import CATEGORY_SQL, MAX_FUTURE_MS, MIN_TS_MS, validation_sql
+from contract.schema import CATEGORY_SQL, MAX_FUTURE_MS, MIN_TS_MS, parse_once_sql, validation_sql
 
 log = logging.getLogger("streamrank.jobs.recommend")
 
@@ -159,22 +159,22 @@ def build(t_env, cfg: JobConfig, *, sources: bool = True, sinks: bool = True):
     # (at or behind the watermark: event-time windows would drop it silently)
     t_env.execute_sql(f"""
 CREATE TEMPORARY VIEW checked AS
-SELECT payload, src_topic, src_partition, src_offset, event_time,
-  {validation_sql('payload', 'kafka_ts_ms')} AS reason,
-  COALESCE(event_time <= CURRENT_WATERMARK(event_time), FALSE) AS is_late
-FROM interactions_src""")
+SELECT *, {validation_sql('kafka_ts_ms')} AS reason
+FROM (
+  SELECT payload, src_topic, src_partition, src_offset, event_time, kafka_ts_ms,
+    COALESCE(event_time <= CURRENT_WATERMARK(event_time), FALSE) AS is_late,
+    {parse_once_sql('payload')}
+  FROM interactions_src
+)""")
 
     # events: valid, on-time interactions, typed; consent travels on (Python counts opt-outs)
     t_env.execute_sql(f"""
 CREATE TEMPORARY VIEW events AS
-SELECT JSON_VALUE(payload, '$.event_id') AS event_id,
-  JSON_VALUE(payload, '$.user_id') AS user_id,
-  JSON_VALUE(payload, '$.item_id') AS item_id,
-  JSON_VALUE(payload, '$.type') AS etype,
-  CAST(JSON_VALUE(payload, '$.ts') AS BIGINT) AS ts,
-  COALESCE(TRY_CAST(JSON_VALUE(payload, '$.value') AS DOUBLE), 0.0) AS amount,
-  {CATEGORY_SQL.format(raw='payload')} AS category,
-  CASE WHEN LOWER(COALESCE(JSON_VALUE(payload, '$.consent'), 'true')) = 'false' THEN '0' ELSE '1' END AS consent,
+SELECT j_event_id AS event_id, j_user_id AS user_id, j_item_id AS item_id, j_type AS etype,
+  CAST(j_ts AS BIGINT) AS ts,
+  COALESCE(TRY_CAST(j_value AS DOUBLE), 0.0) AS amount,
+  {CATEGORY_SQL.format(category='j_category')} AS category,
+  CASE WHEN LOWER(COALESCE(j_consent, 'true')) = 'false' THEN '0' ELSE '1' END AS consent,
   event_time
 FROM checked
 WHERE reason IS NULL AND NOT is_late""")

@@ -90,28 +90,38 @@ def validate(raw: str | bytes, ingest_ts_ms: int | None = None) -> Interaction:
 
 
 def sanitize_category(category: object) -> str:
-    """Categories travel inside Flink's per-window event lists, where '|' and ';' separate fields."""
-    if category is None or category == "":
+    """Categories travel inside Flink's per-window event lists, where '|' and ';' separate fields.
+    Only strings and numbers name a category; anything else is 'unknown'."""
+    if isinstance(category, bool) or not isinstance(category, (str, int, float)) or category == "":
         return "unknown"
     return re.sub(r"[|;]", "_", str(category))
 
 
-CATEGORY_SQL = "REGEXP_REPLACE(COALESCE(NULLIF({category}, ''), 'unknown'), '[|;]', '_')"
+# over parse_once_sql's columns; the same rule as sanitize_category
+CATEGORY_SQL = ("CASE WHEN t_category IN ('string', 'integer', 'float') AND j_category <> '' "
+                "THEN REGEXP_REPLACE(j_category, '[|;]', '_') ELSE 'unknown' END")
+# consent is withdrawn only by false or "false" (any case); the same rule as validate
+CONSENT_SQL = ("CASE WHEN (t_consent = 'boolean' AND j_consent = 'false') OR "
+               "(t_consent = 'string' AND LOWER(j_consent) = 'false') THEN '0' ELSE '1' END")
 
 # The JSON fields the job reads; parse_once_sql extracts each once per record into `j_<field>`.
 JSON_FIELDS = ("event_id", "user_id", "item_id", "type", "ts", "value", "category", "consent")
 
 
-def parse_once_sql(raw: str = "payload") -> str:
-    """Projection extracting every field the job reads once per record, as `j_<field>` columns
-    (and `j_is_object`). The RAND() guard (always true) makes each column non-deterministic, so
-    Flink's planner computes it in this one Calc instead of inlining JSON_VALUE into every
-    consumer: before, the optimized plan held 146 JSON_VALUE calls, about 140 per record across
-    the DLQ, late, ledger and two window branches, and JSON parsing took 99% of the source thread
-    (JFR). The guard costs one random number per column."""
-    cols = [f"IF(RAND() < 2.0, {raw} IS NOT NULL AND {raw} IS JSON OBJECT, FALSE) AS j_is_object"]
-    cols += [f"IF(RAND() < 2.0, JSON_VALUE({raw}, '$.{f}'), CAST(NULL AS STRING)) AS j_{f}" for f in JSON_FIELDS]
-    return ",\n  ".join(cols)
+PARSE_FUNCTION = ("CREATE TEMPORARY FUNCTION IF NOT EXISTS parse_interaction AS "
+                  "'io.streamrank.udf.ParseInteraction' LANGUAGE JAVA")
+
+
+def parse_once_sql(source: str, raw: str = "payload") -> str:
+    """`source` (a table or a parenthesized query) with every field the job reads, parsed once per
+    record, added as `j_<field>` columns (and `j_is_object`), by the JVM function in deploy/maven/udf (register it with PARSE_FUNCTION).
+    It renders fields as JSON_VALUE would. Why: JFR showed the source thread 99% busy parsing JSON,
+    because Flink's planner inlines deterministic projections into every consumer (DLQ, late,
+    ledger, both windows): the plan held 146 JSON_VALUE calls. The function is declared
+    non-deterministic, so it is computed in its own projection instead."""
+    columns = ["j_is_object"] + [f"{kind}_{f}" for kind in ("j", "t") for f in JSON_FIELDS]
+    fields = ", ".join(f"j.{c} AS {c}" for c in columns)
+    return f"SELECT *, {fields} FROM (SELECT *, parse_interaction({raw}) AS j FROM {source})"
 
 
 def validation_sql(kafka_ts_ms: str = "kafka_ts_ms") -> str:
@@ -120,21 +130,20 @@ def validation_sql(kafka_ts_ms: str = "kafka_ts_ms") -> str:
     types = ", ".join(f"'{t}'" for t in EVENT_TYPES)
     flink_re = ID_PATTERN.replace("\\", "\\\\")
 
-    def jv(path: str) -> str:
-        return f"j_{path}"
-
+    numbers = "('integer', 'float')"
     id_checks = "\n".join(
-        f"  WHEN {jv(f)} IS NULL OR NOT REGEXP({jv(f)}, '{flink_re}') THEN 'bad_{f}'"
+        f"  WHEN t_{f} IS NULL OR t_{f} NOT IN ('string', 'integer', 'float') OR NOT REGEXP(j_{f}, '{flink_re}')"
+        f" THEN 'bad_{f}'"
         for f in ("event_id", "user_id", "item_id")
     )
-    ts = f"TRY_CAST({jv('ts')} AS BIGINT)"
-    value = f"TRY_CAST({jv('value')} AS DOUBLE)"
+    ts = "TRY_CAST(j_ts AS BIGINT)"
     return f"""CASE
   WHEN NOT j_is_object THEN 'not_json'
 {id_checks}
-  WHEN {jv('type')} IS NULL OR {jv('type')} NOT IN ({types}) THEN 'bad_type'
-  WHEN NOT REGEXP(COALESCE({jv('ts')}, ''), '^[0-9]{{1,15}}$') OR {ts} < {MIN_TS_MS}
+  WHEN t_type IS NULL OR t_type <> 'string' OR j_type NOT IN ({types}) THEN 'bad_type'
+  WHEN t_ts IS NULL OR t_ts <> 'integer' OR NOT REGEXP(j_ts, '^[0-9]{{1,15}}$') OR {ts} < {MIN_TS_MS}
        OR {ts} > {kafka_ts_ms} + {MAX_FUTURE_MS} THEN 'bad_ts'
-  WHEN {jv('value')} IS NOT NULL AND ({value} IS NULL OR {value} < 0) THEN 'bad_value'
+  WHEN t_value IS NOT NULL AND t_value <> 'null'
+       AND (t_value NOT IN {numbers} OR CAST(j_value AS DOUBLE) < 0) THEN 'bad_value'
   ELSE CAST(NULL AS STRING)
 END"""

@@ -22,10 +22,17 @@ def python_executable() -> str:
     return sys.executable
 
 
+UDF_JAR = CACHE / "udf" / "streamrank-udf.jar"
+
+
 def connector_jars() -> list[Path]:
+    """The jars the job ships in pipeline.jars: Flink's Kafka connector and streamrank's own
+    JVM functions (deploy/maven/udf)."""
     jars = sorted(FLINK_JARS.glob("flink-sql-connector-kafka-*.jar"))
     if not jars:
         raise FileNotFoundError(
             f"no Flink Kafka connector jar in {FLINK_JARS}; run `make setup` to fetch it"
         )
-    return jars
+    if not UDF_JAR.exists():
+        raise FileNotFoundError(f"no {UDF_JAR}; run `make setup` to build deploy/maven/udf")
+    return [*jars, UDF_JAR]

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from contract.config import JobConfig, load_config
-from contract.schema import CATEGORY_SQL, MAX_FUTURE_MS, MIN_TS_MS, parse_once_sql, validation_sql
+from contract.schema import CATEGORY_SQL, CONSENT_SQL, MAX_FUTURE_MS, MIN_TS_MS, PARSE_FUNCTION, parse_once_sql, validation_sql
 
 log = logging.getLogger("streamrank.jobs.recommend")
 
@@ -153,19 +153,19 @@ def build(t_env, cfg: JobConfig, *, sources: bool = True, sinks: bool = True):
         t_env.execute_sql(kafka_dlq_ddl(cfg))
         t_env.execute_sql(kafka_dlq_ddl(cfg, "late_sink", cfg.kafka.late_topic))
     register(t_env, cfg)
+    t_env.execute_sql(PARSE_FUNCTION)
     t_env.execute_sql("CREATE TABLE discard (written INT) WITH ('connector' = 'blackhole')")
 
     # checked: every input record, the DLQ reason (NULL when valid) and whether it is late
     # (at or behind the watermark: event-time windows would drop it silently)
+    stamped = """(
+  SELECT payload, src_topic, src_partition, src_offset, event_time, kafka_ts_ms,
+    COALESCE(event_time <= CURRENT_WATERMARK(event_time), FALSE) AS is_late
+  FROM interactions_src)"""
     t_env.execute_sql(f"""
 CREATE TEMPORARY VIEW checked AS
 SELECT *, {validation_sql('kafka_ts_ms')} AS reason
-FROM (
-  SELECT payload, src_topic, src_partition, src_offset, event_time, kafka_ts_ms,
-    COALESCE(event_time <= CURRENT_WATERMARK(event_time), FALSE) AS is_late,
-    {parse_once_sql('payload')}
-  FROM interactions_src
-)""")
+FROM ({parse_once_sql(stamped)})""")
 
     # events: valid, on-time interactions, typed; consent travels on (Python counts opt-outs)
     t_env.execute_sql(f"""
@@ -173,8 +173,8 @@ CREATE TEMPORARY VIEW events AS
 SELECT j_event_id AS event_id, j_user_id AS user_id, j_item_id AS item_id, j_type AS etype,
   CAST(j_ts AS BIGINT) AS ts,
   COALESCE(TRY_CAST(j_value AS DOUBLE), 0.0) AS amount,
-  {CATEGORY_SQL.format(category='j_category')} AS category,
-  CASE WHEN LOWER(COALESCE(j_consent, 'true')) = 'false' THEN '0' ELSE '1' END AS consent,
+  {CATEGORY_SQL} AS category,
+  {CONSENT_SQL} AS consent,
   event_time
 FROM checked
 WHERE reason IS NULL AND NOT is_late""")

@@ -40,6 +40,15 @@ if [ "$(cat "$STAMPS/jars" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$STAMPS/jars"
 fi
 
+# 2b. streamrank's JVM functions (deploy/maven/udf), built with Maven
+want=$(stamp_of deploy/maven/udf/pom.xml deploy/maven/udf/src/main/java/io/streamrank/udf/*.java)
+if [ "$(cat "$STAMPS/udf" 2>/dev/null)" != "$want" ] || [ ! -f "$CACHE/udf/streamrank-udf.jar" ]; then
+  echo "setup: building the job's JVM functions (deploy/maven/udf)"
+  mvn -q -B -f deploy/maven/udf/pom.xml package -DskipTests || fail "Maven build of deploy/maven/udf failed"
+  mkdir -p "$CACHE/udf" && cp deploy/maven/udf/target/streamrank-udf.jar "$CACHE/udf/"
+  echo "$want" > "$STAMPS/udf"
+fi
+
 # 3. Redis from Debian's packages
 if ! command -v redis-server >/dev/null; then
   echo "setup: installing Debian's redis-server"

@@ -133,6 +133,42 @@ def simulate(
     typer.echo(json.dumps({**report.as_dict(), "catalog_items": n_items}))
 
 
+@app.command("import")
+def import_events(
+    path: Annotated[Path, typer.Argument(help="the event log to import")],
+    fmt: Annotated[str, typer.Option("--format", help="retailrocket | online-retail")],
+    out: Annotated[Path, typer.Option(help="history file to write (JSONL, time-ordered; catalog beside it)")] = Path("var/import/history.jsonl"),
+    item_properties: Annotated[Optional[list[Path]], typer.Option(help="retailrocket item_properties CSV (repeatable)")] = None,
+    category_tree: Annotated[Optional[Path], typer.Option(help="retailrocket category_tree.csv (roll categories up)")] = None,
+    publish: Annotated[bool, typer.Option(help="also replay the events to Kafka")] = False,
+    rate: Annotated[Optional[float], typer.Option(help="with --publish: events/s (default: as fast as possible)")] = None,
+    config: ConfigOpt = DEFAULT_CONFIG,
+) -> None:
+    """Import RetailRocket or UCI Online Retail logs into the event schema; rejected rows are
+    listed with line numbers (and written to OUT.rejected.csv)."""
+    from traffic.importers import ImportFailed, import_file
+
+    _logging()
+    try:
+        report = import_file(path, fmt, out, item_properties=[str(p) for p in item_properties or []],
+                             category_tree=str(category_tree) if category_tree else None)
+    except (ImportFailed, FileNotFoundError) as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(2) from None
+    for line, reason, row in report.rejected[:20]:
+        typer.echo(f"rejected line {line}: {reason}: {row[:120]}", err=True)
+    if len(report.rejected) > 20:
+        typer.echo(f"... {len(report.rejected) - 20} more in {out}.rejected.csv", err=True)
+    summary = {**report.summary(), "history": str(out), "rejected_file": f"{out}.rejected.csv"}
+    if publish:
+        from traffic.publish import publish_history
+
+        cfg = _job_config(config, None)
+        summary["published"] = publish_history(out, cfg.kafka.bootstrap_servers, cfg.kafka.interactions_topic,
+                                               cfg.kafka.items_topic, rate)
+    typer.echo(json.dumps(summary))
+
+
 @app.command()
 def train(
     history: Annotated[Path, typer.Option(help="JSONL event history (streamrank simulate --history)")],

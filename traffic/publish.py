@@ -101,3 +101,31 @@ def write_history(sim: Simulator, path: str, count: int, rate_per_s: float, star
             else:
                 malformed += 1
     return PublishReport(sent, malformed, len(users), first, last)
+
+
+def publish_history(path: str | Path, bootstrap: str, topic: str, items_topic: str | None = None,
+                    rate_per_s: float | None = None, progress: bool = True) -> int:
+    """Replay a JSONL history file (and its catalog, to items_topic) to Kafka, keyed by user_id;
+    rate_per_s paces the sends (None: as fast as the broker takes them). Returns records sent."""
+    p = producer(bootstrap)
+    if items_topic and catalog_path(path).exists():
+        for line in catalog_path(path).read_text().splitlines():
+            if line.strip():
+                p.send(items_topic, key=json.loads(line)["item_id"].encode(), value=line.encode())
+    sent, wall0 = 0, time.time()
+    with open(path, "rb") as f:
+        total = sum(1 for _ in f)
+        f.seek(0)
+        for line in tqdm(f, total=total, desc=f"publishing to {topic}", unit="ev", mininterval=2, disable=not progress):
+            line = line.rstrip(b"\n")
+            if not line:
+                continue
+            if rate_per_s:
+                ahead = sent / rate_per_s - (time.time() - wall0)
+                if ahead > 0:
+                    time.sleep(ahead)
+            p.send(topic, key=json.loads(line)["user_id"].encode(), value=line)
+            sent += 1
+    p.flush()
+    p.close()
+    return sent

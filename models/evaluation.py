@@ -1,0 +1,147 @@
+"""Next-period evaluation of rankers on an event history (issue 4's `streamrank evaluate`, in progress):
+split by time, fit on the earlier part, and score each user's ranking against the items they
+interacted with in the later part.
+
+Metrics (binary relevance: an item is relevant when the user interacted with it in the test period):
+NDCG@k, HitRate@k, MRR (reciprocal rank of the first relevant item in the full ranking, 0 if none),
+and AUC (over the ranker's candidate list: the chance a relevant item is ranked above an irrelevant
+one; users whose list has no relevant or no irrelevant item are left out of AUC).
+
+Baselines (fitted on the training part only):
+- `popularity`: items by interaction count;
+- `trending`: items by exponentially decayed count (half-life `trending_half_life_s`) at the split;
+- `user_top_category`: popular items of the user's most frequent category, then global popularity;
+- `repeat`: the user's own past items by frequency, ties broken by recency, then global popularity.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from contract.schema import Interaction
+
+Ranker = Callable[[str], list[str]]  # user_id -> ranked item ids (best first)
+
+
+@dataclass
+class Split:
+    train: list[Interaction]
+    test: list[Interaction]
+    at_ms: int
+
+
+def split_by_time(events: Iterable[Interaction], train_fraction: float = 0.8) -> Split:
+    """Split at the event time below which `train_fraction` of the events lie."""
+    ordered = sorted(events, key=lambda e: e.ts)
+    if len(ordered) < 2:
+        raise ValueError("need at least two events to split by time")
+    at = ordered[min(len(ordered) - 1, int(len(ordered) * train_fraction))].ts
+    return Split([e for e in ordered if e.ts < at], [e for e in ordered if e.ts >= at], at)
+
+
+@dataclass
+class Baselines:
+    popular: list[str]
+    trending: list[str]
+    by_category: dict[str, list[str]]
+    category_of: dict[str, str]
+    user_items: dict[str, list[str]] = field(default_factory=dict)
+    user_top_category: dict[str, str] = field(default_factory=dict)
+    pool: int = 200
+
+    @staticmethod
+    def fit(train: list[Interaction], at_ms: int, trending_half_life_s: float = 86_400, pool: int = 200) -> Baselines:
+        counts = Counter(e.item_id for e in train)
+        decay = math.log(2) / (trending_half_life_s * 1000)
+        trend: dict[str, float] = defaultdict(float)
+        category_of: dict[str, str] = {}
+        per_user: dict[str, Counter] = defaultdict(Counter)
+        last_seen: dict[tuple[str, str], int] = {}
+        user_cats: dict[str, Counter] = defaultdict(Counter)
+        for e in train:
+            trend[e.item_id] += math.exp(-decay * (at_ms - e.ts))
+            category_of[e.item_id] = e.category
+            per_user[e.user_id][e.item_id] += 1
+            last_seen[(e.user_id, e.item_id)] = e.ts
+            user_cats[e.user_id][e.category] += 1
+        popular = [i for i, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+        by_category: dict[str, list[str]] = defaultdict(list)
+        for item in popular:
+            by_category[category_of[item]].append(item)
+        user_items = {u: [i for i, _ in sorted(c.items(), key=lambda kv: (-kv[1], -last_seen[(u, kv[0])], kv[0]))]
+                      for u, c in per_user.items()}
+        top_cat = {u: sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))[0][0] for u, c in user_cats.items()}
+        return Baselines(popular[:pool], [i for i, _ in sorted(trend.items(), key=lambda kv: (-kv[1], kv[0]))][:pool],
+                         dict(by_category), category_of, user_items, top_cat, pool)
+
+    def _then(self, first: list[str], rest: list[str]) -> list[str]:
+        seen = set(first)
+        return (first + [i for i in rest if i not in seen])[: self.pool]
+
+    def rankers(self) -> dict[str, Ranker]:
+        return {
+            "popularity": lambda u: self.popular,
+            "trending": lambda u: self.trending,
+            "user_top_category": lambda u: self._then(
+                self.by_category.get(self.user_top_category.get(u, ""), [])[: self.pool], self.popular),
+            "repeat": lambda u: self._then(self.user_items.get(u, []), self.popular),
+        }
+
+
+def ndcg_at(ranked: list[str], relevant: set[str], k: int) -> float:
+    dcg = sum(1 / math.log2(r + 2) for r, item in enumerate(ranked[:k]) if item in relevant)
+    ideal = sum(1 / math.log2(r + 2) for r in range(min(k, len(relevant))))
+    return dcg / ideal if ideal else 0.0
+
+
+def hit_at(ranked: list[str], relevant: set[str], k: int) -> float:
+    return 1.0 if any(item in relevant for item in ranked[:k]) else 0.0
+
+
+def reciprocal_rank(ranked: list[str], relevant: set[str]) -> float:
+    return next((1 / (r + 1) for r, item in enumerate(ranked) if item in relevant), 0.0)
+
+
+def auc(ranked: list[str], relevant: set[str]) -> float | None:
+    """Share of (relevant, irrelevant) pairs in the list where the relevant one ranks higher."""
+    pos = neg = above = 0
+    for item in ranked:
+        if item in relevant:
+            pos += 1
+        else:
+            neg += 1
+            above += pos  # every relevant item seen so far ranks above this irrelevant one
+    if pos == 0 or neg == 0:
+        return None
+    return above / (pos * neg)
+
+
+def relevant_items(test: list[Interaction], users: set[str] | None = None) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = defaultdict(set)
+    for e in test:
+        if users is None or e.user_id in users:
+            out[e.user_id].add(e.item_id)
+    return dict(out)
+
+
+def evaluate(rankers: dict[str, Ranker], truth: dict[str, set[str]], k: int = 10) -> dict[str, dict[str, float]]:
+    """Mean metrics per ranker over the users in `truth`."""
+    out = {}
+    for name, rank in rankers.items():
+        ndcg = hits = rr = 0.0
+        aucs = []
+        for user, relevant in truth.items():
+            ranked = rank(user)
+            ndcg += ndcg_at(ranked, relevant, k)
+            hits += hit_at(ranked, relevant, k)
+            rr += reciprocal_rank(ranked, relevant)
+            a = auc(ranked, relevant)
+            if a is not None:
+                aucs.append(a)
+        n = max(len(truth), 1)
+        out[name] = {f"ndcg_at_{k}": round(ndcg / n, 6), f"hitrate_at_{k}": round(hits / n, 6),
+                     "mrr": round(rr / n, 6), "auc": round(sum(aucs) / len(aucs), 6) if aucs else None}
+    return out

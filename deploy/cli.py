@@ -170,6 +170,35 @@ def import_events(
 
 
 @app.command()
+def evaluate(
+    events: Annotated[Path, typer.Option(help="event log to evaluate on")],
+    fmt: Annotated[str, typer.Option("--format", help="native (JSONL history) | retailrocket | online-retail")] = "native",
+    train_fraction: Annotated[float, typer.Option(help="share of events (by time) to train on")] = 0.8,
+    k: Annotated[int, typer.Option(help="cut-off for NDCG@k and HitRate@k")] = 10,
+    config: ConfigOpt = DEFAULT_CONFIG,
+) -> None:
+    """Train on the earlier part of a log, evaluate next-period recommendations on the later part
+    against the baselines (popularity, trending, user_top_category, repeat). Last line: JSON."""
+    from models.evaluation import evaluate_history
+
+    _logging()
+    cfg = _job_config(config, None)
+    history = events
+    if fmt != "native":
+        from traffic.importers import ImportFailed, import_file
+
+        history = Path(run_dir()) / "evaluate" / "history.jsonl"
+        try:
+            report = import_file(events, fmt, history)
+        except ImportFailed as e:
+            typer.echo(str(e), err=True)
+            raise typer.Exit(2) from None
+        typer.echo(f"imported {report.events} events ({len(report.rejected)} rows rejected, see {history}.rejected.csv)",
+                   err=True)
+    typer.echo(json.dumps(evaluate_history(str(history), cfg, train_fraction, k)))
+
+
+@app.command()
 def train(
     history: Annotated[Path, typer.Option(help="JSONL event history (streamrank simulate --history)")],
     catalog: Annotated[Optional[Path], typer.Option(help="items JSONL (item_id, category, price)")] = None,

@@ -1,4 +1,4 @@
-"""Next-period evaluation of rankers on an event history (issue 4's `streamrank evaluate`, in progress):
+"""Next-period evaluation of rankers on an event history (`streamrank evaluate`):
 split by time, fit on the earlier part, and score each user's ranking against the items they
 interacted with in the later part.
 
@@ -145,3 +145,67 @@ def evaluate(rankers: dict[str, Ranker], truth: dict[str, set[str]], k: int = 10
         out[name] = {f"ndcg_at_{k}": round(ndcg / n, 6), f"hitrate_at_{k}": round(hits / n, 6),
                      "mrr": round(rr / n, 6), "auc": round(sum(aucs) / len(aucs), 6) if aucs else None}
     return out
+
+
+def model_ranker(score: Callable, replay, cfg, at_ms: int) -> Ranker:
+    """The job's own ranking at the split: the candidates the job's generator would offer the
+    user (global and category trending plus the user's own items, from a replay of the training
+    part), ordered by `score` (an (n, features) matrix -> scores). Users unknown at the split get
+    the global trending candidates."""
+    from udfs.candidates import gather_candidates
+    from udfs.features import UserState, user_item_matrix
+
+    pool = replay.candidate_pool()
+    c = cfg.candidates
+
+    def rank(user: str) -> list[str]:
+        state = replay.states.get(user) or UserState()
+        cands = gather_candidates(state, pool, c.top_categories, c.own_history)
+        if not cands:
+            return []
+        scores = score(user_item_matrix(state, at_ms, cfg.features, cands))
+        order = sorted(range(len(cands)), key=lambda n: (-float(scores[n]), cands[n].item_id))
+        return [cands[n].item_id for n in order]
+
+    return rank
+
+
+def evaluate_history(history: str, cfg, train_fraction: float = 0.8, k: int = 10, work_dir: str | None = None,
+                     progress: bool = True) -> dict[str, dict[str, float]]:
+    """Split the history by time, train the job's model on the earlier part (ONNX, as published),
+    fit the baselines on it, and evaluate everything on the users active in both parts."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from models.offline import read_history, OfflineReplay
+    from models.training import build_training_set, train_and_publish
+    from traffic.publish import catalog_path
+    from udfs.features import feature_names
+    from udfs.scorer import OnnxScorer
+
+    hist = read_history(history, cfg)
+    split = split_by_time(hist.events, train_fraction)
+    work = Path(work_dir or tempfile.mkdtemp(prefix="streamrank-eval-"))
+    train_file = work / "train.jsonl"
+    with open(train_file, "w") as f:
+        for e in split.train:
+            f.write(json.dumps({"event_id": e.event_id, "user_id": e.user_id, "item_id": e.item_id, "type": e.type,
+                                "ts": e.ts, "value": e.value, "category": e.category, "consent": e.consent}) + "\n")
+    catalog = catalog_path(history) if catalog_path(history).exists() else None
+    ts = build_training_set(train_file, cfg, catalog=catalog, progress=progress)
+    model_dir = train_and_publish(ts, work / "registry", cfg)
+    scorer = OnnxScorer(model_dir, feature_names(cfg.features))
+
+    replay = OfflineReplay(cfg)
+    if catalog:
+        from models.offline import load_catalog
+
+        replay.catalog.update(load_catalog(catalog))
+    for _ in replay.run(split.train):
+        pass
+    known = {u for u, s in replay.states.items() if s.feature_ts > 0}
+    truth = relevant_items(split.test, known)
+    rankers = Baselines.fit(split.train, split.at_ms).rankers()
+    rankers["gbc"] = model_ranker(scorer.score, replay, cfg, split.at_ms)
+    return evaluate(rankers, truth, k)

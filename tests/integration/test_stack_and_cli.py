@@ -13,7 +13,7 @@ from tests.integration.helpers import child_env
 
 COMMANDS = [[], ["stack"], ["stack", "up"], ["stack", "down"], ["stack", "status"], ["simulate"], ["train"],
             ["run"], ["cluster"], ["cluster", "up"], ["cluster", "down"], ["cluster", "status"], ["submit"],
-            ["serve"], ["gateway"], ["lookup"], ["demo"], ["features"], ["ledger"], ["import"]]
+            ["serve"], ["gateway"], ["lookup"], ["demo"], ["features"], ["ledger"], ["import"], ["evaluate"]]
 
 
 def cli(*args: str, env=None) -> subprocess.CompletedProcess:

@@ -175,6 +175,7 @@ def evaluate(
     fmt: Annotated[str, typer.Option("--format", help="native (JSONL history) | retailrocket | online-retail")] = "native",
     train_fraction: Annotated[float, typer.Option(help="share of events (by time) to train on")] = 0.8,
     k: Annotated[int, typer.Option(help="cut-off for NDCG@k and HitRate@k")] = 10,
+    out: Annotated[Optional[Path], typer.Option(help="report folder (default var/eval/<time>)")] = None,
     config: ConfigOpt = DEFAULT_CONFIG,
 ) -> None:
     """Train on the earlier part of a log, evaluate next-period recommendations on the later part
@@ -195,7 +196,12 @@ def evaluate(
             raise typer.Exit(2) from None
         typer.echo(f"imported {report.events} events ({len(report.rejected)} rows rejected, see {history}.rejected.csv)",
                    err=True)
-    typer.echo(json.dumps(evaluate_history(str(history), cfg, train_fraction, k)))
+    report_dir = out or PROJECT_ROOT / "var" / "eval" / time.strftime("%Y%m%d-%H%M%S")
+    report_dir.mkdir(parents=True, exist_ok=True)
+    results = evaluate_history(str(history), cfg, train_fraction, k, work_dir=str(report_dir))
+    typer.echo(f"report: {report_dir}/evaluation.md (+ evaluation.json, ndcg_at_k.png, feature_importance.png, "
+               "calibration.png)", err=True)
+    typer.echo(json.dumps(results))
 
 
 @app.command()

@@ -147,7 +147,8 @@ def evaluate(rankers: dict[str, Ranker], truth: dict[str, set[str]], k: int = 10
     return out
 
 
-def model_ranker(score: Callable, replay, cfg, at_ms: int) -> Ranker:
+def model_ranker(score: Callable, replay, cfg, at_ms: int, scored: list | None = None,
+                 truth: dict[str, set[str]] | None = None) -> Ranker:
     """The job's own ranking at the split: the candidates the job's generator would offer the
     user (global and category trending plus the user's own items, from a replay of the training
     part), ordered by `score` (an (n, features) matrix -> scores). Users unknown at the split get
@@ -164,6 +165,8 @@ def model_ranker(score: Callable, replay, cfg, at_ms: int) -> Ranker:
         if not cands:
             return []
         scores = score(user_item_matrix(state, at_ms, cfg.features, cands))
+        if scored is not None and truth is not None:  # (score, relevant) pairs for calibration
+            scored.extend((float(s), c.item_id in truth.get(user, ())) for s, c in zip(scores, cands))
         order = sorted(range(len(cands)), key=lambda n: (-float(scores[n]), cands[n].item_id))
         return [cands[n].item_id for n in order]
 
@@ -207,5 +210,85 @@ def evaluate_history(history: str, cfg, train_fraction: float = 0.8, k: int = 10
     known = {u for u, s in replay.states.items() if s.feature_ts > 0}
     truth = relevant_items(split.test, known)
     rankers = Baselines.fit(split.train, split.at_ms).rankers()
-    rankers["gbc"] = model_ranker(scorer.score, replay, cfg, split.at_ms)
-    return evaluate(rankers, truth, k)
+    scored: list[tuple[float, bool]] = []
+    rankers["gbc"] = model_ranker(scorer.score, replay, cfg, split.at_ms, scored, truth)
+    results = evaluate(rankers, truth, k)
+    curves = {name: [round(evaluate({name: r}, truth, kk)[name][f"ndcg_at_{kk}"], 6) for kk in range(1, 21)]
+              for name, r in rankers.items()}
+    write_report(work, results, curves, scored, json.loads((model_dir / "card.json").read_text()), split,
+                 len(truth), k)
+    return results
+
+
+def write_report(out, results: dict, curves: dict, scored: list[tuple[float, bool]], model_card: dict,
+                 split: Split, users: int, k: int) -> None:
+    """evaluation.json + evaluation.md (the model card with the baselines) and three plots:
+    ndcg_at_k.png, feature_importance.png, calibration.png."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    best_baseline = max((n for n in results if n != "gbc"), key=lambda n: results[n][f"ndcg_at_{k}"])
+    card = {"split_at_ms": split.at_ms, "train_events": len(split.train), "test_events": len(split.test),
+            "users_evaluated": users, "k": k, "results": results, "ndcg_curves": curves,
+            "best_baseline": best_baseline,
+            "model_beats_best_baseline": results["gbc"][f"ndcg_at_{k}"] > results[best_baseline][f"ndcg_at_{k}"],
+            "model_card": model_card}
+    (out / "evaluation.json").write_text(json.dumps(card, indent=1))
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, ys in curves.items():
+        ax.plot(range(1, len(ys) + 1), ys, marker="o" if name == "gbc" else None, label=name,
+                linewidth=2.5 if name == "gbc" else 1.2)
+    ax.set(xlabel="K", ylabel="NDCG@K", title="Next-period NDCG@K: model vs baselines")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "ndcg_at_k.png", dpi=110)
+    plt.close(fig)
+
+    imp = sorted(model_card.get("feature_importance", {}).items(), key=lambda kv: kv[1])
+    fig, ax = plt.subplots(figsize=(7, max(3, 0.25 * len(imp))))
+    ax.barh([n for n, _ in imp], [v for _, v in imp])
+    ax.set(xlabel="importance (impurity decrease)", title="GBC feature importance")
+    fig.tight_layout()
+    fig.savefig(out / "feature_importance.png", dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    if scored:
+        s = np.array([x for x, _ in scored])
+        y = np.array([v for _, v in scored], dtype=float)
+        edges = np.unique(np.quantile(s, np.linspace(0, 1, 11)))
+        idx = np.clip(np.searchsorted(edges, s, side="right") - 1, 0, len(edges) - 2)
+        mean_p = [s[idx == b].mean() for b in range(len(edges) - 1) if (idx == b).any()]
+        rate = [y[idx == b].mean() for b in range(len(edges) - 1) if (idx == b).any()]
+        ax.plot(mean_p, rate, marker="o", label="gbc")
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect")
+    ax.set(xlabel="predicted P(interact)", ylabel="observed next-period rate", title="Calibration (deciles)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "calibration.png", dpi=110)
+    plt.close(fig)
+
+    rows = "\n".join(f"| {n} | " + " | ".join(f"{m[c]:.4f}" if m[c] is not None else "-" for c in
+                                                (f"ndcg_at_{k}", f"hitrate_at_{k}", "mrr", "auc")) + " |"
+                     for n, m in results.items())
+    (out / "evaluation.md").write_text(f"""# Evaluation: model {model_card.get('version')} vs baselines
+
+Split at {split.at_ms} ms: {len(split.train)} training events, {len(split.test)} test events,
+{users} users evaluated (active in both parts). Model: {model_card.get('model')}, holdout AUC
+{model_card.get('holdout', {}).get('auc')}, ONNX parity {model_card.get('onnx_parity_max_abs_diff')}.
+
+| ranker | NDCG@{k} | HitRate@{k} | MRR | AUC |
+|---|---|---|---|---|
+{rows}
+
+Best baseline: **{best_baseline}**; the model {'beats' if card['model_beats_best_baseline'] else 'does not beat'} it on NDCG@{k}.
+
+![NDCG@K](ndcg_at_k.png) ![feature importance](feature_importance.png) ![calibration](calibration.png)
+""")

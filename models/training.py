@@ -141,6 +141,9 @@ def train_and_publish(ts: TrainingSet, registry: str | Path, cfg: JobConfig, see
         "rows": int(len(ts.y)), "positives": int(ts.y.sum()), "users": ts.users,
         "holdout": {"split_at_ms": int(split_time), "rows": int(hold.sum()), "auc": round(auc, 4)},
         "onnx_parity_max_abs_diff": max_diff,
+        "feature_importance": {n: round(float(v), 6) for n, v in
+                               zip(feature_names(cfg.features), model.feature_importances_)},
+        "reference_distributions": reference_distributions(ts.x[train], feature_names(cfg.features)),
         "features_config": cfg.features.model_dump(),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -152,6 +155,21 @@ def train_and_publish(ts: TrainingSet, registry: str | Path, cfg: JobConfig, see
     tmp.symlink_to(version)
     tmp.replace(current)
     log.info("published %s (holdout AUC %.3f, parity %.1e)", version, auc, max_diff)
+    return out
+
+
+def reference_distributions(x: np.ndarray, names, bins: int = 10) -> dict[str, dict]:
+    """Per feature: decile bin edges of the training rows and the share of rows in each bin (the
+    reference a drift check (PSI) compares live windows against)."""
+    out = {}
+    for n, name in enumerate(names):
+        col = x[:, n].astype(float)
+        edges = np.unique(np.quantile(col, np.linspace(0, 1, bins + 1)))
+        if len(edges) < 2:
+            edges = np.array([col.min(), col.min() + 1.0])
+        counts, _ = np.histogram(np.clip(col, edges[0], edges[-1]), bins=edges)
+        out[name] = {"edges": [round(float(e), 6) for e in edges],
+                     "shares": [round(float(c) / max(len(col), 1), 6) for c in counts]}
     return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -75,3 +76,7 @@ def test_evaluate_history_trains_on_the_past_and_reports_every_ranker(sim_histor
     # the model ranks the job's own candidates: better than chance on the users it knows
     assert out["gbc"]["auc"] > 0.5
     assert (tmp_path / "registry" / "current" / "model.onnx").exists()
+    for name in ("evaluation.json", "evaluation.md", "ndcg_at_k.png", "feature_importance.png", "calibration.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    card = json.loads((tmp_path / "evaluation.json").read_text())
+    assert card["results"] == out and set(card["model_card"]["reference_distributions"]) == set(card["model_card"]["feature_importance"])

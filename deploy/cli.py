@@ -385,21 +385,26 @@ def _serving_config(config: str, port: int | None):
         raise typer.Exit(2) from None
 
 
+def _run_service(cfg, run) -> None:
+    """A long-running service: its configured log format; a config problem found at start-up
+    (e.g. an unset token variable) exits 2 with the message."""
+    _logging(fmt=cfg.log_format)
+    try:
+        run(cfg)
+    except ConfigError as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(2) from None
+
+
 @app.command()
 def serve(
     config: Annotated[str, typer.Option("--config", "-c", help="serving config TOML")] = DEFAULT_SERVING,
     port: Annotated[Optional[int], typer.Option(help="override the port (0: any free)")] = None,
 ) -> None:
     """Run the gRPC lookup service until SIGTERM/SIGINT (then drain in-flight calls)."""
-    cfg = _serving_config(config, port)
-    _logging(fmt=cfg.log_format)
     from serving.server import serve as run_server
 
-    try:
-        run_server(cfg)
-    except ConfigError as e:
-        typer.echo(str(e), err=True)
-        raise typer.Exit(2) from None
+    _run_service(_serving_config(config, port), run_server)
 
 
 @app.command()
@@ -411,14 +416,9 @@ def gateway(
     cfg = _serving_config(config, None)
     if port is not None:
         cfg = cfg.model_copy(update={"gateway": cfg.gateway.model_copy(update={"port": port})})
-    _logging(fmt=cfg.log_format)
     from serving.gateway import run_gateway
 
-    try:
-        run_gateway(cfg)
-    except ConfigError as e:
-        typer.echo(str(e), err=True)
-        raise typer.Exit(2) from None
+    _run_service(cfg, run_gateway)
 
 
 @app.command()

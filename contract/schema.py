@@ -104,33 +104,35 @@ CATEGORY_SQL = ("CASE WHEN t_category IN ('string', 'integer', 'float') AND j_ca
 CONSENT_SQL = ("CASE WHEN (t_consent = 'boolean' AND j_consent = 'false') OR "
                "(t_consent = 'string' AND LOWER(j_consent) = 'false') THEN '0' ELSE '1' END")
 
-# The JSON fields the job reads; parse_once_sql extracts each once per record into `j_<field>`.
+# The JSON fields the job reads, in the order of ParseInteraction's result row (deploy/maven/udf;
+# tests/flink/test_validation_parity.py checks the two agree).
 JSON_FIELDS = ("event_id", "user_id", "item_id", "type", "ts", "value", "category", "consent")
-
+PARSE_COLUMNS = ("j_is_object", *(f"j_{f}" for f in JSON_FIELDS), *(f"t_{f}" for f in JSON_FIELDS))
 
 PARSE_FUNCTION = ("CREATE TEMPORARY FUNCTION IF NOT EXISTS parse_interaction AS "
                   "'io.streamrank.udf.ParseInteraction' LANGUAGE JAVA")
 
 
 def parse_once_sql(source: str, raw: str = "payload") -> str:
-    """`source` (a table or a parenthesized query) with every field the job reads, parsed once per
-    record, added as `j_<field>` columns (and `j_is_object`), by the JVM function in deploy/maven/udf (register it with PARSE_FUNCTION).
-    It renders fields as JSON_VALUE would. Why: JFR showed the source thread 99% busy parsing JSON,
-    because Flink's planner inlines deterministic projections into every consumer (DLQ, late,
-    ledger, both windows): the plan held 146 JSON_VALUE calls. The function is declared
-    non-deterministic, so it is computed in its own projection instead."""
-    columns = ["j_is_object"] + [f"{kind}_{f}" for kind in ("j", "t") for f in JSON_FIELDS]
-    fields = ", ".join(f"j.{c} AS {c}" for c in columns)
+    """`source` (a table or a parenthesized query) plus PARSE_COLUMNS: for each field the job reads,
+    its text as `j_<field>` and its JSON type as `t_<field>`, and `j_is_object`; parsed once per
+    record by the JVM function in deploy/maven/udf (register it with PARSE_FUNCTION).
+
+    Why a function: JFR showed the source thread 99% busy parsing JSON, because Flink's planner
+    inlines deterministic projections into every consumer (DLQ, late, ledger, both windows): the
+    plan held 146 JSON_VALUE calls. The function is declared non-deterministic, so it is computed
+    in its own projection instead. Why the types: the rules below must see what Python's
+    `validate` sees (a boolean id or a string ts is invalid), which JSON_VALUE's text loses."""
+    fields = ", ".join(f"j.{c} AS {c}" for c in PARSE_COLUMNS)
     return f"SELECT *, {fields} FROM (SELECT *, parse_interaction({raw}) AS j FROM {source})"
 
 
 def validation_sql(kafka_ts_ms: str = "kafka_ts_ms") -> str:
     """The same rules as `validate`, as a Flink SQL CASE giving the reason or NULL (valid), over
-    the `j_<field>` columns of parse_once_sql."""
+    the columns of parse_once_sql."""
     types = ", ".join(f"'{t}'" for t in EVENT_TYPES)
     flink_re = ID_PATTERN.replace("\\", "\\\\")
 
-    numbers = "('integer', 'float')"
     id_checks = "\n".join(
         f"  WHEN t_{f} IS NULL OR t_{f} NOT IN ('string', 'integer', 'float') OR NOT REGEXP(j_{f}, '{flink_re}')"
         f" THEN 'bad_{f}'"
@@ -144,6 +146,6 @@ def validation_sql(kafka_ts_ms: str = "kafka_ts_ms") -> str:
   WHEN t_ts IS NULL OR t_ts <> 'integer' OR NOT REGEXP(j_ts, '^[0-9]{{1,15}}$') OR {ts} < {MIN_TS_MS}
        OR {ts} > {kafka_ts_ms} + {MAX_FUTURE_MS} THEN 'bad_ts'
   WHEN t_value IS NOT NULL AND t_value <> 'null'
-       AND (t_value NOT IN {numbers} OR CAST(j_value AS DOUBLE) < 0) THEN 'bad_value'
+       AND (t_value NOT IN ('integer', 'float') OR CAST(j_value AS DOUBLE) < 0) THEN 'bad_value'
   ELSE CAST(NULL AS STRING)
 END"""

@@ -25,7 +25,7 @@ def python_executable() -> str:
 UDF_JAR = CACHE / "udf" / "streamrank-udf.jar"
 
 
-def connector_jars() -> list[Path]:
+def job_jars() -> list[Path]:
     """The jars the job ships in pipeline.jars: Flink's Kafka connector and streamrank's own
     JVM functions (deploy/maven/udf)."""
     jars = sorted(FLINK_JARS.glob("flink-sql-connector-kafka-*.jar"))

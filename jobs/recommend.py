@@ -23,14 +23,14 @@ def environment(cfg: JobConfig, env=None):
     from pyflink.datastream import StreamExecutionEnvironment
     from pyflink.table import EnvironmentSettings, StreamTableEnvironment
 
-    from deploy.paths import connector_jars, python_executable
+    from deploy.paths import job_jars, python_executable
 
     env = env or StreamExecutionEnvironment.get_execution_environment()
     t_env = StreamTableEnvironment.create(env, EnvironmentSettings.in_streaming_mode())
     f = cfg.flink
     options = {
         "pipeline.name": "streamrank-recommend",
-        "pipeline.jars": ";".join(p.as_uri() for p in connector_jars()),
+        "pipeline.jars": ";".join(p.as_uri() for p in job_jars()),
         "python.executable": python_executable(),
         "parallelism.default": str(f.parallelism),
         "execution.checkpointing.interval": f"{int(f.checkpoint_interval_s * 1000)} ms",

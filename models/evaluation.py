@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from contract.schema import Interaction
 
@@ -127,24 +127,42 @@ def relevant_items(test: list[Interaction], users: set[str] | None = None) -> di
     return dict(out)
 
 
-def evaluate(rankers: dict[str, Ranker], truth: dict[str, set[str]], k: int = 10) -> dict[str, dict[str, float]]:
+def rank_users(rankers: dict[str, Ranker], users: Iterable[str]) -> dict[str, dict[str, list[str]]]:
+    """Each ranker's list for each user, computed once."""
+    users = list(users)
+    return {name: {u: rank(u) for u in users} for name, rank in rankers.items()}
+
+
+def metrics(rankings: dict[str, dict[str, list[str]]], truth: dict[str, set[str]], k: int = 10
+            ) -> dict[str, dict[str, float]]:
     """Mean metrics per ranker over the users in `truth`."""
     out = {}
-    for name, rank in rankers.items():
+    n = max(len(truth), 1)
+    for name, lists in rankings.items():
         ndcg = hits = rr = 0.0
         aucs = []
         for user, relevant in truth.items():
-            ranked = rank(user)
+            ranked = lists[user]
             ndcg += ndcg_at(ranked, relevant, k)
             hits += hit_at(ranked, relevant, k)
             rr += reciprocal_rank(ranked, relevant)
             a = auc(ranked, relevant)
             if a is not None:
                 aucs.append(a)
-        n = max(len(truth), 1)
         out[name] = {f"ndcg_at_{k}": round(ndcg / n, 6), f"hitrate_at_{k}": round(hits / n, 6),
                      "mrr": round(rr / n, 6), "auc": round(sum(aucs) / len(aucs), 6) if aucs else None}
     return out
+
+
+def ndcg_curves(rankings: dict[str, dict[str, list[str]]], truth: dict[str, set[str]], max_k: int = 20
+                ) -> dict[str, list[float]]:
+    n = max(len(truth), 1)
+    return {name: [round(sum(ndcg_at(lists[u], rel, kk) for u, rel in truth.items()) / n, 6)
+                   for kk in range(1, max_k + 1)] for name, lists in rankings.items()}
+
+
+def evaluate(rankers: dict[str, Ranker], truth: dict[str, set[str]], k: int = 10) -> dict[str, dict[str, float]]:
+    return metrics(rank_users(rankers, truth), truth, k)
 
 
 def model_ranker(score: Callable, replay, cfg, at_ms: int, scored: list | None = None,
@@ -181,7 +199,7 @@ def evaluate_history(history: str, cfg, train_fraction: float = 0.8, k: int = 10
     import tempfile
     from pathlib import Path
 
-    from models.offline import read_history, OfflineReplay
+    from models.offline import OfflineReplay, load_catalog, read_history
     from models.training import build_training_set, train_and_publish
     from traffic.publish import catalog_path
     from udfs.features import feature_names
@@ -192,9 +210,7 @@ def evaluate_history(history: str, cfg, train_fraction: float = 0.8, k: int = 10
     work = Path(work_dir or tempfile.mkdtemp(prefix="streamrank-eval-"))
     train_file = work / "train.jsonl"
     with open(train_file, "w") as f:
-        for e in split.train:
-            f.write(json.dumps({"event_id": e.event_id, "user_id": e.user_id, "item_id": e.item_id, "type": e.type,
-                                "ts": e.ts, "value": e.value, "category": e.category, "consent": e.consent}) + "\n")
+        f.writelines(json.dumps(asdict(e)) + "\n" for e in split.train)
     catalog = catalog_path(history) if catalog_path(history).exists() else None
     ts = build_training_set(train_file, cfg, catalog=catalog, progress=progress)
     model_dir = train_and_publish(ts, work / "registry", cfg)
@@ -202,8 +218,6 @@ def evaluate_history(history: str, cfg, train_fraction: float = 0.8, k: int = 10
 
     replay = OfflineReplay(cfg)
     if catalog:
-        from models.offline import load_catalog
-
         replay.catalog.update(load_catalog(catalog))
     for _ in replay.run(split.train):
         pass
@@ -212,9 +226,9 @@ def evaluate_history(history: str, cfg, train_fraction: float = 0.8, k: int = 10
     rankers = Baselines.fit(split.train, split.at_ms).rankers()
     scored: list[tuple[float, bool]] = []
     rankers["gbc"] = model_ranker(scorer.score, replay, cfg, split.at_ms, scored, truth)
-    results = evaluate(rankers, truth, k)
-    curves = {name: [round(evaluate({name: r}, truth, kk)[name][f"ndcg_at_{kk}"], 6) for kk in range(1, 21)]
-              for name, r in rankers.items()}
+    rankings = rank_users(rankers, truth)
+    results = metrics(rankings, truth, k)
+    curves = ndcg_curves(rankings, truth)
     write_report(work, results, curves, scored, json.loads((model_dir / "card.json").read_text()), split,
                  len(truth), k)
     return results

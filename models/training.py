@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from contract.config import JobConfig
 from models.offline import OfflineReplay, load_catalog, read_history
-from udfs.candidates import CandidatePool, gather_candidates
+from udfs.candidates import gather_candidates
 from udfs.features import feature_names, user_item_matrix
 
 log = logging.getLogger(__name__)

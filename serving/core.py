@@ -39,7 +39,11 @@ CACHE_AGE = Gauge("streamrank_serving_popular_cache_age_seconds", "Age of the po
 
 
 class StoreUnavailable(RuntimeError):
-    """Redis could not answer in time and there is no fallback for this call (UNAVAILABLE)."""
+    """Redis could not answer in time and there is no fallback for this call (UNAVAILABLE); the
+    message is the one callers see, on every front end."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(f"recommendation store unavailable ({why}); retry")
 
 
 class Breaker:
@@ -165,6 +169,12 @@ class LookupService:
         self.breaker.success()
         return values
 
+    def request(self, user_id: str, k: int = 0, include_categories=(), exclude_categories=(), exclude_items=(),
+                placement: str = "") -> lookup.Request:
+        """A checked request (INVALID_ARGUMENT otherwise), with this service's default and maximum k."""
+        return lookup.check_request(user_id, k, self.cfg.default_k, self.cfg.max_k,
+                                    lookup.filters_of(include_categories, exclude_categories, exclude_items), placement)
+
     async def recommend(self, requests: list[lookup.Request], remaining_s: float | None = None
                         ) -> list[lookup.Recommendations]:
         """Answers in request order; one MGET for all users."""
@@ -192,7 +202,7 @@ class LookupService:
 
 
 def _feature_config(cfg: ServingConfig) -> FeatureConfig:
-    path = PROJECT_ROOT / cfg.job_config if not cfg.job_config.startswith("/") else cfg.job_config
+    path = PROJECT_ROOT / cfg.job_config  # an absolute job_config stays as it is
     try:
         return load_config(path).features
     except ConfigError:

@@ -21,7 +21,7 @@ import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from prometheus_client import make_asgi_app
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 from strawberry.fastapi import GraphQLRouter
 
 from contract.config import ServingConfig
@@ -44,7 +44,7 @@ class RecommendationQuery(BaseModel):
 
 class BatchQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    requests: list[RecommendationQuery] = Field(max_length=lookup.MAX_BATCH)
+    requests: list[RecommendationQuery]  # the lookup core caps the batch (400, as gRPC's INVALID_ARGUMENT)
 
 
 def recommendation_json(rec: lookup.Recommendations) -> dict:
@@ -116,11 +116,9 @@ class GraphQuery:
     async def recommendations(self, info: strawberry.Info, user_id: str, k: int = 0,
                               filters: Optional[Filters] = None, placement: str = "") -> Recommendations:
         with Observed("graphql", "recommendations"):
-            f = filters or Filters()
-            req = lookup.check_request(user_id, k, _service(info).cfg.default_k, _service(info).cfg.max_k,
-                                       lookup.Filters(frozenset(f.include_categories), frozenset(f.exclude_categories),
-                                                      frozenset(f.exclude_items)), placement)
-            (rec,) = await _service(info).recommend([req])
+            service, f = _service(info), filters or Filters()
+            req = service.request(user_id, k, f.include_categories, f.exclude_categories, f.exclude_items, placement)
+            (rec,) = await service.recommend([req])
             return Recommendations.of(rec)
 
     @strawberry.field(description="The features the user's list was computed from.")
@@ -162,29 +160,27 @@ def create_app(cfg: ServingConfig) -> FastAPI:
 
     @app.exception_handler(StoreUnavailable)
     async def unavailable(request: Request, err: StoreUnavailable):
-        return JSONResponse({"code": "UNAVAILABLE", "error": f"recommendation store unavailable ({err}); retry"},
-                            status_code=503)
+        return JSONResponse({"code": "UNAVAILABLE", "error": str(err)}, status_code=503)
 
-    def check(q: RecommendationQuery) -> lookup.Request:
-        return lookup.check_request(q.user_id, q.k, cfg.default_k, cfg.max_k,
-                                    lookup.Filters(frozenset(q.include_categories), frozenset(q.exclude_categories),
-                                                   frozenset(q.exclude_items)), q.placement)
+    def check(service: LookupService, q: RecommendationQuery) -> lookup.Request:
+        return service.request(q.user_id, q.k, q.include_categories, q.exclude_categories, q.exclude_items,
+                               q.placement)
 
     @app.get("/v1/recommendations/{user_id}")
     async def recommendations(request: Request, user_id: str, k: int = 0,
                               include_categories: list[str] = Query([]), exclude_categories: list[str] = Query([]),
                               exclude_items: list[str] = Query([]), placement: str = "") -> dict:
         with Observed("http", "GetRecommendations"):
-            q = RecommendationQuery(user_id=user_id, k=k, include_categories=include_categories,
-                                    exclude_categories=exclude_categories, exclude_items=exclude_items,
-                                    placement=placement)
-            (rec,) = await request.app.state.service.recommend([check(q)])
+            service = request.app.state.service
+            req = service.request(user_id, k, include_categories, exclude_categories, exclude_items, placement)
+            (rec,) = await service.recommend([req])
             return recommendation_json(rec)
 
     @app.post("/v1/recommendations:batch")
     async def batch(request: Request, body: BatchQuery) -> dict:
         with Observed("http", "BatchGetRecommendations"):
-            answers = await request.app.state.service.recommend([check(q) for q in body.requests])
+            service = request.app.state.service
+            answers = await service.recommend([check(service, q) for q in body.requests])
             return {"responses": [recommendation_json(a) for a in answers]}
 
     @app.get("/v1/users/{user_id}/features")

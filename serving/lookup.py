@@ -33,19 +33,22 @@ class Filters:
             return False
         return not self.include_categories or item.category in self.include_categories
 
-    @property
-    def by_category(self) -> bool:
-        return bool(self.include_categories or self.exclude_categories)
-
 
 NO_FILTERS = Filters()
+
+
+def filters_of(include_categories=(), exclude_categories=(), exclude_items=()) -> Filters:
+    """Filters from a request's lists (the shared NO_FILTERS when all are empty: the fast path)."""
+    if not (include_categories or exclude_categories or exclude_items):
+        return NO_FILTERS
+    return Filters(frozenset(include_categories), frozenset(exclude_categories), frozenset(exclude_items))
 
 
 @dataclass(frozen=True)
 class Request:
     user_id: str
     k: int
-    filters: Filters = Filters()
+    filters: Filters = NO_FILTERS
     placement: str = ""
 
 
@@ -59,7 +62,6 @@ class Recommendations:
     fallback: bool = False
     fallback_reason: str = ""
     placement: str = ""
-    extra: dict = field(default_factory=dict)
 
 
 def check_user(user_id: str) -> None:
@@ -67,7 +69,7 @@ def check_user(user_id: str) -> None:
         raise InvalidRequest("user_id must be 1-64 characters of letters, digits, '_', '.', ':' or '-'")
 
 
-def check_request(user_id: str, k: int, default_k: int, max_k: int, filters: Filters = Filters(),
+def check_request(user_id: str, k: int, default_k: int, max_k: int, filters: Filters = NO_FILTERS,
                   placement: str = "") -> Request:
     """Validates a request; k = 0 becomes default_k and k > max_k is cut to max_k."""
     check_user(user_id)

@@ -28,13 +28,6 @@ SERVICE_NAME = "streamrank.v1.Recommendations"
 CODES = {"INVALID_ARGUMENT": grpc.StatusCode.INVALID_ARGUMENT, "UNAVAILABLE": grpc.StatusCode.UNAVAILABLE}
 
 
-def _filters(msg) -> lookup.Filters:
-    if not (msg.include_categories or msg.exclude_categories or msg.exclude_items):
-        return lookup.NO_FILTERS
-    return lookup.Filters(frozenset(msg.include_categories), frozenset(msg.exclude_categories),
-                          frozenset(msg.exclude_items))
-
-
 def _response(rec: lookup.Recommendations):
     return pb.GetRecommendationsResponse(
         user_id=rec.user_id,
@@ -45,11 +38,13 @@ def _response(rec: lookup.Recommendations):
 
 
 class RecommendationsServicer(pb_grpc.RecommendationsServicer):
-    def __init__(self, cfg: ServingConfig, service: LookupService) -> None:
-        self.cfg, self.service = cfg, service
+    def __init__(self, service: LookupService) -> None:
+        self.service = service
 
     def _request(self, r) -> lookup.Request:
-        return lookup.check_request(r.user_id, r.k, self.cfg.default_k, self.cfg.max_k, _filters(r.filters), r.placement)
+        f = r.filters
+        return self.service.request(r.user_id, r.k, f.include_categories, f.exclude_categories, f.exclude_items,
+                                    r.placement)
 
     async def _answer(self, context, method: str, work):
         """Runs one call under its metrics; the one mapping from failures to status codes."""
@@ -57,8 +52,7 @@ class RecommendationsServicer(pb_grpc.RecommendationsServicer):
             with Observed("grpc", method):
                 return await work()
         except (lookup.InvalidRequest, StoreUnavailable) as e:
-            detail = str(e) if isinstance(e, lookup.InvalidRequest) else f"recommendation store unavailable ({e}); retry"
-            await context.abort(CODES[status_of(e)], detail)
+            await context.abort(CODES[status_of(e)], str(e))
 
     async def GetRecommendations(self, request, context):  # noqa: N802 (gRPC method name)
         async def work():
@@ -69,8 +63,6 @@ class RecommendationsServicer(pb_grpc.RecommendationsServicer):
 
     async def BatchGetRecommendations(self, request, context):  # noqa: N802
         async def work():
-            if len(request.requests) > lookup.MAX_BATCH:
-                raise lookup.InvalidRequest(f"a batch takes at most {lookup.MAX_BATCH} requests")
             answers = await self.service.recommend([self._request(r) for r in request.requests],
                                                    context.time_remaining())
             return pb.BatchGetRecommendationsResponse(responses=[_response(a) for a in answers])
@@ -164,7 +156,7 @@ async def start(cfg: ServingConfig, port: int | None = None) -> Running:
     service = LookupService(cfg)
     await service.start()
     server = grpc.aio.server(interceptors=[TokenAuth(expected)] if expected else None)
-    pb_grpc.add_RecommendationsServicer_to_server(RecommendationsServicer(cfg, service), server)
+    pb_grpc.add_RecommendationsServicer_to_server(RecommendationsServicer(service), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if cfg.reflection:

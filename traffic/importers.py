@@ -209,6 +209,8 @@ def import_file(path: str | Path, fmt: str, out: str | Path, *, item_properties:
         raise ImportFailed(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
     path, out = Path(path), Path(out)
     report = ImportReport()
+    if category_tree and not item_properties:
+        raise ImportFailed("a category tree maps the categoryid values of item properties; give --item-properties too")
     if fmt == "retailrocket":
         cats = retailrocket_categories([Path(p) for p in item_properties],
                                        Path(category_tree) if category_tree else None) if item_properties else None

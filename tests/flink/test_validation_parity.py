@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import time
 
-import pytest
-
 from contract.schema import InvalidEvent, validate
 
 NOW = int(time.time() * 1000)
@@ -44,15 +42,18 @@ def python_reason(raw: str) -> str | None:
 def test_sql_validation_equals_python_validation():
     from pyflink.table import EnvironmentSettings, TableEnvironment
 
-    from contract.schema import PARSE_FUNCTION, parse_once_sql, validation_sql
-    from deploy.paths import connector_jars
+    from contract.schema import PARSE_COLUMNS, PARSE_FUNCTION, parse_once_sql, validation_sql
+    from deploy.paths import job_jars
 
     t_env = TableEnvironment.create(EnvironmentSettings.in_batch_mode())
-    t_env.get_config().set("pipeline.jars", ";".join(p.as_uri() for p in connector_jars()))
+    t_env.get_config().set("pipeline.jars", ";".join(p.as_uri() for p in job_jars()))
     records = variants()
     t_env.create_temporary_view("records", t_env.from_elements(
         [(i, r, NOW) for i, r in enumerate(records)], ["n", "payload", "kafka_ts_ms"]))
     t_env.execute_sql(PARSE_FUNCTION)
+    # the Java function's row and the contract name the same columns, in the same order
+    row_type = t_env.sql_query("SELECT parse_interaction('{}') AS j").get_schema().get_field_data_types()[0]
+    assert tuple(row_type.field_names()) == PARSE_COLUMNS
     with t_env.execute_sql(f"SELECT n, {validation_sql('kafka_ts_ms')} FROM ({parse_once_sql('records')})").collect() as rows:
         sql = {row[0]: row[1] for row in rows}
     mismatches = {records[n]: (sql[n], python_reason(records[n])) for n in sql if sql[n] != python_reason(records[n])}

@@ -7,11 +7,9 @@ import time
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from contract import keys
 from contract.config import load_config, load_serving_config
-from deploy.stack import free_port, start_redis, stop_pid
 from serving.server import ServerThread, pb, pb_grpc
 from udfs.features import Event, UserState, WindowDelta, apply_window
 

@@ -21,7 +21,6 @@ import pytest
 import trustme
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from contract import keys
 from contract.config import load_serving_config
 from deploy.paths import PROJECT_ROOT
 from deploy.stack import free_port, port_open, start_redis, stop_pid
@@ -320,6 +319,8 @@ def test_gateway_and_graphql_answer_what_grpc_answers(redis_db):
             f = httpx.get(f"{base}/v1/users/u1/features").json()
             assert f["found"] and f["features"] == dict(client.user_features("u1").features)
 
+        too_many = httpx.post(f"{base}/v1/recommendations:batch", json={"requests": [{"user_id": "u1"}] * 101})
+        assert too_many.status_code == 400 and "at most 100" in too_many.json()["error"]
         bad = httpx.get(f"{base}/v1/recommendations/not%20valid")
         assert bad.status_code == 400 and bad.json()["code"] == "INVALID_ARGUMENT"
         gql_bad = httpx.post(f"{base}/graphql", json={"query": '{ recommendations(userId: "not valid") { userId } }'}).json()

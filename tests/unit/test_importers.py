@@ -108,5 +108,8 @@ def test_description_category():
 def test_wrong_format_names_the_missing_columns(tmp_path):
     with pytest.raises(ImportFailed, match="header lacks .*visitorid.*right --format"):
         import_file(write(tmp_path, "or.csv", OR_ROWS), "retailrocket", tmp_path / "x.jsonl")
+    with pytest.raises(ImportFailed, match="give --item-properties too"):
+        import_file(write(tmp_path, "e.csv", RR_EVENTS), "retailrocket", tmp_path / "x.jsonl",
+                    category_tree=str(write(tmp_path, "tree.csv", RR_TREE)))
     with pytest.raises(ImportFailed, match="unknown format"):
         import_file(write(tmp_path, "or.csv", OR_ROWS), "csv", tmp_path / "x.jsonl")

@@ -140,7 +140,9 @@ def start_kafka(run_dir: Path, port: int, controller_port: int, partitions: int 
     if not (data / "meta.properties").exists():
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         out = subprocess.run(
-            [*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
+            # "--cluster-id=ID", not "-t ID": a base64 id can start with '-', which the tool's
+            # argument parser then reads as an option (seen in CI: "expected one argument")
+            [*jvm, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(props)],
             capture_output=True, text=True,
         )
         if out.returncode != 0:

@@ -101,7 +101,18 @@ class ScoringConfig(_Strict):
     top_k: int = Field(25, ge=1, le=500)
     """Length of each user's list in rec:{user}."""
     model_dir: str = "var/models/current"
-    """Model directory (model.onnx + card.json); relative paths are from the project root."""
+    """Model directory (model.onnx + card.json); relative paths are from the project root. The
+    registry's `current` symlink: the job follows promotions and rollbacks (see reload_check_s)."""
+    reload_check_s: float = Field(5.0, ge=0)
+    """How often the job re-resolves model_dir and switches to a newly promoted version (s);
+    0: load once at start."""
+    drift_window_s: float = Field(300.0, gt=0)
+    """Event-time window over which the population stability index (PSI) of each feature is
+    computed against the model card's reference distributions (s)."""
+    drift_min_rows: int = Field(1000, ge=1)
+    """Fewest scored rows a drift window needs; smaller windows are merged into the next."""
+    drift_threshold: float = Field(0.25, gt=0)
+    """PSI above which the job logs a drift alert for the feature (0.25: a large shift)."""
 
 
 class FlinkConfig(_Strict):

@@ -6,6 +6,8 @@
 - `trending:cat:{category}` the same per category.
 - `item:meta`    hash item_id -> JSON {"category", "price"} from the `items` topic.
 - `ledger`       hash: how many input records were used, duplicate, opted_out, dlq, late.
+- `drift:psi`    hash: the last drift window's PSI per feature (JSON), its model version, window,
+                 rows, the worst feature and whether it crossed the alert threshold.
 
 Writes of rec/feat are guarded by the feature timestamp in a Lua script, so a replay after
 recovery never moves a key backwards.
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 TRENDING = "trending"
 LEDGER = "ledger"  # hash: used / duplicate / opted_out / dlq / late -> records counted
 ITEM_META = "item:meta"
+DRIFT = "drift:psi"
 
 
 def rec_key(user_id: str) -> str:

@@ -20,7 +20,12 @@ app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pret
 stack_app = typer.Typer(help="Local Kafka (KRaft) + Redis on loopback.", no_args_is_help=True)
 cluster_app = typer.Typer(help="Standalone Flink cluster from PyFlink's bin/.", no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
+models_app = typer.Typer(help="The model registry: list, promote, roll back; the live drift report.",
+                         no_args_is_help=True)
 app.add_typer(cluster_app, name="cluster")
+app.add_typer(models_app, name="models")
+REGISTRY = PROJECT_ROOT / "var" / "models"
+RegistryOpt = Annotated[Path, typer.Option("--registry", help="model registry directory")]
 
 DEFAULT_CONFIG = str(PROJECT_ROOT / "deploy" / "config" / "local.toml")
 DEFAULT_SERVING = str(PROJECT_ROOT / "deploy" / "config" / "serving.toml")
@@ -208,12 +213,17 @@ def evaluate(
 def train(
     history: Annotated[Path, typer.Option(help="JSONL event history (streamrank simulate --history)")],
     catalog: Annotated[Optional[Path], typer.Option(help="items JSONL (item_id, category, price)")] = None,
-    registry: Annotated[Path, typer.Option(help="model registry directory")] = PROJECT_ROOT / "var" / "models",
+    registry: RegistryOpt = REGISTRY,
     horizon_s: Annotated[float, typer.Option(help="label horizon after each cut-off (s)")] = 1800.0,
+    kind: Annotated[str, typer.Option(help="gbc (GradientBoostingClassifier) or lambdamart (LightGBM ranker)")] = "gbc",
+    promote: Annotated[bool, typer.Option(help="make it the current model (the running job switches to it)")] = True,
     config: ConfigOpt = DEFAULT_CONFIG,
 ) -> None:
-    """Build point-in-time features, train model v0, export to ONNX, check parity, publish."""
-    from models.training import PublishRefused, build_training_set, train_and_publish
+    """Build point-in-time features, train a model, export to ONNX, check parity, publish."""
+    from models.training import MODEL_KINDS, PublishRefused, build_training_set, train_and_publish
+
+    if kind not in MODEL_KINDS:
+        raise typer.BadParameter(f"{kind!r}; choose one of {', '.join(MODEL_KINDS)}", param_hint="--kind")
 
     _logging()
     cfg = _job_config(config, None)
@@ -223,11 +233,71 @@ def train(
         catalog = catalog_path(history)
     ts = build_training_set(history, cfg, horizon_s=horizon_s, catalog=catalog)
     try:
-        out = train_and_publish(ts, registry, cfg)
+        out = train_and_publish(ts, registry, cfg, kind=kind, promote=promote)
     except PublishRefused as e:
         typer.echo(str(e), err=True)
         raise typer.Exit(1) from None
     typer.echo((out / "card.json").read_text())
+
+
+@models_app.command("list")
+def models_list(registry: RegistryOpt = REGISTRY) -> None:
+    """Published versions, newest last; * marks the current (promoted) one."""
+    from models.registry import Registry
+
+    versions = Registry(registry).versions()
+    if not versions:
+        typer.echo(f"no models in {registry}; train one with `streamrank train`", err=True)
+        raise typer.Exit(1)
+    for v in versions:
+        typer.echo(f"{'*' if v.current else ' '} {v.version}  {v.created_at}  AUC {v.holdout.get('auc', '?')}  {v.model}")
+
+
+@models_app.command("promote")
+def models_promote(version: Annotated[str, typer.Argument(help="e.g. v0003")], registry: RegistryOpt = REGISTRY) -> None:
+    """Make VERSION current; a running job switches within scoring.reload_check_s."""
+    from models.registry import Registry, RegistryError
+
+    try:
+        Registry(registry).promote(version)
+    except RegistryError as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"current -> {version}")
+
+
+@models_app.command("rollback")
+def models_rollback(registry: RegistryOpt = REGISTRY) -> None:
+    """Undo the latest promotion: back to the version that was current before it."""
+    from models.registry import Registry, RegistryError
+
+    try:
+        version = Registry(registry).rollback()
+    except RegistryError as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"current -> {version}")
+
+
+@models_app.command("drift")
+def models_drift(config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """The job's last drift window: PSI per feature against the scoring model's card."""
+    import redis as redis_lib
+
+    from contract import keys
+
+    cfg = _job_config(config, None)
+    try:
+        raw = redis_lib.Redis(host=cfg.redis.host, port=cfg.redis.port, decode_responses=True).hgetall(keys.DRIFT)
+    except redis_lib.RedisError as e:
+        typer.echo(f"cannot read {keys.DRIFT} from Redis {cfg.redis.host}:{cfg.redis.port}: {e}", err=True)
+        raise typer.Exit(1) from None
+    if not raw:
+        typer.echo("no drift window closed yet (scoring.drift_window_s of event time with scoring.drift_min_rows "
+                   "scored rows)", err=True)
+        raise typer.Exit(1)
+    raw["psi"] = json.loads(raw["psi"])
+    typer.echo(json.dumps(raw))
 
 
 def _parse_time(value: str) -> int:

@@ -200,7 +200,7 @@ def evaluate_history(history: str, cfg, train_fraction: float = 0.8, k: int = 10
     from pathlib import Path
 
     from models.offline import OfflineReplay, load_catalog, read_history
-    from models.training import build_training_set, train_and_publish
+    from models.training import MODEL_KINDS, build_training_set, train_and_publish
     from traffic.publish import catalog_path
     from udfs.features import feature_names
     from udfs.scorer import OnnxScorer
@@ -213,8 +213,8 @@ def evaluate_history(history: str, cfg, train_fraction: float = 0.8, k: int = 10
         f.writelines(json.dumps(asdict(e)) + "\n" for e in split.train)
     catalog = catalog_path(history) if catalog_path(history).exists() else None
     ts = build_training_set(train_file, cfg, catalog=catalog, progress=progress)
-    model_dir = train_and_publish(ts, work / "registry", cfg)
-    scorer = OnnxScorer(model_dir, feature_names(cfg.features))
+    scorers = {kind: OnnxScorer(train_and_publish(ts, work / "registry", cfg, kind=kind), feature_names(cfg.features))
+               for kind in MODEL_KINDS}
 
     replay = OfflineReplay(cfg)
     if catalog:
@@ -224,20 +224,21 @@ def evaluate_history(history: str, cfg, train_fraction: float = 0.8, k: int = 10
     known = {u for u, s in replay.states.items() if s.feature_ts > 0}
     truth = relevant_items(split.test, known)
     rankers = Baselines.fit(split.train, split.at_ms).rankers()
-    scored: list[tuple[float, bool]] = []
-    rankers["gbc"] = model_ranker(scorer.score, replay, cfg, split.at_ms, scored, truth)
+    scored: list[tuple[float, bool]] = []  # the classifier's (probability, relevant) pairs
+    for kind, scorer in scorers.items():
+        rankers[kind] = model_ranker(scorer.score, replay, cfg, split.at_ms, scored if kind == "gbc" else None, truth)
     rankings = rank_users(rankers, truth)
     results = metrics(rankings, truth, k)
     curves = ndcg_curves(rankings, truth)
-    write_report(work, results, curves, scored, json.loads((model_dir / "card.json").read_text()), split,
+    write_report(work, results, curves, scored, {kind: s.card.raw for kind, s in scorers.items()}, split,
                  len(truth), k)
     return results
 
 
-def write_report(out, results: dict, curves: dict, scored: list[tuple[float, bool]], model_card: dict,
+def write_report(out, results: dict, curves: dict, scored: list[tuple[float, bool]], model_cards: dict[str, dict],
                  split: Split, users: int, k: int) -> None:
-    """evaluation.json + evaluation.md (the model card with the baselines) and three plots:
-    ndcg_at_k.png, feature_importance.png, calibration.png."""
+    """evaluation.json + evaluation.md (the model cards with the baselines) and three plots:
+    ndcg_at_k.png, feature_importance.png (one panel per model), calibration.png (the classifier)."""
     import json
 
     import matplotlib
@@ -246,29 +247,34 @@ def write_report(out, results: dict, curves: dict, scored: list[tuple[float, boo
     import matplotlib.pyplot as plt
     import numpy as np
 
-    best_baseline = max((n for n in results if n != "gbc"), key=lambda n: results[n][f"ndcg_at_{k}"])
+    key = f"ndcg_at_{k}"
+    best_baseline = max((n for n in results if n not in model_cards), key=lambda n: results[n][key])
+    best_model = max(model_cards, key=lambda n: results[n][key])
+    beats = results[best_model][key] > results[best_baseline][key]
     card = {"split_at_ms": split.at_ms, "train_events": len(split.train), "test_events": len(split.test),
             "users_evaluated": users, "k": k, "results": results, "ndcg_curves": curves,
-            "best_baseline": best_baseline,
-            "model_beats_best_baseline": results["gbc"][f"ndcg_at_{k}"] > results[best_baseline][f"ndcg_at_{k}"],
-            "model_card": model_card}
+            "best_baseline": best_baseline, "best_model": best_model,
+            "model_beats_best_baseline": beats, "model_cards": model_cards}
     (out / "evaluation.json").write_text(json.dumps(card, indent=1))
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, ys in curves.items():
-        ax.plot(range(1, len(ys) + 1), ys, marker="o" if name == "gbc" else None, label=name,
-                linewidth=2.5 if name == "gbc" else 1.2)
-    ax.set(xlabel="K", ylabel="NDCG@K", title="Next-period NDCG@K: model vs baselines")
+        trained = name in model_cards
+        ax.plot(range(1, len(ys) + 1), ys, marker="o" if trained else None, label=name,
+                linewidth=2.5 if trained else 1.2, linestyle="-" if trained else "--")
+    ax.set(xlabel="K", ylabel="NDCG@K", title="Next-period NDCG@K: models vs baselines")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
     fig.savefig(out / "ndcg_at_k.png", dpi=110)
     plt.close(fig)
 
-    imp = sorted(model_card.get("feature_importance", {}).items(), key=lambda kv: kv[1])
-    fig, ax = plt.subplots(figsize=(7, max(3, 0.25 * len(imp))))
-    ax.barh([n for n, _ in imp], [v for _, v in imp])
-    ax.set(xlabel="importance (impurity decrease)", title="GBC feature importance")
+    n_feat = max(len(c.get("feature_importance", {})) for c in model_cards.values())
+    fig, axes = plt.subplots(1, len(model_cards), figsize=(6 * len(model_cards), max(3, 0.25 * n_feat)), squeeze=False)
+    for ax, (name, mc) in zip(axes[0], model_cards.items()):
+        imp = sorted(mc.get("feature_importance", {}).items(), key=lambda kv: kv[1])
+        ax.barh([n for n, _ in imp], [v for _, v in imp])
+        ax.set(xlabel="importance (share of total gain)", title=f"{name} {mc.get('version')}")
     fig.tight_layout()
     fig.savefig(out / "feature_importance.png", dpi=110)
     plt.close(fig)
@@ -283,26 +289,31 @@ def write_report(out, results: dict, curves: dict, scored: list[tuple[float, boo
         rate = [y[idx == b].mean() for b in range(len(edges) - 1) if (idx == b).any()]
         ax.plot(mean_p, rate, marker="o", label="gbc")
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect")
-    ax.set(xlabel="predicted P(interact)", ylabel="observed next-period rate", title="Calibration (deciles)")
+    ax.set(xlabel="predicted P(interact)", ylabel="observed next-period rate",
+           title="Calibration of the classifier (deciles)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(out / "calibration.png", dpi=110)
     plt.close(fig)
 
-    rows = "\n".join(f"| {n} | " + " | ".join(f"{m[c]:.4f}" if m[c] is not None else "-" for c in
-                                                (f"ndcg_at_{k}", f"hitrate_at_{k}", "mrr", "auc")) + " |"
-                     for n, m in results.items())
-    (out / "evaluation.md").write_text(f"""# Evaluation: model {model_card.get('version')} vs baselines
+    rows = "\n".join(f"| {n}{' (trained)' if n in model_cards else ''} | " + " | ".join(
+        f"{m[c]:.4f}" if m[c] is not None else "-" for c in (key, f"hitrate_at_{k}", "mrr", "auc")) + " |"
+        for n, m in results.items())
+    models = "\n".join(f"- `{n}` {mc.get('version')}: {mc.get('model')}; holdout AUC {mc.get('holdout', {}).get('auc')}, "
+                       f"ONNX parity {mc.get('onnx_parity_max_abs_diff'):.1e}" for n, mc in model_cards.items())
+    (out / "evaluation.md").write_text(f"""# Evaluation: trained models vs baselines
 
 Split at {split.at_ms} ms: {len(split.train)} training events, {len(split.test)} test events,
-{users} users evaluated (active in both parts). Model: {model_card.get('model')}, holdout AUC
-{model_card.get('holdout', {}).get('auc')}, ONNX parity {model_card.get('onnx_parity_max_abs_diff')}.
+{users} users evaluated (active in both parts).
+
+{models}
 
 | ranker | NDCG@{k} | HitRate@{k} | MRR | AUC |
 |---|---|---|---|---|
 {rows}
 
-Best baseline: **{best_baseline}**; the model {'beats' if card['model_beats_best_baseline'] else 'does not beat'} it on NDCG@{k}.
+Best baseline: **{best_baseline}**; the best trained model, **{best_model}**,
+{'beats' if beats else 'does not beat'} it on NDCG@{k}.
 
 ![NDCG@K](ndcg_at_k.png) ![feature importance](feature_importance.png) ![calibration](calibration.png)
 """)

@@ -67,15 +67,21 @@ def sim_history(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def model_dir(sim_history, tmp_path_factory) -> Path:
-    """Model v0 trained on the simulated history and published to a temporary registry."""
-    from models.training import build_training_set, train_and_publish
+def training_set(sim_history):
+    """The point-in-time training set of the simulated history (default config)."""
+    from models.training import build_training_set
 
     history, catalog = sim_history
-    cfg = load_config(None)
+    return build_training_set(history, load_config(None), catalog=catalog, progress=False)
+
+
+@pytest.fixture(scope="session")
+def model_dir(training_set, tmp_path_factory) -> Path:
+    """Model v0 trained on the simulated history and published to a temporary registry."""
+    from models.training import train_and_publish
+
     registry = tmp_path_factory.mktemp("registry")
-    ts = build_training_set(history, cfg, catalog=catalog, progress=False)
-    train_and_publish(ts, registry, cfg)
+    train_and_publish(training_set, registry, load_config(None))
     return registry / "current"
 
 

@@ -19,9 +19,10 @@ class PublishReport:
     users: int
     first_ts: int
     last_ts: int
+    user_ids: frozenset[str] = frozenset()  # users with at least one valid record
 
     def as_dict(self) -> dict:
-        return self.__dict__.copy()
+        return {k: v for k, v in self.__dict__.items() if k != "user_ids"}
 
 
 def producer(bootstrap: str):
@@ -73,7 +74,7 @@ def publish_events(
             malformed += 1
     p.flush()
     p.close()
-    return PublishReport(sent, malformed, len(users), first, last)
+    return PublishReport(sent, malformed, len(users), first, last, frozenset(users))
 
 
 def catalog_path(history: str | Path) -> Path:
@@ -100,7 +101,7 @@ def write_history(sim: Simulator, path: str, count: int, rate_per_s: float, star
                 last = ts
             else:
                 malformed += 1
-    return PublishReport(sent, malformed, len(users), first, last)
+    return PublishReport(sent, malformed, len(users), first, last, frozenset(users))
 
 
 def publish_history(path: str | Path, bootstrap: str, topic: str, items_topic: str | None = None,

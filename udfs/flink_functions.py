@@ -28,15 +28,25 @@ class RankUsers(ScalarFunction):
         from udfs.faults import FaultInjector
         from udfs.features import feature_names
         from udfs.ranking import BatchRanker
-        from udfs.scorer import OnnxScorer
+        from udfs.scorer import ModelWatcher
 
         cfg = JobConfig.model_validate_json(self.cfg_json)
-        scorer = OnnxScorer(cfg.scoring.model_dir, feature_names(cfg.features)) if cfg.scoring.enabled else None
+        s = cfg.scoring
+        scorer = ModelWatcher(s.model_dir, feature_names(cfg.features), s.reload_check_s) if s.enabled else None
         self.ranker = BatchRanker(cfg, scorer)
         self.faults = FaultInjector(cfg.faults)
         group = function_context.get_metric_group().add_group("streamrank")
         self.counters = {name: group.counter(name) for name in ("used", "duplicate", "opted_out")}
+        # drift: PSI x 1000 per feature for the last closed window (Python gauges are integers)
+        drift = group.add_group("drift")
+        for name in feature_names(cfg.features):
+            drift.gauge(f"psi_milli_{name}", lambda name=name: self._psi_milli(name))
+        drift.gauge("alert", lambda: int(bool(self.ranker.last_drift and self.ranker.last_drift.alert)))
         log.info("RankUsers scoring with %s", scorer.version if scorer else "nothing (scoring.enabled = false)")
+
+    def _psi_milli(self, name: str) -> int:
+        report = self.ranker.last_drift if self.ranker else None
+        return int(round(1000 * report.psi.get(name, 0.0))) if report else 0
 
     def eval(self, user_id, window_end, events):  # type: ignore[override]
         from udfs.features import WindowDelta

@@ -6,6 +6,7 @@ ONNX run over every (user, candidate) row, one pipelined guarded write.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 
@@ -15,8 +16,9 @@ import redis
 from contract import keys
 from contract.config import JobConfig
 from udfs.candidates import ALL, Candidate, CandidatePool, ItemStats, gather_candidates, item_weight
-from udfs.features import Ledger, UserState, WindowDelta, apply_window, user_item_matrix
-from udfs.scorer import OnnxScorer
+from udfs.drift import DriftMonitor, DriftReport
+from udfs.features import Ledger, UserState, WindowDelta, apply_window, feature_names, user_item_matrix
+from udfs.scorer import ModelWatcher, OnnxScorer
 
 log = logging.getLogger(__name__)
 
@@ -189,12 +191,35 @@ class CandidateSource:
 class BatchRanker:
     """Applies window deltas to user states in Redis, scores candidates, writes top-K lists."""
 
-    def __init__(self, cfg: JobConfig, scorer: OnnxScorer | None, client: redis.Redis | None = None) -> None:
+    def __init__(self, cfg: JobConfig, scorer: OnnxScorer | ModelWatcher | None,
+                 client: redis.Redis | None = None) -> None:
         self.cfg = cfg
         self.scorer = scorer
         self.redis = client or redis_client(cfg)
         self.guarded_set = self.redis.register_script(keys.GUARDED_SET_LUA)
         self.candidates = CandidateSource(cfg, self.redis)
+        self.drift: DriftMonitor | None = None
+        self.last_drift: DriftReport | None = None
+
+    def _drift_monitor(self, scorer: OnnxScorer) -> DriftMonitor:
+        """One monitor per model version: a new version brings its own reference distributions."""
+        if self.drift is None or self.drift.version != scorer.version:
+            s = self.cfg.scoring
+            self.drift = DriftMonitor(scorer.card.raw, feature_names(self.cfg.features), s.drift_window_s,
+                                      s.drift_min_rows, s.drift_threshold)
+        return self.drift
+
+    def _report_drift(self, report: DriftReport) -> None:
+        self.last_drift = report
+        worst = report.max_feature
+        self.redis.hset(keys.DRIFT, mapping={
+            "model_version": report.model_version, "window_start_ms": report.window_start_ms,
+            "window_end_ms": report.window_end_ms, "rows": report.rows, "psi": json.dumps(report.psi),
+            "max_feature": worst, "max_psi": report.psi[worst], "alert": int(report.alert)})
+        if report.alert:
+            drifted = {n: v for n, v in report.psi.items() if v > report.threshold}
+            log.warning("DRIFT ALERT model %s: PSI above %.2f for %s over %d rows (window ending %d)",
+                        report.model_version, report.threshold, drifted, report.rows, report.window_end_ms)
 
     def rank(self, deltas: list[WindowDelta]) -> Ledger:
         """Fold the windows into the users' states, rank, write; returns what was counted."""
@@ -212,6 +237,7 @@ class BatchRanker:
         if self.scorer is None:
             self._write(ledger, {u: (states[u], None) for u in users})
             return ledger
+        scorer = self.scorer.current()  # one model version for the whole batch
         self.candidates.load_meta({i for u in users for i in states[u].items})
 
         blocks: list[np.ndarray] = []
@@ -223,7 +249,12 @@ class BatchRanker:
             blocks.append(user_item_matrix(s, s.window_end, self.cfg.features, cands))
             spans.append((u, cands, start, start + len(cands)))
             start += len(cands)
-        scores = self.scorer.score(np.concatenate(blocks)) if start else np.zeros(0, np.float32)
+        matrix = np.concatenate(blocks) if start else np.zeros((0, len(feature_names(self.cfg.features))), np.float32)
+        scores = scorer.score(matrix)
+        ends = [d.window_end for d in deltas]
+        report = self._drift_monitor(scorer).observe(matrix, min(ends), max(ends))
+        if report is not None:
+            self._report_drift(report)
 
         now_ms = int(time.time() * 1000)
         k = self.cfg.scoring.top_k
@@ -234,7 +265,7 @@ class BatchRanker:
             order = np.argsort(-user_scores, kind="stable")[:k]
             out[u] = (s, keys.RecList(
                 items=[keys.ScoredItem(cands[i].item_id, float(user_scores[i]), cands[i].category) for i in order],
-                model_version=self.scorer.version,
+                model_version=scorer.version,
                 feature_ts=s.feature_ts,
                 written_at=now_ms,
             ))

@@ -1,14 +1,28 @@
-"""ONNX scorer: runs the exported model with onnxruntime on whole batches of (user, item) rows."""
+"""ONNX scorer: runs the exported model with onnxruntime on whole batches of (user, item) rows;
+ModelWatcher follows the registry's `current` pointer so a promoted model is picked up live."""
 
 from __future__ import annotations
 
 import json
+import logging
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+log = logging.getLogger(__name__)
 
+
+def session_scores(session, x: np.ndarray) -> np.ndarray:
+    """One score per row from an onnxruntime session: the positive-class probability of a
+    classifier (a `probabilities` output, n x 2), or a ranker's single score column."""
+    outputs = [o.name for o in session.get_outputs()]
+    name = "probabilities" if "probabilities" in outputs else outputs[-1]
+    (out,) = session.run([name], {session.get_inputs()[0].name: x.astype(np.float32)})
+    out = np.asarray(out)
+    return out[:, 1] if out.ndim == 2 and out.shape[1] == 2 else out.reshape(len(x))
 
 class ModelError(RuntimeError):
     """A model directory that cannot be used for scoring; the message says what to fix."""
@@ -30,7 +44,7 @@ class ModelCard:
 
 
 class OnnxScorer:
-    """Loads model.onnx once; `score` takes an (n, features) float32 matrix, returns P(interact)."""
+    """Loads model.onnx once; `score` takes an (n, features) float32 matrix, returns one score per row: P(interact) for a classifier, the ranking score for a ranker."""
 
     def __init__(self, model_dir: str | Path, feature_names: tuple[str, ...]) -> None:
         import onnxruntime as ort
@@ -48,9 +62,7 @@ class OnnxScorer:
         self.session = ort.InferenceSession(
             str(model_dir / "model.onnx"), opts, providers=["CPUExecutionProvider"]
         )
-        self.input_name = self.session.get_inputs()[0].name
-        outputs = [o.name for o in self.session.get_outputs()]
-        self.prob_output = "probabilities" if "probabilities" in outputs else outputs[-1]
+        self.model_dir = model_dir
 
     @property
     def version(self) -> str:
@@ -59,5 +71,51 @@ class OnnxScorer:
     def score(self, x: np.ndarray) -> np.ndarray:
         if len(x) == 0:
             return np.zeros(0, dtype=np.float32)
-        (probs,) = self.session.run([self.prob_output], {self.input_name: x.astype(np.float32)})
-        return np.asarray(probs)[:, 1]
+        return session_scores(self.session, x)
+
+    def current(self) -> OnnxScorer:
+        return self
+
+
+class ModelWatcher:
+    """The model at `model_dir` (the registry's `current` symlink), re-resolved at most every
+    `check_s` seconds: when it points at another version, that version is loaded and used from
+    the next batch on. A version that cannot be used (missing files, other features) is logged
+    and skipped; the loaded model keeps scoring."""
+
+    def __init__(self, model_dir: str | Path, feature_names: tuple[str, ...], check_s: float = 5.0) -> None:
+        self.model_dir = Path(model_dir)
+        self.feature_names = tuple(feature_names)
+        self.check_s = check_s
+        self.target = self._resolve()
+        self.scorer = OnnxScorer(self.target, self.feature_names)
+        self.refused: Path | None = None
+        self.checked_at = time.monotonic()
+
+    def _resolve(self) -> Path:
+        return Path(os.path.realpath(self.model_dir))
+
+    def current(self) -> OnnxScorer:
+        now = time.monotonic()
+        if self.check_s <= 0 or now - self.checked_at < self.check_s:
+            return self.scorer
+        self.checked_at = now
+        target = self._resolve()
+        if target == self.target or target == self.refused:
+            return self.scorer
+        try:
+            scorer = OnnxScorer(target, self.feature_names)
+        except Exception as e:  # ModelError, OSError, or onnxruntime's own types for a broken model.onnx
+            log.error("model at %s not loaded, still scoring with %s: %s", target, self.scorer.version, e)
+            self.refused = target
+            return self.scorer
+        log.info("model switched %s -> %s (%s)", self.scorer.version, scorer.version, target)
+        self.scorer, self.target, self.refused = scorer, target, None
+        return self.scorer
+
+    @property
+    def version(self) -> str:
+        return self.scorer.version
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        return self.scorer.score(x)

@@ -13,7 +13,8 @@ from tests.integration.helpers import child_env
 
 COMMANDS = [[], ["stack"], ["stack", "up"], ["stack", "down"], ["stack", "status"], ["simulate"], ["train"],
             ["run"], ["cluster"], ["cluster", "up"], ["cluster", "down"], ["cluster", "status"], ["submit"],
-            ["serve"], ["gateway"], ["lookup"], ["demo"], ["features"], ["ledger"], ["import"], ["evaluate"]]
+            ["serve"], ["gateway"], ["lookup"], ["demo"], ["features"], ["ledger"], ["import"], ["evaluate"],
+            ["models"], ["models", "list"], ["models", "promote"], ["models", "rollback"], ["models", "drift"]]
 
 
 def cli(*args: str, env=None) -> subprocess.CompletedProcess:

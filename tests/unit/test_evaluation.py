@@ -69,14 +69,18 @@ def test_evaluate_history_trains_on_the_past_and_reports_every_ranker(sim_histor
 
     history, _ = sim_history
     out = evaluate_history(str(history), load_config(None), work_dir=str(tmp_path), progress=False)
-    assert set(out) == {"popularity", "trending", "user_top_category", "repeat", "gbc"}
+    assert set(out) == {"popularity", "trending", "user_top_category", "repeat", "gbc", "lambdamart"}
     for metrics in out.values():
         assert set(metrics) == {"ndcg_at_10", "hitrate_at_10", "mrr", "auc"}
         assert all(0.0 <= v <= 1.0 for v in metrics.values() if v is not None)
     # the model ranks the job's own candidates: better than chance on the users it knows
-    assert out["gbc"]["auc"] > 0.5
+    assert out["gbc"]["auc"] > 0.5 and out["lambdamart"]["auc"] > 0.5
     assert (tmp_path / "registry" / "current" / "model.onnx").exists()
     for name in ("evaluation.json", "evaluation.md", "ndcg_at_k.png", "feature_importance.png", "calibration.png"):
         assert (tmp_path / name).stat().st_size > 0
     card = json.loads((tmp_path / "evaluation.json").read_text())
-    assert card["results"] == out and set(card["model_card"]["reference_distributions"]) == set(card["model_card"]["feature_importance"])
+    assert card["results"] == out and set(card["model_cards"]) == {"gbc", "lambdamart"}
+    for mc in card["model_cards"].values():
+        assert set(mc["reference_distributions"]) == set(mc["feature_importance"]) == set(mc["feature_names"])
+        assert mc["onnx_parity_max_abs_diff"] <= 1e-5
+    assert card["best_model"] in ("gbc", "lambdamart")

@@ -110,8 +110,11 @@ def simulate(
     categories: Annotated[int, typer.Option(help="item categories")] = 20,
     seed: Annotated[int, typer.Option(help="same seed, same stream")] = 7,
     malformed: Annotated[float, typer.Option(help="fraction of records to break (0..1)")] = 0.0,
-    history: Annotated[Optional[Path], typer.Option(help="write a JSONL history file instead of publishing")] = None,
-    hours_ago: Annotated[float, typer.Option(help="with --history: start this many hours before now")] = 6.0,
+    history: Annotated[Optional[Path], typer.Option(help="write a history file (a folder for retailrocket) instead of publishing")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="with --history: native (JSONL) | retailrocket | online-retail "
+                                     "(the public log formats `import` and `evaluate` read)")] = "native",
+    hours_ago: Annotated[Optional[float], typer.Option(help="with --history: start this many hours before now "
+                                                       "(default: so that the stream ends now)")] = None,
     realtime: Annotated[bool, typer.Option(help="pace sends so event time follows the wall clock")] = False,
     config: ConfigOpt = DEFAULT_CONFIG,
 ) -> None:
@@ -123,9 +126,18 @@ def simulate(
     if not 0 <= malformed < 1:
         typer.echo("--malformed must be in [0, 1)", err=True)
         raise typer.Exit(2)
+    if fmt not in ("native", "retailrocket", "online-retail"):
+        raise typer.BadParameter(f"{fmt!r}; use native, retailrocket or online-retail", param_hint="--format")
     sim = Simulator(seed=seed, users=users, items=items, categories=categories)
+    span_s = hours_ago * 3600 if hours_ago is not None else events / rate + 60
+    start = int((time.time() - span_s) * 1000)
+    if history and fmt != "native":
+        from traffic.formats import write_online_retail, write_retailrocket
+
+        write = write_retailrocket if fmt == "retailrocket" else write_online_retail
+        typer.echo(json.dumps(write(sim, history, events, rate, start)))
+        return
     if history:
-        start = int((time.time() - hours_ago * 3600) * 1000)
         history.parent.mkdir(parents=True, exist_ok=True)
         report = write_history(sim, str(history), events, rate, start, malformed)
         typer.echo(json.dumps({**report.as_dict(), "history": str(history), "catalog": str(catalog_path(history))}))
@@ -178,6 +190,8 @@ def import_events(
 def evaluate(
     events: Annotated[Path, typer.Option(help="event log to evaluate on")],
     fmt: Annotated[str, typer.Option("--format", help="native (JSONL history) | retailrocket | online-retail")] = "native",
+    item_properties: Annotated[Optional[list[Path]], typer.Option(help="retailrocket: item_properties CSV (repeatable)")] = None,
+    category_tree: Annotated[Optional[Path], typer.Option(help="retailrocket: category_tree.csv")] = None,
     train_fraction: Annotated[float, typer.Option(help="share of events (by time) to train on")] = 0.8,
     k: Annotated[int, typer.Option(help="cut-off for NDCG@k and HitRate@k")] = 10,
     out: Annotated[Optional[Path], typer.Option(help="report folder (default var/eval/<time>)")] = None,
@@ -195,7 +209,8 @@ def evaluate(
 
         history = Path(run_dir()) / "evaluate" / "history.jsonl"
         try:
-            report = import_file(events, fmt, history)
+            report = import_file(events, fmt, history, item_properties=[str(p) for p in item_properties or []],
+                                 category_tree=str(category_tree) if category_tree else None)
         except ImportFailed as e:
             typer.echo(str(e), err=True)
             raise typer.Exit(2) from None

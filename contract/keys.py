@@ -6,6 +6,8 @@
 - `trending:cat:{category}` the same per category.
 - `item:meta`    hash item_id -> JSON {"category", "price"} from the `items` topic.
 - `ledger`       hash: how many input records were used, duplicate, opted_out, dlq, late.
+- `ledger:rejected_offsets` hash: per source partition, the offset of the last DLQ'd or late
+                 record counted, so a replay after recovery does not count it again.
 - `drift:psi`    hash: the last drift window's PSI per feature (JSON), its model version, window,
                  rows, the worst feature and whether it crossed the alert threshold.
 
@@ -22,6 +24,7 @@ TRENDING = "trending"
 LEDGER = "ledger"  # hash: used / duplicate / opted_out / dlq / late -> records counted
 ITEM_META = "item:meta"
 DRIFT = "drift:psi"
+REJECTED_OFFSETS = "ledger:rejected_offsets"  # hash "{topic}:{partition}" -> last rejected offset counted
 
 
 def rec_key(user_id: str) -> str:

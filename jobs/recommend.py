@@ -199,7 +199,7 @@ INSERT INTO late_sink
 SELECT payload, 'late', src_topic, src_partition, src_offset FROM checked WHERE reason IS NULL AND is_late""")
     stmts.add_insert_sql("""
 INSERT INTO discard
-SELECT count_rejected(CASE WHEN reason IS NOT NULL THEN 'dlq' ELSE 'late' END)
+SELECT count_rejected(CASE WHEN reason IS NOT NULL THEN 'dlq' ELSE 'late' END, src_topic, src_partition, src_offset)
 FROM checked WHERE reason IS NOT NULL OR is_late""")
     # per user and micro-batch window -> rank_users (dedup, consent, features, scoring, Redis)
     stmts.add_insert_sql(f"""

@@ -101,31 +101,28 @@ class StoreItemMeta(ScalarFunction):
 
 
 class CountRejected(ScalarFunction):
-    """(status) -> 1: counts DLQ'd and late records into the ledger (Redis hash + Flink metrics
-    streamrank.dlq / streamrank.late). Only rejected records cross into Python here."""
+    """(status, topic, partition, offset) -> 1: counts DLQ'd and late records into the ledger
+    exactly once (see udfs.ranking.RejectedCounter) and into the Flink metrics streamrank.dlq /
+    streamrank.late. Only rejected records cross into Python here."""
 
     def __init__(self, cfg_json: str) -> None:
         self.cfg_json = cfg_json
-        self.client = None
+        self.counter = None
         self.counters: dict = {}
 
     def open(self, function_context: FunctionContext) -> None:
-        from udfs.ranking import redis_client
+        from udfs.ranking import RejectedCounter, redis_client
 
-        self.client = redis_client(JobConfig.model_validate_json(self.cfg_json))
+        self.counter = RejectedCounter(redis_client(JobConfig.model_validate_json(self.cfg_json)))
         group = function_context.get_metric_group().add_group("streamrank")
         self.counters = {name: group.counter(name) for name in ("dlq", "late")}
 
-    def eval(self, ledger_field):  # type: ignore[override]
-        from udfs.ranking import count_in_ledger
-
-        counts = {str(name): int(n) for name, n in ledger_field.value_counts().items()}
-        pipe = self.client.pipeline(transaction=True)
-        count_in_ledger(pipe, counts)
-        pipe.execute()
-        for name, n in counts.items():
-            self.counters[name].inc(n)
-        return pd.Series([1] * len(ledger_field), dtype="int32")
+    def eval(self, ledger_field, topic, partition, offset):  # type: ignore[override]
+        rows = [(str(t), int(p), int(o), str(f)) for f, t, p, o in zip(ledger_field, topic, partition, offset)]
+        self.counter.count(rows)
+        for name, n in ledger_field.value_counts().items():
+            self.counters[str(name)].inc(int(n))
+        return pd.Series([1] * len(rows), dtype="int32")
 
 
 def register(t_env, cfg: JobConfig) -> None:

@@ -75,6 +75,43 @@ return 1
 """
 
 
+# KEYS[1] the ledger hash, KEYS[2] the high-water hash; ARGV: (partition key, offset, ledger field)
+# per rejected record, in the order of their partition. A record at or below its partition's
+# high-water offset was counted before a failure and is being replayed from the checkpoint.
+COUNT_REJECTED_LUA = """
+local hw, counts = {}, {}
+for i = 1, #ARGV, 3 do
+  local p, off, f = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
+  if hw[p] == nil then hw[p] = tonumber(redis.call('HGET', KEYS[2], p) or '-1') end
+  if off > hw[p] then
+    hw[p] = off
+    counts[f] = (counts[f] or 0) + 1
+  end
+end
+local counted = 0
+for p, off in pairs(hw) do redis.call('HSET', KEYS[2], p, string.format('%d', off)) end
+for f, n in pairs(counts) do
+  redis.call('HINCRBY', KEYS[1], f, n)
+  counted = counted + n
+end
+return counted
+"""
+
+
+class RejectedCounter:
+    """Counts DLQ'd and late records into the ledger exactly once, replays included."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.script = client.register_script(COUNT_REJECTED_LUA)
+
+    def count(self, rows: list[tuple[str, int, int, str]]) -> int:
+        """rows: (topic, partition, offset, 'dlq' | 'late'); returns how many were new."""
+        args: list = []
+        for topic, partition, offset, field in rows:
+            args += [f"{topic}:{partition}", offset, field]
+        return int(self.script(keys=[keys.LEDGER, keys.REJECTED_OFFSETS], args=args)) if rows else 0
+
+
 def count_in_ledger(pipe, counts: dict[str, int]) -> None:
     """Queue HINCRBYs of the ledger hash (used/duplicate/opted_out/dlq/late) on a pipeline."""
     for name, n in counts.items():

@@ -16,6 +16,14 @@ from deploy.paths import PROJECT_ROOT
 from deploy.stack import Service, create_topics, free_port, start_kafka, start_redis, stop_pid
 
 
+def toml_value(v: object) -> str:
+    """A value for `--set SECTION.KEY=VALUE` (parsed as TOML): JSON scalars are valid TOML, a
+    dict becomes an inline table."""
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{json.dumps(str(k))} = {toml_value(x)}" for k, x in v.items()) + "}"
+    return json.dumps(v)
+
+
 @dataclass
 class BenchStack:
     work: Path
@@ -43,7 +51,7 @@ class BenchStack:
             "kafka.startup_mode": startup, "redis.port": self.redis_svc.port,
             "scoring.model_dir": str(self.model), "flink.parallelism": parallelism, **extra,
         }
-        return [a for k, v in values.items() for a in ("--set", f"{k}={json.dumps(v)}")]
+        return [a for k, v in values.items() for a in ("--set", f"{k}={toml_value(v)}")]
 
     def timed_run(self, module: str, args: list[str]) -> float:
         """Seconds for one bounded run of `python -m module` (Redis flushed first)."""

@@ -186,9 +186,6 @@ WHERE reason IS NULL AND NOT is_late""")
     window = f"TABLE(TUMBLE(TABLE events, DESCRIPTOR(event_time), INTERVAL '{mb_ms / 1000:.3f}' SECOND))"
     window_end = f"MAX(ts - MOD(ts, {mb_ms}) + {mb_ms})"
 
-    def count(t: str) -> str:
-        return f"CAST(SUM(CASE WHEN etype = '{t}' THEN 1 ELSE 0 END) AS INT)"
-
     stmts = t_env.create_statement_set()
     # rejected records: DLQ (with reason) or late topic, each counted once in the ledger
     stmts.add_insert_sql("""
@@ -201,7 +198,10 @@ SELECT payload, 'late', src_topic, src_partition, src_offset FROM checked WHERE 
 INSERT INTO discard
 SELECT count_rejected(CASE WHEN reason IS NOT NULL THEN 'dlq' ELSE 'late' END, src_topic, src_partition, src_offset)
 FROM checked WHERE reason IS NOT NULL OR is_late""")
-    # per user and micro-batch window -> rank_users (dedup, consent, features, scoring, Redis)
+    # per user and micro-batch window -> rank_users (dedup, consent, features, item statistics,
+    # scoring, Redis). Item statistics are counted from the same windows in Python (see
+    # udfs.ranking.item_window_counts): a separate per-item window cost a second aggregation on
+    # the source thread, a shuffle and a Python worker.
     stmts.add_insert_sql(f"""
 INSERT INTO discard
 SELECT rank_users(user_id, window_end_ms, event_list)
@@ -209,18 +209,6 @@ FROM (
   SELECT user_id, {window_end} AS window_end_ms, {EVENT_LIST_SQL} AS event_list
   FROM {window}
   GROUP BY user_id, window_start, window_end
-)""")
-    # per item and micro-batch window (consented events) -> update_trending (boards in Redis)
-    stmts.add_insert_sql(f"""
-INSERT INTO discard
-SELECT update_trending(window_end_ms, item_id, category, n_view, n_click, n_cart, n_purchase)
-FROM (
-  SELECT item_id, category, {window_end} AS window_end_ms,
-    {count('view')} AS n_view, {count('click')} AS n_click,
-    {count('add_to_cart')} AS n_cart, {count('purchase')} AS n_purchase
-  FROM {window}
-  WHERE consent = '1'
-  GROUP BY item_id, category, window_start, window_end
 )""")
     # catalog -> item:meta
     stmts.add_insert_sql("""

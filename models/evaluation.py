@@ -199,7 +199,7 @@ def evaluate_history(history: str, cfg, train_fraction: float = 0.8, k: int = 10
     import tempfile
     from pathlib import Path
 
-    from models.offline import OfflineReplay, load_catalog, read_history
+    from models.offline import read_history
     from models.training import MODEL_KINDS, build_training_set, train_and_publish
     from traffic.publish import catalog_path
     from udfs.features import feature_names
@@ -212,15 +212,11 @@ def evaluate_history(history: str, cfg, train_fraction: float = 0.8, k: int = 10
     with open(train_file, "w") as f:
         f.writelines(json.dumps(asdict(e)) + "\n" for e in split.train)
     catalog = catalog_path(history) if catalog_path(history).exists() else None
-    ts = build_training_set(train_file, cfg, catalog=catalog, progress=progress)
+    ts = build_training_set(train_file, cfg, catalog=catalog, progress=progress, replay_to_end=True)
     scorers = {kind: OnnxScorer(train_and_publish(ts, work / "registry", cfg, kind=kind), feature_names(cfg.features))
                for kind in MODEL_KINDS}
 
-    replay = OfflineReplay(cfg)
-    if catalog:
-        replay.catalog.update(load_catalog(catalog))
-    for _ in replay.run(split.train):
-        pass
+    replay = ts.replay  # the job's state at the split: the training replay, run to its end
     known = {u for u, s in replay.states.items() if s.feature_ts > 0}
     truth = relevant_items(split.test, known)
     rankers = Baselines.fit(split.train, split.at_ms).rankers()

@@ -48,13 +48,17 @@ class TrainingSet:
     users: int
     start_ms: int
     end_ms: int
+    replay: OfflineReplay | None = None  # with replay_to_end: the state after the whole history
 
 
 def build_training_set(
     history: str | Path, cfg: JobConfig, horizon_s: float = 1800.0, sample: float = 0.3,
     negatives_per_cutoff: int = 20, seed: int = 0, catalog: str | Path | None = None,
-    progress: bool = True,
+    progress: bool = True, replay_to_end: bool = False,
 ) -> TrainingSet:
+    """replay_to_end: keep folding the windows past the last labelled cut-off and return the
+    replay (what the job would hold at the end of the history), so a caller does not replay the
+    same file again."""
     hist = read_history(history, cfg)
     events = hist.events
     if hist.rejected:
@@ -82,7 +86,9 @@ def build_training_set(
     for step in tqdm(replay.run(events), total=windows, desc="replaying windows", disable=not progress, unit="win"):
         t = step.window_end
         if t + horizon_ms > last_ts:
-            break  # labels would be cut short
+            if not replay_to_end:
+                break  # labels would be cut short
+            continue
         sampled = [u for u in step.active_users if rng.random() < sample]
         if not sampled:
             continue
@@ -106,7 +112,7 @@ def build_training_set(
     if not xs or len(set(ys)) < 2:
         raise ValueError("history too short to build a training set with both labels; simulate more events")
     return TrainingSet(np.concatenate(xs), np.asarray(ys), np.asarray(cuts), np.asarray(queries),
-                       len(replay.states), events[0].ts, last_ts)
+                       len(replay.states), events[0].ts, last_ts, replay if replay_to_end else None)
 
 
 MODEL_KINDS = ("gbc", "lambdamart")

@@ -10,11 +10,11 @@ window/window_slices steps), sessions, baskets and decayed category/item affinit
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
+import orjson
 
 from contract.config import FeatureConfig
 
@@ -123,13 +123,21 @@ class UserState:
     seen: dict[str, int] = field(default_factory=dict)  # event_id -> ts, within dedup horizon
 
     def encode(self) -> str:
-        return json.dumps(self.__dict__, separators=(",", ":"))
+        return orjson.dumps(self.__dict__).decode()
 
     @staticmethod
     def decode(raw: str | bytes | None) -> UserState:
         if not raw:
             return UserState()
-        return UserState(**json.loads(raw))
+        return UserState(**orjson.loads(raw))
+
+    def copy(self) -> UserState:
+        """A deep copy (containers copied, so folding a window never changes the original)."""
+        return UserState(
+            self.window_end, self.feature_ts, self.as_of, self.last_click_ts, self.last_purchase_ts,
+            {w: {i: list(c) for i, c in b.items()} for w, b in self.buckets.items()},
+            self.session_start, self.session_events, self.session_purchased, list(self.sessions),
+            list(self.baskets), dict(self.affinity), dict(self.items), dict(self.seen))
 
     def top_categories(self, n: int) -> list[str]:
         return [c for c, _ in sorted(self.affinity.items(), key=lambda kv: (-kv[1], kv[0]))[:n]]
@@ -156,13 +164,14 @@ def window_sum(state: UserState, window_s: float, t: int, cfg: FeatureConfig) ->
     return total
 
 
-def apply_window(state: UserState, d: WindowDelta, cfg: FeatureConfig) -> tuple[UserState, Ledger]:
+def apply_window(state: UserState, d: WindowDelta, cfg: FeatureConfig,
+                 events: list[Event] | None = None) -> tuple[UserState, Ledger]:
     """Fold one window into the state. A window at or before state.window_end is a replay after
-    recovery and changes nothing (idempotent)."""
+    recovery and changes nothing (idempotent). events: d.events already parsed (saves a parse)."""
     ledger = Ledger()
     if d.window_end <= state.window_end:
         return state, ledger
-    s = UserState(**json.loads(state.encode()))  # deep copy
+    s = state.copy()
     t = d.window_end
     dt = t - s.as_of if s.as_of else 0
     if dt > 0:
@@ -172,9 +181,10 @@ def apply_window(state: UserState, d: WindowDelta, cfg: FeatureConfig) -> tuple[
     s.window_end = t
     horizon = t - cfg.dedup_horizon_s * 1000  # ids older than this are forgotten before matching
     s.seen = {k: v for k, v in s.seen.items() if v > horizon}
-    windows = _all_windows(cfg)
+    slices = [(s.buckets.setdefault(f"{w:g}", {}), _slice_ms(w, cfg)) for w in _all_windows(cfg)]
     gap_ms = cfg.session_gap_s * 1000
-    for e in sorted(parse_events(d.events), key=lambda e: (e.ts, e.event_id)):
+    parsed = parse_events(d.events) if events is None else events
+    for e in sorted(parsed, key=lambda e: (e.ts, e.event_id)):
         if e.event_id in s.seen:
             ledger.duplicate += 1
             continue
@@ -191,9 +201,8 @@ def apply_window(state: UserState, d: WindowDelta, cfg: FeatureConfig) -> tuple[
         if e.type == "click":
             s.last_click_ts = max(s.last_click_ts, e.ts)
         slot = TYPE_SLOT[e.type]
-        for w in windows:
-            idx = str(e.ts // _slice_ms(w, cfg))
-            b = s.buckets.setdefault(f"{w:g}", {}).setdefault(idx, [0.0] * 5)
+        for board, size in slices:
+            b = board.setdefault(str(e.ts // size), [0.0] * 5)
             b[slot] += 1
             if e.type == "purchase":
                 b[4] += e.value

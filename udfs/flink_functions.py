@@ -59,27 +59,6 @@ class RankUsers(ScalarFunction):
         return pd.Series([ledger.used] * len(deltas), dtype="int32")
 
 
-class UpdateTrending(ScalarFunction):
-    """(window_end, item_id, category, counts...) -> items added to the trending boards."""
-
-    def __init__(self, cfg_json: str) -> None:
-        self.cfg_json = cfg_json
-        self.writer = None
-
-    def open(self, function_context: FunctionContext) -> None:
-        from udfs.ranking import TrendingWriter
-
-        self.writer = TrendingWriter(JobConfig.model_validate_json(self.cfg_json))
-
-    def eval(self, window_end, item_id, category, n_view, n_click, n_cart, n_purchase):  # type: ignore[override]
-        rows = [
-            (int(t), str(i), str(c), int(a), int(b), int(d), int(e))
-            for t, i, c, a, b, d, e in zip(window_end, item_id, category, n_view, n_click, n_cart, n_purchase)
-        ]
-        n = self.writer.write(rows)
-        return pd.Series([n] * len(rows), dtype="int32")
-
-
 class StoreItemMeta(ScalarFunction):
     """(item_id, category, price) from the catalog topic -> fields written to item:meta."""
 
@@ -130,6 +109,5 @@ def register(t_env, cfg: JobConfig) -> None:
     cfg_json = cfg.model_dump_json()
     out = DataTypes.INT()
     t_env.create_temporary_function("rank_users", udf(RankUsers(cfg_json), result_type=out, func_type="pandas"))
-    t_env.create_temporary_function("update_trending", udf(UpdateTrending(cfg_json), result_type=out, func_type="pandas"))
     t_env.create_temporary_function("store_item_meta", udf(StoreItemMeta(cfg_json), result_type=out, func_type="pandas"))
     t_env.create_temporary_function("count_rejected", udf(CountRejected(cfg_json), result_type=out, func_type="pandas"))

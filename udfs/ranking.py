@@ -17,7 +17,8 @@ from contract import keys
 from contract.config import JobConfig
 from udfs.candidates import ALL, Candidate, CandidatePool, ItemStats, gather_candidates, item_weight
 from udfs.drift import DriftMonitor, DriftReport
-from udfs.features import Ledger, UserState, WindowDelta, apply_window, feature_names, user_item_matrix
+from udfs.features import (Event, Ledger, UserState, WindowDelta, apply_window, feature_names, parse_events,
+                           user_item_matrix)
 from udfs.scorer import ModelWatcher, OnnxScorer
 
 log = logging.getLogger(__name__)
@@ -133,15 +134,32 @@ class TrendingWriter:
         self.redis = client or redis_client(cfg)
         self.script = self.redis.register_script(ITEM_STATS_LUA)
 
-    def write(self, rows: list[tuple[int, str, str, int, int, int, int]]) -> int:
-        """rows: (window_end, item_id, category, n_view, n_click, n_cart, n_purchase)."""
+    def write(self, rows: list[tuple[int, str, str, int, int, int, int]], pipe=None) -> int:
+        """rows: (window_end, item_id, category, n_view, n_click, n_cart, n_purchase). With pipe
+        (a MULTI pipeline), the script is queued there instead of run at once."""
         f = self.cfg.features
         argv: list = [f.item_half_life_s * 1000.0, f.item_long_half_life_s * 1000.0, self.MAX_BOARD]
         for t, item, category, nv, nc, na, np_ in sorted(rows):
             argv += [t, item, category, nv, np_, repr(item_weight(nv, nc, na, np_))]
         if rows:
-            self.script(keys=[TRENDING_LANDMARK, TRENDING_BOARDS], args=argv)
+            self.script(keys=[TRENDING_LANDMARK, TRENDING_BOARDS], args=argv, client=pipe)
         return len(rows)
+
+
+ITEM_COUNT_SLOT = {"view": 0, "click": 1, "add_to_cart": 2, "purchase": 3}
+
+
+def item_window_counts(windows: list[tuple[int, list[Event]]]) -> list[tuple[int, str, str, int, int, int, int]]:
+    """windows: (window end, its parsed events). Per (window end, item, category): consented
+    views, clicks, carts and purchases (duplicates included, as models.offline counts them).
+    Partial counts of one item window from several batches or subtasks add up in Redis: the
+    statistics are linear in them."""
+    counts: dict[tuple[int, str, str], list[int]] = {}
+    for end, events in windows:
+        for e in events:
+            if e.consent:
+                counts.setdefault((end, e.item_id, e.category), [0, 0, 0, 0])[ITEM_COUNT_SLOT[e.type]] += 1
+    return [(t, i, c, *n) for (t, i, c), n in counts.items()]
 
 
 class CandidateSource:
@@ -235,6 +253,7 @@ class BatchRanker:
         self.redis = client or redis_client(cfg)
         self.guarded_set = self.redis.register_script(keys.GUARDED_SET_LUA)
         self.candidates = CandidateSource(cfg, self.redis)
+        self.trending = TrendingWriter(cfg, self.redis)
         self.drift: DriftMonitor | None = None
         self.last_drift: DriftReport | None = None
 
@@ -267,12 +286,18 @@ class BatchRanker:
         users = sorted({d.user_id for d in deltas})
         raw_states = self.redis.mget([keys.feat_key(u) for u in users])
         states = {u: UserState.decode(r) for u, r in zip(users, raw_states)}
+        fresh: list[tuple[int, list[Event]]] = []  # windows that are not replays after a restart
         for d in sorted(deltas, key=lambda d: d.window_end):
-            states[d.user_id], counted = apply_window(states[d.user_id], d, self.cfg.features)
+            if d.window_end <= states[d.user_id].window_end:
+                continue  # applied before a restart: no state, ledger or item statistics change
+            events = parse_events(d.events)
+            fresh.append((d.window_end, events))
+            states[d.user_id], counted = apply_window(states[d.user_id], d, self.cfg.features, events)
             ledger.add(counted)
+        items = item_window_counts(fresh)
         users = [u for u in users if states[u].feature_ts > 0]  # only duplicates/opted-out so far
         if self.scorer is None:
-            self._write(ledger, {u: (states[u], None) for u in users})
+            self._write(ledger, {u: (states[u], None) for u in users}, items)
             return ledger
         scorer = self.scorer.current()  # one model version for the whole batch
         self.candidates.load_meta({i for u in users for i in states[u].items})
@@ -306,13 +331,16 @@ class BatchRanker:
                 feature_ts=s.feature_ts,
                 written_at=now_ms,
             ))
-        self._write(ledger, out)
+        self._write(ledger, out, items)
         return ledger
 
-    def _write(self, ledger: Ledger, out: dict[str, tuple[UserState, keys.RecList | None]]) -> None:
-        """One MULTI: states, lists and the ledger change together or not at all."""
+    def _write(self, ledger: Ledger, out: dict[str, tuple[UserState, keys.RecList | None]],
+               items: list[tuple[int, str, str, int, int, int, int]]) -> None:
+        """One MULTI: item statistics, states, lists and the ledger change together or not at all
+        (a replayed window finds its state already applied and adds nothing anywhere)."""
         ttl = self.cfg.redis.rec_ttl_s
         pipe = self.redis.pipeline(transaction=True)
+        self.trending.write(items, pipe)
         count_in_ledger(pipe, ledger.__dict__)
         for u, (s, rec) in out.items():
             self.guarded_set(keys=[keys.feat_key(u)], args=[s.feature_ts, s.encode(), ttl], client=pipe)

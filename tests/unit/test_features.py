@@ -140,3 +140,16 @@ def test_candidates_union_trending_category_and_own_items():
     assert [c.item_id for c in cands] == ["g1", "g2", "k1", "own1"]
     assert cands[0].popularity == 1.0 and cands[2].popularity == 0.4
     assert cands[3].category == "unknown" and cands[3].popularity == 0.0
+
+
+def test_item_window_counts_take_consented_events_per_item_window():
+    from udfs.features import Event, WindowDelta, parse_events
+    from udfs.ranking import item_window_counts
+
+    def ev(n, etype, item, consent=True):
+        return Event(f"e{n}", etype, item, "c1", 1000 + n, 0.0, consent).encode()
+
+    deltas = [WindowDelta("u1", 2000, ";".join([ev(1, "view", "a"), ev(2, "click", "a"), ev(3, "view", "b", False)])),
+              WindowDelta("u2", 2000, ";".join([ev(4, "purchase", "a"), ev(4, "purchase", "a")])),  # a duplicate counts
+              WindowDelta("u2", 4000, ev(5, "add_to_cart", "b"))]
+    assert sorted(item_window_counts([(d.window_end, parse_events(d.events)) for d in deltas])) == [(2000, "a", "c1", 1, 1, 0, 2), (4000, "b", "c1", 0, 0, 1, 0)]

@@ -111,6 +111,9 @@ PARSE_COLUMNS = ("j_is_object", *(f"j_{f}" for f in JSON_FIELDS), *(f"t_{f}" for
 
 PARSE_FUNCTION = ("CREATE TEMPORARY FUNCTION IF NOT EXISTS parse_interaction AS "
                   "'io.streamrank.udf.ParseInteraction' LANGUAGE JAVA")
+# event_time_ms(payload): the top-level "ts" if it is a JSON integer (BIGINT), else NULL
+EVENT_TIME_FUNCTION = ("CREATE TEMPORARY FUNCTION IF NOT EXISTS event_time_ms AS "
+                       "'io.streamrank.udf.EventTimeMs' LANGUAGE JAVA")
 
 
 def parse_once_sql(source: str, raw: str = "payload") -> str:

@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 from contract.config import JobConfig, load_config
-from contract.schema import CATEGORY_SQL, CONSENT_SQL, MAX_FUTURE_MS, MIN_TS_MS, PARSE_FUNCTION, parse_once_sql, validation_sql
+from contract.schema import (CATEGORY_SQL, CONSENT_SQL, EVENT_TIME_FUNCTION, MAX_FUTURE_MS, MIN_TS_MS, PARSE_FUNCTION,
+                             parse_once_sql, validation_sql)
 
 log = logging.getLogger("streamrank.jobs.recommend")
 
@@ -54,6 +55,9 @@ def environment(cfg: JobConfig, env=None):
     conf = t_env.get_config()
     for key, value in options.items():
         conf.set(key, value)
+    # the JVM functions (deploy/maven/udf) the source's event time and the validation use
+    t_env.execute_sql(PARSE_FUNCTION)
+    t_env.execute_sql(EVENT_TIME_FUNCTION)
     return t_env
 
 
@@ -67,10 +71,12 @@ def checkpoint_uri(path: str) -> str:
 
 
 def event_time_sql(kafka_ms: str = "kafka_ts_ms") -> str:
-    """Event time from the record's `ts`; when `ts` is missing or out of range, the earliest
-    allowed time, which can never advance the watermark (a Kafka timestamp would, on replays of
-    old events). Validation sends such records to the DLQ, which is not windowed."""
-    ts = "TRY_CAST(JSON_VALUE(payload, '$.ts') AS BIGINT)"
+    """Event time from the record's `ts`; when `ts` is missing, not a JSON integer or out of
+    range, the earliest allowed time, which can never advance the watermark (a Kafka timestamp
+    would, on replays of old events). Validation sends such records to the DLQ, which is not
+    windowed. event_time_ms is a streaming scan in deploy/maven/udf (JSON_VALUE built a tree and
+    a JsonPath per call, twice per record: in the watermark and in this column)."""
+    ts = "event_time_ms(payload)"
     return (f"TO_TIMESTAMP_LTZ(CASE WHEN {ts} BETWEEN {MIN_TS_MS} AND {kafka_ms} + {MAX_FUTURE_MS} "
             f"THEN {ts} ELSE {MIN_TS_MS} END, 3)")
 
@@ -160,7 +166,6 @@ def build(t_env, cfg: JobConfig, *, sources: bool = True, sinks: bool = True):
         t_env.execute_sql(kafka_dlq_ddl(cfg))
         t_env.execute_sql(kafka_dlq_ddl(cfg, "late_sink", cfg.kafka.late_topic))
     register(t_env, cfg)
-    t_env.execute_sql(PARSE_FUNCTION)
     t_env.execute_sql("CREATE TABLE discard (written INT) WITH ('connector' = 'blackhole')")
 
     # checked: every input record, the DLQ reason (NULL when valid) and whether it is late

@@ -1,8 +1,10 @@
 package io.streamrank.udf;
 
-import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.databind.DeserializationFeature;
-import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.databind.JsonNode;
-import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.databind.ObjectMapper;
+import java.io.IOException;
+
+import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.core.JsonFactory;
+import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.core.JsonParser;
+import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.core.JsonToken;
 import org.apache.flink.table.annotation.DataTypeHint;
 import org.apache.flink.table.functions.ScalarFunction;
 import org.apache.flink.types.Row;
@@ -15,15 +17,19 @@ import org.apache.flink.types.Row;
  * JSON object (trailing content included) gives j_is_object = false. Validation stays in SQL,
  * generated from contract/schema.py: this function only parses.
  *
+ * <p>Jackson's streaming parser, no tree: fields the job does not read are skipped token by token
+ * (still checked for syntax), a repeated key keeps its last value, as a tree would. JFR showed the
+ * tree (readTree) as the largest single cost left on the source thread.
+ *
  * <p>Declared non-deterministic on purpose: the planner then computes it once per record in its
- * own projection instead of inlining it into every consumer (DLQ, late, ledger and both windows).
+ * own projection instead of inlining it into every consumer (DLQ, late, ledger and windows).
  * The field order must match contract.schema.JSON_FIELDS.
  */
 public class ParseInteraction extends ScalarFunction {
+    static final JsonFactory FACTORY = new JsonFactory();
     private static final String[] FIELDS = {
         "event_id", "user_id", "item_id", "type", "ts", "value", "category", "consent"
     };
-    private transient ObjectMapper mapper;
 
     @DataTypeHint("ROW<j_is_object BOOLEAN, j_event_id STRING, j_user_id STRING, j_item_id STRING, "
             + "j_type STRING, j_ts STRING, j_value STRING, j_category STRING, j_consent STRING, "
@@ -35,60 +41,82 @@ public class ParseInteraction extends ScalarFunction {
         if (payload == null) {
             return row;
         }
-        if (mapper == null) {
-            mapper = new ObjectMapper().enable(DeserializationFeature.FAIL_ON_TRAILING_TOKENS);
-        }
-        JsonNode root;
-        try {
-            root = mapper.readTree(payload);
-        } catch (Exception e) {
-            return row;
-        }
-        if (root == null || !root.isObject()) {
+        String[] text = new String[FIELDS.length];
+        String[] types = new String[FIELDS.length];
+        try (JsonParser p = FACTORY.createParser(payload)) {
+            if (p.nextToken() != JsonToken.START_OBJECT) {
+                return row;
+            }
+            while (p.nextToken() == JsonToken.FIELD_NAME) {
+                int field = index(p.getCurrentName());
+                JsonToken value = p.nextToken();
+                if (value == JsonToken.START_OBJECT || value == JsonToken.START_ARRAY) {
+                    p.skipChildren();
+                }
+                if (field >= 0) {
+                    text[field] = scalar(p, value);
+                    types[field] = type(p, value);
+                }
+            }
+            if (p.currentToken() != JsonToken.END_OBJECT || p.nextToken() != null) {
+                return row;  // not one complete object: trailing content, or truncated
+            }
+        } catch (IOException | RuntimeException e) {
             return row;
         }
         row.setField(0, true);
         for (int i = 0; i < FIELDS.length; i++) {
-            JsonNode node = root.get(FIELDS[i]);
-            row.setField(i + 1, scalar(node));
-            row.setField(i + 1 + FIELDS.length, type(node));
+            row.setField(i + 1, text[i]);
+            row.setField(i + 1 + FIELDS.length, types[i]);
         }
         return row;
     }
 
-    private static String scalar(JsonNode node) {
-        if (node == null || node.isNull() || node.isContainerNode()) {
-            return null;
+    private static int index(String name) {
+        for (int i = 0; i < FIELDS.length; i++) {
+            if (FIELDS[i].equals(name)) {
+                return i;
+            }
         }
-        if (node.isTextual()) {
-            return node.textValue();
-        }
-        if (node.isNumber()) {
-            return String.valueOf(node.numberValue());
-        }
-        return node.asText();
+        return -1;
     }
 
-    private static String type(JsonNode node) {
-        if (node == null) {
-            return null;
+    /** The value's text as JsonNode.numberValue()/asText() gave it before (e.g. 1.0E10 for 1e10). */
+    private static String scalar(JsonParser p, JsonToken value) throws IOException {
+        switch (value) {
+            case VALUE_STRING:
+                return p.getText();
+            case VALUE_NUMBER_INT:
+                return String.valueOf(p.getNumberValue());
+            case VALUE_NUMBER_FLOAT:
+                return String.valueOf(p.getDoubleValue());
+            case VALUE_TRUE:
+                return "true";
+            case VALUE_FALSE:
+                return "false";
+            default:
+                return null;  // null, object, array
         }
-        if (node.isTextual()) {
-            return "string";
+    }
+
+    private static String type(JsonParser p, JsonToken value) {
+        switch (value) {
+            case VALUE_STRING:
+                return "string";
+            case VALUE_NUMBER_INT:
+                return "integer";
+            case VALUE_NUMBER_FLOAT:
+                return "float";
+            case VALUE_TRUE:
+            case VALUE_FALSE:
+                return "boolean";
+            case VALUE_NULL:
+                return "null";
+            case START_OBJECT:
+                return "object";
+            default:
+                return "array";
         }
-        if (node.isIntegralNumber()) {
-            return "integer";
-        }
-        if (node.isNumber()) {
-            return "float";
-        }
-        if (node.isBoolean()) {
-            return "boolean";
-        }
-        if (node.isNull()) {
-            return "null";
-        }
-        return node.isObject() ? "object" : "array";
     }
 
     @Override

@@ -89,11 +89,13 @@ class Ledger:
     used: int = 0
     duplicate: int = 0
     opted_out: int = 0
+    late: int = 0  # only after a restart: see apply_window
 
     def add(self, other: Ledger) -> None:
         self.used += other.used
         self.duplicate += other.duplicate
         self.opted_out += other.opted_out
+        self.late += other.late
 
 
 def decay(value: float, dt_ms: float, half_life_s: float) -> float:
@@ -166,10 +168,18 @@ def window_sum(state: UserState, window_s: float, t: int, cfg: FeatureConfig) ->
 
 def apply_window(state: UserState, d: WindowDelta, cfg: FeatureConfig,
                  events: list[Event] | None = None) -> tuple[UserState, Ledger]:
-    """Fold one window into the state. A window at or before state.window_end is a replay after
-    recovery and changes nothing (idempotent). events: d.events already parsed (saves a parse)."""
+    """Fold one window into the state. events: d.events already parsed (saves a parse).
+
+    A window at or before state.window_end changes nothing. It only arrives after a restart:
+    - a replay of a window folded before the failure: its events are in `seen`, counted already;
+    - events the restarted job let through because watermarks are not checkpointed (the new
+      watermark starts low), whose window had closed before the failure: the uninterrupted job
+      sent them to the late topic. Their ids are new here, so they are counted as late: the
+      ledger stays exact and the features equal the uninterrupted run's."""
     ledger = Ledger()
     if d.window_end <= state.window_end:
+        parsed = parse_events(d.events) if events is None else events
+        ledger.late = len({e.event_id for e in parsed} - state.seen.keys())
         return state, ledger
     s = state.copy()
     t = d.window_end

@@ -36,7 +36,7 @@ class RankUsers(ScalarFunction):
         self.ranker = BatchRanker(cfg, scorer)
         self.faults = FaultInjector(cfg.faults)
         group = function_context.get_metric_group().add_group("streamrank")
-        self.counters = {name: group.counter(name) for name in ("used", "duplicate", "opted_out")}
+        self.counters = {name: group.counter(name) for name in ("used", "duplicate", "opted_out", "late")}
         # drift: PSI x 1000 per feature for the last closed window (Python gauges are integers)
         drift = group.add_group("drift")
         for name in feature_names(cfg.features):

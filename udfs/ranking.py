@@ -288,10 +288,9 @@ class BatchRanker:
         states = {u: UserState.decode(r) for u, r in zip(users, raw_states)}
         fresh: list[tuple[int, list[Event]]] = []  # windows that are not replays after a restart
         for d in sorted(deltas, key=lambda d: d.window_end):
-            if d.window_end <= states[d.user_id].window_end:
-                continue  # applied before a restart: no state, ledger or item statistics change
             events = parse_events(d.events)
-            fresh.append((d.window_end, events))
+            if d.window_end > states[d.user_id].window_end:  # else only after a restart: see apply_window
+                fresh.append((d.window_end, events))
             states[d.user_id], counted = apply_window(states[d.user_id], d, self.cfg.features, events)
             ledger.add(counted)
         items = item_window_counts(fresh)

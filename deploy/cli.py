@@ -268,30 +268,29 @@ def models_list(registry: RegistryOpt = REGISTRY) -> None:
         typer.echo(f"{'*' if v.current else ' '} {v.version}  {v.created_at}  AUC {v.holdout.get('auc', '?')}  {v.model}")
 
 
-@models_app.command("promote")
-def models_promote(version: Annotated[str, typer.Argument(help="e.g. v0003")], registry: RegistryOpt = REGISTRY) -> None:
-    """Make VERSION current; a running job switches within scoring.reload_check_s."""
+def _move_current(registry: Path, move) -> None:
+    """Run a registry move (promote / rollback: Registry -> the version now current) and say where
+    `current` points; a refused move exits 1 with the registry's reason."""
     from models.registry import Registry, RegistryError
 
     try:
-        Registry(registry).promote(version)
+        version = move(Registry(registry))
     except RegistryError as e:
         typer.echo(str(e), err=True)
         raise typer.Exit(1) from None
     typer.echo(f"current -> {version}")
+
+
+@models_app.command("promote")
+def models_promote(version: Annotated[str, typer.Argument(help="e.g. v0003")], registry: RegistryOpt = REGISTRY) -> None:
+    """Make VERSION current; a running job switches within scoring.reload_check_s."""
+    _move_current(registry, lambda reg: reg.promote(version))
 
 
 @models_app.command("rollback")
 def models_rollback(registry: RegistryOpt = REGISTRY) -> None:
     """Undo the latest promotion: back to the version that was current before it."""
-    from models.registry import Registry, RegistryError
-
-    try:
-        version = Registry(registry).rollback()
-    except RegistryError as e:
-        typer.echo(str(e), err=True)
-        raise typer.Exit(1) from None
-    typer.echo(f"current -> {version}")
+    _move_current(registry, lambda reg: reg.rollback())
 
 
 @models_app.command("drift")

@@ -100,12 +100,14 @@ class Registry:
             self.promote(version)
         return out
 
-    def promote(self, version: str) -> None:
+    def promote(self, version: str) -> str:
+        """Make `version` current; returns it."""
         if not (self.root / version / "card.json").exists():
             known = ", ".join(d.name for d in self.version_dirs()) or "none"
             raise RegistryError(f"no model version {version!r} in {self.root} (published: {known})")
         self._point_at(version)
         self._log("promote", version)
+        return version
 
     def rollback(self) -> str:
         """Back to the version promoted before the current one; returns it."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -26,6 +27,10 @@ def environment(cfg: JobConfig, env=None):
 
     from deploy.paths import job_jars, python_executable
 
+    # Python functions in worker processes of their own, also on the embedded MiniCluster. PyFlink's
+    # local default ("loopback") runs every Python worker inside this client process, so all
+    # subtasks share one interpreter lock: CPU sampling showed Python the limit at parallelism 2.
+    os.environ.setdefault("_python_worker_execution_mode", "process")
     env = env or StreamExecutionEnvironment.get_execution_environment()
     t_env = StreamTableEnvironment.create(env, EnvironmentSettings.in_streaming_mode())
     f = cfg.flink

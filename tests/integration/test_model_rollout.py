@@ -129,3 +129,6 @@ def test_promote_and_rollback_mid_stream(kafka_broker, redis_server, registry, t
     card = json.loads((registry.root / "v0001" / "card.json").read_text())
     assert set(psi) == set(card["feature_names"]) and all(v >= 0 for v in psi.values())
     assert drift[b"alert"] == b"1"  # threshold 0.0001: any live window is "drifted"
+    flink_log = "".join(p.read_text() for p in tmp_path.glob("flink-*.log"))
+    assert "model switched v0001 -> v0002" in flink_log and "model switched v0002 -> v0001" in flink_log
+    assert "DRIFT ALERT model v0001" in flink_log and "DRIFT ALERT model v0002" in flink_log

@@ -1,6 +1,6 @@
 """Feature pipeline benchmark: features only (scoring off), written to Redis, beside the ceiling.
 
-    python -m bench.features [--events 300000] [--users 10000] [--event-rate 50000]
+    python -m bench.features [--events 2000000] [--users 10000] [--event-rate 50000]
 
 For parallelism 1 and 2, in the same run: a bounded backlog of --events records through the job
 with scoring.enabled = false (events_per_s), and the same topic through the same source and
@@ -21,7 +21,8 @@ from bench.harness import start_bench_stack, sustained_rate
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--events", type=int, default=300_000)
+    p.add_argument("--events", type=int, default=2_000_000,
+                   help="backlog size; short runs understate the rate (JIT warm-up, start-up jitter)")
     p.add_argument("--users", type=int, default=10_000)
     p.add_argument("--event-rate", type=float, default=50_000.0, help="backlog density in event time (events/s)")
     p.add_argument("--parallelism", type=int, nargs="+", default=[1, 2])

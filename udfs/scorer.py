@@ -44,7 +44,8 @@ class ModelCard:
 
 
 class OnnxScorer:
-    """Loads model.onnx once; `score` takes an (n, features) float32 matrix, returns one score per row: P(interact) for a classifier, the ranking score for a ranker."""
+    """Loads model.onnx once; `score` takes an (n, features) float32 matrix and returns one score
+    per row: P(interact) for a classifier, the ranking score for a ranker."""
 
     def __init__(self, model_dir: str | Path, feature_names: tuple[str, ...]) -> None:
         import onnxruntime as ort
@@ -62,7 +63,6 @@ class OnnxScorer:
         self.session = ort.InferenceSession(
             str(model_dir / "model.onnx"), opts, providers=["CPUExecutionProvider"]
         )
-        self.model_dir = model_dir
 
     @property
     def version(self) -> str:

@@ -14,7 +14,6 @@ Two kinds of model, both exported to ONNX and checked against the trained model 
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time

@@ -9,7 +9,7 @@ import argparse
 import sys
 
 from contract.config import load_config
-from contract.schema import PARSE_FUNCTION, parse_once_sql, validation_sql
+from contract.schema import parse_once_sql, validation_sql
 from jobs.recommend import environment, kafka_source_ddl, parse_overrides
 
 
@@ -23,7 +23,6 @@ def main(argv: list[str] | None = None) -> int:
     t_env = environment(cfg)
     t_env.execute_sql(kafka_source_ddl(cfg))
     t_env.execute_sql("CREATE TABLE discard (payload STRING, reason STRING) WITH ('connector' = 'blackhole')")
-    t_env.execute_sql(PARSE_FUNCTION)
     t_env.execute_sql(f"INSERT INTO discard SELECT payload, {validation_sql('kafka_ts_ms')} "
                       f"FROM ({parse_once_sql('interactions_src')})").wait()
     return 0

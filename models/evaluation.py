@@ -184,7 +184,7 @@ def model_ranker(score: Callable, replay, cfg, at_ms: int, scored: list | None =
             return []
         scores = score(user_item_matrix(state, at_ms, cfg.features, cands))
         if scored is not None and truth is not None:  # (score, relevant) pairs for calibration
-            scored.extend((float(s), c.item_id in truth.get(user, ())) for s, c in zip(scores, cands))
+            scored.extend((float(s), cand.item_id in truth.get(user, ())) for s, cand in zip(scores, cands))
         order = sorted(range(len(cands)), key=lambda n: (-float(scores[n]), cands[n].item_id))
         return [cands[n].item_id for n in order]
 
@@ -270,7 +270,7 @@ def write_report(out, results: dict, curves: dict, scored: list[tuple[float, boo
     for ax, (name, mc) in zip(axes[0], model_cards.items()):
         imp = sorted(mc.get("feature_importance", {}).items(), key=lambda kv: kv[1])
         ax.barh([n for n, _ in imp], [v for _, v in imp])
-        ax.set(xlabel="importance (share of total gain)", title=f"{name} {mc.get('version')}")
+        ax.set(xlabel="importance share (gbc: impurity decrease; lambdamart: gain)", title=f"{name} {mc.get('version')}")
     fig.tight_layout()
     fig.savefig(out / "feature_importance.png", dpi=110)
     plt.close(fig)

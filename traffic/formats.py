@@ -37,6 +37,11 @@ def category_noun(category_index: int) -> str:
     return base if rounds == 0 else base + "s" * rounds
 
 
+def numeric_id(sim_id: str) -> str:
+    """RetailRocket ids are plain numbers: 'u00042' -> '42', 'i00000' -> '0'."""
+    return sim_id[1:].lstrip("0") or "0"
+
+
 def write_retailrocket(sim: Simulator, out_dir: Path, count: int, rate_per_s: float, start_ms: int,
                        progress: bool = True) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -52,7 +57,7 @@ def write_retailrocket(sim: Simulator, out_dir: Path, count: int, rate_per_s: fl
             if kind == "transaction":
                 transactions += 1
                 tid = str(transactions)
-            w.writerow([ev["ts"], ev["user_id"][1:].lstrip("0") or "0", kind, ev["item_id"][1:].lstrip("0") or "0", tid])
+            w.writerow([ev["ts"], numeric_id(ev["user_id"]), kind, numeric_id(ev["item_id"]), tid])
             events += 1
     n_cat = len(sim.categories)
     with open(out_dir / "category_tree.csv", "w", newline="") as f:
@@ -67,7 +72,7 @@ def write_retailrocket(sim: Simulator, out_dir: Path, count: int, rate_per_s: fl
         w.writerow(["timestamp", "itemid", "property", "value"])
         for n, item in enumerate(sim.items):
             c = sim.categories.index(item.category)
-            item_id = item.item_id[1:].lstrip("0") or "0"
+            item_id = numeric_id(item.item_id)
             w.writerow([start_ms, item_id, "categoryid", 2000 + 3 * c + n % 3])
             w.writerow([start_ms, item_id, "790", f"n{int(item.price * 1000)}.000"])
     return {"format": "retailrocket", "events": events, "transactions": transactions, "items": len(sim.items),

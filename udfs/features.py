@@ -179,7 +179,7 @@ def apply_window(state: UserState, d: WindowDelta, cfg: FeatureConfig,
     ledger = Ledger()
     if d.window_end <= state.window_end:
         parsed = parse_events(d.events) if events is None else events
-        ledger.late = len({e.event_id for e in parsed} - state.seen.keys())
+        ledger.late = sum(1 for e in parsed if e.event_id not in state.seen)  # per record, as SQL counts late
         return state, ledger
     s = state.copy()
     t = d.window_end

@@ -1,6 +1,7 @@
 """The job's validation (the JVM parse_interaction function + the SQL CASE generated from
 contract/schema.py) gives the same reason as the Python validator, record by record, on awkward
-inputs: JSON types where strings are expected, numbers in odd forms, nesting, broken documents."""
+inputs: JSON types where strings are expected, numbers in odd forms, nesting, broken documents.
+The source's event-time function (event_time_ms) reads `ts` as Python does."""
 
 from __future__ import annotations
 
@@ -27,8 +28,19 @@ def variants() -> list[str]:
         for v in values:
             out.append(json.dumps({**GOOD, field: v}))
     out += ["", "null", "[]", "7", '"text"', "{not json", '{"event_id": "e1"} trailing',
-            json.dumps({k: v for k, v in GOOD.items() if k != "ts"}), '{"event_id":"e1","event_id":"e 2"}']
+            json.dumps({k: v for k, v in GOOD.items() if k != "ts"}), '{"event_id":"e1","event_id":"e 2"}',
+            f'{{"ts": 1, "ts": {NOW}}}', f'{{"ts": {NOW}, "nested": {{"ts": 5}}}}', '{"ts": 9223372036854775808}']
     return out
+
+
+def python_ts(raw: str) -> int | None:
+    """`ts` as event_time_ms must read it: a JSON integer that fits a BIGINT (last key wins), else None."""
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return None
+    ts = doc.get("ts") if isinstance(doc, dict) else None
+    return ts if type(ts) is int and -2**63 <= ts < 2**63 else None
 
 
 def python_reason(raw: str) -> str | None:
@@ -42,7 +54,7 @@ def python_reason(raw: str) -> str | None:
 def test_sql_validation_equals_python_validation():
     from pyflink.table import EnvironmentSettings, TableEnvironment
 
-    from contract.schema import PARSE_COLUMNS, PARSE_FUNCTION, parse_once_sql, validation_sql
+    from contract.schema import EVENT_TIME_FUNCTION, PARSE_COLUMNS, PARSE_FUNCTION, parse_once_sql, validation_sql
     from deploy.paths import job_jars
 
     t_env = TableEnvironment.create(EnvironmentSettings.in_batch_mode())
@@ -58,3 +70,8 @@ def test_sql_validation_equals_python_validation():
         sql = {row[0]: row[1] for row in rows}
     mismatches = {records[n]: (sql[n], python_reason(records[n])) for n in sql if sql[n] != python_reason(records[n])}
     assert len(sql) == len(records) and mismatches == {}
+    t_env.execute_sql(EVENT_TIME_FUNCTION)
+    with t_env.execute_sql("SELECT n, event_time_ms(payload) FROM records").collect() as rows:
+        ts = {row[0]: row[1] for row in rows}
+    assert {records[n]: ts[n] for n in ts if ts[n] != python_ts(records[n])} == {}
+    assert sum(v is not None for v in ts.values()) > len(records) // 2  # most variants keep a valid ts

@@ -38,4 +38,4 @@ lint: setup
 	$(PY) -m ruff check . || echo "ruff not in the lock yet"
 
 clean:
-	rm -rf .run var serving/generated
+	rm -rf .run var serving/generated serving/lookupd/internal/pb

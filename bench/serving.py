@@ -6,7 +6,7 @@ generator is Go so that its own CPU (the machine has 2 cores) is small: a Python
 process took most of a core at 3,500 calls/s. Writes a latency/throughput plot; the last stdout
 line is JSON.
 
-    .venv/bin/python -m bench.serving [--users 10000] [--seconds 3] [--plot var/bench/serving.png]
+    .venv/bin/python -m bench.serving [--engine go|python] [--users 10000] [--seconds 3] [--plot var/bench/serving.png]
 """
 
 from __future__ import annotations
@@ -88,6 +88,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--users", type=int, default=10_000, help="users with a stored list (default 10000)")
     p.add_argument("--seconds", type=float, default=3.0, help="measured seconds per load step (default 3)")
+    p.add_argument("--engine", choices=("go", "python"), default="go",
+                   help="lookup service engine (the serving config's `engine`; default go)")
     p.add_argument("--plot", default=str(PROJECT_ROOT / "var" / "bench" / "serving.png"), help="PNG to write")
     args = p.parse_args()
 
@@ -99,7 +101,8 @@ def main() -> None:
         seed(redis.Redis(port=redis_svc.port), args.users)
         grpc_port = free_port()
         config = work / "serving.toml"
-        config.write_text(f'port = {grpc_port}\nlog_format = "text"\n[redis]\nport = {redis_svc.port}\n')
+        config.write_text(f'engine = "{args.engine}"\nport = {grpc_port}\nlog_format = "text"\n'
+                          f'[redis]\nport = {redis_svc.port}\n')
         server_log = work / "serve.log"
         with open(server_log, "wb") as out:
             server = subprocess.Popen([sys.executable, "-m", "deploy.cli", "serve", "--config", str(config)],
@@ -131,7 +134,7 @@ def main() -> None:
                             "half_peak_rate": half["rate"], "errors": sum(c["errors"] for c in data["curve"]) + half["errors"]}
     direct = result["redis"]["at_grpc_half_peak"]
     summary.update({"redis_get_qps": result["redis"]["peak_qps"], "redis_get_p99_ms": direct["p99_ms"],
-                    "redis_get_p50_ms": direct["p50_ms"], "users": args.users, "plot": args.plot})
+                    "redis_get_p50_ms": direct["p50_ms"], "users": args.users, "engine": args.engine, "plot": args.plot})
     k25 = summary.get("k25")
     if k25 and direct["p99_ms"]:
         summary["k25_p99_over_redis_p99"] = round(k25["p99_ms"] / direct["p99_ms"], 2)

@@ -246,6 +246,9 @@ class GatewayConfig(_Strict):
 class ServingConfig(_Strict):
     """The gRPC lookup service's config file (deploy/config/serving.toml)."""
 
+    engine: Literal["go", "python"] = "go"
+    """go: the compiled lookup service (serving/lookupd) answers gRPC, with GetUserFeatures
+    forwarded to the Python one on a loopback port; python: the grpc.aio service alone."""
     host: str = "127.0.0.1"
     port: int = Field(50051, ge=0, le=65535)
     """gRPC port; 0 binds a free one."""

@@ -485,8 +485,9 @@ def serve(
     config: Annotated[str, typer.Option("--config", "-c", help="serving config TOML")] = DEFAULT_SERVING,
     port: Annotated[Optional[int], typer.Option(help="override the port (0: any free)")] = None,
 ) -> None:
-    """Run the gRPC lookup service until SIGTERM/SIGINT (then drain in-flight calls)."""
-    from serving.server import serve as run_server
+    """Run the gRPC lookup service (the config's engine: go by default) until SIGTERM/SIGINT, then
+    drain in-flight calls."""
+    from serving.launch import serve as run_server
 
     _run_service(_serving_config(config, port), run_server)
 

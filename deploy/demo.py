@@ -30,7 +30,7 @@ def _step(msg: str) -> None:
 def run_demo(live_events: int, rate: float, keep: bool) -> int:
     from models.training import build_training_set, train_and_publish
     from serving.client import RecommendationsClient
-    from serving.server import ServerThread
+    from serving.launch import start_server
     from traffic.publish import catalog_path, publish_catalog, publish_events, write_history
     from traffic.simulator import Simulator
     from deploy.cli import format_recommendations
@@ -85,7 +85,7 @@ def run_demo(live_events: int, rate: float, keep: bool) -> int:
 
         _step("serving over gRPC and looking up a few users")
         scfg = load_serving_config(PROJECT_ROOT / "deploy" / "config" / "serving.toml", {"port": 0})
-        server = ServerThread(scfg, free_port())
+        server = start_server(scfg, free_port())
         newest = sorted(
             ((keys.RecList.decode(r.get(k)).feature_ts, k.decode()[4:]) for k in r.scan_iter("rec:*", count=1000)),
             reverse=True,

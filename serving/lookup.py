@@ -16,6 +16,8 @@ _ID_RE = re.compile(ID_PATTERN)
 MAX_FILTER_CATEGORIES = 100
 MAX_EXCLUDED_ITEMS = 1000
 MAX_BATCH = 100
+MAX_PLACEMENT = 64
+USER_ID_RULE = "user_id must be 1-64 characters of letters, digits, '_', '.', ':' or '-'"
 
 
 class InvalidRequest(ValueError):
@@ -65,8 +67,8 @@ class Recommendations:
 
 
 def check_user(user_id: str) -> None:
-    if not _ID_RE.match(user_id or ""):
-        raise InvalidRequest("user_id must be 1-64 characters of letters, digits, '_', '.', ':' or '-'")
+    if not _ID_RE.fullmatch(user_id or ""):  # fullmatch: '$' alone would let a trailing newline through
+        raise InvalidRequest(USER_ID_RULE)
 
 
 def check_request(user_id: str, k: int, default_k: int, max_k: int, filters: Filters = NO_FILTERS,
@@ -79,8 +81,8 @@ def check_request(user_id: str, k: int, default_k: int, max_k: int, filters: Fil
         raise InvalidRequest(f"include_categories and exclude_categories take at most {MAX_FILTER_CATEGORIES} entries each")
     if len(filters.exclude_items) > MAX_EXCLUDED_ITEMS:
         raise InvalidRequest(f"exclude_items takes at most {MAX_EXCLUDED_ITEMS} entries")
-    if len(placement) > 64:
-        raise InvalidRequest("placement takes at most 64 characters")
+    if len(placement) > MAX_PLACEMENT:
+        raise InvalidRequest(f"placement takes at most {MAX_PLACEMENT} characters")
     return Request(user_id, min(k or default_k, max_k), filters, placement)
 
 

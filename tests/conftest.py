@@ -23,6 +23,12 @@ def pytest_collection_modifyitems(items):
                 item.add_marker(getattr(pytest.mark, tier))
 
 
+@pytest.fixture(params=["go", "python"])
+def engine(request) -> str:
+    """The lookup service's engine (serving config `engine`): tests taking it run against both."""
+    return request.param
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
     """A real redis-server on a free loopback port: (port, client)."""

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One idempotent set-up step (make setup): venv from the lock, Maven jars, redis-server, stubs.
+# One idempotent set-up step (make setup): venv from the lock, Maven jars, redis-server, stubs, lookupd.
 # Each part is skipped when its stamp matches its inputs, so a second run does no network work.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -67,4 +67,25 @@ if [ "$(cat "$STAMPS/stubs" 2>/dev/null)" != "$want" ]; then
   "$VENV/bin/python" -c "from serving.stubs import generate; generate()" || fail "generating gRPC stubs failed"
   echo "$want" > "$STAMPS/stubs"
 fi
-echo "setup: ready (.venv, .cache/jars, redis-server, serving/generated)"
+# 5. lookupd, the compiled lookup service (serving/lookupd): Go stubs from the same .proto, then
+#    go build. Go comes with the machine; modules and the two protoc plugins from the Go module proxy.
+want=$(stamp_of serving/proto/streamrank/v1/*.proto serving/lookupd/go.mod serving/lookupd/go.sum \
+  serving/lookupd/*.go deploy/setup/setup.sh)
+if [ "$(cat "$STAMPS/lookupd" 2>/dev/null)" != "$want" ] || [ ! -x "$CACHE/bin/lookupd" ]; then
+  command -v go >/dev/null || fail "Go is not installed (https://go.dev/dl/); it builds serving/lookupd"
+  echo "setup: building lookupd (serving/lookupd, Go)"
+  GOBIN=$CACHE/go/bin go install google.golang.org/protobuf/cmd/protoc-gen-go@v1.35.2 \
+    || fail "Go module proxy: installing protoc-gen-go failed"
+  GOBIN=$CACHE/go/bin go install google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.5.1 \
+    || fail "Go module proxy: installing protoc-gen-go-grpc failed"
+  rm -rf serving/lookupd/internal/pb
+  map=Mstreamrank/v1/recommendations.proto=streamrank/lookupd/internal/pb
+  "$VENV/bin/python" -m grpc_tools.protoc -Iserving/proto \
+    --plugin=protoc-gen-go="$CACHE/go/bin/protoc-gen-go" --plugin=protoc-gen-go-grpc="$CACHE/go/bin/protoc-gen-go-grpc" \
+    --go_out=serving/lookupd --go_opt=module=streamrank/lookupd,$map \
+    --go-grpc_out=serving/lookupd --go-grpc_opt=module=streamrank/lookupd,$map \
+    streamrank/v1/recommendations.proto || fail "generating lookupd's Go stubs failed"
+  (cd serving/lookupd && go build -trimpath -o "$CACHE/bin/lookupd" .) || fail "go build of serving/lookupd failed"
+  echo "$want" > "$STAMPS/lookupd"
+fi
+echo "setup: ready (.venv, .cache/jars, redis-server, serving/generated, .cache/bin/lookupd)"

@@ -1,5 +1,6 @@
 """The gRPC lookup service against a real Redis, on port 0: answers, filters, batch, features,
-status codes. Resilience, security and operations are in test_serving_ops.py."""
+status codes, for both engines (go: lookupd; python: grpc.aio). Resilience, security and operations
+are in test_serving_ops.py."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import pytest
 
 from contract import keys
 from contract.config import load_config, load_serving_config
-from serving.server import ServerThread, pb, pb_grpc
+from serving.launch import start_server
+from serving.server import pb, pb_grpc
 from udfs.features import Event, UserState, WindowDelta, apply_window
 
 T0 = int(time.time() * 1000) - 60_000
@@ -28,11 +30,11 @@ def seed(r) -> None:
 
 
 @pytest.fixture
-def service(redis_db):
+def service(redis_db, engine):
     port, r = redis_db
     seed(r)
-    cfg = load_serving_config(None, {"redis.port": port, "max_k": 10, "default_k": 4})
-    with ServerThread(cfg) as server, grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+    cfg = load_serving_config(None, {"redis.port": port, "max_k": 10, "default_k": 4, "engine": engine})
+    with start_server(cfg) as server, grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         yield pb_grpc.RecommendationsStub(channel), r
 
 
@@ -92,9 +94,7 @@ def test_oversized_batch_is_invalid(service):
     stub, _ = service
     with pytest.raises(grpc.RpcError) as err:
         stub.BatchGetRecommendations(pb.BatchGetRecommendationsRequest(requests=[req()] * 101), timeout=5)
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-
-
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "at most 100 requests" in err.value.details()
 
 
 def test_pipelined_redis_keeps_replies_in_order_and_reconnects(redis_db):

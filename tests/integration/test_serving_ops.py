@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,7 +26,8 @@ from contract.config import load_serving_config
 from deploy.paths import PROJECT_ROOT
 from deploy.stack import free_port, port_open, start_redis, stop_pid
 from serving.client import RecommendationsClient
-from serving.server import ServerThread, pb, pb_grpc
+from serving.launch import start_server
+from serving.server import pb, pb_grpc
 from tests.integration.helpers import child_env
 from tests.integration.test_serving import seed
 
@@ -63,12 +65,12 @@ def own_redis(tmp_path):
     stop_pid(svc["pid"])
 
 
-def test_redis_killed_mid_load_answers_fall_back_within_deadline(own_redis):
+def test_redis_killed_mid_load_answers_fall_back_within_deadline(own_redis, engine):
     port, r, restart, svc = own_redis
-    cfg = load_serving_config(None, {"redis.port": port, "health_interval_s": 0.1, "redis_timeout_s": 0.2,
+    cfg = load_serving_config(None, {"engine": engine, "redis.port": port, "health_interval_s": 0.1, "redis_timeout_s": 0.2,
                                      "breaker.failures": 3, "breaker.reset_s": 0.5, "cache.refresh_s": 0.2})
     deadline_s = 0.25
-    with ServerThread(cfg) as server, grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+    with start_server(cfg) as server, grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
         stub = pb_grpc.RecommendationsStub(ch)
         assert wait_until(lambda: health_status(ch) == health_pb2.HealthCheckResponse.SERVING)
         results: list[tuple[float, float, str, list[str]]] = []  # (start, seconds, fallback reason, items)
@@ -108,11 +110,11 @@ def test_redis_killed_mid_load_answers_fall_back_within_deadline(own_redis):
         assert stub.GetUserFeatures(pb.GetUserFeaturesRequest(user_id="u1"), timeout=1).found
 
 
-def test_frozen_redis_breaker_opens_and_calls_keep_their_deadline(own_redis):
+def test_frozen_redis_breaker_opens_and_calls_keep_their_deadline(own_redis, engine):
     port, r, restart, svc = own_redis
-    cfg = load_serving_config(None, {"redis.port": port, "redis_timeout_s": 0.5, "breaker.failures": 2,
+    cfg = load_serving_config(None, {"engine": engine, "redis.port": port, "redis_timeout_s": 0.5, "breaker.failures": 2,
                                      "breaker.reset_s": 30})
-    with ServerThread(cfg) as server, grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+    with start_server(cfg) as server, grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
         stub = pb_grpc.RecommendationsStub(ch)
         os.killpg(svc["pid"], signal.SIGSTOP)  # a Redis that accepts connections and never answers
         try:
@@ -146,12 +148,12 @@ def pki(tmp_path_factory):
     return d
 
 
-def test_tls_and_mutual_tls(redis_db, pki):
+def test_tls_and_mutual_tls(redis_db, pki, engine):
     port, r = redis_db
     seed(r)
     tls = {"tls": {"cert_file": str(pki / "server.pem"), "key_file": str(pki / "server.key")}}
-    cfg = load_serving_config(None, {"redis.port": port, **tls})
-    with ServerThread(cfg) as server:
+    cfg = load_serving_config(None, {"engine": engine, "redis.port": port, **tls})
+    with start_server(cfg) as server:
         target = f"127.0.0.1:{server.port}"
         with RecommendationsClient(target, ca_file=str(pki / "ca.pem"), deadline_s=5) as client:
             assert [i.item_id for i in client.recommendations("u1", 2).items] == ["i0", "i1"]
@@ -161,8 +163,8 @@ def test_tls_and_mutual_tls(redis_db, pki):
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
 
     mtls = {"tls": {**tls["tls"], "client_ca_file": str(pki / "ca.pem")}}
-    cfg = load_serving_config(None, {"redis.port": port, **mtls})
-    with ServerThread(cfg) as server:
+    cfg = load_serving_config(None, {"engine": engine, "redis.port": port, **mtls})
+    with start_server(cfg) as server:
         target = f"127.0.0.1:{server.port}"
         with RecommendationsClient(target, ca_file=str(pki / "ca.pem"), cert_file=str(pki / "client.pem"),
                                    key_file=str(pki / "client.key"), deadline_s=5) as client:
@@ -180,12 +182,12 @@ def test_tls_config_names_a_missing_file(tmp_path):
         load_serving_config(None, {"tls": {"cert_file": str(tmp_path / "nope.pem"), "key_file": str(tmp_path / "k")}})
 
 
-def test_token_authentication(redis_db, monkeypatch):
+def test_token_authentication(redis_db, monkeypatch, engine):
     port, r = redis_db
     seed(r)
     monkeypatch.setenv("STREAMRANK_TEST_TOKEN", "s3cret")
-    cfg = load_serving_config(None, {"redis.port": port, "auth_token_env": "STREAMRANK_TEST_TOKEN"})
-    with ServerThread(cfg) as server:
+    cfg = load_serving_config(None, {"engine": engine, "redis.port": port, "auth_token_env": "STREAMRANK_TEST_TOKEN"})
+    with start_server(cfg) as server:
         target = f"127.0.0.1:{server.port}"
         for token in (None, "wrong"):
             with RecommendationsClient(target, token=token, deadline_s=5) as client:
@@ -194,6 +196,7 @@ def test_token_authentication(redis_db, monkeypatch):
                 assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
         with RecommendationsClient(target, token="s3cret", deadline_s=5) as client:
             assert client.recommendations("u1").items
+            assert client.user_features("u1").found  # the token reaches lookupd's feature service too
             assert health_status(client.channel) == health_pb2.HealthCheckResponse.SERVING  # no token needed
 
 
@@ -232,11 +235,11 @@ def test_client_retries_unavailable(failures, retries, ok):
         server.stop(0)
 
 
-def test_sigterm_drains_in_flight_calls_with_metrics_and_json_logs(own_redis, tmp_path):
+def test_sigterm_drains_in_flight_calls_with_metrics_and_json_logs(own_redis, tmp_path, engine):
     port, r, restart, svc = own_redis
     grpc_port, metrics_port = free_port(), free_port()
     config = tmp_path / "serving.toml"
-    config.write_text(f'port = {grpc_port}\nredis_timeout_s = 10.0\ngrace_s = 10.0\nmetrics_port = {metrics_port}\n'
+    config.write_text(f'engine = "{engine}"\nport = {grpc_port}\nredis_timeout_s = 10.0\ngrace_s = 10.0\nmetrics_port = {metrics_port}\n'
                       f'[redis]\nport = {port}\n')
     stderr = tmp_path / "serve.log"
     with open(stderr, "wb") as err_out:
@@ -249,8 +252,10 @@ def test_sigterm_drains_in_flight_calls_with_metrics_and_json_logs(own_redis, tm
             with pytest.raises(grpc.RpcError):
                 client.recommendations("not valid!")
             metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
-            assert 'streamrank_serving_requests_total{code="OK",interface="grpc",method="GetRecommendations"} 1.0' in metrics
-            assert 'code="INVALID_ARGUMENT",interface="grpc",method="GetRecommendations"} 1.0' in metrics
+            # (Go's client prints 1, Python's 1.0)
+            assert re.search(r'^streamrank_serving_requests_total\{code="OK",interface="grpc",method="GetRecommendations"\} 1(\.0)?$',
+                             metrics, re.M), metrics
+            assert re.search(r'code="INVALID_ARGUMENT",interface="grpc",method="GetRecommendations"\} 1(\.0)?$', metrics, re.M)
             assert "streamrank_serving_request_seconds_bucket" in metrics
 
             os.killpg(svc["pid"], signal.SIGSTOP)  # the next call stays in flight until Redis resumes
@@ -290,7 +295,7 @@ def test_gateway_and_graphql_answer_what_grpc_answers(redis_db):
     try:
         assert wait_until(lambda: gateway.started, 20)
         base = f"http://127.0.0.1:{http_port}"
-        with ServerThread(cfg) as server, RecommendationsClient(f"127.0.0.1:{server.port}", deadline_s=5) as client:
+        with start_server(cfg) as server, RecommendationsClient(f"127.0.0.1:{server.port}", deadline_s=5) as client:
             cases = [("u1", 3, {}), ("u1", 10, {"include_categories": ["c1"], "exclude_items": ["i1"]}),
                      ("nobody", 5, {"exclude_categories": ["c0"]})]
             for user, k, filters in cases:

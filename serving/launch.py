@@ -1,0 +1,138 @@
+"""Starts the lookup service with the engine the serving config names.
+
+- `engine = "go"` (default): lookupd, the compiled service in serving/lookupd, answers every gRPC
+  call on the configured port. The config is validated here (contract.config.ServingConfig, the one
+  validator) and handed to lookupd as JSON with the contract's limits and key names. GetUserFeatures
+  needs the feature definitions (udfs.features), so lookupd forwards it to the Python service,
+  which this process runs on a free loopback port.
+- `engine = "python"`: the grpc.aio service alone (serving.server).
+
+`start_server(cfg)` gives a running server with `.port` and `.stop()` (tests, demo, benches);
+`serve(cfg)` runs until SIGTERM/SIGINT and drains in-flight calls for grace_s."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from contract import keys
+from contract.config import ConfigError, ServingConfig
+from contract.schema import ID_PATTERN
+from deploy.paths import PROJECT_ROOT
+from serving import lookup
+from serving.core import DEADLINE_RESERVE_S
+from serving.server import SERVICE_NAME, ServerThread, bearer_token, serve as serve_python
+
+log = logging.getLogger(__name__)
+
+LOOKUPD_SRC = PROJECT_ROOT / "serving" / "lookupd"
+LOOKUPD = PROJECT_ROOT / ".cache" / "bin" / "lookupd"
+
+
+def contract_spec() -> dict:
+    """What lookupd takes from the Python contract rather than repeating it."""
+    return {
+        "service_name": SERVICE_NAME, "id_pattern": ID_PATTERN, "user_id_rule": lookup.USER_ID_RULE,
+        "max_filter_categories": lookup.MAX_FILTER_CATEGORIES, "max_excluded_items": lookup.MAX_EXCLUDED_ITEMS,
+        "max_batch": lookup.MAX_BATCH, "max_placement": lookup.MAX_PLACEMENT, "rec_prefix": keys.rec_key(""),
+        "trending": keys.TRENDING, "item_meta": keys.ITEM_META, "deadline_reserve_s": DEADLINE_RESERVE_S,
+    }
+
+
+def lookupd_spec(cfg: ServingConfig, features_upstream: str, port_file: Path) -> dict:
+    return {**cfg.model_dump(mode="json"), "contract": contract_spec(), "features_upstream": features_upstream,
+            "port_file": str(port_file)}
+
+
+def lookupd_binary() -> Path:
+    if not LOOKUPD.is_file():
+        raise ConfigError(f"{LOOKUPD} is not built; run `make setup` (it builds serving/lookupd with Go), "
+                          "or set engine = \"python\" in the serving config")
+    return LOOKUPD
+
+
+class GoServer:
+    """lookupd as a child process, with the Python feature service it forwards GetUserFeatures to."""
+
+    def __init__(self, cfg: ServingConfig, port: int | None = 0, *, metrics: bool = False) -> None:
+        binary = lookupd_binary()
+        bearer_token(cfg)  # an unset token variable fails here, with the config's wording
+        # the feature service: loopback only, no TLS (lookupd passes the caller's token on), no metrics
+        self.features = ServerThread(cfg.model_copy(update={"host": "127.0.0.1", "tls": None, "reflection": False}), 0,
+                                     role="GetUserFeatures for lookupd")
+        self.work = Path(tempfile.mkdtemp(prefix="lookupd-"))
+        port_file = self.work / "port"
+        if port is not None:
+            cfg = cfg.model_copy(update={"port": port})
+        if not metrics:
+            cfg = cfg.model_copy(update={"metrics_port": None})
+        spec = self.work / "spec.json"
+        spec.write_text(json.dumps(lookupd_spec(cfg, f"127.0.0.1:{self.features.port}", port_file)))
+        self.grace_s = cfg.grace_s
+        self.proc = subprocess.Popen([str(binary), "--spec", str(spec)])
+        deadline = time.monotonic() + 30
+        while not port_file.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.features.stop(0)
+                raise RuntimeError(f"lookupd did not start (exit {self.proc.poll()}); its log is above")
+            time.sleep(0.02)
+        self.port = int(port_file.read_text())
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self) -> int:
+        while True:
+            try:
+                return self.proc.wait()
+            except InterruptedError:  # a signal arrived while waiting
+                continue
+
+    def stop(self, grace_s: float | None = 0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(max(grace_s or 0, self.grace_s) + 10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.features.stop(0)
+        for f in self.work.iterdir():
+            f.unlink()
+        self.work.rmdir()
+        return self.proc.wait()
+
+    def __enter__(self) -> GoServer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop(0)
+
+
+def start_server(cfg: ServingConfig, port: int = 0) -> GoServer | ServerThread:
+    """A running server of cfg.engine on `port` (0: a free one); `.port`, `.stop()`, a context manager."""
+    return GoServer(cfg, port) if cfg.engine == "go" else ServerThread(cfg, port)
+
+
+def serve(cfg: ServingConfig, port: int | None = None) -> None:
+    """Runs the configured engine until SIGTERM/SIGINT, then drains in-flight calls for grace_s."""
+    if cfg.engine == "python":
+        serve_python(cfg, port)
+        return
+    server = GoServer(cfg, port, metrics=True)
+
+    def forward(sig, _frame) -> None:
+        log.info("draining in-flight calls (grace %.1fs)", cfg.grace_s)
+        server.signal(sig)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, forward)
+    rc = server.wait()
+    server.stop(0)
+    log.info("stopped" if rc == 0 else f"stopped (lookupd exit {rc})")
+    if rc != 0:
+        raise SystemExit(rc)

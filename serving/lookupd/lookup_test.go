@@ -1,0 +1,201 @@
+package main
+
+// The lookup rules against the shared vectors (tests/vectors/lookup.json), which
+// tests/unit/test_lookup_vectors.py also holds serving/lookup.py to.
+
+import (
+	"encoding/json"
+	"errors"
+	"os"
+	"reflect"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"streamrank/lookupd/internal/pb"
+)
+
+type vectors struct {
+	DefaultK int               `json:"default_k"`
+	MaxK     int               `json:"max_k"`
+	NowMs    int64             `json:"now_ms"`
+	Stored   map[string]string `json:"stored"`
+	Popular  [][]any           `json:"popular"`
+	Cases    []struct {
+		Name    string `json:"name"`
+		Request struct {
+			UserID    string `json:"user_id"`
+			K         uint32 `json:"k"`
+			Placement string `json:"placement"`
+			Filters   struct {
+				Include      []string `json:"include_categories"`
+				Exclude      []string `json:"exclude_categories"`
+				ExcludeItems []string `json:"exclude_items"`
+			} `json:"filters"`
+		} `json:"request"`
+		Unavailable string         `json:"unavailable"`
+		Expect      map[string]any `json:"expect"`
+		Error       string         `json:"error"`
+		Message     *string        `json:"message"`
+	} `json:"cases"`
+	Batch struct {
+		Max     int    `json:"max"`
+		TooMany int    `json:"too_many"`
+		Message string `json:"message"`
+	} `json:"batch"`
+	PopularItems struct {
+		Trending [][]any `json:"trending"`
+		Metas    []any   `json:"metas"`
+		Expect   [][]any `json:"expect"`
+	} `json:"popular_items"`
+}
+
+func loadVectors(t *testing.T) *vectors {
+	raw, err := os.ReadFile("../../tests/vectors/lookup.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v vectors
+	if err := json.Unmarshal(raw, &v); err != nil {
+		t.Fatal(err)
+	}
+	return &v
+}
+
+// testContract is what `streamrank serve` passes (serving/launch.py contract_spec).
+func testContract(maxBatch int) Contract {
+	return Contract{ServiceName: "streamrank.v1.Recommendations", IDPattern: `^[A-Za-z0-9_.:-]{1,64}$`,
+		UserIDRule:          "user_id must be 1-64 characters of letters, digits, '_', '.', ':' or '-'",
+		MaxFilterCategories: 100, MaxExcludedItems: 1000, MaxBatch: maxBatch, MaxPlacement: 64,
+		RecPrefix: "rec:", Trending: "trending", ItemMeta: "item:meta"}
+}
+
+func triples(items []*pb.ScoredItem) []any {
+	out := []any{}
+	for _, i := range items {
+		out = append(out, []any{i.ItemId, i.Score, i.Category})
+	}
+	return out
+}
+
+// normalized: JSON numbers as float64, as the expectations decode.
+func normalized(t *testing.T, x any) any {
+	raw, err := json.Marshal(x)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out any
+	if err := json.Unmarshal(raw, &out); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func TestLookupRulesGiveTheSharedAnswers(t *testing.T) {
+	v := loadVectors(t)
+	rules, err := newRules(testContract(v.Batch.Max), v.DefaultK, v.MaxK)
+	if err != nil {
+		t.Fatal(err)
+	}
+	popular := make([]*pb.ScoredItem, len(v.Popular))
+	for n, p := range v.Popular {
+		popular[n] = &pb.ScoredItem{ItemId: p[0].(string), Score: p[1].(float64), Category: p[2].(string)}
+	}
+	for _, c := range v.Cases {
+		t.Run(c.Name, func(t *testing.T) {
+			q := c.Request
+			f := q.Filters
+			checked, err := rules.Check(&pb.GetRecommendationsRequest{UserId: q.UserID, K: q.K, Placement: q.Placement,
+				Filters: &pb.Filters{IncludeCategories: f.Include, ExcludeCategories: f.Exclude, ExcludeItems: f.ExcludeItems}})
+			var answer *pb.GetRecommendationsResponse
+			if err == nil {
+				var raw []byte
+				if s, ok := v.Stored[q.UserID]; ok && c.Unavailable == "" {
+					raw = []byte(s)
+				}
+				answer, err = Answer(&checked, raw, popular, v.NowMs, c.Unavailable)
+			}
+			if c.Error != "" {
+				if err == nil {
+					t.Fatalf("want %s, got an answer", c.Error)
+				}
+				st, _ := status.FromError(statusOf(err))
+				if codeName(st.Code()) != c.Error {
+					t.Fatalf("want %s, got %s (%v)", c.Error, codeName(st.Code()), err)
+				}
+				if c.Message != nil && st.Message() != *c.Message {
+					t.Fatalf("message %q, want %q", st.Message(), *c.Message)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := map[string]any{"items": triples(answer.Items), "model_version": answer.ModelVersion,
+				"feature_ts_ms": answer.FeatureTsMs, "list_age_ms": answer.ListAgeMs, "fallback": answer.Fallback,
+				"fallback_reason": answer.FallbackReason, "placement": answer.Placement}
+			if g, w := normalized(t, got), normalized(t, c.Expect); !reflect.DeepEqual(g, w) {
+				t.Fatalf("got  %v\nwant %v", g, w)
+			}
+		})
+	}
+}
+
+func TestBatchLimit(t *testing.T) {
+	v := loadVectors(t)
+	rules, _ := newRules(testContract(v.Batch.Max), v.DefaultK, v.MaxK)
+	if rules.CheckBatch(v.Batch.Max) != nil {
+		t.Fatal("a full batch was refused")
+	}
+	err := rules.CheckBatch(v.Batch.TooMany)
+	var inv *InvalidRequest
+	if !errors.As(err, &inv) || err.Error() != v.Batch.Message {
+		t.Fatalf("oversized batch: %v", err)
+	}
+	if status.Code(statusOf(err)) != codes.InvalidArgument {
+		t.Fatal("oversized batch is not INVALID_ARGUMENT")
+	}
+}
+
+func TestPopularItemsFromTheTrendingBoard(t *testing.T) {
+	p := loadVectors(t).PopularItems
+	ids, scores := []string{}, []float64{}
+	for _, z := range p.Trending {
+		ids, scores = append(ids, z[0].(string)), append(scores, z[1].(float64))
+	}
+	got := triples(PopularItems(ids, scores, p.Metas))
+	if g, w := normalized(t, got), normalized(t, p.Expect); !reflect.DeepEqual(g, w) {
+		t.Fatalf("got  %v\nwant %v", g, w)
+	}
+}
+
+func TestBreakerOpensAfterFailuresAndHalfOpensOneTrial(t *testing.T) {
+	b := &Breaker{failures: 2, reset: 50 * time.Millisecond}
+	b.Failure()
+	if !b.Allow() || b.Blocked() {
+		t.Fatal("open after one failure of two")
+	}
+	b.Failure()
+	if b.Allow() || !b.Blocked() {
+		t.Fatal("not open after two failures")
+	}
+	time.Sleep(60 * time.Millisecond)
+	if !b.Allow() || b.Allow() {
+		t.Fatal("half-open must allow exactly one trial")
+	}
+	b.Success()
+	if !b.Allow() || b.Blocked() {
+		t.Fatal("a successful trial must close it")
+	}
+}
+
+func TestCodeNamesAreGrpcPythonsNames(t *testing.T) {
+	for code, want := range map[codes.Code]string{codes.OK: "OK", codes.InvalidArgument: "INVALID_ARGUMENT",
+		codes.Unavailable: "UNAVAILABLE", codes.DeadlineExceeded: "DEADLINE_EXCEEDED", codes.Internal: "INTERNAL"} {
+		if got := codeName(code); got != want {
+			t.Errorf("codeName(%v) = %q, want %q", code, got, want)
+		}
+	}
+}

@@ -1,0 +1,238 @@
+package main
+
+import (
+	"context"
+	"crypto/subtle"
+	"errors"
+	"log/slog"
+	"strings"
+	"time"
+	"unicode"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"streamrank/lookupd/internal/pb"
+)
+
+// The same metric names and labels as serving/core.py, so dashboards do not care which engine runs.
+var (
+	requests = promauto.NewCounterVec(prometheus.CounterOpts{
+		Name: "streamrank_serving_requests_total", Help: "Lookup calls by interface, method and status code"},
+		[]string{"interface", "method", "code"})
+	latency = promauto.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "streamrank_serving_request_seconds", Help: "Lookup call latency in the service",
+		Buckets: []float64{.0002, .0005, .001, .002, .003, .005, .01, .025, .05, .1, .25, .5, 1.0}},
+		[]string{"interface", "method"})
+	fallbacks = promauto.NewCounterVec(prometheus.CounterOpts{
+		Name: "streamrank_serving_fallbacks_total", Help: "Answers that are not personalized, by reason"},
+		[]string{"reason"})
+	redisErrors = promauto.NewCounterVec(prometheus.CounterOpts{
+		Name: "streamrank_serving_redis_errors_total", Help: "Failed or timed-out Redis reads"}, []string{"kind"})
+	breakerOpen = promauto.NewGauge(prometheus.GaugeOpts{
+		Name: "streamrank_serving_breaker_open", Help: "1 while the Redis circuit breaker is open"})
+	cacheAge = promauto.NewGauge(prometheus.GaugeOpts{
+		Name: "streamrank_serving_popular_cache_age_seconds", Help: "Age of the popular-list cache"})
+)
+
+// Service implements streamrank.v1.Recommendations.
+type Service struct {
+	pb.UnimplementedRecommendationsServer
+	rules    *Rules
+	store    *Store
+	features pb.RecommendationsClient // the Python feature service; nil: none
+}
+
+// statusOf is the one mapping from failures to status codes.
+func statusOf(err error) error {
+	var inv *InvalidRequest
+	var unavailable *StoreUnavailable
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &inv):
+		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.As(err, &unavailable):
+		return status.Error(codes.Unavailable, err.Error())
+	case status.Code(err) != codes.Unknown:
+		return err // already a status (from the feature service)
+	default:
+		return status.Error(codes.Internal, err.Error())
+	}
+}
+
+func (s *Service) recommend(ctx context.Context, qs []*pb.GetRecommendationsRequest) ([]*pb.GetRecommendationsResponse, error) {
+	checked := make([]Request, len(qs))
+	for n, q := range qs {
+		var err error
+		if checked[n], err = s.rules.Check(q); err != nil {
+			return nil, err
+		}
+	}
+	if err := s.rules.CheckBatch(len(qs)); err != nil {
+		return nil, err
+	}
+	users := make([]string, 0, len(checked))
+	index := make(map[string]int, len(checked))
+	for _, q := range checked {
+		if _, seen := index[q.UserID]; !seen {
+			index[q.UserID] = len(users)
+			users = append(users, q.UserID)
+		}
+	}
+	keys := make([]string, len(users))
+	for n, u := range users {
+		keys[n] = s.rules.c.RecPrefix + u
+	}
+	unavailable := ""
+	values, err := s.store.Read(ctx, keys)
+	if err != nil {
+		slog.Debug("answering from the popular cache", "why", err.Error())
+		unavailable = "store_unavailable"
+	}
+	now := time.Now().UnixMilli()
+	popular := s.store.Popular()
+	out := make([]*pb.GetRecommendationsResponse, len(checked))
+	for n := range checked {
+		var raw []byte
+		if values != nil {
+			if v, ok := values[index[checked[n].UserID]].(string); ok {
+				raw = []byte(v)
+			}
+		}
+		if out[n], err = Answer(&checked[n], raw, popular, now, unavailable); err != nil {
+			return nil, err
+		}
+		if out[n].Fallback {
+			fallbacks.WithLabelValues(out[n].FallbackReason).Inc()
+		}
+	}
+	return out, nil
+}
+
+func (s *Service) GetRecommendations(ctx context.Context, q *pb.GetRecommendationsRequest) (*pb.GetRecommendationsResponse, error) {
+	out, err := s.recommend(ctx, []*pb.GetRecommendationsRequest{q})
+	if err != nil {
+		return nil, statusOf(err)
+	}
+	return out[0], nil
+}
+
+func (s *Service) BatchGetRecommendations(ctx context.Context, q *pb.BatchGetRecommendationsRequest) (*pb.BatchGetRecommendationsResponse, error) {
+	out, err := s.recommend(ctx, q.GetRequests())
+	if err != nil {
+		return nil, statusOf(err)
+	}
+	return &pb.BatchGetRecommendationsResponse{Responses: out}, nil
+}
+
+// GetUserFeatures is answered by the Python feature service, where the feature definitions live
+// (udfs.features); lookupd checks the request and the breaker first, and passes the deadline and
+// the caller's token on.
+func (s *Service) GetUserFeatures(ctx context.Context, q *pb.GetUserFeaturesRequest) (*pb.GetUserFeaturesResponse, error) {
+	if err := s.rules.CheckUser(q.GetUserId()); err != nil {
+		return nil, statusOf(err)
+	}
+	if s.features == nil {
+		return nil, status.Error(codes.Unimplemented, "GetUserFeatures needs the Python feature service; start lookupd with `streamrank serve`")
+	}
+	if s.store.breaker.Blocked() {
+		return nil, statusOf(&StoreUnavailable{"circuit breaker open"})
+	}
+	if md, ok := metadata.FromIncomingContext(ctx); ok {
+		if auth := md.Get("authorization"); len(auth) > 0 {
+			ctx = metadata.AppendToOutgoingContext(ctx, "authorization", auth[0])
+		}
+	}
+	out, err := s.features.GetUserFeatures(ctx, q)
+	return out, statusOf(err)
+}
+
+func dialFeatures(addr string) (pb.RecommendationsClient, error) {
+	if addr == "" {
+		return nil, nil
+	}
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, err
+	}
+	return pb.NewRecommendationsClient(conn), nil
+}
+
+// codeName is a status code as Python's grpc names it (INVALID_ARGUMENT, not InvalidArgument).
+func codeName(c codes.Code) string {
+	var b strings.Builder
+	prev := ' '
+	for _, r := range c.String() {
+		if unicode.IsUpper(r) && unicode.IsLower(prev) {
+			b.WriteByte('_')
+		}
+		b.WriteRune(unicode.ToUpper(r))
+		prev = r
+	}
+	return b.String()
+}
+
+// interceptor checks the bearer token (all but health checks, constant-time compare) and counts
+// and times each lookup call under its method and status code.
+func interceptor(service string, expected []byte) grpc.UnaryServerInterceptor {
+	prefix := "/" + service + "/"
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		if strings.HasPrefix(info.FullMethod, "/grpc.health.v1.") {
+			return handler(ctx, req)
+		}
+		if expected != nil {
+			sent := ""
+			if md, ok := metadata.FromIncomingContext(ctx); ok {
+				if v := md.Get("authorization"); len(v) > 0 {
+					sent = v[0]
+				}
+			}
+			if subtle.ConstantTimeCompare([]byte(sent), expected) != 1 {
+				return nil, status.Error(codes.Unauthenticated, "send metadata 'authorization: Bearer <token>'")
+			}
+		}
+		method, ours := strings.CutPrefix(info.FullMethod, prefix)
+		if !ours {
+			return handler(ctx, req)
+		}
+		t0 := time.Now()
+		resp, err := handler(ctx, req)
+		latency.WithLabelValues("grpc", method).Observe(time.Since(t0).Seconds())
+		requests.WithLabelValues("grpc", method, codeName(status.Code(err))).Inc()
+		return resp, err
+	}
+}
+
+// followRedisHealth keeps grpc.health.v1 in step with Redis reachability.
+func followRedisHealth(ctx context.Context, h *health.Server, store *Store, service string, interval time.Duration) {
+	last := healthpb.HealthCheckResponse_UNKNOWN
+	for {
+		st := healthpb.HealthCheckResponse_NOT_SERVING
+		if store.Ping(ctx) {
+			st = healthpb.HealthCheckResponse_SERVING
+		}
+		if st != last {
+			if st == healthpb.HealthCheckResponse_SERVING {
+				slog.Info("health: SERVING")
+			} else {
+				slog.Info("health: NOT_SERVING (redis unreachable)")
+			}
+			h.SetServingStatus("", st)
+			h.SetServingStatus(service, st)
+			last = st
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(interval):
+		}
+	}
+}

@@ -1,0 +1,81 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"time"
+)
+
+// Spec is the service config as `streamrank serve` validated it (contract.config.ServingConfig,
+// dumped to JSON), plus the contract's limits and Redis key names and the launcher's wiring. The
+// TOML file is never read here: its one validator is the Python config model.
+type Spec struct {
+	Host            string  `json:"host"`
+	Port            int     `json:"port"`
+	DefaultK        int     `json:"default_k"`
+	MaxK            int     `json:"max_k"`
+	RedisTimeoutS   float64 `json:"redis_timeout_s"`
+	Reflection      bool    `json:"reflection"`
+	GraceS          float64 `json:"grace_s"`
+	AuthTokenEnv    *string `json:"auth_token_env"`
+	HealthIntervalS float64 `json:"health_interval_s"`
+	MetricsPort     *int    `json:"metrics_port"`
+	MetricsHost     string  `json:"metrics_host"`
+	LogFormat       string  `json:"log_format"`
+	Redis           struct {
+		Host string `json:"host"`
+		Port int    `json:"port"`
+	} `json:"redis"`
+	TLS *struct {
+		CertFile     string  `json:"cert_file"`
+		KeyFile      string  `json:"key_file"`
+		ClientCAFile *string `json:"client_ca_file"`
+	} `json:"tls"`
+	Cache struct {
+		RefreshS    float64 `json:"refresh_s"`
+		PopularSize int     `json:"popular_size"`
+	} `json:"cache"`
+	Breaker struct {
+		Failures int     `json:"failures"`
+		ResetS   float64 `json:"reset_s"`
+	} `json:"breaker"`
+	Contract Contract `json:"contract"`
+	// FeaturesUpstream is the loopback address of the Python service GetUserFeatures is
+	// forwarded to (the feature definitions live in Python); empty: UNIMPLEMENTED.
+	FeaturesUpstream string `json:"features_upstream"`
+	// PortFile receives the bound gRPC port once the server listens (port 0 binds a free one).
+	PortFile string `json:"port_file"`
+}
+
+// Contract holds what serving.lookup and contract.keys define; lookupd takes them from there.
+type Contract struct {
+	ServiceName         string  `json:"service_name"`
+	IDPattern           string  `json:"id_pattern"`
+	UserIDRule          string  `json:"user_id_rule"`
+	MaxFilterCategories int     `json:"max_filter_categories"`
+	MaxExcludedItems    int     `json:"max_excluded_items"`
+	MaxBatch            int     `json:"max_batch"`
+	MaxPlacement        int     `json:"max_placement"`
+	RecPrefix           string  `json:"rec_prefix"`
+	Trending            string  `json:"trending"`
+	ItemMeta            string  `json:"item_meta"`
+	DeadlineReserveS    float64 `json:"deadline_reserve_s"`
+}
+
+func loadSpec(path string) (*Spec, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading the spec: %w", err)
+	}
+	var s Spec
+	if err := json.Unmarshal(raw, &s); err != nil {
+		return nil, fmt.Errorf("spec %s is not valid JSON: %w", path, err)
+	}
+	if s.Contract.IDPattern == "" || s.Contract.MaxBatch == 0 || s.Contract.RecPrefix == "" {
+		return nil, fmt.Errorf("spec %s has no contract section; start lookupd with `streamrank serve`", path)
+	}
+	return &s, nil
+}
+
+func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }

@@ -1,0 +1,55 @@
+"""The lookup rules of serving/lookup.py against the shared vectors in tests/vectors/lookup.json.
+The compiled service (serving/lookupd) is held to the same file by its `go test`; both tests run in
+the unit tier (tests/unit/test_lookupd_go.py runs the Go one)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from contract import keys
+from serving import lookup
+from serving.core import status_of
+
+VECTORS = json.loads((Path(__file__).parents[1] / "vectors" / "lookup.json").read_text())
+POPULAR = [keys.ScoredItem(*i) for i in VECTORS["popular"]]
+
+
+def _answer(case: dict) -> lookup.Recommendations:
+    q = case["request"]
+    f = q.get("filters", {})
+    request = lookup.check_request(q["user_id"], q.get("k", 0), VECTORS["default_k"], VECTORS["max_k"],
+                                   lookup.filters_of(f.get("include_categories", ()), f.get("exclude_categories", ()),
+                                                     f.get("exclude_items", ())), q.get("placement", ""))
+    unavailable = case.get("unavailable", "")
+    raw = None if unavailable else VECTORS["stored"].get(q["user_id"])
+    return lookup.answer(request, raw.encode() if raw is not None else None, POPULAR, VECTORS["now_ms"], unavailable)
+
+
+@pytest.mark.parametrize("case", VECTORS["cases"], ids=[c["name"] for c in VECTORS["cases"]])
+def test_lookup_rules_give_the_shared_answers(case):
+    if "error" in case:
+        with pytest.raises(Exception) as err:
+            _answer(case)
+        assert status_of(err.value) == case["error"]
+        if "message" in case:
+            assert str(err.value) == case["message"]
+        return
+    a = _answer(case)
+    got = {"items": [[i.item_id, i.score, i.category] for i in a.items], "model_version": a.model_version,
+           "feature_ts_ms": a.feature_ts_ms, "list_age_ms": a.list_age_ms, "fallback": a.fallback,
+           "fallback_reason": a.fallback_reason, "placement": a.placement}
+    assert got == case["expect"]
+
+
+def test_popular_items_from_the_trending_board():
+    p = VECTORS["popular_items"]
+    metas = [m.encode() if m is not None else None for m in p["metas"]]
+    items = lookup.popular_items([(i.encode(), s) for i, s in p["trending"]], metas)
+    assert [[i.item_id, i.score, i.category] for i in items] == p["expect"]
+
+
+def test_batch_limit_is_the_shared_one():
+    assert lookup.MAX_BATCH == VECTORS["batch"]["max"]

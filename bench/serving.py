@@ -65,7 +65,7 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     for k, data in result["grpc"].items():
         curve = data["curve"]
         ax.plot([c["qps"] for c in curve], [c["p99_ms"] for c in curve], marker="o", label=f"gRPC k={k} p99")
@@ -74,11 +74,26 @@ def plot(result: dict, path: Path) -> None:
             label="Redis GET direct p99")
     ax.set_xlabel("throughput (calls/s, closed loop, concurrency 1-64)")
     ax.set_ylabel("p99 latency (ms)")
-    ax.set_yscale("log")
+    ax.set_title("closed loop: latency vs throughput")
+    # open loop, k=25 and Redis at the same offered rates (10%, 25%, 50% of the k=25 peak)
+    g25, redis = result["grpc"].get("25", {}), result["redis"]
+    grpc_open = sorted((g25.get("open_loop") or []) + ([g25["at_half_peak"]] if g25.get("at_half_peak") else []),
+                       key=lambda c: c["rate"])
+    redis_open = sorted((redis.get("open_loop") or []) + ([redis["at_grpc_half_peak"]] if redis.get("at_grpc_half_peak") else []),
+                        key=lambda c: c["rate"])
+    ax2.plot([c["rate"] for c in grpc_open], [c["p99_ms"] for c in grpc_open], marker="o", label="gRPC k=25 p99")
+    ax2.plot([c["rate"] for c in redis_open], [c["p99_ms"] for c in redis_open], marker="s", linestyle="--",
+             label="Redis GET direct p99")
+    ax2.plot([c["rate"] for c in redis_open], [3 * c["p99_ms"] for c in redis_open], linestyle=":", color="grey",
+             label="3 x Redis p99 (target)")
+    ax2.set_xlabel("offered rate (calls/s, open loop)")
+    ax2.set_title("open loop: p99 vs offered load")
+    for a in (ax, ax2):
+        a.set_yscale("log")
+        a.grid(True, which="both", alpha=0.3)
+        a.legend()
     ax.set_xscale("log")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    ax.set_title("streamrank lookup service: latency vs throughput")
+    fig.suptitle(f"streamrank lookup service ({result.get('engine', 'go')} engine)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -112,8 +127,9 @@ def main() -> None:
             if time.monotonic() > deadline or server.poll() is not None:
                 raise SystemExit(f"server did not start; see {server_log}")
             time.sleep(0.1)
-        print(f"load: k in 10/25/100, concurrency 1-64, {args.seconds:.0f} s a step (about "
-              f"{(3 * 8 + 8) * (args.seconds + 0.5):.0f} s)", file=sys.stderr, flush=True)
+        print(f"load: k in 10/25/100, concurrency 1-64, then open loop at 10/25/50% of each peak, "
+              f"{args.seconds:.0f} s a step (about {(3 * 10 + 10) * (args.seconds + 0.5):.0f} s)",
+              file=sys.stderr, flush=True)
         load = subprocess.run([str(loadgen), "-target", f"127.0.0.1:{grpc_port}",
                                "-redis", f"127.0.0.1:{redis_svc.port}", "-users", str(args.users),
                                "-seconds", str(args.seconds)], capture_output=True, text=True)
@@ -125,6 +141,7 @@ def main() -> None:
             stop_pid(server.pid)
         stop_pid(redis_svc.pid)
 
+    result["engine"] = args.engine
     plot(result, Path(args.plot))
     (Path(args.plot).with_suffix(".json")).write_text(json.dumps(result, indent=1))
     summary: dict = {}
@@ -138,6 +155,12 @@ def main() -> None:
     k25 = summary.get("k25")
     if k25 and direct["p99_ms"]:
         summary["k25_p99_over_redis_p99"] = round(k25["p99_ms"] / direct["p99_ms"], 2)
+    # the same comparison at lighter loads (open loop at 10% and 25% of the k=25 peak)
+    g25 = result["grpc"].get("25", {})
+    summary["k25_lighter_load"] = [
+        {"rate": g["rate"], "p99_ms": g["p99_ms"], "redis_p99_ms": r["p99_ms"],
+         "p99_over_redis_p99": round(g["p99_ms"] / r["p99_ms"], 2) if r["p99_ms"] else None}
+        for g, r in zip(g25.get("open_loop") or [], result["redis"].get("open_loop") or [])]
     print(f"curves and details: {Path(args.plot).with_suffix('.json')}", file=sys.stderr)
     print(json.dumps(summary))
 

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"math/rand"
 	"os"
+	"runtime/debug"
 	"sort"
 	"strconv"
 	"strings"
@@ -94,7 +95,17 @@ func round(x float64, digits int) float64 {
 	return f
 }
 
-type call func(r *rand.Rand) error
+// call makes one call; pick is a random number choosing the user (and the connection).
+type call func(pick uint64) error
+
+// splitmix64 gives the open loop's i-th call its random pick without a generator per call
+// (rand.NewSource per call cost ~10 µs and 5 kB of garbage at 10k+ calls/s: load-generator jitter).
+func splitmix64(x uint64) uint64 {
+	x += 0x9e3779b97f4a7c15
+	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9
+	x = (x ^ (x >> 27)) * 0x94d049bb133111eb
+	return x ^ (x >> 31)
+}
 
 func closedLoop(c call, concurrency int, seconds, warmup float64) Summary {
 	var mu sync.Mutex
@@ -115,7 +126,7 @@ func closedLoop(c call, concurrency int, seconds, warmup float64) Summary {
 				if !t.Before(end) {
 					break
 				}
-				if err := c(r); err != nil {
+				if err := c(r.Uint64()); err != nil {
 					atomic.AddInt64(&errors, 1)
 				}
 				if !t.Before(measure) {
@@ -136,8 +147,10 @@ func closedLoop(c call, concurrency int, seconds, warmup float64) Summary {
 // openLoop starts calls on a fixed schedule, each in its own goroutine, so a slow answer never
 // delays the next call (no coordinated omission); latency counts from the call's start, so the
 // generator's own timer jitter is not charged to the server.
-func openLoop(c call, rate, seconds float64) Summary {
-	total := int(rate * seconds)
+// The first `warmup` seconds run at the same rate and are not measured, as in the closed loop.
+func openLoop(c call, rate, seconds, warmup float64) Summary {
+	skip := int(rate * warmup)
+	total := skip + int(rate*seconds)
 	lat := make([]time.Duration, total)
 	var errors int64
 	var wg sync.WaitGroup
@@ -150,16 +163,15 @@ func openLoop(c call, rate, seconds float64) Summary {
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
-			r := rand.New(rand.NewSource(int64(i)))
 			start := time.Now()
-			if err := c(r); err != nil {
+			if err := c(splitmix64(uint64(i))); err != nil && i >= skip {
 				atomic.AddInt64(&errors, 1)
 			}
 			lat[i] = time.Since(start)
 		}(i)
 	}
 	wg.Wait()
-	s := summarize(lat, seconds)
+	s := summarize(lat[skip:], seconds)
 	s.Rate, s.Errors = round(rate, 1), errors
 	return s
 }
@@ -168,6 +180,7 @@ type Curve struct {
 	Curve   []Summary `json:"curve"`
 	PeakQPS float64   `json:"peak_qps"`
 	Half    *Summary  `json:"at_half_peak,omitempty"`
+	Open    []Summary `json:"open_loop,omitempty"`
 	Direct  *Summary  `json:"at_grpc_half_peak,omitempty"`
 }
 
@@ -194,6 +207,22 @@ func ints(s string) []int {
 	return out
 }
 
+func floats(s string) []float64 {
+	var out []float64
+	if strings.TrimSpace(s) == "" {
+		return out
+	}
+	for _, f := range strings.Split(s, ",") {
+		v, err := strconv.ParseFloat(strings.TrimSpace(f), 64)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "not a number list: %q\n", s)
+			os.Exit(2)
+		}
+		out = append(out, v)
+	}
+	return out
+}
+
 func main() {
 	target := flag.String("target", "127.0.0.1:50051", "gRPC host:port")
 	redisAddr := flag.String("redis", "127.0.0.1:16379", "Redis host:port (direct GETs of the same keys)")
@@ -203,7 +232,11 @@ func main() {
 	channels := flag.Int("channels", 4, "gRPC connections the callers share")
 	seconds := flag.Float64("seconds", 3, "measured seconds per step")
 	warmup := flag.Float64("warmup", 0.5, "unmeasured seconds before each closed-loop step")
+	openFractions := flag.String("open-fractions", "0.1,0.25", "also run the open loop at these fractions of each peak (comma list); Redis at the same rates as k=25 (or the first k)")
 	flag.Parse()
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(400) // fewer collections in the load process: less of its own jitter in every figure
+	}
 
 	conns := make([]*grpc.ClientConn, *channels)
 	for i := range conns {
@@ -224,12 +257,12 @@ func main() {
 			reqs[u] = encodeRequest(fmt.Sprintf("u%d", u), k)
 		}
 		want := k
-		c := func(r *rand.Rand) error {
-			req := reqs[r.Intn(len(reqs))]
+		c := func(pick uint64) error {
+			req := reqs[pick%uint64(len(reqs))]
 			var resp []byte
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 			defer cancel()
-			if err := conns[r.Intn(len(conns))].Invoke(ctx, method, &req, &resp); err != nil {
+			if err := conns[(pick>>32)%uint64(len(conns))].Invoke(ctx, method, &req, &resp); err != nil {
 				return err
 			}
 			if n := countItems(resp); n != want {
@@ -242,8 +275,12 @@ func main() {
 			curve = append(curve, closedLoop(c, n, *seconds, *warmup))
 		}
 		p := peak(curve)
-		half := openLoop(c, p/2, *seconds)
-		grpcOut[strconv.Itoa(k)] = Curve{Curve: curve, PeakQPS: p, Half: &half}
+		half := openLoop(c, p/2, *seconds, *warmup)
+		var open []Summary
+		for _, f := range floats(*openFractions) {
+			open = append(open, openLoop(c, p*f, *seconds, *warmup))
+		}
+		grpcOut[strconv.Itoa(k)] = Curve{Curve: curve, PeakQPS: p, Half: &half, Open: open}
 		if k == 25 || kHalf == 0 {
 			kHalf = p / 2
 		}
@@ -255,15 +292,19 @@ func main() {
 	for u := range keys {
 		keys[u] = fmt.Sprintf("rec:u%d", u)
 	}
-	rc := func(r *rand.Rand) error {
-		return rdb.Get(context.Background(), keys[r.Intn(len(keys))]).Err()
+	rc := func(pick uint64) error {
+		return rdb.Get(context.Background(), keys[pick%uint64(len(keys))]).Err()
 	}
 	var curve []Summary
 	for _, n := range ints(*concs) {
 		curve = append(curve, closedLoop(rc, n, *seconds, *warmup))
 	}
-	direct := openLoop(rc, kHalf, *seconds)
-	out["redis"] = Curve{Curve: curve, PeakQPS: peak(curve), Direct: &direct}
+	direct := openLoop(rc, kHalf, *seconds, *warmup)
+	var open []Summary
+	for _, f := range floats(*openFractions) {
+		open = append(open, openLoop(rc, 2*kHalf*f, *seconds, *warmup))
+	}
+	out["redis"] = Curve{Curve: curve, PeakQPS: peak(curve), Direct: &direct, Open: open}
 	enc := json.NewEncoder(os.Stdout)
 	if err := enc.Encode(out); err != nil {
 		os.Exit(1)

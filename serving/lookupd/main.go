@@ -19,6 +19,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strconv"
 	"syscall"
 	"time"
@@ -52,6 +53,12 @@ func main() {
 		os.Exit(2)
 	}
 	setupLogging(spec.LogFormat)
+	if os.Getenv("GOGC") == "" {
+		// a lookup allocates ~20 kB that is garbage at once, over a live heap of a few MB: at the
+		// default GOGC=100 that is a collection every ~200 calls. 400 cuts them 4x and halved p99 at
+		// 2,000 calls/s in bench.serving (1.0 -> 0.45-0.57 ms); GOGC in the environment overrides it.
+		debug.SetGCPercent(400)
+	}
 	if err := run(spec); err != nil {
 		slog.Error(err.Error())
 		os.Exit(1)
@@ -134,7 +141,10 @@ func run(spec *Spec) error {
 	if err != nil {
 		return fmt.Errorf("feature service %s: %w", spec.FeaturesUpstream, err)
 	}
-	store := newStore(spec)
+	store, err := newStore(spec)
+	if err != nil {
+		return err
+	}
 	store.RefreshPopular(ctx)
 	go store.refreshLoop(ctx)
 

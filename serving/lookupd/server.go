@@ -103,9 +103,7 @@ func (s *Service) recommend(ctx context.Context, qs []*pb.GetRecommendationsRequ
 	for n := range checked {
 		var raw []byte
 		if values != nil {
-			if v, ok := values[index[checked[n].UserID]].(string); ok {
-				raw = []byte(v)
-			}
+			raw = values[index[checked[n].UserID]]
 		}
 		if out[n], err = Answer(&checked[n], raw, popular, now, unavailable); err != nil {
 			return nil, err

@@ -9,12 +9,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/redis/go-redis/v9"
+	"github.com/redis/rueidis"
 
 	"streamrank/lookupd/internal/pb"
 )
@@ -102,7 +103,7 @@ type popularCache struct {
 
 // Store is the service's view of Redis.
 type Store struct {
-	rdb     *redis.Client
+	rdb     rueidis.Client
 	spec    *Spec
 	timeout time.Duration
 	reserve time.Duration
@@ -110,22 +111,31 @@ type Store struct {
 	popular atomic.Pointer[popularCache]
 }
 
-func newStore(spec *Spec) *Store {
-	rdb := redis.NewClient(&redis.Options{
-		Addr:                  spec.Redis.Host + ":" + strconv.Itoa(spec.Redis.Port),
-		Protocol:              2,
-		DisableIndentity:      true,
-		ContextTimeoutEnabled: true, // the per-call budget, not go-redis's own 3 s read timeout
-		MaxRetries:            -1,   // a retry would outlive the budget; the caller falls back instead
-		DialTimeout:           seconds(spec.RedisTimeoutS),
-		PoolSize:              32,
-		MinIdleConns:          4,
+// newStore connects lazily: lookupd starts (and answers from its cache, health NOT_SERVING) when
+// Redis is down, and reconnects by itself when Redis is back.
+func newStore(spec *Spec) (*Store, error) {
+	rdb, err := rueidis.NewClient(rueidis.ClientOption{
+		InitAddress:       []string{net.JoinHostPort(spec.Redis.Host, strconv.Itoa(spec.Redis.Port))},
+		ForceSingleClient: true, // one Redis; and NewClient must not fail when Redis is down at start
+		DisableCache:      true,
+		AlwaysRESP2:       true,
+		DisableRetry:      true, // a retry would outlive the budget; the caller falls back instead
+		// concurrent calls' MGETs share writes and reads on few connections (auto-pipelining):
+		// far fewer system calls per call than a connection pool
+		PipelineMultiplex: 1,
+		Dialer:            net.Dialer{Timeout: seconds(spec.RedisTimeoutS)},
 	})
+	if rdb == nil {
+		return nil, fmt.Errorf("redis client for %s:%d: %w", spec.Redis.Host, spec.Redis.Port, err)
+	}
+	if err != nil {
+		slog.Warn("redis not reachable at start; answering from the cache until it is", "error", err.Error())
+	}
 	s := &Store{rdb: rdb, spec: spec, timeout: seconds(spec.RedisTimeoutS),
 		reserve: seconds(spec.Contract.DeadlineReserveS),
 		breaker: &Breaker{failures: spec.Breaker.Failures, reset: seconds(spec.Breaker.ResetS)}}
 	s.popular.Store(&popularCache{})
-	return s
+	return s, nil
 }
 
 func (s *Store) budget(ctx context.Context) time.Duration {
@@ -137,7 +147,7 @@ func (s *Store) budget(ctx context.Context) time.Duration {
 }
 
 // Read returns the values of keys (nil where absent), or *StoreUnavailable.
-func (s *Store) Read(ctx context.Context, keys []string) ([]any, error) {
+func (s *Store) Read(ctx context.Context, keys []string) ([][]byte, error) {
 	if !s.breaker.Allow() {
 		return nil, &StoreUnavailable{"circuit breaker open"}
 	}
@@ -149,15 +159,24 @@ func (s *Store) Read(ctx context.Context, keys []string) ([]any, error) {
 	}
 	cctx, cancel := context.WithTimeout(ctx, budget)
 	defer cancel()
-	values, err := s.rdb.MGet(cctx, keys...).Result()
+	reply, err := s.rdb.Do(cctx, s.rdb.B().Mget().Key(keys...).Build()).ToArray()
+	values := make([][]byte, len(reply))
+	for n := 0; err == nil && n < len(reply); n++ {
+		if !reply[n].IsNil() {
+			var v string
+			if v, err = reply[n].ToString(); err == nil {
+				values[n] = []byte(v)
+			}
+		}
+	}
 	if err != nil {
-		var reply redis.Error
+		var replyErr *rueidis.RedisError
 		switch {
 		case errors.Is(err, context.DeadlineExceeded) || isTimeout(err):
 			redisErrors.WithLabelValues("timeout").Inc()
 			s.breaker.Failure()
 			return nil, &StoreUnavailable{fmt.Sprintf("redis did not answer within %.0f ms", budget.Seconds()*1000)}
-		case errors.As(err, &reply):
+		case errors.As(err, &replyErr):
 			redisErrors.WithLabelValues("RedisReplyError").Inc()
 		default:
 			redisErrors.WithLabelValues("RedisUnavailable").Inc()
@@ -177,27 +196,35 @@ func isTimeout(err error) bool {
 func (s *Store) Ping(ctx context.Context) bool {
 	cctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
-	return s.rdb.Ping(cctx).Err() == nil
+	return s.rdb.Do(cctx, s.rdb.B().Ping().Build()).Error() == nil
 }
 
 // RefreshPopular re-reads the trending board and its items' categories; false if Redis did not answer.
 func (s *Store) RefreshPopular(ctx context.Context) bool {
 	cctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
-	board, err := s.rdb.ZRevRangeWithScores(cctx, s.spec.Contract.Trending, 0, int64(s.spec.Cache.PopularSize-1)).Result()
+	board, err := s.rdb.Do(cctx, s.rdb.B().Zrevrange().Key(s.spec.Contract.Trending).Start(0).
+		Stop(int64(s.spec.Cache.PopularSize-1)).Withscores().Build()).AsZScores()
 	if err != nil {
 		slog.Debug("popular cache not refreshed", "error", err.Error())
 		return false
 	}
 	ids, scores := make([]string, len(board)), make([]float64, len(board))
 	for n, z := range board {
-		ids[n], scores[n] = fmt.Sprint(z.Member), z.Score
+		ids[n], scores[n] = z.Member, z.Score
 	}
 	var metas []any
 	if len(ids) > 0 {
-		if metas, err = s.rdb.HMGet(cctx, s.spec.Contract.ItemMeta, ids...).Result(); err != nil {
+		reply, err := s.rdb.Do(cctx, s.rdb.B().Hmget().Key(s.spec.Contract.ItemMeta).Field(ids...).Build()).ToArray()
+		if err != nil {
 			slog.Debug("popular cache not refreshed", "error", err.Error())
 			return false
+		}
+		metas = make([]any, len(reply))
+		for n, m := range reply {
+			if v, err := m.ToString(); err == nil {
+				metas[n] = v
+			}
 		}
 	}
 	s.popular.Store(&popularCache{PopularItems(ids, scores, metas), time.Now()})

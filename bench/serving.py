@@ -6,7 +6,8 @@ generator is Go so that its own CPU (the machine has 2 cores) is small: a Python
 process took most of a core at 3,500 calls/s. Writes a latency/throughput plot; the last stdout
 line is JSON.
 
-    .venv/bin/python -m bench.serving [--engine go|python] [--users 10000] [--seconds 3] [--plot var/bench/serving.png]
+    .venv/bin/python -m bench.serving [--engine go|python] [--lists-mb N] [--rewrites-per-s 2000]
+        [--users 10000] [--seconds 3] [--plot var/bench/serving.png]
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import json
 import shutil
 import subprocess
 import sys
+import random
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -41,6 +44,37 @@ def seed(r: redis.Redis, users: int) -> None:
             pipe.execute()
     pipe.zadd(keys.TRENDING, {f"i{n}": 1000 - n for n in range(500)})
     pipe.execute()
+
+
+class Rewriter(threading.Thread):
+    """Rewrites random users' lists at a steady rate during the run, as the job does each micro-batch,
+    so a cache in the service is invalidated as it would be live. The values are encoded once up
+    front (64 variants of 100 items), so the writer's own CPU stays small (pipelined SETs)."""
+
+    def __init__(self, port: int, users: int, per_s: float) -> None:
+        super().__init__(name="rewriter", daemon=True)
+        self.r, self.users, self.per_s = redis.Redis(port=port), users, per_s
+        self.done, self.written = threading.Event(), 0
+        now = int(time.time() * 1000)
+        self.values = [keys.RecList([keys.ScoredItem(f"i{(v * 31 + n) % 5000}", 1.0 - n / ITEMS_PER_LIST, f"c{n % 12}")
+                                     for n in range(ITEMS_PER_LIST)], "v0002", now, now).encode().encode()
+                       for v in range(64)]
+
+    def run(self) -> None:
+        if self.per_s <= 0:
+            return
+        rng, tick = random.Random(7), 0.05
+        per_tick = max(1, round(self.per_s * tick))
+        while not self.done.wait(tick):
+            pipe = self.r.pipeline(transaction=False)
+            for _ in range(per_tick):
+                pipe.set(keys.rec_key(f"u{rng.randrange(self.users)}"), rng.choice(self.values))
+            pipe.execute()
+            self.written += per_tick
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join(10)
 
 
 LOADGEN_SRC = PROJECT_ROOT / "bench" / "loadgen"
@@ -105,6 +139,11 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=3.0, help="measured seconds per load step (default 3)")
     p.add_argument("--engine", choices=("go", "python"), default="go",
                    help="lookup service engine (the serving config's `engine`; default go)")
+    p.add_argument("--lists-mb", type=int, default=None,
+                   help="go engine's in-process list cache (cache.lists_mb; 0: off; default: the config's 64)")
+    p.add_argument("--rewrites-per-s", type=float, default=2000.0,
+                   help="lists rewritten per second during the run, as the job does (invalidating cached "
+                        "lists); default 2000, i.e. each of 10,000 users every 5 s; 0: none")
     p.add_argument("--plot", default=str(PROJECT_ROOT / "var" / "bench" / "serving.png"), help="PNG to write")
     args = p.parse_args()
 
@@ -116,8 +155,9 @@ def main() -> None:
         seed(redis.Redis(port=redis_svc.port), args.users)
         grpc_port = free_port()
         config = work / "serving.toml"
+        cache = f"[cache]\nlists_mb = {args.lists_mb}\n" if args.lists_mb is not None else ""
         config.write_text(f'engine = "{args.engine}"\nport = {grpc_port}\nlog_format = "text"\n'
-                          f'[redis]\nport = {redis_svc.port}\n')
+                          f'[redis]\nport = {redis_svc.port}\n{cache}')
         server_log = work / "serve.log"
         with open(server_log, "wb") as out:
             server = subprocess.Popen([sys.executable, "-m", "deploy.cli", "serve", "--config", str(config)],
@@ -130,9 +170,12 @@ def main() -> None:
         print(f"load: k in 10/25/100, concurrency 1-64, then open loop at 10/25/50% of each peak, "
               f"{args.seconds:.0f} s a step (about {(3 * 10 + 10) * (args.seconds + 0.5):.0f} s)",
               file=sys.stderr, flush=True)
+        writer = Rewriter(redis_svc.port, args.users, args.rewrites_per_s)
+        writer.start()
         load = subprocess.run([str(loadgen), "-target", f"127.0.0.1:{grpc_port}",
                                "-redis", f"127.0.0.1:{redis_svc.port}", "-users", str(args.users),
                                "-seconds", str(args.seconds)], capture_output=True, text=True)
+        writer.stop()
         if load.returncode != 0:
             raise SystemExit(f"load process failed:\n{load.stderr[-3000:]}")
         result = json.loads(load.stdout.strip().splitlines()[-1])
@@ -151,7 +194,8 @@ def main() -> None:
                             "half_peak_rate": half["rate"], "errors": sum(c["errors"] for c in data["curve"]) + half["errors"]}
     direct = result["redis"]["at_grpc_half_peak"]
     summary.update({"redis_get_qps": result["redis"]["peak_qps"], "redis_get_p99_ms": direct["p99_ms"],
-                    "redis_get_p50_ms": direct["p50_ms"], "users": args.users, "engine": args.engine, "plot": args.plot})
+                    "redis_get_p50_ms": direct["p50_ms"], "users": args.users, "engine": args.engine,
+                    "lists_mb": args.lists_mb, "rewrites_per_s": args.rewrites_per_s, "plot": args.plot})
     k25 = summary.get("k25")
     if k25 and direct["p99_ms"]:
         summary["k25_p99_over_redis_p99"] = round(k25["p99_ms"] / direct["p99_ms"], 2)

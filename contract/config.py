@@ -226,6 +226,12 @@ class CacheConfig(_Strict):
     """How often the popular lists are re-read from Redis."""
     popular_size: int = Field(200, ge=1, le=10_000)
     """Trending items kept (before filters)."""
+    lists_mb: int = Field(64, ge=0, le=65_536)
+    """Go engine: memory for users' lists kept in the service, with Redis's server-assisted
+    client-side caching (CLIENT TRACKING): Redis tells the service the moment the job rewrites a
+    list, so an entry is never older than Redis's copy. 0 turns it off (every call reads Redis)."""
+    lists_ttl_s: float = Field(30.0, gt=0)
+    """Go engine: the longest a cached list is kept, invalidation or not."""
 
 
 class BreakerConfig(_Strict):

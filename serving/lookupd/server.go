@@ -40,6 +40,10 @@ var (
 		Name: "streamrank_serving_breaker_open", Help: "1 while the Redis circuit breaker is open"})
 	cacheAge = promauto.NewGauge(prometheus.GaugeOpts{
 		Name: "streamrank_serving_popular_cache_age_seconds", Help: "Age of the popular-list cache"})
+	listCache = promauto.NewCounterVec(prometheus.CounterOpts{
+		Name: "streamrank_serving_list_cache_total",
+		Help: "Users' lists read from the in-process cache (hit) or from Redis (miss); Go engine with cache.lists_mb > 0"},
+		[]string{"result"})
 )
 
 // Service implements streamrank.v1.Recommendations.

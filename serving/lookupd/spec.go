@@ -35,6 +35,8 @@ type Spec struct {
 	Cache struct {
 		RefreshS    float64 `json:"refresh_s"`
 		PopularSize int     `json:"popular_size"`
+		ListsMB     int     `json:"lists_mb"`
+		ListsTTLS   float64 `json:"lists_ttl_s"`
 	} `json:"cache"`
 	Breaker struct {
 		Failures int     `json:"failures"`

@@ -111,18 +111,25 @@ type Store struct {
 	popular atomic.Pointer[popularCache]
 }
 
+// multiplex: 2^0 = one pipelined connection to Redis: the client cache is per connection, so one
+// connection means one cache (with two, a list read on one is a miss on the other).
+const multiplex, connections = 0, 1
+
 // newStore connects lazily: lookupd starts (and answers from its cache, health NOT_SERVING) when
 // Redis is down, and reconnects by itself when Redis is back.
 func newStore(spec *Spec) (*Store, error) {
 	rdb, err := rueidis.NewClient(rueidis.ClientOption{
 		InitAddress:       []string{net.JoinHostPort(spec.Redis.Host, strconv.Itoa(spec.Redis.Port))},
 		ForceSingleClient: true, // one Redis; and NewClient must not fail when Redis is down at start
-		DisableCache:      true,
-		AlwaysRESP2:       true,
+		// users' lists cached in process with CLIENT TRACKING (RESP3): Redis pushes an invalidation
+		// on the same connection as soon as a list is rewritten; a lost connection drops the cache
+		DisableCache:      spec.Cache.ListsMB == 0,
+		AlwaysRESP2:       spec.Cache.ListsMB == 0,
+		CacheSizeEachConn: max(spec.Cache.ListsMB, 1) << 20 / connections,
 		DisableRetry:      true, // a retry would outlive the budget; the caller falls back instead
-		// concurrent calls' MGETs share writes and reads on few connections (auto-pipelining):
+		// concurrent calls' reads share writes and reads on one connection (auto-pipelining):
 		// far fewer system calls per call than a connection pool
-		PipelineMultiplex: 1,
+		PipelineMultiplex: multiplex,
 		Dialer:            net.Dialer{Timeout: seconds(spec.RedisTimeoutS)},
 	})
 	if rdb == nil {
@@ -159,16 +166,7 @@ func (s *Store) Read(ctx context.Context, keys []string) ([][]byte, error) {
 	}
 	cctx, cancel := context.WithTimeout(ctx, budget)
 	defer cancel()
-	reply, err := s.rdb.Do(cctx, s.rdb.B().Mget().Key(keys...).Build()).ToArray()
-	values := make([][]byte, len(reply))
-	for n := 0; err == nil && n < len(reply); n++ {
-		if !reply[n].IsNil() {
-			var v string
-			if v, err = reply[n].ToString(); err == nil {
-				values[n] = []byte(v)
-			}
-		}
-	}
+	values, err := s.get(cctx, keys)
 	if err != nil {
 		var replyErr *rueidis.RedisError
 		switch {
@@ -186,6 +184,64 @@ func (s *Store) Read(ctx context.Context, keys []string) ([][]byte, error) {
 	}
 	s.breaker.Success()
 	return values, nil
+}
+
+// get is one MGET, or with the list cache on, one GET per key answered from the cache where Redis
+// has not invalidated it (the misses go to Redis together, pipelined).
+func (s *Store) get(ctx context.Context, keys []string) ([][]byte, error) {
+	values := make([][]byte, len(keys))
+	if s.spec.Cache.ListsMB == 0 {
+		reply, err := s.rdb.Do(ctx, s.rdb.B().Mget().Key(keys...).Build()).ToArray()
+		if err != nil {
+			return nil, err
+		}
+		for n := range reply {
+			if values[n], err = bytesOf(&reply[n]); err != nil {
+				return nil, err
+			}
+		}
+		return values, nil
+	}
+	ttl := seconds(s.spec.Cache.ListsTTLS)
+	if len(keys) == 1 {
+		m, err := s.rdb.DoCache(ctx, s.rdb.B().Get().Key(keys[0]).Cache(), ttl).ToMessage()
+		if err != nil && !rueidis.IsRedisNil(err) {
+			return nil, err
+		}
+		listCache.WithLabelValues(hitOrMiss(&m)).Inc()
+		values[0], err = bytesOf(&m)
+		return values, err
+	}
+	cmds := make([]rueidis.CacheableTTL, len(keys))
+	for n, k := range keys {
+		cmds[n] = rueidis.CT(s.rdb.B().Get().Key(k).Cache(), ttl)
+	}
+	for n, r := range s.rdb.DoMultiCache(ctx, cmds...) {
+		m, err := r.ToMessage()
+		if err != nil && !rueidis.IsRedisNil(err) {
+			return nil, err
+		}
+		listCache.WithLabelValues(hitOrMiss(&m)).Inc()
+		if values[n], err = bytesOf(&m); err != nil {
+			return nil, err
+		}
+	}
+	return values, nil
+}
+
+func hitOrMiss(m *rueidis.RedisMessage) string {
+	if m.IsCacheHit() {
+		return "hit"
+	}
+	return "miss"
+}
+
+// bytesOf is a string reply's bytes, nil for a nil reply.
+func bytesOf(m *rueidis.RedisMessage) ([]byte, error) {
+	if m.IsNil() {
+		return nil, nil
+	}
+	return m.AsBytes()
 }
 
 func isTimeout(err error) bool {

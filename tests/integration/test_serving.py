@@ -29,11 +29,15 @@ def seed(r) -> None:
     r.set(keys.feat_key("u1"), state.encode())
 
 
-@pytest.fixture
-def service(redis_db, engine):
+VARIANTS = {"go": {"engine": "go"}, "go, no list cache": {"engine": "go", "cache.lists_mb": 0},
+            "python": {"engine": "python"}}
+
+
+@pytest.fixture(params=list(VARIANTS))
+def service(redis_db, request):
     port, r = redis_db
     seed(r)
-    cfg = load_serving_config(None, {"redis.port": port, "max_k": 10, "default_k": 4, "engine": engine})
+    cfg = load_serving_config(None, {"redis.port": port, "max_k": 10, "default_k": 4, **VARIANTS[request.param]})
     with start_server(cfg) as server, grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         yield pb_grpc.RecommendationsStub(channel), r
 

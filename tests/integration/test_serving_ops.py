@@ -22,6 +22,7 @@ import pytest
 import trustme
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from contract import keys
 from contract.config import load_serving_config
 from deploy.paths import PROJECT_ROOT
 from deploy.stack import free_port, port_open, start_redis, stop_pid
@@ -129,6 +130,51 @@ def test_frozen_redis_breaker_opens_and_calls_keep_their_deadline(own_redis, eng
             with pytest.raises(grpc.RpcError) as err:
                 stub.GetUserFeatures(pb.GetUserFeaturesRequest(user_id="u1"), timeout=1)
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "circuit breaker open" in err.value.details()
+        finally:
+            os.killpg(svc["pid"], signal.SIGCONT)
+
+
+def test_list_cache_follows_every_rewrite_and_survives_a_frozen_redis(own_redis):
+    """lookupd's in-process list cache (Redis CLIENT TRACKING): a rewritten list, or a first list for a
+    user who had none, is answered at once; while Redis is frozen a cached list is still the
+    truth (nothing can have changed it) and an uncached user falls back."""
+    from serving.launch import GoServer
+
+    port, r, restart, svc = own_redis
+    metrics_port = free_port()
+    cfg = load_serving_config(None, {"engine": "go", "redis.port": port, "metrics_port": metrics_port,
+                                     "redis_timeout_s": 0.3})
+    with GoServer(cfg, 0, metrics=True) as server, RecommendationsClient(f"127.0.0.1:{server.port}", deadline_s=2,
+                                                                       retries=0) as client:
+        def items(user: str, k: int = 2) -> list[str]:
+            return [i.item_id for i in client.recommendations(user, k).items]
+
+        def cache_count(result: str) -> float:
+            text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
+            m = re.search(rf'^streamrank_serving_list_cache_total{{result="{result}"}} (\S+)$', text, re.M)
+            return float(m.group(1)) if m else 0.0
+
+        assert items("u1") == ["i0", "i1"] and items("u1") == ["i0", "i1"]
+        assert cache_count("miss") == 1 and cache_count("hit") == 1
+
+        def rewrite(user: str, prefix: str) -> None:
+            now = int(time.time() * 1000)
+            r.set(keys.rec_key(user), keys.RecList([keys.ScoredItem(f"{prefix}{n}", 1 - n / 10, "c0") for n in range(5)],
+                                                   "v0008", now, now).encode())
+
+        for n in range(5):  # every rewrite is seen, each within half a second (in practice at once)
+            rewrite("u1", f"r{n}-")
+            assert wait_until(lambda: items("u1") == [f"r{n}-0", f"r{n}-1"], 0.5)
+        assert client.recommendations("late-joiner", 2).fallback  # no list yet: cached as absent
+        rewrite("late-joiner", "j")
+        assert wait_until(lambda: items("late-joiner") == ["j0", "j1"], 0.5)
+
+        os.killpg(svc["pid"], signal.SIGSTOP)
+        try:
+            cached = client.recommendations("u1", 2)
+            assert not cached.fallback and [i.item_id for i in cached.items] == ["r4-0", "r4-1"]
+            cold = client.recommendations("never-read", 2)
+            assert cold.fallback and cold.fallback_reason == "store_unavailable"
         finally:
             os.killpg(svc["pid"], signal.SIGCONT)
 
@@ -258,9 +304,10 @@ def test_sigterm_drains_in_flight_calls_with_metrics_and_json_logs(own_redis, tm
             assert re.search(r'code="INVALID_ARGUMENT",interface="grpc",method="GetRecommendations"\} 1(\.0)?$', metrics, re.M)
             assert "streamrank_serving_request_seconds_bucket" in metrics
 
+            r.set(keys.rec_key("u2"), r.get(keys.rec_key("u1")))  # a list no cache holds yet
             os.killpg(svc["pid"], signal.SIGSTOP)  # the next call stays in flight until Redis resumes
             with ThreadPoolExecutor(1) as pool:
-                in_flight = pool.submit(client.recommendations, "u1", 2)
+                in_flight = pool.submit(client.recommendations, "u2", 2)
                 time.sleep(0.3)
                 proc.send_signal(signal.SIGTERM)
                 time.sleep(0.5)

@@ -195,7 +195,7 @@ def main() -> None:
     direct = result["redis"]["at_grpc_half_peak"]
     summary.update({"redis_get_qps": result["redis"]["peak_qps"], "redis_get_p99_ms": direct["p99_ms"],
                     "redis_get_p50_ms": direct["p50_ms"], "users": args.users, "engine": args.engine,
-                    "lists_mb": args.lists_mb, "rewrites_per_s": args.rewrites_per_s, "plot": args.plot})
+                    "lists_mb": args.lists_mb, "rewrites_per_s": args.rewrites_per_s, "rewrites": writer.written, "plot": args.plot})
     k25 = summary.get("k25")
     if k25 and direct["p99_ms"]:
         summary["k25_p99_over_redis_p99"] = round(k25["p99_ms"] / direct["p99_ms"], 2)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -78,7 +79,7 @@ class GoServer:
         deadline = time.monotonic() + 30
         while not port_file.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.features.stop(0)
+                self.stop(0)
                 raise RuntimeError(f"lookupd did not start (exit {self.proc.poll()}); its log is above")
             time.sleep(0.02)
         self.port = int(port_file.read_text())
@@ -87,11 +88,7 @@ class GoServer:
         self.proc.send_signal(sig)
 
     def wait(self) -> int:
-        while True:
-            try:
-                return self.proc.wait()
-            except InterruptedError:  # a signal arrived while waiting
-                continue
+        return self.proc.wait()  # signal handlers run meanwhile; the wait resumes (PEP 475)
 
     def stop(self, grace_s: float | None = 0) -> int:
         if self.proc.poll() is None:
@@ -101,9 +98,7 @@ class GoServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         self.features.stop(0)
-        for f in self.work.iterdir():
-            f.unlink()
-        self.work.rmdir()
+        shutil.rmtree(self.work, ignore_errors=True)
         return self.proc.wait()
 
     def __enter__(self) -> GoServer:

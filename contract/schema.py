@@ -18,8 +18,19 @@ from dataclasses import dataclass
 from typing import Any
 
 EVENT_TYPES: tuple[str, ...] = ("view", "click", "add_to_cart", "purchase")
+# Ids: 1-64 of these characters, and nothing else. '$' alone would let a trailing newline through in
+# Python's re.match and in Java's find (Flink's REGEXP): Python uses fullmatch, Java gets '\z'
+# (ID_PATTERN_JAVA); Go's RE2 (lookupd) reads '$' as the end of the text already.
 ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
+ID_PATTERN_JAVA = ID_PATTERN.removesuffix("$") + r"\z"
 _ID_RE = re.compile(ID_PATTERN)
+
+
+def valid_id(v: str) -> bool:
+    """An event, user or item id as every part of streamrank accepts it."""
+    return _ID_RE.fullmatch(v) is not None
+
+
 # Event times outside [MIN_TS_MS, ingest time + MAX_FUTURE_MS] are rejected.
 MIN_TS_MS = 946_684_800_000  # 2000-01-01
 MAX_FUTURE_MS = 3_600_000
@@ -60,7 +71,7 @@ def validate(raw: str | bytes, ingest_ts_ms: int | None = None) -> Interaction:
         v = obj.get(field)
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             v = str(v)
-        if not isinstance(v, str) or not _ID_RE.match(v):
+        if not isinstance(v, str) or not valid_id(v):
             raise InvalidEvent(f"bad_{field}")
     if obj.get("type") not in EVENT_TYPES:
         raise InvalidEvent("bad_type")
@@ -134,7 +145,7 @@ def validation_sql(kafka_ts_ms: str = "kafka_ts_ms") -> str:
     """The same rules as `validate`, as a Flink SQL CASE giving the reason or NULL (valid), over
     the columns of parse_once_sql."""
     types = ", ".join(f"'{t}'" for t in EVENT_TYPES)
-    flink_re = ID_PATTERN.replace("\\", "\\\\")
+    flink_re = ID_PATTERN_JAVA
 
     id_checks = "\n".join(
         f"  WHEN t_{f} IS NULL OR t_{f} NOT IN ('string', 'integer', 'float') OR NOT REGEXP(j_{f}, '{flink_re}')"

@@ -3,16 +3,14 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 import orjson
 
 from contract import keys
 from contract.config import FeatureConfig
-from contract.schema import ID_PATTERN
+from contract.schema import valid_id
 
-_ID_RE = re.compile(ID_PATTERN)
 MAX_FILTER_CATEGORIES = 100
 MAX_EXCLUDED_ITEMS = 1000
 MAX_BATCH = 100
@@ -67,7 +65,7 @@ class Recommendations:
 
 
 def check_user(user_id: str) -> None:
-    if not _ID_RE.fullmatch(user_id or ""):  # fullmatch: '$' alone would let a trailing newline through
+    if not valid_id(user_id or ""):
         raise InvalidRequest(USER_ID_RULE)
 
 

@@ -18,7 +18,7 @@ def variants() -> list[str]:
     out = [json.dumps(GOOD)]
     for field, values in {
         "event_id": [42, 4.5, True, None, "", "a b", "x" * 65, {"a": 1}, ["e"], "é"],
-        "user_id": [7, False, [], "ok:.-_"],
+        "user_id": [7, False, [], "ok:.-_", "u1\n", "u1\n\n", "\nu1", "u" * 64, "u" * 64 + "\n"],
         "type": [1, "VIEW", "purchase", None],
         "ts": [str(NOW), float(NOW), True, -1, 12, NOW + 10**9, 1e20, "now", None, NOW * 1000],
         "value": [0, 12.5, "3", -0.5, True, None, {"v": 1}, 1e308],

@@ -22,6 +22,8 @@ def test_valid_event_parses_with_defaults():
         (json.dumps([1, 2]), "not_json"),
         (json.dumps({**GOOD, "user_id": ""}), "bad_user_id"),
         (json.dumps({**GOOD, "user_id": "has space"}), "bad_user_id"),
+        (json.dumps({**GOOD, "user_id": "u1\n"}), "bad_user_id"),  # '$' alone would let it through
+        (json.dumps({**GOOD, "item_id": "i" * 64 + "\n"}), "bad_item_id"),
         (json.dumps({k: v for k, v in GOOD.items() if k != "event_id"}), "bad_event_id"),
         (json.dumps({**GOOD, "item_id": None}), "bad_item_id"),
         (json.dumps({**GOOD, "type": "teleport"}), "bad_type"),

@@ -33,13 +33,18 @@ from deploy.stack import free_port, port_open, start_redis, stop_pid
 ITEMS_PER_LIST = 100
 
 
+def stored_list(first_item: int, model_version: str, now_ms: int) -> str:
+    """A rec:{user} value of ITEMS_PER_LIST items starting at item `first_item`."""
+    items = [keys.ScoredItem(f"i{(first_item + n) % 5000}", 1.0 - n / ITEMS_PER_LIST, f"c{n % 12}")
+             for n in range(ITEMS_PER_LIST)]
+    return keys.RecList(items, model_version, now_ms, now_ms).encode()
+
+
 def seed(r: redis.Redis, users: int) -> None:
     now = int(time.time() * 1000)
     pipe = r.pipeline(transaction=False)
     for u in tqdm(range(users), desc="seeding lists", unit="user", mininterval=1):
-        items = [keys.ScoredItem(f"i{(u * 7 + n) % 5000}", 1.0 - n / ITEMS_PER_LIST, f"c{n % 12}")
-                 for n in range(ITEMS_PER_LIST)]
-        pipe.set(keys.rec_key(f"u{u}"), keys.RecList(items, "v0001", now, now).encode())
+        pipe.set(keys.rec_key(f"u{u}"), stored_list(u * 7, "v0001", now))
         if u % 1000 == 999:
             pipe.execute()
     pipe.zadd(keys.TRENDING, {f"i{n}": 1000 - n for n in range(500)})
@@ -56,9 +61,7 @@ class Rewriter(threading.Thread):
         self.r, self.users, self.per_s = redis.Redis(port=port), users, per_s
         self.done, self.written = threading.Event(), 0
         now = int(time.time() * 1000)
-        self.values = [keys.RecList([keys.ScoredItem(f"i{(v * 31 + n) % 5000}", 1.0 - n / ITEMS_PER_LIST, f"c{n % 12}")
-                                     for n in range(ITEMS_PER_LIST)], "v0002", now, now).encode().encode()
-                       for v in range(64)]
+        self.values = [stored_list(v * 31, "v0002", now).encode() for v in range(64)]
 
     def run(self) -> None:
         if self.per_s <= 0:
@@ -110,10 +113,10 @@ def plot(result: dict, path: Path) -> None:
     ax.set_ylabel("p99 latency (ms)")
     ax.set_title("closed loop: latency vs throughput")
     # open loop, k=25 and Redis at the same offered rates (10%, 25%, 50% of the k=25 peak)
-    g25, redis = result["grpc"].get("25", {}), result["redis"]
+    g25, direct = result["grpc"].get("25", {}), result["redis"]
     grpc_open = sorted((g25.get("open_loop") or []) + ([g25["at_half_peak"]] if g25.get("at_half_peak") else []),
                        key=lambda c: c["rate"])
-    redis_open = sorted((redis.get("open_loop") or []) + ([redis["at_grpc_half_peak"]] if redis.get("at_grpc_half_peak") else []),
+    redis_open = sorted((direct.get("open_loop") or []) + ([direct["at_grpc_half_peak"]] if direct.get("at_grpc_half_peak") else []),
                         key=lambda c: c["rate"])
     ax2.plot([c["rate"] for c in grpc_open], [c["p99_ms"] for c in grpc_open], marker="o", label="gRPC k=25 p99")
     ax2.plot([c["rate"] for c in redis_open], [c["p99_ms"] for c in redis_open], marker="s", linestyle="--",

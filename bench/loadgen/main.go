@@ -32,9 +32,12 @@ const method = "/streamrank.v1.Recommendations/GetRecommendations"
 // rawCodec passes pre-encoded protobuf bytes through unchanged.
 type rawCodec struct{}
 
-func (rawCodec) Marshal(v any) ([]byte, error)      { return *(v.(*[]byte)), nil }
-func (rawCodec) Unmarshal(data []byte, v any) error { *(v.(*[]byte)) = append([]byte(nil), data...); return nil }
-func (rawCodec) Name() string                       { return "proto" }
+func (rawCodec) Marshal(v any) ([]byte, error) { return *(v.(*[]byte)), nil }
+func (rawCodec) Unmarshal(data []byte, v any) error {
+	*(v.(*[]byte)) = append([]byte(nil), data...)
+	return nil
+}
+func (rawCodec) Name() string { return "proto" }
 
 func encodeRequest(user string, k int) []byte {
 	b := protowire.AppendTag(nil, 1, protowire.BytesType)
@@ -196,13 +199,8 @@ func peak(c []Summary) float64 {
 
 func ints(s string) []int {
 	var out []int
-	for _, f := range strings.Split(s, ",") {
-		v, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "not a number list: %q\n", s)
-			os.Exit(2)
-		}
-		out = append(out, v)
+	for _, v := range floats(s) {
+		out = append(out, int(v))
 	}
 	return out
 }

@@ -18,6 +18,7 @@ import (
 )
 
 type vectors struct {
+	Contract Contract          `json:"contract"` // what `streamrank serve` passes (checked by pytest)
 	DefaultK int               `json:"default_k"`
 	MaxK     int               `json:"max_k"`
 	NowMs    int64             `json:"now_ms"`
@@ -41,7 +42,6 @@ type vectors struct {
 		Message     *string        `json:"message"`
 	} `json:"cases"`
 	Batch struct {
-		Max     int    `json:"max"`
 		TooMany int    `json:"too_many"`
 		Message string `json:"message"`
 	} `json:"batch"`
@@ -62,14 +62,6 @@ func loadVectors(t *testing.T) *vectors {
 		t.Fatal(err)
 	}
 	return &v
-}
-
-// testContract is what `streamrank serve` passes (serving/launch.py contract_spec).
-func testContract(maxBatch int) Contract {
-	return Contract{ServiceName: "streamrank.v1.Recommendations", IDPattern: `^[A-Za-z0-9_.:-]{1,64}$`,
-		UserIDRule:          "user_id must be 1-64 characters of letters, digits, '_', '.', ':' or '-'",
-		MaxFilterCategories: 100, MaxExcludedItems: 1000, MaxBatch: maxBatch, MaxPlacement: 64,
-		RecPrefix: "rec:", Trending: "trending", ItemMeta: "item:meta"}
 }
 
 func triples(items []*pb.ScoredItem) []any {
@@ -95,7 +87,7 @@ func normalized(t *testing.T, x any) any {
 
 func TestLookupRulesGiveTheSharedAnswers(t *testing.T) {
 	v := loadVectors(t)
-	rules, err := newRules(testContract(v.Batch.Max), v.DefaultK, v.MaxK)
+	rules, err := newRules(v.Contract, v.DefaultK, v.MaxK)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,8 +137,8 @@ func TestLookupRulesGiveTheSharedAnswers(t *testing.T) {
 
 func TestBatchLimit(t *testing.T) {
 	v := loadVectors(t)
-	rules, _ := newRules(testContract(v.Batch.Max), v.DefaultK, v.MaxK)
-	if rules.CheckBatch(v.Batch.Max) != nil {
+	rules, _ := newRules(v.Contract, v.DefaultK, v.MaxK)
+	if rules.CheckBatch(v.Contract.MaxBatch) != nil {
 		t.Fatal("a full batch was refused")
 	}
 	err := rules.CheckBatch(v.Batch.TooMany)

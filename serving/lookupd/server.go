@@ -83,17 +83,13 @@ func (s *Service) recommend(ctx context.Context, qs []*pb.GetRecommendationsRequ
 	if err := s.rules.CheckBatch(len(qs)); err != nil {
 		return nil, err
 	}
-	users := make([]string, 0, len(checked))
+	keys := make([]string, 0, len(checked)) // one per distinct user
 	index := make(map[string]int, len(checked))
 	for _, q := range checked {
 		if _, seen := index[q.UserID]; !seen {
-			index[q.UserID] = len(users)
-			users = append(users, q.UserID)
+			index[q.UserID] = len(keys)
+			keys = append(keys, s.rules.c.RecPrefix+q.UserID)
 		}
-	}
-	keys := make([]string, len(users))
-	for n, u := range users {
-		keys[n] = s.rules.c.RecPrefix + u
 	}
 	unavailable := ""
 	values, err := s.store.Read(ctx, keys)

@@ -1,6 +1,6 @@
 package main
 
-// Reads from Redis with the same guards as serving/core.py: one MGET per call, never waiting
+// Reads from Redis with the same guards as serving/core.py: one round trip per call, never waiting
 // longer than min(redis_timeout_s, the caller's deadline - reserve), a consecutive-failure circuit
 // breaker, and a local cache of popular items for cold users and for when Redis cannot answer.
 
@@ -113,7 +113,7 @@ type Store struct {
 
 // multiplex: 2^0 = one pipelined connection to Redis: the client cache is per connection, so one
 // connection means one cache (with two, a list read on one is a miss on the other).
-const multiplex, connections = 0, 1
+const multiplex = 0
 
 // newStore connects lazily: lookupd starts (and answers from its cache, health NOT_SERVING) when
 // Redis is down, and reconnects by itself when Redis is back.
@@ -125,8 +125,9 @@ func newStore(spec *Spec) (*Store, error) {
 		// on the same connection as soon as a list is rewritten; a lost connection drops the cache
 		DisableCache:      spec.Cache.ListsMB == 0,
 		AlwaysRESP2:       spec.Cache.ListsMB == 0,
-		CacheSizeEachConn: max(spec.Cache.ListsMB, 1) << 20 / connections,
-		DisableRetry:      true, // a retry would outlive the budget; the caller falls back instead
+		CacheSizeEachConn: max(spec.Cache.ListsMB, 1) << 20, // the one connection holds the whole cache
+		// a retry would outlive the budget; the caller falls back instead
+		DisableRetry: true,
 		// concurrent calls' reads share writes and reads on one connection (auto-pipelining):
 		// far fewer system calls per call than a connection pool
 		PipelineMultiplex: multiplex,
@@ -203,15 +204,6 @@ func (s *Store) get(ctx context.Context, keys []string) ([][]byte, error) {
 		return values, nil
 	}
 	ttl := seconds(s.spec.Cache.ListsTTLS)
-	if len(keys) == 1 {
-		m, err := s.rdb.DoCache(ctx, s.rdb.B().Get().Key(keys[0]).Cache(), ttl).ToMessage()
-		if err != nil && !rueidis.IsRedisNil(err) {
-			return nil, err
-		}
-		listCache.WithLabelValues(hitOrMiss(&m)).Inc()
-		values[0], err = bytesOf(&m)
-		return values, err
-	}
 	cmds := make([]rueidis.CacheableTTL, len(keys))
 	for n, k := range keys {
 		cmds[n] = rueidis.CT(s.rdb.B().Get().Key(k).Cache(), ttl)

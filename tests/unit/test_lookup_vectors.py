@@ -51,5 +51,10 @@ def test_popular_items_from_the_trending_board():
     assert [[i.item_id, i.score, i.category] for i in items] == p["expect"]
 
 
-def test_batch_limit_is_the_shared_one():
-    assert lookup.MAX_BATCH == VECTORS["batch"]["max"]
+def test_the_vectors_contract_is_the_one_lookupd_is_given():
+    """lookup_test.go checks the Go rules under the vectors' "contract"; it must be what
+    `streamrank serve` hands lookupd."""
+    from serving.launch import contract_spec
+
+    given = contract_spec()
+    assert {k: given[k] for k in VECTORS["contract"]} == VECTORS["contract"]

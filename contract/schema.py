@@ -125,12 +125,20 @@ PARSE_FUNCTION = ("CREATE TEMPORARY FUNCTION IF NOT EXISTS parse_interaction AS 
 # event_time_ms(payload): the top-level "ts" if it is a JSON integer (BIGINT), else NULL
 EVENT_TIME_FUNCTION = ("CREATE TEMPORARY FUNCTION IF NOT EXISTS event_time_ms AS "
                        "'io.streamrank.udf.EventTimeMs' LANGUAGE JAVA")
+# epoch_ms(TIMESTAMP_LTZ(3)): epoch milliseconds, exactly (Flink SQL has no built-in for it)
+EPOCH_MS_FUNCTION = ("CREATE TEMPORARY FUNCTION IF NOT EXISTS epoch_ms AS "
+                     "'io.streamrank.udf.EpochMillis' LANGUAGE JAVA")
+# the JVM functions (deploy/maven/udf) the job's SQL calls, registered before it is planned
+JVM_FUNCTIONS = (PARSE_FUNCTION, EVENT_TIME_FUNCTION, EPOCH_MS_FUNCTION)
+# The Kafka record's timestamp in epoch ms: the ingest time of the "ts in the future" rule, as
+# `validate(raw, ingest_ts_ms)` takes it in Python
+KAFKA_TS_MS_SQL = "epoch_ms(kafka_ts)"
 
 
 def parse_once_sql(source: str, raw: str = "payload") -> str:
     """`source` (a table or a parenthesized query) plus PARSE_COLUMNS: for each field the job reads,
     its text as `j_<field>` and its JSON type as `t_<field>`, and `j_is_object`; parsed once per
-    record by the JVM function in deploy/maven/udf (register it with PARSE_FUNCTION).
+    record by the JVM function in deploy/maven/udf (registered with JVM_FUNCTIONS).
 
     Why a function: JFR showed the source thread 99% busy parsing JSON, because Flink's planner
     inlines deterministic projections into every consumer (DLQ, late, ledger, both windows): the

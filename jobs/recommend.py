@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from contract.config import JobConfig, load_config
-from contract.schema import (CATEGORY_SQL, CONSENT_SQL, EVENT_TIME_FUNCTION, MAX_FUTURE_MS, MIN_TS_MS, PARSE_FUNCTION,
+from contract.schema import (CATEGORY_SQL, CONSENT_SQL, JVM_FUNCTIONS, KAFKA_TS_MS_SQL, MAX_FUTURE_MS, MIN_TS_MS,
                              parse_once_sql, validation_sql)
 
 log = logging.getLogger("streamrank.jobs.recommend")
@@ -61,8 +61,8 @@ def environment(cfg: JobConfig, env=None):
     for key, value in options.items():
         conf.set(key, value)
     # the JVM functions (deploy/maven/udf) the source's event time and the validation use
-    t_env.execute_sql(PARSE_FUNCTION)
-    t_env.execute_sql(EVENT_TIME_FUNCTION)
+    for ddl in JVM_FUNCTIONS:
+        t_env.execute_sql(ddl)
     return t_env
 
 
@@ -94,7 +94,7 @@ def kafka_source_ddl(cfg: JobConfig) -> str:
     """interactions_src: the raw record and its Kafka coordinates, with event time + watermark."""
     k = cfg.kafka
     bounded = ",\n  'scan.bounded.mode' = 'latest-offset'" if k.bounded else ""
-    kafka_ms = "(UNIX_TIMESTAMP(CAST(kafka_ts AS STRING)) * 1000)"
+    kafka_ms = KAFKA_TS_MS_SQL
     return f"""
 CREATE TABLE interactions_src (
   payload STRING,

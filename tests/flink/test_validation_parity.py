@@ -1,16 +1,17 @@
 """The job's validation (the JVM parse_interaction function + the SQL CASE generated from
 contract/schema.py) gives the same reason as the Python validator, record by record, on awkward
 inputs: JSON types where strings are expected, numbers in odd forms, nesting, broken documents.
-The source's event-time function (event_time_ms) reads `ts` as Python does."""
+The source's event-time function (event_time_ms) reads `ts` as Python does, and the ingest time
+comes from a Kafka-style TIMESTAMP_LTZ(3) through the job's own expression, to the millisecond."""
 
 from __future__ import annotations
 
 import json
 import time
 
-from contract.schema import InvalidEvent, validate
+from contract.schema import MAX_FUTURE_MS, InvalidEvent, validate
 
-NOW = int(time.time() * 1000)
+NOW = int(time.time()) * 1000 + 987  # a millisecond part, so a rule that drops it is caught
 GOOD = {"event_id": "e1", "user_id": "u1", "item_id": "i1", "type": "view", "ts": NOW - 1000}
 
 
@@ -20,7 +21,8 @@ def variants() -> list[str]:
         "event_id": [42, 4.5, True, None, "", "a b", "x" * 65, {"a": 1}, ["e"], "é"],
         "user_id": [7, False, [], "ok:.-_", "u1\n", "u1\n\n", "\nu1", "u" * 64, "u" * 64 + "\n"],
         "type": [1, "VIEW", "purchase", None],
-        "ts": [str(NOW), float(NOW), True, -1, 12, NOW + 10**9, 1e20, "now", None, NOW * 1000],
+        "ts": [str(NOW), float(NOW), True, -1, 12, NOW + 10**9, 1e20, "now", None, NOW * 1000,
+               NOW + MAX_FUTURE_MS, NOW + MAX_FUTURE_MS + 1],
         "value": [0, 12.5, "3", -0.5, True, None, {"v": 1}, 1e308],
         "category": [5, None, {"c": 1}, "a|b", ""],
         "consent": [False, "false", "FALSE", 0, None, "no"],
@@ -54,15 +56,20 @@ def python_reason(raw: str) -> str | None:
 def test_sql_validation_equals_python_validation():
     from pyflink.table import EnvironmentSettings, TableEnvironment
 
-    from contract.schema import EVENT_TIME_FUNCTION, PARSE_COLUMNS, PARSE_FUNCTION, parse_once_sql, validation_sql
+    from contract.schema import JVM_FUNCTIONS, KAFKA_TS_MS_SQL, PARSE_COLUMNS, parse_once_sql, validation_sql
     from deploy.paths import job_jars
 
     t_env = TableEnvironment.create(EnvironmentSettings.in_batch_mode())
     t_env.get_config().set("pipeline.jars", ";".join(p.as_uri() for p in job_jars()))
     records = variants()
-    t_env.create_temporary_view("records", t_env.from_elements(
-        [(i, r, NOW) for i, r in enumerate(records)], ["n", "payload", "kafka_ts_ms"]))
-    t_env.execute_sql(PARSE_FUNCTION)
+    t_env.create_temporary_view("raw_records", t_env.from_elements(
+        [(i, r, NOW) for i, r in enumerate(records)], ["n", "payload", "ingest_ms"]))
+    for ddl in JVM_FUNCTIONS:
+        t_env.execute_sql(ddl)
+    # as the Kafka source gives it: the record timestamp as a TIMESTAMP_LTZ(3)
+    t_env.create_temporary_view("records", t_env.sql_query(
+        f"SELECT n, payload, {KAFKA_TS_MS_SQL} AS kafka_ts_ms "
+        "FROM (SELECT n, payload, TO_TIMESTAMP_LTZ(ingest_ms, 3) AS kafka_ts FROM raw_records)"))
     # the Java function's row and the contract name the same columns, in the same order
     row_type = t_env.sql_query("SELECT parse_interaction('{}') AS j").get_schema().get_field_data_types()[0]
     assert tuple(row_type.field_names()) == PARSE_COLUMNS
@@ -70,7 +77,6 @@ def test_sql_validation_equals_python_validation():
         sql = {row[0]: row[1] for row in rows}
     mismatches = {records[n]: (sql[n], python_reason(records[n])) for n in sql if sql[n] != python_reason(records[n])}
     assert len(sql) == len(records) and mismatches == {}
-    t_env.execute_sql(EVENT_TIME_FUNCTION)
     with t_env.execute_sql("SELECT n, event_time_ms(payload) FROM records").collect() as rows:
         ts = {row[0]: row[1] for row in rows}
     assert {records[n]: ts[n] for n in ts if ts[n] != python_ts(records[n])} == {}

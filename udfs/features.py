@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import lru_cache
+from operator import itemgetter
+from typing import NamedTuple
 
 import numpy as np
 import orjson
@@ -51,8 +54,10 @@ def feature_names(cfg: FeatureConfig) -> tuple[str, ...]:
     return user_feature_names(cfg) + item_feature_names(cfg)
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+class Event(NamedTuple):
+    """One valid interaction inside a window delta. A NamedTuple, not a frozen dataclass: the job
+    makes one per event, and a frozen dataclass sets each field through object.__setattr__."""
+
     event_id: str
     type: str
     item_id: str
@@ -71,8 +76,11 @@ def parse_events(events: str) -> list[Event]:
     for part in events.split(";"):
         if part:
             eid, etype, item, category, ts, value, consent = part.split("|")
-            out.append(Event(eid, etype, item, category, int(ts), float(value), consent not in ("0", "false")))
+            out.append(Event(eid, etype, item, category, int(ts), float(value), consent not in _WITHDRAWN))
     return out
+
+
+_WITHDRAWN = frozenset(("0", "false"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,14 +141,6 @@ class UserState:
             return UserState()
         return UserState(**orjson.loads(raw))
 
-    def copy(self) -> UserState:
-        """A deep copy (containers copied, so folding a window never changes the original)."""
-        return UserState(
-            self.window_end, self.feature_ts, self.as_of, self.last_click_ts, self.last_purchase_ts,
-            {w: {i: list(c) for i, c in b.items()} for w, b in self.buckets.items()},
-            self.session_start, self.session_events, self.session_purchased, list(self.sessions),
-            list(self.baskets), dict(self.affinity), dict(self.items), dict(self.seen))
-
     def top_categories(self, n: int) -> list[str]:
         return [c for c, _ in sorted(self.affinity.items(), key=lambda kv: (-kv[1], kv[0]))[:n]]
 
@@ -151,6 +151,16 @@ def _all_windows(cfg: FeatureConfig) -> list[float]:
 
 def _slice_ms(window_s: float, cfg: FeatureConfig) -> int:
     return max(1, int(window_s * 1000 / cfg.window_slices))
+
+
+@lru_cache(maxsize=64)
+def _boards(frequency: tuple[float, ...], monetary: tuple[float, ...], slices: int) -> tuple[tuple[str, float, int], ...]:
+    """(bucket key, window seconds, slice ms) for every window, computed once per config."""
+    return tuple((f"{w:g}", w, max(1, int(w * 1000 / slices))) for w in sorted(set(frequency) | set(monetary)))
+
+
+def boards_of(cfg: FeatureConfig) -> tuple[tuple[str, float, int], ...]:
+    return _boards(tuple(cfg.frequency_windows_s), tuple(cfg.monetary_windows_s), cfg.window_slices)
 
 
 def window_sum(state: UserState, window_s: float, t: int, cfg: FeatureConfig) -> list[float]:
@@ -181,57 +191,75 @@ def apply_window(state: UserState, d: WindowDelta, cfg: FeatureConfig,
         parsed = parse_events(d.events) if events is None else events
         ledger.late = sum(1 for e in parsed if e.event_id not in state.seen)  # per record, as SQL counts late
         return state, ledger
-    s = state.copy()
+    # a new state; the containers folded into are copies (the original never changes)
     t = d.window_end
-    dt = t - s.as_of if s.as_of else 0
-    if dt > 0:
-        s.affinity = {c: decay(w, dt, cfg.interest_half_life_s) for c, w in s.affinity.items()}
-        s.items = {i: decay(w, dt, cfg.interest_half_life_s) for i, w in s.items.items()}
-    s.as_of = t
-    s.window_end = t
+    dt = t - state.as_of if state.as_of else 0
+    if dt > 0:  # decay(w, dt, half-life) for every entry, with the common factor computed once
+        f = math.pow(2.0, -dt / (cfg.interest_half_life_s * 1000.0))
+        affinity = {c: w * f for c, w in state.affinity.items()}
+        items = {i: w * f for i, w in state.items.items()}
+    else:
+        affinity, items = dict(state.affinity), dict(state.items)
     horizon = t - cfg.dedup_horizon_s * 1000  # ids older than this are forgotten before matching
-    s.seen = {k: v for k, v in s.seen.items() if v > horizon}
-    slices = [(s.buckets.setdefault(f"{w:g}", {}), _slice_ms(w, cfg)) for w in _all_windows(cfg)]
+    seen = state.seen
+    seen = {k: v for k, v in seen.items() if v > horizon} if seen and min(seen.values()) <= horizon else dict(seen)
+    buckets = {w: {i: list(c) for i, c in b.items()} for w, b in state.buckets.items()}
+    slices = [(buckets.setdefault(key, {}), size) for key, _, size in boards_of(cfg)]
     gap_ms = cfg.session_gap_s * 1000
+    feature_ts, last_click, last_purchase = state.feature_ts, state.last_click_ts, state.last_purchase_ts
+    session_start, session_events, session_purchased = state.session_start, state.session_events, state.session_purchased
+    sessions, baskets = list(state.sessions), list(state.baskets)
     parsed = parse_events(d.events) if events is None else events
-    for e in sorted(parsed, key=lambda e: (e.ts, e.event_id)):
-        if e.event_id in s.seen:
+    for e in sorted(parsed, key=_TIME_ORDER):
+        eid, etype, item, category, ts, value, consent = e
+        if eid in seen:
             ledger.duplicate += 1
             continue
-        s.seen[e.event_id] = e.ts
-        if not e.consent:
+        seen[eid] = ts
+        if not consent:
             ledger.opted_out += 1
             continue
         ledger.used += 1
-        if s.feature_ts == 0 or e.ts - s.feature_ts > gap_ms:
-            s.session_start, s.session_events, s.session_purchased = e.ts, 0, False
-            s.sessions.append(e.ts)
-        s.session_events += 1
-        s.feature_ts = max(s.feature_ts, e.ts)
-        if e.type == "click":
-            s.last_click_ts = max(s.last_click_ts, e.ts)
-        slot = TYPE_SLOT[e.type]
+        if feature_ts == 0 or ts - feature_ts > gap_ms:
+            session_start, session_events, session_purchased = ts, 0, False
+            sessions.append(ts)
+        session_events += 1
+        if ts > feature_ts:
+            feature_ts = ts
+        if etype == "click" and ts > last_click:
+            last_click = ts
+        slot = TYPE_SLOT[etype]
+        purchase = etype == "purchase"
         for board, size in slices:
-            b = board.setdefault(str(e.ts // size), [0.0] * 5)
+            key = str(ts // size)
+            b = board.get(key)
+            if b is None:
+                b = board[key] = [0.0] * 5
             b[slot] += 1
-            if e.type == "purchase":
-                b[4] += e.value
-        if e.type == "purchase":
-            s.last_purchase_ts = max(s.last_purchase_ts, e.ts)
-            if not s.session_purchased:
-                s.session_purchased = True
-                s.baskets.append(s.session_start)
-        weight = EVENT_WEIGHTS[e.type]
-        s.affinity[e.category] = s.affinity.get(e.category, 0.0) + weight
-        s.items[e.item_id] = s.items.get(e.item_id, 0.0) + weight
+            if purchase:
+                b[4] += value
+        if purchase:
+            if ts > last_purchase:
+                last_purchase = ts
+            if not session_purchased:
+                session_purchased = True
+                baskets.append(session_start)
+        weight = EVENT_WEIGHTS[etype]
+        affinity[category] = affinity.get(category, 0.0) + weight
+        items[item] = items.get(item, 0.0) + weight
+    s = UserState(t, feature_ts, t, last_click, last_purchase, buckets, session_start, session_events,
+                  session_purchased, sessions, baskets, affinity, items, seen)
     _prune(s, t, cfg)
     return s, ledger
 
 
+_TIME_ORDER = itemgetter(4, 0)  # an Event's (ts, event_id)
+
+
 def _prune(s: UserState, t: int, cfg: FeatureConfig) -> None:
-    for w in _all_windows(cfg):
-        size, horizon = _slice_ms(w, cfg), t - w * 1000
-        board = s.buckets.get(f"{w:g}", {})
+    for key, w, size in boards_of(cfg):
+        horizon = t - w * 1000
+        board = s.buckets.get(key, {})
         for idx in [i for i in board if (int(i) + 1) * size <= horizon]:
             del board[idx]
     s.sessions = [x for x in s.sessions if x > t - cfg.session_window_s * 1000]

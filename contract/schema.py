@@ -108,12 +108,18 @@ def sanitize_category(category: object) -> str:
     return re.sub(r"[|;]", "_", str(category))
 
 
-# over parse_once_sql's columns; the same rule as sanitize_category
+# over parse_once_sql's columns; the same rule as sanitize_category (REPLACE, not a regex: this
+# runs for every event)
 CATEGORY_SQL = ("CASE WHEN t_category IN ('string', 'integer', 'float') AND j_category <> '' "
-                "THEN REGEXP_REPLACE(j_category, '[|;]', '_') ELSE 'unknown' END")
+                "THEN REPLACE(REPLACE(j_category, '|', '_'), ';', '_') ELSE 'unknown' END")
 # consent is withdrawn only by false or "false" (any case); the same rule as validate
 CONSENT_SQL = ("CASE WHEN (t_consent = 'boolean' AND j_consent = 'false') OR "
                "(t_consent = 'string' AND LOWER(j_consent) = 'false') THEN '0' ELSE '1' END")
+# A valid event as the line udfs.features.parse_events reads (Event.encode's fields), over
+# parse_once_sql's columns. ts and value are the record's own number texts (validation has checked
+# them; parse_events reads them with int() and float()), not numbers formatted back to text.
+EVENT_LINE_SQL = (f"CONCAT_WS('|', j_event_id, j_type, j_item_id, {CATEGORY_SQL}, j_ts, COALESCE(j_value, '0'), "
+                  f"{CONSENT_SQL})")
 
 # The JSON fields the job reads, in the order of ParseInteraction's result row (deploy/maven/udf;
 # tests/flink/test_validation_parity.py checks the two agree).

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from contract.config import JobConfig, load_config
-from contract.schema import (CATEGORY_SQL, CONSENT_SQL, JVM_FUNCTIONS, KAFKA_TS_MS_SQL, MAX_FUTURE_MS, MIN_TS_MS,
+from contract.schema import (EVENT_LINE_SQL, JVM_FUNCTIONS, KAFKA_TS_MS_SQL, MAX_FUTURE_MS, MIN_TS_MS,
                              parse_once_sql, validation_sql)
 
 log = logging.getLogger("streamrank.jobs.recommend")
@@ -155,8 +155,7 @@ CREATE TABLE {table} (
 
 
 # A window's events as Python's udfs.features.parse_events reads them.
-EVENT_LIST_SQL = ("LISTAGG(CONCAT_WS('|', event_id, etype, item_id, category, CAST(ts AS STRING), "
-                  "CAST(amount AS STRING), consent), ';')")
+EVENT_LIST_SQL = "LISTAGG(line, ';')"
 
 
 def build(t_env, cfg: JobConfig, *, sources: bool = True, sinks: bool = True):
@@ -184,15 +183,11 @@ CREATE TEMPORARY VIEW checked AS
 SELECT *, {validation_sql('kafka_ts_ms')} AS reason
 FROM ({parse_once_sql(stamped)})""")
 
-    # events: valid, on-time interactions, typed; consent travels on (Python counts opt-outs)
+    # events: valid, on-time interactions, each as its line for Python (consent travels on: Python
+    # counts opt-outs)
     t_env.execute_sql(f"""
 CREATE TEMPORARY VIEW events AS
-SELECT j_event_id AS event_id, j_user_id AS user_id, j_item_id AS item_id, j_type AS etype,
-  CAST(j_ts AS BIGINT) AS ts,
-  COALESCE(TRY_CAST(j_value AS DOUBLE), 0.0) AS amount,
-  {CATEGORY_SQL} AS category,
-  {CONSENT_SQL} AS consent,
-  event_time
+SELECT j_user_id AS user_id, CAST(j_ts AS BIGINT) AS ts, {EVENT_LINE_SQL} AS line, event_time
 FROM checked
 WHERE reason IS NULL AND NOT is_late""")
 

@@ -81,3 +81,35 @@ def test_sql_validation_equals_python_validation():
         ts = {row[0]: row[1] for row in rows}
     assert {records[n]: ts[n] for n in ts if ts[n] != python_ts(records[n])} == {}
     assert sum(v is not None for v in ts.values()) > len(records) // 2  # most variants keep a valid ts
+
+
+def test_sql_event_line_reads_back_as_python_validation_reads_the_record():
+    """For every valid variant, the line the job hands Python (EVENT_LINE_SQL), read by
+    parse_events, is the event Python's validator makes of the same record: category rule,
+    consent rule, ts and value texts."""
+    from pyflink.table import EnvironmentSettings, TableEnvironment
+
+    from contract.schema import EVENT_LINE_SQL, JVM_FUNCTIONS, parse_once_sql
+    from deploy.paths import job_jars
+    from udfs.features import Event, parse_events
+
+    t_env = TableEnvironment.create(EnvironmentSettings.in_batch_mode())
+    t_env.get_config().set("pipeline.jars", ";".join(p.as_uri() for p in job_jars()))
+    for ddl in JVM_FUNCTIONS:
+        t_env.execute_sql(ddl)
+    extra = [json.dumps({**GOOD, "category": c}) for c in ("a;b|c", "plain", 7, "Ünïcode")]
+    extra += [json.dumps({**GOOD, "value": v}) for v in (0.1, 3, 1e-7, 123456789.125, None)]
+    extra += [json.dumps({**GOOD, "consent": c}) for c in (True, "False", "fAlSe", "true", 1)]
+    valid = [r for r in variants() + extra if python_reason(r) is None]
+    t_env.create_temporary_view("records", t_env.from_elements(list(enumerate(valid)), ["n", "payload"]))
+    with t_env.execute_sql(f"SELECT n, {EVENT_LINE_SQL} FROM ({parse_once_sql('records')})").collect() as rows:
+        lines = {row[0]: row[1] for row in rows}
+    assert len(lines) == len(valid) > 30
+    wrong = {}
+    for n, raw in enumerate(valid):
+        i = validate(raw, NOW)
+        want = Event(i.event_id, i.type, i.item_id, i.category, i.ts, i.value, i.consent)
+        got = parse_events(lines[n])
+        if got != [want]:
+            wrong[raw] = (lines[n], want)
+    assert wrong == {}

@@ -1,0 +1,45 @@
+"""The guarded write the job uses for feat:{user} and rec:{user} (contract.keys.GUARDED_SET_LUA),
+on a real Redis: a stored value with a newer feature_ts is kept, an equal or older one is replaced,
+and the guard is the top-level feature_ts even when an item, a category or an event id is named
+"feature_ts" inside the document."""
+
+from contract import keys
+from udfs.features import UserState
+
+ADVERSARIAL = "feature_ts"  # a valid item id, category and event id
+
+
+def stored_state(feature_ts: int) -> str:
+    return UserState(window_end=feature_ts + 1000, feature_ts=feature_ts, affinity={ADVERSARIAL: 9e9},
+                     items={ADVERSARIAL: 9e9, "i1": 1.0}, seen={ADVERSARIAL: 99_999_999_999_999}).encode()
+
+
+def stored_list(feature_ts: int) -> str:
+    return keys.RecList([keys.ScoredItem(ADVERSARIAL, 0.5, ADVERSARIAL)], "v0001", feature_ts,
+                        extra={ADVERSARIAL: 99_999_999_999_999}).encode()
+
+
+def test_guarded_set_keeps_newer_values_and_reads_the_top_level_guard(redis_db):
+    _, r = redis_db
+    guarded_set = r.register_script(keys.GUARDED_SET_LUA)
+    for key, value in (("feat:u1", stored_state), ("rec:u1", stored_list)):
+        assert guarded_set(keys=[key], args=[1000, value(1000), 60]) == 1  # nothing stored yet
+        assert 0 < r.ttl(key) <= 60
+        assert guarded_set(keys=[key], args=[999, value(999), 60]) == 0  # older: kept
+        assert r.get(key).decode() == value(1000)
+        assert guarded_set(keys=[key], args=[1000, value(1000), 0]) == 1  # equal: a replay rewrites
+        assert r.ttl(key) == -1  # TTL 0: none
+        # newer, though the stored text holds 99,999,999,999,999 under a nested "feature_ts"
+        assert guarded_set(keys=[key], args=[2000, value(2000), 60]) == 1
+        assert r.get(key).decode() == value(2000)
+
+
+def test_guarded_set_decodes_values_of_another_shape(redis_db):
+    _, r = redis_db
+    guarded_set = r.register_script(keys.GUARDED_SET_LUA)
+    for stored, ts, written in (('{"feature_ts": "3000"}', 2000, 0), ('{"feature_ts": 3.5e3}', 2000, 0),
+                                ('{"feature_ts": 1.5e3}', 2000, 1), ("not json", 1, 1), ("[1, 2]", 1, 1),
+                                ('{"other": 1}', 1, 1)):
+        r.set("feat:u2", stored)
+        assert guarded_set(keys=["feat:u2"], args=[ts, "new", 0]) == written, stored
+        assert r.get("feat:u2").decode() == ("new" if written else stored)

@@ -30,7 +30,10 @@ VIEWS_KEY, BUYS_KEY = "trending:views", "trending:buys"
 
 # ARGV: short and long half-life (ms), max board size, then (t, item, category, views, purchases,
 # weight) per item window, in time order. Same math as udfs.candidates.TrendingBoards.add; all
-# boards share the landmark in KEYS[1]; KEYS[2] lists the boards for rescaling.
+# boards share the landmark in KEYS[1]; KEYS[2] lists the boards for rescaling. The per-category
+# boards and the '__all__' members get one ZINCRBY per window end and category, with the window's
+# items summed first (the sums differ from adding item by item only in rounding, ~1e-16), and each
+# board is registered once per call: ZINCRBY and SADD per item window were most of Redis's work.
 ITEM_STATS_LUA = """
 local hs, hl, maxn = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local lm = tonumber(redis.call('GET', KEYS[1]) or '')
@@ -40,8 +43,25 @@ end
 local function add(key, amount, member)
   if amount > 0 then redis.call('ZINCRBY', key, string.format('%.17g', amount), member) end
 end
+local cats, cats_long, views_all, buys_all = {}, {}, 0, 0
+local function flush()
+  for c, a in pairs(cats) do add('trending:cats', a, c) end
+  for c, a in pairs(cats_long) do add('trending:cats:long', a, c) end
+  add('trending:views', views_all, '__all__')
+  add('trending:buys', buys_all, '__all__')
+  cats, cats_long, views_all, buys_all = {}, {}, 0, 0
+end
+local registered, current = {}, nil
+if #ARGV >= 4 then
+  redis.call('SADD', KEYS[2], 'trending', 'trending:long', 'trending:cats', 'trending:cats:long',
+             'trending:views', 'trending:buys')
+end
 for i = 4, #ARGV, 6 do
   local t = tonumber(ARGV[i])
+  if t ~= current then
+    flush()  -- before a rescale: the sums were scaled to the landmark they were made with
+    current = t
+  end
   if not lm then lm = t; redis.call('SET', KEYS[1], t) end
   if (t - lm) / hs > 256 then
     for _, b in ipairs(redis.call('SMEMBERS', KEYS[2])) do
@@ -57,18 +77,21 @@ for i = 4, #ARGV, 6 do
   local item, cat = ARGV[i + 1], ARGV[i + 2]
   local nv, np, w = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4]), tonumber(ARGV[i + 5])
   local ck = 'trending:cat:' .. cat
+  if not registered[ck] then
+    registered[ck] = true
+    redis.call('SADD', KEYS[2], ck)
+  end
   add('trending', w * ms, item)
   add(ck, w * ms, item)
   add('trending:long', w * ml, item)
-  add('trending:cats', w * ms, cat)
-  add('trending:cats:long', w * ml, cat)
+  cats[cat] = (cats[cat] or 0) + w * ms
+  cats_long[cat] = (cats_long[cat] or 0) + w * ml
   add('trending:views', nv * ml, item)
-  add('trending:views', nv * ml, '__all__')
   add('trending:buys', np * ml, item)
-  add('trending:buys', np * ml, '__all__')
-  redis.call('SADD', KEYS[2], 'trending', ck, 'trending:long', 'trending:cats', 'trending:cats:long',
-             'trending:views', 'trending:buys')
+  views_all = views_all + nv * ml
+  buys_all = buys_all + np * ml
 end
+flush()
 for _, b in ipairs({'trending', 'trending:long', 'trending:views', 'trending:buys'}) do
   redis.call('ZREMRANGEBYRANK', b, 0, -(maxn + 1))
 end

@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     t_env.execute_sql(kafka_source_ddl(cfg))
     t_env.execute_sql("CREATE TABLE discard (payload STRING, reason STRING) WITH ('connector' = 'blackhole')")
     t_env.execute_sql(f"INSERT INTO discard SELECT payload, {validation_sql('kafka_ts_ms')} "
-                      f"FROM ({parse_once_sql('interactions_src')})").wait()
+                      f"FROM ({parse_once_sql('interactions_src', ('payload', 'kafka_ts_ms'))})").wait()
     return 0
 
 

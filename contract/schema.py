@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 EVENT_TYPES: tuple[str, ...] = ("view", "click", "add_to_cart", "purchase")
@@ -141,18 +142,23 @@ JVM_FUNCTIONS = (PARSE_FUNCTION, EVENT_TIME_FUNCTION, EPOCH_MS_FUNCTION)
 KAFKA_TS_MS_SQL = "epoch_ms(kafka_ts)"
 
 
-def parse_once_sql(source: str, raw: str = "payload") -> str:
-    """`source` (a table or a parenthesized query) plus PARSE_COLUMNS: for each field the job reads,
-    its text as `j_<field>` and its JSON type as `t_<field>`, and `j_is_object`; parsed once per
-    record by the JVM function in deploy/maven/udf (registered with JVM_FUNCTIONS).
+def parse_once_sql(source: str, keep: Sequence[str], raw: str = "payload") -> str:
+    """The columns `keep` of `source` (a table or a parenthesized query) plus PARSE_COLUMNS: for
+    each field the job reads, its text as `j_<field>` and its JSON type as `t_<field>`, and
+    `j_is_object`; parsed once per record by the JVM function in deploy/maven/udf (registered with
+    JVM_FUNCTIONS).
 
     Why a function: JFR showed the source thread 99% busy parsing JSON, because Flink's planner
     inlines deterministic projections into every consumer (DLQ, late, ledger, both windows): the
     plan held 146 JSON_VALUE calls. The function is declared non-deterministic, so it is computed
     in its own projection instead. Why the types: the rules below must see what Python's
-    `validate` sees (a boolean id or a string ts is invalid), which JSON_VALUE's text loses."""
+    `validate` sees (a boolean id or a string ts is invalid), which JSON_VALUE's text loses.
+
+    Why `keep` and not `*`: the parsed row `j` itself must not travel on. In a view read by several
+    consumers the planner forwarded it, and copied the nested row for every record (JFR: 14% of the
+    source thread)."""
     fields = ", ".join(f"j.{c} AS {c}" for c in PARSE_COLUMNS)
-    return f"SELECT *, {fields} FROM (SELECT *, parse_interaction({raw}) AS j FROM {source})"
+    return f"SELECT {', '.join(keep)}, {fields} FROM (SELECT *, parse_interaction({raw}) AS j FROM {source})"
 
 
 def validation_sql(kafka_ts_ms: str = "kafka_ts_ms") -> str:

@@ -158,6 +158,9 @@ CREATE TABLE {table} (
 EVENT_LIST_SQL = "LISTAGG(line, ';')"
 
 
+STAMPED_COLUMNS = ("payload", "src_topic", "src_partition", "src_offset", "event_time", "kafka_ts_ms", "is_late")
+
+
 def build(t_env, cfg: JobConfig, *, sources: bool = True, sinks: bool = True):
     """Wire the job into a StatementSet. With sources/sinks False the caller has created
     `interactions_src`, `items_src`, `dlq_sink` and `late_sink` itself (tests)."""
@@ -181,7 +184,7 @@ def build(t_env, cfg: JobConfig, *, sources: bool = True, sinks: bool = True):
     t_env.execute_sql(f"""
 CREATE TEMPORARY VIEW checked AS
 SELECT *, {validation_sql('kafka_ts_ms')} AS reason
-FROM ({parse_once_sql(stamped)})""")
+FROM ({parse_once_sql(stamped, STAMPED_COLUMNS)})""")
 
     # events: valid, on-time interactions, each as its line for Python (consent travels on: Python
     # counts opt-outs)

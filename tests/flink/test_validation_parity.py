@@ -73,7 +73,7 @@ def test_sql_validation_equals_python_validation():
     # the Java function's row and the contract name the same columns, in the same order
     row_type = t_env.sql_query("SELECT parse_interaction('{}') AS j").get_schema().get_field_data_types()[0]
     assert tuple(row_type.field_names()) == PARSE_COLUMNS
-    with t_env.execute_sql(f"SELECT n, {validation_sql('kafka_ts_ms')} FROM ({parse_once_sql('records')})").collect() as rows:
+    with t_env.execute_sql(f"SELECT n, {validation_sql('kafka_ts_ms')} FROM ({parse_once_sql('records', ('n', 'kafka_ts_ms'))})").collect() as rows:
         sql = {row[0]: row[1] for row in rows}
     mismatches = {records[n]: (sql[n], python_reason(records[n])) for n in sql if sql[n] != python_reason(records[n])}
     assert len(sql) == len(records) and mismatches == {}
@@ -102,7 +102,7 @@ def test_sql_event_line_reads_back_as_python_validation_reads_the_record():
     extra += [json.dumps({**GOOD, "consent": c}) for c in (True, "False", "fAlSe", "true", 1)]
     valid = [r for r in variants() + extra if python_reason(r) is None]
     t_env.create_temporary_view("records", t_env.from_elements(list(enumerate(valid)), ["n", "payload"]))
-    with t_env.execute_sql(f"SELECT n, {EVENT_LINE_SQL} FROM ({parse_once_sql('records')})").collect() as rows:
+    with t_env.execute_sql(f"SELECT n, {EVENT_LINE_SQL} FROM ({parse_once_sql('records', ('n',))})").collect() as rows:
         lines = {row[0]: row[1] for row in rows}
     assert len(lines) == len(valid) > 30
     wrong = {}

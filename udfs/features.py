@@ -83,9 +83,9 @@ def parse_events(events: str) -> list[Event]:
 _WITHDRAWN = frozenset(("0", "false"))
 
 
-@dataclass(frozen=True, slots=True)
-class WindowDelta:
-    """One user's events in one micro-batch window, as Flink's window aggregation emits it."""
+class WindowDelta(NamedTuple):
+    """One user's events in one micro-batch window, as Flink's window aggregation emits it (a
+    NamedTuple: the job makes one per row of every batch)."""
 
     user_id: str
     window_end: int  # ms

@@ -51,7 +51,8 @@ class RankUsers(ScalarFunction):
     def eval(self, user_id, window_end, events):  # type: ignore[override]
         from udfs.features import WindowDelta
 
-        deltas = [WindowDelta(str(u), int(w), str(e)) for u, w, e in zip(user_id, window_end, events)]
+        deltas = list(map(WindowDelta, user_id.astype(str).tolist(), window_end.astype("int64").tolist(),
+                          events.astype(str).tolist()))
         self.faults.before_batch(len(deltas))
         ledger = self.ranker.rank(deltas)
         for name, counter in self.counters.items():

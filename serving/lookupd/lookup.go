@@ -111,7 +111,9 @@ var parsers fastjson.ParserPool
 
 // Answer builds one answer from the user's stored list (raw JSON; nil: none) or, failing that,
 // from the popular items; unavailable names why the store could not be read (raw is nil then).
-func Answer(q *Request, raw []byte, popular []*pb.ScoredItem, nowMs int64, unavailable string) (*pb.GetRecommendationsResponse, error) {
+// raw is the text Redis (or the list cache) returned, not a copy: fastjson parses it in the
+// parser's own reused buffer.
+func Answer(q *Request, raw *string, popular []*pb.ScoredItem, nowMs int64, unavailable string) (*pb.GetRecommendationsResponse, error) {
 	out := &pb.GetRecommendationsResponse{UserId: q.UserID, Placement: q.Placement}
 	if raw == nil {
 		out.Fallback, out.FallbackReason = true, "no_list"
@@ -131,7 +133,7 @@ func Answer(q *Request, raw []byte, popular []*pb.ScoredItem, nowMs int64, unava
 	}
 	p := parsers.Get()
 	defer parsers.Put(p)
-	d, err := p.ParseBytes(raw)
+	d, err := p.Parse(*raw)
 	if err != nil {
 		return nil, fmt.Errorf("stored list of %s is not JSON: %w", q.UserID, err)
 	}

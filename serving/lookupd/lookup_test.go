@@ -103,9 +103,9 @@ func TestLookupRulesGiveTheSharedAnswers(t *testing.T) {
 				Filters: &pb.Filters{IncludeCategories: f.Include, ExcludeCategories: f.Exclude, ExcludeItems: f.ExcludeItems}})
 			var answer *pb.GetRecommendationsResponse
 			if err == nil {
-				var raw []byte
+				var raw *string
 				if s, ok := v.Stored[q.UserID]; ok && c.Unavailable == "" {
-					raw = []byte(s)
+					raw = &s
 				}
 				answer, err = Answer(&checked, raw, popular, v.NowMs, c.Unavailable)
 			}

@@ -101,7 +101,7 @@ func (s *Service) recommend(ctx context.Context, qs []*pb.GetRecommendationsRequ
 	popular := s.store.Popular()
 	out := make([]*pb.GetRecommendationsResponse, len(checked))
 	for n := range checked {
-		var raw []byte
+		var raw *string
 		if values != nil {
 			raw = values[index[checked[n].UserID]]
 		}

@@ -155,7 +155,8 @@ func (s *Store) budget(ctx context.Context) time.Duration {
 }
 
 // Read returns the values of keys (nil where absent), or *StoreUnavailable.
-func (s *Store) Read(ctx context.Context, keys []string) ([][]byte, error) {
+// Read returns each key's value (nil where the key does not exist), or StoreUnavailable.
+func (s *Store) Read(ctx context.Context, keys []string) ([]*string, error) {
 	if !s.breaker.Allow() {
 		return nil, &StoreUnavailable{"circuit breaker open"}
 	}
@@ -188,16 +189,18 @@ func (s *Store) Read(ctx context.Context, keys []string) ([][]byte, error) {
 }
 
 // get is one MGET, or with the list cache on, one GET per key answered from the cache where Redis
-// has not invalidated it (the misses go to Redis together, pipelined).
-func (s *Store) get(ctx context.Context, keys []string) ([][]byte, error) {
-	values := make([][]byte, len(keys))
+// has not invalidated it (the misses go to Redis together, pipelined). The values are the reply's
+// (or the cache's) own strings, not copies: a stored list is a few kB, read on every call.
+func (s *Store) get(ctx context.Context, keys []string) ([]*string, error) {
+	texts := make([]string, len(keys))
+	values := make([]*string, len(keys))
 	if s.spec.Cache.ListsMB == 0 {
 		reply, err := s.rdb.Do(ctx, s.rdb.B().Mget().Key(keys...).Build()).ToArray()
 		if err != nil {
 			return nil, err
 		}
 		for n := range reply {
-			if values[n], err = bytesOf(&reply[n]); err != nil {
+			if values[n], err = textOf(&reply[n], &texts[n]); err != nil {
 				return nil, err
 			}
 		}
@@ -214,7 +217,7 @@ func (s *Store) get(ctx context.Context, keys []string) ([][]byte, error) {
 			return nil, err
 		}
 		listCache.WithLabelValues(hitOrMiss(&m)).Inc()
-		if values[n], err = bytesOf(&m); err != nil {
+		if values[n], err = textOf(&m, &texts[n]); err != nil {
 			return nil, err
 		}
 	}
@@ -228,12 +231,16 @@ func hitOrMiss(m *rueidis.RedisMessage) string {
 	return "miss"
 }
 
-// bytesOf is a string reply's bytes, nil for a nil reply.
-func bytesOf(m *rueidis.RedisMessage) ([]byte, error) {
+// textOf stores a string reply's text in *into and returns into; nil for a nil reply.
+func textOf(m *rueidis.RedisMessage, into *string) (*string, error) {
 	if m.IsNil() {
 		return nil, nil
 	}
-	return m.AsBytes()
+	var err error
+	if *into, err = m.ToString(); err != nil {
+		return nil, err
+	}
+	return into, nil
 }
 
 func isTimeout(err error) bool {

@@ -158,9 +158,6 @@ CREATE TABLE {table} (
 EVENT_LIST_SQL = "LISTAGG(line, ';')"
 
 
-STAMPED_COLUMNS = ("payload", "src_topic", "src_partition", "src_offset", "event_time", "kafka_ts_ms", "is_late")
-
-
 def build(t_env, cfg: JobConfig, *, sources: bool = True, sinks: bool = True):
     """Wire the job into a StatementSet. With sources/sinks False the caller has created
     `interactions_src`, `items_src`, `dlq_sink` and `late_sink` itself (tests)."""
@@ -177,14 +174,15 @@ def build(t_env, cfg: JobConfig, *, sources: bool = True, sinks: bool = True):
 
     # checked: every input record, the DLQ reason (NULL when valid) and whether it is late
     # (at or behind the watermark: event-time windows would drop it silently)
-    stamped = """(
-  SELECT payload, src_topic, src_partition, src_offset, event_time, kafka_ts_ms,
+    read = ("payload", "src_topic", "src_partition", "src_offset", "event_time", "kafka_ts_ms")
+    stamped = f"""(
+  SELECT {', '.join(read)},
     COALESCE(event_time <= CURRENT_WATERMARK(event_time), FALSE) AS is_late
   FROM interactions_src)"""
     t_env.execute_sql(f"""
 CREATE TEMPORARY VIEW checked AS
 SELECT *, {validation_sql('kafka_ts_ms')} AS reason
-FROM ({parse_once_sql(stamped, STAMPED_COLUMNS)})""")
+FROM ({parse_once_sql(stamped, (*read, 'is_late'))})""")
 
     # events: valid, on-time interactions, each as its line for Python (consent travels on: Python
     # counts opt-outs)

@@ -106,12 +106,6 @@ class Ledger:
         self.late += other.late
 
 
-def decay(value: float, dt_ms: float, half_life_s: float) -> float:
-    if dt_ms <= 0:
-        return value
-    return value * math.pow(2.0, -dt_ms / (half_life_s * 1000.0))
-
-
 @dataclass
 class UserState:
     """What `feat:{user}` holds."""
@@ -145,18 +139,19 @@ class UserState:
         return [c for c, _ in sorted(self.affinity.items(), key=lambda kv: (-kv[1], kv[0]))[:n]]
 
 
-def _all_windows(cfg: FeatureConfig) -> list[float]:
-    return sorted(set(cfg.frequency_windows_s) | set(cfg.monetary_windows_s))
+def _slice_of(window_s: float, slices: int) -> int:
+    """The step (ms) a sliding window moves in."""
+    return max(1, int(window_s * 1000 / slices))
 
 
 def _slice_ms(window_s: float, cfg: FeatureConfig) -> int:
-    return max(1, int(window_s * 1000 / cfg.window_slices))
+    return _slice_of(window_s, cfg.window_slices)
 
 
 @lru_cache(maxsize=64)
 def _boards(frequency: tuple[float, ...], monetary: tuple[float, ...], slices: int) -> tuple[tuple[str, float, int], ...]:
     """(bucket key, window seconds, slice ms) for every window, computed once per config."""
-    return tuple((f"{w:g}", w, max(1, int(w * 1000 / slices))) for w in sorted(set(frequency) | set(monetary)))
+    return tuple((f"{w:g}", w, _slice_of(w, slices)) for w in sorted(set(frequency) | set(monetary)))
 
 
 def boards_of(cfg: FeatureConfig) -> tuple[tuple[str, float, int], ...]:
@@ -194,7 +189,7 @@ def apply_window(state: UserState, d: WindowDelta, cfg: FeatureConfig,
     # a new state; the containers folded into are copies (the original never changes)
     t = d.window_end
     dt = t - state.as_of if state.as_of else 0
-    if dt > 0:  # decay(w, dt, half-life) for every entry, with the common factor computed once
+    if dt > 0:  # exponential decay to t: one factor 2^(-dt / half-life) for every entry
         f = math.pow(2.0, -dt / (cfg.interest_half_life_s * 1000.0))
         affinity = {c: w * f for c, w in state.affinity.items()}
         items = {i: w * f for i, w in state.items.items()}

@@ -146,3 +146,18 @@ def test_job_graph_accounts_for_every_record_and_matches_offline(parallelism, re
     cutoff2 = max(s.window_end for s in replay_all.states.values())
     assert cutoff2 > cutoff1
     assert_same_features(r, replay_all, cfg, cutoff2)
+
+
+def test_job_plan_parses_each_record_once_and_does_not_carry_the_parsed_row():
+    """The plan shape the source thread's cost rests on (EXPLAIN; nothing runs): one
+    parse_interaction call for all the branches, and no operator forwards the parsed ROW `j`
+    itself, only its fields (forwarding it copied the nested row for every record)."""
+    import re
+
+    from contract.config import load_config
+    from jobs.recommend import build, environment
+
+    cfg = load_config(None, {"kafka.bounded": True})
+    optimized = build(environment(cfg), cfg).explain().split("== Optimized Execution Plan ==")[1]
+    assert optimized.count("parse_interaction(") == 1
+    assert "j.j_user_id" in optimized and not re.findall(r"[\[ ]j, ", optimized)

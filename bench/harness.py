@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import tempfile
@@ -69,12 +70,19 @@ class BenchStack:
         stop_pid(self.redis_svc.pid)
 
 
+def stop_on_sigterm() -> None:
+    """Let a SIGTERM (kill, a CI time limit) end the benchmark through its `finally`, which stops
+    the Kafka and Redis it started. Python's default for SIGTERM exits at once and left them running."""
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+
+
 def start_bench_stack(partitions: int = 2) -> BenchStack:
     from contract.config import load_config
     from models.training import build_training_set, train_and_publish
     from traffic.publish import write_history
     from traffic.simulator import Simulator
 
+    stop_on_sigterm()
     work = Path(tempfile.mkdtemp(prefix="streamrank-bench-"))
     print(f"bench: work dir {work}", flush=True)
     rsvc = start_redis(work, free_port())

@@ -26,6 +26,7 @@ from pathlib import Path
 import redis
 from tqdm import tqdm
 
+from bench.harness import stop_on_sigterm
 from contract import keys
 from deploy.paths import PROJECT_ROOT
 from deploy.stack import free_port, port_open, start_redis, stop_pid
@@ -151,6 +152,7 @@ def main() -> None:
     args = p.parse_args()
 
     loadgen = build_loadgen()
+    stop_on_sigterm()
     work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     redis_svc = start_redis(work, free_port())
     server = None

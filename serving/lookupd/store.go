@@ -155,7 +155,6 @@ func (s *Store) budget(ctx context.Context) time.Duration {
 }
 
 // Read returns the values of keys (nil where absent), or *StoreUnavailable.
-// Read returns each key's value (nil where the key does not exist), or StoreUnavailable.
 func (s *Store) Read(ctx context.Context, keys []string) ([]*string, error) {
 	if !s.breaker.Allow() {
 		return nil, &StoreUnavailable{"circuit breaker open"}

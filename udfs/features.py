@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from functools import lru_cache
-from operator import itemgetter
+from operator import attrgetter
 from typing import NamedTuple
 
 import numpy as np
@@ -144,10 +144,6 @@ def _slice_of(window_s: float, slices: int) -> int:
     return max(1, int(window_s * 1000 / slices))
 
 
-def _slice_ms(window_s: float, cfg: FeatureConfig) -> int:
-    return _slice_of(window_s, cfg.window_slices)
-
-
 @lru_cache(maxsize=64)
 def _boards(frequency: tuple[float, ...], monetary: tuple[float, ...], slices: int) -> tuple[tuple[str, float, int], ...]:
     """(bucket key, window seconds, slice ms) for every window, computed once per config."""
@@ -161,7 +157,7 @@ def boards_of(cfg: FeatureConfig) -> tuple[tuple[str, float, int], ...]:
 def window_sum(state: UserState, window_s: float, t: int, cfg: FeatureConfig) -> list[float]:
     """[views, clicks, carts, purchases, value] over the window ending at t: the slices whose end
     is after t - window (the window moves in window/window_slices steps)."""
-    size = _slice_ms(window_s, cfg)
+    size = _slice_of(window_s, cfg.window_slices)
     horizon = t - window_s * 1000
     total = [0.0] * 5
     for idx, counts in state.buckets.get(f"{window_s:g}", {}).items():
@@ -242,13 +238,15 @@ def apply_window(state: UserState, d: WindowDelta, cfg: FeatureConfig,
         weight = EVENT_WEIGHTS[etype]
         affinity[category] = affinity.get(category, 0.0) + weight
         items[item] = items.get(item, 0.0) + weight
-    s = UserState(t, feature_ts, t, last_click, last_purchase, buckets, session_start, session_events,
-                  session_purchased, sessions, baskets, affinity, items, seen)
+    s = UserState(window_end=t, feature_ts=feature_ts, as_of=t, last_click_ts=last_click,
+                  last_purchase_ts=last_purchase, buckets=buckets, session_start=session_start,
+                  session_events=session_events, session_purchased=session_purchased, sessions=sessions,
+                  baskets=baskets, affinity=affinity, items=items, seen=seen)
     _prune(s, t, cfg)
     return s, ledger
 
 
-_TIME_ORDER = itemgetter(4, 0)  # an Event's (ts, event_id)
+_TIME_ORDER = attrgetter("ts", "event_id")
 
 
 def _prune(s: UserState, t: int, cfg: FeatureConfig) -> None:

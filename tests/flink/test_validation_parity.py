@@ -53,19 +53,27 @@ def python_reason(raw: str) -> str | None:
         return e.reason
 
 
-def test_sql_validation_equals_python_validation():
+def batch_env():
+    """A batch TableEnvironment with the job's JVM functions registered."""
     from pyflink.table import EnvironmentSettings, TableEnvironment
 
-    from contract.schema import JVM_FUNCTIONS, KAFKA_TS_MS_SQL, PARSE_COLUMNS, parse_once_sql, validation_sql
+    from contract.schema import JVM_FUNCTIONS
     from deploy.paths import job_jars
 
     t_env = TableEnvironment.create(EnvironmentSettings.in_batch_mode())
     t_env.get_config().set("pipeline.jars", ";".join(p.as_uri() for p in job_jars()))
+    for ddl in JVM_FUNCTIONS:
+        t_env.execute_sql(ddl)
+    return t_env
+
+
+def test_sql_validation_equals_python_validation():
+    from contract.schema import KAFKA_TS_MS_SQL, PARSE_COLUMNS, parse_once_sql, validation_sql
+
+    t_env = batch_env()
     records = variants()
     t_env.create_temporary_view("raw_records", t_env.from_elements(
         [(i, r, NOW) for i, r in enumerate(records)], ["n", "payload", "ingest_ms"]))
-    for ddl in JVM_FUNCTIONS:
-        t_env.execute_sql(ddl)
     # as the Kafka source gives it: the record timestamp as a TIMESTAMP_LTZ(3)
     t_env.create_temporary_view("records", t_env.sql_query(
         f"SELECT n, payload, {KAFKA_TS_MS_SQL} AS kafka_ts_ms "
@@ -87,16 +95,10 @@ def test_sql_event_line_reads_back_as_python_validation_reads_the_record():
     """For every valid variant, the line the job hands Python (EVENT_LINE_SQL), read by
     parse_events, is the event Python's validator makes of the same record: category rule,
     consent rule, ts and value texts."""
-    from pyflink.table import EnvironmentSettings, TableEnvironment
-
-    from contract.schema import EVENT_LINE_SQL, JVM_FUNCTIONS, parse_once_sql
-    from deploy.paths import job_jars
+    from contract.schema import EVENT_LINE_SQL, parse_once_sql
     from udfs.features import Event, parse_events
 
-    t_env = TableEnvironment.create(EnvironmentSettings.in_batch_mode())
-    t_env.get_config().set("pipeline.jars", ";".join(p.as_uri() for p in job_jars()))
-    for ddl in JVM_FUNCTIONS:
-        t_env.execute_sql(ddl)
+    t_env = batch_env()
     extra = [json.dumps({**GOOD, "category": c}) for c in ("a;b|c", "plain", 7, "Ünïcode")]
     extra += [json.dumps({**GOOD, "value": v}) for v in (0.1, 3, 1e-7, 123456789.125, None)]
     extra += [json.dumps({**GOOD, "consent": c}) for c in (True, "False", "fAlSe", "true", 1)]

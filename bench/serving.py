@@ -1,7 +1,8 @@
 """Lookup-service benchmark: its own Redis seeded with lists, `streamrank serve` as a separate
 process, and the load from another process (bench/loadgen, a small Go program, built here with
 `go build` on first use): closed loop at concurrency 1-64 for k = 10, 25 and 100, then open loop at
-half of the peak rate, and direct Redis GETs of the same keys from the same load process. The load
+half of the peak rate, the same server's gRPC health check at those rates (a round trip with no
+lookup: the floor), and direct Redis GETs of the same keys from the same load process. The load
 generator is Go so that its own CPU (the machine has 2 cores) is small: a Python grpc.aio load
 process took most of a core at 3,500 calls/s. Writes a latency/throughput plot; the last stdout
 line is JSON.
@@ -81,6 +82,22 @@ class Rewriter(threading.Thread):
         self.join(10)
 
 
+def service_pid(server_pid: int, engine: str) -> int:
+    """The process that answers the calls: lookupd, a child of `streamrank serve`, for the go
+    engine; the serve process itself for the python engine. 0 if not found."""
+    if engine == "python":
+        return server_pid
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        comm, rest = text[text.index("(") + 1:text.rindex(")")], text[text.rindex(")") + 2:].split()
+        if comm == "lookupd" and int(rest[1]) == server_pid:
+            return int(stat.parent.name)
+    return 0
+
+
 LOADGEN_SRC = PROJECT_ROOT / "bench" / "loadgen"
 LOADGEN = PROJECT_ROOT / ".cache" / "bin" / "loadgen"
 
@@ -122,6 +139,11 @@ def plot(result: dict, path: Path) -> None:
     ax2.plot([c["rate"] for c in grpc_open], [c["p99_ms"] for c in grpc_open], marker="o", label="gRPC k=25 p99")
     ax2.plot([c["rate"] for c in redis_open], [c["p99_ms"] for c in redis_open], marker="s", linestyle="--",
              label="Redis GET direct p99")
+    floor = result.get("grpc_floor")
+    if floor:
+        floor_open = sorted((floor.get("open_loop") or []) + [floor["at_grpc_half_peak"]], key=lambda c: c["rate"])
+        ax2.plot([c["rate"] for c in floor_open], [c["p99_ms"] for c in floor_open], marker="^", linestyle="-.",
+                 label="gRPC health check p99 (no lookup)")
     ax2.plot([c["rate"] for c in redis_open], [3 * c["p99_ms"] for c in redis_open], linestyle=":", color="grey",
              label="3 x Redis p99 (target)")
     ax2.set_xlabel("offered rate (calls/s, open loop)")
@@ -172,14 +194,16 @@ def main() -> None:
             if time.monotonic() > deadline or server.poll() is not None:
                 raise SystemExit(f"server did not start; see {server_log}")
             time.sleep(0.1)
-        print(f"load: k in 10/25/100, concurrency 1-64, then open loop at 10/25/50% of each peak, "
-              f"{args.seconds:.0f} s a step (about {(3 * 10 + 10) * (args.seconds + 0.5):.0f} s)",
+        print(f"load: k in 10/25/100, concurrency 1-64, then open loop at 10/25/50% of each peak; the health "
+              f"check and Redis at the k=25 rates; {args.seconds:.0f} s a step "
+              f"(about {(3 * 10 + 3 + 10) * (args.seconds + 0.5):.0f} s)",
               file=sys.stderr, flush=True)
         writer = Rewriter(redis_svc.port, args.users, args.rewrites_per_s)
         writer.start()
         load = subprocess.run([str(loadgen), "-target", f"127.0.0.1:{grpc_port}",
                                "-redis", f"127.0.0.1:{redis_svc.port}", "-users", str(args.users),
-                               "-seconds", str(args.seconds)], capture_output=True, text=True)
+                               "-seconds", str(args.seconds), "-server-pid", str(service_pid(server.pid, args.engine))],
+                              capture_output=True, text=True)
         writer.stop()
         if load.returncode != 0:
             raise SystemExit(f"load process failed:\n{load.stderr[-3000:]}")
@@ -204,12 +228,26 @@ def main() -> None:
     k25 = summary.get("k25")
     if k25 and direct["p99_ms"]:
         summary["k25_p99_over_redis_p99"] = round(k25["p99_ms"] / direct["p99_ms"], 2)
-    # the same comparison at lighter loads (open loop at 10% and 25% of the k=25 peak)
     g25 = result["grpc"].get("25", {})
+    floor = result.get("grpc_floor") or {}
+    if floor:
+        # the same server's health check at the same rate: a gRPC round trip that does no lookup
+        summary["grpc_floor_p99_ms"] = floor["at_grpc_half_peak"]["p99_ms"]
+        if direct["p99_ms"]:
+            summary["grpc_floor_p99_over_redis_p99"] = round(floor["at_grpc_half_peak"]["p99_ms"] / direct["p99_ms"], 2)
+    if g25:
+        # the service's CPU per call: at the closed-loop peak (many calls share each read and write)
+        # and in the open loop at half of that rate (calls arrive one by one)
+        at_peak = max(g25["curve"], key=lambda c: c["qps"])
+        summary["k25_server_cpu_us_per_call"] = {"at_peak": at_peak.get("server_cpu_us_per_call"),
+                                                 "at_half_peak": g25["at_half_peak"].get("server_cpu_us_per_call")}
+    # the same comparisons at lighter loads (open loop at 10% and 25% of the k=25 peak)
     summary["k25_lighter_load"] = [
         {"rate": g["rate"], "p99_ms": g["p99_ms"], "redis_p99_ms": r["p99_ms"],
-         "p99_over_redis_p99": round(g["p99_ms"] / r["p99_ms"], 2) if r["p99_ms"] else None}
-        for g, r in zip(g25.get("open_loop") or [], result["redis"].get("open_loop") or [])]
+         "p99_over_redis_p99": round(g["p99_ms"] / r["p99_ms"], 2) if r["p99_ms"] else None,
+         "grpc_floor_p99_ms": f["p99_ms"] if f else None}
+        for g, r, f in zip(g25.get("open_loop") or [], result["redis"].get("open_loop") or [],
+                           floor.get("open_loop") or [None] * len(g25.get("open_loop") or []))]
     print(f"curves and details: {Path(args.plot).with_suffix('.json')}", file=sys.stderr)
     print(json.dumps(summary))
 

@@ -1,6 +1,7 @@
 // loadgen: the load process of `python -m bench.serving`. It drives the streamrank gRPC lookup
-// service (closed loop at each concurrency, then open loop at half of the peak rate) and reads the
-// same keys from Redis directly, from this one process, and prints one JSON object. It is written
+// service (closed loop at each concurrency, then open loop at half of the peak rate), calls the
+// same server's health check at the same rates (the cost of a gRPC round trip alone), and reads
+// the same keys from Redis directly, from this one process, and prints one JSON object. It is written
 // in Go so that the load generator's own CPU cost (2 cores shared with the server) stays small.
 // Requests are encoded with protowire and sent through a pass-through codec: no generated stubs.
 package main
@@ -27,7 +28,10 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 )
 
-const method = "/streamrank.v1.Recommendations/GetRecommendations"
+const (
+	method       = "/streamrank.v1.Recommendations/GetRecommendations"
+	healthMethod = "/grpc.health.v1.Health/Check"
+)
 
 // rawCodec passes pre-encoded protobuf bytes through unchanged.
 type rawCodec struct{}
@@ -75,6 +79,43 @@ type Summary struct {
 	Concurrency int      `json:"concurrency,omitempty"`
 	Rate        float64  `json:"rate,omitempty"`
 	Errors      int64    `json:"errors"`
+	// the service process's CPU per call over the step (its warm-up included), when -server-pid is given
+	ServerCPUUs *float64 `json:"server_cpu_us_per_call,omitempty"`
+}
+
+// serverPid: the service's process, whose CPU time each step reads from /proc (0: none).
+var serverPid int
+
+// cpuTicks: the process's user+system CPU time in clock ticks (USER_HZ, 100 on Linux); -1 if unknown.
+func cpuTicks(pid int) int64 {
+	if pid <= 0 {
+		return -1
+	}
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return -1
+	}
+	s := string(raw)
+	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	if len(fields) < 13 {
+		return -1
+	}
+	u, err1 := strconv.ParseInt(fields[11], 10, 64)
+	st, err2 := strconv.ParseInt(fields[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return -1
+	}
+	return u + st
+}
+
+// cpuPerCall sets s.ServerCPUUs from the ticks before and after a step of `calls` calls.
+func cpuPerCall(s *Summary, before int64, calls int64) {
+	after := cpuTicks(serverPid)
+	if before < 0 || after < 0 || calls == 0 {
+		return
+	}
+	us := round(float64(after-before)*1e4/float64(calls), 1) // a tick is 10 ms = 1e4 µs
+	s.ServerCPUUs = &us
 }
 
 func summarize(lat []time.Duration, seconds float64) Summary {
@@ -113,7 +154,8 @@ func splitmix64(x uint64) uint64 {
 func closedLoop(c call, concurrency int, seconds, warmup float64) Summary {
 	var mu sync.Mutex
 	var all []time.Duration
-	var errors int64
+	var errors, calls int64
+	ticks := cpuTicks(serverPid)
 	start := time.Now()
 	measure := start.Add(time.Duration(warmup * float64(time.Second)))
 	end := measure.Add(time.Duration(seconds * float64(time.Second)))
@@ -132,6 +174,7 @@ func closedLoop(c call, concurrency int, seconds, warmup float64) Summary {
 				if err := c(r.Uint64()); err != nil {
 					atomic.AddInt64(&errors, 1)
 				}
+				atomic.AddInt64(&calls, 1)
 				if !t.Before(measure) {
 					mine = append(mine, time.Since(t))
 				}
@@ -144,6 +187,7 @@ func closedLoop(c call, concurrency int, seconds, warmup float64) Summary {
 	wg.Wait()
 	s := summarize(all, seconds)
 	s.Concurrency, s.Errors = concurrency, errors
+	cpuPerCall(&s, ticks, calls)
 	return s
 }
 
@@ -157,6 +201,7 @@ func openLoop(c call, rate, seconds, warmup float64) Summary {
 	lat := make([]time.Duration, total)
 	var errors int64
 	var wg sync.WaitGroup
+	ticks := cpuTicks(serverPid)
 	t0 := time.Now()
 	for i := 0; i < total; i++ {
 		due := t0.Add(time.Duration(float64(i) / rate * float64(time.Second)))
@@ -176,6 +221,7 @@ func openLoop(c call, rate, seconds, warmup float64) Summary {
 	wg.Wait()
 	s := summarize(lat[skip:], seconds)
 	s.Rate, s.Errors = round(rate, 1), errors
+	cpuPerCall(&s, ticks, int64(total))
 	return s
 }
 
@@ -231,6 +277,9 @@ func main() {
 	seconds := flag.Float64("seconds", 3, "measured seconds per step")
 	warmup := flag.Float64("warmup", 0.5, "unmeasured seconds before each closed-loop step")
 	openFractions := flag.String("open-fractions", "0.1,0.25", "also run the open loop at these fractions of each peak (comma list); Redis at the same rates as k=25 (or the first k)")
+	flag.IntVar(&serverPid, "server-pid", 0, "the service's process id: report its CPU per call for each step (from /proc)")
+	floor := flag.Bool("floor", true, "also call grpc.health.v1 Health/Check (the same server, a call that does no lookup) "+
+		"open loop at the k=25 rates: what a gRPC round trip alone costs on this machine")
 	flag.Parse()
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(400) // fewer collections in the load process: less of its own jitter in every figure
@@ -284,6 +333,27 @@ func main() {
 		}
 	}
 	out["grpc"] = grpcOut
+	if *floor && kHalf > 0 {
+		// HealthCheckRequest{} is empty; the answer must be SERVING (field 1 = 1)
+		h := func(pick uint64) error {
+			req, resp := []byte{}, []byte(nil)
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			if err := conns[(pick>>32)%uint64(len(conns))].Invoke(ctx, healthMethod, &req, &resp); err != nil {
+				return err
+			}
+			if len(resp) != 2 || resp[0] != 0x08 || resp[1] != 0x01 {
+				return fmt.Errorf("health answer %x is not SERVING", resp)
+			}
+			return nil
+		}
+		half := openLoop(h, kHalf, *seconds, *warmup)
+		var open []Summary
+		for _, f := range floats(*openFractions) {
+			open = append(open, openLoop(h, 2*kHalf*f, *seconds, *warmup))
+		}
+		out["grpc_floor"] = Curve{Direct: &half, Open: open}
+	}
 
 	rdb := redis.NewClient(&redis.Options{Addr: *redisAddr, PoolSize: 128})
 	keys := make([]string, *users)

@@ -13,7 +13,9 @@ built from the same constants, so the rule lives here once.
 from __future__ import annotations
 
 import json
+import math
 import re
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -63,8 +65,8 @@ def validate(raw: str | bytes, ingest_ts_ms: int | None = None) -> Interaction:
     Mirrors `validation_sql` exactly (tests check both on the same records).
     """
     try:
-        obj: Any = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        obj: Any = parse_json(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise InvalidEvent("not_json") from None
     if not isinstance(obj, dict):
         raise InvalidEvent("not_json")
@@ -86,6 +88,12 @@ def validate(raw: str | bytes, ingest_ts_ms: int | None = None) -> Interaction:
         value = 0.0
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
         raise InvalidEvent("bad_value")
+    try:
+        value = float(value)
+    except OverflowError:  # an integer beyond any float
+        raise InvalidEvent("bad_value") from None
+    if not math.isfinite(value):  # 1e400 reads as inf
+        raise InvalidEvent("bad_value")
     category = sanitize_category(obj.get("category"))
     consent_raw = obj.get("consent", True)
     consent = not (consent_raw is False or (isinstance(consent_raw, str) and consent_raw.lower() == "false"))
@@ -95,10 +103,21 @@ def validate(raw: str | bytes, ingest_ts_ms: int | None = None) -> Interaction:
         item_id=str(obj["item_id"]),
         type=obj["type"],
         ts=ts,
-        value=float(value),
+        value=value,
         category=str(category),
         consent=consent,
     )
+
+
+def _not_json_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_json(raw: str | bytes) -> Any:
+    """A record's JSON as the job's parser (deploy/maven/udf) reads it: json.loads, except that
+    NaN, Infinity and -Infinity, which json.loads takes but are not JSON (RFC 8259), are refused.
+    Raises ValueError (RecursionError when nested beyond Python's recursion limit)."""
+    return json.loads(raw, parse_constant=_not_json_constant)
 
 
 def sanitize_category(category: object) -> str:
@@ -173,6 +192,9 @@ def validation_sql(kafka_ts_ms: str = "kafka_ts_ms") -> str:
         for f in ("event_id", "user_id", "item_id")
     )
     ts = "TRY_CAST(j_ts AS BIGINT)"
+    # a finite number: an overflowing float reads "inf" (NULL here), an integer beyond any float
+    # reads as Infinity (above the largest double)
+    value = "TRY_CAST(j_value AS DOUBLE)"
     return f"""CASE
   WHEN NOT j_is_object THEN 'not_json'
 {id_checks}
@@ -180,6 +202,7 @@ def validation_sql(kafka_ts_ms: str = "kafka_ts_ms") -> str:
   WHEN t_ts IS NULL OR t_ts <> 'integer' OR NOT REGEXP(j_ts, '^[0-9]{{1,15}}$') OR {ts} < {MIN_TS_MS}
        OR {ts} > {kafka_ts_ms} + {MAX_FUTURE_MS} THEN 'bad_ts'
   WHEN t_value IS NOT NULL AND t_value <> 'null'
-       AND (t_value NOT IN ('integer', 'float') OR CAST(j_value AS DOUBLE) < 0) THEN 'bad_value'
+       AND (t_value NOT IN ('integer', 'float') OR {value} IS NULL OR {value} < 0 OR {value} > {sys.float_info.max!r})
+       THEN 'bad_value'
   ELSE CAST(NULL AS STRING)
 END"""

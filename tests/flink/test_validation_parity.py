@@ -9,7 +9,10 @@ from __future__ import annotations
 import json
 import time
 
-from contract.schema import MAX_FUTURE_MS, InvalidEvent, validate
+import random
+import struct
+
+from contract.schema import MAX_FUTURE_MS, InvalidEvent, parse_json, validate
 
 NOW = int(time.time()) * 1000 + 987  # a millisecond part, so a rule that drops it is caught
 GOOD = {"event_id": "e1", "user_id": "u1", "item_id": "i1", "type": "view", "ts": NOW - 1000}
@@ -31,15 +34,28 @@ def variants() -> list[str]:
             out.append(json.dumps({**GOOD, field: v}))
     out += ["", "null", "[]", "7", '"text"', "{not json", '{"event_id": "e1"} trailing',
             json.dumps({k: v for k, v in GOOD.items() if k != "ts"}), '{"event_id":"e1","event_id":"e 2"}',
-            f'{{"ts": 1, "ts": {NOW}}}', f'{{"ts": {NOW}, "nested": {{"ts": 5}}}}', '{"ts": 9223372036854775808}']
+            f'{{"ts": 1, "ts": {NOW}}}', f'{{"ts": {NOW}, "nested": {{"ts": 5}}}}', '{"ts": 9223372036854775808}',
+            f'{{"ts": {NOW}}} trailing']
+    # numbers as json.dumps cannot write them, and as Python reads them (str() of a float,
+    # CPython's 4,300-digit limit on integers, no NaN or Infinity)
+    for field, texts in {
+        "value": ["NaN", "Infinity", "-Infinity", "1e400", "-1e400", "1" + "0" * 400, "1e308", "-0.0", "1E2"],
+        "category": ["1e20", "1e-5", "1.5e300", "0.0001", "1e16", "1e15", "2.82879384806159E17", "-0.0",
+                     "5e-324", "1e400", "1" + "0" * 30, "NaN"],
+        "event_id": ["1e20", "1e-5", "1E-4", "1e400", "1" + "0" * 4300, "1" + "0" * 4301, "-" + "1" * 4300],
+        "context": ["[1" + "0" * 4400 + "]", '{"n": 1' + "0" * 2000 + "}", '{"n": [1.' + "5" * 5000 + "]}",
+                    "[" * 3000 + "]" * 3000, "[Infinity]"],
+    }.items():
+        for text in texts:
+            out.append(json.dumps(GOOD)[:-1] + f', "{field}": {text}}}')
     return out
 
 
 def python_ts(raw: str) -> int | None:
     """`ts` as event_time_ms must read it: a JSON integer that fits a BIGINT (last key wins), else None."""
     try:
-        doc = json.loads(raw)
-    except ValueError:
+        doc = parse_json(raw)
+    except (ValueError, RecursionError):
         return None
     ts = doc.get("ts") if isinstance(doc, dict) else None
     return ts if type(ts) is int and -2**63 <= ts < 2**63 else None
@@ -114,4 +130,25 @@ def test_sql_event_line_reads_back_as_python_validation_reads_the_record():
         got = parse_events(lines[n])
         if got != [want]:
             wrong[raw] = (lines[n], want)
+    assert wrong == {}
+
+
+def test_float_texts_are_pythons():
+    """A float-typed field's text (j_*), as ids and categories use it, is what Python's str() makes
+    of the float json.loads reads: random doubles over the whole range, and the edges of fixed and
+    exponent notation."""
+    rng = random.Random(11)
+    doubles = [struct.unpack("<d", struct.pack("<Q", rng.getrandbits(64)))[0] for _ in range(3000)]
+    doubles += [rng.uniform(-1e6, 1e6) for _ in range(500)] + [round(rng.uniform(0, 1000), 2) for _ in range(500)]
+    doubles += [1e16, 9999999999999998.0, 1e-4, 9.999999999999999e-05, 0.1 + 0.2, 5e-324, 2.2250738585072014e-308,
+                1.7976931348623157e308, 2.82879384806159e17, 1e23, 8.41e21, -0.0, 100.0, 1.0]
+    doubles = [d for d in doubles if d == d and abs(d) != float("inf")]
+    records = [f'{{"category": {d!r}}}' for d in doubles]
+    t_env = batch_env()
+    t_env.create_temporary_view("records", t_env.from_elements(list(enumerate(records)), ["n", "payload"]))
+    with t_env.execute_sql("SELECT n, j.j_category, j.t_category FROM "
+                           "(SELECT n, parse_interaction(payload) AS j FROM records)").collect() as rows:
+        got = {row[0]: (row[1], row[2]) for row in rows}
+    assert len(got) == len(records)
+    wrong = {records[n]: got[n][0] for n in got if got[n] != (str(parse_json(records[n])["category"]), "float")}
     assert wrong == {}

@@ -31,6 +31,12 @@ def test_valid_event_parses_with_defaults():
         (json.dumps({**GOOD, "ts": 12}), "bad_ts"),
         (json.dumps({**GOOD, "value": -5}), "bad_value"),
         (json.dumps({**GOOD, "value": "free"}), "bad_value"),
+        # not JSON, though json.loads takes them; a value must be a finite number
+        (json.dumps({**GOOD, "value": float("nan")}), "not_json"),
+        (json.dumps({**GOOD, "context": [float("-inf")]}), "not_json"),
+        (json.dumps(GOOD)[:-1] + ', "value": 1e400}', "bad_value"),
+        (json.dumps(GOOD)[:-1] + ', "value": 1' + "0" * 400 + "}", "bad_value"),  # was an OverflowError
+        (json.dumps(GOOD)[:-1] + ', "context": ' + "[" * 5000 + "]" * 5000 + "}", "not_json"),  # was a RecursionError
     ],
 )
 def test_invalid_events_name_their_reason(record, reason):

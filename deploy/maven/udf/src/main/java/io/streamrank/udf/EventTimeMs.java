@@ -8,7 +8,8 @@ import org.apache.flink.table.annotation.DataTypeHint;
 import org.apache.flink.table.functions.ScalarFunction;
 
 /**
- * The record's top-level "ts" when it is a JSON integer that fits a BIGINT, else NULL: the
+ * The record's top-level "ts" when the record is one JSON object (as ParseInteraction and Python's
+ * json read it) and "ts" is an integer that fits a BIGINT, else NULL: the
  * source's event-time column and watermark (jobs.recommend.event_time_sql). A streaming scan,
  * cheaper than JSON_VALUE (a tree and a JsonPath per call, evaluated twice per record: in the
  * source's watermark and in its event-time column). A repeated "ts" keeps its last value, as
@@ -54,7 +55,9 @@ public class EventTimeMs extends ScalarFunction {
                 boolean isTs = "ts".equals(p.getCurrentName());
                 JsonToken value = p.nextToken();
                 if (value == JsonToken.START_OBJECT || value == JsonToken.START_ARRAY) {
-                    p.skipChildren();
+                    ParseInteraction.skipChecked(p);
+                } else if (value == JsonToken.VALUE_NUMBER_INT) {
+                    ParseInteraction.checkDigits(p);
                 }
                 if (isTs) {
                     ts = value == JsonToken.VALUE_NUMBER_INT
@@ -62,6 +65,9 @@ public class EventTimeMs extends ScalarFunction {
                                 || p.getNumberType() == JsonParser.NumberType.LONG)
                             ? p.getLongValue() : null;
                 }
+            }
+            if (p.currentToken() != JsonToken.END_OBJECT || p.nextToken() != null) {
+                return null;  // not one complete JSON object: no event time
             }
         } catch (IOException | RuntimeException e) {
             return null;

@@ -1,10 +1,15 @@
 package io.streamrank.udf;
 
 import java.io.IOException;
+import java.math.BigDecimal;
+import java.math.MathContext;
+import java.math.RoundingMode;
 
 import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.core.JsonFactory;
+import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.core.JsonParseException;
 import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.core.JsonParser;
 import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.core.JsonToken;
+import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.core.StreamReadConstraints;
 import org.apache.flink.table.annotation.DataTypeHint;
 import org.apache.flink.table.functions.ScalarFunction;
 import org.apache.flink.types.Row;
@@ -21,12 +26,24 @@ import org.apache.flink.types.Row;
  * (still checked for syntax), a repeated key keeps its last value, as a tree would. JFR showed the
  * tree (readTree) as the largest single cost left on the source thread.
  *
+ * <p>What counts as JSON, and how a number reads as text, follow Python's json module and str()
+ * (contract/schema.py validates with them): a float is written as Python's repr writes it (1e+20,
+ * 1e-05, 0.0001, inf); an integer literal of more than 4,300 digits is not JSON (CPython's limit
+ * on int conversion), anywhere in the record; a longer float literal is. NaN and Infinity literals
+ * are not JSON on either side.
+ *
  * <p>Declared non-deterministic on purpose: the planner then computes it once per record in its
  * own projection instead of inlining it into every consumer (DLQ, late, ledger and windows).
  * The field order must match contract.schema.JSON_FIELDS.
  */
 public class ParseInteraction extends ScalarFunction {
-    static final JsonFactory FACTORY = new JsonFactory();
+    // Jackson's own number limit (1,000 characters) would reject what Python accepts; the
+    // integer-digit rule of Python is applied below instead
+    static final JsonFactory FACTORY = JsonFactory.builder()
+            .streamReadConstraints(StreamReadConstraints.builder().maxNumberLength(Integer.MAX_VALUE).build())
+            .build();
+    /** CPython's default limit on the digits of an int read from text (sys.get_int_max_str_digits). */
+    static final int PYTHON_INT_MAX_DIGITS = 4300;
     private static final String[] FIELDS = {
         "event_id", "user_id", "item_id", "type", "ts", "value", "category", "consent"
     };
@@ -51,7 +68,9 @@ public class ParseInteraction extends ScalarFunction {
                 int field = index(p.getCurrentName());
                 JsonToken value = p.nextToken();
                 if (value == JsonToken.START_OBJECT || value == JsonToken.START_ARRAY) {
-                    p.skipChildren();
+                    skipChecked(p);
+                } else if (value == JsonToken.VALUE_NUMBER_INT) {
+                    checkDigits(p);
                 }
                 if (field >= 0) {
                     text[field] = scalar(p, value);
@@ -81,7 +100,31 @@ public class ParseInteraction extends ScalarFunction {
         return -1;
     }
 
-    /** The value's text as JsonNode.numberValue()/asText() gave it before (e.g. 1.0E10 for 1e10). */
+    /** Skips an object or array (its start token read), checking its integers as Python would. */
+    static void skipChecked(JsonParser p) throws IOException {
+        int depth = 1;
+        while (depth > 0) {
+            JsonToken t = p.nextToken();
+            if (t == null) {
+                throw new JsonParseException(p, "truncated");
+            } else if (t == JsonToken.START_OBJECT || t == JsonToken.START_ARRAY) {
+                depth++;
+            } else if (t == JsonToken.END_OBJECT || t == JsonToken.END_ARRAY) {
+                depth--;
+            } else if (t == JsonToken.VALUE_NUMBER_INT) {
+                checkDigits(p);
+            }
+        }
+    }
+
+    static void checkDigits(JsonParser p) throws IOException {
+        int digits = p.getTextLength() - (p.getTextCharacters()[p.getTextOffset()] == '-' ? 1 : 0);
+        if (digits > PYTHON_INT_MAX_DIGITS) {
+            throw new JsonParseException(p, "an integer of more than " + PYTHON_INT_MAX_DIGITS + " digits");
+        }
+    }
+
+    /** The value's text as Python's str() gives it for what json.loads reads. */
     private static String scalar(JsonParser p, JsonToken value) throws IOException {
         switch (value) {
             case VALUE_STRING:
@@ -89,7 +132,7 @@ public class ParseInteraction extends ScalarFunction {
             case VALUE_NUMBER_INT:
                 return String.valueOf(p.getNumberValue());
             case VALUE_NUMBER_FLOAT:
-                return String.valueOf(p.getDoubleValue());
+                return pythonRepr(p.getDoubleValue());
             case VALUE_TRUE:
                 return "true";
             case VALUE_FALSE:
@@ -97,6 +140,64 @@ public class ParseInteraction extends ScalarFunction {
             default:
                 return null;  // null, object, array
         }
+    }
+
+    /**
+     * A double as Python's repr() (and str()) writes it: the shortest digits that read back as the
+     * same double (the nearest such, when there are two), in fixed notation when 1e-4 <= |x| < 1e16,
+     * else as d.ddde+XX. Java 17's Double.toString is not always the shortest, so the digits are
+     * searched for here; this runs only for float-typed fields.
+     */
+    static String pythonRepr(double x) {
+        if (Double.isNaN(x)) {
+            return "nan";
+        }
+        if (Double.isInfinite(x)) {
+            return x > 0 ? "inf" : "-inf";
+        }
+        if (x == 0) {
+            return 1 / x < 0 ? "-0.0" : "0.0";
+        }
+        BigDecimal exact = new BigDecimal(x);
+        BigDecimal shortest = null;
+        for (int precision = 1; shortest == null; precision++) {  // 17 digits always read back
+            BigDecimal down = exact.round(new MathContext(precision, RoundingMode.DOWN));
+            BigDecimal up = exact.round(new MathContext(precision, RoundingMode.UP));
+            boolean downOk = down.doubleValue() == x;
+            boolean upOk = up.doubleValue() == x;
+            if (downOk && upOk) {
+                int c = exact.subtract(down).abs().compareTo(up.subtract(exact).abs());
+                shortest = c < 0 ? down : c > 0 ? up : exact.round(new MathContext(precision, RoundingMode.HALF_EVEN));
+            } else if (downOk) {
+                shortest = down;
+            } else if (upOk) {
+                shortest = up;
+            }
+        }
+        BigDecimal stripped = shortest.stripTrailingZeros();
+        String digits = stripped.unscaledValue().abs().toString();
+        int n = digits.length();
+        int point = n - stripped.scale();  // x = 0.<digits> * 10^point
+        StringBuilder out = new StringBuilder(x < 0 ? "-" : "");
+        if (point > -4 && point <= 16) {
+            if (point <= 0) {
+                out.append("0.").append("0".repeat(-point)).append(digits);
+            } else if (point >= n) {
+                out.append(digits).append("0".repeat(point - n)).append(".0");
+            } else {
+                out.append(digits, 0, point).append('.').append(digits, point, n);
+            }
+        } else {
+            int exponent = point - 1;
+            out.append(digits.charAt(0));
+            if (n > 1) {
+                out.append('.').append(digits, 1, n);
+            }
+            out.append('e').append(exponent < 0 ? '-' : '+');
+            int abs = Math.abs(exponent);
+            out.append(abs < 10 ? "0" : "").append(abs);
+        }
+        return out.toString();
     }
 
     private static String type(JsonParser p, JsonToken value) {

@@ -233,6 +233,7 @@ def main() -> None:
     if floor:
         # the same server's health check at the same rate: a gRPC round trip that does no lookup
         summary["grpc_floor_p99_ms"] = floor["at_grpc_half_peak"]["p99_ms"]
+        summary["grpc_floor_errors"] = floor["at_grpc_half_peak"]["errors"] + sum(c["errors"] for c in floor.get("open_loop") or [])
         if direct["p99_ms"]:
             summary["grpc_floor_p99_over_redis_p99"] = round(floor["at_grpc_half_peak"]["p99_ms"] / direct["p99_ms"], 2)
     if g25:

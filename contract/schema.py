@@ -125,7 +125,11 @@ def sanitize_category(category: object) -> str:
     Only strings and numbers name a category; anything else is 'unknown'."""
     if isinstance(category, bool) or not isinstance(category, (str, int, float)) or category == "":
         return "unknown"
-    return re.sub(r"[|;]", "_", str(category))
+    text = str(category)
+    if not text.isascii():
+        # a lone surrogate (JSON "\ud800") has no UTF-8 form: '?' for it, as the JVM encodes it
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return re.sub(r"[|;]", "_", text)
 
 
 # over parse_once_sql's columns; the same rule as sanitize_category (REPLACE, not a regex: this

@@ -115,7 +115,8 @@ def test_sql_event_line_reads_back_as_python_validation_reads_the_record():
     from udfs.features import Event, parse_events
 
     t_env = batch_env()
-    extra = [json.dumps({**GOOD, "category": c}) for c in ("a;b|c", "plain", 7, "Ünïcode")]
+    extra = [json.dumps({**GOOD, "category": c}) for c in ("a;b|c", "plain", 7, "Ünïcode", "\ud800x", "a\udc00",
+                                                             "\ud83d\ude00ok", 1e20, 1e-5)]
     extra += [json.dumps({**GOOD, "value": v}) for v in (0.1, 3, 1e-7, 123456789.125, None)]
     extra += [json.dumps({**GOOD, "consent": c}) for c in (True, "False", "fAlSe", "true", 1)]
     valid = [r for r in variants() + extra if python_reason(r) is None]

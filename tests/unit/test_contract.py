@@ -55,6 +55,14 @@ def test_category_separators_are_replaced():
     assert sanitize_category(None) == "unknown"
 
 
+def test_category_with_a_lone_surrogate_is_utf8():
+    """JSON may escape half a surrogate pair; such a category could not be stored (orjson refuses
+    it) and the JVM writes '?' for it."""
+    ev = validate(json.dumps({**GOOD, "category": "\ud800x\ud83d\ude00"}))
+    assert ev.category == "?x\U0001f600"
+    ev.category.encode("utf-8")
+
+
 @pytest.mark.parametrize("path", sorted((PROJECT_ROOT / "deploy" / "config").glob("*.toml")), ids=lambda p: p.name)
 def test_every_config_file_under_deploy_loads(path):
     if path.name.startswith("serving"):

@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args.config, parse_overrides(args.set, bounded=args.bounded))
     t_env = environment(cfg)
     t_env.execute_sql(kafka_source_ddl(cfg))
-    t_env.execute_sql("CREATE TABLE discard (payload STRING, reason STRING) WITH ('connector' = 'blackhole')")
+    t_env.execute_sql("CREATE TABLE discard (payload BYTES, reason STRING) WITH ('connector' = 'blackhole')")
     t_env.execute_sql(f"INSERT INTO discard SELECT payload, {validation_sql('kafka_ts_ms')} "
                       f"FROM ({parse_once_sql('interactions_src', ('payload', 'kafka_ts_ms'))})").wait()
     return 0

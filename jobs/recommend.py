@@ -91,13 +91,16 @@ def watermark_sql(cfg: JobConfig) -> str:
 
 
 def kafka_source_ddl(cfg: JobConfig) -> str:
-    """interactions_src: the raw record and its Kafka coordinates, with event time + watermark."""
+    """interactions_src: the raw record and its Kafka coordinates, with event time + watermark.
+    The record stays bytes: the JVM functions decode it as Python's json.loads decodes bytes
+    (a record that is not UTF-8 is not_json on both sides; read as STRING, Flink would have
+    replaced its bad bytes and let it through)."""
     k = cfg.kafka
     bounded = ",\n  'scan.bounded.mode' = 'latest-offset'" if k.bounded else ""
     kafka_ms = KAFKA_TS_MS_SQL
     return f"""
 CREATE TABLE interactions_src (
-  payload STRING,
+  payload BYTES,
   src_topic STRING METADATA FROM 'topic' VIRTUAL,
   src_partition INT METADATA FROM 'partition' VIRTUAL,
   src_offset BIGINT METADATA FROM 'offset' VIRTUAL,
@@ -200,10 +203,11 @@ WHERE reason IS NULL AND NOT is_late""")
     # rejected records: DLQ (with reason) or late topic, each counted once in the ledger
     stmts.add_insert_sql("""
 INSERT INTO dlq_sink
-SELECT payload, reason, src_topic, src_partition, src_offset FROM checked WHERE reason IS NOT NULL""")
+SELECT CAST(payload AS STRING), reason, src_topic, src_partition, src_offset FROM checked WHERE reason IS NOT NULL""")
     stmts.add_insert_sql("""
 INSERT INTO late_sink
-SELECT payload, 'late', src_topic, src_partition, src_offset FROM checked WHERE reason IS NULL AND is_late""")
+SELECT CAST(payload AS STRING), 'late', src_topic, src_partition, src_offset FROM checked
+WHERE reason IS NULL AND is_late""")
     stmts.add_insert_sql("""
 INSERT INTO discard
 SELECT count_rejected(CASE WHEN reason IS NOT NULL THEN 'dlq' ELSE 'late' END, src_topic, src_partition, src_offset)

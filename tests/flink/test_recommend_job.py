@@ -35,12 +35,12 @@ def run_job(cfg, records, items, out_dir):
     now = int(time.time() * 1000)
     # one "partition" per record: this collection source is rebalanced across subtasks, so no
     # partition's records would stay in offset order (Kafka's do; the rejected-record counter relies on it)
-    rows = [Row(value.decode(), "interactions", i, i, now) for i, value in enumerate(records)]
+    rows = [Row(value, "interactions", i, i, now) for i, value in enumerate(records)]
     ds = env.from_collection(rows, type_info=Types.ROW_NAMED(
         ["payload", "src_topic", "src_partition", "src_offset", "kafka_ts_ms"],
-        [Types.STRING(), Types.STRING(), Types.INT(), Types.LONG(), Types.LONG()]))
+        [Types.PRIMITIVE_ARRAY(Types.BYTE()), Types.STRING(), Types.INT(), Types.LONG(), Types.LONG()]))
     src = t_env.from_data_stream(ds, Schema.new_builder()
-        .column("payload", DataTypes.STRING()).column("src_topic", DataTypes.STRING())
+        .column("payload", DataTypes.BYTES()).column("src_topic", DataTypes.STRING())
         .column("src_partition", DataTypes.INT()).column("src_offset", DataTypes.BIGINT())
         .column("kafka_ts_ms", DataTypes.BIGINT())
         .column_by_expression("event_time", event_time_sql("kafka_ts_ms"))

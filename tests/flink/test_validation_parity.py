@@ -18,7 +18,7 @@ NOW = int(time.time()) * 1000 + 987  # a millisecond part, so a rule that drops 
 GOOD = {"event_id": "e1", "user_id": "u1", "item_id": "i1", "type": "view", "ts": NOW - 1000}
 
 
-def variants() -> list[str]:
+def variants() -> list[bytes]:
     out = [json.dumps(GOOD)]
     for field, values in {
         "event_id": [42, 4.5, True, None, "", "a b", "x" * 65, {"a": 1}, ["e"], "é"],
@@ -48,10 +48,18 @@ def variants() -> list[str]:
     }.items():
         for text in texts:
             out.append(json.dumps(GOOD)[:-1] + f', "{field}": {text}}}')
-    return out
+    # bytes as a producer may send them: UTF-8 or not (json.loads decodes bytes as UTF-8 with
+    # surrogates let through, and skips a BOM)
+    good = json.dumps(GOOD).encode()
+    raw = [good[:-1] + b', "category": "' + text + b'"}' for text in (
+        b"caf\xc3\xa9", b"caf\xe9", b"\xed\xa0\x80x", b"\xc0\xaf", b"\xe0\x80\x80", b"\xf4\x90\x80\x80",
+        b"\xf0\x9f\x98\x80", b"\xe2\x82", b"\xff")]
+    raw += [good[:-1] + b', "context": {"\xfe": 1}}', good[:-1] + b', "context": "ok\x80"}', b"\xef\xbb\xbf" + good,
+            good + b"\xc3"]
+    return [r.encode() for r in out] + raw
 
 
-def python_ts(raw: str) -> int | None:
+def python_ts(raw: bytes) -> int | None:
     """`ts` as event_time_ms must read it: a JSON integer that fits a BIGINT (last key wins), else None."""
     try:
         doc = parse_json(raw)
@@ -61,12 +69,24 @@ def python_ts(raw: str) -> int | None:
     return ts if type(ts) is int and -2**63 <= ts < 2**63 else None
 
 
-def python_reason(raw: str) -> str | None:
+def python_reason(raw: bytes) -> str | None:
     try:
         validate(raw, NOW)
         return None
     except InvalidEvent as e:
         return e.reason
+
+
+def row_of(**fields):
+    from pyflink.table import DataTypes
+
+    return DataTypes.ROW([DataTypes.FIELD(name, t) for name, t in fields.items()])
+
+
+def records_type():
+    from pyflink.table import DataTypes
+
+    return row_of(n=DataTypes.BIGINT(), payload=DataTypes.BYTES())
 
 
 def batch_env():
@@ -84,18 +104,21 @@ def batch_env():
 
 
 def test_sql_validation_equals_python_validation():
+    from pyflink.table import DataTypes
+
     from contract.schema import KAFKA_TS_MS_SQL, PARSE_COLUMNS, parse_once_sql, validation_sql
 
     t_env = batch_env()
     records = variants()
     t_env.create_temporary_view("raw_records", t_env.from_elements(
-        [(i, r, NOW) for i, r in enumerate(records)], ["n", "payload", "ingest_ms"]))
+        [(i, bytearray(r), NOW) for i, r in enumerate(records)], row_of(n=DataTypes.BIGINT(), payload=DataTypes.BYTES(),
+                                                              ingest_ms=DataTypes.BIGINT())))
     # as the Kafka source gives it: the record timestamp as a TIMESTAMP_LTZ(3)
     t_env.create_temporary_view("records", t_env.sql_query(
         f"SELECT n, payload, {KAFKA_TS_MS_SQL} AS kafka_ts_ms "
         "FROM (SELECT n, payload, TO_TIMESTAMP_LTZ(ingest_ms, 3) AS kafka_ts FROM raw_records)"))
     # the Java function's row and the contract name the same columns, in the same order
-    row_type = t_env.sql_query("SELECT parse_interaction('{}') AS j").get_schema().get_field_data_types()[0]
+    row_type = t_env.sql_query("SELECT parse_interaction(CAST('{}' AS BYTES)) AS j").get_schema().get_field_data_types()[0]
     assert tuple(row_type.field_names()) == PARSE_COLUMNS
     with t_env.execute_sql(f"SELECT n, {validation_sql('kafka_ts_ms')} FROM ({parse_once_sql('records', ('n', 'kafka_ts_ms'))})").collect() as rows:
         sql = {row[0]: row[1] for row in rows}
@@ -119,8 +142,9 @@ def test_sql_event_line_reads_back_as_python_validation_reads_the_record():
                                                              "\ud83d\ude00ok", 1e20, 1e-5)]
     extra += [json.dumps({**GOOD, "value": v}) for v in (0.1, 3, 1e-7, 123456789.125, None)]
     extra += [json.dumps({**GOOD, "consent": c}) for c in (True, "False", "fAlSe", "true", 1)]
+    extra = [e.encode() for e in extra] + [json.dumps(GOOD, ensure_ascii=False)[:-1].encode() + b', "category": "\xc3\x9cml\xc3\xa4ut"}']
     valid = [r for r in variants() + extra if python_reason(r) is None]
-    t_env.create_temporary_view("records", t_env.from_elements(list(enumerate(valid)), ["n", "payload"]))
+    t_env.create_temporary_view("records", t_env.from_elements([(i, bytearray(r)) for i, r in enumerate(valid)], records_type()))
     with t_env.execute_sql(f"SELECT n, {EVENT_LINE_SQL} FROM ({parse_once_sql('records', ('n',))})").collect() as rows:
         lines = {row[0]: row[1] for row in rows}
     assert len(lines) == len(valid) > 30
@@ -144,9 +168,9 @@ def test_float_texts_are_pythons():
     doubles += [1e16, 9999999999999998.0, 1e-4, 9.999999999999999e-05, 0.1 + 0.2, 5e-324, 2.2250738585072014e-308,
                 1.7976931348623157e308, 2.82879384806159e17, 1e23, 8.41e21, -0.0, 100.0, 1.0]
     doubles = [d for d in doubles if d == d and abs(d) != float("inf")]
-    records = [f'{{"category": {d!r}}}' for d in doubles]
+    records = [f'{{"category": {d!r}}}'.encode() for d in doubles]
     t_env = batch_env()
-    t_env.create_temporary_view("records", t_env.from_elements(list(enumerate(records)), ["n", "payload"]))
+    t_env.create_temporary_view("records", t_env.from_elements([(i, bytearray(r)) for i, r in enumerate(records)], records_type()))
     with t_env.execute_sql("SELECT n, j.j_category, j.t_category FROM "
                            "(SELECT n, parse_interaction(payload) AS j FROM records)").collect() as rows:
         got = {row[0]: (row[1], row[2]) for row in rows}

@@ -1,8 +1,8 @@
 """Exact accounting and exactly-once state on the real broker, Redis and Flink MiniCluster.
 
 One single-partition topic (so the watermark, emitted on every record, is reproducible) gets a
-stream with 1% malformed, 10% duplicated, 3% opted-out records and late arrivals at +1 s, +8 s
-and +60 s against a 5 s lateness. The ledger must match what was injected, record for record.
+stream with 1% malformed records (and records with a UTF-8 BOM or a Latin-1 byte), 10% duplicated,
+3% opted-out records and late arrivals at +1 s, +8 s and +60 s against a 5 s lateness. The ledger must match what was injected, record for record.
 Then the same stream runs again with a failure injected mid-way (fixed-delay restarts): the job
 resumes from its checkpoint and the features and lists it leaves equal the uninterrupted run's."""
 
@@ -48,6 +48,10 @@ def stream(seed: int = 4) -> tuple[list[bytes], dict[str, int]]:
         if rng.random() < 0.10:
             dup_queue.append(value)
             injected["duplicate"] += 1
+        if n in (500, 1500):  # bytes as producers send them: a UTF-8 BOM (fine), a Latin-1 byte (not JSON)
+            out.append(b"\xef\xbb\xbf" + json.dumps({**ev, "event_id": f"bom{n}", "consent": True}).encode())
+            out.append(json.dumps({**ev, "event_id": f"latin{n}"}).encode()[:-1] + b', "category": "caf\xe9"}')
+            injected["malformed"] += 1
         if n % 97 == 0 and n > 100:  # a new event that arrives `lag` after its event time
             lag = LATENESS[(n // 97) % 3]
             out.append(json.dumps({**ev, "event_id": f"late{n}", "ts": ev["ts"] - lag, "consent": True}).encode())
@@ -91,6 +95,10 @@ def test_every_record_lands_in_exactly_one_place(published, kafka_broker, redis_
     dlq = read_topic(kafka_broker, f"{PREFIX}interactions.dlq")
     late = [json.loads(v) for v in read_topic(kafka_broker, f"{PREFIX}interactions.late")]
     assert len(dlq) == ledger["dlq"] and len(late) == ledger["late"]
+    # the same records, for the same reasons, as the offline path (line n is offset n - 1): equal
+    # counts alone would let a record the job takes and one it refuses cancel out
+    dlq_rows = [json.loads(v) for v in dlq]
+    assert {(row["src_offset"], row["reason"]) for row in dlq_rows} == {(n - 1, why) for n, why in hist.rejected}
     assert all(row["reason"] == "late" and '"event_id": "late' in row["record"] for row in late)
 
 

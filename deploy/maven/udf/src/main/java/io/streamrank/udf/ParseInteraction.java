@@ -52,10 +52,10 @@ public class ParseInteraction extends ScalarFunction {
             + "j_type STRING, j_ts STRING, j_value STRING, j_category STRING, j_consent STRING, "
             + "t_event_id STRING, t_user_id STRING, t_item_id STRING, t_type STRING, t_ts STRING, "
             + "t_value STRING, t_category STRING, t_consent STRING>")
-    public Row eval(String payload) {
+    public Row eval(byte[] payload) {
         Row row = new Row(2 * FIELDS.length + 1);
         row.setField(0, false);
-        if (payload == null) {
+        if (payload == null || !pythonUtf8(payload)) {
             return row;
         }
         String[] text = new String[FIELDS.length];
@@ -98,6 +98,53 @@ public class ParseInteraction extends ScalarFunction {
             }
         }
         return -1;
+    }
+
+    /**
+     * Whether the record's bytes decode as Python's json.loads decodes bytes: UTF-8 (a BOM is
+     * skipped by both parsers), with surrogates encoded in three bytes let through
+     * ('surrogatepass'); overlong forms, code points above U+10FFFF and cut sequences are not.
+     * Jackson alone would not refuse every one of these.
+     */
+    static boolean pythonUtf8(byte[] b) {
+        int i = 0;
+        int n = b.length;
+        while (i < n) {
+            int c = b[i] & 0xFF;
+            if (c < 0x80) {
+                i++;
+                continue;
+            }
+            int more;
+            int lo = 0x80;
+            int hi = 0xBF;  // the allowed range of the second byte
+            if (c >= 0xC2 && c <= 0xDF) {
+                more = 1;
+            } else if (c >= 0xE0 && c <= 0xEF) {
+                more = 2;
+                lo = c == 0xE0 ? 0xA0 : 0x80;
+            } else if (c >= 0xF0 && c <= 0xF4) {
+                more = 3;
+                lo = c == 0xF0 ? 0x90 : 0x80;
+                hi = c == 0xF4 ? 0x8F : 0xBF;
+            } else {
+                return false;
+            }
+            if (i + more >= n) {
+                return false;  // cut short
+            }
+            int second = b[i + 1] & 0xFF;
+            if (second < lo || second > hi) {
+                return false;
+            }
+            for (int k = 2; k <= more; k++) {
+                if ((b[i + k] & 0xC0) != 0x80) {
+                    return false;
+                }
+            }
+            i += more + 1;
+        }
+        return true;
     }
 
     /** Skips an object or array (its start token read), checking its integers as Python would. */

@@ -196,8 +196,7 @@ def validation_sql(kafka_ts_ms: str = "kafka_ts_ms") -> str:
         for f in ("event_id", "user_id", "item_id")
     )
     ts = "TRY_CAST(j_ts AS BIGINT)"
-    # a finite number: an overflowing float reads "inf" (NULL here), an integer beyond any float
-    # reads as Infinity (above the largest double)
+    # a finite number: a float or an integer beyond the largest double reads as +-Infinity
     value = "TRY_CAST(j_value AS DOUBLE)"
     return f"""CASE
   WHEN NOT j_is_object THEN 'not_json'

@@ -27,8 +27,8 @@ import org.apache.flink.types.Row;
  * tree (readTree) as the largest single cost left on the source thread.
  *
  * <p>What counts as JSON, and how a number reads as text, follow Python's json module and str()
- * (contract/schema.py validates with them): a float is written as Python's repr writes it (1e+20,
- * 1e-05, 0.0001, inf); an integer literal of more than 4,300 digits is not JSON (CPython's limit
+ * (contract/schema.py validates with them): a float id or category is written as Python's repr
+ * writes it (1e+20, 1e-05, 0.0001, inf); an integer literal of more than 4,300 digits is not JSON (CPython's limit
  * on int conversion), anywhere in the record; a longer float literal is. NaN and Infinity literals
  * are not JSON on either side.
  *
@@ -47,6 +47,8 @@ public class ParseInteraction extends ScalarFunction {
     private static final String[] FIELDS = {
         "event_id", "user_id", "item_id", "type", "ts", "value", "category", "consent"
     };
+    private static final int TS = 4;
+    private static final int VALUE = 5;
 
     @DataTypeHint("ROW<j_is_object BOOLEAN, j_event_id STRING, j_user_id STRING, j_item_id STRING, "
             + "j_type STRING, j_ts STRING, j_value STRING, j_category STRING, j_consent STRING, "
@@ -73,7 +75,7 @@ public class ParseInteraction extends ScalarFunction {
                     checkDigits(p);
                 }
                 if (field >= 0) {
-                    text[field] = scalar(p, value);
+                    text[field] = scalar(p, value, field);
                     types[field] = type(p, value);
                 }
             }
@@ -171,15 +173,19 @@ public class ParseInteraction extends ScalarFunction {
         }
     }
 
-    /** The value's text as Python's str() gives it for what json.loads reads. */
-    private static String scalar(JsonParser p, JsonToken value) throws IOException {
+    /**
+     * The field's text: for ids and categories, Python's str() of what json.loads reads; ts and
+     * value are read as numbers on both sides, so a float there keeps the record's own text (a
+     * price is a float in most events, and Python's float() reads any JSON number text).
+     */
+    private static String scalar(JsonParser p, JsonToken value, int field) throws IOException {
         switch (value) {
             case VALUE_STRING:
                 return p.getText();
             case VALUE_NUMBER_INT:
                 return String.valueOf(p.getNumberValue());
             case VALUE_NUMBER_FLOAT:
-                return pythonRepr(p.getDoubleValue());
+                return field == TS || field == VALUE ? p.getText() : pythonRepr(p.getDoubleValue());
             case VALUE_TRUE:
                 return "true";
             case VALUE_FALSE:
@@ -193,7 +199,7 @@ public class ParseInteraction extends ScalarFunction {
      * A double as Python's repr() (and str()) writes it: the shortest digits that read back as the
      * same double (the nearest such, when there are two), in fixed notation when 1e-4 <= |x| < 1e16,
      * else as d.ddde+XX. Java 17's Double.toString is not always the shortest, so the digits are
-     * searched for here; this runs only for float-typed fields.
+     * searched for here; this runs only for float-typed ids and categories, which are rare.
      */
     static String pythonRepr(double x) {
         if (Double.isNaN(x)) {

@@ -7,8 +7,8 @@ with scoring.enabled = false (events_per_s), and the same topic through the same
 validation into a blackhole (ceiling_events_per_s); both with the job's fixed start-up taken
 out (the median of the repeats' runs over a one-record topic). Each is measured --repeats times
 and the median reported, with every repeat's rate and start-up beside it: the ceiling's backlog
-run lasts a few seconds, so start-up jitter alone moved single ceiling figures by ±30%. state_bytes_per_user is the mean size of
-feat:{user}. The last stdout line is one JSON object.
+run lasts a few seconds, so start-up jitter alone moved single ceiling figures by ±30%.
+state_bytes_per_user is the mean size of feat:{user}. The last stdout line is one JSON object.
 """
 
 from __future__ import annotations
@@ -50,17 +50,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench: parallelism {par}", flush=True)
             off = {"scoring.enabled": False, **{k: json.loads(v) for k, v in (x.split("=", 1) for x in args.set)}}
 
-            def times(module: str, **extra: object) -> tuple[float, float]:
+            def times(module: str, **extra: object) -> tuple[float, ...]:
                 """(one-record run, backlog run) in seconds."""
-                tiny, full = (stack.timed_run(module, stack.job_sets(t, par, **extra)) for t in ("bench.tiny", "bench.backlog"))
-                return tiny, full
+                return tuple(stack.timed_run(module, stack.job_sets(t, par, **extra)) for t in ("bench.tiny", "bench.backlog"))
 
             ceil_t, feat_t = [], []
             for _ in range(args.repeats):
                 ceil_t.append(times("bench.ceiling_job"))
                 feat_t.append(times("jobs.recommend", **off))  # last: Redis keeps this run's states and ledger
 
-            def rates(runs_t: list[tuple[float, float]]) -> list[int]:
+            def rates(runs_t: list[tuple[float, ...]]) -> list[int]:
                 # the start-up taken out is the median of the one-record runs, not each repeat's
                 # own: the jitter of one start-up went straight into that repeat's rate (one p2
                 # repeat read 113k events/s beside 66k and 71k)

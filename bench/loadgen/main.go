@@ -225,6 +225,25 @@ func openLoop(c call, rate, seconds, warmup float64) Summary {
 	return s
 }
 
+// invoke sends one pre-encoded request on the connection `pick` chooses, with a 2 s deadline.
+func invoke(conns []*grpc.ClientConn, pick uint64, fullMethod string, req []byte) ([]byte, error) {
+	var resp []byte
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	err := conns[(pick>>32)%uint64(len(conns))].Invoke(ctx, fullMethod, &req, &resp)
+	return resp, err
+}
+
+// openSteps runs the open loop at half of `peakRate`, then at each fraction of it.
+func openSteps(c call, peakRate float64, fractions []float64, seconds, warmup float64) (Summary, []Summary) {
+	half := openLoop(c, peakRate/2, seconds, warmup)
+	var open []Summary
+	for _, f := range fractions {
+		open = append(open, openLoop(c, peakRate*f, seconds, warmup))
+	}
+	return half, open
+}
+
 type Curve struct {
 	Curve   []Summary `json:"curve"`
 	PeakQPS float64   `json:"peak_qps"`
@@ -305,11 +324,8 @@ func main() {
 		}
 		want := k
 		c := func(pick uint64) error {
-			req := reqs[pick%uint64(len(reqs))]
-			var resp []byte
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			defer cancel()
-			if err := conns[(pick>>32)%uint64(len(conns))].Invoke(ctx, method, &req, &resp); err != nil {
+			resp, err := invoke(conns, pick, method, reqs[pick%uint64(len(reqs))])
+			if err != nil {
 				return err
 			}
 			if n := countItems(resp); n != want {
@@ -322,11 +338,7 @@ func main() {
 			curve = append(curve, closedLoop(c, n, *seconds, *warmup))
 		}
 		p := peak(curve)
-		half := openLoop(c, p/2, *seconds, *warmup)
-		var open []Summary
-		for _, f := range floats(*openFractions) {
-			open = append(open, openLoop(c, p*f, *seconds, *warmup))
-		}
+		half, open := openSteps(c, p, floats(*openFractions), *seconds, *warmup)
 		grpcOut[strconv.Itoa(k)] = Curve{Curve: curve, PeakQPS: p, Half: &half, Open: open}
 		if k == 25 || kHalf == 0 {
 			kHalf = p / 2
@@ -336,10 +348,8 @@ func main() {
 	if *floor && kHalf > 0 {
 		// HealthCheckRequest{} is empty; the answer must be SERVING (field 1 = 1)
 		h := func(pick uint64) error {
-			req, resp := []byte{}, []byte(nil)
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			defer cancel()
-			if err := conns[(pick>>32)%uint64(len(conns))].Invoke(ctx, healthMethod, &req, &resp); err != nil {
+			resp, err := invoke(conns, pick, healthMethod, []byte{})
+			if err != nil {
 				return err
 			}
 			if len(resp) != 2 || resp[0] != 0x08 || resp[1] != 0x01 {
@@ -347,11 +357,7 @@ func main() {
 			}
 			return nil
 		}
-		half := openLoop(h, kHalf, *seconds, *warmup)
-		var open []Summary
-		for _, f := range floats(*openFractions) {
-			open = append(open, openLoop(h, 2*kHalf*f, *seconds, *warmup))
-		}
+		half, open := openSteps(h, 2*kHalf, floats(*openFractions), *seconds, *warmup)
 		out["grpc_floor"] = Curve{Direct: &half, Open: open}
 	}
 
@@ -367,11 +373,7 @@ func main() {
 	for _, n := range ints(*concs) {
 		curve = append(curve, closedLoop(rc, n, *seconds, *warmup))
 	}
-	direct := openLoop(rc, kHalf, *seconds, *warmup)
-	var open []Summary
-	for _, f := range floats(*openFractions) {
-		open = append(open, openLoop(rc, 2*kHalf*f, *seconds, *warmup))
-	}
+	direct, open := openSteps(rc, 2*kHalf, floats(*openFractions), *seconds, *warmup)
 	out["redis"] = Curve{Curve: curve, PeakQPS: peak(curve), Direct: &direct, Open: open}
 	enc := json.NewEncoder(os.Stdout)
 	if err := enc.Encode(out); err != nil {

@@ -7,10 +7,9 @@ comes from a Kafka-style TIMESTAMP_LTZ(3) through the job's own expression, to t
 from __future__ import annotations
 
 import json
-import time
-
 import random
 import struct
+import time
 
 from contract.schema import MAX_FUTURE_MS, InvalidEvent, parse_json, validate
 
@@ -111,8 +110,8 @@ def test_sql_validation_equals_python_validation():
     t_env = batch_env()
     records = variants()
     t_env.create_temporary_view("raw_records", t_env.from_elements(
-        [(i, bytearray(r), NOW) for i, r in enumerate(records)], row_of(n=DataTypes.BIGINT(), payload=DataTypes.BYTES(),
-                                                              ingest_ms=DataTypes.BIGINT())))
+        [(i, bytearray(r), NOW) for i, r in enumerate(records)],
+        row_of(n=DataTypes.BIGINT(), payload=DataTypes.BYTES(), ingest_ms=DataTypes.BIGINT())))
     # as the Kafka source gives it: the record timestamp as a TIMESTAMP_LTZ(3)
     t_env.create_temporary_view("records", t_env.sql_query(
         f"SELECT n, payload, {KAFKA_TS_MS_SQL} AS kafka_ts_ms "

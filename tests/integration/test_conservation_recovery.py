@@ -2,7 +2,8 @@
 
 One single-partition topic (so the watermark, emitted on every record, is reproducible) gets a
 stream with 1% malformed records (and records with a UTF-8 BOM or a Latin-1 byte), 10% duplicated,
-3% opted-out records and late arrivals at +1 s, +8 s and +60 s against a 5 s lateness. The ledger must match what was injected, record for record.
+3% opted-out records and late arrivals at +1 s, +8 s and +60 s against a 5 s lateness. The ledger
+must match what was injected, and the DLQ the offline path's rejects, record for record.
 Then the same stream runs again with a failure injected mid-way (fixed-delay restarts): the job
 resumes from its checkpoint and the features and lists it leaves equal the uninterrupted run's."""
 

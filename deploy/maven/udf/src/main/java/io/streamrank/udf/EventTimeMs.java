@@ -58,11 +58,7 @@ public class EventTimeMs extends ScalarFunction {
             while (p.nextToken() == JsonToken.FIELD_NAME) {
                 boolean isTs = "ts".equals(p.getCurrentName());
                 JsonToken value = p.nextToken();
-                if (value == JsonToken.START_OBJECT || value == JsonToken.START_ARRAY) {
-                    ParseInteraction.skipChecked(p);
-                } else if (value == JsonToken.VALUE_NUMBER_INT) {
-                    ParseInteraction.checkDigits(p);
-                }
+                ParseInteraction.checkValue(p, value);
                 if (isTs) {
                     ts = value == JsonToken.VALUE_NUMBER_INT
                             && (p.getNumberType() == JsonParser.NumberType.INT

@@ -47,8 +47,8 @@ public class ParseInteraction extends ScalarFunction {
     private static final String[] FIELDS = {
         "event_id", "user_id", "item_id", "type", "ts", "value", "category", "consent"
     };
-    private static final int TS = 4;
-    private static final int VALUE = 5;
+    private static final int TS = index("ts");
+    private static final int VALUE = index("value");
 
     @DataTypeHint("ROW<j_is_object BOOLEAN, j_event_id STRING, j_user_id STRING, j_item_id STRING, "
             + "j_type STRING, j_ts STRING, j_value STRING, j_category STRING, j_consent STRING, "
@@ -69,11 +69,7 @@ public class ParseInteraction extends ScalarFunction {
             while (p.nextToken() == JsonToken.FIELD_NAME) {
                 int field = index(p.getCurrentName());
                 JsonToken value = p.nextToken();
-                if (value == JsonToken.START_OBJECT || value == JsonToken.START_ARRAY) {
-                    skipChecked(p);
-                } else if (value == JsonToken.VALUE_NUMBER_INT) {
-                    checkDigits(p);
-                }
+                checkValue(p, value);
                 if (field >= 0) {
                     text[field] = scalar(p, value, field);
                     types[field] = type(p, value);
@@ -149,8 +145,20 @@ public class ParseInteraction extends ScalarFunction {
         return true;
     }
 
+    /**
+     * Checks the value whose first token was just read as Python's json would (its integers'
+     * digits), and moves past it when it is an object or array.
+     */
+    static void checkValue(JsonParser p, JsonToken value) throws IOException {
+        if (value == JsonToken.START_OBJECT || value == JsonToken.START_ARRAY) {
+            skipChecked(p);
+        } else if (value == JsonToken.VALUE_NUMBER_INT) {
+            checkDigits(p);
+        }
+    }
+
     /** Skips an object or array (its start token read), checking its integers as Python would. */
-    static void skipChecked(JsonParser p) throws IOException {
+    private static void skipChecked(JsonParser p) throws IOException {
         int depth = 1;
         while (depth > 0) {
             JsonToken t = p.nextToken();
@@ -166,7 +174,7 @@ public class ParseInteraction extends ScalarFunction {
         }
     }
 
-    static void checkDigits(JsonParser p) throws IOException {
+    private static void checkDigits(JsonParser p) throws IOException {
         int digits = p.getTextLength() - (p.getTextCharacters()[p.getTextOffset()] == '-' ? 1 : 0);
         if (digits > PYTHON_INT_MAX_DIGITS) {
             throw new JsonParseException(p, "an integer of more than " + PYTHON_INT_MAX_DIGITS + " digits");

@@ -29,6 +29,17 @@ class KafkaConfig(_Strict):
     """Where the job starts reading when it has no checkpoint."""
     bounded: bool = False
     """Stop at the offsets that were latest when the job started (tests, backfills)."""
+    stop_offsets: dict[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]] = {}
+    """Stop the interactions source at these offsets instead, partition -> first offset not read,
+    e.g. {0 = 5000, 1 = 4800}: a backfill up to a known point while producers go on writing. Every
+    partition of the topic needs an entry. Empty: `bounded` decides."""
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> KafkaConfig:
+        if self.bounded and self.stop_offsets:
+            raise ValueError("kafka.bounded and kafka.stop_offsets both set: keep one (stop_offsets "
+                             "stops at given offsets, bounded at the latest ones when the job starts)")
+        return self
 
 
 class RedisConfig(_Strict):
@@ -136,6 +147,9 @@ class FaultConfig(_Strict):
     """Fail once after this many user windows have been handed to Python (0: never)."""
     marker_file: str = "/tmp/streamrank-fault-injected"
     """Created when the failure fires, so the restarted job does not fail again."""
+    armed_file: str = ""
+    """When set, the failure fires only once this file exists: a test creates it after a
+    checkpoint has completed, so the restart has one to restore."""
 
 
 class JobConfig(_Strict):

@@ -96,7 +96,11 @@ def kafka_source_ddl(cfg: JobConfig) -> str:
     (a record that is not UTF-8 is not_json on both sides; read as STRING, Flink would have
     replaced its bad bytes and let it through)."""
     k = cfg.kafka
-    bounded = ",\n  'scan.bounded.mode' = 'latest-offset'" if k.bounded else ""
+    if k.stop_offsets:
+        ends = ";".join(f"partition:{p},offset:{o}" for p, o in sorted(k.stop_offsets.items()))
+        bounded = f",\n  'scan.bounded.mode' = 'specific-offsets',\n  'scan.bounded.specific-offsets' = '{ends}'"
+    else:
+        bounded = ",\n  'scan.bounded.mode' = 'latest-offset'" if k.bounded else ""
     kafka_ms = KAFKA_TS_MS_SQL
     return f"""
 CREATE TABLE interactions_src (
@@ -120,8 +124,9 @@ CREATE TABLE interactions_src (
 
 
 def kafka_items_ddl(cfg: JobConfig) -> str:
+    """items_src: the catalog; bounded (at its latest offsets) whenever the interactions are."""
     k = cfg.kafka
-    bounded = ",\n  'scan.bounded.mode' = 'latest-offset'" if k.bounded else ""
+    bounded = ",\n  'scan.bounded.mode' = 'latest-offset'" if k.bounded or k.stop_offsets else ""
     return f"""
 CREATE TABLE items_src (
   item_id STRING,
@@ -247,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     t_env = environment(cfg)
     result = build(t_env, cfg).execute()
     job = result.get_job_client()
-    log.info("submitted job %s (bounded=%s)", job.get_job_id() if job else "?", cfg.kafka.bounded)
+    log.info("submitted job %s (bounded=%s, stop_offsets=%s)", job.get_job_id() if job else "?",
+             cfg.kafka.bounded, cfg.kafka.stop_offsets or "none")
     if not args.detached:
         result.wait()
     return 0

@@ -22,6 +22,7 @@ class FaultInjector:
             return
         self.seen += windows
         marker = Path(self.cfg.marker_file)
-        if self.seen >= self.cfg.fail_after_windows and not marker.exists():
+        armed = not self.cfg.armed_file or Path(self.cfg.armed_file).exists()
+        if self.seen >= self.cfg.fail_after_windows and armed and not marker.exists():
             marker.write_text(str(os.getpid()))
             raise InjectedFailure(f"injected failure after {self.seen} windows (faults.fail_after_windows)")

@@ -38,13 +38,27 @@ def job_args(bootstrap: str, redis_port: int, model: Path, topic_prefix: str, gr
     return [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
 
 
-def run_job_embedded(args: list[str], log_path: Path, timeout_s: float = 300) -> None:
-    """`streamrank run --bounded`; Flink's own log goes to log_path's folder (flink-*.log)."""
-    cmd = [sys.executable, "-m", "deploy.cli", "run", "--bounded", *args]
+def start_job_embedded(args: list[str], log_path: Path) -> subprocess.Popen:
+    """`streamrank run` in the background (args say how it is bounded); Flink's own log goes to
+    log_path's folder (flink-*.log)."""
+    cmd = [sys.executable, "-m", "deploy.cli", "run", *args]
     with open(log_path, "wb") as log:
-        rc = subprocess.run(cmd, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s,
-                            env=child_env(FLINK_LOG_DIR=str(log_path.parent))).returncode
+        return subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                env=child_env(FLINK_LOG_DIR=str(log_path.parent)))
+
+
+def wait_job(job: subprocess.Popen, log_path: Path, timeout_s: float = 300) -> None:
+    try:
+        rc = job.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        job.kill()
+        raise
     assert rc == 0, f"job failed ({rc}); tail of {log_path}:\n{log_path.read_text()[-3000:]}"
+
+
+def run_job_embedded(args: list[str], log_path: Path, timeout_s: float = 300) -> None:
+    """`streamrank run --bounded`, to the end."""
+    wait_job(start_job_embedded(["--bounded", *args], log_path), log_path, timeout_s)
 
 
 def read_topic(bootstrap: str, topic: str, idle_ms: int = 5000) -> list[bytes]:

@@ -86,6 +86,32 @@ def test_zero_half_life_fails_naming_the_field():
         parse_config({"features": {"interest_half_life_s": 0}})
 
 
+def test_stop_offsets_bound_the_source_and_exclude_bounded():
+    from jobs.recommend import kafka_items_ddl, kafka_source_ddl
+
+    cfg = parse_config({"kafka": {"stop_offsets": {"1": 7, "0": 42}}})
+    assert "'scan.bounded.specific-offsets' = 'partition:0,offset:42;partition:1,offset:7'" in kafka_source_ddl(cfg)
+    assert "'scan.bounded.mode' = 'latest-offset'" in kafka_items_ddl(cfg)  # the job can end
+    with pytest.raises(ConfigError, match=r"kafka\.bounded and kafka\.stop_offsets both set"):
+        parse_config({"kafka": {"stop_offsets": {"0": 1}, "bounded": True}})
+    with pytest.raises(ConfigError, match=r"kafka\.stop_offsets\.0: .*greater than or equal to 0"):
+        parse_config({"kafka": {"stop_offsets": {"0": -1}}})
+
+
+def test_injected_failure_waits_until_armed(tmp_path):
+    from contract.config import FaultConfig
+    from udfs.faults import FaultInjector, InjectedFailure
+
+    armed, marker = tmp_path / "armed", tmp_path / "fired"
+    faults = FaultInjector(FaultConfig(fail_after_windows=3, marker_file=str(marker), armed_file=str(armed)))
+    faults.before_batch(5)  # past the count, not armed: no failure
+    armed.touch()
+    with pytest.raises(InjectedFailure, match="after 6 windows"):
+        faults.before_batch(1)
+    faults.before_batch(1)  # fired once (the marker): the restarted job goes on
+    assert marker.exists()
+
+
 def test_missing_file_says_so(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.toml")

@@ -1,14 +1,14 @@
 """Lookup-service benchmark: its own Redis seeded with lists, `streamrank serve` as a separate
 process, and the load from another process (bench/loadgen, a small Go program, built here with
 `go build` on first use): closed loop at concurrency 1-64 for k = 10, 25 and 100, then open loop at
-half of the peak rate, the same server's gRPC health check at those rates (a round trip with no
+half of the peak rate (run --half-repeats times, the median p99 reported), the same server's gRPC health check at those rates (a round trip with no
 lookup: the floor), and direct Redis GETs of the same keys from the same load process. The load
 generator is Go so that its own CPU (the machine has 2 cores) is small: a Python grpc.aio load
 process took most of a core at 3,500 calls/s. Writes a latency/throughput plot; the last stdout
 line is JSON.
 
     .venv/bin/python -m bench.serving [--engine go|python] [--lists-mb N] [--rewrites-per-s 2000]
-        [--users 10000] [--seconds 3] [--plot var/bench/serving.png]
+        [--users 10000] [--seconds 3] [--half-repeats 3] [--plot var/bench/serving.png]
 """
 
 from __future__ import annotations
@@ -170,6 +170,9 @@ def main() -> None:
     p.add_argument("--rewrites-per-s", type=float, default=2000.0,
                    help="lists rewritten per second during the run, as the job does (invalidating cached "
                         "lists); default 2000, i.e. each of 10,000 users every 5 s; 0: none")
+    p.add_argument("--half-repeats", type=int, default=3,
+                   help="runs of each open-loop step at half of the peak; the median p99 is reported, with "
+                        "every run's p99 (default 3)")
     p.add_argument("--plot", default=str(PROJECT_ROOT / "var" / "bench" / "serving.png"), help="PNG to write")
     args = p.parse_args()
 
@@ -196,13 +199,13 @@ def main() -> None:
             time.sleep(0.1)
         print(f"load: k in 10/25/100, concurrency 1-64, then open loop at 10/25/50% of each peak; the health "
               f"check and Redis at the k=25 rates; {args.seconds:.0f} s a step "
-              f"(about {(3 * 10 + 3 + 10) * (args.seconds + 0.5):.0f} s)",
+              f"(about {(38 + 5 * args.half_repeats) * (args.seconds + 0.5):.0f} s)",
               file=sys.stderr, flush=True)
         writer = Rewriter(redis_svc.port, args.users, args.rewrites_per_s)
         writer.start()
         load = subprocess.run([str(loadgen), "-target", f"127.0.0.1:{grpc_port}",
                                "-redis", f"127.0.0.1:{redis_svc.port}", "-users", str(args.users),
-                               "-seconds", str(args.seconds), "-server-pid", str(service_pid(server.pid, args.engine))],
+                               "-seconds", str(args.seconds), "-half-repeats", str(args.half_repeats), "-server-pid", str(service_pid(server.pid, args.engine))],
                               capture_output=True, text=True)
         writer.stop()
         if load.returncode != 0:
@@ -220,9 +223,11 @@ def main() -> None:
     for k, data in result["grpc"].items():
         half = data["at_half_peak"]
         summary[f"k{k}"] = {"qps": data["peak_qps"], "p50_ms": half["p50_ms"], "p99_ms": half["p99_ms"],
-                            "half_peak_rate": half["rate"], "errors": sum(c["errors"] for c in data["curve"]) + half["errors"]}
+                            "p99_ms_repeats": half.get("p99_ms_repeats"), "half_peak_rate": half["rate"],
+                            "errors": sum(c["errors"] for c in data["curve"]) + half["errors"]}
     direct = result["redis"]["at_grpc_half_peak"]
     summary.update({"redis_get_qps": result["redis"]["peak_qps"], "redis_get_p99_ms": direct["p99_ms"],
+                    "redis_get_p99_ms_repeats": direct.get("p99_ms_repeats"),
                     "redis_get_p50_ms": direct["p50_ms"], "users": args.users, "engine": args.engine,
                     "lists_mb": args.lists_mb, "rewrites_per_s": args.rewrites_per_s, "rewrites": writer.written, "plot": args.plot})
     k25 = summary.get("k25")
@@ -233,6 +238,7 @@ def main() -> None:
     if floor:
         # the same server's health check at the same rate: a gRPC round trip that does no lookup
         summary["grpc_floor_p99_ms"] = floor["at_grpc_half_peak"]["p99_ms"]
+        summary["grpc_floor_p99_ms_repeats"] = floor["at_grpc_half_peak"].get("p99_ms_repeats")
         summary["grpc_floor_errors"] = floor["at_grpc_half_peak"]["errors"] + sum(c["errors"] for c in floor.get("open_loop") or [])
         if direct["p99_ms"]:
             summary["grpc_floor_p99_over_redis_p99"] = round(floor["at_grpc_half_peak"]["p99_ms"] / direct["p99_ms"], 2)

@@ -1,6 +1,11 @@
-"""The ceiling for bench.e2e: the recommend job's source and validation into a discarding sink.
+"""Reference jobs for bench.features and bench.e2e, on the recommend job's own source:
 
-    python -m bench.ceiling_job --bounded --set kafka.interactions_topic='"t"' ...
+- `--through validation` (default, the ceiling): source, event time and validation into a
+  discarding sink;
+- `--through jvm-stages`: the whole recommend job with its Python functions replaced by a JVM
+  stand-in (io.streamrank.udf.Discard): what the JVM side of the job costs, with Python free.
+
+    python -m bench.ceiling_job --bounded [--through validation|jvm-stages] --set kafka.interactions_topic='"t"' ...
 """
 
 from __future__ import annotations
@@ -10,17 +15,22 @@ import sys
 
 from contract.config import load_config
 from contract.schema import parse_once_sql, validation_sql
-from jobs.recommend import environment, kafka_source_ddl, parse_overrides
+from jobs.recommend import build, environment, kafka_source_ddl, parse_overrides
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config")
     p.add_argument("--bounded", action="store_true")
+    p.add_argument("--through", choices=("validation", "jvm-stages"), default="validation",
+                   help="how much of the job runs (default: validation, the ceiling)")
     p.add_argument("--set", action="append", default=[])
     args = p.parse_args(argv)
     cfg = load_config(args.config, parse_overrides(args.set, bounded=args.bounded))
     t_env = environment(cfg)
+    if args.through == "jvm-stages":
+        build(t_env, cfg, python=False).execute().wait()
+        return 0
     t_env.execute_sql(kafka_source_ddl(cfg))
     t_env.execute_sql("CREATE TABLE discard (payload BYTES, reason STRING) WITH ('connector' = 'blackhole')")
     t_env.execute_sql(f"INSERT INTO discard SELECT payload, {validation_sql('kafka_ts_ms')} "

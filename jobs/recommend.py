@@ -166,9 +166,15 @@ CREATE TABLE {table} (
 EVENT_LIST_SQL = "LISTAGG(line, ';')"
 
 
-def build(t_env, cfg: JobConfig, *, sources: bool = True, sinks: bool = True):
+# The job's Python functions; build(python=False) puts a JVM stand-in (deploy/maven/udf) in their place.
+PYTHON_FUNCTIONS = ("rank_users", "store_item_meta", "count_rejected")
+
+
+def build(t_env, cfg: JobConfig, *, sources: bool = True, sinks: bool = True, python: bool = True):
     """Wire the job into a StatementSet. With sources/sinks False the caller has created
-    `interactions_src`, `items_src`, `dlq_sink` and `late_sink` itself (tests)."""
+    `interactions_src`, `items_src`, `dlq_sink` and `late_sink` itself (tests). With python False
+    the Python functions are replaced by io.streamrank.udf.Discard: the JVM stages alone, for
+    bench.features (nothing reaches Redis)."""
     from udfs.flink_functions import register
 
     if sources:
@@ -177,7 +183,11 @@ def build(t_env, cfg: JobConfig, *, sources: bool = True, sinks: bool = True):
     if sinks:
         t_env.execute_sql(kafka_dlq_ddl(cfg))
         t_env.execute_sql(kafka_dlq_ddl(cfg, "late_sink", cfg.kafka.late_topic))
-    register(t_env, cfg)
+    if python:
+        register(t_env, cfg)
+    else:
+        for name in PYTHON_FUNCTIONS:
+            t_env.execute_sql(f"CREATE TEMPORARY FUNCTION {name} AS 'io.streamrank.udf.Discard' LANGUAGE JAVA")
     t_env.execute_sql("CREATE TABLE discard (written INT) WITH ('connector' = 'blackhole')")
 
     # checked: every input record, the DLQ reason (NULL when valid) and whether it is late

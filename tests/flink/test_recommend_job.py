@@ -161,3 +161,18 @@ def test_job_plan_parses_each_record_once_and_does_not_carry_the_parsed_row():
     optimized = build(environment(cfg), cfg).explain().split("== Optimized Execution Plan ==")[1]
     assert optimized.count("parse_interaction(") == 1
     assert "j.j_user_id" in optimized and not re.findall(r"[\[ ]j, ", optimized)
+
+
+def test_jvm_stages_plan_has_the_same_shape_without_python():
+    """build(python=False), which bench.features --jvm-stages times: the job's plan with every
+    Python function replaced by the JVM stand-in (EXPLAIN; nothing runs)."""
+    from contract.config import load_config
+    from jobs.recommend import PYTHON_FUNCTIONS, build, environment
+
+    cfg = load_config(None, {"kafka.bounded": True})
+    with_python = build(environment(cfg), cfg).explain().split("== Optimized Execution Plan ==")[1]
+    jvm_only = build(environment(cfg), cfg, python=False).explain().split("== Optimized Execution Plan ==")[1]
+    assert "PythonCalc" in with_python and "PythonCalc" not in jvm_only
+    for name in PYTHON_FUNCTIONS:
+        assert f"{name}(" in jvm_only  # the stand-in, under the same name, in the same places
+    assert jvm_only.count("LISTAGG") == with_python.count("LISTAGG") > 0

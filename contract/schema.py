@@ -115,8 +115,13 @@ def _not_json_constant(name: str) -> None:
 
 def parse_json(raw: str | bytes) -> Any:
     """A record's JSON as the job's parser (deploy/maven/udf) reads it: json.loads, except that
-    NaN, Infinity and -Infinity, which json.loads takes but are not JSON (RFC 8259), are refused.
+    - NaN, Infinity and -Infinity, which json.loads takes but are not JSON (RFC 8259), are refused;
+    - bytes must be UTF-8, as RFC 8259 requires between systems (a BOM is skipped and surrogates
+      let through, as json.loads does). json.loads would also guess UTF-16 and UTF-32 from zero
+      bytes; the job refuses any zero byte, which UTF-8 JSON never holds.
     Raises ValueError (RecursionError when nested beyond Python's recursion limit)."""
+    if isinstance(raw, (bytes, bytearray)):
+        raw = raw.decode("utf-8-sig", "surrogatepass")
     return json.loads(raw, parse_constant=_not_json_constant)
 
 

@@ -47,7 +47,7 @@ def variants() -> list[bytes]:
     }.items():
         for text in texts:
             out.append(json.dumps(GOOD)[:-1] + f', "{field}": {text}}}')
-    # bytes as a producer may send them: UTF-8 or not (json.loads decodes bytes as UTF-8 with
+    # bytes as a producer may send them: UTF-8 or not (parse_json decodes bytes as UTF-8 with
     # surrogates let through, and skips a BOM)
     good = json.dumps(GOOD).encode()
     raw = [good[:-1] + b', "category": "' + text + b'"}' for text in (
@@ -55,6 +55,9 @@ def variants() -> list[bytes]:
         b"\xf0\x9f\x98\x80", b"\xe2\x82", b"\xff")]
     raw += [good[:-1] + b', "context": {"\xfe": 1}}', good[:-1] + b', "context": "ok\x80"}', b"\xef\xbb\xbf" + good,
             good + b"\xc3"]
+    # other encodings json.loads would guess from zero bytes (not JSON between systems, RFC 8259)
+    raw += [json.dumps(GOOD).encode(enc) for enc in ("utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le")]
+    raw += [json.dumps({**GOOD, "category": "café"}).encode("utf-16-le"), good + b"\x00", b"\x00" + good]
     return [r.encode() for r in out] + raw
 
 

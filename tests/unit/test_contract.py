@@ -37,12 +37,23 @@ def test_valid_event_parses_with_defaults():
         (json.dumps(GOOD)[:-1] + ', "value": 1e400}', "bad_value"),
         (json.dumps(GOOD)[:-1] + ', "value": 1' + "0" * 400 + "}", "bad_value"),  # was an OverflowError
         (json.dumps(GOOD)[:-1] + ', "context": ' + "[" * 5000 + "]" * 5000 + "}", "not_json"),  # was a RecursionError
+        # UTF-8 only (json.loads guesses UTF-16/32 from zero bytes; the job refuses zero bytes)
+        (json.dumps(GOOD).encode("utf-16-le"), "not_json"),
+        (json.dumps({**GOOD, "category": "café"}).encode("utf-16"), "not_json"),
+        (json.dumps(GOOD).encode("utf-32-be"), "not_json"),
+        (json.dumps(GOOD).encode() + b"\x00", "not_json"),
     ],
 )
 def test_invalid_events_name_their_reason(record, reason):
     with pytest.raises(InvalidEvent) as err:
         validate(record)
     assert err.value.reason == reason
+
+
+def test_utf8_with_a_bom_or_a_surrogate_is_read_as_json_loads_reads_it():
+    assert validate(b"\xef\xbb\xbf" + json.dumps(GOOD).encode()).user_id == "u1"
+    raw = json.dumps(GOOD).encode()[:-1] + b', "category": "x\xed\xa0\x80"}'  # surrogatepass, as json.loads
+    assert validate(raw).category == json.loads(raw).get("category").encode("utf-8", "replace").decode()
 
 
 def test_future_event_rejected_against_ingest_time():

@@ -99,10 +99,12 @@ public class ParseInteraction extends ScalarFunction {
     }
 
     /**
-     * Whether the record's bytes decode as Python's json.loads decodes bytes: UTF-8 (a BOM is
-     * skipped by both parsers), with surrogates encoded in three bytes let through
+     * Whether the record's bytes decode as contract.schema.parse_json decodes bytes: UTF-8 (a BOM
+     * is skipped by both parsers), with surrogates encoded in three bytes let through
      * ('surrogatepass'); overlong forms, code points above U+10FFFF and cut sequences are not.
-     * Jackson alone would not refuse every one of these.
+     * Jackson alone would not refuse every one of these. A zero byte is refused too: JSON in UTF-8
+     * never holds one, and it is how Jackson (and json.loads) would take the record for UTF-16 or
+     * UTF-32, which RFC 8259 does not allow between systems.
      */
     static boolean pythonUtf8(byte[] b) {
         int i = 0;
@@ -110,6 +112,9 @@ public class ParseInteraction extends ScalarFunction {
         while (i < n) {
             int c = b[i] & 0xFF;
             if (c < 0x80) {
+                if (c == 0) {
+                    return false;
+                }
                 i++;
                 continue;
             }

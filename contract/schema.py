@@ -119,10 +119,32 @@ def parse_json(raw: str | bytes) -> Any:
     - bytes must be UTF-8, as RFC 8259 requires between systems (a BOM is skipped and surrogates
       let through, as json.loads does). json.loads would also guess UTF-16 and UTF-32 from zero
       bytes; the job refuses any zero byte, which UTF-8 JSON never holds.
+    - arrays and objects nest at most MAX_JSON_DEPTH deep. Python's own limit (its recursion limit,
+      less the caller's stack) moves with the call site; the job's parser has a fixed one.
     Raises ValueError (RecursionError when nested beyond Python's recursion limit)."""
     if isinstance(raw, (bytes, bytearray)):
         raw = raw.decode("utf-8-sig", "surrogatepass")
-    return json.loads(raw, parse_constant=_not_json_constant)
+    doc = json.loads(raw, parse_constant=_not_json_constant)
+    # only a record with that many brackets can be that deep: a count at C speed first
+    if raw.count("[") + raw.count("{") > MAX_JSON_DEPTH and _depth_over(doc, MAX_JSON_DEPTH):
+        raise ValueError(f"JSON nested more than {MAX_JSON_DEPTH} deep")
+    return doc
+
+
+# The deepest nesting of arrays and objects a record may have (the top object is depth 1);
+# deploy/maven/udf's parser (StreamReadConstraints.maxNestingDepth) has the same limit.
+MAX_JSON_DEPTH = 512
+
+
+def _depth_over(doc: Any, limit: int) -> bool:
+    stack = [(doc, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return False
 
 
 def sanitize_category(category: object) -> str:

@@ -43,7 +43,10 @@ def variants() -> list[bytes]:
                      "5e-324", "1e400", "1" + "0" * 30, "NaN"],
         "event_id": ["1e20", "1e-5", "1E-4", "1e400", "1" + "0" * 4300, "1" + "0" * 4301, "-" + "1" * 4300],
         "context": ["[1" + "0" * 4400 + "]", '{"n": 1' + "0" * 2000 + "}", '{"n": [1.' + "5" * 5000 + "]}",
-                    "[" * 3000 + "]" * 3000, "[Infinity]"],
+                    "[" * 3000 + "]" * 3000, "[Infinity]",
+                    # nesting around MAX_JSON_DEPTH (the record's object is depth 1), and brackets in a string
+                    "[" * 511 + "]" * 511, "[" * 512 + "]" * 512, '{"a": ' * 511 + "1" + "}" * 511,
+                    '{"a": ' * 512 + "1" + "}" * 512, "[" * 700 + "]" * 700, json.dumps("[" * 600)],
     }.items():
         for text in texts:
             out.append(json.dumps(GOOD)[:-1] + f', "{field}": {text}}}')

@@ -56,6 +56,19 @@ def test_utf8_with_a_bom_or_a_surrogate_is_read_as_json_loads_reads_it():
     assert validate(raw).category == json.loads(raw).get("category").encode("utf-8", "replace").decode()
 
 
+def test_nesting_is_limited_to_max_json_depth_wherever_validate_is_called():
+    from contract.schema import MAX_JSON_DEPTH
+
+    def nested(n: int) -> str:  # the record's object is depth 1
+        return json.dumps(GOOD)[:-1] + ', "context": ' + "[" * n + "]" * n + "}"
+
+    assert validate(nested(MAX_JSON_DEPTH - 1)).user_id == "u1"
+    assert validate(json.dumps({**GOOD, "context": "[" * 2 * MAX_JSON_DEPTH})).user_id == "u1"  # a string
+    for n in (MAX_JSON_DEPTH, 700):  # 700: below Python's own limit, which moves with the call stack
+        with pytest.raises(InvalidEvent, match="not_json"):
+            validate(nested(n))
+
+
 def test_future_event_rejected_against_ingest_time():
     with pytest.raises(InvalidEvent, match="bad_ts"):
         validate(json.dumps({**GOOD, "ts": 1_700_000_000_000 + 2 * 3600_000}), ingest_ts_ms=1_700_000_000_000)

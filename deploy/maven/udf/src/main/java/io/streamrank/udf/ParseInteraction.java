@@ -38,9 +38,12 @@ import org.apache.flink.types.Row;
  */
 public class ParseInteraction extends ScalarFunction {
     // Jackson's own number limit (1,000 characters) would reject what Python accepts; the
-    // integer-digit rule of Python is applied below instead
+    // integer-digit rule of Python is applied below instead. Nesting: contract.schema.MAX_JSON_DEPTH
+    // (Python's own limit moves with its call stack, so the contract sets one for both sides)
+    static final int MAX_JSON_DEPTH = 512;
     static final JsonFactory FACTORY = JsonFactory.builder()
-            .streamReadConstraints(StreamReadConstraints.builder().maxNumberLength(Integer.MAX_VALUE).build())
+            .streamReadConstraints(StreamReadConstraints.builder().maxNumberLength(Integer.MAX_VALUE)
+                    .maxNestingDepth(MAX_JSON_DEPTH).build())
             .build();
     /** CPython's default limit on the digits of an int read from text (sys.get_int_max_str_digits). */
     static final int PYTHON_INT_MAX_DIGITS = 4300;

@@ -1,8 +1,9 @@
 """Lookup-service benchmark: its own Redis seeded with lists, `streamrank serve` as a separate
 process, and the load from another process (bench/loadgen, a small Go program, built here with
 `go build` on first use): closed loop at concurrency 1-64 for k = 10, 25 and 100, then open loop at
-half of the peak rate (run --half-repeats times, the median p99 reported), the same server's gRPC health check at those rates (a round trip with no
-lookup: the floor), and direct Redis GETs of the same keys from the same load process. The load
+half of the peak rate (run --half-repeats times, the median p99 reported), the same server's gRPC
+health check at those rates (a round trip with no lookup: the floor), and direct Redis GETs of the
+same keys from the same load process. The load
 generator is Go so that its own CPU (the machine has 2 cores) is small: a Python grpc.aio load
 process took most of a core at 3,500 calls/s. Writes a latency/throughput plot; the last stdout
 line is JSON.
@@ -205,7 +206,8 @@ def main() -> None:
         writer.start()
         load = subprocess.run([str(loadgen), "-target", f"127.0.0.1:{grpc_port}",
                                "-redis", f"127.0.0.1:{redis_svc.port}", "-users", str(args.users),
-                               "-seconds", str(args.seconds), "-half-repeats", str(args.half_repeats), "-server-pid", str(service_pid(server.pid, args.engine))],
+                               "-seconds", str(args.seconds), "-half-repeats", str(args.half_repeats),
+                               "-server-pid", str(service_pid(server.pid, args.engine))],
                               capture_output=True, text=True)
         writer.stop()
         if load.returncode != 0:

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from deploy.paths import PROJECT_ROOT
@@ -54,6 +55,21 @@ def wait_job(job: subprocess.Popen, log_path: Path, timeout_s: float = 300) -> N
         job.kill()
         raise
     assert rc == 0, f"job failed ({rc}); tail of {log_path}:\n{log_path.read_text()[-3000:]}"
+
+
+def wait_for(condition, timeout_s: float, what: str, job: subprocess.Popen, log_path: Path) -> None:
+    """Poll `condition` while the background job runs; fail with its log if it exits first."""
+    import pytest
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if job.poll() is not None:
+            pytest.fail(f"the job exited ({job.returncode}) while waiting for {what}; tail of {log_path}:\n"
+                        f"{log_path.read_text()[-3000:]}")
+        if condition():
+            return
+        time.sleep(0.2)
+    pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def run_job_embedded(args: list[str], log_path: Path, timeout_s: float = 300) -> None:

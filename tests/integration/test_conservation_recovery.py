@@ -19,7 +19,7 @@ import pytest
 
 from contract import keys
 from tests.integration.helpers import (job_args, prefixed_topics, read_topic, records_replay, run_job_embedded,
-                                       start_job_embedded, wait_job)
+                                       start_job_embedded, wait_for, wait_job)
 from traffic.publish import producer
 from traffic.simulator import Simulator
 from udfs.features import UserState, describe
@@ -148,9 +148,9 @@ def test_recovery_from_checkpoint_equals_uninterrupted_run(published, kafka_brok
         "--set", "flink.checkpoint_interval_s=0.5", "--set", f"flink.extra={extra}"]
     job = start_job_embedded(args, log)
     try:
-        wait_until(lambda: int(r.hget(keys.LEDGER, "used") or 0) > 0, job, log)
+        wait_for(lambda: int(r.hget(keys.LEDGER, "used") or 0) > 0, 120, "part one's windows in Redis", job, log)
         used_at = time.time()
-        wait_until(lambda: checkpoint_completed_after(checkpoints, used_at), job, log)
+        wait_for(lambda: checkpoint_completed_after(checkpoints, used_at), 120, "a checkpoint after them", job, log)
         armed.touch()
         publish(kafka_broker, f"{prefix}interactions", records[part:])
         wait_job(job, log)
@@ -178,15 +178,6 @@ def test_recovery_from_checkpoint_equals_uninterrupted_run(published, kafka_brok
     assert recs.keys() == clean_recs.keys()
     for k, rec in recs.items():
         assert rec["feature_ts"] == clean_recs[k]["feature_ts"] and rec["items"], k
-
-
-def wait_until(done, job, log, timeout_s: float = 120) -> None:
-    """Poll `done` while the job runs; fail with the job's log if it ends or time runs out."""
-    deadline = time.monotonic() + timeout_s
-    while not done():
-        assert job.poll() is None, f"job ended ({job.returncode}) early; tail of {log}:\n{log.read_text()[-3000:]}"
-        assert time.monotonic() < deadline, f"timed out after {timeout_s} s; tail of {log}:\n{log.read_text()[-3000:]}"
-        time.sleep(0.2)
 
 
 def checkpoint_completed_after(checkpoints, t: float) -> bool:

@@ -6,18 +6,15 @@ without a list, no record is lost, and the drift report follows the scoring mode
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 
 import pytest
 
 from contract import keys
 from contract.config import load_config
-from deploy.paths import PROJECT_ROOT
 from models.registry import Registry
 from models.training import train_and_publish
-from tests.integration.helpers import child_env, job_args, prefixed_topics
+from tests.integration.helpers import job_args, prefixed_topics, start_job_embedded, wait_for
 from traffic.publish import producer, publish_catalog, publish_events
 from traffic.simulator import Simulator
 
@@ -37,18 +34,6 @@ def registry(training_set, tmp_path_factory):
 
 def lists(r) -> dict[str, keys.RecList]:
     return {k.decode()[4:]: keys.RecList.decode(r.get(k)) for k in r.scan_iter("rec:*")}
-
-
-def wait_for(condition, timeout_s: float, what: str, job: subprocess.Popen, log) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if job.poll() is not None:
-            pytest.fail(f"the job exited ({job.returncode}) while waiting for {what}; tail of {log}:\n"
-                        f"{log.read_text()[-3000:]}")
-        if condition():
-            return
-        time.sleep(0.5)
-    pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def test_promote_and_rollback_mid_stream(kafka_broker, redis_server, registry, tmp_path):
@@ -75,9 +60,7 @@ def test_promote_and_rollback_mid_stream(kafka_broker, redis_server, registry, t
         users.update(report.user_ids)
         return report.last_ts
 
-    with open(log, "wb") as out:
-        job = subprocess.Popen([sys.executable, "-m", "deploy.cli", "run", *args], cwd=PROJECT_ROOT, stdout=out,
-                               stderr=subprocess.STDOUT, env=child_env(FLINK_LOG_DIR=str(tmp_path)))
+    job = start_job_embedded(args, log)  # unbounded
     try:
         # phase 1: the promoted classifier scores
         publish_phase(0)

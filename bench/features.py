@@ -11,7 +11,8 @@ and the median reported, with every repeat's rate and start-up beside it: the ce
 run lasts a few seconds, so start-up jitter alone moved single ceiling figures by ±30%.
 state_bytes_per_user is the mean size of feat:{user}. With --jvm-stages, the same job with its
 Python functions replaced by a JVM stand-in is timed too (jvm_stages_events_per_s): the most the
-job's JVM side allows. The last stdout line is one JSON object.
+job's JVM side allows. A bar chart of the rates goes to --plot (var/bench/features.png). The last
+stdout line is one JSON object.
 """
 
 from __future__ import annotations
@@ -21,8 +22,51 @@ import json
 import statistics
 import sys
 import time
+from pathlib import Path
 
 from bench.harness import start_bench_stack, sustained_rate
+from deploy.paths import PROJECT_ROOT
+
+
+def plot(runs: list[dict], path: Path) -> None:
+    """Events/s per parallelism: the job, the JVM stages alone (when measured) and the ceiling,
+    each bar the median with the repeats' range, and the ratio target (0.5 x the ceiling)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = [("ceiling_events_per_s", "ceiling (source + validation)", "#9e9e9e"),
+              ("jvm_stages_events_per_s", "the job's JVM stages alone", "#6a8fc7"),
+              ("events_per_s", "the features job", "#d9822b")]
+    series = [s for s in series if any(s[0] in r for r in runs)]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    width = 0.8 / len(series)
+    for n, (key, label, color) in enumerate(series):
+        shown = [(i, r) for i, r in enumerate(runs) if key in r]
+        xs = [i + (n - (len(series) - 1) / 2) * width for i, _ in shown]
+        mids = [r[key] for _, r in shown]
+        reps = [r.get(f"{key}_repeats") or [r[key]] for _, r in shown]
+        err = [[m - min(rp) for m, rp in zip(mids, reps)], [max(rp) - m for m, rp in zip(mids, reps)]]
+        ax.bar(xs, mids, width, yerr=err, capsize=3, label=label, color=color)
+        for x, m, rp in zip(xs, mids, reps):
+            ax.annotate(f"{m / 1000:.0f}k", (x, max(rp)), ha="center", va="bottom", fontsize=8,
+                        xytext=(0, 2), textcoords="offset points")
+    for i, r in enumerate(runs):
+        target = 0.5 * r["ceiling_events_per_s"]
+        ax.hlines(target, i - 0.45, i + 0.45, colors="black", linestyles=":",
+                  label="ratio target (0.5 x ceiling)" if i == 0 else None)
+    ax.set_xticks(range(len(runs)), [f"parallelism {r['parallelism']}" for r in runs])
+    ax.set_ylabel("events/s (median of repeats; bars: their range)")
+    ax.set_title("streamrank feature pipeline: 2 cores, start-up taken out")
+    ax.yaxis.set_major_formatter(lambda v, _pos: f"{v / 1000:.0f}k")
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.3)  # room for the legend above the bars
+    ax.legend(fontsize=8, loc="upper left", ncols=2)
+    ax.grid(True, axis="y", alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jvm-stages", action="store_true",
                    help="also time the job with its Python functions replaced by a JVM stand-in "
                         "(jvm_stages_events_per_s): what the JVM side alone allows")
+    p.add_argument("--plot", default=str(PROJECT_ROOT / "var" / "bench" / "features.png"), help="PNG to write")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=JSON",
                    help="extra job config for the measured runs, e.g. features.watermark_emit=\"on-periodic\"")
     args = p.parse_args(argv)
@@ -101,8 +146,9 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(run), flush=True)
             runs.append(run)
         best = max(runs, key=lambda x: x["parallelism"])
+        plot(runs, Path(args.plot))
         print(json.dumps({**best, "events": args.events, "backlog_event_rate": args.event_rate,
-                          "settings": args.set, "runs": runs}))
+                          "settings": args.set, "plot": args.plot, "runs": runs}))
         return 0
     finally:
         stack.close()

@@ -113,6 +113,11 @@ def _not_json_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
+# The deepest nesting of arrays and objects a record may have (the top object is depth 1);
+# deploy/maven/udf's parser (StreamReadConstraints.maxNestingDepth) has the same limit.
+MAX_JSON_DEPTH = 512
+
+
 def parse_json(raw: str | bytes) -> Any:
     """A record's JSON as the job's parser (deploy/maven/udf) reads it: json.loads, except that
     - NaN, Infinity and -Infinity, which json.loads takes but are not JSON (RFC 8259), are refused;
@@ -129,11 +134,6 @@ def parse_json(raw: str | bytes) -> Any:
     if raw.count("[") + raw.count("{") > MAX_JSON_DEPTH and _depth_over(doc, MAX_JSON_DEPTH):
         raise ValueError(f"JSON nested more than {MAX_JSON_DEPTH} deep")
     return doc
-
-
-# The deepest nesting of arrays and objects a record may have (the top object is depth 1);
-# deploy/maven/udf's parser (StreamReadConstraints.maxNestingDepth) has the same limit.
-MAX_JSON_DEPTH = 512
 
 
 def _depth_over(doc: Any, limit: int) -> bool:

@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from contract.config import JobConfig, load_config
+from contract.config import JobConfig, KafkaConfig, load_config
 from contract.schema import (EVENT_LINE_SQL, JVM_FUNCTIONS, KAFKA_TS_MS_SQL, MAX_FUTURE_MS, MIN_TS_MS,
                              parse_once_sql, validation_sql)
 
@@ -90,17 +90,23 @@ def watermark_sql(cfg: JobConfig) -> str:
     return f"event_time - INTERVAL '{cfg.features.out_of_orderness_s:.3f}' SECOND"
 
 
+def bounded_options(k: KafkaConfig, stop_offsets: dict[int, int] | None = None) -> str:
+    """The WITH options that end a Kafka source: at `stop_offsets` (partition -> first offset not
+    read) when given, else at the latest offsets when the job starts if the job is bounded at all
+    (kafka.bounded or kafka.stop_offsets), else none."""
+    if stop_offsets:
+        ends = ";".join(f"partition:{p},offset:{o}" for p, o in sorted(stop_offsets.items()))
+        return f",\n  'scan.bounded.mode' = 'specific-offsets',\n  'scan.bounded.specific-offsets' = '{ends}'"
+    return ",\n  'scan.bounded.mode' = 'latest-offset'" if k.bounded or k.stop_offsets else ""
+
+
 def kafka_source_ddl(cfg: JobConfig) -> str:
     """interactions_src: the raw record and its Kafka coordinates, with event time + watermark.
     The record stays bytes: the JVM functions decode it as Python's json.loads decodes bytes
     (a record that is not UTF-8 is not_json on both sides; read as STRING, Flink would have
     replaced its bad bytes and let it through)."""
     k = cfg.kafka
-    if k.stop_offsets:
-        ends = ";".join(f"partition:{p},offset:{o}" for p, o in sorted(k.stop_offsets.items()))
-        bounded = f",\n  'scan.bounded.mode' = 'specific-offsets',\n  'scan.bounded.specific-offsets' = '{ends}'"
-    else:
-        bounded = ",\n  'scan.bounded.mode' = 'latest-offset'" if k.bounded else ""
+    bounded = bounded_options(k, k.stop_offsets)
     kafka_ms = KAFKA_TS_MS_SQL
     return f"""
 CREATE TABLE interactions_src (
@@ -126,7 +132,7 @@ CREATE TABLE interactions_src (
 def kafka_items_ddl(cfg: JobConfig) -> str:
     """items_src: the catalog; bounded (at its latest offsets) whenever the interactions are."""
     k = cfg.kafka
-    bounded = ",\n  'scan.bounded.mode' = 'latest-offset'" if k.bounded or k.stop_offsets else ""
+    bounded = bounded_options(k)
     return f"""
 CREATE TABLE items_src (
   item_id STRING,

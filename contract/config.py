@@ -6,11 +6,12 @@ Every model is frozen and rejects unknown keys; each field documents its unit an
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class _Strict(BaseModel):
@@ -136,8 +137,27 @@ class FlinkConfig(_Strict):
     """Rows per Python bundle: Python is crossed in batches of up to this many rows."""
     python_bundle_time_ms: int = Field(500, ge=1)
     """Longest a row waits for its bundle (ms): bounds added latency."""
+    prometheus_port: str = ""
+    """Port, or range such as "9249-9259" (the first free one is taken), where Flink's own
+    Prometheus reporter serves the job's metrics at /metrics: the ledger counters
+    (streamrank_used, _duplicate, _opted_out, _late, _dlq), drift gauges, and Flink's own
+    (records in/out, checkpoints, backpressure). Empty: no reporter. Embedded runs only: on a
+    cluster, reporters are the cluster's config (`streamrank cluster up --metrics-port`)."""
     extra: dict[str, str] = {}
     """Raw Flink options passed through unchanged (e.g. state.backend.type)."""
+
+    @field_validator("prometheus_port", mode="before")
+    @classmethod
+    def _port_or_range(cls, v: object) -> object:
+        if isinstance(v, int) and not isinstance(v, bool):
+            v = str(v)  # prometheus_port = 9249 in TOML
+        if not isinstance(v, str):
+            return v  # pydantic names the type
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?", v)
+        lo, hi = (int(m[1]), int(m[2] or m[1])) if m else (0, 0)
+        if v and not (m and 1 <= lo <= hi <= 65535):
+            raise ValueError('expected a port such as "9249", a range such as "9249-9259", or "" for no reporter')
+        return v
 
 
 class FaultConfig(_Strict):

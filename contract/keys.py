@@ -22,9 +22,16 @@ from dataclasses import dataclass, field
 
 TRENDING = "trending"
 LEDGER = "ledger"  # hash: used / duplicate / opted_out / dlq / late -> records counted
+LEDGER_FIELDS = ("used", "duplicate", "opted_out", "late", "dlq")  # also Flink metrics streamrank.<field>
 ITEM_META = "item:meta"
 DRIFT = "drift:psi"
 REJECTED_OFFSETS = "ledger:rejected_offsets"  # hash "{topic}:{partition}" -> last rejected offset counted
+
+
+def read_ledger(r) -> dict[str, int]:
+    """The ledger hash from a Redis client, with 0 for a count nothing has incremented yet."""
+    raw = r.hgetall(LEDGER)
+    return {f: int(raw.get(f.encode(), 0)) for f in LEDGER_FIELDS}
 
 
 def rec_key(user_id: str) -> str:

@@ -367,8 +367,13 @@ def ledger(config: ConfigOpt = DEFAULT_CONFIG) -> None:
     except redis_lib.RedisError as e:
         typer.echo(f"cannot read the ledger from Redis {cfg.redis.host}:{cfg.redis.port}: {e}", err=True)
         raise typer.Exit(1) from None
-    counts = {k: int(raw.get(k.encode(), 0)) for k in ("used", "duplicate", "opted_out", "late", "dlq")}
+    counts = {k: int(raw.get(k.encode(), 0)) for k in keys.LEDGER_FIELDS}
     report: dict[str, object] = {**counts, "accounted": sum(counts.values())}
+    if cfg.flink.prometheus_port:  # a running embedded job's Flink metrics, beside the ledger
+        from deploy.metrics import find_ledger_metrics
+
+        found = find_ledger_metrics(cfg.flink.prometheus_port)
+        report["flink_metrics"] = {"url": found[0], **found[1]} if found else "no running job's reporter answers"
     try:
         from kafka import KafkaConsumer, TopicPartition
 
@@ -401,17 +406,22 @@ def run(
 def cluster_up(
     rest_port: Annotated[int, typer.Option(help="REST/web port")] = 18081,
     slots: Annotated[int, typer.Option(help="task slots")] = 2,
+    metrics_port: Annotated[int, typer.Option(
+        help="first port of Flink's Prometheus reporter; each daemon takes the first free one of 10")] = 9249,
 ) -> None:
-    """Start a JobManager and a TaskManager on loopback."""
+    """Start a JobManager and a TaskManager on loopback, each with Flink's Prometheus reporter."""
     from deploy.cluster import ClusterError, FlinkCluster
 
+    c = FlinkCluster(run_dir())
     try:
-        ov = FlinkCluster(run_dir()).up(rest_port, slots)
+        ov = c.up(rest_port, slots, metrics_port)
     except ClusterError as e:
         typer.echo(str(e), err=True)
         raise typer.Exit(1) from None
-    typer.echo(f"Flink {ov.get('flink-version')} at http://127.0.0.1:{rest_port}  "
+    typer.echo(f"Flink {ov.get('flink-version')} at http://{c.address()}  "
                f"taskmanagers {ov['taskmanagers']}  slots {ov['slots-total']}")
+    for role, url in c.metrics_endpoints().items():
+        typer.echo(f"{role} metrics at {url}")
 
 
 @cluster_app.command("down")
@@ -434,6 +444,30 @@ def cluster_status() -> None:
         typer.echo("cluster not running (streamrank cluster up)")
         raise typer.Exit(1)
     typer.echo(json.dumps({"overview": ov, "jobs": c.jobs()}, indent=2))
+
+
+@cluster_app.command("cancel")
+def cluster_cancel(
+    job_id: Annotated[Optional[str], typer.Argument(help="default: the one running job")] = None,
+) -> None:
+    """Cancel a job running on the cluster (e.g. one `streamrank submit` started detached)."""
+    from deploy.cluster import ClusterError, FlinkCluster
+
+    c = FlinkCluster(run_dir())
+    if not c.overview():
+        typer.echo("no cluster answers; start one with `streamrank cluster up`", err=True)
+        raise typer.Exit(1)
+    running = [j["jid"] for j in c.jobs() if j["state"] == "RUNNING"]
+    if job_id is None and len(running) != 1:
+        typer.echo(f"{len(running)} jobs running ({', '.join(running) or 'none'}); name the one to cancel",
+                   err=True)
+        raise typer.Exit(2)
+    try:
+        c.cancel(job_id or running[0])
+    except ClusterError as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"cancelling {job_id or running[0]}")
 
 
 @app.command()

@@ -11,19 +11,14 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from deploy.paths import PROJECT_ROOT, python_executable
+from deploy.paths import (PROMETHEUS_REPORTER_FACTORY, PROJECT_ROOT, flink_home, link_flink_lib,
+                          python_executable)
 
 PY_PACKAGES = ("contract", "jobs", "udfs", "deploy", "models")
 
 
 class ClusterError(RuntimeError):
     """The cluster did not start, answer or accept a job; the message names the log."""
-
-
-def flink_home() -> Path:
-    import pyflink
-
-    return Path(pyflink.__file__).parent
 
 
 def _shipped_java_opts() -> str:
@@ -34,7 +29,7 @@ def _shipped_java_opts() -> str:
     return ""
 
 
-def _conf_yaml(rest_port: int, rpc_port: int, slots: int, run: Path) -> str:
+def _conf_yaml(rest_port: int, rpc_port: int, slots: int, run: Path, metrics_ports: str) -> str:
     py = python_executable()
     return f"""\
 jobmanager:
@@ -58,6 +53,12 @@ rest:
   port: {rest_port}
 parallelism:
   default: 1
+metrics:
+  reporter:
+    prom:
+      factory:
+        class: {PROMETHEUS_REPORTER_FACTORY}
+      port: {metrics_ports}
 python:
   executable: {py}
   client:
@@ -103,7 +104,9 @@ class FlinkCluster:
         except (urllib.error.URLError, OSError):
             return None
 
-    def up(self, rest_port: int = 18081, slots: int = 2) -> dict:
+    def up(self, rest_port: int = 18081, slots: int = 2, metrics_port: int = 9249) -> dict:
+        """Start both daemons (a no-op when the cluster already answers). Each serves Flink's
+        Prometheus reporter on the first free port of metrics_port..metrics_port+9."""
         if (ov := self.overview()) and ov.get("taskmanagers", 0) > 0:
             return ov
         from deploy.stack import free_port
@@ -111,15 +114,18 @@ class FlinkCluster:
         home = flink_home()
         self.conf.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)
-        self._link_lib(home)
+        # lib/ of the cluster = PyFlink's lib/ plus opt/flink-python: the Python operators run in
+        # the TaskManager, whose classpath is lib/ only
+        link_flink_lib(self.lib, [*(home / "opt").glob("flink-python-*.jar")])
         for name in ("log4j.properties", "log4j-console.properties", "log4j-cli.properties", "logback.xml"):
             src = home / "conf" / name
             if src.exists():
                 (self.conf / name).write_text(src.read_text())
-        (self.conf / "config.yaml").write_text(_conf_yaml(rest_port, free_port(), slots, self.dir))
+        ports = f"{metrics_port}-{metrics_port + 9}"
+        (self.conf / "config.yaml").write_text(_conf_yaml(rest_port, free_port(), slots, self.dir, ports))
         (self.conf / "masters").write_text(f"127.0.0.1:{rest_port}\n")
         (self.conf / "workers").write_text("127.0.0.1\n")
-        self.state_file.write_text(json.dumps({"rest_port": rest_port}))
+        self.state_file.write_text(json.dumps({"rest_port": rest_port, "metrics_port": metrics_port}))
         env = self._env()
         # start-cluster.sh would ssh to the workers; start both daemons directly instead
         for script in ("jobmanager.sh", "taskmanager.sh"):
@@ -135,15 +141,6 @@ class FlinkCluster:
             time.sleep(1)
         raise ClusterError(f"Flink cluster did not come up within 90s; see {self.logs}")
 
-    def _link_lib(self, home: Path) -> None:
-        """lib/ of the cluster = PyFlink's lib/ plus opt/flink-python (the Python operators run in
-        the TaskManager, whose classpath is lib/ only); PyFlink's own install stays untouched."""
-        self.lib.mkdir(parents=True, exist_ok=True)
-        for jar in [*(home / "lib").glob("*.jar"), *(home / "opt").glob("flink-python-*.jar")]:
-            link = self.lib / jar.name
-            if not link.exists():
-                link.symlink_to(jar)
-
     def down(self) -> None:
         if not self.conf.exists():
             return
@@ -157,6 +154,32 @@ class FlinkCluster:
     def jobs(self) -> list[dict]:
         with urllib.request.urlopen(f"http://{self.address()}/jobs/overview", timeout=5) as r:
             return json.loads(r.read())["jobs"]
+
+    def cancel(self, job_id: str) -> None:
+        """Cancel a job through the REST API (PATCH /jobs/:id); returns once Flink took it."""
+        req = urllib.request.Request(f"http://{self.address()}/jobs/{job_id}?mode=cancel", method="PATCH")
+        try:
+            urllib.request.urlopen(req, timeout=10).close()
+        except urllib.error.HTTPError as e:
+            raise ClusterError(f"cancel {job_id}: HTTP {e.code} {e.read().decode(errors='replace')[:300]}") from None
+
+    def metrics_endpoints(self) -> dict[str, str]:
+        """{"jobmanager": url, "taskmanager": url} of the daemons' Prometheus reporters: the
+        ports of the configured range that answer, told apart by their metric names."""
+        first = int(json.loads(self.state_file.read_text()).get("metrics_port", 0))
+        found: dict[str, str] = {}
+        for port in range(first, first + 10) if first else ():
+            url = f"http://127.0.0.1:{port}/metrics"
+            try:
+                with urllib.request.urlopen(url, timeout=2) as r:
+                    body = r.read().decode(errors="replace")
+            except (urllib.error.URLError, OSError):
+                continue
+            for role in ("taskmanager", "jobmanager"):
+                if f"flink_{role}_" in body:
+                    found.setdefault(role, url)
+                    break
+        return found
 
     def submit(self, config: str | None, extra_args: list[str], detached: bool) -> subprocess.CompletedProcess:
         """`flink run -py jobs/recommend.py`, shipping the project's packages and the jars."""

@@ -36,3 +36,29 @@ def job_jars() -> list[Path]:
     if not UDF_JAR.exists():
         raise FileNotFoundError(f"no {UDF_JAR}; run `make setup` to build deploy/maven/udf")
     return [*jars, UDF_JAR]
+
+
+def flink_home() -> Path:
+    """PyFlink's own Flink distribution (bin/, lib/, opt/, plugins/)."""
+    import pyflink
+
+    return Path(pyflink.__file__).parent
+
+
+PROMETHEUS_REPORTER_FACTORY = "org.apache.flink.metrics.prometheus.PrometheusReporterFactory"
+
+
+def prometheus_reporter_jars() -> list[Path]:
+    """Flink's own Prometheus metrics reporter, as PyFlink ships it under plugins/."""
+    return sorted((flink_home() / "plugins" / "metrics-prometheus").glob("flink-metrics-prometheus-*.jar"))
+
+
+def link_flink_lib(target: Path, extra: list[Path]) -> Path:
+    """target/ = PyFlink's lib/ jars plus `extra`, as symlinks (PyFlink's own install stays
+    untouched); for FLINK_LIB_DIR, whose jars are the JVM's classpath."""
+    target.mkdir(parents=True, exist_ok=True)
+    for jar in [*(flink_home() / "lib").glob("*.jar"), *extra]:
+        link = target / jar.name
+        if not link.exists():
+            link.symlink_to(jar)
+    return target

@@ -25,12 +25,14 @@ def environment(cfg: JobConfig, env=None):
     from pyflink.datastream import StreamExecutionEnvironment
     from pyflink.table import EnvironmentSettings, StreamTableEnvironment
 
-    from deploy.paths import job_jars, python_executable
+    from deploy.paths import PROMETHEUS_REPORTER_FACTORY, job_jars, python_executable
 
     # Python functions in worker processes of their own, also on the embedded MiniCluster. PyFlink's
     # local default ("loopback") runs every Python worker inside this client process, so all
     # subtasks share one interpreter lock: CPU sampling showed Python the limit at parallelism 2.
     os.environ.setdefault("_python_worker_execution_mode", "process")
+    if cfg.flink.prometheus_port:
+        _reporter_on_classpath()
     env = env or StreamExecutionEnvironment.get_execution_environment()
     t_env = StreamTableEnvironment.create(env, EnvironmentSettings.in_streaming_mode())
     f = cfg.flink
@@ -55,6 +57,8 @@ def environment(cfg: JobConfig, env=None):
         # windows) read it: without this the planner copied the non-deterministic parse into each
         # branch (EXPLAIN: 4 parse calls, 11 CASEs -> 1 and 6)
         "table.optimizer.reuse-optimize-block-with-digest-enabled": "true",
+        **({"metrics.reporter.prom.factory.class": PROMETHEUS_REPORTER_FACTORY,
+            "metrics.reporter.prom.port": f.prometheus_port} if f.prometheus_port else {}),
         **f.extra,
     }
     conf = t_env.get_config()
@@ -64,6 +68,24 @@ def environment(cfg: JobConfig, env=None):
     for ddl in JVM_FUNCTIONS:
         t_env.execute_sql(ddl)
     return t_env
+
+
+def _reporter_on_classpath() -> None:
+    """The embedded MiniCluster finds metric reporters on the JVM's classpath only (it ignores
+    plugins/): launch PyFlink's JVM with a lib/ that also holds Flink's Prometheus reporter. Under
+    `flink run` the JVM exists already and the cluster's own reporters apply."""
+    from pyflink import java_gateway
+
+    from deploy.paths import CACHE, flink_home, link_flink_lib, prometheus_reporter_jars
+
+    if java_gateway._gateway is not None or "PYFLINK_GATEWAY_PORT" in os.environ:
+        return
+    jars = prometheus_reporter_jars()
+    if not jars:
+        log.warning("no Prometheus reporter under %s/plugins; flink.prometheus_port has no effect", flink_home())
+        return
+    os.environ.setdefault("FLINK_HOME", str(flink_home()))  # else PyFlink resets FLINK_LIB_DIR
+    os.environ["FLINK_LIB_DIR"] = str(link_flink_lib(CACHE / "flink-lib-reporter", jars))
 
 
 def checkpoint_uri(path: str) -> str:
@@ -270,6 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     job = result.get_job_client()
     log.info("submitted job %s (bounded=%s, stop_offsets=%s)", job.get_job_id() if job else "?",
              cfg.kafka.bounded, cfg.kafka.stop_offsets or "none")
+    if cfg.flink.prometheus_port and "PYFLINK_GATEWAY_PORT" not in os.environ:
+        log.info("Flink's metrics for Prometheus: http://127.0.0.1:<first free port of %s>/metrics "
+                 "(streamrank_used, _duplicate, _opted_out, _late, _dlq, ...)", cfg.flink.prometheus_port)
     if not args.detached:
         result.wait()
     return 0

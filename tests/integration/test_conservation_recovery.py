@@ -18,6 +18,9 @@ import time
 import pytest
 
 from contract import keys
+from contract.keys import read_ledger
+from deploy.metrics import ledger_counters, scrape
+from deploy.stack import free_port
 from tests.integration.helpers import (job_args, prefixed_topics, read_topic, records_replay, run_job_embedded,
                                        start_job_embedded, wait_for, wait_job)
 from traffic.publish import producer
@@ -108,6 +111,44 @@ def test_every_record_lands_in_exactly_one_place(published, kafka_broker, redis_
     dlq_rows = [json.loads(v) for v in dlq]
     assert {(row["src_offset"], row["reason"]) for row in dlq_rows} == {(n - 1, why) for n, why in hist.rejected}
     assert all(row["reason"] == "late" and '"event_id": "late' in row["record"] for row in late)
+
+
+def test_flink_metrics_equal_the_ledger(published, kafka_broker, redis_server, model_dir, tmp_path):
+    """The ledger's counts are Flink metrics too (streamrank_used, _duplicate, _opted_out, _late,
+    _dlq), served by Flink's own Prometheus reporter from the embedded MiniCluster
+    (flink.prometheus_port): once every record is in the ledger, they equal it, count for count."""
+    records, _ = published
+    port, r = redis_server
+    r.flushdb()
+    prefix, log, metrics_port = f"{PREFIX}m.", tmp_path / "job.log", free_port()
+    prefixed_topics(kafka_broker, prefix, partitions=1)
+    # an unbounded run (the reporter ends with the job), so a last record far ahead closes the
+    # stream's windows; it stays in its own open window, outside the ledger
+    last_ts = max(t for t in map(event_ts, records) if t is not None)
+    flush = json.dumps({"event_id": "flush", "user_id": "flush", "item_id": "i0", "type": "view",
+                        "ts": last_ts + 600_000}).encode()
+    publish(kafka_broker, f"{prefix}interactions", [*records, flush])
+    job = start_job_embedded(job_args(kafka_broker, port, model_dir, prefix, "acct-metrics")
+                             + ["--set", f'flink.prometheus_port="{metrics_port}"'], log)
+    try:
+        wait_for(lambda: sum(read_ledger(r).values()) == len(records), 180, "every record in the ledger", job, log)
+        want, got = read_ledger(r), {}
+        deadline = time.monotonic() + 60  # Python's counters reach the JVM when a bundle ends
+        while time.monotonic() < deadline and got != want:
+            got = ledger_counters(scrape(f"http://127.0.0.1:{metrics_port}/metrics") or "")
+            time.sleep(0.5)
+    finally:
+        job.terminate()
+        job.wait(30)
+    assert got == want and want["dlq"] > 0 and want["late"] > 0 and want["duplicate"] > 0
+
+
+def event_ts(record: bytes) -> int | None:
+    try:
+        ts = json.loads(record)["ts"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return ts if type(ts) is int else None
 
 
 @pytest.mark.parametrize("lateness_s", [90.0, 5.0], ids=["nothing_late", "late_records"])

@@ -110,6 +110,15 @@ def test_zero_half_life_fails_naming_the_field():
         parse_config({"features": {"interest_half_life_s": 0}})
 
 
+def test_prometheus_port_is_a_port_or_a_range():
+    assert parse_config({"flink": {"prometheus_port": 9249}}).flink.prometheus_port == "9249"  # TOML integer
+    assert parse_config({"flink": {"prometheus_port": "9249-9258"}}).flink.prometheus_port == "9249-9258"
+    assert parse_config({}).flink.prometheus_port == ""  # no reporter
+    for bad in ("http", "0", "9258-9249", "70000", "9249-"):
+        with pytest.raises(ConfigError, match=r'flink\.prometheus_port: .*a range such as "9249-9259"'):
+            parse_config({"flink": {"prometheus_port": bad}})
+
+
 def test_stop_offsets_bound_the_source_and_exclude_bounded():
     from jobs.recommend import kafka_items_ddl, kafka_source_ddl
 

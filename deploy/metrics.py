@@ -1,0 +1,49 @@
+"""Flink's metrics as its own Prometheus reporter serves them (flink.prometheus_port embedded,
+`streamrank cluster up --metrics-port` on the cluster): the ledger's counters."""
+
+from __future__ import annotations
+
+import re
+import urllib.error
+import urllib.request
+
+from contract.keys import LEDGER_FIELDS
+
+_LEDGER_METRIC = re.compile(r"flink_taskmanager_job_task_operator_streamrank_(\w+)")
+
+
+def ports(spec: str) -> range:
+    """"9249" or "9249-9258" (config.FlinkConfig.prometheus_port) -> the ports it names."""
+    lo, _, hi = spec.partition("-")
+    return range(int(lo), int(hi or lo) + 1)
+
+
+def scrape(url: str, timeout_s: float = 5.0) -> str | None:
+    """The exposition text at url, or None when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+            return resp.read().decode()
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+def ledger_counters(text: str) -> dict[str, int]:
+    """streamrank_{used,duplicate,opted_out,late,dlq} summed over operators and subtasks."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = dict.fromkeys(LEDGER_FIELDS, 0)
+    for family in text_string_to_metric_families(text):
+        m = _LEDGER_METRIC.fullmatch(family.name)
+        if m and m[1] in out:
+            out[m[1]] += int(sum(s.value for s in family.samples))
+    return out
+
+
+def find_ledger_metrics(spec: str) -> tuple[str, dict[str, int]] | None:
+    """(url, counters) of the first port in spec whose reporter serves streamrank's counters."""
+    for port in ports(spec):
+        url = f"http://127.0.0.1:{port}/metrics"
+        text = scrape(url, timeout_s=2.0)
+        if text and "_streamrank_" in text:
+            return url, ledger_counters(text)
+    return None

@@ -8,6 +8,9 @@ import urllib.error
 import urllib.request
 
 from contract.keys import LEDGER_FIELDS
+from deploy.paths import PROJECT_ROOT
+
+MONITORING = PROJECT_ROOT / "deploy" / "monitoring"
 
 _LEDGER_METRIC = re.compile(r"flink_taskmanager_job_task_operator_streamrank_(\w+)")
 
@@ -47,3 +50,12 @@ def find_ledger_metrics(spec: str) -> tuple[str, dict[str, int]] | None:
         if text and "_streamrank_" in text:
             return url, ledger_counters(text)
     return None
+
+
+def dashboard_metrics() -> set[str]:
+    """The metric names (or, ending in `_`, name prefixes) the Grafana dashboard's queries read."""
+    import json
+
+    exprs = [t["expr"] for p in json.loads((MONITORING / "grafana-streamrank.json").read_text())["panels"]
+             for t in p.get("targets", [])]
+    return {m for e in exprs for m in re.findall(r"\b(?:flink|streamrank)_\w+", e)}

@@ -19,7 +19,7 @@ import pytest
 
 from contract import keys
 from contract.keys import read_ledger
-from deploy.metrics import ledger_counters, scrape
+from deploy.metrics import dashboard_metrics, ledger_counters, scrape
 from deploy.stack import free_port
 from tests.integration.helpers import (job_args, prefixed_topics, read_topic, records_replay, run_job_embedded,
                                        start_job_embedded, wait_for, wait_job)
@@ -132,15 +132,20 @@ def test_flink_metrics_equal_the_ledger(published, kafka_broker, redis_server, m
                              + ["--set", f'flink.prometheus_port="{metrics_port}"'], log)
     try:
         wait_for(lambda: sum(read_ledger(r).values()) == len(records), 180, "every record in the ledger", job, log)
-        want, got = read_ledger(r), {}
+        want, got, text = read_ledger(r), {}, ""
         deadline = time.monotonic() + 60  # Python's counters reach the JVM when a bundle ends
         while time.monotonic() < deadline and got != want:
-            got = ledger_counters(scrape(f"http://127.0.0.1:{metrics_port}/metrics") or "")
+            text = scrape(f"http://127.0.0.1:{metrics_port}/metrics") or ""
+            got = ledger_counters(text)
             time.sleep(0.5)
     finally:
         job.terminate()
         job.wait(30)
     assert got == want and want["dlq"] > 0 and want["late"] > 0 and want["duplicate"] > 0
+    # every Flink metric the Grafana dashboard (deploy/monitoring) reads is one this job serves
+    served = set(re.findall(r"^(flink_\w+)\{", text, re.M))
+    wanted = {n for n in dashboard_metrics() if n.startswith("flink_")}
+    assert {n for n in wanted if not any(s.startswith(n) for s in served)} == set()
 
 
 def event_ts(record: bytes) -> int | None:

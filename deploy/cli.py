@@ -355,19 +355,19 @@ def features(
 
 
 @app.command()
-def ledger(config: ConfigOpt = DEFAULT_CONFIG) -> None:
-    """Where every input record went: used / duplicate / opted_out / late / dlq, beside the input count."""
+def ledger(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None) -> None:
+    """Where every input record went: used / duplicate / opted_out / late / dlq, beside the input
+    count, and a running embedded job's Flink metrics of the same counts."""
     import redis as redis_lib
 
     from contract import keys
 
-    cfg = _job_config(config, None)
+    cfg = _job_config(config, set_)
     try:
-        raw = redis_lib.Redis(host=cfg.redis.host, port=cfg.redis.port).hgetall(keys.LEDGER)
+        counts = keys.read_ledger(redis_lib.Redis(host=cfg.redis.host, port=cfg.redis.port))
     except redis_lib.RedisError as e:
         typer.echo(f"cannot read the ledger from Redis {cfg.redis.host}:{cfg.redis.port}: {e}", err=True)
         raise typer.Exit(1) from None
-    counts = {k: int(raw.get(k.encode(), 0)) for k in keys.LEDGER_FIELDS}
     report: dict[str, object] = {**counts, "accounted": sum(counts.values())}
     if cfg.flink.prometheus_port:  # a running embedded job's Flink metrics, beside the ledger
         from deploy.metrics import find_ledger_metrics

@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import random
 import re
+import subprocess
+import sys
 import time
 
 import pytest
@@ -21,7 +23,8 @@ from contract import keys
 from contract.keys import read_ledger
 from deploy.metrics import dashboard_metrics, ledger_counters, scrape
 from deploy.stack import free_port
-from tests.integration.helpers import (job_args, prefixed_topics, read_topic, records_replay, run_job_embedded,
+from deploy.paths import PROJECT_ROOT
+from tests.integration.helpers import (child_env, job_args, prefixed_topics, read_topic, records_replay, run_job_embedded,
                                        start_job_embedded, wait_for, wait_job)
 from traffic.publish import producer
 from traffic.simulator import Simulator
@@ -138,10 +141,18 @@ def test_flink_metrics_equal_the_ledger(published, kafka_broker, redis_server, m
             text = scrape(f"http://127.0.0.1:{metrics_port}/metrics") or ""
             got = ledger_counters(text)
             time.sleep(0.5)
+        # `streamrank ledger`: the same counts, the topic's record count, the job's metrics
+        sets = job_args(kafka_broker, port, model_dir, prefix, "unused") + [
+            "--set", f'flink.prometheus_port="{metrics_port}"']
+        out = subprocess.run([sys.executable, "-m", "deploy.cli", "ledger", *sets], cwd=PROJECT_ROOT,
+                             env=child_env(), capture_output=True, text=True, timeout=60)
+        report = json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else out.stderr
     finally:
         job.terminate()
         job.wait(30)
     assert got == want and want["dlq"] > 0 and want["late"] > 0 and want["duplicate"] > 0
+    assert report == {**want, "accounted": len(records), "input_records": len(records) + 1,  # + the flush
+                      "flink_metrics": {"url": f"http://127.0.0.1:{metrics_port}/metrics", **want}}
     # every Flink metric the Grafana dashboard (deploy/monitoring) reads is one this job serves
     served = set(re.findall(r"^(flink_\w+)\{", text, re.M))
     wanted = {n for n in dashboard_metrics() if n.startswith("flink_")}

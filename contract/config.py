@@ -143,20 +143,25 @@ class FlinkConfig(_Strict):
     (streamrank_used, _duplicate, _opted_out, _late, _dlq), drift gauges, and Flink's own
     (records in/out, checkpoints, backpressure). Empty: no reporter. Embedded runs only: on a
     cluster, reporters are the cluster's config (`streamrank cluster up --metrics-port`)."""
+    web_port: str = ""
+    """Port, or range such as "8081-8090", of the embedded MiniCluster's REST API and Flink web UI
+    (jobs, backpressure, checkpoints, watermarks); the job logs the address it took. Empty: a
+    random free port. Embedded runs only: a cluster has its own (`cluster up --rest-port`)."""
     extra: dict[str, str] = {}
     """Raw Flink options passed through unchanged (e.g. state.backend.type)."""
 
-    @field_validator("prometheus_port", mode="before")
+    @field_validator("prometheus_port", "web_port", mode="before")
     @classmethod
     def _port_or_range(cls, v: object) -> object:
         if isinstance(v, int) and not isinstance(v, bool):
-            v = str(v)  # prometheus_port = 9249 in TOML
+            v = str(v)  # port = 9249 in TOML
         if not isinstance(v, str):
             return v  # pydantic names the type
         m = re.fullmatch(r"(\d+)(?:-(\d+))?", v)
         lo, hi = (int(m[1]), int(m[2] or m[1])) if m else (0, 0)
         if v and not (m and 1 <= lo <= hi <= 65535):
-            raise ValueError('expected a port such as "9249", a range such as "9249-9259", or "" for no reporter')
+            raise ValueError('expected a port such as "9249", a range such as "9249-9259" (the first free one '
+                             'is taken), or "" (see the field\'s description)')
         return v
 
 

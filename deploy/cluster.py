@@ -72,6 +72,30 @@ env:
 """
 
 
+def rest_overview(address: str) -> dict | None:
+    """GET /overview of a Flink REST API (host:port), or None when nothing answers."""
+    try:
+        with urllib.request.urlopen(f"http://{address}/overview", timeout=2) as r:
+            return json.loads(r.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+def find_rest_endpoint(spec: str, wait_s: float = 0.0) -> str | None:
+    """http://127.0.0.1:port of the first port in spec ("8081" or "8081-8090") where a Flink REST
+    API with a running job answers, polling up to wait_s for a job that is still starting."""
+    from deploy.metrics import ports
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        for port in ports(spec):
+            if (ov := rest_overview(f"127.0.0.1:{port}")) and ov.get("jobs-running", 0) > 0:
+                return f"http://127.0.0.1:{port}"
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.5)
+
+
 class FlinkCluster:
     def __init__(self, run_dir: Path) -> None:
         self.dir = run_dir / "flink-cluster"
@@ -98,11 +122,7 @@ class FlinkCluster:
     def overview(self) -> dict | None:
         if not self.state_file.exists():
             return None
-        try:
-            with urllib.request.urlopen(f"http://{self.address()}/overview", timeout=2) as r:
-                return json.loads(r.read())
-        except (urllib.error.URLError, OSError):
-            return None
+        return rest_overview(self.address())
 
     def up(self, rest_port: int = 18081, slots: int = 2, metrics_port: int = 9249) -> dict:
         """Start both daemons (a no-op when the cluster already answers). Each serves Flink's

@@ -34,6 +34,7 @@ def run_demo(live_events: int, rate: float, keep: bool) -> int:
     from traffic.publish import catalog_path, publish_catalog, publish_events, write_history
     from traffic.simulator import Simulator
     from deploy.cli import format_recommendations
+    from deploy.cluster import find_rest_endpoint
     from deploy.metrics import find_ledger_metrics
 
     run = run_dir()
@@ -83,6 +84,8 @@ def run_demo(live_events: int, rate: float, keep: bool) -> int:
         _wait_for(lambda: sum(1 for _ in r.scan_iter("rec:*", count=1000)) >= report.users * 0.9,
                   90, job, job_log, "lists for the live users")
         n_lists = sum(1 for _ in r.scan_iter("rec:*", count=1000))
+        if cfg.flink.web_port and (ui := find_rest_endpoint(cfg.flink.web_port)):
+            print(f"Flink web UI (jobs, backpressure, checkpoints): {ui}")
         print("ledger (Redis): " + ", ".join(f"{k} {v}" for k, v in keys.read_ledger(r).items()))
         if cfg.flink.prometheus_port and (found := find_ledger_metrics(cfg.flink.prometheus_port)):
             print(f"Flink metrics at {found[0]}: " + ", ".join(f"streamrank_{k} {v}" for k, v in found[1].items()))

@@ -59,6 +59,10 @@ def environment(cfg: JobConfig, env=None):
         "table.optimizer.reuse-optimize-block-with-digest-enabled": "true",
         **({"metrics.reporter.prom.factory.class": PROMETHEUS_REPORTER_FACTORY,
             "metrics.reporter.prom.port": f.prometheus_port} if f.prometheus_port else {}),
+        # the embedded MiniCluster's REST API and web UI (under `flink run` the client's own
+        # rest.* settings say where the cluster is: leave them alone)
+        **({"rest.bind-port": f.web_port, "rest.bind-address": "127.0.0.1", "rest.address": "127.0.0.1"}
+           if f.web_port and "PYFLINK_GATEWAY_PORT" not in os.environ else {}),
         **f.extra,
     }
     conf = t_env.get_config()
@@ -292,6 +296,11 @@ def main(argv: list[str] | None = None) -> int:
     job = result.get_job_client()
     log.info("submitted job %s (bounded=%s, stop_offsets=%s)", job.get_job_id() if job else "?",
              cfg.kafka.bounded, cfg.kafka.stop_offsets or "none")
+    if cfg.flink.web_port and "PYFLINK_GATEWAY_PORT" not in os.environ:
+        from deploy.cluster import find_rest_endpoint
+
+        found = find_rest_endpoint(cfg.flink.web_port, wait_s=10.0)
+        log.info("Flink web UI and REST API at %s", found or f"a port of {cfg.flink.web_port} (none answered yet)")
     if cfg.flink.prometheus_port and "PYFLINK_GATEWAY_PORT" not in os.environ:
         log.info("Flink's metrics for Prometheus: http://127.0.0.1:<first free port of %s>/metrics "
                  "(streamrank_used, _duplicate, _opted_out, _late, _dlq, ...)", cfg.flink.prometheus_port)

@@ -16,6 +16,7 @@ import re
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pytest
 
@@ -123,7 +124,7 @@ def test_flink_metrics_equal_the_ledger(published, kafka_broker, redis_server, m
     records, _ = published
     port, r = redis_server
     r.flushdb()
-    prefix, log, metrics_port = f"{PREFIX}m.", tmp_path / "job.log", free_port()
+    prefix, log, metrics_port, web_port = f"{PREFIX}m.", tmp_path / "job.log", free_port(), free_port()
     prefixed_topics(kafka_broker, prefix, partitions=1)
     # an unbounded run (the reporter ends with the job), so a last record far ahead closes the
     # stream's windows; it stays in its own open window, outside the ledger
@@ -132,7 +133,8 @@ def test_flink_metrics_equal_the_ledger(published, kafka_broker, redis_server, m
                         "ts": last_ts + 600_000}).encode()
     publish(kafka_broker, f"{prefix}interactions", [*records, flush])
     job = start_job_embedded(job_args(kafka_broker, port, model_dir, prefix, "acct-metrics")
-                             + ["--set", f'flink.prometheus_port="{metrics_port}"'], log)
+                             + ["--set", f'flink.prometheus_port="{metrics_port}"', "--set", f"flink.web_port={web_port}"],
+                             log)
     try:
         wait_for(lambda: sum(read_ledger(r).values()) == len(records), 180, "every record in the ledger", job, log)
         want, got, text = read_ledger(r), {}, ""
@@ -147,10 +149,15 @@ def test_flink_metrics_equal_the_ledger(published, kafka_broker, redis_server, m
         out = subprocess.run([sys.executable, "-m", "deploy.cli", "ledger", *sets], cwd=PROJECT_ROOT,
                              env=child_env(), capture_output=True, text=True, timeout=60)
         report = json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else out.stderr
+        # the MiniCluster's REST API (web UI) on flink.web_port, and the job said where it is
+        jobs = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{web_port}/jobs/overview", timeout=5).read())
+        wait_for(lambda: f"Flink web UI and REST API at http://127.0.0.1:{web_port}" in log.read_text(), 30,
+                 "the job's log line with the web UI's address", job, log)
     finally:
         job.terminate()
         job.wait(30)
     assert got == want and want["dlq"] > 0 and want["late"] > 0 and want["duplicate"] > 0
+    assert [(j["name"], j["state"]) for j in jobs["jobs"]] == [("streamrank-recommend", "RUNNING")]
     assert report == {**want, "accounted": len(records), "input_records": len(records) + 1,  # + the flush
                       "flink_metrics": {"url": f"http://127.0.0.1:{metrics_port}/metrics", **want}}
     # every Flink metric the Grafana dashboard (deploy/monitoring) reads is one this job serves

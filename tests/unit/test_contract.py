@@ -114,6 +114,9 @@ def test_prometheus_port_is_a_port_or_a_range():
     assert parse_config({"flink": {"prometheus_port": 9249}}).flink.prometheus_port == "9249"  # TOML integer
     assert parse_config({"flink": {"prometheus_port": "9249-9258"}}).flink.prometheus_port == "9249-9258"
     assert parse_config({}).flink.prometheus_port == ""  # no reporter
+    assert parse_config({"flink": {"web_port": "8081-8090"}}).flink.web_port == "8081-8090"
+    with pytest.raises(ConfigError, match=r"flink\.web_port: .*a range such as"):
+        parse_config({"flink": {"web_port": "8090-8081"}})
     for bad in ("http", "0", "9258-9249", "70000", "9249-"):
         with pytest.raises(ConfigError, match=r'flink\.prometheus_port: .*a range such as "9249-9259"'):
             parse_config({"flink": {"prometheus_port": bad}})

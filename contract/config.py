@@ -15,17 +15,23 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # the docstring under each field is its description (deploy/config/README.md is made from them)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class KafkaConfig(_Strict):
     bootstrap_servers: str = "127.0.0.1:19092"
     """host:port list of the brokers."""
     interactions_topic: str = "interactions"
+    """Topic of user interactions (JSON, key = user_id)."""
     items_topic: str = "items"
+    """Compacted catalog topic (item_id, category, price)."""
     dlq_topic: str = "interactions.dlq"
+    """Invalid records go here: the raw record, the reason, topic/partition/offset."""
     late_topic: str = "interactions.late"
+    """Events later than the watermark go here, as received."""
     group_id: str = "streamrank-recommend"
+    """Kafka consumer group (offsets live in Flink's checkpoints; the group is for lag tools)."""
     startup_mode: Literal["earliest-offset", "latest-offset", "group-offsets"] = "earliest-offset"
     """Where the job starts reading when it has no checkpoint."""
     bounded: bool = False
@@ -45,7 +51,9 @@ class KafkaConfig(_Strict):
 
 class RedisConfig(_Strict):
     host: str = "127.0.0.1"
+    """Redis host."""
     port: int = Field(16379, ge=1, le=65535)
+    """Redis port."""
     rec_ttl_s: int = Field(7 * 86400, ge=0)
     """TTL of rec:{user} and feat:{user} keys in seconds; 0 keeps them forever."""
 
@@ -101,6 +109,7 @@ class CandidateConfig(_Strict):
     per_category: int = Field(20, ge=0, le=1000)
     """Trending items from each of the user's top categories."""
     top_categories: int = Field(3, ge=0, le=20)
+    """How many of the user's top categories feed per-category candidates."""
     own_history: int = Field(20, ge=0, le=1000)
     """The user's own recent items (repeat purchases are common in retail)."""
     refresh_s: float = Field(2.0, gt=0)
@@ -129,7 +138,9 @@ class ScoringConfig(_Strict):
 
 class FlinkConfig(_Strict):
     parallelism: int = Field(1, ge=1, le=256)
+    """Parallelism of every operator (Kafka partitions beyond it are shared out)."""
     checkpoint_interval_s: float = Field(10.0, gt=0)
+    """How often (s) a checkpoint is taken: how much is replayed after a failure."""
     checkpoint_dir: str = "var/checkpoints"
     """Where checkpoints are stored (filesystem storage; the JobManager's memory caps state at
     5 MB). A path (relative to the project root) or a URI such as s3://bucket/path."""
@@ -199,13 +210,28 @@ class ConfigError(ValueError):
     """A config file that cannot run; the message names the field and the fix."""
 
 
-def _describe(err: ValidationError, source: str) -> str:
+def _section_model(root: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    """The config model that holds the key at loc (None when loc passes through a plain dict)."""
+    model = root
+    for name in loc[:-1]:
+        field = model.model_fields.get(str(name))
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return None
+        model = field.annotation
+    return model
+
+
+def _describe(err: ValidationError, source: str, root: type[BaseModel]) -> str:
+    import difflib
+
     lines = [f"invalid config {source}:"]
     for e in err.errors():
         where = ".".join(str(p) for p in e["loc"]) or "(top level)"
         if e["type"] == "extra_forbidden":
-            fix = "remove it or check its spelling (see deploy/config/README.md for the fields)"
-            lines.append(f"  {where}: unknown key; {fix}")
+            model = _section_model(root, e["loc"])
+            close = difflib.get_close_matches(str(e["loc"][-1]), list(model.model_fields), n=1) if model else []
+            fix = f"did you mean {close[0]!r}? " if close else "remove it or check its spelling; "
+            lines.append(f"  {where}: unknown key; {fix}the fields are listed in deploy/config/README.md")
         else:
             lines.append(f"  {where}: {e['msg']} (got {e.get('input')!r})")
     return "\n".join(lines)
@@ -215,7 +241,7 @@ def parse_config(data: dict, source: str = "<dict>") -> JobConfig:
     try:
         return JobConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_describe(err, source)) from None
+        raise ConfigError(_describe(err, source, JobConfig)) from None
 
 
 def load_config(path: str | Path | None, overrides: dict | None = None) -> JobConfig:
@@ -245,8 +271,11 @@ class TlsConfig(_Strict):
     certificate signed by that CA)."""
 
     cert_file: str
+    """PEM certificate chain the service presents."""
     key_file: str
+    """PEM private key of cert_file."""
     client_ca_file: str | None = None
+    """PEM CA that client certificates must be signed by (mutual TLS); unset: no client certificates."""
 
     @model_validator(mode="after")
     def _files_exist(self) -> TlsConfig:
@@ -278,14 +307,18 @@ class BreakerConfig(_Strict):
     skip Redis (and answer from the cache) for `reset_s`, then one trial call decides."""
 
     failures: int = Field(5, ge=1)
+    """Consecutive Redis errors or timeouts that open the breaker."""
     reset_s: float = Field(2.0, gt=0)
+    """How long (s) the breaker stays open before a trial call."""
 
 
 class GatewayConfig(_Strict):
     """The HTTP/JSON + GraphQL gateway (`streamrank gateway`)."""
 
     host: str = "127.0.0.1"
+    """Address the gateway binds (loopback by default)."""
     port: int = Field(8080, ge=0, le=65535)
+    """HTTP port of the gateway; 0 binds a free one."""
 
 
 class ServingConfig(_Strict):
@@ -295,9 +328,11 @@ class ServingConfig(_Strict):
     """go: the compiled lookup service (serving/lookupd) answers gRPC, with GetUserFeatures
     forwarded to the Python one on a loopback port; python: the grpc.aio service alone."""
     host: str = "127.0.0.1"
+    """Address the gRPC service binds (loopback by default)."""
     port: int = Field(50051, ge=0, le=65535)
     """gRPC port; 0 binds a free one."""
     default_k: int = Field(10, ge=1)
+    """k when a request does not give one."""
     max_k: int = Field(100, ge=1, le=1000)
     """Larger k in a request is cut to this."""
     redis: RedisConfig = RedisConfig()
@@ -321,6 +356,7 @@ class ServingConfig(_Strict):
     metrics_port: int | None = Field(None, ge=0, le=65535)
     """Prometheus /metrics port (0: a free one); unset: no metrics endpoint."""
     metrics_host: str = "127.0.0.1"
+    """Address the /metrics endpoint binds."""
     log_format: Literal["json", "text"] = "json"
     """json: one JSON object per log line (for log shippers); text: for people."""
     gateway: GatewayConfig = GatewayConfig()
@@ -337,4 +373,74 @@ def load_serving_config(path: str | Path | None, overrides: dict | None = None) 
     try:
         return ServingConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_describe(err, str(path or "<defaults>"))) from None
+        raise ConfigError(_describe(err, str(path or "<defaults>"), ServingConfig)) from None
+
+
+def _model_of(annotation: object) -> type[BaseModel] | None:
+    """The config section model an annotation names (also `Section | None`)."""
+    import types
+
+    args = annotation.__args__ if isinstance(annotation, types.UnionType) else (annotation,)
+    found = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+    return found[0] if found else None
+
+
+def _type_text(annotation: object, metadata: list) -> str:
+    """`float > 0`, `tuple[float > 0, ...]`, `'go' | 'python'`: a type as data engineers read it."""
+    import annotated_types as at
+    import types
+    import typing
+
+    ops = ((at.Gt, "gt", ">"), (at.Ge, "ge", ">="), (at.Lt, "lt", "<"), (at.Le, "le", "<="))
+    bounds = [f"{sym} {getattr(m, attr)!r}" for m in metadata for cls, attr, sym in ops if isinstance(m, cls)]
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        base, extra = args[0], [m for a in args[1:] for m in (getattr(a, "metadata", None) or [a])]
+        return _type_text(base, [*metadata, *extra])
+    if origin is typing.Literal:
+        text = " | ".join(repr(a) for a in args)
+    elif isinstance(annotation, types.UnionType):
+        text = " | ".join("none" if a is type(None) else _type_text(a, []) for a in args)
+    elif origin in (tuple, dict, list):
+        inner = ", ".join("..." if a is Ellipsis else _type_text(a, []) for a in args)
+        text = f"{origin.__name__}[{inner}]"
+    else:
+        text = getattr(annotation, "__name__", str(annotation))
+    return " ".join([text, ", ".join(bounds)]).strip() if bounds else text
+
+
+def _reference_rows(model: type[BaseModel], prefix: str) -> list[str]:
+    rows, nested = [], []
+    for name, field in model.model_fields.items():
+        if (section := _model_of(field.annotation)) is not None:
+            nested.append((f"{prefix}{name}", section))
+            continue
+        default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
+        text = " ".join((field.description or "").split()).replace("|", "\\|")
+        kind = _type_text(field.annotation, field.metadata).replace("|", "\\|")
+        rows.append(f"| `{name}` | {kind} | `{default}` | {text} |".replace("`''`", '`""`'))
+    out = []
+    if rows:
+        out += [f"### [{prefix.rstrip('.')}]" if prefix else "### top-level keys", "",
+                "| field | type | default | what it does |", "|---|---|---|---|", *rows, ""]
+    for name, sub in nested:
+        out += _reference_rows(sub, f"{name}.")
+    return out
+
+
+def config_reference() -> str:
+    """deploy/config/README.md: every field of both config files, from the models' docstrings.
+    Regenerate with `python -m contract.config > deploy/config/README.md`."""
+    lines = ["# Config files", "",
+             "Generated from `contract/config.py` by `python -m contract.config > deploy/config/README.md`",
+             "(a unit test checks it is current). Unknown keys and invalid values fail before anything",
+             "starts, naming the field; `streamrank config check FILE` checks a file without running it.",
+             "", "## The job: `local.toml` (`streamrank run`, `streamrank submit`)", ""]
+    lines += _reference_rows(JobConfig, "")
+    lines += ["## The lookup service: `serving.toml` (`streamrank serve`, `streamrank gateway`)", ""]
+    lines += _reference_rows(ServingConfig, "")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+if __name__ == "__main__":
+    print(config_reference(), end="")

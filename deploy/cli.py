@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import time
+import tomllib
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -24,6 +25,8 @@ models_app = typer.Typer(help="The model registry: list, promote, roll back; the
                          no_args_is_help=True)
 app.add_typer(cluster_app, name="cluster")
 app.add_typer(models_app, name="models")
+config_app = typer.Typer(help="Config files: check one without running anything.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
 REGISTRY = PROJECT_ROOT / "var" / "models"
 RegistryOpt = Annotated[Path, typer.Option("--registry", help="model registry directory")]
 
@@ -56,6 +59,29 @@ def _job_config(config: str, sets: list[str] | None, bounded: bool = False):
     except ConfigError as e:
         typer.echo(str(e), err=True)
         raise typer.Exit(2) from None
+
+
+@config_app.command("check")
+def config_check(
+    file: Annotated[Path, typer.Argument(help="a job config (local.toml) or a serving config (serving.toml)")],
+    serving: Annotated[Optional[bool], typer.Option(
+        "--serving/--job", help="which kind of file (default: serving if its name says so)")] = None,
+) -> None:
+    """Validate a config file as the job or the service would, before anything starts: exit 0 and
+    the effective values as JSON, or exit 2 naming each bad field and the fix."""
+    from contract.config import ConfigError, load_config, load_serving_config
+
+    as_serving = "serving" in file.name if serving is None else serving
+    try:
+        cfg = load_serving_config(file, None) if as_serving else load_config(file)
+    except (ConfigError, FileNotFoundError) as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(2) from None
+    except tomllib.TOMLDecodeError as e:
+        typer.echo(f"config file {file} is not valid TOML: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(cfg.model_dump_json(indent=2))
+    typer.echo(f"{file}: a valid {'serving' if as_serving else 'job'} config", err=True)
 
 
 @stack_app.command("up")

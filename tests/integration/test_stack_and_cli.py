@@ -12,7 +12,8 @@ from deploy.stack import LocalStack, free_port, stop_pid
 from tests.integration.helpers import child_env
 
 COMMANDS = [[], ["stack"], ["stack", "up"], ["stack", "down"], ["stack", "status"], ["simulate"], ["train"],
-            ["run"], ["cluster"], ["cluster", "up"], ["cluster", "down"], ["cluster", "status"], ["submit"],
+            ["run"], ["cluster"], ["cluster", "up"], ["cluster", "down"], ["cluster", "status"], ["cluster", "cancel"],
+            ["submit"], ["config"], ["config", "check"],
             ["serve"], ["gateway"], ["lookup"], ["demo"], ["features"], ["ledger"], ["import"], ["evaluate"],
             ["models"], ["models", "list"], ["models", "promote"], ["models", "rollback"], ["models", "drift"]]
 

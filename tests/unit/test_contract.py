@@ -157,3 +157,36 @@ def test_rec_list_round_trip():
     rec = keys.RecList([keys.ScoredItem("i1", 0.5), keys.ScoredItem("i2", 0.25)], "v0001", 123, 456)
     assert keys.RecList.decode(rec.encode()) == rec
     assert keys.rec_key("u1") == "rec:u1" and keys.feat_key("u1") == "feat:u1"
+
+
+def test_config_reference_is_current():
+    from contract.config import config_reference
+
+    readme = PROJECT_ROOT / "deploy" / "config" / "README.md"
+    assert readme.read_text() == config_reference(), \
+        "regenerate it: .venv/bin/python -m contract.config > deploy/config/README.md"
+    assert "| `" + "micro_batch_s` | float > 0, <= 3600 | `2.0` |" in readme.read_text()
+
+
+def test_unknown_keys_get_the_closest_field_named():
+    with pytest.raises(ConfigError, match=r"flink\.paralelism: unknown key; did you mean 'parallelism'\?"):
+        parse_config({"flink": {"paralelism": 2}})
+    with pytest.raises(ConfigError, match=r"cache\.list_mb: unknown key; did you mean 'lists_mb'\?"):
+        load_serving_config(None, {"cache.list_mb": 8})
+    with pytest.raises(ConfigError, match=r"zzz: unknown key; remove it or check its spelling"):
+        parse_config({"zzz": {}})
+
+
+def test_config_check_command(tmp_path):
+    from typer.testing import CliRunner
+
+    from deploy.cli import app
+
+    ok = CliRunner().invoke(app, ["config", "check", str(PROJECT_ROOT / "deploy" / "config" / "local.toml")])
+    assert ok.exit_code == 0 and json.loads(ok.stdout)["flink"]["prometheus_port"] == "9249-9258"
+    bad = tmp_path / "job.toml"
+    bad.write_text("[features]\nmicro_batch = 2.0\n")
+    out = CliRunner().invoke(app, ["config", "check", str(bad)])
+    assert out.exit_code == 2 and "did you mean 'micro_batch_s'" in out.stderr
+    serving = CliRunner().invoke(app, ["config", "check", "--serving", str(PROJECT_ROOT / "deploy" / "config" / "serving.toml")])
+    assert serving.exit_code == 0 and json.loads(serving.stdout)["engine"] in ("go", "python")

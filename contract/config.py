@@ -94,7 +94,8 @@ class FeatureConfig(_Strict):
     max_items_per_user: int = Field(50, ge=1, le=1000)
     """How many of a user's recent items the state keeps (repeat candidates)."""
     dedup_horizon_s: float = Field(86400.0, gt=0)
-    """How long (s) an event_id is remembered to drop duplicates (state TTL)."""
+    """How long (s) an event_id is remembered to drop duplicates: at least this long, and at most
+    1/24 longer (ids are forgotten in 24 time buckets per horizon, so the state keeps ids only)."""
 
     @model_validator(mode="after")
     def _windows_present(self) -> FeatureConfig:

@@ -78,6 +78,30 @@ def test_event_ids_are_forgotten_after_the_dedup_horizon():
     assert led["used"] == 1
 
 
+def test_event_ids_are_remembered_at_least_the_horizon_and_at_most_a_bucket_longer():
+    size = 600_000 // 24  # CFG.dedup_horizon_s / DEDUP_BUCKETS
+    t = T0 - T0 % size  # the start of a bucket
+    s, _ = fold(UserState(), window(t + 2000, ev(1, "view", t)))
+    assert s.seen == {str(t // size): "e1"}  # ids only, bucketed by event time
+    # a window whose horizon is inside e1's bucket still remembers it (at most 1/24 of the horizon longer)
+    _, led = fold(s, window(t + 600_000 + size - 1, ev(1, "view", t + 600_000)))
+    assert led["duplicate"] == 1
+    # once the horizon passes the bucket's end, e1 is forgotten
+    _, led = fold(s, window(t + 600_000 + size, ev(1, "view", t + 600_000)))
+    assert led["used"] == 1
+    # never forgotten before the horizon: the last ms of the bucket, a full horizon on
+    s2, _ = fold(UserState(), window(t + size, ev(2, "view", t + size - 1)))
+    _, led = fold(s2, window(t + size - 1 + 600_000, ev(2, "view", t + 600_000)))
+    assert led["duplicate"] == 1
+
+
+def test_a_state_written_before_the_buckets_still_drops_duplicates():
+    old = UserState(window_end=T0 + 2000, feature_ts=T0, as_of=T0 + 2000, seen={"e1": T0, "e2": T0 + 5})
+    s, led = fold(UserState.decode(old.encode()), window(T0 + 4000, ev(1, "view", T0 + 3000), ev(3, "view", T0 + 3000)))
+    assert led["duplicate"] == 1 and led["used"] == 1
+    assert sorted(" ".join(s.seen.values()).split()) == ["e1", "e2", "e3"]
+
+
 def test_replayed_window_changes_nothing():
     d = window(T0 + 2000, ev(1, "view", T0), ev(2, "view", T0 + 5))
     s1, _ = fold(UserState(), d)

@@ -169,12 +169,17 @@ class FlinkConfig(_Strict):
             v = str(v)  # port = 9249 in TOML
         if not isinstance(v, str):
             return v  # pydantic names the type
-        m = re.fullmatch(r"(\d+)(?:-(\d+))?", v)
-        lo, hi = (int(m[1]), int(m[2] or m[1])) if m else (0, 0)
-        if v and not (m and 1 <= lo <= hi <= 65535):
+        ports = port_range(v) if re.fullmatch(r"\d+(-\d+)?", v) else range(0)
+        if v and not (ports and 1 <= ports[0] and ports[-1] <= 65535):
             raise ValueError('expected a port such as "9249", a range such as "9249-9259" (the first free one '
                              'is taken), or "" (see the field\'s description)')
         return v
+
+
+def port_range(spec: str) -> range:
+    """"9249" or "9249-9258" (FlinkConfig.prometheus_port, .web_port) -> the ports it names."""
+    lo, _, hi = spec.partition("-")
+    return range(int(lo), int(hi or lo) + 1)
 
 
 class FaultConfig(_Strict):

@@ -72,6 +72,11 @@ env:
 """
 
 
+def _metrics_ports(first: int) -> str:
+    """The reporter's port range on the cluster: each daemon takes the first free one of 10."""
+    return f"{first}-{first + 9}"
+
+
 def rest_overview(address: str) -> dict | None:
     """GET /overview of a Flink REST API (host:port), or None when nothing answers."""
     try:
@@ -84,11 +89,11 @@ def rest_overview(address: str) -> dict | None:
 def find_rest_endpoint(spec: str, wait_s: float = 0.0) -> str | None:
     """http://127.0.0.1:port of the first port in spec ("8081" or "8081-8090") where a Flink REST
     API with a running job answers, polling up to wait_s for a job that is still starting."""
-    from deploy.metrics import ports
+    from contract.config import port_range
 
     deadline = time.monotonic() + wait_s
     while True:
-        for port in ports(spec):
+        for port in port_range(spec):
             if (ov := rest_overview(f"127.0.0.1:{port}")) and ov.get("jobs-running", 0) > 0:
                 return f"http://127.0.0.1:{port}"
         if time.monotonic() >= deadline:
@@ -141,8 +146,8 @@ class FlinkCluster:
             src = home / "conf" / name
             if src.exists():
                 (self.conf / name).write_text(src.read_text())
-        ports = f"{metrics_port}-{metrics_port + 9}"
-        (self.conf / "config.yaml").write_text(_conf_yaml(rest_port, free_port(), slots, self.dir, ports))
+        (self.conf / "config.yaml").write_text(
+            _conf_yaml(rest_port, free_port(), slots, self.dir, _metrics_ports(metrics_port)))
         (self.conf / "masters").write_text(f"127.0.0.1:{rest_port}\n")
         (self.conf / "workers").write_text("127.0.0.1\n")
         self.state_file.write_text(json.dumps({"rest_port": rest_port, "metrics_port": metrics_port}))
@@ -186,14 +191,14 @@ class FlinkCluster:
     def metrics_endpoints(self) -> dict[str, str]:
         """{"jobmanager": url, "taskmanager": url} of the daemons' Prometheus reporters: the
         ports of the configured range that answer, told apart by their metric names."""
+        from contract.config import port_range
+        from deploy.metrics import scrape
+
         first = int(json.loads(self.state_file.read_text()).get("metrics_port", 0))
         found: dict[str, str] = {}
-        for port in range(first, first + 10) if first else ():
+        for port in port_range(_metrics_ports(first)) if first else ():
             url = f"http://127.0.0.1:{port}/metrics"
-            try:
-                with urllib.request.urlopen(url, timeout=2) as r:
-                    body = r.read().decode(errors="replace")
-            except (urllib.error.URLError, OSError):
+            if (body := scrape(url, timeout_s=2.0)) is None:
                 continue
             for role in ("taskmanager", "jobmanager"):
                 if f"flink_{role}_" in body:

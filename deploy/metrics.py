@@ -7,18 +7,13 @@ import re
 import urllib.error
 import urllib.request
 
+from contract.config import port_range
 from contract.keys import LEDGER_FIELDS
 from deploy.paths import PROJECT_ROOT
 
 MONITORING = PROJECT_ROOT / "deploy" / "monitoring"
 
 _LEDGER_METRIC = re.compile(r"flink_taskmanager_job_task_operator_streamrank_(\w+)")
-
-
-def ports(spec: str) -> range:
-    """"9249" or "9249-9258" (config.FlinkConfig.prometheus_port) -> the ports it names."""
-    lo, _, hi = spec.partition("-")
-    return range(int(lo), int(hi or lo) + 1)
 
 
 def scrape(url: str, timeout_s: float = 5.0) -> str | None:
@@ -44,7 +39,7 @@ def ledger_counters(text: str) -> dict[str, int]:
 
 def find_ledger_metrics(spec: str) -> tuple[str, dict[str, int]] | None:
     """(url, counters) of the first port in spec whose reporter serves streamrank's counters."""
-    for port in ports(spec):
+    for port in port_range(spec):
         url = f"http://127.0.0.1:{port}/metrics"
         text = scrape(url, timeout_s=2.0)
         if text and "_streamrank_" in text:

@@ -62,7 +62,7 @@ def environment(cfg: JobConfig, env=None):
         # the embedded MiniCluster's REST API and web UI (under `flink run` the client's own
         # rest.* settings say where the cluster is: leave them alone)
         **({"rest.bind-port": f.web_port, "rest.bind-address": "127.0.0.1", "rest.address": "127.0.0.1"}
-           if f.web_port and "PYFLINK_GATEWAY_PORT" not in os.environ else {}),
+           if f.web_port and embedded() else {}),
         **f.extra,
     }
     conf = t_env.get_config()
@@ -74,6 +74,12 @@ def environment(cfg: JobConfig, env=None):
     return t_env
 
 
+def embedded() -> bool:
+    """True when this process starts its own Flink (the MiniCluster), False under `flink run`,
+    whose client hands the job its JVM (PYFLINK_GATEWAY_PORT)."""
+    return "PYFLINK_GATEWAY_PORT" not in os.environ
+
+
 def _reporter_on_classpath() -> None:
     """The embedded MiniCluster finds metric reporters on the JVM's classpath only (it ignores
     plugins/): launch PyFlink's JVM with a lib/ that also holds Flink's Prometheus reporter. Under
@@ -82,7 +88,7 @@ def _reporter_on_classpath() -> None:
 
     from deploy.paths import CACHE, flink_home, link_flink_lib, prometheus_reporter_jars
 
-    if java_gateway._gateway is not None or "PYFLINK_GATEWAY_PORT" in os.environ:
+    if java_gateway._gateway is not None or not embedded():
         return
     jars = prometheus_reporter_jars()
     if not jars:
@@ -296,12 +302,12 @@ def main(argv: list[str] | None = None) -> int:
     job = result.get_job_client()
     log.info("submitted job %s (bounded=%s, stop_offsets=%s)", job.get_job_id() if job else "?",
              cfg.kafka.bounded, cfg.kafka.stop_offsets or "none")
-    if cfg.flink.web_port and "PYFLINK_GATEWAY_PORT" not in os.environ:
+    if cfg.flink.web_port and embedded():
         from deploy.cluster import find_rest_endpoint
 
         found = find_rest_endpoint(cfg.flink.web_port, wait_s=10.0)
         log.info("Flink web UI and REST API at %s", found or f"a port of {cfg.flink.web_port} (none answered yet)")
-    if cfg.flink.prometheus_port and "PYFLINK_GATEWAY_PORT" not in os.environ:
+    if cfg.flink.prometheus_port and embedded():
         log.info("Flink's metrics for Prometheus: http://127.0.0.1:<first free port of %s>/metrics "
                  "(streamrank_used, _duplicate, _opted_out, _late, _dlq, ...)", cfg.flink.prometheus_port)
     if not args.detached:

@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 import re
 
-from contract.config import load_config, load_serving_config
-from deploy.metrics import MONITORING, dashboard_metrics, ports
+from contract.config import load_config, load_serving_config, port_range
+from deploy.metrics import MONITORING, dashboard_metrics
 from deploy.paths import PROJECT_ROOT
 
 
@@ -39,5 +39,5 @@ def test_prometheus_config_scrapes_the_shipped_ports():
     targets = {int(p) for p in re.findall(r"127\.0\.0\.1:(\d+)", (MONITORING / "prometheus.yml").read_text())}
     job = load_config(PROJECT_ROOT / "deploy" / "config" / "local.toml")
     serving = load_serving_config(PROJECT_ROOT / "deploy" / "config" / "serving.toml")
-    assert set(ports(job.flink.prometheus_port)) <= targets
+    assert set(port_range(job.flink.prometheus_port)) <= targets
     assert serving.metrics_port in targets

@@ -312,7 +312,25 @@ def main(argv: list[str] | None = None) -> int:
                  "(streamrank_used, _duplicate, _opted_out, _late, _dlq, ...)", cfg.flink.prometheus_port)
     if not args.detached:
         result.wait()
+        if cfg.kafka.bounded or cfg.kafka.stop_offsets:
+            log_ledger(cfg)
     return 0
+
+
+def log_ledger(cfg: JobConfig) -> None:
+    """After a bounded run: where every record went, from the ledger in Redis."""
+    import redis
+
+    from contract.keys import read_ledger
+    from udfs.ranking import redis_client
+
+    try:
+        counts = read_ledger(redis_client(cfg))
+    except redis.RedisError as e:
+        log.warning("the job ended; the ledger could not be read from Redis: %s", e)
+        return
+    log.info("the job ended; ledger: %s; accounted %d (`streamrank ledger` compares it with the topic)",
+             ", ".join(f"{k} {v}" for k, v in counts.items()), sum(counts.values()))
 
 
 def parse_overrides(pairs: list[str], bounded: bool = False) -> dict:

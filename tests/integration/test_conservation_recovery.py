@@ -102,6 +102,9 @@ def test_every_record_lands_in_exactly_one_place(published, kafka_broker, redis_
     assert ledger == {"used": replay.ledger.used, "duplicate": replay.ledger.duplicate,
                       "opted_out": replay.ledger.opted_out, "dlq": len(hist.rejected), "late": len(hist.late)}
     assert sum(ledger.values()) == len(records)
+    # the job said so when it ended
+    assert (f"ledger: used {ledger['used']}, duplicate {ledger['duplicate']}, opted_out {ledger['opted_out']}, "
+            f"late {ledger['late']}, dlq {ledger['dlq']}; accounted {len(records)}") in (tmp_path / "job.log").read_text()
     # what was injected, exactly: +8 s and +60 s arrivals are late, +1 s ones are used
     assert ledger["dlq"] == injected["malformed"]
     assert ledger["late"] == sum(1 for n in range(101, 3000) if n % 97 == 0 and LATENESS[(n // 97) % 3] > 5000)

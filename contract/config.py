@@ -218,12 +218,10 @@ class ConfigError(ValueError):
 
 def _section_model(root: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
     """The config model that holds the key at loc (None when loc passes through a plain dict)."""
-    model = root
+    model: type[BaseModel] | None = root
     for name in loc[:-1]:
-        field = model.model_fields.get(str(name))
-        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
-            return None
-        model = field.annotation
+        field = model.model_fields.get(str(name)) if model else None
+        model = _model_of(field.annotation) if field else None
     return model
 
 
@@ -250,22 +248,26 @@ def parse_config(data: dict, source: str = "<dict>") -> JobConfig:
         raise ConfigError(_describe(err, source, JobConfig)) from None
 
 
+def _read_toml(path: str | Path | None) -> dict:
+    """A config file's TOML ({} for None); a missing or malformed file is a ConfigError."""
+    if path is None:
+        return {}
+    p = Path(path)
+    try:
+        return tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {p} not found; pass an existing file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
+
+
 def load_config(path: str | Path | None, overrides: dict | None = None) -> JobConfig:
     """Load a TOML config file (None: all defaults), then apply dotted overrides.
 
     overrides maps "section.field" to a value, e.g. {"redis.port": 6380}.
     """
-    data: dict = {}
-    source = "<defaults>"
-    if path is not None:
-        p = Path(path)
-        source = str(p)
-        try:
-            data = tomllib.loads(p.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file {p} not found; pass an existing file") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
+    data = _read_toml(path)
+    source = str(path) if path is not None else "<defaults>"
     for dotted, value in (overrides or {}).items():
         section, _, name = dotted.partition(".")
         data.setdefault(section, {})[name] = value
@@ -369,7 +371,7 @@ class ServingConfig(_Strict):
 
 
 def load_serving_config(path: str | Path | None, overrides: dict | None = None) -> ServingConfig:
-    data: dict = tomllib.loads(Path(path).read_text()) if path else {}
+    data = _read_toml(path or None)
     for dotted, value in (overrides or {}).items():
         parts = dotted.split(".")
         node = data

@@ -8,7 +8,6 @@ import logging
 import os
 import sys
 import time
-import tomllib
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -74,11 +73,8 @@ def config_check(
     as_serving = "serving" in file.name if serving is None else serving
     try:
         cfg = load_serving_config(file, None) if as_serving else load_config(file)
-    except (ConfigError, FileNotFoundError) as e:
+    except ConfigError as e:
         typer.echo(str(e), err=True)
-        raise typer.Exit(2) from None
-    except tomllib.TOMLDecodeError as e:
-        typer.echo(f"config file {file} is not valid TOML: {e}", err=True)
         raise typer.Exit(2) from None
     typer.echo(cfg.model_dump_json(indent=2))
     typer.echo(f"{file}: a valid {'serving' if as_serving else 'job'} config", err=True)

@@ -196,9 +196,9 @@ def apply_window(state: UserState, d: WindowDelta, cfg: FeatureConfig,
         affinity, items = dict(state.affinity), dict(state.items)
     # ids are forgotten, before matching, by whole buckets: those ending at or before the horizon
     # (so an id is remembered at least dedup_horizon_s, at most one bucket longer)
-    size = dedup_bucket_ms(cfg)
+    dedup_ms = dedup_bucket_ms(cfg)  # its own name: the slice loop below rebinds `size`
     horizon = t - cfg.dedup_horizon_s * 1000
-    seen = {k: v for k, v in _seen_buckets(state.seen, size).items() if (int(k) + 1) * size > horizon}
+    seen = {k: v for k, v in _seen_buckets(state.seen, dedup_ms).items() if (int(k) + 1) * dedup_ms > horizon}
     seen_ids = set(" ".join(seen.values()).split())
     fresh: dict[str, list[str]] = {}
     buckets = {w: {i: list(c) for i, c in b.items()} for w, b in state.buckets.items()}
@@ -214,9 +214,9 @@ def apply_window(state: UserState, d: WindowDelta, cfg: FeatureConfig,
             ledger.duplicate += 1
             continue
         seen_ids.add(eid)
-        bucket = fresh.get(key := str(ts // size))
+        bucket = fresh.get(seen_key := str(ts // dedup_ms))
         if bucket is None:
-            fresh[key] = [eid]
+            fresh[seen_key] = [eid]
         else:
             bucket.append(eid)
         if not consent:
@@ -250,8 +250,8 @@ def apply_window(state: UserState, d: WindowDelta, cfg: FeatureConfig,
         weight = EVENT_WEIGHTS[etype]
         affinity[category] = affinity.get(category, 0.0) + weight
         items[item] = items.get(item, 0.0) + weight
-    for key, ids in fresh.items():
-        seen[key] = f"{seen[key]} {' '.join(ids)}" if key in seen else " ".join(ids)
+    for seen_key, ids in fresh.items():
+        seen[seen_key] = f"{seen[seen_key]} {' '.join(ids)}" if seen_key in seen else " ".join(ids)
     s = UserState(window_end=t, feature_ts=feature_ts, as_of=t, last_click_ts=last_click,
                   last_purchase_ts=last_purchase, buckets=buckets, session_start=session_start,
                   session_events=session_events, session_purchased=session_purchased, sessions=sessions,

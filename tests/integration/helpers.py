@@ -72,6 +72,19 @@ def wait_for(condition, timeout_s: float, what: str, job: subprocess.Popen, log_
     pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
 
 
+def scrape_until_ledger(url: str, want: dict[str, int], timeout_s: float = 60) -> tuple[dict[str, int], str]:
+    """Scrape a Flink Prometheus reporter until its ledger counters equal `want` or time runs out
+    (Python's counters reach the JVM when a bundle ends); the last counters and scrape text."""
+    from deploy.metrics import ledger_counters, scrape
+
+    got, text, deadline = {}, "", time.monotonic() + timeout_s
+    while time.monotonic() < deadline and got != want:
+        text = scrape(url) or ""
+        got = ledger_counters(text)
+        time.sleep(0.5)
+    return got, text
+
+
 def run_job_embedded(args: list[str], log_path: Path, timeout_s: float = 300) -> None:
     """`streamrank run --bounded`, to the end."""
     wait_job(start_job_embedded(["--bounded", *args], log_path), log_path, timeout_s)

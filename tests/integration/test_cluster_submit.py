@@ -11,10 +11,9 @@ import pytest
 
 from contract.keys import read_ledger
 from deploy.cluster import FlinkCluster
-from deploy.metrics import ledger_counters, scrape
 from deploy.paths import PROJECT_ROOT
 from deploy.stack import free_port
-from tests.integration.helpers import child_env, job_args, prefixed_topics
+from tests.integration.helpers import child_env, job_args, prefixed_topics, scrape_until_ledger
 from traffic.publish import publish_catalog, publish_events
 from traffic.simulator import Simulator
 
@@ -81,11 +80,7 @@ def test_detached_job_reports_metrics_and_cancels(cluster, kafka_broker, redis_s
         time.sleep(0.5)
     want = read_ledger(r)
     assert sum(want.values()) == 500, want
-    tm = c.metrics_endpoints()["taskmanager"]
-    got, deadline = {}, time.monotonic() + 60  # Python's counters reach the JVM when a bundle ends
-    while time.monotonic() < deadline and got != want:
-        got = ledger_counters(scrape(tm) or "")
-        time.sleep(0.5)
+    got, _ = scrape_until_ledger(c.metrics_endpoints()["taskmanager"], want)
     assert got == want and want["used"] > 0
 
     out = subprocess.run([*cli, "cluster", "cancel"], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,

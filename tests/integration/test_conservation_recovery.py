@@ -22,11 +22,11 @@ import pytest
 
 from contract import keys
 from contract.keys import read_ledger
-from deploy.metrics import dashboard_metrics, ledger_counters, scrape
+from deploy.metrics import dashboard_metrics
 from deploy.stack import free_port
 from deploy.paths import PROJECT_ROOT
 from tests.integration.helpers import (child_env, job_args, prefixed_topics, read_topic, records_replay, run_job_embedded,
-                                       start_job_embedded, wait_for, wait_job)
+                                       scrape_until_ledger, start_job_embedded, wait_for, wait_job)
 from traffic.publish import producer
 from traffic.simulator import Simulator
 from udfs.features import UserState, describe
@@ -140,12 +140,8 @@ def test_flink_metrics_equal_the_ledger(published, kafka_broker, redis_server, m
                              log)
     try:
         wait_for(lambda: sum(read_ledger(r).values()) == len(records), 180, "every record in the ledger", job, log)
-        want, got, text = read_ledger(r), {}, ""
-        deadline = time.monotonic() + 60  # Python's counters reach the JVM when a bundle ends
-        while time.monotonic() < deadline and got != want:
-            text = scrape(f"http://127.0.0.1:{metrics_port}/metrics") or ""
-            got = ledger_counters(text)
-            time.sleep(0.5)
+        want = read_ledger(r)
+        got, text = scrape_until_ledger(f"http://127.0.0.1:{metrics_port}/metrics", want)
         # `streamrank ledger`: the same counts, the topic's record count, the job's metrics
         sets = job_args(kafka_broker, port, model_dir, prefix, "unused") + [
             "--set", f'flink.prometheus_port="{metrics_port}"']

@@ -95,6 +95,16 @@ def test_event_ids_are_remembered_at_least_the_horizon_and_at_most_a_bucket_long
     assert led["duplicate"] == 1
 
 
+def test_every_id_of_a_window_is_bucketed_by_the_dedup_bucket_and_forgotten_with_it():
+    size = 600_000 // 24
+    t = T0 - T0 % size
+    s, _ = fold(UserState(), window(t + 2000, ev(1, "view", t), ev(2, "click", t + 10), ev(3, "view", t + 20)))
+    assert s.seen == {str(t // size): "e1 e2 e3"}
+    _, led = fold(s, window(t + 600_000 + size, ev(1, "view", t + 600_000), ev(2, "view", t + 600_001),
+                            ev(3, "view", t + 600_002)))
+    assert led["used"] == 3
+
+
 def test_a_state_written_before_the_buckets_still_drops_duplicates():
     old = UserState(window_end=T0 + 2000, feature_ts=T0, as_of=T0 + 2000, seen={"e1": T0, "e2": T0 + 5})
     s, led = fold(UserState.decode(old.encode()), window(T0 + 4000, ev(1, "view", T0 + 3000), ev(3, "view", T0 + 3000)))

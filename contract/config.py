@@ -145,6 +145,10 @@ class FlinkConfig(_Strict):
     checkpoint_dir: str = "var/checkpoints"
     """Where checkpoints are stored (filesystem storage; the JobManager's memory caps state at
     5 MB). A path (relative to the project root) or a URI such as s3://bucket/path."""
+    savepoint_dir: str = "var/savepoints"
+    """Where a savepoint goes when `streamrank cluster stop` names no directory (Flink's
+    execution.checkpointing.savepoint-dir). A path (relative to the project root) or a URI. Resume
+    with `streamrank submit --from-savepoint PATH` (or `run --from-savepoint`)."""
     python_bundle_size: int = Field(10000, ge=1)
     """Rows per Python bundle: Python is crossed in batches of up to this many rows."""
     python_bundle_time_ms: int = Field(500, ge=1)

@@ -410,18 +410,42 @@ def ledger(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None) -> None:
     typer.echo(json.dumps(report))
 
 
+FromSavepointOpt = Annotated[Optional[str], typer.Option(
+    help="resume from a savepoint (`cluster stop` prints it) or a retained checkpoint's chk-N directory")]
+AllowNonRestoredOpt = Annotated[bool, typer.Option(
+    help="with --from-savepoint: skip state of operators the job no longer has")]
+
+
+def _job_args(set_: list[str] | None, bounded: bool, from_savepoint: str | None,
+              allow_non_restored_state: bool) -> list[str]:
+    """jobs.recommend's arguments besides --config; the savepoint is checked here, before Flink starts."""
+    from jobs.recommend import restore_options
+
+    try:
+        restore = restore_options(from_savepoint, allow_non_restored_state)
+    except SystemExit as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(2) from None
+    return ([a for s in (set_ or []) for a in ("--set", s)] + (["--bounded"] if bounded else [])
+            # as a URI: the job may run in another directory (flink run)
+            + (["--from-savepoint", restore["execution.state-recovery.path"]] if restore else [])
+            + (["--allow-non-restored-state"] if allow_non_restored_state else []))
+
+
 @app.command()
 def run(
     config: ConfigOpt = DEFAULT_CONFIG,
     bounded: Annotated[bool, typer.Option(help="stop at the offsets latest at start")] = False,
     set_: SetOpt = None,
+    from_savepoint: FromSavepointOpt = None,
+    allow_non_restored_state: AllowNonRestoredOpt = False,
 ) -> None:
     """Run the recommend job on the embedded Flink MiniCluster (the default)."""
     from jobs.recommend import main as job_main
 
     _job_config(config, set_, bounded)  # fail before Flink starts
-    args = ["--config", config] + [a for s in (set_ or []) for a in ("--set", s)]
-    raise typer.Exit(job_main(args + (["--bounded"] if bounded else [])))
+    args = ["--config", config] + _job_args(set_, bounded, from_savepoint, allow_non_restored_state)
+    raise typer.Exit(job_main(args))
 
 
 @cluster_app.command("up")
@@ -468,28 +492,65 @@ def cluster_status() -> None:
     typer.echo(json.dumps({"overview": ov, "jobs": c.jobs()}, indent=2))
 
 
-@cluster_app.command("cancel")
-def cluster_cancel(
-    job_id: Annotated[Optional[str], typer.Argument(help="default: the one running job")] = None,
-) -> None:
-    """Cancel a job running on the cluster (e.g. one `streamrank submit` started detached)."""
-    from deploy.cluster import ClusterError, FlinkCluster
+def _cluster_job(job_id: str | None, verb: str):
+    """(cluster, job id): the named job, or the one running job."""
+    from deploy.cluster import FlinkCluster
 
     c = FlinkCluster(run_dir())
     if not c.overview():
         typer.echo("no cluster answers; start one with `streamrank cluster up`", err=True)
         raise typer.Exit(1)
+    if job_id:
+        return c, job_id
     running = [j["jid"] for j in c.jobs() if j["state"] == "RUNNING"]
-    if job_id is None and len(running) != 1:
-        typer.echo(f"{len(running)} jobs running ({', '.join(running) or 'none'}); name the one to cancel",
+    if len(running) != 1:
+        typer.echo(f"{len(running)} jobs running ({', '.join(running) or 'none'}); name the one to {verb}",
                    err=True)
         raise typer.Exit(2)
+    return c, running[0]
+
+
+@cluster_app.command("cancel")
+def cluster_cancel(
+    job_id: Annotated[Optional[str], typer.Argument(help="default: the one running job")] = None,
+) -> None:
+    """Cancel a job running on the cluster (e.g. one `streamrank submit` started detached).
+
+    Its last checkpoint is kept, to resume from with `submit --from-savepoint .../chk-N`."""
+    from deploy.cluster import ClusterError
+
+    c, job = _cluster_job(job_id, "cancel")
     try:
-        c.cancel(job_id or running[0])
+        c.cancel(job)
     except ClusterError as e:
         typer.echo(str(e), err=True)
         raise typer.Exit(1) from None
-    typer.echo(f"cancelling {job_id or running[0]}")
+    typer.echo(f"cancelling {job}")
+
+
+@cluster_app.command("stop")
+def cluster_stop(
+    job_id: Annotated[Optional[str], typer.Argument(help="default: the one running job")] = None,
+    savepoint_dir: Annotated[Optional[str], typer.Option(
+        help="where the savepoint goes (default: the job's flink.savepoint_dir)")] = None,
+    drain: Annotated[bool, typer.Option(
+        help="fire every open window before stopping (for a job that will not be resumed)")] = False,
+) -> None:
+    """Stop a running job with a savepoint, to resume it later.
+
+    Resume with `streamrank submit --from-savepoint PATH`, e.g. with a new parallelism, model or
+    top-K: the Kafka offsets and open windows carry over, so no record is lost or counted twice."""
+    from deploy.cluster import ClusterError
+
+    c, job = _cluster_job(job_id, "stop")
+    target = str(Path(savepoint_dir).resolve()) if savepoint_dir and "://" not in savepoint_dir else savepoint_dir
+    typer.echo(f"stopping {job} with a savepoint ...")
+    try:
+        path = c.stop_with_savepoint(job, target, drain)
+    except ClusterError as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"savepoint at {path}\nresume with: streamrank submit --from-savepoint {path}")
 
 
 @app.command()
@@ -498,6 +559,8 @@ def submit(
     bounded: Annotated[bool, typer.Option(help="stop at the offsets latest at start")] = False,
     detached: Annotated[bool, typer.Option(help="return once submitted")] = True,
     set_: SetOpt = None,
+    from_savepoint: FromSavepointOpt = None,
+    allow_non_restored_state: AllowNonRestoredOpt = False,
 ) -> None:
     """Submit the recommend job to the standalone cluster with `flink run -py`."""
     from deploy.cluster import FlinkCluster
@@ -507,7 +570,7 @@ def submit(
     if not c.overview():
         typer.echo("no cluster answers; start one with `streamrank cluster up`", err=True)
         raise typer.Exit(1)
-    extra = [a for s in (set_ or []) for a in ("--set", s)] + (["--bounded"] if bounded else [])
+    extra = _job_args(set_, bounded, from_savepoint, allow_non_restored_state)
     out = c.submit(str(Path(config).resolve()), extra, detached)
     typer.echo(out.stdout[-4000:])
     if out.returncode != 0:

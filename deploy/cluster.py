@@ -177,16 +177,41 @@ class FlinkCluster:
             self.state_file.unlink()
 
     def jobs(self) -> list[dict]:
-        with urllib.request.urlopen(f"http://{self.address()}/jobs/overview", timeout=5) as r:
-            return json.loads(r.read())["jobs"]
+        return self._rest("GET", "/jobs/overview")["jobs"]
 
     def cancel(self, job_id: str) -> None:
         """Cancel a job through the REST API (PATCH /jobs/:id); returns once Flink took it."""
-        req = urllib.request.Request(f"http://{self.address()}/jobs/{job_id}?mode=cancel", method="PATCH")
+        self._rest("PATCH", f"/jobs/{job_id}?mode=cancel")
+
+    def stop_with_savepoint(self, job_id: str, target_dir: str | None = None, drain: bool = False,
+                            timeout_s: float = 300.0) -> str:
+        """Stop a streaming job with a savepoint (POST /jobs/:id/stop): the sources stop, Flink
+        takes the savepoint (Kafka offsets, open windows) and the job ends FINISHED. Returns the
+        savepoint's path once it completed. target_dir None: the job's savepoint_dir. drain: fire
+        every open window first (MAX_WATERMARK) - for a job that will not be resumed."""
+        body = {"drain": drain, **({"targetDirectory": target_dir} if target_dir else {})}
+        trigger = self._rest("POST", f"/jobs/{job_id}/stop", body)["request-id"]
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            st = self._rest("GET", f"/jobs/{job_id}/savepoints/{trigger}")
+            if st["status"]["id"] == "COMPLETED":
+                op = st.get("operation", {})
+                if "location" in op:
+                    return op["location"]
+                cause = op.get("failure-cause", {}).get("stack-trace", str(op))
+                raise ClusterError(f"savepoint of {job_id} failed; the job keeps running: {cause[:1500]}")
+            time.sleep(0.5)
+        raise ClusterError(f"savepoint of {job_id} not done within {timeout_s:.0f}s; see {self.logs}")
+
+    def _rest(self, method: str, path: str, body: dict | None = None) -> dict:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(f"http://{self.address()}{path}", data=data, method=method,
+                                     headers={"Content-Type": "application/json"} if data else {})
         try:
-            urllib.request.urlopen(req, timeout=10).close()
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return json.loads(r.read() or b"{}")
         except urllib.error.HTTPError as e:
-            raise ClusterError(f"cancel {job_id}: HTTP {e.code} {e.read().decode(errors='replace')[:300]}") from None
+            raise ClusterError(f"{method} {path}: HTTP {e.code} {e.read().decode(errors='replace')[:500]}") from None
 
     def metrics_endpoints(self) -> dict[str, str]:
         """{"jobmanager": url, "taskmanager": url} of the daemons' Prometheus reporters: the
@@ -207,6 +232,8 @@ class FlinkCluster:
         return found
 
     def submit(self, config: str | None, extra_args: list[str], detached: bool) -> subprocess.CompletedProcess:
+        # extra_args go to jobs.recommend (--set, --bounded, --from-savepoint: the job sets Flink's
+        # restore options itself, as it does on the MiniCluster)
         """`flink run -py jobs/recommend.py`, shipping the project's packages and the jars."""
         home = flink_home()
         py = python_executable()

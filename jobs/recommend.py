@@ -45,6 +45,9 @@ def environment(cfg: JobConfig, env=None):
         "execution.checkpointing.mode": "EXACTLY_ONCE",
         "execution.checkpointing.storage": "filesystem",
         "execution.checkpointing.dir": checkpoint_uri(f.checkpoint_dir),
+        "execution.checkpointing.savepoint-dir": checkpoint_uri(f.savepoint_dir),
+        # a cancelled job keeps its last checkpoint, to resume from (--from-savepoint .../chk-N)
+        "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
         "python.fn-execution.bundle.size": str(f.python_bundle_size),
         "python.fn-execution.bundle.time": str(f.python_bundle_time_ms),
         "python.fn-execution.arrow.batch.size": str(f.python_bundle_size),
@@ -294,10 +297,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="return once the job is submitted (flink run -d)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one config field (value parsed as TOML)")
+    parser.add_argument("--from-savepoint", metavar="PATH",
+                        help="start from this savepoint or retained checkpoint (Kafka offsets, open windows)")
+    parser.add_argument("--allow-non-restored-state", action="store_true",
+                        help="with --from-savepoint: skip state of operators the job no longer has")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = load_config(args.config, parse_overrides(args.set, bounded=args.bounded))
+    restore = restore_options(args.from_savepoint, args.allow_non_restored_state)  # fails before Flink starts
     t_env = environment(cfg)
+    for key, value in restore.items():
+        t_env.get_config().set(key, value)
+    if restore:
+        log.info("restoring from %s", args.from_savepoint)
     result = build(t_env, cfg).execute()
     job = result.get_job_client()
     log.info("submitted job %s (bounded=%s, stop_offsets=%s)", job.get_job_id() if job else "?",
@@ -315,6 +327,25 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.kafka.bounded or cfg.kafka.stop_offsets:
             log_ledger(cfg)
     return 0
+
+
+def restore_options(path: str | None, allow_non_restored: bool = False) -> dict[str, str]:
+    """Flink's options to start from a savepoint (or retained checkpoint) at `path`; a local path
+    is checked first, so a wrong one fails here and not in the JobManager."""
+    if not path:
+        if allow_non_restored:
+            raise SystemExit("--allow-non-restored-state needs --from-savepoint PATH")
+        return {}
+    if "://" in path and not path.startswith("file:"):  # s3://, hdfs://: Flink checks it
+        uri = path
+    else:
+        local = Path(path.removeprefix("file://").removeprefix("file:")).resolve()
+        if not (local / "_metadata").is_file():
+            raise SystemExit(f"--from-savepoint {path}: no savepoint there (no _metadata file); give the path "
+                             "`streamrank cluster stop` printed, or a retained checkpoint's chk-N directory")
+        uri = local.as_uri()
+    return {"execution.state-recovery.path": uri,
+            "execution.state-recovery.ignore-unclaimed-state": str(allow_non_restored).lower()}
 
 
 def log_ledger(cfg: JobConfig) -> None:

@@ -122,7 +122,9 @@ def test_stop_with_savepoint_and_resume_rescaled(cluster, kafka_broker, redis_se
 
     env = child_env(STREAMRANK_RUN_DIR=str(run))
     cli = [sys.executable, "-m", "deploy.cli"]
-    args = job_args(kafka_broker, port, model_dir, prefix, "cluster-savepoint")
+    checkpoints = tmp_path / "checkpoints"
+    args = job_args(kafka_broker, port, model_dir, prefix, "cluster-savepoint") + [
+        "--set", f'flink.checkpoint_dir="{checkpoints}"']
 
     def submit(*extra: str) -> None:
         out = subprocess.run([*cli, "submit", "--config", str(PROJECT_ROOT / "deploy" / "config" / "local.toml"),
@@ -156,6 +158,11 @@ def test_stop_with_savepoint_and_resume_rescaled(cluster, kafka_broker, redis_se
     ledger = read_ledger(r)
     read_again = source_records_out(scrape(c.metrics_endpoints()["taskmanager"]) or "", second)
     c.cancel(second)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and {j["jid"]: j["state"] for j in c.jobs()}[second] != "CANCELED":
+        time.sleep(0.5)
+    # a cancelled job keeps its last checkpoint, to resume from
+    assert list(checkpoints.glob(f"{second}/chk-*/_metadata")), list(checkpoints.rglob("*"))[:20]
 
     hist, replay = records_replay([v for _, v in records], job_config(port, model_dir), tmp_path / "stream.jsonl")
     assert ledger == {"used": replay.ledger.used, "duplicate": replay.ledger.duplicate,

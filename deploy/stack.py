@@ -166,7 +166,12 @@ def _kafka_answers(port: int) -> bool:
         return False
 
 
-def start_redis(run_dir: Path, port: int) -> Service:
+def start_redis(run_dir: Path, port: int, durable: bool = True) -> Service:
+    """redis-server on loopback. durable: an append-only file, so a Redis that crashes or is
+    restarted comes back with every write it acknowledged (the file is written before each reply,
+    fsynced every second: only a crash of the machine loses up to a second). The job's exactly-once
+    depends on it: Flink's checkpoint says which records were folded, Redis holds what they made,
+    and the two must not part. durable=False only where what is stored does not matter."""
     home = run_dir / "redis"
     home.mkdir(parents=True, exist_ok=True)
     exe = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -174,7 +179,8 @@ def start_redis(run_dir: Path, port: int) -> Service:
         raise StackError("redis-server not installed; run `make setup` (installs Debian's redis-server)")
     log_path = home / "redis.log"
     cmd = [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(home),
-           "--save", "", "--appendonly", "no", "--daemonize", "no", "--protected-mode", "yes"]
+           "--save", "", "--appendonly", "yes" if durable else "no", "--appendfsync", "everysec",
+           "--daemonize", "no", "--protected-mode", "yes"]
     pid = _spawn(cmd, log_path, home)
     _wait(lambda: _redis_answers(port), "Redis", 30, pid, log_path)
     return Service("redis", pid, port, str(log_path))

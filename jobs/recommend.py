@@ -305,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = load_config(args.config, parse_overrides(args.set, bounded=args.bounded))
     restore = restore_options(args.from_savepoint, args.allow_non_restored_state)  # fails before Flink starts
+    warn_if_redis_forgets(cfg)
     t_env = environment(cfg)
     for key, value in restore.items():
         t_env.get_config().set(key, value)
@@ -346,6 +347,27 @@ def restore_options(path: str | None, allow_non_restored: bool = False) -> dict[
         uri = local.as_uri()
     return {"execution.state-recovery.path": uri,
             "execution.state-recovery.ignore-unclaimed-state": str(allow_non_restored).lower()}
+
+
+def warn_if_redis_forgets(cfg: JobConfig) -> None:
+    """Flink's checkpoints hold the Kafka offsets, Redis the features and the ledger they made: a
+    Redis without an append-only file comes back empty from a restart while the job reads on from
+    its offsets, and what it had folded is gone without an error. Say so before the job starts."""
+    import redis
+
+    from udfs.ranking import redis_client
+
+    try:
+        aof = redis_client(cfg).info("persistence").get("aof_enabled")
+    except redis.RedisError as e:
+        log.warning("Redis %s:%d does not answer (%s); the job will fail over until it does",
+                    cfg.redis.host, cfg.redis.port, e)
+        return
+    if aof == 0:
+        log.warning("Redis %s:%d keeps the features and the ledger in memory only (aof_enabled:0): if it "
+                    "restarts they are lost, while the job reads on from its checkpointed offsets. Turn on "
+                    "`appendonly yes` (appendfsync everysec or always), as `streamrank stack up` does",
+                    cfg.redis.host, cfg.redis.port)
 
 
 def log_ledger(cfg: JobConfig) -> None:

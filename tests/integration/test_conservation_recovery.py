@@ -11,8 +11,10 @@ That run's topic is fed in two parts, so the failure comes after a completed che
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -23,7 +25,7 @@ import pytest
 from contract import keys
 from contract.keys import read_ledger
 from deploy.metrics import dashboard_metrics
-from deploy.stack import free_port
+from deploy.stack import free_port, port_open, start_redis, stop_pid
 from deploy.paths import PROJECT_ROOT
 from tests.integration.helpers import (child_env, job_args, prefixed_topics, read_topic, records_replay, run_job_embedded,
                                        scrape_until_ledger, start_job_embedded, wait_for, wait_job)
@@ -251,3 +253,54 @@ def checkpoint_completed_after(checkpoints, t: float) -> bool:
         except FileNotFoundError:  # Flink removed a subsumed checkpoint meanwhile
             pass
     return False
+
+
+def test_redis_killed_mid_stream_loses_nothing(published, kafka_broker, model_dir, tmp_path):
+    """Redis, run as `streamrank stack up` runs it (an append-only file), is killed with SIGKILL
+    mid-stream and restarted on its port a few seconds later. Meanwhile the job fails (its Redis
+    writes raise) and Flink's restart strategy brings it back from its last checkpoint; the ledger
+    and every user's features equal the offline replay of the stream. With a Redis that keeps its
+    data in memory only, the restarted Redis is empty and the job would go on from its offsets."""
+    import redis
+
+    records, _ = published
+    port, home = free_port(), tmp_path / "redis-home"
+    svc = start_redis(home, port)
+    r = redis.Redis(port=port)
+    prefix, log, checkpoints = f"{PREFIX}rk.", tmp_path / "job.log", tmp_path / "checkpoints"
+    prefixed_topics(kafka_broker, prefix, partitions=1)
+    part = len(records) // 2
+    publish(kafka_broker, f"{prefix}interactions", records[:part])
+    extra = '{"taskmanager.numberOfTaskSlots" = "4"}'  # spare slots, as in the recovery test
+    args = job_args(kafka_broker, port, model_dir, prefix, "acct-redis-kill") + [
+        "--set", f"kafka.stop_offsets={{0 = {len(records)}}}", "--set", f'flink.checkpoint_dir="{checkpoints}"',
+        "--set", "flink.checkpoint_interval_s=0.5", "--set", f"flink.extra={extra}"]
+    job = start_job_embedded(args, log)
+    try:
+        wait_for(lambda: int(r.hget(keys.LEDGER, "used") or 0) > 0, 120, "part one's windows in Redis", job, log)
+        used_at = time.time()
+        wait_for(lambda: checkpoint_completed_after(checkpoints, used_at), 120, "a checkpoint after them", job, log)
+        os.killpg(svc.pid, signal.SIGKILL)
+        wait_for(lambda: not port_open(port), 10, "Redis gone", job, log)
+        publish(kafka_broker, f"{prefix}interactions", records[part:])  # read while Redis is down
+        time.sleep(4)
+        svc = start_redis(home, port)
+        wait_job(job, log)
+        ledger = read_ledger(r)
+        states = {k.decode()[5:]: UserState.decode(r.get(k)) for k in r.scan_iter("feat:*")}
+    finally:
+        job.kill()
+        stop_pid(svc.pid)
+    flink_log = "".join(p.read_text() for p in tmp_path.glob("flink-*.log"))
+    assert "ConnectionError" in flink_log and re.search(r"Restoring job \w+ from Checkpoint \d+", flink_log)
+    assert "aof_enabled:0" not in log.read_text()  # the job's start-up check found the file on
+
+    hist, replay = expected(records, job_config(port, model_dir), tmp_path)
+    assert ledger == {"used": replay.ledger.used, "duplicate": replay.ledger.duplicate,
+                      "opted_out": replay.ledger.opted_out, "late": len(hist.late), "dlq": len(hist.rejected)}
+    cfg = job_config(port, model_dir)
+    want = {u: s for u, s in replay.states.items() if s.window_end}
+    assert states.keys() == want.keys() and len(want) > 50
+    t = max(s.window_end for s in want.values())
+    for user, s in want.items():
+        assert describe(states[user], t, cfg.features) == describe(s, t, cfg.features), user

@@ -304,3 +304,60 @@ def test_redis_killed_mid_stream_loses_nothing(published, kafka_broker, model_di
     t = max(s.window_end for s in want.values())
     for user, s in want.items():
         assert describe(states[user], t, cfg.features) == describe(s, t, cfg.features), user
+
+
+def test_kafka_broker_killed_mid_stream_loses_nothing(published, redis_server, model_dir, tmp_path):
+    """The broker (its own here) is killed with SIGKILL mid-stream and restarted on its ports a few
+    seconds later, with the rest of the stream sent after it. The job's Kafka clients lose it and
+    reconnect (the job rides through; were it to fail, it would restore from its checkpoint), and
+    the ledger and every user's features equal the offline replay; every rejected record is in the
+    DLQ topic (at least once, so compared as a set)."""
+    from deploy.stack import start_kafka
+
+    records, _ = published
+    port, r = redis_server
+    r.flushdb()
+    broker_port, controller_port, home = free_port(), free_port(), tmp_path / "broker"
+    broker = start_kafka(home, broker_port, controller_port, partitions=1)
+    bootstrap = f"127.0.0.1:{broker_port}"
+    prefix, log, checkpoints = f"{PREFIX}kk.", tmp_path / "job.log", tmp_path / "checkpoints"
+    try:
+        prefixed_topics(bootstrap, prefix, partitions=1)
+        part = len(records) // 2
+        publish(bootstrap, f"{prefix}interactions", records[:part])
+        extra = '{"taskmanager.numberOfTaskSlots" = "4"}'  # spare slots, as in the recovery test
+        args = job_args(bootstrap, port, model_dir, prefix, "acct-broker-kill") + [
+            "--set", f"kafka.stop_offsets={{0 = {len(records)}}}", "--set", f'flink.checkpoint_dir="{checkpoints}"',
+            "--set", "flink.checkpoint_interval_s=0.5", "--set", f"flink.extra={extra}"]
+        job = start_job_embedded(args, log)
+        try:
+            wait_for(lambda: int(r.hget(keys.LEDGER, "used") or 0) > 0, 120, "part one's windows in Redis", job, log)
+            used_at = time.time()
+            wait_for(lambda: checkpoint_completed_after(checkpoints, used_at), 120, "a checkpoint after them", job,
+                     log)
+            os.killpg(broker.pid, signal.SIGKILL)
+            wait_for(lambda: not port_open(broker_port), 10, "the broker gone", job, log)
+            time.sleep(3)
+            broker = start_kafka(home, broker_port, controller_port, partitions=1)
+            publish(bootstrap, f"{prefix}interactions", records[part:])
+            wait_job(job, log, timeout_s=400)
+        finally:
+            job.kill()
+        dlq = [json.loads(v) for v in read_topic(bootstrap, f"{prefix}interactions.dlq")]
+    finally:
+        stop_pid(broker.pid)
+    flink_log = "".join(p.read_text() for p in tmp_path.glob("flink-*.log"))
+    assert re.search(r"\[Consumer clientId=acct-broker-kill-\d+, groupId=acct-broker-kill\] Node \d+ disconnected",
+                     flink_log), "the job's source did not see the broker go"
+
+    hist, replay = expected(records, job_config(port, model_dir), tmp_path)
+    assert read_ledger(r) == {"used": replay.ledger.used, "duplicate": replay.ledger.duplicate,
+                              "opted_out": replay.ledger.opted_out, "late": len(hist.late), "dlq": len(hist.rejected)}
+    assert {(row["src_offset"], row["reason"]) for row in dlq} == {(n - 1, why) for n, why in hist.rejected}
+    cfg = job_config(port, model_dir)
+    states = {k.decode()[5:]: UserState.decode(r.get(k)) for k in r.scan_iter("feat:*")}
+    want = {u: s for u, s in replay.states.items() if s.window_end}
+    assert states.keys() == want.keys() and len(want) > 50
+    t = max(s.window_end for s in want.values())
+    for user, s in want.items():
+        assert describe(states[user], t, cfg.features) == describe(s, t, cfg.features), user

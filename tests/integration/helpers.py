@@ -109,6 +109,31 @@ def records_replay(records: list[bytes], cfg, path: Path):
     return replay_file(path, cfg)
 
 
+def replay_ledger(hist, replay) -> dict[str, int]:
+    """The ledger the offline replay of a stream counts (records_replay's pair)."""
+    return {"used": replay.ledger.used, "duplicate": replay.ledger.duplicate, "opted_out": replay.ledger.opted_out,
+            "late": len(hist.late), "dlq": len(hist.rejected)}
+
+
+def read_states(r) -> dict:
+    """user -> UserState of every feat:{user} in Redis."""
+    from udfs.features import UserState
+
+    return {k.decode()[len("feat:"):]: UserState.decode(r.get(k)) for k in r.scan_iter("feat:*")}
+
+
+def assert_features_equal_replay(states: dict, replay, cfg) -> None:
+    """Every user the replay folded has a state, and it describes the same features (at the last
+    window's end); no other user has one."""
+    from udfs.features import describe
+
+    want = {u: s for u, s in replay.states.items() if s.window_end}
+    assert states.keys() == want.keys() and len(want) > 50
+    t = max(s.window_end for s in want.values())
+    for user, s in want.items():
+        assert describe(states[user], t, cfg.features) == describe(s, t, cfg.features), user
+
+
 def prefixed_topics(bootstrap: str, prefix: str, partitions: int = 2) -> dict[str, str]:
     """Create interactions/items/dlq/late topics named with a test's prefix; returns the names."""
     from deploy.stack import create_topics

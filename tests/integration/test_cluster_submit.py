@@ -16,10 +16,10 @@ from deploy.metrics import scrape
 from deploy.paths import PROJECT_ROOT
 from deploy.stack import free_port
 from tests.conftest import job_config
-from tests.integration.helpers import child_env, job_args, prefixed_topics, records_replay, scrape_until_ledger
+from tests.integration.helpers import (assert_features_equal_replay, child_env, job_args, prefixed_topics, read_states,
+                                       records_replay, replay_ledger, scrape_until_ledger)
 from traffic.publish import producer, publish_catalog, publish_events
 from traffic.simulator import Simulator
-from udfs.features import UserState, describe
 
 pytestmark = pytest.mark.cluster
 
@@ -164,9 +164,9 @@ def test_stop_with_savepoint_and_resume_rescaled(cluster, kafka_broker, redis_se
     # a cancelled job keeps its last checkpoint, to resume from
     assert list(checkpoints.glob(f"{second}/chk-*/_metadata")), list(checkpoints.rglob("*"))[:20]
 
-    hist, replay = records_replay([v for _, v in records], job_config(port, model_dir), tmp_path / "stream.jsonl")
-    assert ledger == {"used": replay.ledger.used, "duplicate": replay.ledger.duplicate,
-                      "opted_out": replay.ledger.opted_out, "late": len(hist.late), "dlq": len(hist.rejected)}
+    cfg = job_config(port, model_dir)
+    hist, replay = records_replay([v for _, v in records], cfg, tmp_path / "stream.jsonl")
+    assert ledger == replay_ledger(hist, replay)
     assert sum(ledger.values()) == len(records) and ledger["duplicate"] > 0 and ledger["dlq"] > 0
     # the resumed job read on from the savepoint's offsets: not the records the first had accounted
     # (the ledger alone would not tell: a replay from the earliest offset is deduplicated)
@@ -175,13 +175,7 @@ def test_stop_with_savepoint_and_resume_rescaled(cluster, kafka_broker, redis_se
     assert {v["parallelism"] for v in job["vertices"]} == {2}
     jm_log = "".join(p.read_text(errors="replace") for p in c.logs.glob("*standalonesession*.log"))
     assert re.search(rf"Restoring job {second} from Savepoint", jm_log), "the job did not restore the savepoint"
-    cfg = job_config(port, model_dir)
-    states = {k.decode()[5:]: UserState.decode(r.get(k)) for k in r.scan_iter("feat:*")}
-    want = {u: s for u, s in replay.states.items() if s.window_end}
-    assert states.keys() == want.keys() and len(want) > 50
-    t = max(s.window_end for s in want.values())
-    for user, s in want.items():
-        assert describe(states[user], t, cfg.features) == describe(s, t, cfg.features), user
+    assert_features_equal_replay(read_states(r), replay, cfg)
 
 
 def send(bootstrap: str, topic: str, records: list[tuple[str, bytes]], partition: int | None = None) -> None:

@@ -27,8 +27,9 @@ from contract.keys import read_ledger
 from deploy.metrics import dashboard_metrics
 from deploy.stack import free_port, port_open, start_redis, stop_pid
 from deploy.paths import PROJECT_ROOT
-from tests.integration.helpers import (child_env, job_args, prefixed_topics, read_topic, records_replay, run_job_embedded,
-                                       scrape_until_ledger, start_job_embedded, wait_for, wait_job)
+from tests.integration.helpers import (assert_features_equal_replay, child_env, job_args, prefixed_topics, read_states,
+                                       read_topic, records_replay, replay_ledger, run_job_embedded, scrape_until_ledger,
+                                       start_job_embedded, wait_for, wait_job)
 from traffic.publish import producer
 from traffic.simulator import Simulator
 from udfs.features import UserState, describe
@@ -101,8 +102,7 @@ def test_every_record_lands_in_exactly_one_place(published, kafka_broker, redis_
 
     hist, replay = expected(records, job_config(port, model_dir), tmp_path)
     ledger = {k.decode(): int(v) for k, v in r.hgetall(keys.LEDGER).items()}
-    assert ledger == {"used": replay.ledger.used, "duplicate": replay.ledger.duplicate,
-                      "opted_out": replay.ledger.opted_out, "dlq": len(hist.rejected), "late": len(hist.late)}
+    assert ledger == replay_ledger(hist, replay)
     assert sum(ledger.values()) == len(records)
     # the job said so when it ended
     assert (f"ledger: used {ledger['used']}, duplicate {ledger['duplicate']}, opted_out {ledger['opted_out']}, "
@@ -286,8 +286,7 @@ def test_redis_killed_mid_stream_loses_nothing(published, kafka_broker, model_di
         time.sleep(4)
         svc = start_redis(home, port)
         wait_job(job, log)
-        ledger = read_ledger(r)
-        states = {k.decode()[5:]: UserState.decode(r.get(k)) for k in r.scan_iter("feat:*")}
+        ledger, states = read_ledger(r), read_states(r)
     finally:
         job.kill()
         stop_pid(svc.pid)
@@ -295,15 +294,10 @@ def test_redis_killed_mid_stream_loses_nothing(published, kafka_broker, model_di
     assert "ConnectionError" in flink_log and re.search(r"Restoring job \w+ from Checkpoint \d+", flink_log)
     assert "aof_enabled:0" not in log.read_text()  # the job's start-up check found the file on
 
-    hist, replay = expected(records, job_config(port, model_dir), tmp_path)
-    assert ledger == {"used": replay.ledger.used, "duplicate": replay.ledger.duplicate,
-                      "opted_out": replay.ledger.opted_out, "late": len(hist.late), "dlq": len(hist.rejected)}
     cfg = job_config(port, model_dir)
-    want = {u: s for u, s in replay.states.items() if s.window_end}
-    assert states.keys() == want.keys() and len(want) > 50
-    t = max(s.window_end for s in want.values())
-    for user, s in want.items():
-        assert describe(states[user], t, cfg.features) == describe(s, t, cfg.features), user
+    hist, replay = expected(records, cfg, tmp_path)
+    assert ledger == replay_ledger(hist, replay)
+    assert_features_equal_replay(states, replay, cfg)
 
 
 def test_kafka_broker_killed_mid_stream_loses_nothing(published, redis_server, model_dir, tmp_path):
@@ -350,14 +344,8 @@ def test_kafka_broker_killed_mid_stream_loses_nothing(published, redis_server, m
     assert re.search(r"\[Consumer clientId=acct-broker-kill-\d+, groupId=acct-broker-kill\] Node \d+ disconnected",
                      flink_log), "the job's source did not see the broker go"
 
-    hist, replay = expected(records, job_config(port, model_dir), tmp_path)
-    assert read_ledger(r) == {"used": replay.ledger.used, "duplicate": replay.ledger.duplicate,
-                              "opted_out": replay.ledger.opted_out, "late": len(hist.late), "dlq": len(hist.rejected)}
-    assert {(row["src_offset"], row["reason"]) for row in dlq} == {(n - 1, why) for n, why in hist.rejected}
     cfg = job_config(port, model_dir)
-    states = {k.decode()[5:]: UserState.decode(r.get(k)) for k in r.scan_iter("feat:*")}
-    want = {u: s for u, s in replay.states.items() if s.window_end}
-    assert states.keys() == want.keys() and len(want) > 50
-    t = max(s.window_end for s in want.values())
-    for user, s in want.items():
-        assert describe(states[user], t, cfg.features) == describe(s, t, cfg.features), user
+    hist, replay = expected(records, cfg, tmp_path)
+    assert read_ledger(r) == replay_ledger(hist, replay)
+    assert {(row["src_offset"], row["reason"]) for row in dlq} == {(n - 1, why) for n, why in hist.rejected}
+    assert_features_equal_replay(read_states(r), replay, cfg)

@@ -157,6 +157,9 @@ def test_stop_with_savepoint_and_resume_rescaled(cluster, kafka_broker, redis_se
         time.sleep(0.5)
     ledger = read_ledger(r)
     read_again = source_records_out(scrape(c.metrics_endpoints()["taskmanager"]) or "", second)
+    deadline = time.monotonic() + 60  # a checkpoint of the resumed job, for the cancel to keep
+    while time.monotonic() < deadline and not c._rest("GET", f"/jobs/{second}/checkpoints")["counts"]["completed"]:
+        time.sleep(0.5)
     c.cancel(second)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and {j["jid"]: j["state"] for j in c.jobs()}[second] != "CANCELED":

@@ -6,6 +6,7 @@
 - `trending:cat:{category}` the same per category.
 - `item:meta`    hash item_id -> JSON {"category", "price"} from the `items` topic.
 - `ledger`       hash: how many input records were used, duplicate, opted_out, dlq, late.
+- `control`      hash: control records applied, by action (erase, opt_out, opt_in).
 - `ledger:rejected_offsets` hash: per source partition, the offset of the last DLQ'd or late
                  record counted, so a replay after recovery does not count it again.
 - `drift:psi`    hash: the last drift window's PSI per feature (JSON), its model version, window,
@@ -25,6 +26,7 @@ LEDGER = "ledger"  # hash: used / duplicate / opted_out / dlq / late -> records 
 LEDGER_FIELDS = ("used", "duplicate", "opted_out", "late", "dlq")  # also Flink metrics streamrank.<field>
 ITEM_META = "item:meta"
 DRIFT = "drift:psi"
+CONTROL = "control"  # hash: control records applied, by action (erase, opt_out, opt_in)
 REJECTED_OFFSETS = "ledger:rejected_offsets"  # hash "{topic}:{partition}" -> last rejected offset counted
 
 

@@ -21,6 +21,11 @@ from dataclasses import dataclass
 from typing import Any
 
 EVENT_TYPES: tuple[str, ...] = ("view", "click", "add_to_cart", "purchase")
+# A user's requests travel in the user's own event stream, as records whose type is one of these
+# (no item_id): applied at their place in the user's events. erase forgets the history (features,
+# items, categories, sessions, the list); opt_out erases and uses none of the user's events until
+# opt_in. They are not interactions: the ledger does not count them, the `control` hash does.
+CONTROL_ACTIONS: tuple[str, ...] = ("erase", "opt_out", "opt_in")
 # Ids: 1-64 of these characters, and nothing else. '$' alone would let a trailing newline through in
 # Python's re.match and in Java's find (Flink's REGEXP): Python uses fullmatch, Java gets '\z'
 # (ID_PATTERN_JAVA); Go's RE2 (lookupd) reads '$' as the end of the text already.
@@ -70,13 +75,14 @@ def validate(raw: str | bytes, ingest_ts_ms: int | None = None) -> Interaction:
         raise InvalidEvent("not_json") from None
     if not isinstance(obj, dict):
         raise InvalidEvent("not_json")
-    for field in ("event_id", "user_id", "item_id"):
+    control = obj.get("type") in CONTROL_ACTIONS
+    for field in ("event_id", "user_id") if control else ("event_id", "user_id", "item_id"):
         v = obj.get(field)
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             v = str(v)
         if not isinstance(v, str) or not valid_id(v):
             raise InvalidEvent(f"bad_{field}")
-    if obj.get("type") not in EVENT_TYPES:
+    if obj.get("type") not in EVENT_TYPES and not control:
         raise InvalidEvent("bad_type")
     ts = obj.get("ts")
     if isinstance(ts, bool) or not isinstance(ts, int) or ts < MIN_TS_MS:
@@ -100,7 +106,7 @@ def validate(raw: str | bytes, ingest_ts_ms: int | None = None) -> Interaction:
     return Interaction(
         event_id=str(obj["event_id"]),
         user_id=str(obj["user_id"]),
-        item_id=str(obj["item_id"]),
+        item_id="" if control else str(obj["item_id"]),
         type=obj["type"],
         ts=ts,
         value=value,
@@ -161,6 +167,8 @@ def sanitize_category(category: object) -> str:
 
 # over parse_once_sql's columns; the same rule as sanitize_category (REPLACE, not a regex: this
 # runs for every event)
+# a user's request (CONTROL_ACTIONS), over parse_once_sql's columns
+CONTROL_SQL = f"COALESCE(t_type = 'string' AND j_type IN ({', '.join(repr(a) for a in CONTROL_ACTIONS)}), FALSE)"
 CATEGORY_SQL = ("CASE WHEN t_category IN ('string', 'integer', 'float') AND j_category <> '' "
                 "THEN REPLACE(REPLACE(j_category, '|', '_'), ';', '_') ELSE 'unknown' END")
 # consent is withdrawn only by false or "false" (any case); the same rule as validate
@@ -169,8 +177,8 @@ CONSENT_SQL = ("CASE WHEN (t_consent = 'boolean' AND j_consent = 'false') OR "
 # A valid event as the line udfs.features.parse_events reads (Event.encode's fields), over
 # parse_once_sql's columns. ts and value are the record's own number texts (validation has checked
 # them; parse_events reads them with int() and float()), not numbers formatted back to text.
-EVENT_LINE_SQL = (f"CONCAT_WS('|', j_event_id, j_type, j_item_id, {CATEGORY_SQL}, j_ts, COALESCE(j_value, '0'), "
-                  f"{CONSENT_SQL})")
+EVENT_LINE_SQL = (f"CONCAT_WS('|', j_event_id, j_type, CASE WHEN {CONTROL_SQL} THEN '' ELSE j_item_id END, "
+                  f"{CATEGORY_SQL}, j_ts, COALESCE(j_value, '0'), {CONSENT_SQL})")
 
 # The JSON fields the job reads, in the order of ParseInteraction's result row (deploy/maven/udf;
 # tests/flink/test_validation_parity.py checks the two agree).
@@ -214,12 +222,12 @@ def parse_once_sql(source: str, keep: Sequence[str], raw: str = "payload") -> st
 def validation_sql(kafka_ts_ms: str = "kafka_ts_ms") -> str:
     """The same rules as `validate`, as a Flink SQL CASE giving the reason or NULL (valid), over
     the columns of parse_once_sql."""
-    types = ", ".join(f"'{t}'" for t in EVENT_TYPES)
+    types = ", ".join(f"'{t}'" for t in EVENT_TYPES + CONTROL_ACTIONS)
     flink_re = ID_PATTERN_JAVA
 
     id_checks = "\n".join(
-        f"  WHEN t_{f} IS NULL OR t_{f} NOT IN ('string', 'integer', 'float') OR NOT REGEXP(j_{f}, '{flink_re}')"
-        f" THEN 'bad_{f}'"
+        f"  WHEN {'NOT ' + CONTROL_SQL + ' AND ' if f == 'item_id' else ''}(t_{f} IS NULL OR "
+        f"t_{f} NOT IN ('string', 'integer', 'float') OR NOT REGEXP(j_{f}, '{flink_re}')) THEN 'bad_{f}'"
         for f in ("event_id", "user_id", "item_id")
     )
     ts = "TRY_CAST(j_ts AS BIGINT)"

@@ -386,11 +386,16 @@ def ledger(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None) -> None:
 
     cfg = _job_config(config, set_)
     try:
-        counts = keys.read_ledger(redis_lib.Redis(host=cfg.redis.host, port=cfg.redis.port))
+        client = redis_lib.Redis(host=cfg.redis.host, port=cfg.redis.port)
+        counts = keys.read_ledger(client)
+        control = {k.decode(): int(v) for k, v in client.hgetall(keys.CONTROL).items()}
     except redis_lib.RedisError as e:
         typer.echo(f"cannot read the ledger from Redis {cfg.redis.host}:{cfg.redis.port}: {e}", err=True)
         raise typer.Exit(1) from None
-    report: dict[str, object] = {**counts, "accounted": sum(counts.values())}
+    # users' requests (records of type erase/opt_out/opt_in) are input records too, counted apart
+    report: dict[str, object] = {**counts, "accounted": sum(counts.values()) + sum(control.values())}
+    if control:
+        report["control"] = control
     if cfg.flink.prometheus_port:  # a running embedded job's Flink metrics, beside the ledger
         from deploy.metrics import find_ledger_metrics
 
@@ -430,6 +435,36 @@ def _job_args(set_: list[str] | None, bounded: bool, from_savepoint: str | None,
             # as a URI: the job may run in another directory (flink run)
             + (["--from-savepoint", restore["execution.state-recovery.path"]] if restore else [])
             + (["--allow-non-restored-state"] if allow_non_restored_state else []))
+
+
+@app.command()
+def control(
+    action: Annotated[str, typer.Argument(help="erase | opt-out | opt-in")],
+    users: Annotated[list[str], typer.Argument(help="user ids")],
+    config: ConfigOpt = DEFAULT_CONFIG,
+    set_: SetOpt = None,
+) -> None:
+    """Send users' requests into their event streams: erase a history, opt out, opt back in.
+
+    Each is a record on the interactions topic, keyed by the user like their events, with the type
+    erase, opt_out or opt_in and the time now; the job applies it at that place in the user's events.
+    erase forgets the user's features, items, categories and list (only event ids stay, for
+    deduplication, until the dedup horizon); opt-out does too and uses none of the user's events
+    until opt-in. The job counts them in the `control` hash (`streamrank ledger`)."""
+    from contract.schema import CONTROL_ACTIONS, ID_PATTERN, valid_id
+    from traffic.publish import send_requests
+
+    name = action.replace("-", "_")
+    if name not in CONTROL_ACTIONS:
+        typer.echo(f"unknown action {action!r}: use erase, opt-out or opt-in", err=True)
+        raise typer.Exit(2)
+    if bad := [u for u in users if not valid_id(u)]:
+        typer.echo(f"not user ids ({ID_PATTERN}): {', '.join(map(repr, bad))}", err=True)
+        raise typer.Exit(2)
+    cfg = _job_config(config, set_)
+    now = int(time.time() * 1000)
+    sent = send_requests(cfg.kafka.bootstrap_servers, cfg.kafka.interactions_topic, name, users, now)
+    typer.echo(json.dumps({"topic": cfg.kafka.interactions_topic, "type": name, "ts": now, "event_ids": sent}))
 
 
 @app.command()

@@ -31,7 +31,7 @@ def run_demo(live_events: int, rate: float, keep: bool) -> int:
     from models.training import build_training_set, train_and_publish
     from serving.client import RecommendationsClient
     from serving.launch import start_server
-    from traffic.publish import catalog_path, publish_catalog, publish_events, write_history
+    from traffic.publish import catalog_path, publish_catalog, publish_events, send_requests, write_history
     from traffic.simulator import Simulator
     from deploy.cli import format_recommendations
     from deploy.cluster import find_rest_endpoint
@@ -101,6 +101,15 @@ def run_demo(live_events: int, rate: float, keep: bool) -> int:
         with RecommendationsClient(f"127.0.0.1:{server.port}", deadline_s=2.0) as client:
             for u in users + ["cold-user-42"]:
                 print(format_recommendations(client.recommendations(u, 5)))
+
+            _step(f"{users[0]} opts out: `streamrank control opt-out {users[0]}` (history forgotten, no tracking)")
+            send_requests(cfg.kafka.bootstrap_servers, cfg.kafka.interactions_topic, "opt_out", [users[0]])
+            publish_events(Simulator(seed=14), cfg.kafka.bootstrap_servers, cfg.kafka.interactions_topic,
+                           int(rate * 10), rate, realtime=True, progress=False)  # the watermark moves on
+            _wait_for(lambda: not r.exists(keys.rec_key(users[0])), 60, job, job_log, "the opt-out to be applied")
+            print(f"{users[0]}'s features and list are gone: " + json.dumps(
+                {k: int(v) for k, v in ((k.decode(), v) for k, v in r.hgetall(keys.CONTROL).items())}))
+            print(format_recommendations(client.recommendations(users[0], 5)))
         print(f"\n{n_lists} users have lists in Redis; Kafka -> Flink -> ONNX -> Redis -> gRPC works.")
         return 0
     finally:

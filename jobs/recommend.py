@@ -377,13 +377,19 @@ def log_ledger(cfg: JobConfig) -> None:
     from contract.keys import read_ledger
     from udfs.ranking import redis_client
 
+    from contract.keys import CONTROL
+
     try:
-        counts = read_ledger(redis_client(cfg))
+        client = redis_client(cfg)
+        counts = read_ledger(client)
+        control = {k.decode(): int(v) for k, v in client.hgetall(CONTROL).items()}
     except redis.RedisError as e:
         log.warning("the job ended; the ledger could not be read from Redis: %s", e)
         return
-    log.info("the job ended; ledger: %s; accounted %d (`streamrank ledger` compares it with the topic)",
-             ", ".join(f"{k} {v}" for k, v in counts.items()), sum(counts.values()))
+    log.info("the job ended; ledger: %s; %saccounted %d (`streamrank ledger` compares it with the topic)",
+             ", ".join(f"{k} {v}" for k, v in counts.items()),
+             "".join(f"users' requests: {', '.join(f'{k} {v}' for k, v in control.items())}; " if control else ""),
+             sum(counts.values()) + sum(control.values()))
 
 
 def parse_overrides(pairs: list[str], bounded: bool = False) -> dict:

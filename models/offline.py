@@ -18,7 +18,7 @@ from pathlib import Path
 from contract.config import JobConfig
 from contract.schema import Interaction, InvalidEvent, validate
 from udfs.candidates import GLOBAL, CandidatePool, TrendingBoards
-from udfs.features import Event, Ledger, UserState, WindowDelta, apply_window
+from udfs.features import Event, Ledger, UserState, WindowDelta, apply_window, shared_events
 
 
 @dataclass
@@ -112,8 +112,13 @@ class OfflineReplay:
     def _fold(self, window: list[Interaction], end: int) -> ReplayStep:
         items: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
         kinds = {"view": 0, "click": 1, "add_to_cart": 2, "purchase": 3}
+        by_user: dict[str, list[Interaction]] = defaultdict(list)
         for e in window:
-            if not e.consent:
+            by_user[e.user_id].append(e)
+        # as udfs.ranking counts them: not users' requests, nor events while the user is opted out
+        shared = {id(e) for u, evs in by_user.items() for e in shared_events(evs, self.states[u].opted_out)}
+        for e in window:
+            if not e.consent or id(e) not in shared:
                 continue
             items[(e.item_id, e.category)][kinds[e.type]] += 1
             if e.item_id not in self.catalog or e.value > 0:

@@ -130,3 +130,20 @@ def publish_history(path: str | Path, bootstrap: str, topic: str, items_topic: s
     p.flush()
     p.close()
     return sent
+
+
+def send_requests(bootstrap: str, topic: str, action: str, users: list[str], ts_ms: int | None = None) -> list[str]:
+    """Users' requests (contract.schema.CONTROL_ACTIONS) into their event streams: one record per
+    user on the interactions topic, keyed by the user, at ts_ms (default now). Returns the event ids."""
+    import uuid
+
+    ts = ts_ms if ts_ms is not None else int(time.time() * 1000)
+    p = producer(bootstrap)
+    ids = []
+    for u in users:
+        record = {"event_id": f"{action}-{uuid.uuid4().hex[:16]}", "user_id": u, "type": action, "ts": ts}
+        p.send(topic, key=u.encode(), value=json.dumps(record).encode())
+        ids.append(record["event_id"])
+    p.flush()
+    p.close()
+    return ids

@@ -20,6 +20,7 @@ import numpy as np
 import orjson
 
 from contract.config import FeatureConfig
+from contract.schema import CONTROL_ACTIONS
 
 NEVER_S = 30 * 86400.0  # "since" features of a user who never did it
 EVENT_WEIGHTS = {"view": 1.0, "click": 2.0, "add_to_cart": 4.0, "purchase": 8.0}
@@ -98,12 +99,20 @@ class Ledger:
     duplicate: int = 0
     opted_out: int = 0
     late: int = 0  # only after a restart: see apply_window
+    # control records applied (not interactions: their own hash, keys.CONTROL)
+    erase: int = 0
+    opt_out: int = 0
+    opt_in: int = 0
 
     def add(self, other: Ledger) -> None:
-        self.used += other.used
-        self.duplicate += other.duplicate
-        self.opted_out += other.opted_out
-        self.late += other.late
+        for name, n in other.__dict__.items():
+            setattr(self, name, getattr(self, name) + n)
+
+    def interactions(self) -> dict[str, int]:
+        return {"used": self.used, "duplicate": self.duplicate, "opted_out": self.opted_out, "late": self.late}
+
+    def controls(self) -> dict[str, int]:
+        return {a: getattr(self, a) for a in CONTROL_ACTIONS}
 
 
 @dataclass
@@ -127,6 +136,12 @@ class UserState:
     # event ids within the dedup horizon: bucket (event ts // dedup_bucket_ms, as str) -> the ids
     # joined by " " (ids never hold a space); 11 bytes an event instead of 27 as id -> ts
     seen: dict[str, str] = field(default_factory=dict)
+    erased_ts: int = 0  # the last erase or opt_out (ms); nothing before it is kept but the ids above
+    opted_out: bool = False  # opt_out until opt_in: events are counted opted_out, not used
+
+    def personalized(self) -> bool:
+        """Whether the user gets a list: a used event since the last erase, and not opted out."""
+        return self.feature_ts > self.erased_ts and not self.opted_out
 
     def encode(self) -> str:
         return orjson.dumps(self.__dict__).decode()
@@ -208,6 +223,7 @@ def apply_window(state: UserState, d: WindowDelta, cfg: FeatureConfig,
     session_start, session_events, session_purchased = state.session_start, state.session_events, state.session_purchased
     sessions, baskets = list(state.sessions), list(state.baskets)
     parsed = parse_events(d.events) if events is None else events
+    erased_ts, opted_out = state.erased_ts, state.opted_out
     for e in sorted(parsed, key=_TIME_ORDER):
         eid, etype, item, category, ts, value, consent = e
         if eid in seen_ids:
@@ -219,11 +235,26 @@ def apply_window(state: UserState, d: WindowDelta, cfg: FeatureConfig,
             fresh[seen_key] = [eid]
         else:
             bucket.append(eid)
-        if not consent:
+        if etype in CONTROL_ACTIONS:
+            setattr(ledger, etype, getattr(ledger, etype) + 1)
+            if etype == "opt_in":
+                opted_out = False
+                continue
+            # erase / opt_out: everything the events made goes; feature_ts moves to the request's
+            # time (it versions the Redis writes, which never go back), and reads as "never"
+            opted_out = opted_out or etype == "opt_out"
+            erased_ts = feature_ts = max(feature_ts, ts)
+            last_click = last_purchase = session_start = session_events = 0
+            session_purchased = False
+            sessions, baskets, affinity, items = [], [], {}, {}
+            buckets.clear()
+            slices = [(buckets.setdefault(key, {}), size) for key, _, size in boards_of(cfg)]
+            continue
+        if not consent or opted_out:
             ledger.opted_out += 1
             continue
         ledger.used += 1
-        if feature_ts == 0 or ts - feature_ts > gap_ms:
+        if feature_ts <= erased_ts or ts - feature_ts > gap_ms:
             session_start, session_events, session_purchased = ts, 0, False
             sessions.append(ts)
         session_events += 1
@@ -255,12 +286,27 @@ def apply_window(state: UserState, d: WindowDelta, cfg: FeatureConfig,
     s = UserState(window_end=t, feature_ts=feature_ts, as_of=t, last_click_ts=last_click,
                   last_purchase_ts=last_purchase, buckets=buckets, session_start=session_start,
                   session_events=session_events, session_purchased=session_purchased, sessions=sessions,
-                  baskets=baskets, affinity=affinity, items=items, seen=seen)
+                  baskets=baskets, affinity=affinity, items=items, seen=seen, erased_ts=erased_ts,
+                  opted_out=opted_out)
     _prune(s, t, cfg)
     return s, ledger
 
 
 _TIME_ORDER = attrgetter("ts", "event_id")
+
+
+def shared_events(events: list[Event], opted_out: bool) -> list[Event]:
+    """The window's interactions that may feed statistics shared across users (item popularity):
+    not control records, and not while the user is opted out (opted_out: at the window's start)."""
+    if not opted_out and not any(e.type in CONTROL_ACTIONS for e in events):
+        return events  # nearly every window
+    out = []
+    for e in sorted(events, key=_TIME_ORDER):
+        if e.type in CONTROL_ACTIONS:
+            opted_out = e.type == "opt_out" or (opted_out and e.type != "opt_in")
+        elif not opted_out:
+            out.append(e)
+    return out
 
 DEDUP_BUCKETS = 24  # buckets per dedup horizon: the most an id outlives the horizon is 1/24 of it
 
@@ -300,8 +346,8 @@ def _prune(s: UserState, t: int, cfg: FeatureConfig) -> None:
 def user_vector(state: UserState, t: int, cfg: FeatureConfig) -> np.ndarray:
     """The user half of the model input at time t (ms), in user_feature_names order."""
 
-    def since(ts: int) -> float:
-        return min((t - ts) / 1000.0, NEVER_S) if ts > 0 else NEVER_S
+    def since(ts: int) -> float:  # an erase leaves feature_ts at its time: no event since is "never"
+        return min((t - ts) / 1000.0, NEVER_S) if ts > state.erased_ts else NEVER_S
 
     v = [since(state.feature_ts), since(state.last_click_ts), since(state.last_purchase_ts)]
     for w in cfg.frequency_windows_s:

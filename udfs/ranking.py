@@ -18,7 +18,7 @@ from contract.config import JobConfig
 from udfs.candidates import ALL, Candidate, CandidatePool, ItemStats, gather_candidates, item_weight
 from udfs.drift import DriftMonitor, DriftReport
 from udfs.features import (Event, Ledger, UserState, WindowDelta, apply_window, feature_names, parse_events,
-                           user_item_matrix)
+                           shared_events, user_item_matrix)
 from udfs.scorer import ModelWatcher, OnnxScorer
 
 log = logging.getLogger(__name__)
@@ -313,7 +313,7 @@ class BatchRanker:
         for d in sorted(deltas, key=lambda d: d.window_end):
             events = parse_events(d.events)
             if d.window_end > states[d.user_id].window_end:  # else only after a restart: see apply_window
-                fresh.append((d.window_end, events))
+                fresh.append((d.window_end, shared_events(events, states[d.user_id].opted_out)))
             states[d.user_id], counted = apply_window(states[d.user_id], d, self.cfg.features, events)
             ledger.add(counted)
         items = item_window_counts(fresh)
@@ -321,6 +321,9 @@ class BatchRanker:
         if self.scorer is None:
             self._write(ledger, {u: (states[u], None) for u in users}, items)
             return ledger
+        out: dict[str, tuple[UserState, keys.RecList | None]] = {
+            u: (states[u], None) for u in users if not states[u].personalized()}  # erased: lists deleted
+        users = [u for u in users if u not in out]
         scorer = self.scorer.current()  # one model version for the whole batch
         self.candidates.load_meta({i for u in users for i in states[u].items})
 
@@ -342,7 +345,6 @@ class BatchRanker:
 
         now_ms = int(time.time() * 1000)
         k = self.cfg.scoring.top_k
-        out: dict[str, tuple[UserState, keys.RecList | None]] = {}
         for u, cands, a, b in spans:
             s = states[u]
             user_scores = scores[a:b]
@@ -359,15 +361,21 @@ class BatchRanker:
     def _write(self, ledger: Ledger, out: dict[str, tuple[UserState, keys.RecList | None]],
                items: list[tuple[int, str, str, int, int, int, int]]) -> None:
         """One MULTI: item statistics, states, lists and the ledger change together or not at all
-        (a replayed window finds its state already applied and adds nothing anywhere)."""
+        (a replayed window finds its state already applied and adds nothing anywhere). A user
+        whose history was erased, or who opted out, loses the list (the service falls back)."""
         ttl = self.cfg.redis.rec_ttl_s
         pipe = self.redis.pipeline(transaction=True)
         self.trending.write(items, pipe)
-        count_in_ledger(pipe, ledger.__dict__)
+        count_in_ledger(pipe, ledger.interactions())
+        for action, n in ledger.controls().items():
+            if n:
+                pipe.hincrby(keys.CONTROL, action, n)
         for u, (s, rec) in out.items():
             self.guarded_set(keys=[keys.feat_key(u)], args=[s.feature_ts, s.encode(), ttl], client=pipe)
             if rec is not None:
                 self.guarded_set(keys=[keys.rec_key(u)], args=[s.feature_ts, rec.encode(), ttl], client=pipe)
+            elif not s.personalized():
+                pipe.delete(keys.rec_key(u))
         pipe.execute()
 
 

@@ -31,6 +31,13 @@ def variants() -> list[bytes]:
     }.items():
         for v in values:
             out.append(json.dumps({**GOOD, field: v}))
+    # users' requests: no item_id needed (one given is not checked, nor kept), the rest as for events
+    request = {k: v for k, v in GOOD.items() if k != "item_id"}
+    out += [json.dumps({**request, "type": t}) for t in ("erase", "opt_out", "opt_in", "ERASE", "opt-out")]
+    out += [json.dumps({**request, "type": "erase", **extra}) for extra in (
+        {"item_id": "a|b"}, {"item_id": None}, {"user_id": "a b"}, {"event_id": None}, {"ts": "now"},
+        {"value": -1}, {"consent": False}, {"category": "c|1"})]
+    out += [json.dumps({**GOOD, "item_id": None, "type": t}) for t in (["erase"], {"erase": 1}, None)]
     out += ["", "null", "[]", "7", '"text"', "{not json", '{"event_id": "e1"} trailing',
             json.dumps({k: v for k, v in GOOD.items() if k != "ts"}), '{"event_id":"e1","event_id":"e 2"}',
             f'{{"ts": 1, "ts": {NOW}}}', f'{{"ts": {NOW}, "nested": {{"ts": 5}}}}', '{"ts": 9223372036854775808}',

@@ -190,3 +190,16 @@ def test_config_check_command(tmp_path):
     assert out.exit_code == 2 and "did you mean 'micro_batch_s'" in out.stderr
     serving = CliRunner().invoke(app, ["config", "check", "--serving", str(PROJECT_ROOT / "deploy" / "config" / "serving.toml")])
     assert serving.exit_code == 0 and json.loads(serving.stdout)["engine"] in ("go", "python")
+
+
+def test_a_users_request_needs_no_item_and_keeps_none():
+    from contract.schema import CONTROL_ACTIONS
+
+    base = {k: v for k, v in GOOD.items() if k != "item_id"}
+    for kind in CONTROL_ACTIONS:
+        ev = validate(json.dumps({**base, "type": kind, "item_id": "a|b"}))
+        assert (ev.type, ev.item_id, ev.user_id) == (kind, "", "u1")
+    with pytest.raises(InvalidEvent, match="bad_item_id"):
+        validate(json.dumps({**base, "type": "ERASE"}))  # not a request: an event, without an item
+    with pytest.raises(InvalidEvent, match="bad_user_id"):
+        validate(json.dumps({**base, "type": "erase", "user_id": "a b"}))

@@ -197,3 +197,55 @@ def test_item_window_counts_take_consented_events_per_item_window():
               WindowDelta("u2", 2000, ";".join([ev(4, "purchase", "a"), ev(4, "purchase", "a")])),  # a duplicate counts
               WindowDelta("u2", 4000, ev(5, "add_to_cart", "b"))]
     assert sorted(item_window_counts([(d.window_end, parse_events(d.events)) for d in deltas])) == [(2000, "a", "c1", 1, 1, 0, 2), (4000, "b", "c1", 0, 0, 1, 0)]
+
+
+def ctl(n, action, ts):
+    """A control record as the job turns it into a window line (consent stays true)."""
+    return Event(f"ctl-0-{n}", action, "", "", ts, 0.0, True)
+
+
+def test_erase_forgets_the_history_and_keeps_only_event_ids():
+    before, _ = fold(UserState(), window(T0 + 2000, ev(1, "view", T0, cat="c1"), ev(2, "purchase", T0 + 500, value=9.0),
+                                         ev(3, "click", T0 + 1000, cat="c2")))
+    assert before.personalized()
+    s, led = fold(before, window(T0 + 4000, ctl(1, "erase", T0 + 2500), ev(1, "view", T0 + 3000)))
+    f = describe(s, T0 + 4000, CFG)
+    assert (f["views_1h"], f["purchases_1h"], f["clicks_1h"], f["spend_1h"], f["sessions_1h"]) == (0, 0, 0, 0.0, 0)
+    assert f["recency_s"] == f["since_click_s"] == f["since_purchase_s"] == NEVER_S
+    assert (s.affinity, s.items, s.top_categories(3), s.baskets) == ({}, {}, [], [])
+    assert not s.personalized() and s.erased_ts == T0 + 2500
+    # the ids stay (a duplicate after the erase is still one), and feature_ts never goes back
+    assert led == {"used": 0, "duplicate": 1, "opted_out": 0, "late": 0} and s.feature_ts == T0 + 2500
+    after, _ = fold(s, window(T0 + 6000, ev(4, "view", T0 + 5000, cat="c3")))
+    assert after.personalized() and describe(after, T0 + 6000, CFG)["views_1h"] == 1
+    assert after.top_categories(3) == ["c3"] and describe(after, T0 + 6000, CFG)["recency_s"] == pytest.approx(1.0)
+
+
+def test_opt_out_counts_the_users_events_until_opt_in():
+    s, led = fold(UserState(),
+                  window(T0 + 2000, ev(1, "view", T0), ctl(1, "opt_out", T0 + 500), ev(2, "click", T0 + 1000)),
+                  window(T0 + 4000, ev(3, "view", T0 + 3000)))
+    assert led == {"used": 1, "duplicate": 0, "opted_out": 2, "late": 0}
+    assert s.opted_out and not s.personalized() and describe(s, T0 + 4000, CFG)["views_1h"] == 0
+    s, led = fold(s, window(T0 + 6000, ctl(2, "opt_in", T0 + 4500), ev(4, "view", T0 + 5000)))
+    assert led["used"] == 1 and not s.opted_out and s.personalized()
+    assert describe(s, T0 + 6000, CFG)["views_1h"] == 1  # only what came after the opt-in
+
+
+def test_control_records_are_counted_once_and_replays_change_nothing():
+    d = window(T0 + 2000, ev(1, "view", T0), ctl(7, "erase", T0 + 1000))
+    s, ledger = apply_window(UserState(), d, CFG)
+    assert (ledger.erase, ledger.opt_out, ledger.opt_in) == (1, 0, 0)
+    again, ledger = apply_window(s, d, CFG)  # a replay after a restart
+    assert again is s and ledger.controls() == {"erase": 0, "opt_out": 0, "opt_in": 0} and ledger.late == 0
+
+
+def test_shared_statistics_skip_control_records_and_opted_out_stretches():
+    from udfs.features import shared_events
+
+    es = [ev(1, "view", T0), ctl(1, "opt_out", T0 + 1), ev(2, "view", T0 + 2), ctl(2, "opt_in", T0 + 3),
+          ev(3, "view", T0 + 4)]
+    assert [e.event_id for e in shared_events(es, False)] == ["e1", "e3"]
+    assert [e.event_id for e in shared_events([ev(1, "view", T0)], True)] == []
+    plain = [ev(1, "view", T0)]
+    assert shared_events(plain, False) is plain

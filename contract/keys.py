@@ -30,6 +30,11 @@ CONTROL = "control"  # hash: control records applied, by action (erase, opt_out,
 REJECTED_OFFSETS = "ledger:rejected_offsets"  # hash "{topic}:{partition}" -> last rejected offset counted
 
 
+def read_control(r) -> dict[str, int]:
+    """The control hash: users' requests applied, by action (only those that happened)."""
+    return {k.decode(): int(v) for k, v in r.hgetall(CONTROL).items()}
+
+
 def read_ledger(r) -> dict[str, int]:
     """The ledger hash from a Redis client, with 0 for a count nothing has incremented yet."""
     raw = r.hgetall(LEDGER)

@@ -387,8 +387,7 @@ def ledger(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None) -> None:
     cfg = _job_config(config, set_)
     try:
         client = redis_lib.Redis(host=cfg.redis.host, port=cfg.redis.port)
-        counts = keys.read_ledger(client)
-        control = {k.decode(): int(v) for k, v in client.hgetall(keys.CONTROL).items()}
+        counts, control = keys.read_ledger(client), keys.read_control(client)
     except redis_lib.RedisError as e:
         typer.echo(f"cannot read the ledger from Redis {cfg.redis.host}:{cfg.redis.port}: {e}", err=True)
         raise typer.Exit(1) from None

@@ -232,9 +232,9 @@ class FlinkCluster:
         return found
 
     def submit(self, config: str | None, extra_args: list[str], detached: bool) -> subprocess.CompletedProcess:
-        # extra_args go to jobs.recommend (--set, --bounded, --from-savepoint: the job sets Flink's
-        # restore options itself, as it does on the MiniCluster)
-        """`flink run -py jobs/recommend.py`, shipping the project's packages and the jars."""
+        """`flink run -py jobs/recommend.py`, shipping the project's packages and the jars.
+        extra_args go to jobs.recommend (--set, --bounded, --from-savepoint: the job sets Flink's
+        restore options itself, as it does on the MiniCluster)."""
         home = flink_home()
         py = python_executable()
         cmd = [

@@ -107,8 +107,7 @@ def run_demo(live_events: int, rate: float, keep: bool) -> int:
             publish_events(Simulator(seed=14), cfg.kafka.bootstrap_servers, cfg.kafka.interactions_topic,
                            int(rate * 10), rate, realtime=True, progress=False)  # the watermark moves on
             _wait_for(lambda: not r.exists(keys.rec_key(users[0])), 60, job, job_log, "the opt-out to be applied")
-            print(f"{users[0]}'s history and list are gone (control: " + json.dumps(
-                {k: int(v) for k, v in ((k.decode(), v) for k, v in r.hgetall(keys.CONTROL).items())}))
+            print(f"{users[0]}'s history and list are gone (control: {json.dumps(keys.read_control(r))})")
             print(format_recommendations(client.recommendations(users[0], 5)))
         print(f"\n{n_lists} users have lists in Redis; Kafka -> Flink -> ONNX -> Redis -> gRPC works.")
         return 0

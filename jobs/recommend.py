@@ -355,10 +355,9 @@ def warn_if_redis_forgets(cfg: JobConfig) -> None:
     its offsets, and what it had folded is gone without an error. Say so before the job starts."""
     import redis
 
-    from udfs.ranking import redis_client
-
     try:
-        aof = redis_client(cfg).info("persistence").get("aof_enabled")
+        client = redis.Redis(host=cfg.redis.host, port=cfg.redis.port, socket_timeout=3, socket_connect_timeout=3)
+        aof = client.info("persistence").get("aof_enabled")
     except redis.RedisError as e:
         log.warning("Redis %s:%d does not answer (%s); the job will fail over until it does",
                     cfg.redis.host, cfg.redis.port, e)
@@ -374,15 +373,12 @@ def log_ledger(cfg: JobConfig) -> None:
     """After a bounded run: where every record went, from the ledger in Redis."""
     import redis
 
-    from contract.keys import read_ledger
+    from contract.keys import read_control, read_ledger
     from udfs.ranking import redis_client
-
-    from contract.keys import CONTROL
 
     try:
         client = redis_client(cfg)
-        counts = read_ledger(client)
-        control = {k.decode(): int(v) for k, v in client.hgetall(CONTROL).items()}
+        counts, control = read_ledger(client), read_control(client)
     except redis.RedisError as e:
         log.warning("the job ended; the ledger could not be read from Redis: %s", e)
         return

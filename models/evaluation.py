@@ -217,7 +217,7 @@ def evaluate_history(history: str, cfg, train_fraction: float = 0.8, k: int = 10
                for kind in MODEL_KINDS}
 
     replay = ts.replay  # the job's state at the split: the training replay, run to its end
-    known = {u for u, s in replay.states.items() if s.feature_ts > 0}
+    known = {u for u, s in replay.states.items() if s.personalized()}  # the job would have a list for them
     truth = relevant_items(split.test, known)
     rankers = Baselines.fit(split.train, split.at_ms).rankers()
     scored: list[tuple[float, bool]] = []  # the classifier's (probability, relevant) pairs

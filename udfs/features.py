@@ -104,9 +104,14 @@ class Ledger:
     opt_out: int = 0
     opt_in: int = 0
 
-    def add(self, other: Ledger) -> None:
-        for name, n in other.__dict__.items():
-            setattr(self, name, getattr(self, name) + n)
+    def add(self, other: Ledger) -> None:  # once per user-window: spelled out, not a loop over fields
+        self.used += other.used
+        self.duplicate += other.duplicate
+        self.opted_out += other.opted_out
+        self.late += other.late
+        self.erase += other.erase
+        self.opt_out += other.opt_out
+        self.opt_in += other.opt_in
 
     def interactions(self) -> dict[str, int]:
         return {"used": self.used, "duplicate": self.duplicate, "opted_out": self.opted_out, "late": self.late}

@@ -57,8 +57,7 @@ def test_erase_and_opt_out_apply_at_their_place_in_the_users_events(kafka_broker
     hist, replay = records_replay(records, cfg, tmp_path / "stream.jsonl")
     states = read_states(r)
     assert read_ledger(r) == replay_ledger(hist, replay)
-    assert {k.decode(): int(v) for k, v in r.hgetall(keys.CONTROL).items()} == replay.ledger.controls() \
-        == {"erase": 1, "opt_out": 2, "opt_in": 1}
+    assert keys.read_control(r) == replay.ledger.controls() == {"erase": 1, "opt_out": 2, "opt_in": 1}
     assert_features_equal_replay(states, replay, cfg)
     dlq = [json.loads(v) for v in read_topic(kafka_broker, topics["dlq"])]
     assert [(row["reason"], json.loads(row["record"])["event_id"]) for row in dlq] == [("bad_user_id", "req9")]

@@ -255,6 +255,27 @@ def checkpoint_completed_after(checkpoints, t: float) -> bool:
     return False
 
 
+def start_half_fed(bootstrap: str, r, redis_port: int, model_dir, prefix: str, records: list[bytes], log):
+    """The fault tests' start: the stream's first half on a topic of its own, and the job (to stop
+    at the stream's end; checkpoints every 0.5 s; spare slots, as in the recovery test) running
+    until that half's windows are in Redis and a checkpoint has completed after them."""
+    prefixed_topics(bootstrap, prefix, partitions=1)
+    publish(bootstrap, f"{prefix}interactions", records[:len(records) // 2])
+    checkpoints = log.parent / "checkpoints"
+    args = job_args(bootstrap, redis_port, model_dir, prefix, f"{prefix}fault") + [
+        "--set", f"kafka.stop_offsets={{0 = {len(records)}}}", "--set", f'flink.checkpoint_dir="{checkpoints}"',
+        "--set", "flink.checkpoint_interval_s=0.5", "--set", 'flink.extra={"taskmanager.numberOfTaskSlots" = "4"}']
+    job = start_job_embedded(args, log)
+    try:
+        wait_for(lambda: int(r.hget(keys.LEDGER, "used") or 0) > 0, 120, "part one's windows in Redis", job, log)
+        used_at = time.time()
+        wait_for(lambda: checkpoint_completed_after(checkpoints, used_at), 120, "a checkpoint after them", job, log)
+    except BaseException:
+        job.kill()
+        raise
+    return job
+
+
 def test_redis_killed_mid_stream_loses_nothing(published, kafka_broker, model_dir, tmp_path):
     """Redis, run as `streamrank stack up` runs it (an append-only file), is killed with SIGKILL
     mid-stream and restarted on its port a few seconds later. Meanwhile the job fails (its Redis
@@ -267,22 +288,12 @@ def test_redis_killed_mid_stream_loses_nothing(published, kafka_broker, model_di
     port, home = free_port(), tmp_path / "redis-home"
     svc = start_redis(home, port)
     r = redis.Redis(port=port)
-    prefix, log, checkpoints = f"{PREFIX}rk.", tmp_path / "job.log", tmp_path / "checkpoints"
-    prefixed_topics(kafka_broker, prefix, partitions=1)
-    part = len(records) // 2
-    publish(kafka_broker, f"{prefix}interactions", records[:part])
-    extra = '{"taskmanager.numberOfTaskSlots" = "4"}'  # spare slots, as in the recovery test
-    args = job_args(kafka_broker, port, model_dir, prefix, "acct-redis-kill") + [
-        "--set", f"kafka.stop_offsets={{0 = {len(records)}}}", "--set", f'flink.checkpoint_dir="{checkpoints}"',
-        "--set", "flink.checkpoint_interval_s=0.5", "--set", f"flink.extra={extra}"]
-    job = start_job_embedded(args, log)
+    prefix, log = f"{PREFIX}rk.", tmp_path / "job.log"
+    job = start_half_fed(kafka_broker, r, port, model_dir, prefix, records, log)
     try:
-        wait_for(lambda: int(r.hget(keys.LEDGER, "used") or 0) > 0, 120, "part one's windows in Redis", job, log)
-        used_at = time.time()
-        wait_for(lambda: checkpoint_completed_after(checkpoints, used_at), 120, "a checkpoint after them", job, log)
         os.killpg(svc.pid, signal.SIGKILL)
         wait_for(lambda: not port_open(port), 10, "Redis gone", job, log)
-        publish(kafka_broker, f"{prefix}interactions", records[part:])  # read while Redis is down
+        publish(kafka_broker, f"{prefix}interactions", records[len(records) // 2:])  # read while Redis is down
         time.sleep(4)
         svc = start_redis(home, port)
         wait_job(job, log)
@@ -314,26 +325,15 @@ def test_kafka_broker_killed_mid_stream_loses_nothing(published, redis_server, m
     broker_port, controller_port, home = free_port(), free_port(), tmp_path / "broker"
     broker = start_kafka(home, broker_port, controller_port, partitions=1)
     bootstrap = f"127.0.0.1:{broker_port}"
-    prefix, log, checkpoints = f"{PREFIX}kk.", tmp_path / "job.log", tmp_path / "checkpoints"
+    prefix, log = f"{PREFIX}kk.", tmp_path / "job.log"
     try:
-        prefixed_topics(bootstrap, prefix, partitions=1)
-        part = len(records) // 2
-        publish(bootstrap, f"{prefix}interactions", records[:part])
-        extra = '{"taskmanager.numberOfTaskSlots" = "4"}'  # spare slots, as in the recovery test
-        args = job_args(bootstrap, port, model_dir, prefix, "acct-broker-kill") + [
-            "--set", f"kafka.stop_offsets={{0 = {len(records)}}}", "--set", f'flink.checkpoint_dir="{checkpoints}"',
-            "--set", "flink.checkpoint_interval_s=0.5", "--set", f"flink.extra={extra}"]
-        job = start_job_embedded(args, log)
+        job = start_half_fed(bootstrap, r, port, model_dir, prefix, records, log)
         try:
-            wait_for(lambda: int(r.hget(keys.LEDGER, "used") or 0) > 0, 120, "part one's windows in Redis", job, log)
-            used_at = time.time()
-            wait_for(lambda: checkpoint_completed_after(checkpoints, used_at), 120, "a checkpoint after them", job,
-                     log)
             os.killpg(broker.pid, signal.SIGKILL)
             wait_for(lambda: not port_open(broker_port), 10, "the broker gone", job, log)
             time.sleep(3)
             broker = start_kafka(home, broker_port, controller_port, partitions=1)
-            publish(bootstrap, f"{prefix}interactions", records[part:])
+            publish(bootstrap, f"{prefix}interactions", records[len(records) // 2:])
             wait_job(job, log, timeout_s=400)
         finally:
             job.kill()
@@ -341,7 +341,7 @@ def test_kafka_broker_killed_mid_stream_loses_nothing(published, redis_server, m
     finally:
         stop_pid(broker.pid)
     flink_log = "".join(p.read_text() for p in tmp_path.glob("flink-*.log"))
-    assert re.search(r"\[Consumer clientId=acct-broker-kill-\d+, groupId=acct-broker-kill\] Node \d+ disconnected",
+    assert re.search(r"\[Consumer clientId=acct\.kk\.fault-\d+, groupId=acct\.kk\.fault\] Node \d+ disconnected",
                      flink_log), "the job's source did not see the broker go"
 
     cfg = job_config(port, model_dir)

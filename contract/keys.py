@@ -35,6 +35,12 @@ def read_control(r) -> dict[str, int]:
     return {k.decode(): int(v) for k, v in r.hgetall(CONTROL).items()}
 
 
+def accounted(ledger: dict[str, int], control: dict[str, int]) -> int:
+    """Input records accounted for: the ledger's outcomes plus the users' requests applied (records
+    of the same topic, counted apart). Equals the topic's record count once the job has read it all."""
+    return sum(ledger.values()) + sum(control.values())
+
+
 def read_ledger(r) -> dict[str, int]:
     """The ledger hash from a Redis client, with 0 for a count nothing has incremented yet."""
     raw = r.hgetall(LEDGER)

@@ -165,10 +165,10 @@ def sanitize_category(category: object) -> str:
     return re.sub(r"[|;]", "_", text)
 
 
-# over parse_once_sql's columns; the same rule as sanitize_category (REPLACE, not a regex: this
-# runs for every event)
 # a user's request (CONTROL_ACTIONS), over parse_once_sql's columns
 CONTROL_SQL = f"COALESCE(t_type = 'string' AND j_type IN ({', '.join(repr(a) for a in CONTROL_ACTIONS)}), FALSE)"
+# over parse_once_sql's columns; the same rule as sanitize_category (REPLACE, not a regex: this
+# runs for every event)
 CATEGORY_SQL = ("CASE WHEN t_category IN ('string', 'integer', 'float') AND j_category <> '' "
                 "THEN REPLACE(REPLACE(j_category, '|', '_'), ';', '_') ELSE 'unknown' END")
 # consent is withdrawn only by false or "false" (any case); the same rule as validate

@@ -391,8 +391,7 @@ def ledger(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None) -> None:
     except redis_lib.RedisError as e:
         typer.echo(f"cannot read the ledger from Redis {cfg.redis.host}:{cfg.redis.port}: {e}", err=True)
         raise typer.Exit(1) from None
-    # users' requests (records of type erase/opt_out/opt_in) are input records too, counted apart
-    report: dict[str, object] = {**counts, "accounted": sum(counts.values()) + sum(control.values())}
+    report: dict[str, object] = {**counts, "accounted": keys.accounted(counts, control)}
     if control:
         report["control"] = control
     if cfg.flink.prometheus_port:  # a running embedded job's Flink metrics, beside the ledger
@@ -526,14 +525,20 @@ def cluster_status() -> None:
     typer.echo(json.dumps({"overview": ov, "jobs": c.jobs()}, indent=2))
 
 
-def _cluster_job(job_id: str | None, verb: str):
-    """(cluster, job id): the named job, or the one running job."""
+def _cluster():
+    """The standalone cluster, or exit 1 saying how to start one."""
     from deploy.cluster import FlinkCluster
 
     c = FlinkCluster(run_dir())
     if not c.overview():
         typer.echo("no cluster answers; start one with `streamrank cluster up`", err=True)
         raise typer.Exit(1)
+    return c
+
+
+def _cluster_job(job_id: str | None, verb: str):
+    """(cluster, job id): the named job, or the one running job."""
+    c = _cluster()
     if job_id:
         return c, job_id
     running = [j["jid"] for j in c.jobs() if j["state"] == "RUNNING"]
@@ -597,13 +602,8 @@ def submit(
     allow_non_restored_state: AllowNonRestoredOpt = False,
 ) -> None:
     """Submit the recommend job to the standalone cluster with `flink run -py`."""
-    from deploy.cluster import FlinkCluster
-
     _job_config(config, set_, bounded)
-    c = FlinkCluster(run_dir())
-    if not c.overview():
-        typer.echo("no cluster answers; start one with `streamrank cluster up`", err=True)
-        raise typer.Exit(1)
+    c = _cluster()
     extra = _job_args(set_, bounded, from_savepoint, allow_non_restored_state)
     out = c.submit(str(Path(config).resolve()), extra, detached)
     typer.echo(out.stdout[-4000:])

@@ -177,11 +177,11 @@ class FlinkCluster:
             self.state_file.unlink()
 
     def jobs(self) -> list[dict]:
-        return self._rest("GET", "/jobs/overview")["jobs"]
+        return self.rest("GET", "/jobs/overview")["jobs"]
 
     def cancel(self, job_id: str) -> None:
         """Cancel a job through the REST API (PATCH /jobs/:id); returns once Flink took it."""
-        self._rest("PATCH", f"/jobs/{job_id}?mode=cancel")
+        self.rest("PATCH", f"/jobs/{job_id}?mode=cancel")
 
     def stop_with_savepoint(self, job_id: str, target_dir: str | None = None, drain: bool = False,
                             timeout_s: float = 300.0) -> str:
@@ -190,10 +190,10 @@ class FlinkCluster:
         savepoint's path once it completed. target_dir None: the job's savepoint_dir. drain: fire
         every open window first (MAX_WATERMARK) - for a job that will not be resumed."""
         body = {"drain": drain, **({"targetDirectory": target_dir} if target_dir else {})}
-        trigger = self._rest("POST", f"/jobs/{job_id}/stop", body)["request-id"]
+        trigger = self.rest("POST", f"/jobs/{job_id}/stop", body)["request-id"]
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            st = self._rest("GET", f"/jobs/{job_id}/savepoints/{trigger}")
+            st = self.rest("GET", f"/jobs/{job_id}/savepoints/{trigger}")
             if st["status"]["id"] == "COMPLETED":
                 op = st.get("operation", {})
                 if "location" in op:
@@ -203,7 +203,8 @@ class FlinkCluster:
             time.sleep(0.5)
         raise ClusterError(f"savepoint of {job_id} not done within {timeout_s:.0f}s; see {self.logs}")
 
-    def _rest(self, method: str, path: str, body: dict | None = None) -> dict:
+    def rest(self, method: str, path: str, body: dict | None = None) -> dict:
+        """One call of the cluster's REST API (its JSON answer; {} for none), or ClusterError."""
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(f"http://{self.address()}{path}", data=data, method=method,
                                      headers={"Content-Type": "application/json"} if data else {})

@@ -373,7 +373,7 @@ def log_ledger(cfg: JobConfig) -> None:
     """After a bounded run: where every record went, from the ledger in Redis."""
     import redis
 
-    from contract.keys import read_control, read_ledger
+    from contract.keys import accounted, read_control, read_ledger
     from udfs.ranking import redis_client
 
     try:
@@ -385,7 +385,7 @@ def log_ledger(cfg: JobConfig) -> None:
     log.info("the job ended; ledger: %s; %saccounted %d (`streamrank ledger` compares it with the topic)",
              ", ".join(f"{k} {v}" for k, v in counts.items()),
              "".join(f"users' requests: {', '.join(f'{k} {v}' for k, v in control.items())}; " if control else ""),
-             sum(counts.values()) + sum(control.values()))
+             accounted(counts, control))
 
 
 def parse_overrides(pairs: list[str], bounded: bool = False) -> dict:

@@ -57,6 +57,17 @@ def wait_job(job: subprocess.Popen, log_path: Path, timeout_s: float = 300) -> N
     assert rc == 0, f"job failed ({rc}); tail of {log_path}:\n{log_path.read_text()[-3000:]}"
 
 
+def wait_until(check, timeout_s: float = 10.0, every_s: float = 0.05) -> bool:
+    """Poll `check` until it is true or time runs out; whether it became true (asked once more at
+    the end)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(every_s)
+    return bool(check())
+
+
 def wait_for(condition, timeout_s: float, what: str, job: subprocess.Popen, log_path: Path) -> None:
     """Poll `condition` while the background job runs; fail with its log if it exits first."""
     import pytest

@@ -17,7 +17,7 @@ from deploy.paths import PROJECT_ROOT
 from deploy.stack import free_port
 from tests.conftest import job_config
 from tests.integration.helpers import (assert_features_equal_replay, child_env, job_args, prefixed_topics, read_states,
-                                       records_replay, replay_ledger, scrape_until_ledger)
+                                       records_replay, replay_ledger, scrape_until_ledger, wait_until)
 from traffic.publish import producer, publish_catalog, publish_events
 from traffic.simulator import Simulator
 
@@ -79,9 +79,7 @@ def test_detached_job_reports_metrics_and_cancels(cluster, kafka_broker, redis_s
                           *job_args(kafka_broker, port, model_dir, prefix, "cluster-metrics")],
                          cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and sum(read_ledger(r).values()) < 500:
-        time.sleep(0.5)
+    wait_until(lambda: sum(read_ledger(r).values()) >= 500, 180, every_s=0.5)
     want = read_ledger(r)
     assert sum(want.values()) == 500, want
     got, _ = scrape_until_ledger(c.metrics_endpoints()["taskmanager"], want)
@@ -90,10 +88,8 @@ def test_detached_job_reports_metrics_and_cancels(cluster, kafka_broker, redis_s
     out = subprocess.run([*cli, "cluster", "cancel"], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
-    deadline, states = time.monotonic() + 60, []
-    while time.monotonic() < deadline and "CANCELED" not in states:
-        states = [j["state"] for j in c.jobs()]
-        time.sleep(0.5)
+    wait_until(lambda: "CANCELED" in [j["state"] for j in c.jobs()], 60, every_s=0.5)
+    states = [j["state"] for j in c.jobs()]
     assert states.count("CANCELED") == 1 and "RUNNING" not in states, states
 
 
@@ -132,10 +128,7 @@ def test_stop_with_savepoint_and_resume_rescaled(cluster, kafka_broker, redis_se
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
 
     submit("--set", "flink.parallelism=1")
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and read_ledger(r)["used"] < 200:
-        time.sleep(0.5)
-    assert read_ledger(r)["used"] >= 200, read_ledger(r)
+    assert wait_until(lambda: read_ledger(r)["used"] >= 200, 180, every_s=0.5), read_ledger(r)
     first = one_running_job(c)
     out = subprocess.run([*cli, "cluster", "stop", "--savepoint-dir", str(tmp_path / "savepoints")],
                          cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -152,18 +145,13 @@ def test_stop_with_savepoint_and_resume_rescaled(cluster, kafka_broker, redis_se
         send(kafka_broker, topic, [(f"flush{p}", json.dumps({**ev, "user_id": f"flush{p}"}).encode())], partition=p)
     submit("--set", "flink.parallelism=2", "--from-savepoint", savepoint)
     second = one_running_job(c, but=first)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and sum(read_ledger(r).values()) < len(records):
-        time.sleep(0.5)
+    wait_until(lambda: sum(read_ledger(r).values()) >= len(records), 240, every_s=0.5)
     ledger = read_ledger(r)
     read_again = source_records_out(scrape(c.metrics_endpoints()["taskmanager"]) or "", second)
-    deadline = time.monotonic() + 60  # a checkpoint of the resumed job, for the cancel to keep
-    while time.monotonic() < deadline and not c._rest("GET", f"/jobs/{second}/checkpoints")["counts"]["completed"]:
-        time.sleep(0.5)
+    # a checkpoint of the resumed job, for the cancel to keep
+    wait_until(lambda: c.rest("GET", f"/jobs/{second}/checkpoints")["counts"]["completed"] > 0, 60, every_s=0.5)
     c.cancel(second)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and {j["jid"]: j["state"] for j in c.jobs()}[second] != "CANCELED":
-        time.sleep(0.5)
+    wait_until(lambda: {j["jid"]: j["state"] for j in c.jobs()}[second] == "CANCELED", 60, every_s=0.5)
     # a cancelled job keeps its last checkpoint, to resume from
     assert list(checkpoints.glob(f"{second}/chk-*/_metadata")), list(checkpoints.rglob("*"))[:20]
 
@@ -174,7 +162,7 @@ def test_stop_with_savepoint_and_resume_rescaled(cluster, kafka_broker, redis_se
     # the resumed job read on from the savepoint's offsets: not the records the first had accounted
     # (the ledger alone would not tell: a replay from the earliest offset is deduplicated)
     assert len(records) - part <= read_again <= len(records) + 2 - at_stop, (read_again, at_stop)
-    job = c._rest("GET", f"/jobs/{second}")
+    job = c.rest("GET", f"/jobs/{second}")
     assert {v["parallelism"] for v in job["vertices"]} == {2}
     jm_log = "".join(p.read_text(errors="replace") for p in c.logs.glob("*standalonesession*.log"))
     assert re.search(rf"Restoring job {second} from Savepoint", jm_log), "the job did not restore the savepoint"
@@ -200,10 +188,8 @@ def source_records_out(exposition: str, job_id: str) -> int:
 
 
 def one_running_job(c: FlinkCluster, but: str | None = None, timeout_s: float = 60) -> str:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        running = [j["jid"] for j in c.jobs() if j["state"] == "RUNNING" and j["jid"] != but]
-        if len(running) == 1:
-            return running[0]
-        time.sleep(0.5)
-    raise AssertionError(f"no one running job: {c.jobs()}")
+    def running() -> list[str]:
+        return [j["jid"] for j in c.jobs() if j["state"] == "RUNNING" and j["jid"] != but]
+
+    assert wait_until(lambda: len(running()) == 1, timeout_s, every_s=0.5), f"no one running job: {c.jobs()}"
+    return running()[0]

@@ -101,8 +101,9 @@ def test_control_command_sends_requests_the_job_accepts(kafka_broker):
     got = [validate(v) for v in read_topic(kafka_broker, topics["interactions"])]
     assert [(e.user_id, e.type, e.event_id) for e in got] == [("u1", "opt_out", sent["event_ids"][0]),
                                                               ("u2", "opt_out", sent["event_ids"][1])]
-    for wrong in (["forget", "u1"], ["erase", "a b"]):
+    for wrong, says in ((["forget", "u1"], "unknown action 'forget': use erase, opt-out or opt-in"),
+                        (["erase", "u3", "a b"], "not user ids (^[A-Za-z0-9_.:-]{1,64}$): 'a b'")):
         out = subprocess.run([*cli, *wrong, *sets], cwd=PROJECT_ROOT, env=child_env(), capture_output=True, text=True,
                              timeout=60)
-        assert out.returncode == 2 and ("unknown action" in out.stderr or "not user ids" in out.stderr)
+        assert out.returncode == 2 and says in out.stderr, out.stderr
     assert len(read_topic(kafka_broker, topics["interactions"], idle_ms=1000)) == 2

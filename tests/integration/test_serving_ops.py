@@ -29,7 +29,7 @@ from deploy.stack import free_port, port_open, start_redis, stop_pid
 from serving.client import RecommendationsClient
 from serving.launch import start_server
 from serving.server import pb, pb_grpc
-from tests.integration.helpers import child_env
+from tests.integration.helpers import child_env, wait_until
 from tests.integration.test_serving import seed
 
 SERVICE = "streamrank.v1.Recommendations"
@@ -37,15 +37,6 @@ SERVICE = "streamrank.v1.Recommendations"
 
 def health_status(channel) -> int:
     return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=2).status
-
-
-def wait_until(check, timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.05)
-    return check()
 
 
 @pytest.fixture

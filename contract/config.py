@@ -156,7 +156,8 @@ class FlinkConfig(_Strict):
     prometheus_port: str = ""
     """Port, or range such as "9249-9259" (the first free one is taken), where Flink's own
     Prometheus reporter serves the job's metrics at /metrics: the ledger counters
-    (streamrank_used, _duplicate, _opted_out, _late, _dlq), drift gauges, and Flink's own
+    (streamrank_used, _duplicate, _opted_out, _late, _dlq, _control_erase, _control_opt_out,
+    _control_opt_in), drift gauges, and Flink's own
     (records in/out, checkpoints, backpressure). Empty: no reporter. Embedded runs only: on a
     cluster, reporters are the cluster's config (`streamrank cluster up --metrics-port`)."""
     web_port: str = ""

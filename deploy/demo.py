@@ -88,7 +88,9 @@ def run_demo(live_events: int, rate: float, keep: bool) -> int:
             print(f"Flink web UI (jobs, backpressure, checkpoints): {ui}")
         print("ledger (Redis): " + ", ".join(f"{k} {v}" for k, v in keys.read_ledger(r).items()))
         if cfg.flink.prometheus_port and (found := find_ledger_metrics(cfg.flink.prometheus_port)):
-            print(f"Flink metrics at {found[0]}: " + ", ".join(f"streamrank_{k} {v}" for k, v in found[1].items()))
+            counts = {k: v for k, v in found[1].items() if k != "control"}
+            counts.update({f"control_{a}": n for a, n in found[1].get("control", {}).items()})
+            print(f"Flink metrics at {found[0]}: " + ", ".join(f"streamrank_{k} {v}" for k, v in counts.items()))
 
         _step("serving over gRPC and looking up a few users")
         scfg = load_serving_config(PROJECT_ROOT / "deploy" / "config" / "serving.toml", {"port": 0})

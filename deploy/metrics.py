@@ -1,5 +1,6 @@
 """Flink's metrics as its own Prometheus reporter serves them (flink.prometheus_port embedded,
-`streamrank cluster up --metrics-port` on the cluster): the ledger's counters."""
+`streamrank cluster up --metrics-port` on the cluster): the ledger's counters and the users'
+requests applied."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import urllib.request
 
 from contract.config import port_range
 from contract.keys import LEDGER_FIELDS
+from contract.schema import CONTROL_ACTIONS
 from deploy.paths import PROJECT_ROOT
 
 MONITORING = PROJECT_ROOT / "deploy" / "monitoring"
@@ -25,11 +27,11 @@ def scrape(url: str, timeout_s: float = 5.0) -> str | None:
         return None
 
 
-def ledger_counters(text: str) -> dict[str, int]:
-    """streamrank_{used,duplicate,opted_out,late,dlq} summed over operators and subtasks."""
+def _streamrank_counters(text: str, names: tuple[str, ...]) -> dict[str, int]:
+    """streamrank_<name> for each name, summed over operators and subtasks (0 when not served)."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    out = dict.fromkeys(LEDGER_FIELDS, 0)
+    out = dict.fromkeys(names, 0)
     for family in text_string_to_metric_families(text):
         m = _LEDGER_METRIC.fullmatch(family.name)
         if m and m[1] in out:
@@ -37,13 +39,27 @@ def ledger_counters(text: str) -> dict[str, int]:
     return out
 
 
-def find_ledger_metrics(spec: str) -> tuple[str, dict[str, int]] | None:
-    """(url, counters) of the first port in spec whose reporter serves streamrank's counters."""
+def ledger_counters(text: str) -> dict[str, int]:
+    """streamrank_{used,duplicate,opted_out,late,dlq}, as keys.read_ledger reads the ledger hash."""
+    return _streamrank_counters(text, LEDGER_FIELDS)
+
+
+def control_counters(text: str) -> dict[str, int]:
+    """streamrank_control_{erase,opt_out,opt_in}, as keys.read_control reads the control hash: only
+    the actions that happened."""
+    counts = _streamrank_counters(text, tuple(f"control_{a}" for a in CONTROL_ACTIONS))
+    return {name.removeprefix("control_"): n for name, n in counts.items() if n}
+
+
+def find_ledger_metrics(spec: str) -> tuple[str, dict] | None:
+    """(url, counters) of the first port in spec whose reporter serves streamrank's counters: the
+    ledger's, and under "control" the users' requests applied, when there were any."""
     for port in port_range(spec):
         url = f"http://127.0.0.1:{port}/metrics"
         text = scrape(url, timeout_s=2.0)
         if text and "_streamrank_" in text:
-            return url, ledger_counters(text)
+            control = control_counters(text)
+            return url, {**ledger_counters(text), **({"control": control} if control else {})}
     return None
 
 

@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("Flink web UI and REST API at %s", found or f"a port of {cfg.flink.web_port} (none answered yet)")
     if cfg.flink.prometheus_port and embedded():
         log.info("Flink's metrics for Prometheus: http://127.0.0.1:<first free port of %s>/metrics "
-                 "(streamrank_used, _duplicate, _opted_out, _late, _dlq, ...)", cfg.flink.prometheus_port)
+                 "(streamrank_used, _duplicate, _opted_out, _late, _dlq, _control_*, ...)", cfg.flink.prometheus_port)
     if not args.detached:
         result.wait()
         if cfg.kafka.bounded or cfg.kafka.stop_offsets:

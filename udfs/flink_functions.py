@@ -17,7 +17,8 @@ log = logging.getLogger(__name__)
 
 class RankUsers(ScalarFunction):
     """(user_id, window_end, event_list) -> events used; see udfs.ranking.BatchRanker.
-    Flink metrics streamrank.{used,duplicate,opted_out} count every record it is handed."""
+    Flink metrics streamrank.{used,duplicate,opted_out,late} count every record it is handed, and
+    streamrank.control.{erase,opt_out,opt_in} the users' requests it applies."""
 
     def __init__(self, cfg_json: str) -> None:
         self.cfg_json = cfg_json
@@ -25,6 +26,7 @@ class RankUsers(ScalarFunction):
         self.counters: dict = {}
 
     def open(self, function_context: FunctionContext) -> None:
+        from contract.schema import CONTROL_ACTIONS
         from udfs.faults import FaultInjector
         from udfs.features import feature_names
         from udfs.ranking import BatchRanker
@@ -37,6 +39,8 @@ class RankUsers(ScalarFunction):
         self.faults = FaultInjector(cfg.faults)
         group = function_context.get_metric_group().add_group("streamrank")
         self.counters = {name: group.counter(name) for name in ("used", "duplicate", "opted_out", "late")}
+        control = group.add_group("control")
+        self.counters.update({action: control.counter(action) for action in CONTROL_ACTIONS})
         # drift: PSI x 1000 per feature for the last closed window (Python gauges are integers)
         drift = group.add_group("drift")
         for name in feature_names(cfg.features):

@@ -83,13 +83,16 @@ def wait_for(condition, timeout_s: float, what: str, job: subprocess.Popen, log_
     pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
 
 
-def scrape_until_ledger(url: str, want: dict[str, int], timeout_s: float = 60) -> tuple[dict[str, int], str]:
-    """Scrape a Flink Prometheus reporter until its ledger counters equal `want` or time runs out
-    (Python's counters reach the JVM when a bundle ends); the last counters and scrape text."""
-    from deploy.metrics import ledger_counters, scrape
+def scrape_until_ledger(url: str, want: dict[str, int], want_control: dict[str, int] | None = None,
+                        timeout_s: float = 60) -> tuple[dict[str, int], str]:
+    """Scrape a Flink Prometheus reporter until its ledger counters equal `want` (and its control
+    counters `want_control`, when given) or time runs out (Python's counters reach the JVM when a
+    bundle ends); the last ledger counters and scrape text."""
+    from deploy.metrics import control_counters, ledger_counters, scrape
 
     got, text, deadline = {}, "", time.monotonic() + timeout_s
-    while time.monotonic() < deadline and got != want:
+    while time.monotonic() < deadline and (got != want or (want_control is not None
+                                                           and control_counters(text) != want_control)):
         text = scrape(url) or ""
         got = ledger_counters(text)
         time.sleep(0.5)

@@ -24,7 +24,8 @@ import pytest
 
 from contract import keys
 from contract.keys import read_ledger
-from deploy.metrics import dashboard_metrics
+from contract.schema import valid_id
+from deploy.metrics import control_counters, dashboard_metrics
 from deploy.stack import free_port, port_open, start_redis, stop_pid
 from deploy.paths import PROJECT_ROOT
 from tests.integration.helpers import (assert_features_equal_replay, child_env, job_args, prefixed_topics, read_states,
@@ -124,26 +125,36 @@ def test_every_record_lands_in_exactly_one_place(published, kafka_broker, redis_
 
 def test_flink_metrics_equal_the_ledger(published, kafka_broker, redis_server, model_dir, tmp_path):
     """The ledger's counts are Flink metrics too (streamrank_used, _duplicate, _opted_out, _late,
-    _dlq), served by Flink's own Prometheus reporter from the embedded MiniCluster
-    (flink.prometheus_port): once every record is in the ledger, they equal it, count for count."""
+    _dlq), and so are the users' requests applied (streamrank_control_erase, _opt_out, _opt_in),
+    served by Flink's own Prometheus reporter from the embedded MiniCluster (flink.prometheus_port):
+    once every record is in the ledger and every request in the control hash, they equal them,
+    count for count."""
     records, _ = published
     port, r = redis_server
     r.flushdb()
     prefix, log, metrics_port, web_port = f"{PREFIX}m.", tmp_path / "job.log", free_port(), free_port()
     prefixed_topics(kafka_broker, prefix, partitions=1)
+    # users' requests at the stream's newest time (so none is late): an erase, two opt-outs, one
+    # of them followed by an opt-in
+    last_ts = max(t for t in map(event_ts, records) if t is not None)
+    users = sorted({u for v in records if event_ts(v) is not None and valid_id(u := json.loads(v)["user_id"])})[:3]
+    requests = [json.dumps({"event_id": f"request-{n}", "user_id": u, "type": action, "ts": last_ts}).encode()
+                for n, (u, action) in enumerate([(users[0], "erase"), (users[1], "opt_out"),
+                                                  (users[2], "opt_out"), (users[2], "opt_in")])]
     # an unbounded run (the reporter ends with the job), so a last record far ahead closes the
     # stream's windows; it stays in its own open window, outside the ledger
-    last_ts = max(t for t in map(event_ts, records) if t is not None)
     flush = json.dumps({"event_id": "flush", "user_id": "flush", "item_id": "i0", "type": "view",
                         "ts": last_ts + 600_000}).encode()
-    publish(kafka_broker, f"{prefix}interactions", [*records, flush])
+    publish(kafka_broker, f"{prefix}interactions", [*records, *requests, flush])
     job = start_job_embedded(job_args(kafka_broker, port, model_dir, prefix, "acct-metrics")
                              + ["--set", f'flink.prometheus_port="{metrics_port}"', "--set", f"flink.web_port={web_port}"],
                              log)
     try:
         wait_for(lambda: sum(read_ledger(r).values()) == len(records), 180, "every record in the ledger", job, log)
-        want = read_ledger(r)
-        got, text = scrape_until_ledger(f"http://127.0.0.1:{metrics_port}/metrics", want)
+        wait_for(lambda: sum(keys.read_control(r).values()) == len(requests), 60, "every request applied", job, log)
+        want, want_control = read_ledger(r), keys.read_control(r)
+        got, text = scrape_until_ledger(f"http://127.0.0.1:{metrics_port}/metrics", want, want_control)
+        got_control = control_counters(text)
         # `streamrank ledger`: the same counts, the topic's record count, the job's metrics
         sets = job_args(kafka_broker, port, model_dir, prefix, "unused") + [
             "--set", f'flink.prometheus_port="{metrics_port}"']
@@ -158,9 +169,12 @@ def test_flink_metrics_equal_the_ledger(published, kafka_broker, redis_server, m
         job.terminate()
         job.wait(30)
     assert got == want and want["dlq"] > 0 and want["late"] > 0 and want["duplicate"] > 0
+    assert got_control == want_control == {"erase": 1, "opt_out": 2, "opt_in": 1}
     assert [(j["name"], j["state"]) for j in jobs["jobs"]] == [("streamrank-recommend", "RUNNING")]
-    assert report == {**want, "accounted": len(records), "input_records": len(records) + 1,  # + the flush
-                      "flink_metrics": {"url": f"http://127.0.0.1:{metrics_port}/metrics", **want}}
+    assert report == {**want, "control": want_control, "accounted": len(records) + len(requests),
+                      "input_records": len(records) + len(requests) + 1,  # + the flush
+                      "flink_metrics": {"url": f"http://127.0.0.1:{metrics_port}/metrics", **want,
+                                        "control": want_control}}
     # every Flink metric the Grafana dashboard (deploy/monitoring) reads is one this job serves
     served = set(re.findall(r"^(flink_\w+)\{", text, re.M))
     wanted = {n for n in dashboard_metrics() if n.startswith("flink_")}

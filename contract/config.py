@@ -30,6 +30,17 @@ class KafkaConfig(_Strict):
     """Invalid records go here: the raw record, the reason, topic/partition/offset."""
     late_topic: str = "interactions.late"
     """Events later than the watermark go here, as received."""
+    rejected_delivery: Literal["at-least-once", "exactly-once"] = "at-least-once"
+    """How the DLQ and late topics are written. at-least-once: a record is there as soon as it is
+    rejected; after a restart from a checkpoint a replayed one can be there twice, with the same
+    src_topic/partition/offset. exactly-once: in Kafka transactions that commit with each
+    checkpoint, so a consumer reading with isolation.level=read_committed sees each rejected record
+    once, after the checkpoint that follows it. (The ledger counts each once either way.)"""
+    transaction_timeout_s: int = Field(900, gt=0)
+    """With rejected_delivery = "exactly-once": Kafka's transaction.timeout.ms for those
+    transactions. At most the broker's transaction.max.timeout.ms (default 900), and longer than
+    a checkpoint interval plus a restart. A job killed and not restarted leaves its last
+    transaction open this long, and read_committed consumers of the topic wait for it."""
     group_id: str = "streamrank-recommend"
     """Kafka consumer group (offsets live in Flink's checkpoints; the group is for lag tools)."""
     startup_mode: Literal["earliest-offset", "latest-offset", "group-offsets"] = "earliest-offset"
@@ -214,6 +225,10 @@ class JobConfig(_Strict):
     def _micro_batch_fits(self) -> JobConfig:
         if self.features.micro_batch_s > min(self.features.frequency_windows_s):
             raise ValueError("features.micro_batch_s must not exceed the shortest frequency window")
+        if (self.kafka.rejected_delivery == "exactly-once"
+                and self.kafka.transaction_timeout_s <= self.flink.checkpoint_interval_s):
+            raise ValueError("kafka.transaction_timeout_s must be longer than flink.checkpoint_interval_s "
+                             "with kafka.rejected_delivery = \"exactly-once\" (transactions commit at checkpoints)")
         return self
 
 

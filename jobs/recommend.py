@@ -185,8 +185,15 @@ CREATE TABLE items_src (
 
 
 def kafka_dlq_ddl(cfg: JobConfig, table: str = "dlq_sink", topic: str | None = None) -> str:
-    """A rejected-records sink: the raw record, why, and its Kafka coordinates."""
+    """A rejected-records sink: the raw record, why, and its Kafka coordinates. Exactly-once
+    (kafka.rejected_delivery) writes in transactions named after the group and the table: unique
+    per job, and the same when the job resumes, so Flink aborts the ones its last attempt left open."""
     k = cfg.kafka
+    delivery = f"'sink.delivery-guarantee' = '{k.rejected_delivery}'"
+    if k.rejected_delivery == "exactly-once":
+        delivery += f""",
+  'sink.transactional-id-prefix' = '{k.group_id}-{table}',
+  'properties.transaction.timeout.ms' = '{k.transaction_timeout_s * 1000}'"""
     return f"""
 CREATE TABLE {table} (
   record STRING,
@@ -198,7 +205,7 @@ CREATE TABLE {table} (
   'connector' = 'kafka',
   'topic' = '{topic or k.dlq_topic}',
   'properties.bootstrap.servers' = '{k.bootstrap_servers}',
-  'sink.delivery-guarantee' = 'at-least-once',
+  {delivery},
   'format' = 'json'
 )"""
 

@@ -104,11 +104,14 @@ def run_job_embedded(args: list[str], log_path: Path, timeout_s: float = 300) ->
     wait_job(start_job_embedded(["--bounded", *args], log_path), log_path, timeout_s)
 
 
-def read_topic(bootstrap: str, topic: str, idle_ms: int = 5000) -> list[bytes]:
+def read_topic(bootstrap: str, topic: str, idle_ms: int = 5000, committed: bool = False) -> list[bytes]:
+    """Every record of a topic; with committed, only those of committed transactions
+    (isolation.level=read_committed, as a consumer of exactly-once output reads)."""
     from kafka import KafkaConsumer
 
     consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                             consumer_timeout_ms=idle_ms, enable_auto_commit=False)
+                             consumer_timeout_ms=idle_ms, enable_auto_commit=False,
+                             isolation_level="read_committed" if committed else "read_uncommitted")
     try:
         return [m.value for m in consumer]
     finally:

@@ -110,6 +110,22 @@ def test_zero_half_life_fails_naming_the_field():
         parse_config({"features": {"interest_half_life_s": 0}})
 
 
+def test_rejected_delivery_exactly_once_writes_transactions_that_outlive_a_checkpoint():
+    from jobs.recommend import kafka_dlq_ddl
+
+    cfg = parse_config({"kafka": {"rejected_delivery": "exactly-once", "group_id": "g"}})
+    ddl = kafka_dlq_ddl(cfg, "late_sink", "t.late")
+    assert "'sink.delivery-guarantee' = 'exactly-once'" in ddl
+    assert "'sink.transactional-id-prefix' = 'g-late_sink'" in ddl  # unique per job and sink
+    assert "'properties.transaction.timeout.ms' = '900000'" in ddl  # the broker's default maximum
+    default = kafka_dlq_ddl(parse_config({}))
+    assert "'sink.delivery-guarantee' = 'at-least-once'" in default and "transactional" not in default
+    with pytest.raises(ConfigError, match=r"kafka\.transaction_timeout_s must be longer than flink\.checkpoint_interval_s"):
+        parse_config({"kafka": {"rejected_delivery": "exactly-once", "transaction_timeout_s": 10}})
+    with pytest.raises(ConfigError, match=r"kafka\.rejected_delivery: .*'at-least-once' or 'exactly-once'"):
+        parse_config({"kafka": {"rejected_delivery": "exactly_once"}})
+
+
 def test_prometheus_port_is_a_port_or_a_range():
     assert parse_config({"flink": {"prometheus_port": 9249}}).flink.prometheus_port == "9249"  # TOML integer
     assert parse_config({"flink": {"prometheus_port": "9249-9258"}}).flink.prometheus_port == "9249-9258"

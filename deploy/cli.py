@@ -436,6 +436,39 @@ def _job_args(set_: list[str] | None, bounded: bool, from_savepoint: str | None,
 
 
 @app.command()
+def dlq(
+    late: Annotated[bool, typer.Option("--late", help="the late topic instead of the DLQ")] = False,
+    samples: Annotated[int, typer.Option(min=0, help="records shown per reason")] = 3,
+    config: ConfigOpt = DEFAULT_CONFIG,
+    set_: SetOpt = None,
+) -> None:
+    """What the job rejected: the DLQ (or late) topic read from its start, counted by reason, with
+    the input offsets it covers, how many input records were written twice (at-least-once after a
+    restart) and a few records per reason. Reads as a read_committed consumer. Last line: JSON."""
+    from deploy.rejected import read_rejected, summarize
+
+    cfg = _job_config(config, set_)
+    topic = cfg.kafka.late_topic if late else cfg.kafka.dlq_topic
+    try:
+        report = summarize(read_rejected(cfg.kafka.bootstrap_servers, topic, progress=sys.stderr.isatty()), samples)
+    except LookupError as e:
+        typer.echo(f"{e}: has the job run with this config? (`--config`, or `--set kafka.dlq_topic=...`)", err=True)
+        raise typer.Exit(1) from None
+    except Exception as e:  # kafka-python's errors: the broker is not there
+        typer.echo(f"cannot read {topic!r} from {cfg.kafka.bootstrap_servers}: {type(e).__name__}: {e} "
+                   "(is the broker up? `streamrank stack status`)", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"{topic}: {report['records']} records, {report['input_records']} input records"
+               + (f" ({report['repeated']} repeats of records already there: at-least-once after a restart)"
+                  if report["repeated"] else ""))
+    for reason, n in report["by_reason"].items():
+        typer.echo(f"  {reason:24s} {n}")
+        for sample in report["samples"].get(reason, []):
+            typer.echo(f"      {sample['src']}  {sample['record']}")
+    typer.echo(json.dumps({"topic": topic, **report}))
+
+
+@app.command()
 def control(
     action: Annotated[str, typer.Argument(help="erase | opt-out | opt-in")],
     users: Annotated[list[str], typer.Argument(help="user ids")],

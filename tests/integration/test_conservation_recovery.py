@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections import Counter
 
 import pytest
 
@@ -26,6 +27,7 @@ from contract import keys
 from contract.keys import read_ledger
 from contract.schema import valid_id
 from deploy.metrics import control_counters, dashboard_metrics
+from deploy.rejected import read_rejected, summarize
 from deploy.stack import free_port, port_open, start_redis, stop_pid
 from deploy.paths import PROJECT_ROOT
 from tests.integration.helpers import (assert_features_equal_replay, child_env, job_args, prefixed_topics, read_states,
@@ -121,6 +123,18 @@ def test_every_record_lands_in_exactly_one_place(published, kafka_broker, redis_
     dlq_rows = [json.loads(v) for v in dlq]
     assert {(row["src_offset"], row["reason"]) for row in dlq_rows} == {(n - 1, why) for n, why in hist.rejected}
     assert all(row["reason"] == "late" and '"event_id": "late' in row["record"] for row in late)
+    # `streamrank dlq`: the same account, by reason, read back from the topics
+    for flag, want in (([], Counter(why for _, why in hist.rejected)), (["--late"], {"late": ledger["late"]})):
+        out = subprocess.run([sys.executable, "-m", "deploy.cli", "dlq", *flag, "--samples", "1",
+                              *job_args(kafka_broker, port, model_dir, PREFIX, "unused")],
+                             cwd=PROJECT_ROOT, env=child_env(), capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        report = json.loads(out.stdout.strip().splitlines()[-1])
+        assert report["by_reason"] == want and report["repeated"] == 0
+        assert report["input_records"] == sum(want.values()) and sum(map(len, report["samples"].values())) == len(want)
+        assert report["src_offsets"] == {f"{PREFIX}interactions:0": [min(r["src_offset"] for r in rows),
+                                                                     max(r["src_offset"] for r in rows)]
+                                         for rows in [dlq_rows if not flag else late]}
 
 
 def test_flink_metrics_equal_the_ledger(published, kafka_broker, redis_server, model_dir, tmp_path):
@@ -270,6 +284,9 @@ def test_recovery_from_checkpoint_equals_uninterrupted_run(published, kafka_brok
     got_dlq = sorted((row["src_offset"], row["reason"]) for row in dlq)
     want_dlq = sorted((n - 1, why) for n, why in hist.rejected)
     assert (got_dlq if exactly_once else sorted(set(got_dlq))) == want_dlq
+    # `streamrank dlq` reads committed and counts the repeats
+    report = summarize(read_rejected(kafka_broker, f"{prefix}interactions.dlq", progress=False))
+    assert report["input_records"] == len(want_dlq) and report["repeated"] == len(got_dlq) - len(set(got_dlq))
     late = [json.loads(v)["src_offset"] for v in read_topic(kafka_broker, f"{prefix}interactions.late",
                                                             committed=exactly_once)]
     # (after the restart, rank_users counts some late records that reach it, not the late topic)

@@ -449,8 +449,10 @@ def dlq(
 
     cfg = _job_config(config, set_)
     topic = cfg.kafka.late_topic if late else cfg.kafka.dlq_topic
+    unread: dict[str, list[int]] = {}
     try:
-        report = summarize(read_rejected(cfg.kafka.bootstrap_servers, topic, progress=sys.stderr.isatty()), samples)
+        report = summarize(read_rejected(cfg.kafka.bootstrap_servers, topic, progress=sys.stderr.isatty(),
+                                         unread=unread), samples)
     except LookupError as e:
         typer.echo(f"{e}: has the job run with this config? (`--config`, or `--set kafka.dlq_topic=...`)", err=True)
         raise typer.Exit(1) from None
@@ -465,7 +467,11 @@ def dlq(
         typer.echo(f"  {reason:24s} {n}")
         for sample in report["samples"].get(reason, []):
             typer.echo(f"      {sample['src']}  {sample['record']}")
-    typer.echo(json.dumps({"topic": topic, **report}))
+    for partition, (at, end) in unread.items():
+        typer.echo(f"partition {partition}: read to offset {at} of {end}; the rest is in a transaction still "
+                   "open (exactly-once: it commits at the job's next checkpoint, or times out after "
+                   "kafka.transaction_timeout_s): run again later", err=True)
+    typer.echo(json.dumps({"topic": topic, **report, **({"unread": unread} if unread else {})}))
 
 
 @app.command()

@@ -36,6 +36,7 @@ def run_demo(live_events: int, rate: float, keep: bool) -> int:
     from deploy.cli import format_recommendations
     from deploy.cluster import find_rest_endpoint
     from deploy.metrics import find_ledger_metrics
+    from deploy.rejected import end_offsets, read_rejected, summarize
 
     run = run_dir()
     stack = LocalStack(run)
@@ -60,6 +61,7 @@ def run_demo(live_events: int, rate: float, keep: bool) -> int:
         print(f"model {card['version']}: holdout AUC {card['holdout']['auc']}, "
               f"ONNX parity {card['onnx_parity_max_abs_diff']:.1e}")
 
+        dlq_start = end_offsets(cfg.kafka.bootstrap_servers, cfg.kafka.dlq_topic)  # the topic keeps earlier runs'
         _step("starting the recommend job on the embedded Flink MiniCluster")
         job_log = run / "demo" / "job.log"
         with open(job_log, "wb") as out:
@@ -91,6 +93,10 @@ def run_demo(live_events: int, rate: float, keep: bool) -> int:
             counts = {k: v for k, v in found[1].items() if k != "control"}
             counts.update({f"control_{a}": n for a, n in found[1].get("control", {}).items()})
             print(f"Flink metrics at {found[0]}: " + ", ".join(f"streamrank_{k} {v}" for k, v in counts.items()))
+        rejected = summarize(read_rejected(cfg.kafka.bootstrap_servers, cfg.kafka.dlq_topic, idle_ms=2000,
+                                           progress=False, start=dlq_start), samples=0)
+        print(f"this run's DLQ records (`streamrank dlq` shows samples): {rejected['records']}: "
+              + ", ".join(f"{why} {n}" for why, n in rejected["by_reason"].items()))
 
         _step("serving over gRPC and looking up a few users")
         scfg = load_serving_config(PROJECT_ROOT / "deploy" / "config" / "serving.toml", {"port": 0})

@@ -41,11 +41,14 @@ def summarize(rows: Iterable[dict], samples: int = 3) -> dict:
             "by_reason": dict(by_reason.most_common()), "src_offsets": spans, "samples": shown}
 
 
-def read_rejected(bootstrap: str, topic: str, idle_ms: int = 5000, progress: bool = True) -> Iterator[dict]:
-    """The topic's records from its start to the end it has when the read starts, as
+def read_rejected(bootstrap: str, topic: str, idle_ms: int = 5000, progress: bool = True,
+                  unread: dict[str, list[int]] | None = None, start: dict[int, int] | None = None) -> Iterator[dict]:
+    """The topic's records from its start (or `start`'s offset per partition, as end_offsets gave
+    them before a run) to the end it has when the read starts, as
     read_committed consumers see them (an exactly-once sink's aborted writes are skipped; an
-    at-least-once sink's records are all there). Stops early after idle_ms with nothing new
-    (a transaction still open holds read_committed readers back)."""
+    at-least-once sink's records are all there). A transaction still open holds such readers at
+    its first offset (the last stable offset); `unread` (when given) then gets, per partition,
+    [that offset, the partition's end]. Stops early after idle_ms with nothing new."""
     from kafka import KafkaConsumer, TopicPartition
     from tqdm import tqdm
 
@@ -56,8 +59,13 @@ def read_rejected(bootstrap: str, topic: str, idle_ms: int = 5000, progress: boo
         if not parts:
             raise LookupError(f"topic {topic!r} does not exist on {bootstrap}")
         consumer.assign(parts)
-        consumer.seek_to_beginning(*parts)
-        begin, end = consumer.beginning_offsets(parts), consumer.end_offsets(parts)
+        begin, end = consumer.beginning_offsets(parts), consumer.end_offsets(parts)  # read_committed: stable
+        for p in parts:
+            begin[p] = max(begin[p], (start or {}).get(p.partition, 0))
+            consumer.seek(p, begin[p])
+        if unread is not None:
+            written = _end_offsets(bootstrap, parts)
+            unread.update({str(p.partition): [end[p], written[p]] for p in parts if written[p] > end[p]})
         left = {p for p in parts if end[p] > begin[p]}
         with tqdm(total=sum(end[p] - begin[p] for p in parts), desc=f"reading {topic}", unit="rec",
                   mininterval=1, disable=not progress) as bar:
@@ -66,9 +74,31 @@ def read_rejected(bootstrap: str, topic: str, idle_ms: int = 5000, progress: boo
                 if tp in left and message.offset < end[tp]:
                     bar.update(1)
                     yield json.loads(message.value)
-                if tp in left and consumer.position(tp) >= end[tp]:
-                    left.discard(tp)
+                left = {p for p in left if consumer.position(p) < end[p]}
                 if not left:
                     break
+    finally:
+        consumer.close()
+
+
+def _end_offsets(bootstrap: str, parts: list) -> dict:
+    """Each partition's end as written, open transactions included (read_uncommitted)."""
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, request_timeout_ms=10000)
+    try:
+        return consumer.end_offsets(parts)
+    finally:
+        consumer.close()
+
+
+def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    """partition -> end offset now: `start` for a later read_rejected of only what comes after."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, request_timeout_ms=10000)
+    try:
+        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        return {p.partition: end for p, end in consumer.end_offsets(parts).items()}
     finally:
         consumer.close()

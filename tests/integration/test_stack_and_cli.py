@@ -11,11 +11,20 @@ from deploy.paths import PROJECT_ROOT
 from deploy.stack import LocalStack, free_port, stop_pid
 from tests.integration.helpers import child_env
 
-COMMANDS = [[], ["stack"], ["stack", "up"], ["stack", "down"], ["stack", "status"], ["simulate"], ["train"],
-            ["run"], ["cluster"], ["cluster", "up"], ["cluster", "down"], ["cluster", "status"], ["cluster", "cancel"],
-            ["submit"], ["config"], ["config", "check"],
-            ["serve"], ["gateway"], ["lookup"], ["demo"], ["features"], ["ledger"], ["import"], ["evaluate"],
-            ["models"], ["models", "list"], ["models", "promote"], ["models", "rollback"], ["models", "drift"]]
+
+
+def _commands(cmd=None, path: tuple[str, ...] = ()) -> list[list[str]]:
+    """Every command and group of the `streamrank` CLI, walked from the app (none can be missed)."""
+    import typer.main
+
+    from deploy.cli import app
+
+    cmd = cmd or typer.main.get_command(app)
+    return [list(path), *(c for name, sub in sorted(getattr(cmd, "commands", {}).items())
+                          for c in _commands(sub, (*path, name)))]
+
+
+COMMANDS = _commands()
 
 
 def cli(*args: str, env=None) -> subprocess.CompletedProcess:
@@ -27,6 +36,11 @@ def cli(*args: str, env=None) -> subprocess.CompletedProcess:
 def test_every_command_has_help(cmd):
     out = cli(*cmd, "--help")
     assert out.returncode == 0 and "Usage" in out.stdout
+
+
+def test_the_command_walk_finds_nested_commands():
+    assert {("dlq",), ("control",), ("cluster", "stop"), ("models", "drift")} <= {tuple(c) for c in COMMANDS}
+    assert len(COMMANDS) >= 30
 
 
 def test_stack_up_twice_status_and_crash(tmp_path):

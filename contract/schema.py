@@ -26,6 +26,9 @@ EVENT_TYPES: tuple[str, ...] = ("view", "click", "add_to_cart", "purchase")
 # items, categories, sessions, the list); opt_out erases and uses none of the user's events until
 # opt_in. They are not interactions: the ledger does not count them, the `control` hash does.
 CONTROL_ACTIONS: tuple[str, ...] = ("erase", "opt_out", "opt_in")
+# why a record goes to the DLQ (validate and validation_sql give these; a test checks both)
+DLQ_REASONS: tuple[str, ...] = ("not_json", "bad_event_id", "bad_user_id", "bad_item_id", "bad_type", "bad_ts",
+                                "bad_value")
 # Ids: 1-64 of these characters, and nothing else. '$' alone would let a trailing newline through in
 # Python's re.match and in Java's find (Flink's REGEXP): Python uses fullmatch, Java gets '\z'
 # (ID_PATTERN_JAVA); Go's RE2 (lookupd) reads '$' as the end of the text already.

@@ -51,6 +51,20 @@ def control_counters(text: str) -> dict[str, int]:
     return {name.removeprefix("control_"): n for name, n in counts.items() if n}
 
 
+def dlq_reason_counters(text: str) -> dict[str, int]:
+    """streamrank_dlq_reason_records by its dlq_reason label, summed over operators and subtasks:
+    the DLQ'd records by reason (only the reasons that happened)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, int] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == "flink_taskmanager_job_task_operator_streamrank_dlq_reason_records":
+            for s in family.samples:
+                if s.value:
+                    out[s.labels["dlq_reason"]] = out.get(s.labels["dlq_reason"], 0) + int(s.value)
+    return out
+
+
 def find_ledger_metrics(spec: str) -> tuple[str, dict] | None:
     """(url, counters) of the first port in spec whose reporter serves streamrank's counters: the
     ledger's, and under "control" the users' requests applied, when there were any."""

@@ -273,7 +273,7 @@ SELECT CAST(payload AS STRING), 'late', src_topic, src_partition, src_offset FRO
 WHERE reason IS NULL AND is_late""")
     stmts.add_insert_sql("""
 INSERT INTO discard
-SELECT count_rejected(CASE WHEN reason IS NOT NULL THEN 'dlq' ELSE 'late' END, src_topic, src_partition, src_offset)
+SELECT count_rejected(COALESCE(reason, 'late'), src_topic, src_partition, src_offset)
 FROM checked WHERE reason IS NOT NULL OR is_late""")
     # per user and micro-batch window -> rank_users (dedup, consent, features, item statistics,
     # scoring, Redis). Item statistics are counted from the same windows in Python (see

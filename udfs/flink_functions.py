@@ -85,9 +85,10 @@ class StoreItemMeta(ScalarFunction):
 
 
 class CountRejected(ScalarFunction):
-    """(status, topic, partition, offset) -> 1: counts DLQ'd and late records into the ledger
-    exactly once (see udfs.ranking.RejectedCounter) and into the Flink metrics streamrank.dlq /
-    streamrank.late. Only rejected records cross into Python here."""
+    """(reason or 'late', topic, partition, offset) -> 1: counts DLQ'd and late records into the
+    ledger exactly once (see udfs.ranking.RejectedCounter) and into the Flink metrics
+    streamrank.dlq / streamrank.late, and the DLQ'd ones by reason (streamrank.dlq_reason.records,
+    with the reason as the label dlq_reason). Only rejected records cross into Python here."""
 
     def __init__(self, cfg_json: str) -> None:
         self.cfg_json = cfg_json
@@ -95,17 +96,24 @@ class CountRejected(ScalarFunction):
         self.counters: dict = {}
 
     def open(self, function_context: FunctionContext) -> None:
+        from contract.schema import DLQ_REASONS
         from udfs.ranking import RejectedCounter, redis_client
 
         self.counter = RejectedCounter(redis_client(JobConfig.model_validate_json(self.cfg_json)))
         group = function_context.get_metric_group().add_group("streamrank")
         self.counters = {name: group.counter(name) for name in ("dlq", "late")}
+        self.by_reason = {r: group.add_group("dlq_reason", r).counter("records") for r in DLQ_REASONS}
 
-    def eval(self, ledger_field, topic, partition, offset):  # type: ignore[override]
-        rows = [(str(t), int(p), int(o), str(f)) for f, t, p, o in zip(ledger_field, topic, partition, offset)]
+    def eval(self, reason, topic, partition, offset):  # type: ignore[override]
+        fields = ["late" if r == "late" else "dlq" for r in reason]
+        rows = [(str(t), int(p), int(o), f) for f, t, p, o in zip(fields, topic, partition, offset)]
         self.counter.count(rows)
-        for name, n in ledger_field.value_counts().items():
-            self.counters[str(name)].inc(int(n))
+        for why, n in reason.value_counts().items():
+            if why == "late":
+                self.counters["late"].inc(int(n))
+            else:
+                self.counters["dlq"].inc(int(n))
+                self.by_reason[str(why)].inc(int(n))
         return pd.Series([1] * len(rows), dtype="int32")
 
 

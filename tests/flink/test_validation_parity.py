@@ -118,7 +118,7 @@ def batch_env():
 def test_sql_validation_equals_python_validation():
     from pyflink.table import DataTypes
 
-    from contract.schema import KAFKA_TS_MS_SQL, PARSE_COLUMNS, parse_once_sql, validation_sql
+    from contract.schema import DLQ_REASONS, KAFKA_TS_MS_SQL, PARSE_COLUMNS, parse_once_sql, validation_sql
 
     t_env = batch_env()
     records = variants()
@@ -136,6 +136,9 @@ def test_sql_validation_equals_python_validation():
         sql = {row[0]: row[1] for row in rows}
     mismatches = {records[n]: (sql[n], python_reason(records[n])) for n in sql if sql[n] != python_reason(records[n])}
     assert len(sql) == len(records) and mismatches == {}
+    # every reason is one the contract lists (the job's per-reason metrics count these), and the
+    # variants reach each of them
+    assert set(sql.values()) - {None} == set(DLQ_REASONS)
     with t_env.execute_sql("SELECT n, event_time_ms(payload) FROM records").collect() as rows:
         ts = {row[0]: row[1] for row in rows}
     assert {records[n]: ts[n] for n in ts if ts[n] != python_ts(records[n])} == {}

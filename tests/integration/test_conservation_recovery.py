@@ -26,7 +26,7 @@ import pytest
 from contract import keys
 from contract.keys import read_ledger
 from contract.schema import valid_id
-from deploy.metrics import control_counters, dashboard_metrics
+from deploy.metrics import control_counters, dashboard_metrics, dlq_reason_counters
 from deploy.rejected import read_rejected, summarize
 from deploy.stack import free_port, port_open, start_redis, stop_pid
 from deploy.paths import PROJECT_ROOT
@@ -184,6 +184,9 @@ def test_flink_metrics_equal_the_ledger(published, kafka_broker, redis_server, m
         job.wait(30)
     assert got == want and want["dlq"] > 0 and want["late"] > 0 and want["duplicate"] > 0
     assert got_control == want_control == {"erase": 1, "opt_out": 2, "opt_in": 1}
+    # the DLQ's records by reason, as the offline path rejects them
+    hist, _ = expected(records, job_config(port, model_dir), tmp_path)
+    assert dlq_reason_counters(text) == Counter(why for _, why in hist.rejected) and len({why for _, why in hist.rejected}) > 1
     assert [(j["name"], j["state"]) for j in jobs["jobs"]] == [("streamrank-recommend", "RUNNING")]
     assert report == {**want, "control": want_control, "accounted": len(records) + len(requests),
                       "input_records": len(records) + len(requests) + 1,  # + the flush

@@ -219,3 +219,11 @@ def test_a_users_request_needs_no_item_and_keeps_none():
         validate(json.dumps({**base, "type": "ERASE"}))  # not a request: an event, without an item
     with pytest.raises(InvalidEvent, match="bad_user_id"):
         validate(json.dumps({**base, "type": "erase", "user_id": "a b"}))
+
+
+def test_the_validation_sql_gives_only_the_contract_s_dlq_reasons():
+    import re
+
+    from contract.schema import DLQ_REASONS, validation_sql
+
+    assert set(re.findall(r"THEN '(\w+)'", validation_sql())) == set(DLQ_REASONS)

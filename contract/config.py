@@ -168,7 +168,7 @@ class FlinkConfig(_Strict):
     """Port, or range such as "9249-9259" (the first free one is taken), where Flink's own
     Prometheus reporter serves the job's metrics at /metrics: the ledger counters
     (streamrank_used, _duplicate, _opted_out, _late, _dlq, _control_erase, _control_opt_out,
-    _control_opt_in), drift gauges, and Flink's own
+    _control_opt_in, _dlq_reason_records by dlq_reason), drift gauges, and Flink's own
     (records in/out, checkpoints, backpressure). Empty: no reporter. Embedded runs only: on a
     cluster, reporters are the cluster's config (`streamrank cluster up --metrics-port`)."""
     web_port: str = ""

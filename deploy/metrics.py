@@ -1,6 +1,6 @@
 """Flink's metrics as its own Prometheus reporter serves them (flink.prometheus_port embedded,
-`streamrank cluster up --metrics-port` on the cluster): the ledger's counters and the users'
-requests applied."""
+`streamrank cluster up --metrics-port` on the cluster): the ledger's counters, the users'
+requests applied and the DLQ by reason."""
 
 from __future__ import annotations
 

@@ -64,8 +64,9 @@ def read_rejected(bootstrap: str, topic: str, idle_ms: int = 5000, progress: boo
             begin[p] = max(begin[p], (start or {}).get(p.partition, 0))
             consumer.seek(p, begin[p])
         if unread is not None:
-            written = _end_offsets(bootstrap, parts)
-            unread.update({str(p.partition): [end[p], written[p]] for p in parts if written[p] > end[p]})
+            written = end_offsets(bootstrap, topic)
+            unread.update({str(p.partition): [end[p], written[p.partition]] for p in parts
+                           if written[p.partition] > end[p]})
         left = {p for p in parts if end[p] > begin[p]}
         with tqdm(total=sum(end[p] - begin[p] for p in parts), desc=f"reading {topic}", unit="rec",
                   mininterval=1, disable=not progress) as bar:
@@ -81,19 +82,9 @@ def read_rejected(bootstrap: str, topic: str, idle_ms: int = 5000, progress: boo
         consumer.close()
 
 
-def _end_offsets(bootstrap: str, parts: list) -> dict:
-    """Each partition's end as written, open transactions included (read_uncommitted)."""
-    from kafka import KafkaConsumer
-
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, request_timeout_ms=10000)
-    try:
-        return consumer.end_offsets(parts)
-    finally:
-        consumer.close()
-
-
 def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
-    """partition -> end offset now: `start` for a later read_rejected of only what comes after."""
+    """partition -> end offset now, as written (open transactions included): `start` for a later
+    read_rejected of only what comes after."""
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, request_timeout_ms=10000)

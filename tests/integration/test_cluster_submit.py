@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import time
+from collections import Counter
 
 import pytest
 
@@ -14,6 +15,7 @@ from contract.keys import read_ledger
 from deploy.cluster import FlinkCluster
 from deploy.metrics import scrape
 from deploy.paths import PROJECT_ROOT
+from deploy.rejected import read_rejected, summarize
 from deploy.stack import free_port
 from tests.conftest import job_config
 from tests.integration.helpers import (assert_features_equal_replay, child_env, job_args, prefixed_topics, read_states,
@@ -98,7 +100,9 @@ def test_stop_with_savepoint_and_resume_rescaled(cluster, kafka_broker, redis_se
     savepoint (`cluster stop`) while some of its windows are open, more records arrive, and the job
     is resubmitted from the savepoint at parallelism 2. Every record is in the ledger exactly once,
     and every user's features equal the offline replay of the whole stream: nothing lost with the
-    open windows, nothing read twice after the Kafka offsets."""
+    open windows, nothing read twice after the Kafka offsets. The DLQ is written exactly-once
+    (kafka.rejected_delivery): read committed, each rejected record is there once, across the
+    savepoint and the rescaling of its transactional writers."""
     c, run = cluster
     port, r = redis_server
     r.flushdb()
@@ -120,7 +124,7 @@ def test_stop_with_savepoint_and_resume_rescaled(cluster, kafka_broker, redis_se
     cli = [sys.executable, "-m", "deploy.cli"]
     checkpoints = tmp_path / "checkpoints"
     args = job_args(kafka_broker, port, model_dir, prefix, "cluster-savepoint") + [
-        "--set", f'flink.checkpoint_dir="{checkpoints}"']
+        "--set", f'flink.checkpoint_dir="{checkpoints}"', "--set", 'kafka.rejected_delivery="exactly-once"']
 
     def submit(*extra: str) -> None:
         out = subprocess.run([*cli, "submit", "--config", str(PROJECT_ROOT / "deploy" / "config" / "local.toml"),
@@ -148,8 +152,15 @@ def test_stop_with_savepoint_and_resume_rescaled(cluster, kafka_broker, redis_se
     wait_until(lambda: sum(read_ledger(r).values()) >= len(records), 240, every_s=0.5)
     ledger = read_ledger(r)
     read_again = source_records_out(scrape(c.metrics_endpoints()["taskmanager"]) or "", second)
-    # a checkpoint of the resumed job, for the cancel to keep
+    # a checkpoint of the resumed job, for the cancel to keep; the DLQ's last transaction commits
+    # with one
     wait_until(lambda: c.rest("GET", f"/jobs/{second}/checkpoints")["counts"]["completed"] > 0, 60, every_s=0.5)
+    dlq_topic = f"{prefix}interactions.dlq"
+
+    def dlq_report() -> dict:
+        return summarize(read_rejected(kafka_broker, dlq_topic, idle_ms=2000, progress=False))
+
+    wait_until(lambda: dlq_report()["records"] >= ledger["dlq"], 60, every_s=1)
     c.cancel(second)
     wait_until(lambda: {j["jid"]: j["state"] for j in c.jobs()}[second] == "CANCELED", 60, every_s=0.5)
     # a cancelled job keeps its last checkpoint, to resume from
@@ -167,6 +178,8 @@ def test_stop_with_savepoint_and_resume_rescaled(cluster, kafka_broker, redis_se
     jm_log = "".join(p.read_text(errors="replace") for p in c.logs.glob("*standalonesession*.log"))
     assert re.search(rf"Restoring job {second} from Savepoint", jm_log), "the job did not restore the savepoint"
     assert_features_equal_replay(read_states(r), replay, cfg)
+    dlq = dlq_report()
+    assert dlq["by_reason"] == Counter(why for _, why in hist.rejected) and dlq["repeated"] == 0
 
 
 def send(bootstrap: str, topic: str, records: list[tuple[str, bytes]], partition: int | None = None) -> None:

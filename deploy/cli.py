@@ -9,7 +9,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -32,7 +32,7 @@ RegistryOpt = Annotated[Path, typer.Option("--registry", help="model registry di
 DEFAULT_CONFIG = str(PROJECT_ROOT / "deploy" / "config" / "local.toml")
 DEFAULT_SERVING = str(PROJECT_ROOT / "deploy" / "config" / "serving.toml")
 ConfigOpt = Annotated[str, typer.Option("--config", "-c", help="job config TOML")]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override a field: SECTION.KEY=VALUE")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override a field: SECTION.KEY=VALUE")]
 
 
 def _logging(verbose: bool = False, fmt: str = "text") -> None:
@@ -63,7 +63,7 @@ def _job_config(config: str, sets: list[str] | None, bounded: bool = False):
 @config_app.command("check")
 def config_check(
     file: Annotated[Path, typer.Argument(help="a job config (local.toml) or a serving config (serving.toml)")],
-    serving: Annotated[Optional[bool], typer.Option(
+    serving: Annotated[bool | None, typer.Option(
         "--serving/--job", help="which kind of file (default: serving if its name says so)")] = None,
 ) -> None:
     """Validate a config file as the job or the service would, before anything starts: exit 0 and
@@ -132,10 +132,10 @@ def simulate(
     categories: Annotated[int, typer.Option(help="item categories")] = 20,
     seed: Annotated[int, typer.Option(help="same seed, same stream")] = 7,
     malformed: Annotated[float, typer.Option(help="fraction of records to break (0..1)")] = 0.0,
-    history: Annotated[Optional[Path], typer.Option(help="write a history file (a folder for retailrocket) instead of publishing")] = None,
+    history: Annotated[Path | None, typer.Option(help="write a history file (a folder for retailrocket) instead of publishing")] = None,
     fmt: Annotated[str, typer.Option("--format", help="with --history: native (JSONL) | retailrocket | online-retail "
                                      "(the public log formats `import` and `evaluate` read)")] = "native",
-    hours_ago: Annotated[Optional[float], typer.Option(help="with --history: start this many hours before now "
+    hours_ago: Annotated[float | None, typer.Option(help="with --history: start this many hours before now "
                                                        "(default: so that the stream ends now)")] = None,
     realtime: Annotated[bool, typer.Option(help="pace sends so event time follows the wall clock")] = False,
     config: ConfigOpt = DEFAULT_CONFIG,
@@ -177,10 +177,10 @@ def import_events(
     path: Annotated[Path, typer.Argument(help="the event log to import")],
     fmt: Annotated[str, typer.Option("--format", help="retailrocket | online-retail")],
     out: Annotated[Path, typer.Option(help="history file to write (JSONL, time-ordered; catalog beside it)")] = Path("var/import/history.jsonl"),
-    item_properties: Annotated[Optional[list[Path]], typer.Option(help="retailrocket item_properties CSV (repeatable)")] = None,
-    category_tree: Annotated[Optional[Path], typer.Option(help="retailrocket category_tree.csv (roll categories up)")] = None,
+    item_properties: Annotated[list[Path] | None, typer.Option(help="retailrocket item_properties CSV (repeatable)")] = None,
+    category_tree: Annotated[Path | None, typer.Option(help="retailrocket category_tree.csv (roll categories up)")] = None,
     publish: Annotated[bool, typer.Option(help="also replay the events to Kafka")] = False,
-    rate: Annotated[Optional[float], typer.Option(help="with --publish: events/s (default: as fast as possible)")] = None,
+    rate: Annotated[float | None, typer.Option(help="with --publish: events/s (default: as fast as possible)")] = None,
     config: ConfigOpt = DEFAULT_CONFIG,
 ) -> None:
     """Import RetailRocket or UCI Online Retail logs into the event schema; rejected rows are
@@ -212,11 +212,11 @@ def import_events(
 def evaluate(
     events: Annotated[Path, typer.Option(help="event log to evaluate on")],
     fmt: Annotated[str, typer.Option("--format", help="native (JSONL history) | retailrocket | online-retail")] = "native",
-    item_properties: Annotated[Optional[list[Path]], typer.Option(help="retailrocket: item_properties CSV (repeatable)")] = None,
-    category_tree: Annotated[Optional[Path], typer.Option(help="retailrocket: category_tree.csv")] = None,
+    item_properties: Annotated[list[Path] | None, typer.Option(help="retailrocket: item_properties CSV (repeatable)")] = None,
+    category_tree: Annotated[Path | None, typer.Option(help="retailrocket: category_tree.csv")] = None,
     train_fraction: Annotated[float, typer.Option(help="share of events (by time) to train on")] = 0.8,
     k: Annotated[int, typer.Option(help="cut-off for NDCG@k and HitRate@k")] = 10,
-    out: Annotated[Optional[Path], typer.Option(help="report folder (default var/eval/<time>)")] = None,
+    out: Annotated[Path | None, typer.Option(help="report folder (default var/eval/<time>)")] = None,
     config: ConfigOpt = DEFAULT_CONFIG,
 ) -> None:
     """Train on the earlier part of a log, evaluate next-period recommendations on the later part
@@ -249,7 +249,7 @@ def evaluate(
 @app.command()
 def train(
     history: Annotated[Path, typer.Option(help="JSONL event history (streamrank simulate --history)")],
-    catalog: Annotated[Optional[Path], typer.Option(help="items JSONL (item_id, category, price)")] = None,
+    catalog: Annotated[Path | None, typer.Option(help="items JSONL (item_id, category, price)")] = None,
     registry: RegistryOpt = REGISTRY,
     horizon_s: Annotated[float, typer.Option(help="label horizon after each cut-off (s)")] = 1800.0,
     kind: Annotated[str, typer.Option(help="gbc (GradientBoostingClassifier) or lambdamart (LightGBM ranker)")] = "gbc",
@@ -355,7 +355,7 @@ def _parse_time(value: str) -> int:
 def features(
     events: Annotated[Path, typer.Option(help="JSONL event history, in arrival order")],
     at: Annotated[str, typer.Option(help="cut-off: epoch ms or ISO time, e.g. 2026-11-24T05:00:00")],
-    user: Annotated[Optional[list[str]], typer.Option(help="only these users (repeatable)")] = None,
+    user: Annotated[list[str] | None, typer.Option(help="only these users (repeatable)")] = None,
     limit: Annotated[int, typer.Option(help="at most this many users")] = 20,
     config: ConfigOpt = DEFAULT_CONFIG,
 ) -> None:
@@ -413,7 +413,7 @@ def ledger(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None) -> None:
     typer.echo(json.dumps(report))
 
 
-FromSavepointOpt = Annotated[Optional[str], typer.Option(
+FromSavepointOpt = Annotated[str | None, typer.Option(
     help="resume from a savepoint (`cluster stop` prints it) or a retained checkpoint's chk-N directory")]
 AllowNonRestoredOpt = Annotated[bool, typer.Option(
     help="with --from-savepoint: skip state of operators the job no longer has")]
@@ -590,7 +590,7 @@ def _cluster_job(job_id: str | None, verb: str):
 
 @cluster_app.command("cancel")
 def cluster_cancel(
-    job_id: Annotated[Optional[str], typer.Argument(help="default: the one running job")] = None,
+    job_id: Annotated[str | None, typer.Argument(help="default: the one running job")] = None,
 ) -> None:
     """Cancel a job running on the cluster (e.g. one `streamrank submit` started detached).
 
@@ -608,8 +608,8 @@ def cluster_cancel(
 
 @cluster_app.command("stop")
 def cluster_stop(
-    job_id: Annotated[Optional[str], typer.Argument(help="default: the one running job")] = None,
-    savepoint_dir: Annotated[Optional[str], typer.Option(
+    job_id: Annotated[str | None, typer.Argument(help="default: the one running job")] = None,
+    savepoint_dir: Annotated[str | None, typer.Option(
         help="where the savepoint goes (default: the job's flink.savepoint_dir)")] = None,
     drain: Annotated[bool, typer.Option(
         help="fire every open window before stopping (for a job that will not be resumed)")] = False,
@@ -675,7 +675,7 @@ def _run_service(cfg, run) -> None:
 @app.command()
 def serve(
     config: Annotated[str, typer.Option("--config", "-c", help="serving config TOML")] = DEFAULT_SERVING,
-    port: Annotated[Optional[int], typer.Option(help="override the port (0: any free)")] = None,
+    port: Annotated[int | None, typer.Option(help="override the port (0: any free)")] = None,
 ) -> None:
     """Run the gRPC lookup service (the config's engine: go by default) until SIGTERM/SIGINT, then
     drain in-flight calls."""
@@ -687,7 +687,7 @@ def serve(
 @app.command()
 def gateway(
     config: Annotated[str, typer.Option("--config", "-c", help="serving config TOML ([gateway] section)")] = DEFAULT_SERVING,
-    port: Annotated[Optional[int], typer.Option(help="override the gateway port")] = None,
+    port: Annotated[int | None, typer.Option(help="override the gateway port")] = None,
 ) -> None:
     """Run the HTTP/JSON + GraphQL gateway (same lookups as gRPC) until SIGTERM/SIGINT."""
     cfg = _serving_config(config, None)
@@ -703,8 +703,8 @@ def lookup(
     user_id: Annotated[str, typer.Argument(help="user to look up")],
     k: Annotated[int, typer.Option(help="how many items")] = 10,
     target: Annotated[str, typer.Option(help="gRPC host:port")] = "127.0.0.1:50051",
-    token_env: Annotated[Optional[str], typer.Option(help="environment variable holding the bearer token")] = None,
-    ca_file: Annotated[Optional[str], typer.Option(help="CA certificate (PEM) for a TLS server")] = None,
+    token_env: Annotated[str | None, typer.Option(help="environment variable holding the bearer token")] = None,
+    ca_file: Annotated[str | None, typer.Option(help="CA certificate (PEM) for a TLS server")] = None,
     deadline_s: Annotated[float, typer.Option(help="deadline per call, seconds")] = 2.0,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:

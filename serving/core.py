@@ -119,7 +119,7 @@ class LookupService:
         try:
             async with asyncio.timeout(self.cfg.redis_timeout_s):
                 return await self.redis.execute("PING") == b"PONG"
-        except (RedisUnavailable, RedisReplyError, asyncio.TimeoutError):
+        except (TimeoutError, RedisUnavailable, RedisReplyError):
             return False
 
     async def refresh_popular(self) -> bool:
@@ -129,7 +129,7 @@ class LookupService:
                                                 "WITHSCORES")
                 trending = [(flat[n], float(flat[n + 1])) for n in range(0, len(flat), 2)]
                 metas = await self.redis.execute("HMGET", keys.ITEM_META, *[i for i, _ in trending]) if trending else []
-        except (RedisUnavailable, RedisReplyError, asyncio.TimeoutError) as err:
+        except (TimeoutError, RedisUnavailable, RedisReplyError) as err:
             log.debug("popular cache not refreshed: %r", err)
             return False
         self.popular = PopularCache(lookup.popular_items(trending, metas), time.monotonic())
@@ -155,10 +155,10 @@ class LookupService:
         budget = self._budget(remaining_s)
         try:
             if budget <= 0:
-                raise asyncio.TimeoutError
+                raise TimeoutError
             async with asyncio.timeout(budget):  # no extra task per call, unlike wait_for
                 values = await self.redis.execute("MGET", *redis_keys)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             REDIS_ERRORS.labels("timeout").inc()
             self.breaker.failure()
             raise StoreUnavailable(f"redis did not answer within {budget * 1000:.0f} ms") from None

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 from contextlib import asynccontextmanager
 from dataclasses import asdict
-from typing import Optional
 
 import strawberry
 import uvicorn
@@ -114,7 +113,7 @@ def _service(info) -> LookupService:
 class GraphQuery:
     @strawberry.field(description="A user's ranked list (or the popular fallback), filtered and cut to k.")
     async def recommendations(self, info: strawberry.Info, user_id: str, k: int = 0,
-                              filters: Optional[Filters] = None, placement: str = "") -> Recommendations:
+                              filters: Filters | None = None, placement: str = "") -> Recommendations:
         with Observed("graphql", "recommendations"):
             service, f = _service(info), filters or Filters()
             req = service.request(user_id, k, f.include_categories, f.exclude_categories, f.exclude_items, placement)

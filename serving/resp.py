@@ -85,7 +85,7 @@ class PipelinedRedis:
         try:
             async with asyncio.timeout(self.connect_timeout_s):
                 _, protocol = await loop.create_connection(_Protocol, self.host, self.port)
-        except (OSError, asyncio.TimeoutError) as err:
+        except (TimeoutError, OSError) as err:
             raise RedisUnavailable(f"cannot connect to redis at {self.host}:{self.port} ({err!r})") from None
         self.protocol = protocol
         return protocol

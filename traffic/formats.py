@@ -16,7 +16,7 @@ import -> train -> evaluate path can be run (and tested) without downloading the
 from __future__ import annotations
 
 import csv
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 
 from tqdm import tqdm
@@ -98,7 +98,7 @@ def write_online_retail(sim: Simulator, path: Path, count: int, rate_per_s: floa
             item = sim.items[int(ev["item_id"][1:])]
             c = sim.categories.index(item.category)
             adjective = ADJECTIVES[int(ev["item_id"][1:]) % len(ADJECTIVES)]
-            when = datetime.fromtimestamp(minute * 60, tz=timezone.utc).strftime("%m/%d/%Y %H:%M")
+            when = datetime.fromtimestamp(minute * 60, tz=UTC).strftime("%m/%d/%Y %H:%M")
             quantity = 1 + int(ev["item_id"][-1]) % 6
             w.writerow([invoice, ev["item_id"].upper(), f"{adjective} {category_noun(c).upper()}", quantity, when,
                         f"{item.price:.2f}", 12000 + int(ev["user_id"][1:]), "United Kingdom"])

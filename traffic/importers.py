@@ -28,7 +28,7 @@ import json
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 
 from tqdm import tqdm
@@ -147,7 +147,7 @@ def row_id(prefix: str, raw: str) -> str:
 def _date_ms(text: str) -> int:
     for fmt in DATE_FORMATS:
         try:
-            return int(datetime.strptime(text.strip(), fmt).replace(tzinfo=timezone.utc).timestamp() * 1000)
+            return int(datetime.strptime(text.strip(), fmt).replace(tzinfo=UTC).timestamp() * 1000)
         except ValueError:
             continue
     raise ValueError(text)

@@ -160,7 +160,7 @@ def test_list_cache_follows_every_rewrite_and_survives_a_frozen_redis(own_redis)
 
         for n in range(5):  # every rewrite is seen, each within half a second (in practice at once)
             rewrite("u1", f"r{n}-")
-            assert wait_until(lambda: items("u1") == [f"r{n}-0", f"r{n}-1"], 0.5)
+            assert wait_until(lambda: items("u1") == [f"r{n}-0", f"r{n}-1"], 0.5)  # noqa: B023 (waited on here)
         assert client.recommendations("late-joiner", 2).fallback  # no list yet: cached as absent
         rewrite("late-joiner", "j")
         assert wait_until(lambda: items("late-joiner") == ["j0", "j1"], 0.5)

@@ -85,7 +85,22 @@ if [ "$(cat "$STAMPS/lookupd" 2>/dev/null)" != "$want" ] || [ ! -x "$CACHE/bin/l
     --go_out=serving/lookupd --go_opt=module=streamrank/lookupd,$map \
     --go-grpc_out=serving/lookupd --go-grpc_opt=module=streamrank/lookupd,$map \
     streamrank/v1/recommendations.proto || fail "generating lookupd's Go stubs failed"
-  (cd serving/lookupd && go build -trimpath -o "$CACHE/bin/lookupd" .) || fail "go build of serving/lookupd failed"
+  # static (no cgo): the same binary runs in the Kubernetes image (deploy/k8s/Dockerfile)
+  (cd serving/lookupd && CGO_ENABLED=0 go build -trimpath -o "$CACHE/bin/lookupd" .) || fail "go build of serving/lookupd failed"
   echo "$want" > "$STAMPS/lookupd"
 fi
-echo "setup: ready (.venv, .cache/jars, redis-server, serving/generated, .cache/bin/lookupd)"
+# 6. The Kubernetes manifests' checker (tests/unit/test_k8s.py): kustomize from the Go module proxy
+#    renders deploy/k8s; kubernetes-models from the npm registry validates each object against
+#    Kubernetes' schemas and the Flink Kubernetes Operator's.
+want=$(stamp_of deploy/k8s/check/package.json deploy/k8s/check/package-lock.json deploy/setup/setup.sh)
+if [ "$(cat "$STAMPS/k8s-check" 2>/dev/null)" != "$want" ] || [ ! -x "$CACHE/go/bin/kustomize" ] \
+    || [ ! -d deploy/k8s/check/node_modules ]; then
+  command -v npm >/dev/null || fail "Node.js and npm are not installed; they check deploy/k8s"
+  echo "setup: the Kubernetes manifests' checker (kustomize, kubernetes-models)"
+  GOBIN=$CACHE/go/bin go install sigs.k8s.io/kustomize/kustomize/v5@v5.7.1 \
+    || fail "Go module proxy: installing kustomize failed"
+  npm ci --prefix deploy/k8s/check --no-audit --no-fund --loglevel=error \
+    || fail "npm registry: installing deploy/k8s/check (package-lock.json) failed"
+  echo "$want" > "$STAMPS/k8s-check"
+fi
+echo "setup: ready (.venv, .cache/jars, redis-server, serving/generated, .cache/bin/lookupd, k8s checker)"

@@ -87,7 +87,8 @@ def test_category_with_a_lone_surrogate_is_utf8():
     ev.category.encode("utf-8")
 
 
-@pytest.mark.parametrize("path", sorted((PROJECT_ROOT / "deploy" / "config").glob("*.toml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((PROJECT_ROOT / "deploy").rglob("*.toml")),
+                         ids=lambda p: str(p.relative_to(PROJECT_ROOT / "deploy")))
 def test_every_config_file_under_deploy_loads(path):
     if path.name.startswith("serving"):
         assert load_serving_config(path).max_k >= 1

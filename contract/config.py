@@ -44,7 +44,9 @@ class KafkaConfig(_Strict):
     group_id: str = "streamrank-recommend"
     """Kafka consumer group (offsets live in Flink's checkpoints; the group is for lag tools)."""
     startup_mode: Literal["earliest-offset", "latest-offset", "group-offsets"] = "earliest-offset"
-    """Where the job starts reading when it has no checkpoint."""
+    """Where the job starts reading when it has no checkpoint or savepoint. group-offsets: where the
+    consumer group left off (Flink commits them at each checkpoint), and the earliest offset of a
+    partition the group has none for (a new group)."""
     bounded: bool = False
     """Stop at the offsets that were latest when the job started (tests, backfills)."""
     stop_offsets: dict[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]] = {}

@@ -129,9 +129,13 @@ class FlinkCluster:
             return None
         return rest_overview(self.address())
 
-    def up(self, rest_port: int = 18081, slots: int = 2, metrics_port: int = 9249) -> dict:
+    def up(self, rest_port: int = 18081, slots: int = 2, metrics_port: int = 9249,
+           application: list[str] | None = None) -> dict:
         """Start both daemons (a no-op when the cluster already answers). Each serves Flink's
-        Prometheus reporter on the first free port of metrics_port..metrics_port+9."""
+        Prometheus reporter on the first free port of metrics_port..metrics_port+9. application:
+        `--job-classname CLASS ARGS...` of an application cluster (standalone-job.sh: the job's
+        main runs in the JobManager, as under the Flink Kubernetes Operator; the cluster ends with
+        the job) instead of a session cluster."""
         if (ov := self.overview()) and ov.get("taskmanagers", 0) > 0:
             return ov
         from deploy.stack import free_port
@@ -153,8 +157,9 @@ class FlinkCluster:
         self.state_file.write_text(json.dumps({"rest_port": rest_port, "metrics_port": metrics_port}))
         env = self._env()
         # start-cluster.sh would ssh to the workers; start both daemons directly instead
-        for script in ("jobmanager.sh", "taskmanager.sh"):
-            out = subprocess.run(["bash", str(home / "bin" / script), "start"], env=env,
+        jobmanager = ["standalone-job.sh", "start", *application] if application else ["jobmanager.sh", "start"]
+        for script, *args in (jobmanager, ["taskmanager.sh", "start"]):
+            out = subprocess.run(["bash", str(home / "bin" / script), *args], env=env,
                                  capture_output=True, text=True)
             if out.returncode != 0:
                 raise ClusterError(f"{script} start failed: {out.stderr or out.stdout}; logs in {self.logs}")
@@ -171,8 +176,9 @@ class FlinkCluster:
             return
         home = flink_home()
         env = self._env()
-        for script in ("taskmanager.sh", "jobmanager.sh"):
-            subprocess.run(["bash", str(home / "bin" / script), "stop-all"], env=env, capture_output=True)
+        for script in ("taskmanager.sh", "jobmanager.sh", "standalone-job.sh"):
+            subprocess.run(["bash", str(home / "bin" / script), "stop-all" if script != "standalone-job.sh" else "stop"],
+                           env=env, capture_output=True)
         if self.state_file.exists():
             self.state_file.unlink()
 

@@ -142,6 +142,8 @@ def kafka_source_ddl(cfg: JobConfig) -> str:
     replaced its bad bytes and let it through)."""
     k = cfg.kafka
     bounded = bounded_options(k, k.stop_offsets)
+    # a new group has no committed offsets: start it at the earliest (Kafka's default is to fail)
+    group = ",\n  'properties.auto.offset.reset' = 'earliest'" if k.startup_mode == "group-offsets" else ""
     kafka_ms = KAFKA_TS_MS_SQL
     return f"""
 CREATE TABLE interactions_src (
@@ -160,7 +162,7 @@ CREATE TABLE interactions_src (
   'properties.group.id' = '{k.group_id}',
   'scan.startup.mode' = '{k.startup_mode}',
   'scan.watermark.emit.strategy' = '{cfg.features.watermark_emit}',
-  'format' = 'raw'{bounded}
+  'format' = 'raw'{group}{bounded}
 )"""
 
 

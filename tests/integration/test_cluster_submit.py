@@ -206,3 +206,59 @@ def one_running_job(c: FlinkCluster, but: str | None = None, timeout_s: float = 
 
     assert wait_until(lambda: len(running()) == 1, timeout_s, every_s=0.5), f"no one running job: {c.jobs()}"
     return running()[0]
+
+
+def test_application_mode_runs_the_kubernetes_job_spec(kafka_broker, redis_server, model_dir, tmp_path):
+    """deploy/k8s/flink.yaml's job as the Flink Kubernetes Operator runs it: an application cluster
+    whose JobManager runs the FlinkDeployment's entry class with its args (PyFlink's PythonDriver,
+    jobs/recommend.py, --config job.toml). Here standalone-job.sh starts it, with the image's paths
+    mapped to this checkout and job.toml's Kafka, Redis, storage and model pointed at the test's
+    (everything else as job.toml says: parallelism 2, group offsets, the DLQ exactly-once). The
+    bounded job accounts for every record, writes a list for every user and the DLQ holds each
+    rejected record once; the cluster ends with the job."""
+    import yaml
+
+    from deploy.paths import python_executable
+
+    port, r = redis_server
+    r.flushdb()
+    k8s = PROJECT_ROOT / "deploy" / "k8s"
+    flink = next(d for d in yaml.safe_load_all((k8s / "flink.yaml").read_text()) if d["kind"] == "FlinkDeployment")
+    image = {"/opt/venv/bin/python3": python_executable(), "/etc/streamrank/job.toml": str(k8s / "job.toml"),
+             "/opt/streamrank/": f"{PROJECT_ROOT}/"}
+    args = [next((here + a[len(there):] for there, here in image.items() if a.startswith(there)), a)
+            for a in flink["spec"]["job"]["args"]]
+    assert all("/opt/" not in a and "/etc/" not in a for a in args), args
+
+    prefix = "app."
+    prefixed_topics(kafka_broker, prefix, partitions=2)
+    sim = Simulator(seed=11, users=80, items=150, categories=5)
+    publish_catalog(sim, kafka_broker, f"{prefix}items")
+    records = [(key, value) for key, value, _ in sim.records(int(time.time() * 1000) - 120_000, 20.0, 1200,
+                                                               malformed_fraction=0.02)]
+    send(kafka_broker, f"{prefix}interactions", records)
+    overrides = job_args(kafka_broker, port, model_dir, prefix, "app-mode") + [
+        "--set", 'redis.host="127.0.0.1"', "--set", "kafka.bounded=true", "--set", f'flink.checkpoint_dir="{tmp_path / "checkpoints"}"',
+        "--set", f'flink.savepoint_dir="{tmp_path / "savepoints"}"']
+    c = FlinkCluster(tmp_path / "run")
+    try:
+        c.up(rest_port=free_port(), slots=2, metrics_port=free_port(),
+             application=["--job-classname", flink["spec"]["job"]["entryClass"], *args, *overrides])
+        job_id = one_running_job(c, timeout_s=120)
+        assert {v["parallelism"] for v in c.rest("GET", f"/jobs/{job_id}")["vertices"]} == {flink["spec"]["job"]["parallelism"]}
+        assert wait_until(lambda: sum(read_ledger(r).values()) >= len(records), 300, every_s=1), read_ledger(r)
+        ended = wait_until(lambda: c.overview() is None, 180, every_s=1)  # an application cluster ends with its job
+    finally:
+        c.down()
+    jm_log = "".join(p.read_text(errors="replace") for p in c.logs.glob("*standalonejob*.log"))
+    assert ended, jm_log[-3000:]
+    assert re.search(rf"Job .*\({job_id}\) switched from state RUNNING to FINISHED", jm_log), jm_log[-3000:]
+    cfg = job_config(port, model_dir)
+    hist, replay = records_replay([v for _, v in records], cfg, tmp_path / "stream.jsonl")
+    ledger = read_ledger(r)
+    assert ledger == replay_ledger(hist, replay) and ledger["dlq"] > 0
+    states = read_states(r)
+    assert_features_equal_replay(states, replay, cfg)
+    assert {k.decode()[4:] for k in r.scan_iter("rec:*")} == set(states)  # a list for every user
+    dlq = summarize(read_rejected(kafka_broker, f"{prefix}interactions.dlq", idle_ms=2000, progress=False))
+    assert dlq["by_reason"] == Counter(why for _, why in hist.rejected) and dlq["repeated"] == 0

@@ -228,3 +228,13 @@ def test_the_validation_sql_gives_only_the_contract_s_dlq_reasons():
     from contract.schema import DLQ_REASONS, validation_sql
 
     assert set(re.findall(r"THEN '(\w+)'", validation_sql())) == set(DLQ_REASONS)
+
+
+def test_group_offsets_start_a_new_group_at_the_earliest_offset():
+    """Kafka's default for a group with no committed offsets is to fail; the cluster test's
+    application-mode run read nothing without this."""
+    from jobs.recommend import kafka_source_ddl
+
+    assert "'properties.auto.offset.reset' = 'earliest'" in kafka_source_ddl(
+        parse_config({"kafka": {"startup_mode": "group-offsets"}}))
+    assert "auto.offset.reset" not in kafka_source_ddl(parse_config({}))

@@ -176,9 +176,9 @@ class FlinkCluster:
             return
         home = flink_home()
         env = self._env()
-        for script in ("taskmanager.sh", "jobmanager.sh", "standalone-job.sh"):
-            subprocess.run(["bash", str(home / "bin" / script), "stop-all" if script != "standalone-job.sh" else "stop"],
-                           env=env, capture_output=True)
+        for script, stop in (("taskmanager.sh", "stop-all"), ("jobmanager.sh", "stop-all"),
+                             ("standalone-job.sh", "stop")):
+            subprocess.run(["bash", str(home / "bin" / script), stop], env=env, capture_output=True)
         if self.state_file.exists():
             self.state_file.unlink()
 

@@ -38,11 +38,8 @@ def cluster(tmp_path_factory):
 def test_submitted_job_writes_lists(cluster, kafka_broker, redis_server, model_dir):
     c, run = cluster
     port, r = redis_server
-    r.flushdb()
-    prefix = "cl."
-    prefixed_topics(kafka_broker, prefix)
-    sim = Simulator(seed=5, users=60, items=200, categories=6)
-    publish_catalog(sim, kafka_broker, f"{prefix}items")
+    prefix, sim = "cl.", Simulator(seed=5, users=60, items=200, categories=6)
+    fresh_start(kafka_broker, r, prefix, sim)
     report = publish_events(sim, kafka_broker, f"{prefix}interactions", 1000, 50.0,
                             start_ms=int(time.time() * 1000) - 60_000, progress=False)
     env = child_env(STREAMRANK_RUN_DIR=str(run))
@@ -65,11 +62,8 @@ def test_detached_job_reports_metrics_and_cancels(cluster, kafka_broker, redis_s
     `streamrank cluster cancel` stops the job."""
     c, run = cluster
     port, r = redis_server
-    r.flushdb()
-    prefix = "cl2."
-    prefixed_topics(kafka_broker, prefix, partitions=1)
-    sim = Simulator(seed=6, users=40, items=100, categories=5)
-    publish_catalog(sim, kafka_broker, f"{prefix}items")
+    prefix, sim = "cl2.", Simulator(seed=6, users=40, items=100, categories=5)
+    fresh_start(kafka_broker, r, prefix, sim, partitions=1)
     start = int(time.time() * 1000) - 60_000
     publish_events(sim, kafka_broker, f"{prefix}interactions", 500, 50.0, start_ms=start, progress=False)
     # a record far ahead closes the windows of the 500; it stays in its own open window
@@ -105,11 +99,8 @@ def test_stop_with_savepoint_and_resume_rescaled(cluster, kafka_broker, redis_se
     savepoint and the rescaling of its transactional writers."""
     c, run = cluster
     port, r = redis_server
-    r.flushdb()
-    prefix = "cl3."
-    prefixed_topics(kafka_broker, prefix, partitions=2)
-    sim = Simulator(seed=8, users=80, items=200, categories=6)
-    publish_catalog(sim, kafka_broker, f"{prefix}items")
+    prefix, sim = "cl3.", Simulator(seed=8, users=80, items=200, categories=6)
+    fresh_start(kafka_broker, r, prefix, sim)
     start = int(time.time() * 1000) - 600_000
     records: list[tuple[str, bytes]] = []
     for n, (key, value, ok) in enumerate(sim.records(start, 20.0, 2400, malformed_fraction=0.01)):
@@ -182,6 +173,13 @@ def test_stop_with_savepoint_and_resume_rescaled(cluster, kafka_broker, redis_se
     assert dlq["by_reason"] == Counter(why for _, why in hist.rejected) and dlq["repeated"] == 0
 
 
+def fresh_start(bootstrap: str, r, prefix: str, sim: Simulator, partitions: int = 2) -> None:
+    """A test's clean start: Redis emptied, the test's own topics, the simulator's catalog on them."""
+    r.flushdb()
+    prefixed_topics(bootstrap, prefix, partitions=partitions)
+    publish_catalog(sim, bootstrap, f"{prefix}items")
+
+
 def send(bootstrap: str, topic: str, records: list[tuple[str, bytes]], partition: int | None = None) -> None:
     p = producer(bootstrap)
     for key, value in records:
@@ -221,7 +219,6 @@ def test_application_mode_runs_the_kubernetes_job_spec(kafka_broker, redis_serve
     from deploy.paths import python_executable
 
     port, r = redis_server
-    r.flushdb()
     k8s = PROJECT_ROOT / "deploy" / "k8s"
     flink = next(d for d in yaml.safe_load_all((k8s / "flink.yaml").read_text()) if d["kind"] == "FlinkDeployment")
     image = {"/opt/venv/bin/python3": python_executable(), "/etc/streamrank/job.toml": str(k8s / "job.toml"),
@@ -230,10 +227,8 @@ def test_application_mode_runs_the_kubernetes_job_spec(kafka_broker, redis_serve
             for a in flink["spec"]["job"]["args"]]
     assert all("/opt/" not in a and "/etc/" not in a for a in args), args
 
-    prefix = "app."
-    prefixed_topics(kafka_broker, prefix, partitions=2)
-    sim = Simulator(seed=11, users=80, items=150, categories=5)
-    publish_catalog(sim, kafka_broker, f"{prefix}items")
+    prefix, sim = "app.", Simulator(seed=11, users=80, items=150, categories=5)
+    fresh_start(kafka_broker, r, prefix, sim)
     records = [(key, value) for key, value, _ in sim.records(int(time.time() * 1000) - 120_000, 20.0, 1200,
                                                                malformed_fraction=0.02)]
     send(kafka_broker, f"{prefix}interactions", records)

@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     t_env.execute_sql(kafka_source_ddl(cfg))
     t_env.execute_sql("CREATE TABLE discard (payload BYTES, reason STRING) WITH ('connector' = 'blackhole')")
-    t_env.execute_sql(f"INSERT INTO discard SELECT payload, {validation_sql('kafka_ts_ms')} "
+    reason = validation_sql("kafka_ts_ms", min_ts_ms=cfg.events.min_ts_ms, max_future_ms=cfg.events.max_future_ms)
+    t_env.execute_sql(f"INSERT INTO discard SELECT payload, {reason} "
                       f"FROM ({parse_once_sql('interactions_src', ('payload', 'kafka_ts_ms'))})").wait()
     return 0
 

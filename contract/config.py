@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from contract.schema import MAX_FUTURE_MS, MIN_TS_MS
+
 
 class _Strict(BaseModel):
     # the docstring under each field is its description (deploy/config/README.md is made from them)
@@ -62,6 +64,24 @@ class KafkaConfig(_Strict):
         return self
 
 
+class EventConfig(_Strict):
+    """Which event times validation accepts: contract.schema.validate and the job's SQL alike."""
+
+    min_ts_ms: int = Field(MIN_TS_MS, ge=0)
+    """Earliest event time accepted (epoch ms): an event whose `ts` is older goes to the DLQ as
+    bad_ts. The default, 946684800000, is 2000-01-01 00:00 UTC; older logs need it lowered, e.g.
+    MovieLens 100K (1997-98) needs 874724710000 or lower. Never below 0: a negative ts is invalid."""
+    max_future_s: float = Field(MAX_FUTURE_MS / 1000, ge=0)
+    """How far (s) an event's `ts` may be ahead of its Kafka record's timestamp (the ingest time)
+    before it is bad_ts (default 1 h, for producers' clock drift). A log read from a file
+    (training, evaluation) has no ingest time: there it does not apply."""
+
+    @property
+    def max_future_ms(self) -> int:
+        """max_future_s in ms, as contract.schema.validate and validation_sql take it."""
+        return round(self.max_future_s * 1000)
+
+
 class RedisConfig(_Strict):
     host: str = "127.0.0.1"
     """Redis host."""
@@ -106,6 +126,14 @@ class FeatureConfig(_Strict):
     not ranked on noise)."""
     max_items_per_user: int = Field(50, ge=1, le=1000)
     """How many of a user's recent items the state keeps (repeat candidates)."""
+    memory_items: int = Field(100, ge=1, le=5000)
+    """How many items the user x item memory keeps per user: the N with the largest weight decayed
+    at the first of memory_half_lives_s. It holds how often and how recently the user interacted
+    with and bought each item (features ui_*) and offers them as candidates (own_history)."""
+    memory_half_lives_s: tuple[PositiveSeconds, ...] = (7776000.0, 31536000.0)
+    """Half-lives (s) of the user x item memory's decayed interaction weights, one feature
+    ui_weight_<half-life> each (default 90 d, 365 d); the first also decays the long-term category
+    affinity (category_affinity_long) and the user's item-repurchase statistics."""
     dedup_horizon_s: float = Field(86400.0, gt=0)
     """How long (s) an event_id is remembered to drop duplicates: at least this long, and at most
     1/24 longer (ids are forgotten in 24 time buckets per horizon, so the state keeps ids only)."""
@@ -114,6 +142,8 @@ class FeatureConfig(_Strict):
     def _windows_present(self) -> FeatureConfig:
         if not self.frequency_windows_s or not self.monetary_windows_s:
             raise ValueError("frequency_windows_s and monetary_windows_s need at least one window each")
+        if not self.memory_half_lives_s:
+            raise ValueError("memory_half_lives_s needs at least one half-life (default (7776000.0, 31536000.0))")
         return self
 
 
@@ -148,6 +178,33 @@ class ScoringConfig(_Strict):
     """Fewest scored rows a drift window needs; smaller windows are merged into the next."""
     drift_threshold: float = Field(0.25, gt=0)
     """PSI above which the job logs a drift alert for the feature (0.25: a large shift)."""
+
+
+class TrainingConfig(_Strict):
+    """How `streamrank train` and `evaluate` build labels and fit models (offline only)."""
+
+    horizon_s: float = Field(0.0, ge=0)
+    """Label horizon (s): an item is relevant at a cut-off when the user interacts with it within
+    this long after it. 0: the span of the held-out period (the test span `evaluate` scores, or
+    train's time holdout), so the model learns the question it is judged on."""
+    relevance: Literal["graded", "binary"] = "graded"
+    """graded: the label is the strongest interaction in the horizon (view 1, click 2, cart 3,
+    purchase 4) plus 1 for each further purchase occasion, at most 7 (LambdaMART learns the
+    order); binary: 1 for any interaction. The classifier always learns any interaction."""
+    cutoffs: int = Field(12, ge=2, le=500)
+    """Cut-offs spread evenly over the training period (each leaving a full horizon after it);
+    the last fifth of them (by time) is the early-stopping validation set."""
+    users_per_cutoff: int = Field(2000, ge=1)
+    """At most this many users (seeded sample) per cut-off, among those the job would have a list
+    for and who interact within the horizon."""
+    negatives_per_query: int = Field(100, ge=1)
+    """Irrelevant candidates kept per (user, cut-off) list (seeded sample); every relevant one is
+    kept."""
+    max_trees: int = Field(1000, ge=10)
+    """Most boosting rounds; early stopping on the validation cut-offs picks fewer."""
+    early_stopping_rounds: int = Field(50, ge=1)
+    """Rounds without improvement on the validation cut-offs (NDCG@10 for the ranker, log loss
+    for the classifier) before training stops."""
 
 
 class FlinkConfig(_Strict):
@@ -216,10 +273,12 @@ class JobConfig(_Strict):
     """The recommend job's config file (deploy/config/*.toml)."""
 
     kafka: KafkaConfig = KafkaConfig()
+    events: EventConfig = EventConfig()
     redis: RedisConfig = RedisConfig()
     features: FeatureConfig = FeatureConfig()
     candidates: CandidateConfig = CandidateConfig()
     scoring: ScoringConfig = ScoringConfig()
+    training: TrainingConfig = TrainingConfig()
     flink: FlinkConfig = FlinkConfig()
     faults: FaultConfig = FaultConfig()
 
@@ -283,13 +342,31 @@ def _read_toml(path: str | Path | None) -> dict:
         raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
 
 
-def load_config(path: str | Path | None, overrides: dict | None = None) -> JobConfig:
-    """Load a TOML config file (None: all defaults), then apply dotted overrides.
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "deploy" / "config" / "presets"
+PRESETS = ("web-sessions", "retail-purchases")
+# the preset each public log format is evaluated and trained with by default
+FORMAT_PRESETS = {"retailrocket": "web-sessions", "online-retail": "retail-purchases",
+                  "completejourney": "retail-purchases"}
+
+
+def preset_path(name: str) -> Path:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)} (files in {PRESETS_DIR})")
+    return PRESETS_DIR / f"{name}.toml"
+
+
+def load_config(path: str | Path | None, overrides: dict | None = None, preset: str | None = None) -> JobConfig:
+    """Load a TOML config file (None: all defaults), then a preset's keys over it (PRESETS), then
+    dotted overrides.
 
     overrides maps "section.field" to a value, e.g. {"redis.port": 6380}.
     """
     data = _read_toml(path)
     source = str(path) if path is not None else "<defaults>"
+    if preset:
+        for section, values in _read_toml(preset_path(preset)).items():
+            data.setdefault(section, {}).update(values)
+        source += f" with preset {preset}"
     for dotted, value in (overrides or {}).items():
         section, _, name = dotted.partition(".")
         data.setdefault(section, {})[name] = value

@@ -42,7 +42,9 @@ def valid_id(v: str) -> bool:
     return _ID_RE.fullmatch(v) is not None
 
 
-# Event times outside [MIN_TS_MS, ingest time + MAX_FUTURE_MS] are rejected.
+# Event times outside [MIN_TS_MS, ingest time + MAX_FUTURE_MS] are rejected: the defaults of
+# the job config's events.min_ts_ms and events.max_future_s, which older logs lower. A ts below 0
+# is never valid (validation_sql reads digits only; the config keeps min_ts_ms >= 0).
 MIN_TS_MS = 946_684_800_000  # 2000-01-01
 MAX_FUTURE_MS = 3_600_000
 
@@ -67,10 +69,13 @@ class Interaction:
     consent: bool
 
 
-def validate(raw: str | bytes, ingest_ts_ms: int | None = None) -> Interaction:
+def validate(raw: str | bytes, ingest_ts_ms: int | None = None, *, min_ts_ms: int = MIN_TS_MS,
+             max_future_ms: int = MAX_FUTURE_MS) -> Interaction:
     """Parse and validate one raw record; raises InvalidEvent with the DLQ reason.
 
-    Mirrors `validation_sql` exactly (tests check both on the same records).
+    `ts` must be at least min_ts_ms and, when the ingest time is known, at most max_future_ms
+    after it (the job config's `events` section gives both). Mirrors `validation_sql` exactly
+    (tests check both on the same records).
     """
     try:
         obj: Any = parse_json(raw)
@@ -88,9 +93,9 @@ def validate(raw: str | bytes, ingest_ts_ms: int | None = None) -> Interaction:
     if obj.get("type") not in EVENT_TYPES and not control:
         raise InvalidEvent("bad_type")
     ts = obj.get("ts")
-    if isinstance(ts, bool) or not isinstance(ts, int) or ts < MIN_TS_MS:
+    if isinstance(ts, bool) or not isinstance(ts, int) or ts < min_ts_ms:
         raise InvalidEvent("bad_ts")
-    if ingest_ts_ms is not None and ts > ingest_ts_ms + MAX_FUTURE_MS:
+    if ingest_ts_ms is not None and ts > ingest_ts_ms + max_future_ms:
         raise InvalidEvent("bad_ts")
     value = obj.get("value", 0.0)
     if value is None:
@@ -222,9 +227,10 @@ def parse_once_sql(source: str, keep: Sequence[str], raw: str = "payload") -> st
     return f"SELECT {', '.join(keep)}, {fields} FROM (SELECT *, parse_interaction({raw}) AS j FROM {source})"
 
 
-def validation_sql(kafka_ts_ms: str = "kafka_ts_ms") -> str:
-    """The same rules as `validate`, as a Flink SQL CASE giving the reason or NULL (valid), over
-    the columns of parse_once_sql."""
+def validation_sql(kafka_ts_ms: str = "kafka_ts_ms", *, min_ts_ms: int = MIN_TS_MS,
+                   max_future_ms: int = MAX_FUTURE_MS) -> str:
+    """The same rules as `validate` (with the same min_ts_ms and max_future_ms), as a Flink SQL
+    CASE giving the reason or NULL (valid), over the columns of parse_once_sql."""
     types = ", ".join(f"'{t}'" for t in EVENT_TYPES + CONTROL_ACTIONS)
     flink_re = ID_PATTERN_JAVA
 
@@ -240,8 +246,8 @@ def validation_sql(kafka_ts_ms: str = "kafka_ts_ms") -> str:
   WHEN NOT j_is_object THEN 'not_json'
 {id_checks}
   WHEN t_type IS NULL OR t_type <> 'string' OR j_type NOT IN ({types}) THEN 'bad_type'
-  WHEN t_ts IS NULL OR t_ts <> 'integer' OR NOT REGEXP(j_ts, '^[0-9]{{1,15}}$') OR {ts} < {MIN_TS_MS}
-       OR {ts} > {kafka_ts_ms} + {MAX_FUTURE_MS} THEN 'bad_ts'
+  WHEN t_ts IS NULL OR t_ts <> 'integer' OR NOT REGEXP(j_ts, '^[0-9]{{1,15}}$') OR {ts} < {min_ts_ms}
+       OR {ts} > {kafka_ts_ms} + {max_future_ms} THEN 'bad_ts'
   WHEN t_value IS NOT NULL AND t_value <> 'null'
        AND (t_value NOT IN ('integer', 'float') OR {value} IS NULL OR {value} < 0 OR {value} > {sys.float_info.max!r})
        THEN 'bad_value'

@@ -49,12 +49,16 @@ def _logging(verbose: bool = False, fmt: str = "text") -> None:
     logging.getLogger("kafka").setLevel(logging.WARNING)
 
 
-def _job_config(config: str, sets: list[str] | None, bounded: bool = False):
+PresetOpt = Annotated[str | None, typer.Option(
+    "--preset", help="config preset applied over --config: web-sessions | retail-purchases (deploy/config/presets)")]
+
+
+def _job_config(config: str, sets: list[str] | None, bounded: bool = False, preset: str | None = None):
     from contract.config import ConfigError, load_config
     from jobs.recommend import parse_overrides
 
     try:
-        return load_config(config, parse_overrides(sets or [], bounded=bounded))
+        return load_config(config, parse_overrides(sets or [], bounded=bounded), preset)
     except ConfigError as e:
         typer.echo(str(e), err=True)
         raise typer.Exit(2) from None
@@ -132,6 +136,8 @@ def simulate(
     categories: Annotated[int, typer.Option(help="item categories")] = 20,
     seed: Annotated[int, typer.Option(help="same seed, same stream")] = 7,
     malformed: Annotated[float, typer.Option(help="fraction of records to break (0..1)")] = 0.0,
+    replenishment: Annotated[float, typer.Option(help="share of items users rebuy at item-specific intervals "
+                                                 "(0..1); 0 = none")] = 0.0,
     history: Annotated[Path | None, typer.Option(help="write a history file (a folder for retailrocket) instead of publishing")] = None,
     fmt: Annotated[str, typer.Option("--format", help="with --history: native (JSONL) | retailrocket | online-retail "
                                      "(the public log formats `import` and `evaluate` read)")] = "native",
@@ -150,7 +156,10 @@ def simulate(
         raise typer.Exit(2)
     if fmt not in ("native", "retailrocket", "online-retail"):
         raise typer.BadParameter(f"{fmt!r}; use native, retailrocket or online-retail", param_hint="--format")
-    sim = Simulator(seed=seed, users=users, items=items, categories=categories)
+    if not 0 <= replenishment <= 1:
+        typer.echo("--replenishment must be in [0, 1]", err=True)
+        raise typer.Exit(2)
+    sim = Simulator(seed=seed, users=users, items=items, categories=categories, replenishment=replenishment)
     span_s = hours_ago * 3600 if hours_ago is not None else events / rate + 60
     start = int((time.time() - span_s) * 1000)
     if history and fmt != "native":
@@ -175,22 +184,25 @@ def simulate(
 @app.command("import")
 def import_events(
     path: Annotated[Path, typer.Argument(help="the event log to import")],
-    fmt: Annotated[str, typer.Option("--format", help="retailrocket | online-retail")],
+    fmt: Annotated[str, typer.Option("--format", help="retailrocket | online-retail | completejourney")],
     out: Annotated[Path, typer.Option(help="history file to write (JSONL, time-ordered; catalog beside it)")] = Path("var/import/history.jsonl"),
     item_properties: Annotated[list[Path] | None, typer.Option(help="retailrocket item_properties CSV (repeatable)")] = None,
     category_tree: Annotated[Path | None, typer.Option(help="retailrocket category_tree.csv (roll categories up)")] = None,
+    products: Annotated[Path | None, typer.Option(
+        help="completejourney products.csv (categories; default: products.csv beside PATH)")] = None,
     publish: Annotated[bool, typer.Option(help="also replay the events to Kafka")] = False,
     rate: Annotated[float | None, typer.Option(help="with --publish: events/s (default: as fast as possible)")] = None,
     config: ConfigOpt = DEFAULT_CONFIG,
 ) -> None:
-    """Import RetailRocket or UCI Online Retail logs into the event schema; rejected rows are
-    listed with line numbers (and written to OUT.rejected.csv)."""
+    """Import RetailRocket, UCI Online Retail or The Complete Journey logs into the event schema;
+    rejected rows are listed with line numbers (and written to OUT.rejected.csv)."""
     from traffic.importers import ImportFailed, import_file
 
     _logging()
     try:
         report = import_file(path, fmt, out, item_properties=[str(p) for p in item_properties or []],
-                             category_tree=str(category_tree) if category_tree else None)
+                             category_tree=str(category_tree) if category_tree else None,
+                             products=str(products) if products else None)
     except (ImportFailed, FileNotFoundError) as e:
         typer.echo(str(e), err=True)
         raise typer.Exit(2) from None
@@ -211,20 +223,38 @@ def import_events(
 @app.command()
 def evaluate(
     events: Annotated[Path, typer.Option(help="event log to evaluate on")],
-    fmt: Annotated[str, typer.Option("--format", help="native (JSONL history) | retailrocket | online-retail")] = "native",
+    fmt: Annotated[str, typer.Option(
+        "--format", help="native (JSONL history) | retailrocket | online-retail | completejourney")] = "native",
     item_properties: Annotated[list[Path] | None, typer.Option(help="retailrocket: item_properties CSV (repeatable)")] = None,
     category_tree: Annotated[Path | None, typer.Option(help="retailrocket: category_tree.csv")] = None,
+    products: Annotated[Path | None, typer.Option(
+        help="completejourney: products.csv (default: products.csv beside --events)")] = None,
     train_fraction: Annotated[float, typer.Option(help="share of events (by time) to train on")] = 0.8,
     k: Annotated[int, typer.Option(help="cut-off for NDCG@k and HitRate@k")] = 10,
     out: Annotated[Path | None, typer.Option(help="report folder (default var/eval/<time>)")] = None,
+    preset: Annotated[str | None, typer.Option(
+        "--preset", help="config preset applied over --config: web-sessions | retail-purchases | none; default "
+        "by format (retailrocket: web-sessions; online-retail, completejourney: retail-purchases; native: none)")] = None,
+    horizon_s: Annotated[float | None, typer.Option(
+        help="label horizon for training (s); default training.horizon_s (0: the test period's span)")] = None,
     config: ConfigOpt = DEFAULT_CONFIG,
 ) -> None:
     """Train on the earlier part of a log, evaluate next-period recommendations on the later part
-    against the baselines (popularity, trending, user_top_category, repeat). Last line: JSON."""
-    from models.evaluation import evaluate_history
+    against the baselines (popularity, trending, user_top_category, repeat), with 95% bootstrap
+    intervals, candidate recall and results per segment. Last line: JSON (ranker -> metrics, and
+    "evaluation": the comparison, segments and candidate recall)."""
+    from collections import Counter
+
+    from contract.config import FORMAT_PRESETS
+    from models.evaluation import NotEnoughEvents, evaluate_history
 
     _logging()
-    cfg = _job_config(config, None)
+    if preset is None:
+        preset = FORMAT_PRESETS.get(fmt)
+    sets = [f"training.horizon_s={horizon_s}"] if horizon_s is not None else None
+    cfg = _job_config(config, sets, preset=None if preset == "none" else preset)
+    if preset and preset != "none":
+        typer.echo(f"config: {config} with preset {preset}", err=True)
     history = events
     if fmt != "native":
         from traffic.importers import ImportFailed, import_file
@@ -232,15 +262,28 @@ def evaluate(
         history = Path(run_dir()) / "evaluate" / "history.jsonl"
         try:
             report = import_file(events, fmt, history, item_properties=[str(p) for p in item_properties or []],
-                                 category_tree=str(category_tree) if category_tree else None)
-        except ImportFailed as e:
+                                 category_tree=str(category_tree) if category_tree else None,
+                                 products=str(products) if products else None)
+        except (ImportFailed, FileNotFoundError) as e:
             typer.echo(str(e), err=True)
             raise typer.Exit(2) from None
         typer.echo(f"imported {report.events} events ({len(report.rejected)} rows rejected, see {history}.rejected.csv)",
                    err=True)
+        if report.events < 2:  # split_by_time needs two: say why the rows went, not a traceback
+            reasons = Counter(r for _, r, _ in report.rejected).most_common(5)
+            typer.echo(f"{events}: {report.events} of {report.rows} rows became events; evaluation needs at least "
+                       f"2. Rejected {len(report.rejected)} (most common: "
+                       f"{', '.join(f'{r} {n}' for r, n in reasons) or 'none'}; each row with its line and reason "
+                       f"in {history}.rejected.csv), skipped {dict(report.skipped) or 'none'}. Is this the "
+                       "right --format?", err=True)
+            raise typer.Exit(2)
     report_dir = out or PROJECT_ROOT / "var" / "eval" / time.strftime("%Y%m%d-%H%M%S")
     report_dir.mkdir(parents=True, exist_ok=True)
-    results = evaluate_history(str(history), cfg, train_fraction, k, work_dir=str(report_dir))
+    try:
+        results = evaluate_history(str(history), cfg, train_fraction, k, work_dir=str(report_dir))
+    except NotEnoughEvents as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(2) from None
     typer.echo(f"report: {report_dir}/evaluation.md (+ evaluation.json, ndcg_at_k.png, feature_importance.png, "
                "calibration.png)", err=True)
     typer.echo(json.dumps(results))
@@ -248,32 +291,56 @@ def evaluate(
 
 @app.command()
 def train(
-    history: Annotated[Path, typer.Option(help="JSONL event history (streamrank simulate --history)")],
+    history: Annotated[Path, typer.Option(help="JSONL event history (streamrank simulate --history, or import)")],
     catalog: Annotated[Path | None, typer.Option(help="items JSONL (item_id, category, price)")] = None,
     registry: RegistryOpt = REGISTRY,
-    horizon_s: Annotated[float, typer.Option(help="label horizon after each cut-off (s)")] = 1800.0,
-    kind: Annotated[str, typer.Option(help="gbc (GradientBoostingClassifier) or lambdamart (LightGBM ranker)")] = "gbc",
-    promote: Annotated[bool, typer.Option(help="make it the current model (the running job switches to it)")] = True,
+    horizon_s: Annotated[float | None, typer.Option(
+        help="label horizon after each cut-off (s); default training.horizon_s (0: the held-out period's span)")] = None,
+    kind: Annotated[str, typer.Option(help="lambdamart (LightGBM ranker, graded labels) or classifier "
+                                      "(LightGBM binary)")] = "lambdamart",
+    holdout: Annotated[float, typer.Option(help="share of events (latest, by time) held out for the gate")] = 0.2,
+    promote: Annotated[bool, typer.Option(help="make it the current model if it passes the gate "
+                                          "(the running job switches to it)")] = True,
+    force: Annotated[bool, typer.Option(help="promote even if it does not beat the best baseline")] = False,
+    preset: PresetOpt = None,
+    k: Annotated[int, typer.Option(help="the gate's NDCG@k")] = 10,
     config: ConfigOpt = DEFAULT_CONFIG,
 ) -> None:
-    """Build point-in-time features, train a model, export to ONNX, check parity, publish."""
-    from models.training import MODEL_KINDS, PublishRefused, build_training_set, train_and_publish
+    """Train a model on the earlier part of a history, gate it on the held-out later part, publish.
+
+    The gate scores the model and every baseline (popularity, trending, user_top_category, repeat)
+    on the held-out period as `evaluate` does. A model that does not beat the best baseline on
+    NDCG@k is published but not promoted, and the reason is printed; --force promotes it anyway.
+    Last line: the model card (JSON)."""
+    from models.evaluation import NotEnoughEvents, gate, holdout_evaluation
+    from models.training import MODEL_KINDS, PublishRefused, publish
 
     if kind not in MODEL_KINDS:
         raise typer.BadParameter(f"{kind!r}; choose one of {', '.join(MODEL_KINDS)}", param_hint="--kind")
-
+    if not 0 < holdout < 1:
+        raise typer.BadParameter(f"{holdout}; a share strictly between 0 and 1", param_hint="--holdout")
     _logging()
-    cfg = _job_config(config, None)
-    from traffic.publish import catalog_path
-
-    if catalog is None and catalog_path(history).exists():
-        catalog = catalog_path(history)
-    ts = build_training_set(history, cfg, horizon_s=horizon_s, catalog=catalog)
+    sets = [f"training.horizon_s={horizon_s}"] if horizon_s is not None else None
+    cfg = _job_config(config, sets, preset=preset)
+    report_dir = PROJECT_ROOT / "var" / "train" / time.strftime("%Y%m%d-%H%M%S")
     try:
-        out = train_and_publish(ts, registry, cfg, kind=kind, promote=promote)
-    except PublishRefused as e:
+        run = holdout_evaluation(str(history), cfg, [kind], 1 - holdout, k, str(report_dir),
+                                 catalog=str(catalog) if catalog else None)
+        verdict = gate(run.results, kind, [n for n in run.results if n not in MODEL_KINDS], k)
+        verdict["forced"] = force and not verdict["promote"]
+        out = publish(run.trained[kind], registry, promote=promote and (verdict["promote"] or force), gate=verdict)
+    except (PublishRefused, NotEnoughEvents, ValueError) as e:
         typer.echo(str(e), err=True)
         raise typer.Exit(1) from None
+    if verdict["promote"]:
+        typer.echo(f"gate passed: {verdict['reason']}" + ("; promoted" if promote else "; not promoted (--no-promote)"),
+                   err=True)
+    elif force:
+        typer.echo(f"gate failed, promoted anyway (--force): {verdict['reason']}", err=True)
+    else:
+        typer.echo(f"gate failed, published {out.name} but NOT promoted: {verdict['reason']} "
+                   "(--force promotes it anyway)", err=True)
+    typer.echo(f"held-out report: {report_dir}/evaluation.md", err=True)
     typer.echo((out / "card.json").read_text())
 
 

@@ -59,7 +59,7 @@ def run_demo(live_events: int, rate: float, keep: bool) -> int:
         model = train_and_publish(build_training_set(history, cfg, catalog=catalog), registry, cfg)
         card = json.loads((model / "card.json").read_text())
         print(f"model {card['version']}: holdout AUC {card['holdout']['auc']}, "
-              f"ONNX parity {card['onnx_parity_max_abs_diff']:.1e}")
+              f"ONNX parity {card['onnx_parity_max_diff']:.1e}")
 
         dlq_start = end_offsets(cfg.kafka.bootstrap_servers, cfg.kafka.dlq_topic)  # the topic keeps earlier runs'
         _step("starting the recommend job on the embedded Flink MiniCluster")

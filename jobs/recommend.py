@@ -110,15 +110,17 @@ def checkpoint_uri(path: str) -> str:
     return (p if p.is_absolute() else PROJECT_ROOT / p).resolve().as_uri()
 
 
-def event_time_sql(kafka_ms: str = "kafka_ts_ms") -> str:
+def event_time_sql(kafka_ms: str = "kafka_ts_ms", *, min_ts_ms: int = MIN_TS_MS,
+                   max_future_ms: int = MAX_FUTURE_MS) -> str:
     """Event time from the record's `ts`; when `ts` is missing, not a JSON integer or out of
-    range, the earliest allowed time, which can never advance the watermark (a Kafka timestamp
+    range (the bounds of validation_sql: the config's `events`), the earliest allowed time,
+    which can never advance the watermark (a Kafka timestamp
     would, on replays of old events). Validation sends such records to the DLQ, which is not
     windowed. event_time_ms is a streaming scan in deploy/maven/udf (JSON_VALUE built a tree and
     a JsonPath per call, twice per record: in the watermark and in this column)."""
     ts = "event_time_ms(payload)"
-    return (f"TO_TIMESTAMP_LTZ(CASE WHEN {ts} BETWEEN {MIN_TS_MS} AND {kafka_ms} + {MAX_FUTURE_MS} "
-            f"THEN {ts} ELSE {MIN_TS_MS} END, 3)")
+    return (f"TO_TIMESTAMP_LTZ(CASE WHEN {ts} BETWEEN {min_ts_ms} AND {kafka_ms} + {max_future_ms} "
+            f"THEN {ts} ELSE {min_ts_ms} END, 3)")
 
 
 def watermark_sql(cfg: JobConfig) -> str:
@@ -145,6 +147,7 @@ def kafka_source_ddl(cfg: JobConfig) -> str:
     # a new group has no committed offsets: start it at the earliest (Kafka's default is to fail)
     group = ",\n  'properties.auto.offset.reset' = 'earliest'" if k.startup_mode == "group-offsets" else ""
     kafka_ms = KAFKA_TS_MS_SQL
+    ev = cfg.events
     return f"""
 CREATE TABLE interactions_src (
   payload BYTES,
@@ -153,7 +156,7 @@ CREATE TABLE interactions_src (
   src_offset BIGINT METADATA FROM 'offset' VIRTUAL,
   kafka_ts TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL,
   kafka_ts_ms AS {kafka_ms},
-  event_time AS {event_time_sql(kafka_ms)},
+  event_time AS {event_time_sql(kafka_ms, min_ts_ms=ev.min_ts_ms, max_future_ms=ev.max_future_ms)},
   WATERMARK FOR event_time AS {watermark_sql(cfg)}
 ) WITH (
   'connector' = 'kafka',
@@ -247,9 +250,10 @@ def build(t_env, cfg: JobConfig, *, sources: bool = True, sinks: bool = True, py
   SELECT {', '.join(read)},
     COALESCE(event_time <= CURRENT_WATERMARK(event_time), FALSE) AS is_late
   FROM interactions_src)"""
+    reason = validation_sql("kafka_ts_ms", min_ts_ms=cfg.events.min_ts_ms, max_future_ms=cfg.events.max_future_ms)
     t_env.execute_sql(f"""
 CREATE TEMPORARY VIEW checked AS
-SELECT *, {validation_sql('kafka_ts_ms')} AS reason
+SELECT *, {reason} AS reason
 FROM ({parse_once_sql(stamped, (*read, 'is_late'))})""")
 
     # events: valid, on-time interactions, each as its line for Python (consent travels on: Python

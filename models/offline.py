@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from contract.config import JobConfig
-from contract.schema import Interaction, InvalidEvent, validate
-from udfs.candidates import GLOBAL, CandidatePool, TrendingBoards
-from udfs.features import Event, Ledger, UserState, WindowDelta, apply_window, shared_events
+from contract.schema import MIN_TS_MS, Interaction, InvalidEvent, validate
+from udfs.candidates import GLOBAL, Candidate, CandidatePool, TrendingBoards, gather_candidates
+from udfs.features import Event, Ledger, UserState, WindowDelta, apply_window, memory_items, shared_events
 
 
 @dataclass
@@ -29,8 +29,10 @@ class History:
 
 
 def read_history(path: str | Path, cfg: JobConfig | None = None) -> History:
-    """Parse a JSONL log in arrival order. With cfg, late events are set apart as the job would."""
+    """Parse a JSONL log in arrival order. With cfg, late events are set apart as the job would,
+    and `ts` is checked against cfg.events.min_ts_ms (a file has no ingest time, so no future bound)."""
     delay_ms = int(cfg.features.out_of_orderness_s * 1000) if cfg else None
+    min_ts_ms = cfg.events.min_ts_ms if cfg else MIN_TS_MS
     out = History([])
     watermark: int | None = None
     with open(path, "rb") as f:
@@ -38,7 +40,7 @@ def read_history(path: str | Path, cfg: JobConfig | None = None) -> History:
             if not line.strip():
                 continue
             try:
-                ev = validate(line)
+                ev = validate(line, min_ts_ms=min_ts_ms)
             except InvalidEvent as e:
                 out.rejected.append((n, e.reason))
                 continue
@@ -123,15 +125,29 @@ class OfflineReplay:
             items[(e.item_id, e.category)][kinds[e.type]] += 1
             if e.item_id not in self.catalog or e.value > 0:
                 self.catalog[e.item_id] = (e.category, e.value or self.catalog.get(e.item_id, ("", 0.0))[1])
-        for (item, category), c in sorted(items.items()):
-            self.boards.add(end, item, category, tuple(c))
         active = []
+        rebuys: dict[tuple[str, str], int] = defaultdict(int)
         for d in user_deltas(window, end):
-            self.states[d.user_id], counted = apply_window(self.states[d.user_id], d, self.cfg.features)
+            rebought: list[tuple[str, str]] = []
+            self.states[d.user_id], counted = apply_window(self.states[d.user_id], d, self.cfg.features,
+                                                           rebought=rebought)
+            for key in rebought:
+                rebuys[key] += 1
             self.ledger.add(counted)
             if counted.used:
                 active.append(d.user_id)
+        for key in sorted(set(items) | set(rebuys)):
+            self.boards.add(end, *key, tuple(items.get(key, (0, 0, 0, 0))), rebuys.get(key, 0))
         return ReplayStep(end, active)
+
+    def candidates(self, pool: CandidatePool, state: UserState) -> list[Candidate]:
+        """The user's candidates as the job gathers them, with the statistics of the user's own
+        items read from the boards first (udfs.ranking.CandidateSource.own_stats)."""
+        c = self.cfg.candidates
+        missing = pool.unasked(memory_items(state, c.own_history))
+        if missing:
+            pool.add_stats(missing, self.boards.stats(set(missing)))
+        return gather_candidates(state, pool, c.top_categories, c.own_history)
 
 
 def replay_file(path: str | Path, cfg: JobConfig, until_ms: int | None = None) -> tuple[History, OfflineReplay]:

@@ -1,23 +1,25 @@
-"""Point-in-time training set -> a model (gradient-boosting classifier or LambdaMART ranker) ->
-ONNX (parity-checked) -> registry.
+"""Point-in-time training set -> a model (LightGBM classifier or LambdaMART ranker) -> ONNX
+(parity-checked) -> registry.
 
-For sampled (user, window end) cut-offs from the offline replay, candidates come from the same
-generator the job uses; the label says whether the user interacts with the item within
-`horizon_s` after the cut-off. The last quarter of cut-offs (by time) is the holdout.
+The label asks the question `evaluate` scores: at cut-offs spread over the training period, which
+items will the user interact with in the next `training.horizon_s` (by default the span of the
+held-out period)? Features come from the offline replay folded up to the cut-off only (the job's
+own functions), candidates from the same generator the job uses; labels only from events at or
+after the cut-off. The last fifth of the cut-offs (by time) is the early-stopping validation set.
 
-Two kinds of model, both exported to ONNX and checked against the trained model before publishing:
-- `gbc`: scikit-learn's GradientBoostingClassifier, P(interact) per (user, item) row;
-- `lambdamart`: LightGBM's LGBMRanker (objective lambdarank), trained on each (user, cut-off)
-  candidate list as one query, so it optimizes the order within a list (NDCG) directly; its score
-  is a ranking score, not a probability. LightGBM is the maintained LambdaMART implementation with
-  an ONNX converter (onnxmltools); scikit-learn has no learning-to-rank model."""
+Two kinds of model, both LightGBM, exported to ONNX with onnxmltools and checked against the
+trained model before publishing:
+- `classifier`: LGBMClassifier (binary), P(interact within the horizon) per (user, item) row;
+- `lambdamart`: LGBMRanker (objective lambdarank) on graded relevance, each (user, cut-off)
+  candidate list one query, so it optimizes the order within a list (NDCG) directly; its score is
+  a ranking score, not a probability."""
 
 from __future__ import annotations
 
 import logging
 import random
 import time
-from bisect import bisect_right
+from bisect import bisect_left
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,12 +28,15 @@ import numpy as np
 from tqdm import tqdm
 
 from contract.config import JobConfig
+from contract.schema import Interaction
 from models.offline import OfflineReplay, load_catalog, read_history
-from udfs.candidates import gather_candidates
 from udfs.features import feature_names, user_item_matrix
 
 log = logging.getLogger(__name__)
 PARITY_TOLERANCE = 1e-5
+GRADE = {"view": 1, "click": 2, "add_to_cart": 3, "purchase": 4}
+MAX_GRADE = 7  # purchase (4) plus at most three further purchase occasions
+VALIDATION_SHARE = 0.2  # of the cut-offs, the latest, for early stopping
 
 
 class PublishRefused(RuntimeError):
@@ -41,103 +46,188 @@ class PublishRefused(RuntimeError):
 @dataclass
 class TrainingSet:
     x: np.ndarray
-    y: np.ndarray
+    y: np.ndarray  # graded relevance (0 = not interacted with in the horizon)
     cutoff: np.ndarray  # ms, per row
     query: np.ndarray  # per row: which (user, cut-off) candidate list it belongs to (contiguous)
     users: int
     start_ms: int
     end_ms: int
+    horizon_ms: int = 0
     replay: OfflineReplay | None = None  # with replay_to_end: the state after the whole history
+
+    def binary(self) -> np.ndarray:
+        return (self.y > 0).astype(np.int32)
+
+
+def relevance(future: list[Interaction], graded: bool, gap_ms: int) -> dict[str, int]:
+    """item -> label from the user's events in the horizon: graded, the strongest interaction
+    (view 1 .. purchase 4) plus 1 per further purchase occasion (purchases more than a session gap
+    apart), at most MAX_GRADE; binary, 1 for any interaction."""
+    best: dict[str, int] = {}
+    buys: dict[str, list[int]] = defaultdict(list)
+    for e in future:
+        best[e.item_id] = max(best.get(e.item_id, 0), GRADE.get(e.type, 0))
+        if e.type == "purchase":
+            buys[e.item_id].append(e.ts)
+    if not graded:
+        return {i: 1 for i, g in best.items() if g > 0}
+    out = {}
+    for item, g in best.items():
+        occasions, last = 0, None
+        for ts in sorted(buys.get(item, ())):
+            if last is None or ts - last > gap_ms:
+                occasions += 1
+            last = ts
+        out[item] = min(MAX_GRADE, g + max(0, occasions - 1))
+    return {i: g for i, g in out.items() if g > 0}
+
+
+def cutoff_times(first_ms: int, last_ms: int, horizon_ms: int, n: int, mb_ms: int) -> list[int]:
+    """n cut-offs evenly over the training period, each on a window boundary and leaving a whole
+    horizon before the last event; none when the period is shorter than the horizon."""
+    usable = last_ms - horizon_ms
+    if usable <= first_ms:
+        return []
+    step = (usable - first_ms) / n
+    times = sorted({int(first_ms + step * (i + 1)) for i in range(n)})
+    return sorted({t - t % mb_ms for t in times if t - t % mb_ms > first_ms})
 
 
 def build_training_set(
-    history: str | Path, cfg: JobConfig, horizon_s: float = 1800.0, sample: float = 0.3,
-    negatives_per_cutoff: int = 20, seed: int = 0, catalog: str | Path | None = None,
-    progress: bool = True, replay_to_end: bool = False,
+    history: str | Path | list[Interaction], cfg: JobConfig, horizon_s: float | None = None, seed: int = 0,
+    catalog: str | Path | None = None, progress: bool = True, replay_to_end: bool = False,
 ) -> TrainingSet:
-    """replay_to_end: keep folding the windows past the last labelled cut-off and return the
-    replay (what the job would hold at the end of the history), so a caller does not replay the
-    same file again."""
-    hist = read_history(history, cfg)
-    events = hist.events
-    if hist.rejected:
-        log.warning("%d history lines rejected (first: line %d, %s)", len(hist.rejected), *hist.rejected[0])
-    if hist.late:
-        log.warning("%d history lines late (first: line %d)", len(hist.late), hist.late[0])
+    """history: a JSONL log, or its valid on-time events (sorted by time). horizon_s: the label
+    horizon (default cfg.training.horizon_s; 0 there means a fifth of the history's span).
+    replay_to_end: keep folding past the last cut-off and return the replay (what the job would
+    hold at the end of the history), so a caller does not replay the same events again."""
+    if isinstance(history, list):
+        events = history
+    else:
+        hist = read_history(history, cfg)
+        events = hist.events
+        if hist.rejected:
+            log.warning("%d history lines rejected (first: line %d, %s)", len(hist.rejected), *hist.rejected[0])
+        if hist.late:
+            log.warning("%d history lines late (first: line %d)", len(hist.late), hist.late[0])
     if not events:
-        raise ValueError(f"{history} holds no valid events")
-    future: dict[str, list[tuple[int, str]]] = defaultdict(list)
-    for e in events:
-        future[e.user_id].append((e.ts, e.item_id))
-    future_ts = {u: [t for t, _ in v] for u, v in future.items()}
-    horizon_ms = int(horizon_s * 1000)
-    last_ts = events[-1].ts
-    rng = random.Random(seed)
+        raise ValueError(f"{history if not isinstance(history, list) else 'the history'} holds no valid events")
+    tc = cfg.training
+    first_ts, last_ts = events[0].ts, events[-1].ts
+    horizon = horizon_s if horizon_s is not None else tc.horizon_s
+    horizon_ms = int(horizon * 1000) if horizon else max(1, (last_ts - first_ts) // 5)
     replay = OfflineReplay(cfg)
     if catalog:
         replay.catalog.update(load_catalog(catalog))
-    c = cfg.candidates
+    cuts = cutoff_times(first_ts, last_ts, horizon_ms, tc.cutoffs, replay.mb_ms)
+    if not cuts:
+        raise ValueError(f"the history spans {(last_ts - first_ts) / 86400e3:.1f} days, not more than the label "
+                         f"horizon ({horizon_ms / 86400e3:.1f} days): give a longer history or a shorter "
+                         "--horizon-s (training.horizon_s)")
+    rng = random.Random(seed)
+    ts_all = [e.ts for e in events]
+    by_user: dict[str, list[Interaction]] = defaultdict(list)
+    for e in events:
+        by_user[e.user_id].append(e)
+    user_ts = {u: [e.ts for e in evs] for u, evs in by_user.items()}
+    gap_ms = int(cfg.features.session_gap_s * 1000)
+    graded = tc.relevance == "graded"
     xs: list[np.ndarray] = []
-    ys: list[int] = []
-    cuts: list[int] = []
+    ys: list[np.ndarray] = []
+    cut_rows: list[int] = []
     queries: list[int] = []
-    windows = len({e.ts - e.ts % replay.mb_ms for e in events})
-    for step in tqdm(replay.run(events), total=windows, desc="replaying windows", disable=not progress, unit="win"):
-        t = step.window_end
-        if t + horizon_ms > last_ts:
-            if not replay_to_end:
-                break  # labels would be cut short
-            continue
-        sampled = [u for u in step.active_users if rng.random() < sample]
-        if not sampled:
-            continue
+    folded = 0
+    bar = tqdm(total=len(events), desc="replaying to cut-offs", unit="ev", disable=not progress, mininterval=1)
+    for t in cuts:
+        upto = bisect_left(ts_all, t)  # events before t: their windows end at or before t
+        for _ in replay.run(events[folded:upto]):
+            pass
+        bar.update(upto - folded)
+        folded = upto
         pool = replay.candidate_pool()
-        for user in sampled:
-            state = replay.states[user]
-            cands = gather_candidates(state, pool, c.top_categories, c.own_history)
-            ts_list = future_ts[user]
-            lo, hi = bisect_right(ts_list, t), bisect_right(ts_list, t + horizon_ms)
-            positives = {item for _, item in future[user][lo:hi]}
-            pos = [cd for cd in cands if cd.item_id in positives]
-            neg = [cd for cd in cands if cd.item_id not in positives]
-            neg = rng.sample(neg, min(len(neg), negatives_per_cutoff))
+        users = []
+        for u, state in replay.states.items():
+            if not state.personalized():
+                continue
+            lo = bisect_left(user_ts[u], t)
+            hi = bisect_left(user_ts[u], t + horizon_ms)
+            if hi > lo:
+                users.append((u, lo, hi))
+        users.sort()
+        if len(users) > tc.users_per_cutoff:
+            users = sorted(rng.sample(users, tc.users_per_cutoff))
+        for u, lo, hi in users:
+            state = replay.states[u]
+            labels = relevance(by_user[u][lo:hi], graded, gap_ms)
+            cands = replay.candidates(pool, state)
+            pos = [c for c in cands if c.item_id in labels]
+            neg = [c for c in cands if c.item_id not in labels]
+            neg = rng.sample(neg, min(len(neg), tc.negatives_per_query))
             chosen = pos + neg
             if not chosen:
                 continue
             xs.append(user_item_matrix(state, t, cfg.features, chosen))
-            ys += [1] * len(pos) + [0] * len(neg)
-            cuts += [t] * len(chosen)
+            ys.append(np.asarray([labels.get(c.item_id, 0) for c in chosen], dtype=np.int32))
+            cut_rows += [t] * len(chosen)
             queries += [len(xs) - 1] * len(chosen)
-    if not xs or len(set(ys)) < 2:
-        raise ValueError("history too short to build a training set with both labels; simulate more events")
-    return TrainingSet(np.concatenate(xs), np.asarray(ys), np.asarray(cuts), np.asarray(queries),
-                       len(replay.states), events[0].ts, last_ts, replay if replay_to_end else None)
+    if replay_to_end:
+        for _ in replay.run(events[folded:]):
+            pass
+        bar.update(len(events) - folded)
+    bar.close()
+    y = np.concatenate(ys) if ys else np.zeros(0, np.int32)
+    if not xs or len(set((y > 0).tolist())) < 2:
+        raise ValueError("history too short to build a training set with both labels; give a longer history")
+    return TrainingSet(np.concatenate(xs), y, np.asarray(cut_rows), np.asarray(queries),
+                       len(replay.states), first_ts, last_ts, horizon_ms, replay if replay_to_end else None)
 
 
-MODEL_KINDS = ("gbc", "lambdamart")
+MODEL_KINDS = ("classifier", "lambdamart")
 
 
-def fit_model(kind: str, x: np.ndarray, y: np.ndarray, query: np.ndarray, seed: int = 0):
-    """Fit one kind of model on rows whose queries are contiguous; returns (model, description).
-    Fitted on float32 features, as the job scores them: split thresholds then fall between values
-    the ONNX model (float32 thresholds) sees the same way."""
+def time_split(ts: TrainingSet) -> tuple[np.ndarray, np.ndarray]:
+    """(fit rows, validation rows): the latest VALIDATION_SHARE of the cut-offs validate."""
+    cuts = np.unique(ts.cutoff)
+    n_val = max(1, int(round(len(cuts) * VALIDATION_SHARE))) if len(cuts) > 1 else 0
+    if n_val == 0:
+        return np.ones(len(ts.y), bool), np.zeros(len(ts.y), bool)
+    val = ts.cutoff >= cuts[-n_val]
+    return ~val, val
+
+
+def fit_model(kind: str, x: np.ndarray, y: np.ndarray, query: np.ndarray, seed: int = 0,
+              valid: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None, max_trees: int = 1000,
+              early_stopping_rounds: int = 50):
+    """Fit one kind of model on rows whose queries are contiguous; y is graded relevance (the
+    classifier learns y > 0). valid: (x, y, query) of later cut-offs for early stopping. Returns
+    (model, description). Fitted on float32 features, as the job scores them: split thresholds
+    then fall between values the ONNX model (float32 thresholds) sees the same way."""
+    import lightgbm as lgb
+
     x = x.astype(np.float32)
-    if kind == "gbc":
-        from sklearn.ensemble import GradientBoostingClassifier
-
-        model = GradientBoostingClassifier(n_estimators=100, max_depth=3, random_state=seed)
-        model.fit(x, y)
-        return model, "GradientBoostingClassifier(n_estimators=100, max_depth=3)"
-    if kind == "lambdamart":
-        import lightgbm as lgb
-
+    common = dict(n_estimators=max_trees, num_leaves=31, learning_rate=0.05, min_child_samples=20,
+                  subsample=0.8, subsample_freq=1, colsample_bytree=0.9, importance_type="gain",
+                  random_state=seed, n_jobs=2, verbose=-1)
+    stop = [lgb.early_stopping(early_stopping_rounds, verbose=False)] if valid is not None and len(valid[1]) else []
+    if kind == "classifier":
+        model = lgb.LGBMClassifier(objective="binary", **common)
+        fit = dict(eval_X=(valid[0].astype(np.float32),), eval_y=((valid[1] > 0).astype(int),),
+                   eval_metric="binary_logloss", callbacks=stop) if stop else {}
+        model.fit(x, (y > 0).astype(int), **fit)
+    elif kind == "lambdamart":
         _, sizes = np.unique(query, return_counts=True)  # np.unique sorts; queries are ascending
-        model = lgb.LGBMRanker(n_estimators=200, num_leaves=15, learning_rate=0.05, min_child_samples=20,
-                               subsample=0.8, subsample_freq=1, colsample_bytree=0.9,
-                               importance_type="gain", random_state=seed, n_jobs=1, verbose=-1)
-        model.fit(x, y, group=sizes)
-        return model, "LightGBM LGBMRanker(objective=lambdarank, n_estimators=200, num_leaves=15)"
-    raise ValueError(f"unknown model kind {kind!r}; choose one of {', '.join(MODEL_KINDS)}")
+        model = lgb.LGBMRanker(objective="lambdarank", **common)
+        fit = {}
+        if stop:
+            _, vsizes = np.unique(valid[2], return_counts=True)
+            fit = dict(eval_X=(valid[0].astype(np.float32),), eval_y=(valid[1],), eval_group=[vsizes],
+                       eval_at=[10], callbacks=stop)
+        model.fit(x, y, group=sizes, **fit)
+    else:
+        raise ValueError(f"unknown model kind {kind!r}; choose one of {', '.join(MODEL_KINDS)}")
+    trees = model.best_iteration_ or max_trees
+    name = "LGBMClassifier(objective=binary" if kind == "classifier" else "LGBMRanker(objective=lambdarank"
+    return model, f"LightGBM {name}, num_leaves=31, trees={trees} (early stopping on later cut-offs))"
 
 
 def model_scores(model, x: np.ndarray) -> np.ndarray:
@@ -146,25 +236,36 @@ def model_scores(model, x: np.ndarray) -> np.ndarray:
     return model.predict_proba(x)[:, 1] if hasattr(model, "predict_proba") else model.predict(x)
 
 
-def train_and_publish(ts: TrainingSet, registry: str | Path, cfg: JobConfig, seed: int = 0,
-                      kind: str = "gbc", promote: bool = True) -> Path:
+@dataclass
+class TrainedModel:
+    """A fitted model, its ONNX export (parity-checked) and its card, not yet published."""
+
+    kind: str
+    model: object
+    onnx: bytes
+    card: dict
+
+
+def fit_and_export(ts: TrainingSet, cfg: JobConfig, kind: str = "classifier", seed: int = 0,
+                   progress: bool = True) -> TrainedModel:
+    """Fit on the earlier cut-offs (early stopping on the later ones), export to ONNX and check
+    that ONNX scores as the trained model does; PublishRefused if not."""
     from sklearn.metrics import roc_auc_score
 
-    from models.registry import Registry
-
-    order = np.argsort(ts.cutoff, kind="stable")
-    split = int(len(order) * 0.75)
-    split_time = ts.cutoff[order[split]]
-    train = ts.cutoff < split_time
-    hold = ~train
-    if hold.sum() == 0 or len(set(ts.y[hold])) < 2 or len(set(ts.y[train])) < 2:
-        raise ValueError("time split left one side without both labels; simulate more events")
-    with tqdm(total=1, desc=f"training {kind}", unit="model") as bar:
-        model, description = fit_model(kind, ts.x[train], ts.y[train], ts.query[train], seed)
+    fit, val = time_split(ts)
+    binary = ts.binary()
+    if len(set(binary[fit])) < 2:
+        raise ValueError("the earlier cut-offs hold no relevant (or no irrelevant) candidate; give a longer history")
+    tc = cfg.training
+    valid = (ts.x[val], ts.y[val], ts.query[val]) if val.any() and len(set(binary[val])) == 2 else None
+    with tqdm(total=1, desc=f"training {kind}", unit="model", disable=not progress) as bar:
+        model, description = fit_model(kind, ts.x[fit], ts.y[fit], ts.query[fit], seed, valid,
+                                       tc.max_trees, tc.early_stopping_rounds)
         bar.update()
-    auc = float(roc_auc_score(ts.y[hold], model_scores(model, ts.x[hold])))
+    held = val if valid is not None else fit
+    auc = float(roc_auc_score(binary[held], model_scores(model, ts.x[held])))
     onnx_bytes, opset = export_onnx(model, ts.x.shape[1])
-    max_diff = parity(model, onnx_bytes, ts.x[hold][:5000])
+    max_diff = parity(model, onnx_bytes, ts.x[held][:5000])
     if max_diff > PARITY_TOLERANCE:
         raise PublishRefused(
             f"ONNX and the trained {kind} model disagree by {max_diff:.2e} (> {PARITY_TOLERANCE}); model not published"
@@ -175,22 +276,41 @@ def train_and_publish(ts: TrainingSet, registry: str | Path, cfg: JobConfig, see
     card = {
         "kind": kind,
         "model": description,
-        "score": "probability" if kind == "gbc" else "ranking score (higher ranks first)",
+        "score": "probability" if kind == "classifier" else "ranking score (higher ranks first)",
         "feature_names": list(names),
         "opset": opset,
         "training_window": {"start_ms": ts.start_ms, "end_ms": ts.end_ms},
-        "rows": int(len(ts.y)), "positives": int(ts.y.sum()), "users": ts.users,
-        "holdout": {"split_at_ms": int(split_time), "rows": int(hold.sum()), "auc": round(auc, 4)},
-        "onnx_parity_max_abs_diff": max_diff,
+        "label": {"horizon_s": ts.horizon_ms / 1000, "relevance": cfg.training.relevance,
+                  "cutoffs": len(np.unique(ts.cutoff))},
+        "rows": int(len(ts.y)), "positives": int(binary.sum()), "users": ts.users,
+        "holdout": {"split_at_ms": int(ts.cutoff[held].min()), "rows": int(held.sum()), "auc": round(auc, 4),
+                    "what": "the validation cut-offs (candidate rows, sampled negatives)"},
+        "onnx_parity_max_diff": max_diff,
         "feature_importance": {n: round(float(v), 6) for n, v in zip(names, importance)},
-        "reference_distributions": reference_distributions(ts.x[train], names),
+        "reference_distributions": reference_distributions(ts.x[fit], names),
         "features_config": cfg.features.model_dump(),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    out = Registry(registry).publish({"model.onnx": onnx_bytes}, card, promote=promote)
-    log.info("published %s %s (holdout AUC %.3f, parity %.1e)%s", kind, out.name, auc, max_diff,
-             " and promoted it" if promote else "")
+    return TrainedModel(kind, model, onnx_bytes, card)
+
+
+def publish(trained: TrainedModel, registry: str | Path, promote: bool = True, gate: dict | None = None) -> Path:
+    """Write the model into the registry (promoted or not); gate: the publishing gate's verdict,
+    kept in the card."""
+    from models.registry import Registry
+
+    card = dict(trained.card, **({"gate": gate} if gate is not None else {}))
+    out = Registry(registry).publish({"model.onnx": trained.onnx}, card, promote=promote)
+    log.info("published %s %s (validation AUC %.3f, parity %.1e)%s", trained.kind, out.name,
+             card["holdout"]["auc"], card["onnx_parity_max_diff"], " and promoted it" if promote else "")
     return out
+
+
+def train_and_publish(ts: TrainingSet, registry: str | Path, cfg: JobConfig, seed: int = 0,
+                      kind: str = "classifier", promote: bool = True, progress: bool = True) -> Path:
+    """Fit, export and publish without the gate (the gate needs a held-out period: see
+    models.evaluation.gate)."""
+    return publish(fit_and_export(ts, cfg, kind, seed, progress), registry, promote)
 
 
 def reference_distributions(x: np.ndarray, names, bins: int = 10) -> dict[str, dict]:
@@ -259,8 +379,10 @@ def round_thresholds_down(onx, booster) -> int:
 
 
 def parity(model, onnx_bytes: bytes, x: np.ndarray) -> float:
-    """Largest absolute difference between the ONNX model (run as the job runs it) and the
-    trained model on these rows."""
+    """Largest difference between the ONNX model (run as the job runs it) and the trained model on
+    these rows, relative to the largest score magnitude where that is above 1: ONNX adds a ranker's
+    ~1000 trees in float32, LightGBM in float64, so a ranking score of 5 carries ~5x the rounding
+    of a probability."""
     import onnxruntime as ort
 
     from udfs.scorer import session_scores
@@ -268,4 +390,5 @@ def parity(model, onnx_bytes: bytes, x: np.ndarray) -> float:
     if not len(x):
         return 0.0
     sess = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-    return float(np.max(np.abs(session_scores(sess, x) - model_scores(model, x))))
+    want = model_scores(model, x)
+    return float(np.max(np.abs(session_scores(sess, x) - want)) / max(1.0, float(np.max(np.abs(want)))))

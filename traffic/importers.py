@@ -14,6 +14,15 @@ Formats:
   lower-cased (the product noun in this catalog: "... T-LIGHT HOLDER" -> `holder`, "... LUNCH BAG"
   -> `bag`). Cancellations (InvoiceNo starting with C) and lines without a CustomerID are skipped
   and counted (they cannot be personalized), never silently.
+- **completejourney** (84.51° / dunnhumby The Complete Journey): `transactions*.csv` with
+  `household_id,store_id,basket_id,product_id,quantity,sales_value,...,transaction_timestamp`
+  (`2017-01-28 19:06:53`, read as UTC). Each line is a purchase by user `h<household_id>` with value
+  sales_value (the price is sales_value / quantity). The category is the product's
+  `product_category` in `products.csv` (`--products`; default: `products.csv` beside the
+  transactions), else its `department`, else `unknown`, lower-cased with spaces as `_`
+  ("BAKED BREAD/BUNS/ROLLS" -> `baked_bread/buns/rolls`). Lines with quantity 0 (a few hundred in
+  the sample, nearly all with sales_value 0: nothing was bought) are rejected as
+  `non_positive_quantity`; a negative sales_value as `negative_sales_value`.
 
 Every row that cannot become an event is reported with its line number and reason. The events come
 out sorted by event time (the job's watermark expects a roughly ordered stream), with stable
@@ -25,6 +34,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -35,11 +45,13 @@ from tqdm import tqdm
 
 from contract.schema import InvalidEvent, validate
 
-FORMATS = ("retailrocket", "online-retail")
+FORMATS = ("retailrocket", "online-retail", "completejourney")
 RETAILROCKET_EVENTS = {"view": "view", "addtocart": "add_to_cart", "transaction": "purchase"}
 RETAILROCKET_COLUMNS = ["timestamp", "visitorid", "event", "itemid", "transactionid"]
 ONLINE_RETAIL_COLUMNS = ["InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice",
                          "CustomerID", "Country"]
+COMPLETEJOURNEY_COLUMNS = ["household_id", "product_id", "quantity", "sales_value", "transaction_timestamp"]
+COMPLETEJOURNEY_PRODUCT_COLUMNS = ["product_id", "department", "product_category"]
 DATE_FORMATS = ("%m/%d/%Y %H:%M", "%m/%d/%y %H:%M", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%d/%m/%Y %H:%M")
 
 
@@ -189,6 +201,49 @@ def read_online_retail(path: Path, report: ImportReport) -> Iterator[dict]:
         yield from _checked(event, line, raw, report)
 
 
+def completejourney_categories(products: Path) -> dict[str, str]:
+    """product_id -> category: product_category, else department, as an identifier-like name."""
+    categories = {}
+    for _, row, _ in _rows(products, COMPLETEJOURNEY_PRODUCT_COLUMNS, f"reading {products.name}"):
+        if row is None:
+            continue
+        name = row["product_category"].strip() or row["department"].strip()
+        if name:
+            categories[row["product_id"].strip()] = "_".join(name.lower().split())
+    return categories
+
+
+def read_completejourney(path: Path, report: ImportReport, categories: dict[str, str]) -> Iterator[dict]:
+    for line, row, raw in _rows(path, COMPLETEJOURNEY_COLUMNS, f"reading {path.name}"):
+        report.rows += 1
+        if row is None:
+            report.rejected.append((line, "column_count", raw))
+            continue
+        try:
+            quantity, value = float(row["quantity"]), float(row["sales_value"])
+            if not (math.isfinite(quantity) and math.isfinite(value)):
+                raise ValueError("nan or inf")
+        except ValueError:
+            report.rejected.append((line, "bad_number", raw))
+            continue
+        try:
+            ts = _date_ms(row["transaction_timestamp"])
+        except ValueError:
+            report.rejected.append((line, "bad_timestamp", raw))
+            continue
+        if quantity <= 0:
+            report.rejected.append((line, "non_positive_quantity", raw))
+            continue
+        if value < 0:
+            report.rejected.append((line, "negative_sales_value", raw))
+            continue
+        item = row["product_id"].strip()
+        event = {"event_id": row_id("cj", raw), "user_id": f"h{row['household_id'].strip()}", "item_id": item,
+                 "type": "purchase", "ts": ts, "value": value, "category": categories.get(item, "unknown"),
+                 "_price": round(value / quantity, 4)}
+        yield from _checked(event, line, raw, report)
+
+
 def _checked(event: dict, line: int, raw: str, report: ImportReport) -> Iterator[dict]:
     """The event if the project's own validator accepts it, else a rejected row with its reason."""
     try:
@@ -200,9 +255,10 @@ def _checked(event: dict, line: int, raw: str, report: ImportReport) -> Iterator
 
 
 def import_file(path: str | Path, fmt: str, out: str | Path, *, item_properties: list[str] = (),
-                category_tree: str | None = None) -> ImportReport:
+                category_tree: str | None = None, products: str | None = None) -> ImportReport:
     """Reads `path` in `fmt`, writes the events (time-ordered JSONL) to `out`, the catalog beside it
-    (traffic.publish.catalog_path) and the rejected rows to `<out>.rejected.csv`."""
+    (traffic.publish.catalog_path) and the rejected rows to `<out>.rejected.csv`. `products` is
+    completejourney's products.csv (default: the one beside `path`)."""
     from traffic.publish import catalog_path
 
     if fmt not in FORMATS:
@@ -211,10 +267,18 @@ def import_file(path: str | Path, fmt: str, out: str | Path, *, item_properties:
     report = ImportReport()
     if category_tree and not item_properties:
         raise ImportFailed("a category tree maps the categoryid values of item properties; give --item-properties too")
+    if products and fmt != "completejourney":
+        raise ImportFailed(f"--products is completejourney's products.csv; format {fmt} has no use for it")
     if fmt == "retailrocket":
         cats = retailrocket_categories([Path(p) for p in item_properties],
                                        Path(category_tree) if category_tree else None) if item_properties else None
         events = list(read_retailrocket(path, report, cats))
+    elif fmt == "completejourney":
+        products_file = Path(products) if products else path.parent / "products.csv"
+        if not products_file.exists():
+            raise ImportFailed(f"{products_file} not found: completejourney takes its categories from products.csv; "
+                               "give its path with --products")
+        events = list(read_completejourney(path, report, completejourney_categories(products_file)))
     else:
         events = list(read_online_retail(path, report))
     events.sort(key=lambda e: (e["ts"], e["event_id"]))

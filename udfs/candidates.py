@@ -13,6 +13,8 @@ Boards (short = item_half_life_s, long = item_long_half_life_s):
   LONG                 item -> long popularity
   CATS / CATS_LONG     category -> short / long popularity
   VIEWS / BUYS         item (and ALL) -> long-decayed views / purchases (conversion)
+  REBUYS               item (and ALL) -> long-decayed repeat purchases: purchases that were a new
+                       occasion of an item the buyer had bought before (repurchase rate)
 """
 
 from __future__ import annotations
@@ -20,12 +22,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from udfs.features import EVENT_WEIGHTS, UserState
+from udfs.features import EVENT_WEIGHTS, UserState, memory_items
 
 RESCALE_EXPONENT = 256.0  # rescale before 2^exponent nears float limits (2^1024)
-GLOBAL, LONG, CATS, CATS_LONG, VIEWS, BUYS = "", ":long", ":cats", ":cats:long", ":views", ":buys"
+GLOBAL, LONG, CATS, CATS_LONG, VIEWS, BUYS, REBUYS = "", ":long", ":cats", ":cats:long", ":views", ":buys", ":rebuys"
 ALL = "__all__"
-LONG_BOARDS = (LONG, CATS_LONG, VIEWS, BUYS)
+LONG_BOARDS = (LONG, CATS_LONG, VIEWS, BUYS, REBUYS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +40,7 @@ class Candidate:
     category_popularity: float  # the category's share of the top category (short)
     category_popularity_long: float
     conversion: float  # purchases / views, smoothed toward the global rate
+    repurchase_rate: float = 0.0  # repeat purchases / purchases, smoothed toward the global rate
 
 
 def item_weight(n_view: int, n_click: int, n_cart: int, n_purchase: int) -> float:
@@ -58,7 +61,7 @@ class TrendingBoards:
         hl = self.long_half_life_s if board in LONG_BOARDS else self.half_life_s
         return (t - (self.landmark or t)) / (hl * 1000.0)
 
-    def add(self, t: int, item_id: str, category: str, counts: tuple[int, int, int, int]) -> None:
+    def add(self, t: int, item_id: str, category: str, counts: tuple[int, int, int, int], rebuys: int = 0) -> None:
         if self.landmark is None:
             self.landmark = t
         if self._exp(t, GLOBAL) > RESCALE_EXPONENT:
@@ -69,7 +72,8 @@ class TrendingBoards:
         for board, member, amount in ((GLOBAL, item_id, w), (category, item_id, w), (LONG, item_id, w),
                                       (CATS, category, w), (CATS_LONG, category, w),
                                       (VIEWS, item_id, counts[0]), (VIEWS, ALL, counts[0]),
-                                      (BUYS, item_id, counts[3]), (BUYS, ALL, counts[3])):
+                                      (BUYS, item_id, counts[3]), (BUYS, ALL, counts[3]),
+                                      (REBUYS, item_id, rebuys), (REBUYS, ALL, rebuys)):
             if amount:
                 scores = self.boards.setdefault(board, {})
                 scores[member] = scores.get(member, 0.0) + amount * math.pow(2.0, self._exp(t, board))
@@ -89,6 +93,7 @@ class TrendingBoards:
             categories_long=dict(b.get(CATS_LONG, {})),
             views={i: b.get(VIEWS, {})[i] for i in items | {ALL} if i in b.get(VIEWS, {})},
             buys={i: b.get(BUYS, {})[i] for i in items | {ALL} if i in b.get(BUYS, {})},
+            rebuys={i: b.get(REBUYS, {})[i] for i in items | {ALL} if i in b.get(REBUYS, {})},
         )
 
 
@@ -100,6 +105,7 @@ class ItemStats:
     categories_long: dict[str, float] = field(default_factory=dict)
     views: dict[str, float] = field(default_factory=dict)  # includes ALL
     buys: dict[str, float] = field(default_factory=dict)
+    rebuys: dict[str, float] = field(default_factory=dict)  # includes ALL
 
 
 @dataclass
@@ -122,10 +128,29 @@ class CandidatePool:
         st = self.stats
         all_views = st.views.get(ALL, 0.0)
         self.prior = st.buys.get(ALL, 0.0) / all_views if all_views > 0 else 0.0
+        all_buys = st.buys.get(ALL, 0.0)
+        self.repurchase_prior = st.rebuys.get(ALL, 0.0) / all_buys if all_buys > 0 else 0.0
         self.cat_top = max(st.categories.values(), default=0.0)
         self.cat_top_long = max(st.categories_long.values(), default=0.0)
         self._made: dict[str, Candidate] = {}
+        self._asked: set[str] = set(self.scores) | set(st.long)
         self.global_candidates = [self.candidate(i) for i, _ in self.global_top]
+
+    def unasked(self, items) -> list[str]:
+        """Of these items, those whose statistics the pool has not been given yet (users' own
+        items outside the trending boards); fetch them and pass them to add_stats."""
+        return sorted(i for i in items if i not in self._asked)
+
+    def add_stats(self, items: list[str], stats: ItemStats) -> None:
+        """Merge the statistics of more items (read at the same moment as the pool's own or
+        later), before any candidate of them is made."""
+        st = self.stats
+        for mine, theirs in ((st.long, stats.long), (st.views, stats.views), (st.buys, stats.buys),
+                             (st.rebuys, stats.rebuys)):
+            mine.update({i: v for i, v in theirs.items() if i != ALL})
+        self._asked.update(items)
+        for i in items:
+            self._made.pop(i, None)
 
     def candidate(self, item: str) -> Candidate:
         made = self._made.get(item)
@@ -144,6 +169,7 @@ class CandidatePool:
                 share(st.categories.get(category, 0.0), self.cat_top),
                 share(st.categories_long.get(category, 0.0), self.cat_top_long),
                 (buys + self.prior_weight * self.prior) / (views + self.prior_weight),
+                (st.rebuys.get(item, 0.0) + self.prior_weight * self.repurchase_prior) / (buys + self.prior_weight),
             )
         return made
 
@@ -156,8 +182,7 @@ def gather_candidates(state: UserState, pool: CandidatePool, top_categories: int
     extra: list[str] = []
     for cat in state.top_categories(top_categories):
         extra.extend(i for i, _ in pool.category_top.get(cat, []))
-    own = sorted(state.items.items(), key=lambda kv: (-kv[1], kv[0]))[:own_history]
-    extra.extend(i for i, _ in own)
+    extra.extend(memory_items(state, own_history))
     for item in extra:
         if item not in seen:
             seen.add(item)

@@ -22,7 +22,9 @@ import orjson
 from contract.config import FeatureConfig
 from contract.schema import CONTROL_ACTIONS
 
-NEVER_S = 30 * 86400.0  # "since" features of a user who never did it
+NEVER_S = 3650 * 86400.0  # "since" features of a user who never did it (longer than any horizon kept)
+NO_INTERVAL = -1.0  # ui_purchase_interval_s / ui_repurchase_due of an item bought on fewer than two occasions
+MEMORY_RESCALE = 64.0  # rescale the memory's forward-decayed weights before 2^exponent grows large
 EVENT_WEIGHTS = {"view": 1.0, "click": 2.0, "add_to_cart": 4.0, "purchase": 8.0}
 TYPE_SLOT = {"view": 0, "click": 1, "add_to_cart": 2, "purchase": 3}  # bucket: [v, c, a, p, value]
 
@@ -47,7 +49,16 @@ def user_feature_names(cfg: FeatureConfig) -> tuple[str, ...]:
 def item_feature_names(cfg: FeatureConfig) -> tuple[str, ...]:
     short, long_ = _w(cfg.item_half_life_s), _w(cfg.item_long_half_life_s)
     return ("category_affinity", "item_affinity", f"item_popularity_{short}", f"item_popularity_{long_}",
-            f"category_popularity_{short}", f"category_popularity_{long_}", "item_conversion", "item_price_log")
+            f"category_popularity_{short}", f"category_popularity_{long_}", "item_conversion", "item_price_log",
+            *memory_feature_names(cfg))
+
+
+def memory_feature_names(cfg: FeatureConfig) -> tuple[str, ...]:
+    """The user x item memory's features (see UserState.memory), then the item's repurchase rate
+    across users."""
+    return (*(f"ui_weight_{_w(h)}" for h in cfg.memory_half_lives_s), "ui_purchases", "ui_since_s",
+            "ui_since_purchase_s", "ui_purchase_interval_s", "ui_repurchase_due", "category_affinity_long",
+            "item_repurchase_rate")
 
 
 def feature_names(cfg: FeatureConfig) -> tuple[str, ...]:
@@ -141,6 +152,14 @@ class UserState:
     # event ids within the dedup horizon: bucket (event ts // dedup_bucket_ms, as str) -> the ids
     # joined by " " (ids never hold a space); 11 bytes an event instead of 27 as id -> ts
     seen: dict[str, str] = field(default_factory=dict)
+    # user x item memory, the memory_items items of largest first-half-life weight: item ->
+    # [weight per memory half-life (forward-decayed: w * 2^((ts - memory_landmark) / half-life)),
+    #  purchase occasions (purchases more than session_gap_s apart), last interaction ts,
+    #  last purchase ts, first purchase ts (ms; 0: never)]
+    memory: dict[str, list[float]] = field(default_factory=dict)
+    # category -> forward-decayed weight at the first memory half-life (long-term affinity)
+    categories_long: dict[str, float] = field(default_factory=dict)
+    memory_landmark: int = 0  # ms; 0 before the first used event
     erased_ts: int = 0  # the last erase or opt_out (ms); nothing before it is kept but the ids above
     opted_out: bool = False  # opt_out until opt_in: events are counted opted_out, not used
 
@@ -190,8 +209,10 @@ def window_sum(state: UserState, window_s: float, t: int, cfg: FeatureConfig) ->
 
 
 def apply_window(state: UserState, d: WindowDelta, cfg: FeatureConfig,
-                 events: list[Event] | None = None) -> tuple[UserState, Ledger]:
-    """Fold one window into the state. events: d.events already parsed (saves a parse).
+                 events: list[Event] | None = None, rebought: list[tuple[str, str]] | None = None) -> tuple[UserState, Ledger]:
+    """Fold one window into the state. events: d.events already parsed (saves a parse). rebought:
+    gets the item of every used purchase that is a new occasion of an item the memory holds a
+    purchase of (the item statistics' repeat purchases).
 
     A window at or before state.window_end changes nothing. It only arrives after a restart:
     - a replay of a window folded before the failure: its events are in `seen`, counted already;
@@ -229,6 +250,17 @@ def apply_window(state: UserState, d: WindowDelta, cfg: FeatureConfig,
     sessions, baskets = list(state.sessions), list(state.baskets)
     parsed = parse_events(d.events) if events is None else events
     erased_ts, opted_out = state.erased_ts, state.opted_out
+    # the memory is copied on touch: an entry is a list, and the original state never changes
+    memory, categories_long, landmark = dict(state.memory), dict(state.categories_long), state.memory_landmark
+    half_lives = [h * 1000.0 for h in cfg.memory_half_lives_s]
+    nh = len(half_lives)
+    if landmark and (t - landmark) / min(half_lives) > MEMORY_RESCALE:
+        memory = {i: [m[k] * math.pow(2.0, -(t - landmark) / half_lives[k]) for k in range(nh)] + m[nh:]
+                  for i, m in memory.items()}
+        f = math.pow(2.0, -(t - landmark) / half_lives[0])
+        categories_long = {c: w * f for c, w in categories_long.items()}
+        landmark = t
+    touched: set[str] = set()
     for e in sorted(parsed, key=_TIME_ORDER):
         eid, etype, item, category, ts, value, consent = e
         if eid in seen_ids:
@@ -252,6 +284,7 @@ def apply_window(state: UserState, d: WindowDelta, cfg: FeatureConfig,
             last_click = last_purchase = session_start = session_events = 0
             session_purchased = False
             sessions, baskets, affinity, items = [], [], {}, {}
+            memory, categories_long, landmark = {}, {}, 0
             buckets.clear()
             slices = [(buckets.setdefault(key, {}), size) for key, _, size in boards_of(cfg)]
             continue
@@ -286,12 +319,39 @@ def apply_window(state: UserState, d: WindowDelta, cfg: FeatureConfig,
         weight = EVENT_WEIGHTS[etype]
         affinity[category] = affinity.get(category, 0.0) + weight
         items[item] = items.get(item, 0.0) + weight
+        if not landmark:
+            landmark = ts
+        m = memory.get(item)
+        if m is None:
+            m = memory[item] = [0.0] * nh + [0, 0, 0, 0]
+            touched.add(item)
+        elif item not in touched:
+            m = memory[item] = list(m)
+            touched.add(item)
+        gain = weight * math.pow(2.0, (ts - landmark) / half_lives[0])
+        m[0] += gain
+        for k in range(1, nh):
+            m[k] += weight * math.pow(2.0, (ts - landmark) / half_lives[k])
+        categories_long[category] = categories_long.get(category, 0.0) + gain
+        if ts > m[nh + 1]:
+            m[nh + 1] = ts
+        if purchase:
+            last_buy = m[nh + 2]
+            if not last_buy or abs(ts - last_buy) > gap_ms:  # a new purchase occasion
+                if m[nh] and rebought is not None:
+                    rebought.append((item, category))
+                m[nh] += 1
+                if not m[nh + 3] or ts < m[nh + 3]:
+                    m[nh + 3] = ts
+            if ts > last_buy:
+                m[nh + 2] = ts
     for seen_key, ids in fresh.items():
         seen[seen_key] = f"{seen[seen_key]} {' '.join(ids)}" if seen_key in seen else " ".join(ids)
     s = UserState(window_end=t, feature_ts=feature_ts, as_of=t, last_click_ts=last_click,
                   last_purchase_ts=last_purchase, buckets=buckets, session_start=session_start,
                   session_events=session_events, session_purchased=session_purchased, sessions=sessions,
-                  baskets=baskets, affinity=affinity, items=items, seen=seen, erased_ts=erased_ts,
+                  baskets=baskets, affinity=affinity, items=items, seen=seen, memory=memory,
+                  categories_long=categories_long, memory_landmark=landmark, erased_ts=erased_ts,
                   opted_out=opted_out)
     _prune(s, t, cfg)
     return s, ledger
@@ -346,6 +406,15 @@ def _prune(s: UserState, t: int, cfg: FeatureConfig) -> None:
     if len(s.items) > cfg.max_items_per_user:
         keep = sorted(s.items.items(), key=lambda kv: (-kv[1], kv[0]))[: cfg.max_items_per_user]
         s.items = dict(keep)
+    if len(s.memory) > cfg.memory_items:  # weights share the landmark: raw values order as decayed ones
+        s.memory = dict(sorted(s.memory.items(), key=lambda kv: (-kv[1][0], kv[0]))[: cfg.memory_items])
+    if len(s.categories_long) > cfg.memory_items:
+        s.categories_long = dict(sorted(s.categories_long.items(), key=lambda kv: (-kv[1], kv[0]))[: cfg.memory_items])
+
+
+def memory_items(state: UserState, n: int) -> list[str]:
+    """The user's n items of largest long-term weight (own-history candidates)."""
+    return [i for i, _ in sorted(state.memory.items(), key=lambda kv: (-kv[1][0], kv[0]))[:n]]
 
 
 def user_vector(state: UserState, t: int, cfg: FeatureConfig) -> np.ndarray:
@@ -376,7 +445,9 @@ def user_item_matrix(state: UserState, t: int, cfg: FeatureConfig, cands: list) 
     n = len(cands)
     user = user_vector(state, t, cfg)
     nu = len(user)
-    x = np.empty((n, nu + 8), dtype=np.float64)
+    half_lives = cfg.memory_half_lives_s
+    nh = len(half_lives)
+    x = np.empty((n, nu + 8 + nh + 7), dtype=np.float64)
     x[:, :nu] = user
     # affinity shares: a common decay factor from as_of to t cancels out, so no decay step here
     total_aff = sum(state.affinity.values()) or 1.0
@@ -386,7 +457,31 @@ def user_item_matrix(state: UserState, t: int, cfg: FeatureConfig, cands: list) 
     x[:, nu + 1] = [own.get(c.item_id, 0.0) / total_items for c in cands] if own else 0.0
     x[:, nu + 2:nu + 8] = [(c.popularity, c.popularity_long, c.category_popularity, c.category_popularity_long,
                             c.conversion, math.log1p(max(c.price, 0.0))) for c in cands] if n else 0.0
+    x[:, nu + 8:] = [_memory_row(state, t, c, nh) for c in cands] if n else 0.0
+    if n and state.memory:  # forward-decayed weights -> decayed to t
+        landmark = state.memory_landmark
+        for k, h in enumerate(half_lives):
+            x[:, nu + 8 + k] *= math.pow(2.0, (landmark - t) / (h * 1000.0))
+    total_long = sum(state.categories_long.values()) or 1.0
+    x[:, nu + 8 + nh + 5] = [state.categories_long.get(c.category, 0.0) / total_long for c in cands] if n else 0.0
+    x[:, nu + 8 + nh + 6] = [c.repurchase_rate for c in cands] if n else 0.0
     return x.astype(np.float32)
+
+
+_NO_MEMORY_TAIL = [0.0, NEVER_S, NEVER_S, NO_INTERVAL, NO_INTERVAL, 0.0, 0.0]
+
+
+def _memory_row(state: UserState, t: int, cand, nh: int) -> list[float]:
+    """The memory features of one candidate; weights still forward-decayed, the last two columns
+    filled by the caller."""
+    m = state.memory.get(cand.item_id)
+    if m is None:
+        return [0.0] * nh + _NO_MEMORY_TAIL
+    occasions, last, last_buy, first_buy = m[nh], m[nh + 1], m[nh + 2], m[nh + 3]
+    since_buy = (t - last_buy) / 1000.0 if last_buy else NEVER_S
+    interval = (last_buy - first_buy) / 1000.0 / (occasions - 1) if occasions >= 2 else NO_INTERVAL
+    return [*m[:nh], occasions, (t - last) / 1000.0 if last else NEVER_S, since_buy, interval,
+            since_buy / interval if interval > 0 else NO_INTERVAL, 0.0, 0.0]
 
 
 def user_item_features(state: UserState, t: int, cfg: FeatureConfig, cand) -> list[float]:

@@ -17,8 +17,8 @@ from contract import keys
 from contract.config import JobConfig
 from udfs.candidates import ALL, Candidate, CandidatePool, ItemStats, gather_candidates, item_weight
 from udfs.drift import DriftMonitor, DriftReport
-from udfs.features import (Event, Ledger, UserState, WindowDelta, apply_window, feature_names, parse_events,
-                           shared_events, user_item_matrix)
+from udfs.features import (Event, Ledger, UserState, WindowDelta, apply_window, feature_names, memory_items,
+                           parse_events, shared_events, user_item_matrix)
 from udfs.scorer import ModelWatcher, OnnxScorer
 
 log = logging.getLogger(__name__)
@@ -26,10 +26,10 @@ log = logging.getLogger(__name__)
 TRENDING_LANDMARK = "trending:landmark"
 TRENDING_BOARDS = "trending:boards"
 LONG_KEY, CATS_KEY, CATS_LONG_KEY = "trending:long", "trending:cats", "trending:cats:long"
-VIEWS_KEY, BUYS_KEY = "trending:views", "trending:buys"
+VIEWS_KEY, BUYS_KEY, REBUYS_KEY = "trending:views", "trending:buys", "trending:rebuys"
 
 # ARGV: short and long half-life (ms), max board size, then (t, item, category, views, purchases,
-# weight) per item window, in time order. Same math as udfs.candidates.TrendingBoards.add; all
+# repeat purchases, weight) per item window, in time order. Same math as udfs.candidates.TrendingBoards.add; all
 # boards share the landmark in KEYS[1]; KEYS[2] lists the boards for rescaling. The per-category
 # boards and the '__all__' members get one ZINCRBY per window end and category, with the window's
 # items summed first (the sums differ from adding item by item only in rounding, ~1e-16), and each
@@ -39,24 +39,26 @@ local hs, hl, maxn = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local lm = tonumber(redis.call('GET', KEYS[1]) or '')
 local function islong(b)
   return string.sub(b, -5) == ':long' or b == 'trending:views' or b == 'trending:buys'
+    or b == 'trending:rebuys'
 end
 local function add(key, amount, member)
   if amount > 0 then redis.call('ZINCRBY', key, string.format('%.17g', amount), member) end
 end
-local cats, cats_long, views_all, buys_all = {}, {}, 0, 0
+local cats, cats_long, views_all, buys_all, rebuys_all = {}, {}, 0, 0, 0
 local function flush()
   for c, a in pairs(cats) do add('trending:cats', a, c) end
   for c, a in pairs(cats_long) do add('trending:cats:long', a, c) end
   add('trending:views', views_all, '__all__')
   add('trending:buys', buys_all, '__all__')
-  cats, cats_long, views_all, buys_all = {}, {}, 0, 0
+  add('trending:rebuys', rebuys_all, '__all__')
+  cats, cats_long, views_all, buys_all, rebuys_all = {}, {}, 0, 0, 0
 end
 local registered, current = {}, nil
 if #ARGV >= 4 then
   redis.call('SADD', KEYS[2], 'trending', 'trending:long', 'trending:cats', 'trending:cats:long',
-             'trending:views', 'trending:buys')
+             'trending:views', 'trending:buys', 'trending:rebuys')
 end
-for i = 4, #ARGV, 6 do
+for i = 4, #ARGV, 7 do
   local t = tonumber(ARGV[i])
   if t ~= current then
     flush()  -- before a rescale: the sums were scaled to the landmark they were made with
@@ -75,7 +77,7 @@ for i = 4, #ARGV, 6 do
   end
   local ms, ml = 2 ^ ((t - lm) / hs), 2 ^ ((t - lm) / hl)
   local item, cat = ARGV[i + 1], ARGV[i + 2]
-  local nv, np, w = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4]), tonumber(ARGV[i + 5])
+  local nv, np, nr, w = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4]), tonumber(ARGV[i + 5]), tonumber(ARGV[i + 6])
   local ck = 'trending:cat:' .. cat
   if not registered[ck] then
     registered[ck] = true
@@ -88,11 +90,13 @@ for i = 4, #ARGV, 6 do
   cats_long[cat] = (cats_long[cat] or 0) + w * ml
   add('trending:views', nv * ml, item)
   add('trending:buys', np * ml, item)
+  add('trending:rebuys', nr * ml, item)
   views_all = views_all + nv * ml
   buys_all = buys_all + np * ml
+  rebuys_all = rebuys_all + nr * ml
 end
 flush()
-for _, b in ipairs({'trending', 'trending:long', 'trending:views', 'trending:buys'}) do
+for _, b in ipairs({'trending', 'trending:long', 'trending:views', 'trending:buys', 'trending:rebuys'}) do
   redis.call('ZREMRANGEBYRANK', b, 0, -(maxn + 1))
 end
 return 1
@@ -157,13 +161,13 @@ class TrendingWriter:
         self.redis = client or redis_client(cfg)
         self.script = self.redis.register_script(ITEM_STATS_LUA)
 
-    def write(self, rows: list[tuple[int, str, str, int, int, int, int]], pipe=None) -> int:
-        """rows: (window_end, item_id, category, n_view, n_click, n_cart, n_purchase). With pipe
+    def write(self, rows: list[tuple[int, str, str, int, int, int, int, int]], pipe=None) -> int:
+        """rows: (window_end, item_id, category, n_view, n_click, n_cart, n_purchase, n_repeat). With pipe
         (a MULTI pipeline), the script is queued there instead of run at once."""
         f = self.cfg.features
         argv: list = [f.item_half_life_s * 1000.0, f.item_long_half_life_s * 1000.0, self.MAX_BOARD]
-        for t, item, category, nv, nc, na, np_ in sorted(rows):
-            argv += [t, item, category, nv, np_, repr(item_weight(nv, nc, na, np_))]
+        for t, item, category, nv, nc, na, np_, nr in sorted(rows):
+            argv += [t, item, category, nv, np_, nr, repr(item_weight(nv, nc, na, np_))]
         if rows:
             self.script(keys=[TRENDING_LANDMARK, TRENDING_BOARDS], args=argv, client=pipe)
         return len(rows)
@@ -172,16 +176,20 @@ class TrendingWriter:
 ITEM_COUNT_SLOT = {"view": 0, "click": 1, "add_to_cart": 2, "purchase": 3}
 
 
-def item_window_counts(windows: list[tuple[int, list[Event]]]) -> list[tuple[int, str, str, int, int, int, int]]:
-    """windows: (window end, its parsed events). Per (window end, item, category): consented
-    views, clicks, carts and purchases (duplicates included, as models.offline counts them).
+def item_window_counts(windows: list[tuple[int, list[Event], list[tuple[str, str]]]]
+                       ) -> list[tuple[int, str, str, int, int, int, int, int]]:
+    """windows: (window end, its parsed events, its repeat purchases from apply_window). Per
+    (window end, item, category): consented views, clicks, carts and purchases (duplicates
+    included, as models.offline counts them), and repeat purchases (used events only).
     Partial counts of one item window from several batches or subtasks add up in Redis: the
     statistics are linear in them."""
     counts: dict[tuple[int, str, str], list[int]] = {}
-    for end, events in windows:
+    for end, events, rebought in windows:
         for e in events:
             if e.consent:
-                counts.setdefault((end, e.item_id, e.category), [0, 0, 0, 0])[ITEM_COUNT_SLOT[e.type]] += 1
+                counts.setdefault((end, e.item_id, e.category), [0, 0, 0, 0, 0])[ITEM_COUNT_SLOT[e.type]] += 1
+        for item, category in rebought:
+            counts.setdefault((end, item, category), [0, 0, 0, 0, 0])[4] += 1
     return [(t, i, c, *n) for (t, i, c), n in counts.items()]
 
 
@@ -232,10 +240,11 @@ class CandidateSource:
             pipe.zmscore(LONG_KEY, items)
         pipe.zmscore(VIEWS_KEY, with_all)
         pipe.zmscore(BUYS_KEY, with_all)
+        pipe.zmscore(REBUYS_KEY, with_all)
         res = pipe.execute()
         long_top, cats, cats_long = res[0], res[1], res[2]
         long_scores = res[3] if items else []
-        views, buys = res[-2], res[-1]
+        views, buys, rebuys = res[-3], res[-2], res[-1]
 
         def known(names: list[str], scores: list) -> dict[str, float]:
             return {n: float(s) for n, s in zip(names, scores) if s is not None}
@@ -247,7 +256,14 @@ class CandidateSource:
             categories_long={c.decode(): float(s) for c, s in cats_long},
             views=known(with_all, views),
             buys=known(with_all, buys),
+            rebuys=known(with_all, rebuys),
         )
+
+    def own_stats(self, items: set[str]) -> None:
+        """Statistics of users' own items that the pool lacks (one read per item and refresh)."""
+        missing = self.pool.unasked(items)
+        if missing:
+            self.pool.add_stats(missing, self._stats(missing))
 
     def load_meta(self, items: set[str]) -> None:
         """One HMGET for every item whose metadata is not known yet."""
@@ -309,12 +325,13 @@ class BatchRanker:
         users = sorted({d.user_id for d in deltas})
         raw_states = self.redis.mget([keys.feat_key(u) for u in users])
         states = {u: UserState.decode(r) for u, r in zip(users, raw_states)}
-        fresh: list[tuple[int, list[Event]]] = []  # windows that are not replays after a restart
+        fresh: list[tuple[int, list[Event], list]] = []  # windows that are not replays after a restart
         for d in sorted(deltas, key=lambda d: d.window_end):
             events = parse_events(d.events)
+            rebought: list[tuple[str, str]] = []
             if d.window_end > states[d.user_id].window_end:  # else only after a restart: see apply_window
-                fresh.append((d.window_end, shared_events(events, states[d.user_id].opted_out)))
-            states[d.user_id], counted = apply_window(states[d.user_id], d, self.cfg.features, events)
+                fresh.append((d.window_end, shared_events(events, states[d.user_id].opted_out), rebought))
+            states[d.user_id], counted = apply_window(states[d.user_id], d, self.cfg.features, events, rebought)
             ledger.add(counted)
         items = item_window_counts(fresh)
         users = [u for u in users if states[u].feature_ts > 0]  # only duplicates/opted-out so far
@@ -325,7 +342,9 @@ class BatchRanker:
             u: (states[u], None) for u in users if not states[u].personalized()}  # erased: lists deleted
         users = [u for u in users if u not in out]
         scorer = self.scorer.current()  # one model version for the whole batch
-        self.candidates.load_meta({i for u in users for i in states[u].items})
+        own = {i for u in users for i in memory_items(states[u], self.cfg.candidates.own_history)}
+        self.candidates.load_meta(own)
+        self.candidates.own_stats(own)
 
         blocks: list[np.ndarray] = []
         spans: list[tuple[str, list[Candidate], int, int]] = []

@@ -11,10 +11,12 @@ import random
 import struct
 import time
 
-from contract.schema import MAX_FUTURE_MS, InvalidEvent, parse_json, validate
+from contract.schema import MAX_FUTURE_MS, MIN_TS_MS, InvalidEvent, parse_json, validate
 
 NOW = int(time.time()) * 1000 + 987  # a millisecond part, so a rule that drops it is caught
 GOOD = {"event_id": "e1", "user_id": "u1", "item_id": "i1", "type": "view", "ts": NOW - 1000}
+# the config's events section lowered and widened, as for MovieLens 100K (1997-98)
+LOWERED = {"min_ts_ms": 874_724_710_000, "max_future_ms": 2 * MAX_FUTURE_MS}
 
 
 def variants() -> list[bytes]:
@@ -24,7 +26,9 @@ def variants() -> list[bytes]:
         "user_id": [7, False, [], "ok:.-_", "u1\n", "u1\n\n", "\nu1", "u" * 64, "u" * 64 + "\n"],
         "type": [1, "VIEW", "purchase", None],
         "ts": [str(NOW), float(NOW), True, -1, 12, NOW + 10**9, 1e20, "now", None, NOW * 1000,
-               NOW + MAX_FUTURE_MS, NOW + MAX_FUTURE_MS + 1],
+               NOW + MAX_FUTURE_MS, NOW + MAX_FUTURE_MS + 1, MIN_TS_MS, MIN_TS_MS - 1,
+               LOWERED["min_ts_ms"], LOWERED["min_ts_ms"] - 1, NOW + LOWERED["max_future_ms"],
+               NOW + LOWERED["max_future_ms"] + 1],
         "value": [0, 12.5, "3", -0.5, True, None, {"v": 1}, 1e308],
         "category": [5, None, {"c": 1}, "a|b", ""],
         "consent": [False, "false", "FALSE", 0, None, "no"],
@@ -81,9 +85,9 @@ def python_ts(raw: bytes) -> int | None:
     return ts if type(ts) is int and -2**63 <= ts < 2**63 else None
 
 
-def python_reason(raw: bytes) -> str | None:
+def python_reason(raw: bytes, **bounds: int) -> str | None:
     try:
-        validate(raw, NOW)
+        validate(raw, NOW, **bounds)
         return None
     except InvalidEvent as e:
         return e.reason
@@ -132,10 +136,16 @@ def test_sql_validation_equals_python_validation():
     # the Java function's row and the contract name the same columns, in the same order
     row_type = t_env.sql_query("SELECT parse_interaction(CAST('{}' AS BYTES)) AS j").get_schema().get_field_data_types()[0]
     assert tuple(row_type.field_names()) == PARSE_COLUMNS
-    with t_env.execute_sql(f"SELECT n, {validation_sql('kafka_ts_ms')} FROM ({parse_once_sql('records', ('n', 'kafka_ts_ms'))})").collect() as rows:
-        sql = {row[0]: row[1] for row in rows}
+    reasons = f"{validation_sql('kafka_ts_ms')}, {validation_sql('kafka_ts_ms', **LOWERED)}"
+    with t_env.execute_sql(f"SELECT n, {reasons} FROM ({parse_once_sql('records', ('n', 'kafka_ts_ms'))})").collect() as rows:
+        got = [(row[0], row[1], row[2]) for row in rows]
+    sql, lowered = {n: r for n, r, _ in got}, {n: r for n, _, r in got}
     mismatches = {records[n]: (sql[n], python_reason(records[n])) for n in sql if sql[n] != python_reason(records[n])}
     assert len(sql) == len(records) and mismatches == {}
+    # with the bounds lowered (events.min_ts_ms, events.max_future_s) the two still agree
+    mismatches = {records[n]: (lowered[n], python_reason(records[n], **LOWERED)) for n in lowered
+                  if lowered[n] != python_reason(records[n], **LOWERED)}
+    assert mismatches == {} and sum(sql[n] == "bad_ts" and lowered[n] is None for n in sql) == 4
     # every reason is one the contract lists (the job's per-reason metrics count these), and the
     # variants reach each of them
     assert set(sql.values()) - {None} == set(DLQ_REASONS)

@@ -27,7 +27,7 @@ def registry(training_set, tmp_path_factory):
     """v0001: the classifier (promoted); v0002: the LambdaMART ranker (published, not promoted)."""
     root = tmp_path_factory.mktemp("rollout-registry")
     cfg = load_config(None)
-    train_and_publish(training_set, root, cfg, kind="gbc")
+    train_and_publish(training_set, root, cfg, kind="classifier")
     train_and_publish(training_set, root, cfg, kind="lambdamart", promote=False)
     return Registry(root)
 

@@ -238,3 +238,60 @@ def test_group_offsets_start_a_new_group_at_the_earliest_offset():
     assert "'properties.auto.offset.reset' = 'earliest'" in kafka_source_ddl(
         parse_config({"kafka": {"startup_mode": "group-offsets"}}))
     assert "auto.offset.reset" not in kafka_source_ddl(parse_config({}))
+
+
+ML100K_FIRST_TS = 874_724_710_000  # MovieLens 100K's earliest rating (1997-09-20), in ms
+
+
+def test_an_event_before_2000_is_bad_ts_unless_events_min_ts_ms_is_lowered():
+    from contract.schema import MAX_FUTURE_MS, MIN_TS_MS
+
+    old = json.dumps({**GOOD, "ts": ML100K_FIRST_TS})
+    with pytest.raises(InvalidEvent, match="bad_ts"):
+        validate(old)
+    events = parse_config({"events": {"min_ts_ms": ML100K_FIRST_TS, "max_future_s": 7200}}).events
+    assert validate(old, min_ts_ms=events.min_ts_ms).ts == ML100K_FIRST_TS
+    with pytest.raises(InvalidEvent, match="bad_ts"):
+        validate(json.dumps({**GOOD, "ts": ML100K_FIRST_TS - 1}), min_ts_ms=events.min_ts_ms)
+    two_hours_ahead = json.dumps({**GOOD, "ts": GOOD["ts"] + 7_200_000})
+    assert validate(two_hours_ahead, GOOD["ts"], max_future_ms=events.max_future_ms).ts == GOOD["ts"] + 7_200_000
+    defaults = parse_config({}).events  # the schema's constants stay the defaults' one source
+    assert (defaults.min_ts_ms, defaults.max_future_ms) == (MIN_TS_MS, MAX_FUTURE_MS)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # build imports pyflink (no JVM is started)
+def test_the_jobs_sql_takes_the_configs_event_time_bounds():
+    from contract.schema import MAX_FUTURE_MS, MIN_TS_MS, validation_sql
+    from jobs.recommend import build, kafka_source_ddl
+
+    assert f"< {MIN_TS_MS}\n" in validation_sql() and f"+ {MAX_FUTURE_MS} THEN 'bad_ts'" in validation_sql()
+    sql = validation_sql(min_ts_ms=ML100K_FIRST_TS, max_future_ms=7_200_000)
+    assert f"< {ML100K_FIRST_TS}\n" in sql and "kafka_ts_ms + 7200000 THEN 'bad_ts'" in sql
+    cfg = parse_config({"events": {"min_ts_ms": ML100K_FIRST_TS, "max_future_s": 7200}})
+    # the source's event time falls back to the same earliest time
+    assert f"BETWEEN {ML100K_FIRST_TS} AND epoch_ms(kafka_ts) + 7200000 THEN" in kafka_source_ddl(cfg)
+
+    class Recorder:  # stands in for the TableEnvironment and its StatementSet
+        def __init__(self):
+            self.statements = []
+
+        def execute_sql(self, sql):
+            self.statements.append(sql)
+
+        def create_statement_set(self):
+            return self
+
+        def add_insert_sql(self, sql):
+            self.statements.append(sql)
+
+    t_env = Recorder()
+    build(t_env, cfg, sources=False, sinks=False, python=False)
+    checked = next(s for s in t_env.statements if "VIEW checked" in s)
+    assert f"< {ML100K_FIRST_TS}\n" in checked and "kafka_ts_ms + 7200000 THEN 'bad_ts'" in checked
+
+
+def test_negative_min_ts_ms_fails_naming_the_field():
+    with pytest.raises(ConfigError, match=r"events\.min_ts_ms: .*greater than or equal to 0"):
+        parse_config({"events": {"min_ts_ms": -1}})
+    with pytest.raises(ConfigError, match=r"events\.max_future_s: .*greater than or equal to 0"):
+        parse_config({"events": {"max_future_s": -1}})

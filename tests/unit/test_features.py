@@ -37,7 +37,9 @@ def test_feature_names_follow_the_configured_windows():
     assert "views_1m" in names and "purchases_1h" in names and "spend_1h" in names and "sessions_1h" in names
     assert feature_names(CFG)[len(names):] == (
         "category_affinity", "item_affinity", "item_popularity_1h", "item_popularity_1d",
-        "category_popularity_1h", "category_popularity_1d", "item_conversion", "item_price_log")
+        "category_popularity_1h", "category_popularity_1d", "item_conversion", "item_price_log",
+        "ui_weight_90d", "ui_weight_365d", "ui_purchases", "ui_since_s", "ui_since_purchase_s",
+        "ui_purchase_interval_s", "ui_repurchase_due", "category_affinity_long", "item_repurchase_rate")
 
 
 def test_sliding_window_counts_expire_by_slice():
@@ -196,7 +198,9 @@ def test_item_window_counts_take_consented_events_per_item_window():
     deltas = [WindowDelta("u1", 2000, ";".join([ev(1, "view", "a"), ev(2, "click", "a"), ev(3, "view", "b", False)])),
               WindowDelta("u2", 2000, ";".join([ev(4, "purchase", "a"), ev(4, "purchase", "a")])),  # a duplicate counts
               WindowDelta("u2", 4000, ev(5, "add_to_cart", "b"))]
-    assert sorted(item_window_counts([(d.window_end, parse_events(d.events)) for d in deltas])) == [(2000, "a", "c1", 1, 1, 0, 2), (4000, "b", "c1", 0, 0, 1, 0)]
+    windows = [(d.window_end, parse_events(d.events), [("a", "c1")] if d.window_end == 2000 and d.user_id == "u2" else [])
+               for d in deltas]  # u2's purchase of a as a repeat purchase (apply_window's rebought)
+    assert sorted(item_window_counts(windows)) == [(2000, "a", "c1", 1, 1, 0, 2, 1), (4000, "b", "c1", 0, 0, 1, 0, 0)]
 
 
 def ctl(n, action, ts):

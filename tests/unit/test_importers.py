@@ -1,6 +1,7 @@
-"""Importing RetailRocket and UCI Online Retail files (small files written here in those formats):
-events in the project's schema, time-ordered; categories as documented; every rejected row named
-with its line number; nothing dropped silently."""
+"""Importing RetailRocket and UCI Online Retail files (small files written here in those formats)
+and The Complete Journey (a slice of the real data, tests/data/completejourney): events in the
+project's schema, time-ordered; categories as documented; every rejected row named with its line
+number; nothing dropped silently."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import json
 import pytest
 
 from contract.schema import validate
+from deploy.paths import PROJECT_ROOT
 from traffic.importers import ImportFailed, description_category, import_file
 from traffic.publish import catalog_path
 
@@ -113,3 +115,81 @@ def test_wrong_format_names_the_missing_columns(tmp_path):
                     category_tree=str(write(tmp_path, "tree.csv", RR_TREE)))
     with pytest.raises(ImportFailed, match="unknown format"):
         import_file(write(tmp_path, "or.csv", OR_ROWS), "csv", tmp_path / "x.jsonl")
+
+
+CJ_SLICE = PROJECT_ROOT / "tests" / "data" / "completejourney"
+CJ_HEADER = ("household_id,store_id,basket_id,product_id,quantity,sales_value,retail_disc,coupon_disc,"
+             "coupon_match_disc,week,transaction_timestamp\n")
+CJ_PRODUCTS = """product_id,manufacturer_id,department,brand,product_category,product_type,package_size
+940996,69,GROCERY,Private,BAKED BREAD/BUNS/ROLLS,DIET/LIGHT BREAD,16 OZ
+873902,69,KIOSK-GAS,Private,,GASOLINE,
+"""
+
+
+def test_completejourney_slice_events_users_and_categories(tmp_path):
+    out = tmp_path / "cj.jsonl"
+    report = import_file(CJ_SLICE / "transactions_sample.csv", "completejourney", out)
+    with open(CJ_SLICE / "transactions_sample.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    with open(CJ_SLICE / "products.csv", newline="") as f:
+        products = {p["product_id"]: p for p in csv.DictReader(f)}
+    bought = [r for r in rows if float(r["quantity"]) > 0]
+    events = events_of(out)
+    assert report.rows == len(rows) == report.events + len(report.rejected) + sum(report.skipped.values())
+    assert len(events) == report.events == len(bought)
+    assert report.users == len({f"h{r['household_id']}" for r in bought}) == len({e["user_id"] for e in events})
+    assert {reason for _, reason, _ in report.rejected} == {"non_positive_quantity"}
+    assert len(report.rejected) == len(rows) - len(bought) > 0  # the slice holds quantity-0 lines
+    assert all(validate(json.dumps(e)) for e in events)
+    assert [e["ts"] for e in events] == sorted(e["ts"] for e in events)
+    assert {e["type"] for e in events} == {"purchase"}
+
+    def category(product_id):
+        p = products.get(product_id)
+        name = p and (p["product_category"] or p["department"])
+        return "_".join(name.lower().split()) if name else "unknown"
+
+    got = {e["item_id"]: e["category"] for e in events}
+    assert got == {r["product_id"]: category(r["product_id"]) for r in bought}
+    assert any(not products[i]["product_category"] for i in got)  # the department fallback is used
+    assert sum(e["value"] for e in events) == pytest.approx(sum(float(r["sales_value"]) for r in bought))
+
+
+def test_completejourney_bad_rows_are_rejected_with_line_and_reason(tmp_path):
+    tx = write(tmp_path, "transactions.csv", CJ_HEADER + (
+        "2261,309,31625220889,940996,2.0,3.86,0.43,0.0,0.0,5,2017-01-28 19:06:53\n"   # line 2: ok
+        "2261,309,31625220889,940996,1.0,-1.20,0.0,0.0,0.0,5,2017-01-28 19:07:00\n"   # 3: negative value
+        "2131,368,32053127496,873902,1.0,1.59,0.9,0.0,0.0,10,28/01/2017 7pm\n"        # 4: bad timestamp
+        "2131,368,32053127496,873902,0.0,0.0,0.0,1.4,0.0,10,2017-03-01 03:31:57\n"    # 5: quantity 0
+        "2131,368,32053127496,873902,1.0,x,0.9,0.0,0.0,10,2017-03-01 03:31:57\n"      # 6: bad number
+        "2131,368,32053127496\n"                                                       # 7: column count
+        "511,316,32445856036,847901,1.0,1.0,0.69,0.0,0.0,13,2017-03-26 17:22:21\n"))  # 8: ok, no product
+    write(tmp_path, "products.csv", CJ_PRODUCTS)  # found beside the transactions
+    out = tmp_path / "cj.jsonl"
+    report = import_file(tx, "completejourney", out)
+    assert [(line, reason) for line, reason, _ in report.rejected] == [
+        (3, "negative_sales_value"), (4, "bad_timestamp"), (5, "non_positive_quantity"), (6, "bad_number"),
+        (7, "column_count")]
+    assert report.rows == 7 == report.events + len(report.rejected)
+    assert [(e["user_id"], e["item_id"], e["value"], e["category"]) for e in events_of(out)] == [
+        ("h2261", "940996", 3.86, "baked_bread/buns/rolls"), ("h511", "847901", 1.0, "unknown")]
+    assert events_of(out)[0]["ts"] == 1485630413000  # 2017-01-28 19:06:53 UTC
+    prices = {json.loads(x)["item_id"]: json.loads(x)["price"] for x in catalog_path(out).read_text().splitlines()}
+    assert prices["940996"] == 1.93
+    assert [r[:2] for r in csv.reader(open(f"{out}.rejected.csv"))][1:] == [
+        ["3", "negative_sales_value"], ["4", "bad_timestamp"], ["5", "non_positive_quantity"], ["6", "bad_number"],
+        ["7", "column_count"]]
+
+
+def test_completejourney_products_option_and_missing_products(tmp_path):
+    tx = write(tmp_path, "transactions.csv",
+               CJ_HEADER + "2131,368,32053127496,873902,1.0,1.59,0.9,0.0,0.0,10,2017-03-01 03:31:57\n")
+    elsewhere = tmp_path / "catalog"
+    elsewhere.mkdir()
+    with pytest.raises(ImportFailed, match="products.csv not found.*--products"):
+        import_file(tx, "completejourney", tmp_path / "x.jsonl")
+    out = tmp_path / "cj.jsonl"
+    import_file(tx, "completejourney", out, products=str(write(elsewhere, "p.csv", CJ_PRODUCTS)))
+    assert [e["category"] for e in events_of(out)] == ["kiosk-gas"]  # no product_category: the department
+    with pytest.raises(ImportFailed, match="--products is completejourney's"):
+        import_file(write(tmp_path, "or.csv", OR_ROWS), "online-retail", out, products=str(elsewhere / "p.csv"))

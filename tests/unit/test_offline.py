@@ -41,3 +41,12 @@ def test_replay_stops_at_the_cut_off(tmp_path):
     steps = list(replay.run(read_history(path, cfg).events, until_ms=T0 + 4000))
     assert [s.window_end for s in steps] == [T0 + 2000, T0 + 4000]
     assert replay.ledger.used == 4
+
+
+def test_read_history_keeps_events_before_2000_with_events_min_ts_ms_lowered(tmp_path):
+    first = 874_724_710_000  # MovieLens 100K's earliest rating (1997-09-20)
+    path = tmp_path / "h.jsonl"
+    path.write_text(f"{line(1, first)}\n{line(2, first + 1000)}\n{line(3, first - 1)}\n")
+    assert read_history(path, load_config(None)).rejected == [(1, "bad_ts"), (2, "bad_ts"), (3, "bad_ts")]
+    hist = read_history(path, load_config(None, {"events.min_ts_ms": first}))
+    assert [e.event_id for e in hist.events] == ["e1", "e2"] and hist.rejected == [(3, "bad_ts")]

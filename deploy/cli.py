@@ -199,10 +199,11 @@ def import_events(
     from traffic.importers import ImportFailed, import_file
 
     _logging()
+    cfg = _job_config(config, None)
     try:
         report = import_file(path, fmt, out, item_properties=[str(p) for p in item_properties or []],
                              category_tree=str(category_tree) if category_tree else None,
-                             products=str(products) if products else None)
+                             products=str(products) if products else None, min_ts_ms=cfg.events.min_ts_ms)
     except (ImportFailed, FileNotFoundError) as e:
         typer.echo(str(e), err=True)
         raise typer.Exit(2) from None
@@ -214,7 +215,6 @@ def import_events(
     if publish:
         from traffic.publish import publish_history
 
-        cfg = _job_config(config, None)
         summary["published"] = publish_history(out, cfg.kafka.bootstrap_servers, cfg.kafka.interactions_topic,
                                                cfg.kafka.items_topic, rate)
     typer.echo(json.dumps(summary))
@@ -263,7 +263,7 @@ def evaluate(
         try:
             report = import_file(events, fmt, history, item_properties=[str(p) for p in item_properties or []],
                                  category_tree=str(category_tree) if category_tree else None,
-                                 products=str(products) if products else None)
+                                 products=str(products) if products else None, min_ts_ms=cfg.events.min_ts_ms)
         except (ImportFailed, FileNotFoundError) as e:
             typer.echo(str(e), err=True)
             raise typer.Exit(2) from None

@@ -53,7 +53,9 @@ class TrainingSet:
     start_ms: int
     end_ms: int
     horizon_ms: int = 0
-    replay: OfflineReplay | None = None  # with replay_to_end: the state after the whole history
+    replay: OfflineReplay | None = None
+    user: np.ndarray | None = None  # per row (for inspection and tests)
+    item: np.ndarray | None = None  # with replay_to_end: the state after the whole history
 
     def binary(self) -> np.ndarray:
         return (self.y > 0).astype(np.int32)
@@ -136,6 +138,8 @@ def build_training_set(
     ys: list[np.ndarray] = []
     cut_rows: list[int] = []
     queries: list[int] = []
+    row_users: list[str] = []
+    row_items: list[str] = []
     folded = 0
     bar = tqdm(total=len(events), desc="replaying to cut-offs", unit="ev", disable=not progress, mininterval=1)
     for t in cuts:
@@ -170,6 +174,8 @@ def build_training_set(
             ys.append(np.asarray([labels.get(c.item_id, 0) for c in chosen], dtype=np.int32))
             cut_rows += [t] * len(chosen)
             queries += [len(xs) - 1] * len(chosen)
+            row_users += [u] * len(chosen)
+            row_items += [c.item_id for c in chosen]
     if replay_to_end:
         for _ in replay.run(events[folded:]):
             pass
@@ -179,7 +185,8 @@ def build_training_set(
     if not xs or len(set((y > 0).tolist())) < 2:
         raise ValueError("history too short to build a training set with both labels; give a longer history")
     return TrainingSet(np.concatenate(xs), y, np.asarray(cut_rows), np.asarray(queries),
-                       len(replay.states), first_ts, last_ts, horizon_ms, replay if replay_to_end else None)
+                       len(replay.states), first_ts, last_ts, horizon_ms, replay if replay_to_end else None,
+                       np.asarray(row_users), np.asarray(row_items))
 
 
 MODEL_KINDS = ("classifier", "lambdamart")

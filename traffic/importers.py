@@ -43,7 +43,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from contract.schema import InvalidEvent, validate
+from contract.schema import MIN_TS_MS, InvalidEvent, validate
 
 FORMATS = ("retailrocket", "online-retail", "completejourney")
 RETAILROCKET_EVENTS = {"view": "view", "addtocart": "add_to_cart", "transaction": "purchase"}
@@ -69,6 +69,7 @@ class ImportReport:
     items: int = 0
     first_ts: int = 0
     last_ts: int = 0
+    min_ts_ms: int = MIN_TS_MS  # the earliest event time accepted (the job config's events.min_ts_ms)
 
     def summary(self) -> dict:
         return {"rows": self.rows, "events": self.events, "rejected": len(self.rejected),
@@ -247,7 +248,7 @@ def read_completejourney(path: Path, report: ImportReport, categories: dict[str,
 def _checked(event: dict, line: int, raw: str, report: ImportReport) -> Iterator[dict]:
     """The event if the project's own validator accepts it, else a rejected row with its reason."""
     try:
-        validate(json.dumps({k: v for k, v in event.items() if not k.startswith("_")}))
+        validate(json.dumps({k: v for k, v in event.items() if not k.startswith("_")}), min_ts_ms=report.min_ts_ms)
     except InvalidEvent as e:
         report.rejected.append((line, e.reason, raw))
         return
@@ -255,16 +256,18 @@ def _checked(event: dict, line: int, raw: str, report: ImportReport) -> Iterator
 
 
 def import_file(path: str | Path, fmt: str, out: str | Path, *, item_properties: list[str] = (),
-                category_tree: str | None = None, products: str | None = None) -> ImportReport:
+                category_tree: str | None = None, products: str | None = None,
+                min_ts_ms: int = MIN_TS_MS) -> ImportReport:
     """Reads `path` in `fmt`, writes the events (time-ordered JSONL) to `out`, the catalog beside it
     (traffic.publish.catalog_path) and the rejected rows to `<out>.rejected.csv`. `products` is
-    completejourney's products.csv (default: the one beside `path`)."""
+    completejourney's products.csv (default: the one beside `path`). Events before min_ts_ms are
+    rejected as bad_ts (pass the job config's events.min_ts_ms for logs older than 2000)."""
     from traffic.publish import catalog_path
 
     if fmt not in FORMATS:
         raise ImportFailed(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
     path, out = Path(path), Path(out)
-    report = ImportReport()
+    report = ImportReport(min_ts_ms=min_ts_ms)
     if category_tree and not item_properties:
         raise ImportFailed("a category tree maps the categoryid values of item properties; give --item-properties too")
     if products and fmt != "completejourney":

@@ -489,6 +489,17 @@ def user_item_features(state: UserState, t: int, cfg: FeatureConfig, cand) -> li
     return [float(v) for v in user_item_matrix(state, t, cfg, [cand])[0]]
 
 
+def memory_at(state: UserState, t: int, cfg: FeatureConfig) -> dict[str, list[float]]:
+    """The user x item memory with its weights decayed to t (ms), and the long-term category
+    affinity as items "category:<name>" (for inspection and the online/offline parity tests:
+    forward-decayed values depend on the landmark, decayed ones do not)."""
+    nh = len(cfg.memory_half_lives_s)
+    factors = [math.pow(2.0, (state.memory_landmark - t) / (h * 1000.0)) for h in cfg.memory_half_lives_s]
+    out = {i: [m[k] * factors[k] for k in range(nh)] + [float(v) for v in m[nh:]] for i, m in state.memory.items()}
+    out.update({f"category:{c}": [w * factors[0]] for c, w in state.categories_long.items()})
+    return out
+
+
 def describe(state: UserState, t: int, cfg: FeatureConfig) -> dict[str, float | list[str]]:
     """The user's features at t by name (for `streamrank features` and GetUserFeatures)."""
     out: dict[str, float | list[str]] = dict(zip(user_feature_names(cfg), map(float, user_vector(state, t, cfg))))

@@ -16,13 +16,13 @@ def test_lua_item_statistics_equal_python_mirror(redis_db):
     # five item windows per window end (the script sums a window's categories and '__all__' before
     # adding), 400 s in all (a rescale after 256 s), written in three calls as batches would be
     rows = [(T0 + (k // 5) * 5000, f"i{k % 7}", f"c{k % 3}", k % 4, k % 2, 1, k % 3 == 0) for k in range(400)]
-    rows = [(t, i, c, v, cl, a, int(p)) for t, i, c, v, cl, a, p in rows]
+    rows = [(t, i, c, v, cl, a, int(p), int(p and k % 2 == 0)) for k, (t, i, c, v, cl, a, p) in enumerate(rows)]
     writer = TrendingWriter(cfg, r)
     for part in (rows[:77], rows[77:300], rows[300:]):
         writer.write(part)
     mirror = TrendingBoards(1.0, 30.0)
-    for t, i, c, v, cl, a, p in sorted(rows):
-        mirror.add(t, i, c, (v, cl, a, p))
+    for t, i, c, v, cl, a, p, rebuys in sorted(rows):
+        mirror.add(t, i, c, (v, cl, a, p), rebuys)
     src = CandidateSource(cfg, r)
     src.refresh(force=True)
     want = {i for i, _ in mirror.top(100)}
@@ -31,7 +31,8 @@ def test_lua_item_statistics_equal_python_mirror(redis_db):
         want_c = dict(mirror.top(cfg.candidates.per_category, c))
         assert len(want_c) == 7 and dict(src.pool.category_top[c]) == pytest.approx(want_c, rel=1e-12), c
     st, mst = src.pool.stats, mirror.stats(want)
-    for name in ("long", "categories", "categories_long", "views", "buys"):
+    assert mst.rebuys  # repeat purchases were written
+    for name in ("long", "categories", "categories_long", "views", "buys", "rebuys"):
         got, exp = getattr(st, name), getattr(mst, name)
         assert got.keys() == exp.keys(), name
         for k in exp:

@@ -20,7 +20,7 @@ from contract.schema import InvalidEvent, validate
 from tests.conftest import job_config
 from tests.integration.helpers import records_replay
 from traffic.simulator import Simulator
-from udfs.features import UserState, describe
+from udfs.features import UserState, describe, memory_at
 
 
 def run_job(cfg, records, items, out_dir):
@@ -109,6 +109,11 @@ def assert_same_features(r, replay, cfg, cutoff):
         assert got.keys() == want.keys()
         for name, value in want.items():
             assert got[name] == (value if isinstance(value, list) else pytest.approx(value, rel=1e-9, abs=1e-9)), (user, name)
+        got_memory = memory_at(online, cutoff, cfg.features)
+        want_memory = memory_at(replay.states[user], cutoff, cfg.features)
+        assert got_memory.keys() == want_memory.keys() and want_memory, user  # the user x item memory
+        for item, values in want_memory.items():
+            assert got_memory[item] == pytest.approx(values, rel=1e-9, abs=1e-12), (user, item)
 
 
 @pytest.mark.parametrize("parallelism", [1, 2])

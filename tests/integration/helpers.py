@@ -142,13 +142,19 @@ def read_states(r) -> dict:
 def assert_features_equal_replay(states: dict, replay, cfg) -> None:
     """Every user the replay folded has a state, and it describes the same features (at the last
     window's end); no other user has one."""
-    from udfs.features import describe
+    import pytest
+
+    from udfs.features import describe, memory_at
 
     want = {u: s for u, s in replay.states.items() if s.window_end}
     assert states.keys() == want.keys() and len(want) > 50
     t = max(s.window_end for s in want.values())
     for user, s in want.items():
         assert describe(states[user], t, cfg.features) == describe(s, t, cfg.features), user
+        got, exp = memory_at(states[user], t, cfg.features), memory_at(s, t, cfg.features)
+        assert got.keys() == exp.keys(), user  # the user x item memory: the same items, counts and times
+        for item, values in exp.items():
+            assert got[item] == pytest.approx(values, rel=1e-9, abs=1e-12), (user, item)
 
 
 def prefixed_topics(bootstrap: str, prefix: str, partitions: int = 2) -> dict[str, str]:

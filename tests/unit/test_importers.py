@@ -193,3 +193,15 @@ def test_completejourney_products_option_and_missing_products(tmp_path):
     assert [e["category"] for e in events_of(out)] == ["kiosk-gas"]  # no product_category: the department
     with pytest.raises(ImportFailed, match="--products is completejourney's"):
         import_file(write(tmp_path, "or.csv", OR_ROWS), "online-retail", out, products=str(elsewhere / "p.csv"))
+
+
+def test_events_before_2000_need_the_configured_bound(tmp_path):
+    """MovieLens-era logs: a 1997 invoice is bad_ts by default and an event with the bound lowered
+    (the job config's events.min_ts_ms, which the CLI passes)."""
+    rows = ["InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country",
+            "536365,85123A,WHITE HANGING HEART T-LIGHT HOLDER,6,09/20/1997 08:26,2.55,17850,United Kingdom"]
+    src = write(tmp_path, "old.csv", "\n".join(rows) + "\n")
+    refused = import_file(src, "online-retail", tmp_path / "a.jsonl")
+    assert refused.events == 0 and [r for _, r, _ in refused.rejected] == ["bad_ts"]
+    lowered = import_file(src, "online-retail", tmp_path / "b.jsonl", min_ts_ms=874_724_710_000 - 86_400_000 * 30)
+    assert lowered.events == 1 and events_of(tmp_path / "b.jsonl")[0]["ts"] == 874_743_960_000  # 1997-09-20 08:26 UTC

@@ -170,6 +170,9 @@ def build_training_set(
             chosen = pos + neg
             if not chosen:
                 continue
+            # shuffled: LightGBM breaks score ties by row order, so relevant rows first would make
+            # the early trees' NDCG look right (and their lambda gradients vanish) by position alone
+            rng.shuffle(chosen)
             xs.append(user_item_matrix(state, t, cfg.features, chosen))
             ys.append(np.asarray([labels.get(c.item_id, 0) for c in chosen], dtype=np.int32))
             cut_rows += [t] * len(chosen)

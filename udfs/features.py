@@ -55,10 +55,11 @@ def item_feature_names(cfg: FeatureConfig) -> tuple[str, ...]:
 
 def memory_feature_names(cfg: FeatureConfig) -> tuple[str, ...]:
     """The user x item memory's features (see UserState.memory), then the item's repurchase rate
-    across users."""
+    across users, its popularity within its category, and its price against the user's mean
+    purchase value (log ratio; 0 for a user who bought nothing in the longest monetary window)."""
     return (*(f"ui_weight_{_w(h)}" for h in cfg.memory_half_lives_s), "ui_purchases", "ui_since_s",
             "ui_since_purchase_s", "ui_purchase_interval_s", "ui_repurchase_due", "category_affinity_long",
-            "item_repurchase_rate")
+            "item_repurchase_rate", "item_category_share", "price_vs_usual_log")
 
 
 def feature_names(cfg: FeatureConfig) -> tuple[str, ...]:
@@ -447,7 +448,7 @@ def user_item_matrix(state: UserState, t: int, cfg: FeatureConfig, cands: list) 
     nu = len(user)
     half_lives = cfg.memory_half_lives_s
     nh = len(half_lives)
-    x = np.empty((n, nu + 8 + nh + 7), dtype=np.float64)
+    x = np.empty((n, nu + 8 + nh + 9), dtype=np.float64)
     x[:, :nu] = user
     # affinity shares: a common decay factor from as_of to t cancels out, so no decay step here
     total_aff = sum(state.affinity.values()) or 1.0
@@ -465,14 +466,22 @@ def user_item_matrix(state: UserState, t: int, cfg: FeatureConfig, cands: list) 
     total_long = sum(state.categories_long.values()) or 1.0
     x[:, nu + 8 + nh + 5] = [state.categories_long.get(c.category, 0.0) / total_long for c in cands] if n else 0.0
     x[:, nu + 8 + nh + 6] = [c.repurchase_rate for c in cands] if n else 0.0
+    x[:, nu + 8 + nh + 7] = [c.category_share for c in cands] if n else 0.0
+    usual = user[_mean_purchase_column(cfg)]
+    x[:, nu + 8 + nh + 8] = [math.log1p(max(c.price, 0.0)) - math.log1p(usual) for c in cands] if n and usual > 0 else 0.0
     return x.astype(np.float32)
 
 
-_NO_MEMORY_TAIL = [0.0, NEVER_S, NEVER_S, NO_INTERVAL, NO_INTERVAL, 0.0, 0.0]
+_NO_MEMORY_TAIL = [0.0, NEVER_S, NEVER_S, NO_INTERVAL, NO_INTERVAL, 0.0, 0.0, 0.0, 0.0]
+
+
+def _mean_purchase_column(cfg: FeatureConfig) -> int:
+    """Index in user_vector of mean_purchase over the longest monetary window."""
+    return user_feature_names(cfg).index(f"mean_purchase_{_w(max(cfg.monetary_windows_s))}")
 
 
 def _memory_row(state: UserState, t: int, cand, nh: int) -> list[float]:
-    """The memory features of one candidate; weights still forward-decayed, the last two columns
+    """The memory features of one candidate; weights still forward-decayed, the last four columns
     filled by the caller."""
     m = state.memory.get(cand.item_id)
     if m is None:
@@ -481,7 +490,7 @@ def _memory_row(state: UserState, t: int, cand, nh: int) -> list[float]:
     since_buy = (t - last_buy) / 1000.0 if last_buy else NEVER_S
     interval = (last_buy - first_buy) / 1000.0 / (occasions - 1) if occasions >= 2 else NO_INTERVAL
     return [*m[:nh], occasions, (t - last) / 1000.0 if last else NEVER_S, since_buy, interval,
-            since_buy / interval if interval > 0 else NO_INTERVAL, 0.0, 0.0]
+            since_buy / interval if interval > 0 else NO_INTERVAL, 0.0, 0.0, 0.0, 0.0]
 
 
 def user_item_features(state: UserState, t: int, cfg: FeatureConfig, cand) -> list[float]:

@@ -39,7 +39,8 @@ def test_feature_names_follow_the_configured_windows():
         "category_affinity", "item_affinity", "item_popularity_1h", "item_popularity_1d",
         "category_popularity_1h", "category_popularity_1d", "item_conversion", "item_price_log",
         "ui_weight_90d", "ui_weight_365d", "ui_purchases", "ui_since_s", "ui_since_purchase_s",
-        "ui_purchase_interval_s", "ui_repurchase_due", "category_affinity_long", "item_repurchase_rate")
+        "ui_purchase_interval_s", "ui_repurchase_due", "category_affinity_long", "item_repurchase_rate",
+        "item_category_share", "price_vs_usual_log")
 
 
 def test_sliding_window_counts_expire_by_slice():

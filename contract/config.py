@@ -194,10 +194,10 @@ class TrainingConfig(_Strict):
     cutoffs: int = Field(12, ge=2, le=500)
     """Cut-offs spread evenly over the training period (each leaving a full horizon after it);
     the last fifth of them (by time) is the early-stopping validation set."""
-    users_per_cutoff: int = Field(2000, ge=1)
+    users_per_cutoff: int = Field(1000, ge=1)
     """At most this many users (seeded sample) per cut-off, among those the job would have a list
     for and who interact within the horizon."""
-    negatives_per_query: int = Field(100, ge=1)
+    negatives_per_query: int = Field(50, ge=1)
     """Irrelevant candidates kept per (user, cut-off) list (seeded sample); every relevant one is
     kept."""
     max_trees: int = Field(1000, ge=10)

@@ -27,6 +27,7 @@ from traffic.simulator import Simulator
 NOUNS = ("holder", "bag", "mug", "candle", "frame", "clock", "cushion", "lantern", "sign", "tin", "box",
          "card", "bottle", "doorstop", "ornament", "plate", "bowl", "basket", "apron", "umbrella")
 ADJECTIVES = ("WHITE", "RED", "VINTAGE", "HANGING", "SET OF 3", "PAPER", "GLASS", "BLUE", "REGENCY", "JUMBO")
+CUSTOMER_ID_BASE = 12000  # simulated user n is Online Retail customer 12000 + n (numeric, as in the real file)
 RR_EVENT = {"view": "view", "click": "view", "add_to_cart": "addtocart", "purchase": "transaction"}
 
 
@@ -101,7 +102,7 @@ def write_online_retail(sim: Simulator, path: Path, count: int, rate_per_s: floa
             when = datetime.fromtimestamp(minute * 60, tz=UTC).strftime("%m/%d/%Y %H:%M")
             quantity = 1 + int(ev["item_id"][-1]) % 6
             w.writerow([invoice, ev["item_id"].upper(), f"{adjective} {category_noun(c).upper()}", quantity, when,
-                        f"{item.price:.2f}", 12000 + int(ev["user_id"][1:]), "United Kingdom"])
+                        f"{item.price:.2f}", CUSTOMER_ID_BASE + int(ev["user_id"][1:]), "United Kingdom"])
             lines += 1
     return {"format": "online-retail", "events_simulated": count, "invoice_lines": lines,
             "invoices": len(invoices), "file": str(path)}

@@ -125,7 +125,8 @@ class FeatureConfig(_Strict):
     """Pseudo-views pulling an item's conversion rate toward the global rate (new items are
     not ranked on noise)."""
     max_items_per_user: int = Field(50, ge=1, le=1000)
-    """How many of a user's recent items the state keeps (repeat candidates)."""
+    """How many of a user's items the short-term interest keeps (feature item_affinity, decayed
+    at interest_half_life_s); the user's own candidates come from the memory (memory_items)."""
     memory_items: int = Field(100, ge=1, le=5000)
     """How many items the user x item memory keeps per user: the N with the largest weight decayed
     at the first of memory_half_lives_s. It holds how often and how recently the user interacted
@@ -155,7 +156,8 @@ class CandidateConfig(_Strict):
     top_categories: int = Field(3, ge=0, le=20)
     """How many of the user's top categories feed per-category candidates."""
     own_history: int = Field(20, ge=0, le=1000)
-    """The user's own recent items (repeat purchases are common in retail)."""
+    """The user's own items offered as candidates: the largest in the user x item memory
+    (features.memory_items; repeat purchases are common in retail)."""
     refresh_s: float = Field(2.0, gt=0)
     """How often a scorer reloads trending sets from Redis (s)."""
 

@@ -327,7 +327,7 @@ def train(
         run = holdout_evaluation(str(history), cfg, [kind], 1 - holdout, k, str(report_dir),
                                  catalog=str(catalog) if catalog else None)
         verdict = gate(run.results, kind, [n for n in run.results if n not in MODEL_KINDS], k)
-        verdict["forced"] = force and not verdict["promote"]
+        verdict["forced"] = force and promote and not verdict["promote"]
         out = publish(run.trained[kind], registry, promote=promote and (verdict["promote"] or force), gate=verdict)
     except (PublishRefused, NotEnoughEvents, ValueError) as e:
         typer.echo(str(e), err=True)
@@ -335,7 +335,7 @@ def train(
     if verdict["promote"]:
         typer.echo(f"gate passed: {verdict['reason']}" + ("; promoted" if promote else "; not promoted (--no-promote)"),
                    err=True)
-    elif force:
+    elif verdict["forced"]:
         typer.echo(f"gate failed, promoted anyway (--force): {verdict['reason']}", err=True)
     else:
         typer.echo(f"gate failed, published {out.name} but NOT promoted: {verdict['reason']} "

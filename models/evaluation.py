@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from contract.schema import Interaction
+from contract.schema import CONTROL_ACTIONS, Interaction
 
 Ranker = Callable[[str], list[str]]  # user_id -> ranked item ids (best first)
 
@@ -124,7 +124,7 @@ def auc(ranked: list[str], relevant: set[str]) -> float | None:
 def relevant_items(test: list[Interaction], users: set[str] | None = None) -> dict[str, set[str]]:
     out: dict[str, set[str]] = defaultdict(set)
     for e in test:
-        if users is None or e.user_id in users:
+        if e.type not in CONTROL_ACTIONS and (users is None or e.user_id in users):  # erase/opt-out hold no item
             out[e.user_id].add(e.item_id)
     return dict(out)
 
@@ -185,7 +185,7 @@ def model_ranker(score: Callable, replay, cfg, at_ms: int, scored: list | None =
         if not cands:
             return []
         scores = score(user_item_matrix(state, at_ms, cfg.features, cands))
-        if scored is not None and truth is not None:  # (score, relevant) pairs for calibration
+        if scored is not None and truth is not None and user in truth:  # (score, relevant) for calibration
             scored.extend((float(s), cand.item_id in truth.get(user, ())) for s, cand in zip(scores, cands))
         order = sorted(range(len(cands)), key=lambda n: (-float(scores[n]), cands[n].item_id))
         return [cands[n].item_id for n in order]

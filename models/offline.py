@@ -83,6 +83,7 @@ class OfflineReplay:
         self.states: dict[str, UserState] = defaultdict(UserState)
         self.boards = TrendingBoards(cfg.features.item_half_life_s, cfg.features.item_long_half_life_s)
         self.catalog: dict[str, tuple[str, float]] = {}
+        self.listed: set[str] = set()  # items from a catalog file (add_catalog): events do not change them
         self.ledger = Ledger()
 
     def run(self, events: Iterable[Interaction], until_ms: int | None = None) -> Iterator[ReplayStep]:
@@ -100,6 +101,11 @@ class OfflineReplay:
             window.append(e)
         if window and current is not None:
             yield self._fold(window, current)
+
+    def add_catalog(self, entries: dict[str, tuple[str, float]]) -> None:
+        """Items as the `items` topic gives them to the job (load_catalog's mapping)."""
+        self.catalog.update(entries)
+        self.listed.update(entries)
 
     def candidate_pool(self) -> CandidatePool:
         """The pool the job's scorer would draw from now (see udfs.ranking.CandidateSource)."""
@@ -123,7 +129,8 @@ class OfflineReplay:
             if not e.consent or id(e) not in shared:
                 continue
             items[(e.item_id, e.category)][kinds[e.type]] += 1
-            if e.item_id not in self.catalog or e.value > 0:
+            # the catalog's unit price wins: an event's value is a line total (quantity x price)
+            if e.item_id not in self.listed and (e.item_id not in self.catalog or e.value > 0):
                 self.catalog[e.item_id] = (e.category, e.value or self.catalog.get(e.item_id, ("", 0.0))[1])
         active = []
         rebuys: dict[tuple[str, str], int] = defaultdict(int)

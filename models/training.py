@@ -54,8 +54,8 @@ class TrainingSet:
     end_ms: int
     horizon_ms: int = 0
     replay: OfflineReplay | None = None
-    user: np.ndarray | None = None  # per row (for inspection and tests)
-    item: np.ndarray | None = None  # with replay_to_end: the state after the whole history
+    user: np.ndarray | None = None  # per row: whose list (for inspection and tests)
+    item: np.ndarray | None = None  # per row: which candidate  # with replay_to_end: the state after the whole history
 
     def binary(self) -> np.ndarray:
         return (self.y > 0).astype(np.int32)
@@ -100,7 +100,8 @@ def build_training_set(
     catalog: str | Path | None = None, progress: bool = True, replay_to_end: bool = False,
 ) -> TrainingSet:
     """history: a JSONL log, or its valid on-time events (sorted by time). horizon_s: the label
-    horizon (default cfg.training.horizon_s; 0 there means a fifth of the history's span).
+    horizon (default cfg.training.horizon_s; when that is 0 too, a fifth of the history's span:
+    evaluate and train pass the held-out span instead).
     replay_to_end: keep folding past the last cut-off and return the replay (what the job would
     hold at the end of the history), so a caller does not replay the same events again."""
     if isinstance(history, list):
@@ -120,7 +121,7 @@ def build_training_set(
     horizon_ms = int(horizon * 1000) if horizon else max(1, (last_ts - first_ts) // 5)
     replay = OfflineReplay(cfg)
     if catalog:
-        replay.catalog.update(load_catalog(catalog))
+        replay.add_catalog(load_catalog(catalog))
     cuts = cutoff_times(first_ts, last_ts, horizon_ms, tc.cutoffs, replay.mb_ms)
     if not cuts:
         raise ValueError(f"the history spans {(last_ts - first_ts) / 86400e3:.1f} days, not more than the label "
@@ -237,7 +238,8 @@ def fit_model(kind: str, x: np.ndarray, y: np.ndarray, query: np.ndarray, seed: 
         raise ValueError(f"unknown model kind {kind!r}; choose one of {', '.join(MODEL_KINDS)}")
     trees = model.best_iteration_ or max_trees
     name = "LGBMClassifier(objective=binary" if kind == "classifier" else "LGBMRanker(objective=lambdarank"
-    return model, f"LightGBM {name}, num_leaves=31, trees={trees} (early stopping on later cut-offs))"
+    how = "early stopping on later cut-offs" if stop else "no validation cut-offs: all rounds"
+    return model, f"LightGBM {name}, num_leaves=31, trees={trees} ({how}))"
 
 
 def model_scores(model, x: np.ndarray) -> np.ndarray:
@@ -294,7 +296,8 @@ def fit_and_export(ts: TrainingSet, cfg: JobConfig, kind: str = "classifier", se
                   "cutoffs": len(np.unique(ts.cutoff))},
         "rows": int(len(ts.y)), "positives": int(binary.sum()), "users": ts.users,
         "holdout": {"split_at_ms": int(ts.cutoff[held].min()), "rows": int(held.sum()), "auc": round(auc, 4),
-                    "what": "the validation cut-offs (candidate rows, sampled negatives)"},
+                    "what": "the validation cut-offs (candidate rows, sampled negatives)" if valid is not None
+                    else "the fitted rows (no validation cut-offs)"},
         "onnx_parity_max_diff": max_diff,
         "feature_importance": {n: round(float(v), 6) for n, v in zip(names, importance)},
         "reference_distributions": reference_distributions(ts.x[fit], names),

@@ -41,7 +41,7 @@ class Candidate:
     category_popularity_long: float
     conversion: float  # purchases / views, smoothed toward the global rate
     repurchase_rate: float = 0.0  # repeat purchases / purchases, smoothed toward the global rate
-    category_share: float = 0.0  # share of the top item's short score within the item's category
+    category_share: float = 0.0  # the item's short score over the top one's, in its own category's board
 
 
 def item_weight(n_view: int, n_click: int, n_cart: int, n_purchase: int) -> float:
@@ -123,11 +123,12 @@ class CandidatePool:
     def __post_init__(self) -> None:
         self.top_score = self.global_top[0][1] if self.global_top else 1.0
         self.scores: dict[str, float] = {}
-        self.in_category: dict[str, float] = {}  # item -> share of its category board's top
-        for board in self.category_top.values():
+        # (category, item) -> the item's score over the top one's in that category's board
+        self.in_category: dict[tuple[str, str], float] = {}
+        for cat, board in self.category_top.items():
             self.scores.update(board)
             top = board[0][1] if board else 0.0
-            self.in_category.update({i: min(v / top, 1.0) for i, v in board} if top > 0 else {})
+            self.in_category.update({(cat, i): min(v / top, 1.0) for i, v in board} if top > 0 else {})
         self.scores.update(self.global_top)
         st = self.stats
         all_views = st.views.get(ALL, 0.0)
@@ -174,7 +175,7 @@ class CandidatePool:
                 share(st.categories_long.get(category, 0.0), self.cat_top_long),
                 (buys + self.prior_weight * self.prior) / (views + self.prior_weight),
                 (st.rebuys.get(item, 0.0) + self.prior_weight * self.repurchase_prior) / (buys + self.prior_weight),
-                self.in_category.get(item, 0.0),
+                self.in_category.get((category, item), 0.0),
             )
         return made
 

@@ -328,7 +328,7 @@ class BatchRanker:
         fresh: list[tuple[int, list[Event], list]] = []  # windows that are not replays after a restart
         for d in sorted(deltas, key=lambda d: d.window_end):
             events = parse_events(d.events)
-            rebought: list[tuple[str, str]] = []
+            rebought: list[tuple[str, str]] = []  # filled by apply_window below
             if d.window_end > states[d.user_id].window_end:  # else only after a restart: see apply_window
                 fresh.append((d.window_end, shared_events(events, states[d.user_id].opted_out), rebought))
             states[d.user_id], counted = apply_window(states[d.user_id], d, self.cfg.features, events, rebought)
@@ -378,7 +378,7 @@ class BatchRanker:
         return ledger
 
     def _write(self, ledger: Ledger, out: dict[str, tuple[UserState, keys.RecList | None]],
-               items: list[tuple[int, str, str, int, int, int, int]]) -> None:
+               items: list[tuple[int, str, str, int, int, int, int, int]]) -> None:
         """One MULTI: item statistics, states, lists and the ledger change together or not at all
         (a replayed window finds its state already applied and adds nothing anywhere). A user
         whose history was erased, or who opted out, loses the list (the service falls back)."""

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from contract.config import JobConfig
 from contract.schema import Interaction
 from models.offline import OfflineReplay, load_catalog, read_history
-from udfs.features import feature_names, user_item_matrix
+from udfs.features import feature_names, new_purchase_occasion, user_item_matrix
 
 log = logging.getLogger(__name__)
 PARITY_TOLERANCE = 1e-5
@@ -75,10 +75,9 @@ def relevance(future: list[Interaction], graded: bool, gap_ms: int) -> dict[str,
         return {i: 1 for i, g in best.items() if g > 0}
     out = {}
     for item, g in best.items():
-        occasions, last = 0, None
+        occasions, last = 0, 0
         for ts in sorted(buys.get(item, ())):
-            if last is None or ts - last > gap_ms:
-                occasions += 1
+            occasions += new_purchase_occasion(ts, last, gap_ms)
             last = ts
         out[item] = min(MAX_GRADE, g + max(0, occasions - 1))
     return {i: g for i, g in out.items() if g > 0}

@@ -29,6 +29,12 @@ EVENT_WEIGHTS = {"view": 1.0, "click": 2.0, "add_to_cart": 4.0, "purchase": 8.0}
 TYPE_SLOT = {"view": 0, "click": 1, "add_to_cart": 2, "purchase": 3}  # bucket: [v, c, a, p, value]
 
 
+def new_purchase_occasion(ts: int, last_purchase_ts: int, gap_ms: int) -> bool:
+    """A purchase is a new occasion of an item unless one was less than a session gap from it
+    (the lines of one basket are one occasion). Shared by the memory and the training labels."""
+    return not last_purchase_ts or abs(ts - last_purchase_ts) > gap_ms
+
+
 def _w(seconds: float) -> str:
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size and seconds % size == 0:
@@ -338,7 +344,7 @@ def apply_window(state: UserState, d: WindowDelta, cfg: FeatureConfig,
             m[nh + 1] = ts
         if purchase:
             last_buy = m[nh + 2]
-            if not last_buy or abs(ts - last_buy) > gap_ms:  # a new purchase occasion
+            if new_purchase_occasion(ts, last_buy, gap_ms):
                 if m[nh] and rebought is not None:
                     rebought.append((item, category))
                 m[nh] += 1

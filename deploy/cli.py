@@ -328,6 +328,7 @@ def train(
                                  catalog=str(catalog) if catalog else None)
         verdict = gate(run.results, kind, [n for n in run.results if n not in MODEL_KINDS], k)
         verdict["forced"] = force and promote and not verdict["promote"]
+        verdict["difference_ci95"] = run.summary["comparison"]["difference_ci95"]  # model - best baseline
         out = publish(run.trained[kind], registry, promote=promote and (verdict["promote"] or force), gate=verdict)
     except (PublishRefused, NotEnoughEvents, ValueError) as e:
         typer.echo(str(e), err=True)

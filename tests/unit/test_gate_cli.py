@@ -73,4 +73,5 @@ def test_a_model_that_beats_every_baseline_is_promoted(tmp_path):
     gate = card["gate"]
     assert gate["promote"] is True, gate["reason"]
     assert gate["model"] > gate["best_baseline_value"] and "gate passed" in result.output
+    assert gate["difference_ci95"][0] > 0  # the interval of model - best baseline, over users, in the card
     assert current == card["version"]

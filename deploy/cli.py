@@ -371,6 +371,26 @@ def _move_current(registry: Path, move) -> None:
     typer.echo(f"current -> {version}")
 
 
+@models_app.command("baseline")
+def models_baseline(
+    kind: Annotated[str, typer.Argument(help="repeat | trending")],
+    promote: Annotated[bool, typer.Option(help="make it the current model (the running job switches to it)")] = False,
+    preset: PresetOpt = None,
+    registry: RegistryOpt = REGISTRY,
+    config: ConfigOpt = DEFAULT_CONFIG,
+) -> None:
+    """Publish a baseline (repeat: the user's own items by purchase occasions, then popularity;
+    trending) as a registry version the job serves like a model: a fixed linear score over the
+    config's features, in ONNX. Last line: the card (JSON)."""
+    from models.baselines import BASELINE_KINDS, publish_baseline
+
+    if kind not in BASELINE_KINDS:
+        raise typer.BadParameter(f"{kind!r}; choose one of {', '.join(BASELINE_KINDS)}", param_hint="KIND")
+    cfg = _job_config(config, None, preset=preset)
+    out = publish_baseline(kind, registry, cfg.features, promote=promote)
+    typer.echo((out / "card.json").read_text())
+
+
 @models_app.command("promote")
 def models_promote(version: Annotated[str, typer.Argument(help="e.g. v0003")], registry: RegistryOpt = REGISTRY) -> None:
     """Make VERSION current; a running job switches within scoring.reload_check_s."""

@@ -35,11 +35,15 @@ def new_purchase_occasion(ts: int, last_purchase_ts: int, gap_ms: int) -> bool:
     return not last_purchase_ts or abs(ts - last_purchase_ts) > gap_ms
 
 
-def _w(seconds: float) -> str:
+def duration_label(seconds: float) -> str:
+    """How feature names spell a duration: 3600 -> "1h", 604800 -> "7d"."""
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size and seconds % size == 0:
             return f"{int(seconds // size)}{unit}"
     return f"{seconds:g}s"
+
+
+_w = duration_label
 
 
 def user_feature_names(cfg: FeatureConfig) -> tuple[str, ...]:

@@ -508,7 +508,7 @@ AllowNonRestoredOpt = Annotated[bool, typer.Option(
 
 
 def _job_args(set_: list[str] | None, bounded: bool, from_savepoint: str | None,
-              allow_non_restored_state: bool) -> list[str]:
+              allow_non_restored_state: bool, preset: str | None = None) -> list[str]:
     """jobs.recommend's arguments besides --config; the savepoint is checked here, before Flink starts."""
     from jobs.recommend import restore_options
 
@@ -518,6 +518,7 @@ def _job_args(set_: list[str] | None, bounded: bool, from_savepoint: str | None,
         typer.echo(str(e), err=True)
         raise typer.Exit(2) from None
     return ([a for s in (set_ or []) for a in ("--set", s)] + (["--bounded"] if bounded else [])
+            + (["--preset", preset] if preset else [])
             # as a URI: the job may run in another directory (flink run)
             + (["--from-savepoint", restore["execution.state-recovery.path"]] if restore else [])
             + (["--allow-non-restored-state"] if allow_non_restored_state else []))
@@ -599,12 +600,14 @@ def run(
     set_: SetOpt = None,
     from_savepoint: FromSavepointOpt = None,
     allow_non_restored_state: AllowNonRestoredOpt = False,
+    preset: PresetOpt = None,
 ) -> None:
-    """Run the recommend job on the embedded Flink MiniCluster (the default)."""
+    """Run the recommend job on the embedded Flink MiniCluster (the default). With a model trained
+    under a preset, run with the same --preset: the model's features follow it."""
     from jobs.recommend import main as job_main
 
-    _job_config(config, set_, bounded)  # fail before Flink starts
-    args = ["--config", config] + _job_args(set_, bounded, from_savepoint, allow_non_restored_state)
+    _job_config(config, set_, bounded, preset)  # fail before Flink starts
+    args = ["--config", config] + _job_args(set_, bounded, from_savepoint, allow_non_restored_state, preset)
     raise typer.Exit(job_main(args))
 
 
@@ -727,11 +730,12 @@ def submit(
     set_: SetOpt = None,
     from_savepoint: FromSavepointOpt = None,
     allow_non_restored_state: AllowNonRestoredOpt = False,
+    preset: PresetOpt = None,
 ) -> None:
-    """Submit the recommend job to the standalone cluster with `flink run -py`."""
-    _job_config(config, set_, bounded)
+    """Submit the recommend job to the standalone cluster with `flink run -py` (--preset: as for run)."""
+    _job_config(config, set_, bounded, preset)
     c = _cluster()
-    extra = _job_args(set_, bounded, from_savepoint, allow_non_restored_state)
+    extra = _job_args(set_, bounded, from_savepoint, allow_non_restored_state, preset)
     out = c.submit(str(Path(config).resolve()), extra, detached)
     typer.echo(out.stdout[-4000:])
     if out.returncode != 0:

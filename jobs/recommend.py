@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from contract.config import JobConfig, KafkaConfig, load_config
+from contract.config import PRESETS, JobConfig, KafkaConfig, load_config
 from contract.schema import (EVENT_LINE_SQL, JVM_FUNCTIONS, KAFKA_TS_MS_SQL, MAX_FUTURE_MS, MIN_TS_MS,
                              parse_once_sql, validation_sql)
 
@@ -304,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="jobs.recommend", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="job config TOML (default: built-in defaults)")
+    parser.add_argument("--preset", choices=PRESETS,
+                        help="config preset applied over --config (deploy/config/presets): the one the model was trained with")
     parser.add_argument("--bounded", action="store_true",
                         help="stop at the offsets that are latest when the job starts")
     parser.add_argument("--detached", action="store_true",
@@ -316,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --from-savepoint: skip state of operators the job no longer has")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = load_config(args.config, parse_overrides(args.set, bounded=args.bounded))
+    cfg = load_config(args.config, parse_overrides(args.set, bounded=args.bounded), args.preset)
     restore = restore_options(args.from_savepoint, args.allow_non_restored_state)  # fails before Flink starts
     warn_if_redis_forgets(cfg)
     t_env = environment(cfg)

@@ -295,3 +295,21 @@ def test_negative_min_ts_ms_fails_naming_the_field():
         parse_config({"events": {"min_ts_ms": -1}})
     with pytest.raises(ConfigError, match=r"events\.max_future_s: .*greater than or equal to 0"):
         parse_config({"events": {"max_future_s": -1}})
+
+
+def test_presets_load_override_the_file_and_name_the_choices(tmp_path):
+    from contract.config import FORMAT_PRESETS, PRESETS, ConfigError, load_config
+    from udfs.features import feature_names
+
+    f = tmp_path / "job.toml"
+    f.write_text("[features]\ninterest_half_life_s = 60.0\nmicro_batch_s = 4.0\n[redis]\nport = 7000\n")
+    retail = load_config(f, None, "retail-purchases")
+    assert retail.features.interest_half_life_s == 2_592_000.0  # the preset's key over the file's
+    assert retail.features.micro_batch_s == 4.0 and retail.redis.port == 7000  # the rest of the file stays
+    assert load_config(f, {"features.interest_half_life_s": 5.0}, "retail-purchases").features.interest_half_life_s == 5.0
+    # the two regimes give the model different inputs: a model follows the preset it was trained with
+    assert "ui_weight_365d" in feature_names(retail.features)
+    assert feature_names(retail.features) != feature_names(load_config(f, None, "web-sessions").features)
+    assert set(FORMAT_PRESETS.values()) <= set(PRESETS)
+    with pytest.raises(ConfigError, match="web-sessions, retail-purchases"):
+        load_config(f, None, "groceries")

@@ -418,7 +418,7 @@ def _prune(s: UserState, t: int, cfg: FeatureConfig) -> None:
         keep = sorted(s.items.items(), key=lambda kv: (-kv[1], kv[0]))[: cfg.max_items_per_user]
         s.items = dict(keep)
     if len(s.memory) > cfg.memory_items:  # weights share the landmark: raw values order as decayed ones
-        s.memory = dict(sorted(s.memory.items(), key=lambda kv: (-kv[1][0], kv[0]))[: cfg.memory_items])
+        s.memory = {i: s.memory[i] for i in memory_items(s, cfg.memory_items)}
     if len(s.categories_long) > cfg.memory_items:
         s.categories_long = dict(sorted(s.categories_long.items(), key=lambda kv: (-kv[1], kv[0]))[: cfg.memory_items])
 
@@ -456,9 +456,10 @@ def user_item_matrix(state: UserState, t: int, cfg: FeatureConfig, cands: list) 
     n = len(cands)
     user = user_vector(state, t, cfg)
     nu = len(user)
-    half_lives = cfg.memory_half_lives_s
-    nh = len(half_lives)
-    x = np.empty((n, nu + 8 + nh + 9), dtype=np.float64)
+    nh = len(cfg.memory_half_lives_s)
+    mem = nu + 8  # the memory's columns, then the four item columns after them (memory_feature_names)
+    tail = mem + nh + 5
+    x = np.empty((n, tail + 4), dtype=np.float64)
     x[:, :nu] = user
     # affinity shares: a common decay factor from as_of to t cancels out, so no decay step here
     total_aff = sum(state.affinity.values()) or 1.0
@@ -468,21 +469,24 @@ def user_item_matrix(state: UserState, t: int, cfg: FeatureConfig, cands: list) 
     x[:, nu + 1] = [own.get(c.item_id, 0.0) / total_items for c in cands] if own else 0.0
     x[:, nu + 2:nu + 8] = [(c.popularity, c.popularity_long, c.category_popularity, c.category_popularity_long,
                             c.conversion, math.log1p(max(c.price, 0.0))) for c in cands] if n else 0.0
-    x[:, nu + 8:] = [_memory_row(state, t, c, nh) for c in cands] if n else 0.0
+    x[:, mem:tail] = [_memory_row(state, t, c, nh) for c in cands] if n else 0.0
     if n and state.memory:  # forward-decayed weights -> decayed to t
-        landmark = state.memory_landmark
-        for k, h in enumerate(half_lives):
-            x[:, nu + 8 + k] *= math.pow(2.0, (landmark - t) / (h * 1000.0))
+        x[:, mem:mem + nh] *= _memory_decay(state, t, cfg)
     total_long = sum(state.categories_long.values()) or 1.0
-    x[:, nu + 8 + nh + 5] = [state.categories_long.get(c.category, 0.0) / total_long for c in cands] if n else 0.0
-    x[:, nu + 8 + nh + 6] = [c.repurchase_rate for c in cands] if n else 0.0
-    x[:, nu + 8 + nh + 7] = [c.category_share for c in cands] if n else 0.0
+    x[:, tail] = [state.categories_long.get(c.category, 0.0) / total_long for c in cands] if n else 0.0
+    x[:, tail + 1] = [c.repurchase_rate for c in cands] if n else 0.0
+    x[:, tail + 2] = [c.category_share for c in cands] if n else 0.0
     usual = user[_mean_purchase_column(cfg)]
-    x[:, nu + 8 + nh + 8] = [math.log1p(max(c.price, 0.0)) - math.log1p(usual) for c in cands] if n and usual > 0 else 0.0
+    x[:, tail + 3] = [math.log1p(max(c.price, 0.0)) - math.log1p(usual) for c in cands] if n and usual > 0 else 0.0
     return x.astype(np.float32)
 
 
-_NO_MEMORY_TAIL = [0.0, NEVER_S, NEVER_S, NO_INTERVAL, NO_INTERVAL, 0.0, 0.0, 0.0, 0.0]
+_NO_MEMORY = [0.0, NEVER_S, NEVER_S, NO_INTERVAL, NO_INTERVAL]  # after the weights: an item not in memory
+
+
+def _memory_decay(state: UserState, t: int, cfg: FeatureConfig) -> list[float]:
+    """Per memory half-life, the factor that turns a forward-decayed weight into one decayed to t."""
+    return [math.pow(2.0, (state.memory_landmark - t) / (h * 1000.0)) for h in cfg.memory_half_lives_s]
 
 
 def _mean_purchase_column(cfg: FeatureConfig) -> int:
@@ -491,16 +495,15 @@ def _mean_purchase_column(cfg: FeatureConfig) -> int:
 
 
 def _memory_row(state: UserState, t: int, cand, nh: int) -> list[float]:
-    """The memory features of one candidate; weights still forward-decayed, the last four columns
-    filled by the caller."""
+    """The memory features of one candidate (weights still forward-decayed)."""
     m = state.memory.get(cand.item_id)
     if m is None:
-        return [0.0] * nh + _NO_MEMORY_TAIL
+        return [0.0] * nh + _NO_MEMORY
     occasions, last, last_buy, first_buy = m[nh], m[nh + 1], m[nh + 2], m[nh + 3]
     since_buy = (t - last_buy) / 1000.0 if last_buy else NEVER_S
     interval = (last_buy - first_buy) / 1000.0 / (occasions - 1) if occasions >= 2 else NO_INTERVAL
     return [*m[:nh], occasions, (t - last) / 1000.0 if last else NEVER_S, since_buy, interval,
-            since_buy / interval if interval > 0 else NO_INTERVAL, 0.0, 0.0, 0.0, 0.0]
+            since_buy / interval if interval > 0 else NO_INTERVAL]
 
 
 def user_item_features(state: UserState, t: int, cfg: FeatureConfig, cand) -> list[float]:
@@ -513,7 +516,7 @@ def memory_at(state: UserState, t: int, cfg: FeatureConfig) -> dict[str, list[fl
     affinity as items "category:<name>" (for inspection and the online/offline parity tests:
     forward-decayed values depend on the landmark, decayed ones do not)."""
     nh = len(cfg.memory_half_lives_s)
-    factors = [math.pow(2.0, (state.memory_landmark - t) / (h * 1000.0)) for h in cfg.memory_half_lives_s]
+    factors = _memory_decay(state, t, cfg)
     out = {i: [m[k] * factors[k] for k in range(nh)] + [float(v) for v in m[nh:]] for i, m in state.memory.items()}
     out.update({f"category:{c}": [w * factors[0]] for c, w in state.categories_long.items()})
     return out

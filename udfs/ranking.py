@@ -229,22 +229,22 @@ class CandidateSource:
                                   self.cfg.features.conversion_prior_weight)
         self.loaded_at = now
 
-    def _stats(self, items: list[str]) -> ItemStats:
-        """Long-term popularity and conversion counts of these items; category popularity."""
+    def _stats(self, items: list[str], boards: bool = True) -> ItemStats:
+        """Long-term popularity and conversion/repurchase counts of these items; with boards, also
+        the top long-term score and category popularity (a refresh needs them, own_stats not)."""
         pipe = self.redis.pipeline(transaction=False)
-        pipe.zrevrange(LONG_KEY, 0, 0, withscores=True)
-        pipe.zrange(CATS_KEY, 0, -1, withscores=True)
-        pipe.zrange(CATS_LONG_KEY, 0, -1, withscores=True)
+        if boards:
+            pipe.zrevrange(LONG_KEY, 0, 0, withscores=True)
+            pipe.zrange(CATS_KEY, 0, -1, withscores=True)
+            pipe.zrange(CATS_LONG_KEY, 0, -1, withscores=True)
         with_all = [*items, ALL]
-        if items:
-            pipe.zmscore(LONG_KEY, items)
+        pipe.zmscore(LONG_KEY, with_all)
         pipe.zmscore(VIEWS_KEY, with_all)
         pipe.zmscore(BUYS_KEY, with_all)
         pipe.zmscore(REBUYS_KEY, with_all)
         res = pipe.execute()
-        long_top, cats, cats_long = res[0], res[1], res[2]
-        long_scores = res[3] if items else []
-        views, buys, rebuys = res[-3], res[-2], res[-1]
+        long_top, cats, cats_long = res[:3] if boards else ([], [], [])
+        long_scores, views, buys, rebuys = res[-4:]
 
         def known(names: list[str], scores: list) -> dict[str, float]:
             return {n: float(s) for n, s in zip(names, scores) if s is not None}
@@ -263,7 +263,7 @@ class CandidateSource:
         """Statistics of users' own items that the pool lacks (one read per item and refresh)."""
         missing = self.pool.unasked(items)
         if missing:
-            self.pool.add_stats(missing, self._stats(missing))
+            self.pool.add_stats(missing, self._stats(missing, boards=False))
 
     def load_meta(self, items: set[str]) -> None:
         """One HMGET for every item whose metadata is not known yet."""

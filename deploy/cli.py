@@ -804,7 +804,7 @@ def lookup(
     import grpc
     from google.protobuf.json_format import MessageToDict
 
-    from serving.client import RecommendationsClient
+    from serving.client import RecommendationsClient, format_recommendations
 
     token = os.environ.get(token_env) if token_env else None
     try:
@@ -817,14 +817,6 @@ def lookup(
         typer.echo(json.dumps(MessageToDict(resp, preserving_proto_field_name=True)))
     else:
         typer.echo(format_recommendations(resp))
-
-
-def format_recommendations(resp) -> str:
-    kind = f"fallback ({resp.fallback_reason})" if resp.fallback else f"model {resp.model_version}"
-    age = f", list age {resp.list_age_ms / 1000:.1f}s" if not resp.fallback else ""
-    lines = [f"user {resp.user_id}: {kind}{age}"]
-    lines += [f"  {n:2d}. {i.item_id}  {i.score:.4f}" for n, i in enumerate(resp.items, 1)]
-    return "\n".join(lines)
 
 
 @app.command()

@@ -29,11 +29,10 @@ def _step(msg: str) -> None:
 
 def run_demo(live_events: int, rate: float, keep: bool) -> int:
     from models.training import build_training_set, train_and_publish
-    from serving.client import RecommendationsClient
+    from serving.client import RecommendationsClient, format_recommendations
     from serving.launch import start_server
     from traffic.publish import catalog_path, publish_catalog, publish_events, send_requests, write_history
     from traffic.simulator import Simulator
-    from deploy.cli import format_recommendations
     from deploy.cluster import find_rest_endpoint
     from deploy.metrics import find_ledger_metrics
     from deploy.rejected import end_offsets, read_rejected, summarize

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -39,10 +40,12 @@ def job_jars() -> list[Path]:
 
 
 def flink_home() -> Path:
-    """PyFlink's own Flink distribution (bin/, lib/, opt/, plugins/)."""
-    import pyflink
-
-    return Path(pyflink.__file__).parent
+    """PyFlink's own Flink distribution (bin/, lib/, opt/, plugins/). Found without importing
+    pyflink, so that what only needs paths (the lookup service's launcher) does not load Flink."""
+    spec = importlib.util.find_spec("pyflink")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("pyflink is not installed in this environment; run `make setup`")
+    return Path(spec.origin).parent
 
 
 PROMETHEUS_REPORTER_FACTORY = "org.apache.flink.metrics.prometheus.PrometheusReporterFactory"

@@ -85,3 +85,13 @@ class RecommendationsClient:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def format_recommendations(resp) -> str:
+    """A GetRecommendations answer as a few lines for a terminal: the user, model or fallback, the
+    list's age, then the items with their scores."""
+    kind = f"fallback ({resp.fallback_reason})" if resp.fallback else f"model {resp.model_version}"
+    age = f", list age {resp.list_age_ms / 1000:.1f}s" if not resp.fallback else ""
+    lines = [f"user {resp.user_id}: {kind}{age}"]
+    lines += [f"  {n:2d}. {i.item_id}  {i.score:.4f}" for n, i in enumerate(resp.items, 1)]
+    return "\n".join(lines)

@@ -5,10 +5,10 @@ PYTEST := $(PY) -m pytest
 .PHONY: setup demo test test-unit test-flink test-integration test-cluster bench lock lint clean
 
 setup:
-	@bash deploy/setup/setup.sh
+	@bash devstack/setup/setup.sh
 
 demo: setup
-	$(PY) -m deploy.cli demo
+	$(PY) -m cli demo
 
 test: lint
 	$(PYTEST) tests
@@ -40,4 +40,4 @@ lint: setup
 	.venv/bin/lint-imports
 
 clean:
-	rm -rf .run var serving/generated serving/lookupd/internal/pb
+	rm -rf .run var serving/generated serving/lookupd/internal/pb jobs/java/target

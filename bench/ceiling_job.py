@@ -15,7 +15,8 @@ import sys
 
 from contract.config import load_config
 from contract.schema import parse_once_sql, validation_sql
-from jobs.recommend import build, environment, kafka_source_ddl, parse_overrides
+from contract.config import parse_overrides
+from jobs.recommend import build, environment, kafka_source_ddl
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,8 +24,11 @@ import time
 import numpy as np
 
 from bench.harness import start_bench_stack, sustained_rate
-from deploy.paths import PROJECT_ROOT
-from deploy.stack import stop_pid
+from contract.config import load_config
+from contract.paths import PROJECT_ROOT
+from devstack.stack import stop_pid
+from traffic.publish import publish_catalog, publish_events
+from traffic.simulator import Simulator
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,9 +42,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--live-seconds", type=float, default=30.0)
     args = p.parse_args(argv)
 
-    from contract.config import load_config
-    from traffic.publish import publish_catalog, publish_events
-    from traffic.simulator import Simulator
 
     stack = start_bench_stack(partitions=max(2, args.parallelism))
     r = stack.redis

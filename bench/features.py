@@ -24,23 +24,24 @@ import sys
 import time
 from pathlib import Path
 
+from matplotlib.figure import Figure
+
 from bench.harness import start_bench_stack, sustained_rate
-from deploy.paths import PROJECT_ROOT
+from contract.paths import PROJECT_ROOT
+from traffic.publish import publish_catalog, publish_events
+from traffic.simulator import Simulator
 
 
 def plot(runs: list[dict], path: Path) -> None:
     """Events/s per parallelism: the job, the JVM stages alone (when measured) and the ceiling,
     each bar the median with the repeats' range, and the ratio target (0.5 x the ceiling)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     series = [("ceiling_events_per_s", "ceiling (source + validation)", "#9e9e9e"),
               ("jvm_stages_events_per_s", "the job's JVM stages alone", "#6a8fc7"),
               ("events_per_s", "the features job", "#d9822b")]
     series = [s for s in series if any(s[0] in r for r in runs)]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
     width = 0.8 / len(series)
     for n, (key, label, color) in enumerate(series):
         shown = [(i, r) for i, r in enumerate(runs) if key in r]
@@ -66,7 +67,6 @@ def plot(runs: list[dict], path: Path) -> None:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,8 +85,6 @@ def main(argv: list[str] | None = None) -> int:
                    help="extra job config for the measured runs, e.g. features.watermark_emit=\"on-periodic\"")
     args = p.parse_args(argv)
 
-    from traffic.publish import publish_catalog, publish_events
-    from traffic.simulator import Simulator
 
     stack = start_bench_stack(partitions=max(args.parallelism))
     try:

@@ -26,6 +26,7 @@ import numpy as np
 from contract.config import load_config
 from models.evaluation import Baselines, metrics, rank_users, relevant_items, split_by_time
 from models.offline import read_history
+from models.training import build_training_set
 from traffic.formats import CUSTOMER_ID_BASE
 from traffic.simulator import FIRST_BUY, RESTOCK_BUY, Simulator
 
@@ -83,7 +84,6 @@ def main() -> None:
     p.add_argument("--preset", default="retail-purchases", help="the config preset evaluate uses for the format")
     args = p.parse_args()
 
-    from models.training import build_training_set
 
     sim = Simulator(seed=args.seed, users=args.users, items=args.items, categories=args.categories,
                     replenishment=args.replenishment)

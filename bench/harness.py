@@ -13,8 +13,12 @@ from pathlib import Path
 
 import redis
 
-from deploy.paths import PROJECT_ROOT
-from deploy.stack import Service, create_topics, free_port, start_kafka, start_redis, stop_pid
+from contract.config import load_config
+from contract.paths import PROJECT_ROOT
+from devstack.stack import Service, create_topics, free_port, start_kafka, start_redis, stop_pid
+from models.training import build_training_set, train_and_publish
+from traffic.publish import write_history
+from traffic.simulator import Simulator
 
 
 def toml_value(v: object) -> str:
@@ -77,10 +81,6 @@ def stop_on_sigterm() -> None:
 
 
 def start_bench_stack(partitions: int = 2) -> BenchStack:
-    from contract.config import load_config
-    from models.training import build_training_set, train_and_publish
-    from traffic.publish import write_history
-    from traffic.simulator import Simulator
 
     stop_on_sigterm()
     work = Path(tempfile.mkdtemp(prefix="streamrank-bench-"))

@@ -16,22 +16,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import shutil
 import subprocess
 import sys
-import random
 import tempfile
 import threading
 import time
 from pathlib import Path
 
+from matplotlib.figure import Figure
 import redis
 from tqdm import tqdm
 
 from bench.harness import stop_on_sigterm
 from contract import keys
-from deploy.paths import PROJECT_ROOT
-from deploy.stack import free_port, port_open, start_redis, stop_pid
+from contract.paths import PROJECT_ROOT
+from devstack.stack import free_port, port_open, start_redis, stop_pid
 
 ITEMS_PER_LIST = 100
 
@@ -58,7 +59,6 @@ class Rewriter(threading.Thread):
     """Rewrites random users' lists at a steady rate during the run, as the job does each micro-batch,
     so a cache in the service is invalidated as it would be live. The values are encoded once up
     front (64 variants of 100 items), so the writer's own CPU stays small (pipelined SETs)."""
-
     def __init__(self, port: int, users: int, per_s: float) -> None:
         super().__init__(name="rewriter", daemon=True)
         self.r, self.users, self.per_s = redis.Redis(port=port), users, per_s
@@ -116,12 +116,10 @@ def build_loadgen() -> Path:
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig = Figure(figsize=(12, 4.5))
+    ax, ax2 = fig.subplots(1, 2)
     for k, data in result["grpc"].items():
         curve = data["curve"]
         ax.plot([c["qps"] for c in curve], [c["p99_ms"] for c in curve], marker="o", label=f"gRPC k={k} p99")
@@ -193,7 +191,7 @@ def main() -> None:
                           f'[redis]\nport = {redis_svc.port}\n{cache}')
         server_log = work / "serve.log"
         with open(server_log, "wb") as out:
-            server = subprocess.Popen([sys.executable, "-m", "deploy.cli", "serve", "--config", str(config)],
+            server = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--config", str(config)],
                                       cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 30
         while not port_open(grpc_port):

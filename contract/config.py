@@ -6,11 +6,15 @@ Every model is frozen and rejects unknown keys; each field documents its unit an
 
 from __future__ import annotations
 
+import difflib
 import re
 import tomllib
+import types
+import typing
 from pathlib import Path
 from typing import Annotated, Literal
 
+import annotated_types as at
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from contract.schema import MAX_FUTURE_MS, MIN_TS_MS
@@ -55,7 +59,6 @@ class KafkaConfig(_Strict):
     """Stop the interactions source at these offsets instead, partition -> first offset not read,
     e.g. {0 = 5000, 1 = 4800}: a backfill up to a known point while producers go on writing. Every
     partition of the topic needs an entry. Empty: `bounded` decides."""
-
     @model_validator(mode="after")
     def _one_bound(self) -> KafkaConfig:
         if self.bounded and self.stop_offsets:
@@ -66,7 +69,6 @@ class KafkaConfig(_Strict):
 
 class EventConfig(_Strict):
     """Which event times validation accepts: contract.schema.validate and the job's SQL alike."""
-
     min_ts_ms: int = Field(MIN_TS_MS, ge=0)
     """Earliest event time accepted (epoch ms): an event whose `ts` is older goes to the DLQ as
     bad_ts. The default, 946684800000, is 2000-01-01 00:00 UTC; older logs need it lowered, e.g.
@@ -75,7 +77,6 @@ class EventConfig(_Strict):
     """How far (s) an event's `ts` may be ahead of its Kafka record's timestamp (the ingest time)
     before it is bad_ts (default 1 h, for producers' clock drift). A log read from a file
     (training, evaluation) has no ingest time: there it does not apply."""
-
     @property
     def max_future_ms(self) -> int:
         """max_future_s in ms, as contract.schema.validate and validation_sql take it."""
@@ -138,7 +139,6 @@ class FeatureConfig(_Strict):
     dedup_horizon_s: float = Field(86400.0, gt=0)
     """How long (s) an event_id is remembered to drop duplicates: at least this long, and at most
     1/24 longer (ids are forgotten in 24 time buckets per horizon, so the state keeps ids only)."""
-
     @model_validator(mode="after")
     def _windows_present(self) -> FeatureConfig:
         if not self.frequency_windows_s or not self.monetary_windows_s:
@@ -184,7 +184,6 @@ class ScoringConfig(_Strict):
 
 class TrainingConfig(_Strict):
     """How `streamrank train` and `evaluate` build labels and fit models (offline only)."""
-
     horizon_s: float = Field(0.0, ge=0)
     """Label horizon (s): an item is relevant at a cut-off when the user interacts with it within
     this long after it. 0: the span of the held-out period (the test span `evaluate` scores, or
@@ -238,7 +237,6 @@ class FlinkConfig(_Strict):
     random free port. Embedded runs only: a cluster has its own (`cluster up --rest-port`)."""
     extra: dict[str, str] = {}
     """Raw Flink options passed through unchanged (e.g. state.backend.type)."""
-
     @field_validator("prometheus_port", "web_port", mode="before")
     @classmethod
     def _port_or_range(cls, v: object) -> object:
@@ -261,7 +259,6 @@ def port_range(spec: str) -> range:
 
 class FaultConfig(_Strict):
     """For recovery tests only: make the job fail once, to exercise checkpoint recovery."""
-
     fail_after_windows: int = Field(0, ge=0)
     """Fail once after this many user windows have been handed to Python (0: never)."""
     marker_file: str = "/tmp/streamrank-fault-injected"
@@ -273,7 +270,6 @@ class FaultConfig(_Strict):
 
 class JobConfig(_Strict):
     """The recommend job's config file (deploy/config/*.toml)."""
-
     kafka: KafkaConfig = KafkaConfig()
     events: EventConfig = EventConfig()
     redis: RedisConfig = RedisConfig()
@@ -309,7 +305,6 @@ def _section_model(root: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
 
 
 def _describe(err: ValidationError, source: str, root: type[BaseModel]) -> str:
-    import difflib
 
     lines = [f"invalid config {source}:"]
     for e in err.errors():
@@ -378,14 +373,12 @@ def load_config(path: str | Path | None, overrides: dict | None = None, preset: 
 class TlsConfig(_Strict):
     """TLS for the gRPC service; with client_ca_file, mutual TLS (clients must present a
     certificate signed by that CA)."""
-
     cert_file: str
     """PEM certificate chain the service presents."""
     key_file: str
     """PEM private key of cert_file."""
     client_ca_file: str | None = None
     """PEM CA that client certificates must be signed by (mutual TLS); unset: no client certificates."""
-
     @model_validator(mode="after")
     def _files_exist(self) -> TlsConfig:
         for name in ("cert_file", "key_file", "client_ca_file"):
@@ -398,7 +391,6 @@ class TlsConfig(_Strict):
 class CacheConfig(_Strict):
     """The local cache of popular lists that answers cold users, and every user while Redis is
     slow or down."""
-
     refresh_s: float = Field(1.0, gt=0)
     """How often the popular lists are re-read from Redis."""
     popular_size: int = Field(200, ge=1, le=10_000)
@@ -414,7 +406,6 @@ class CacheConfig(_Strict):
 class BreakerConfig(_Strict):
     """Circuit breaker in front of Redis: after `failures` consecutive errors or timeouts, calls
     skip Redis (and answer from the cache) for `reset_s`, then one trial call decides."""
-
     failures: int = Field(5, ge=1)
     """Consecutive Redis errors or timeouts that open the breaker."""
     reset_s: float = Field(2.0, gt=0)
@@ -423,7 +414,6 @@ class BreakerConfig(_Strict):
 
 class GatewayConfig(_Strict):
     """The HTTP/JSON + GraphQL gateway (`streamrank gateway`)."""
-
     host: str = "127.0.0.1"
     """Address the gateway binds (loopback by default)."""
     port: int = Field(8080, ge=0, le=65535)
@@ -432,7 +422,6 @@ class GatewayConfig(_Strict):
 
 class ServingConfig(_Strict):
     """The gRPC lookup service's config file (deploy/config/serving.toml)."""
-
     engine: Literal["go", "python"] = "go"
     """go: the compiled lookup service (serving/lookupd) answers gRPC, with GetUserFeatures
     forwarded to the Python one on a loopback port; python: the grpc.aio service alone."""
@@ -487,8 +476,6 @@ def load_serving_config(path: str | Path | None, overrides: dict | None = None) 
 
 def _model_of(annotation: object) -> type[BaseModel] | None:
     """The config section model an annotation names (also `Section | None`)."""
-    import types
-
     args = annotation.__args__ if isinstance(annotation, types.UnionType) else (annotation,)
     found = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
     return found[0] if found else None
@@ -496,10 +483,6 @@ def _model_of(annotation: object) -> type[BaseModel] | None:
 
 def _type_text(annotation: object, metadata: list) -> str:
     """`float > 0`, `tuple[float > 0, ...]`, `'go' | 'python'`: a type as data engineers read it."""
-    import annotated_types as at
-    import types
-    import typing
-
     ops = ((at.Gt, "gt", ">"), (at.Ge, "ge", ">="), (at.Lt, "lt", "<"), (at.Le, "le", "<="))
     bounds = [f"{sym} {getattr(m, attr)!r}" for m in metadata for cls, attr, sym in ops if isinstance(m, cls)]
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
@@ -553,3 +536,20 @@ def config_reference() -> str:
 
 if __name__ == "__main__":
     print(config_reference(), end="")
+
+
+def parse_overrides(pairs: list[str], bounded: bool = False) -> dict:
+    """["redis.port=6380"] -> {"redis.port": 6380} (the --set flags); values are TOML literals,
+    else strings."""
+    out: dict = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or "." not in key:
+            raise ConfigError(f"--set expects SECTION.KEY=VALUE, got {pair!r}")
+        try:
+            out[key] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key] = value
+    if bounded:
+        out["kafka.bounded"] = True
+    return out

@@ -4,6 +4,9 @@
 - `feat:{user}`  JSON user feature state (see udfs.features.UserState).
 - `trending`     sorted set item_id -> forward-decayed popularity (global candidates, fallback).
 - `trending:cat:{category}` the same per category.
+- `trending:long` the same with the long half-life; `trending:cats` (`:long`) category popularity;
+  `trending:views` / `:buys` / `:rebuys` long-term counts per item (and `__all__`);
+  `trending:landmark` the boards' common time origin, `trending:boards` the set of boards.
 - `item:meta`    hash item_id -> JSON {"category", "price"} from the `items` topic.
 - `ledger`       hash: how many input records were used, duplicate, opted_out, dlq, late.
 - `control`      hash: control records applied, by action (erase, opt_out, opt_in).
@@ -13,15 +16,29 @@
                  rows, the worst feature and whether it crossed the alert threshold.
 
 Writes of rec/feat are guarded by the feature timestamp in a Lua script, so a replay after
-recovery never moves a key backwards.
+recovery never moves a key backwards. The scripts are contract/lua/*.lua, loaded by name
+(`lua`); they name no key themselves: every key reaches them in KEYS (or a prefix in ARGV).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
 
 TRENDING = "trending"
+TRENDING_LONG = "trending:long"
+TRENDING_CATS = "trending:cats"
+TRENDING_CATS_LONG = "trending:cats:long"
+TRENDING_VIEWS, TRENDING_BUYS, TRENDING_REBUYS = "trending:views", "trending:buys", "trending:rebuys"
+TRENDING_LANDMARK = "trending:landmark"
+TRENDING_BOARDS = "trending:boards"
+TRENDING_CATEGORY_PREFIX = "trending:cat:"
+# the boards item_stats.lua writes, in its KEYS order after the landmark and the set of boards
+ITEM_STATS_BOARDS = (TRENDING, TRENDING_LONG, TRENDING_CATS, TRENDING_CATS_LONG, TRENDING_VIEWS, TRENDING_BUYS,
+                     TRENDING_REBUYS)
+ALL_ITEMS = "__all__"  # the member of the count boards that sums every item
 LEDGER = "ledger"  # hash: used / duplicate / opted_out / dlq / late -> records counted
 LEDGER_FIELDS = ("used", "duplicate", "opted_out", "late", "dlq")  # also Flink metrics streamrank.<field>
 ITEM_META = "item:meta"
@@ -56,7 +73,20 @@ def feat_key(user_id: str) -> str:
 
 
 def trending_category_key(category: str) -> str:
-    return f"trending:cat:{category}"
+    return f"{TRENDING_CATEGORY_PREFIX}{category}"
+
+
+LUA_DIR = Path(__file__).resolve().parent / "lua"
+
+
+@cache
+def lua(name: str) -> str:
+    """The text of contract/lua/NAME.lua (guarded_set, item_stats, count_rejected)."""
+    path = LUA_DIR / f"{name}.lua"
+    if not path.is_file():
+        raise FileNotFoundError(f"no Lua script {name!r} in {LUA_DIR}: "
+                                f"one of {', '.join(sorted(p.stem for p in LUA_DIR.glob('*.lua')))}")
+    return path.read_text()
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,34 +124,6 @@ class RecList:
             written_at=int(d.get("written_at", 0)),
             extra=d.get("extra", {}),
         )
-
-
-# Set KEYS[1] to ARGV[2] (with TTL ARGV[3] s) unless its stored guard field is newer than ARGV[1].
-# Values are JSON with a top-level "feature_ts"; equal timestamps rewrite (idempotent replay).
-# The guard is read with a pattern, not by decoding the stored document: for feat:{user} that is the
-# whole user state, and cjson.decode of it was most of Redis's CPU in the features job. The first
-# "feature_ts" key in the text is the top-level one, because UserState and RecList write it before
-# any nested object (tests/integration/test_guarded_set.py holds them to it); a value in another
-# shape is decoded as before.
-GUARDED_SET_LUA = """
-local cur = redis.call('GET', KEYS[1])
-if cur then
-  local stored = string.match(cur, '"feature_ts"%s*:%s*(%-?%d+)[,}%s]')
-  if not stored then
-    local ok, doc = pcall(cjson.decode, cur)
-    stored = ok and type(doc) == 'table' and doc['feature_ts'] or nil
-  end
-  if stored and tonumber(stored) and tonumber(stored) > tonumber(ARGV[1]) then
-    return 0
-  end
-end
-if tonumber(ARGV[3]) > 0 then
-  redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
-else
-  redis.call('SET', KEYS[1], ARGV[2])
-end
-return 1
-"""
 
 
 @dataclass(frozen=True, slots=True)

@@ -128,12 +128,12 @@ def _not_json_constant(name: str) -> None:
 
 
 # The deepest nesting of arrays and objects a record may have (the top object is depth 1);
-# deploy/maven/udf's parser (StreamReadConstraints.maxNestingDepth) has the same limit.
+# jobs/java's parser (StreamReadConstraints.maxNestingDepth) has the same limit.
 MAX_JSON_DEPTH = 512
 
 
 def parse_json(raw: str | bytes) -> Any:
-    """A record's JSON as the job's parser (deploy/maven/udf) reads it: json.loads, except that
+    """A record's JSON as the job's parser (jobs/java) reads it: json.loads, except that
     - NaN, Infinity and -Infinity, which json.loads takes but are not JSON (RFC 8259), are refused;
     - bytes must be UTF-8, as RFC 8259 requires between systems (a BOM is skipped and surrogates
       let through, as json.loads does). json.loads would also guess UTF-16 and UTF-32 from zero
@@ -188,7 +188,7 @@ CONSENT_SQL = ("CASE WHEN (t_consent = 'boolean' AND j_consent = 'false') OR "
 EVENT_LINE_SQL = (f"CONCAT_WS('|', j_event_id, j_type, CASE WHEN {CONTROL_SQL} THEN '' ELSE j_item_id END, "
                   f"{CATEGORY_SQL}, j_ts, COALESCE(j_value, '0'), {CONSENT_SQL})")
 
-# The JSON fields the job reads, in the order of ParseInteraction's result row (deploy/maven/udf;
+# The JSON fields the job reads, in the order of ParseInteraction's result row (jobs/java;
 # tests/flink/test_validation_parity.py checks the two agree).
 JSON_FIELDS = ("event_id", "user_id", "item_id", "type", "ts", "value", "category", "consent")
 PARSE_COLUMNS = ("j_is_object", *(f"j_{f}" for f in JSON_FIELDS), *(f"t_{f}" for f in JSON_FIELDS))
@@ -201,7 +201,7 @@ EVENT_TIME_FUNCTION = ("CREATE TEMPORARY FUNCTION IF NOT EXISTS event_time_ms AS
 # epoch_ms(TIMESTAMP_LTZ(3)): epoch milliseconds, exactly (Flink SQL has no built-in for it)
 EPOCH_MS_FUNCTION = ("CREATE TEMPORARY FUNCTION IF NOT EXISTS epoch_ms AS "
                      "'io.streamrank.udf.EpochMillis' LANGUAGE JAVA")
-# the JVM functions (deploy/maven/udf) the job's SQL calls, registered before it is planned
+# the JVM functions (jobs/java) the job's SQL calls, registered before it is planned
 JVM_FUNCTIONS = (PARSE_FUNCTION, EVENT_TIME_FUNCTION, EPOCH_MS_FUNCTION)
 # The Kafka record's timestamp in epoch ms: the ingest time of the "ts in the future" rule, as
 # `validate(raw, ingest_ts_ms)` takes it in Python
@@ -211,7 +211,7 @@ KAFKA_TS_MS_SQL = "epoch_ms(kafka_ts)"
 def parse_once_sql(source: str, keep: Sequence[str], raw: str = "payload") -> str:
     """The columns `keep` of `source` (a table or a parenthesized query) plus PARSE_COLUMNS: for
     each field the job reads, its text as `j_<field>` and its JSON type as `t_<field>`, and
-    `j_is_object`; parsed once per record by the JVM function in deploy/maven/udf (registered with
+    `j_is_object`; parsed once per record by the JVM function in jobs/java (registered with
     JVM_FUNCTIONS).
 
     Why a function: JFR showed the source thread 99% busy parsing JSON, because Flink's planner

@@ -12,9 +12,20 @@ import os
 import sys
 from pathlib import Path
 
-from contract.config import PRESETS, JobConfig, KafkaConfig, load_config
+import redis
+from pyflink import java_gateway
+from pyflink.datastream import StreamExecutionEnvironment
+from pyflink.table import EnvironmentSettings, StreamTableEnvironment
+
+from contract.config import JobConfig, KafkaConfig, PRESETS, load_config, parse_overrides
+from contract.keys import accounted, read_control, read_ledger
+from contract.paths import CACHE, PROJECT_ROOT
 from contract.schema import (EVENT_LINE_SQL, JVM_FUNCTIONS, KAFKA_TS_MS_SQL, MAX_FUTURE_MS, MIN_TS_MS,
                              parse_once_sql, validation_sql)
+from jobs.runtime import (PROMETHEUS_REPORTER_FACTORY, find_rest_endpoint, flink_home, job_jars,
+                          link_flink_lib, prometheus_reporter_jars, python_executable, restore_options)
+from jobs.functions import register
+from jobs.store import redis_client
 
 log = logging.getLogger("streamrank.jobs.recommend")
 
@@ -22,11 +33,6 @@ log = logging.getLogger("streamrank.jobs.recommend")
 def environment(cfg: JobConfig, env=None):
     """The one place the job's Flink environment and options are made (env: an existing
     StreamExecutionEnvironment, for tests that feed it a collection)."""
-    from pyflink.datastream import StreamExecutionEnvironment
-    from pyflink.table import EnvironmentSettings, StreamTableEnvironment
-
-    from deploy.paths import PROMETHEUS_REPORTER_FACTORY, job_jars, python_executable
-
     # Python functions in worker processes of their own, also on the embedded MiniCluster. PyFlink's
     # local default ("loopback") runs every Python worker inside this client process, so all
     # subtasks share one interpreter lock: CPU sampling showed Python the limit at parallelism 2.
@@ -71,7 +77,7 @@ def environment(cfg: JobConfig, env=None):
     conf = t_env.get_config()
     for key, value in options.items():
         conf.set(key, value)
-    # the JVM functions (deploy/maven/udf) the source's event time and the validation use
+    # the JVM functions (jobs/java) the source's event time and the validation use
     for ddl in JVM_FUNCTIONS:
         t_env.execute_sql(ddl)
     return t_env
@@ -87,10 +93,6 @@ def _reporter_on_classpath() -> None:
     """The embedded MiniCluster finds metric reporters on the JVM's classpath only (it ignores
     plugins/): launch PyFlink's JVM with a lib/ that also holds Flink's Prometheus reporter. Under
     `flink run` the JVM exists already and the cluster's own reporters apply."""
-    from pyflink import java_gateway
-
-    from deploy.paths import CACHE, flink_home, link_flink_lib, prometheus_reporter_jars
-
     if java_gateway._gateway is not None or not embedded():
         return
     jars = prometheus_reporter_jars()
@@ -104,8 +106,6 @@ def _reporter_on_classpath() -> None:
 def checkpoint_uri(path: str) -> str:
     if "://" in path:
         return path
-    from deploy.paths import PROJECT_ROOT
-
     p = Path(path)
     return (p if p.is_absolute() else PROJECT_ROOT / p).resolve().as_uri()
 
@@ -116,7 +116,7 @@ def event_time_sql(kafka_ms: str = "kafka_ts_ms", *, min_ts_ms: int = MIN_TS_MS,
     range (the bounds of validation_sql: the config's `events`), the earliest allowed time,
     which can never advance the watermark (a Kafka timestamp
     would, on replays of old events). Validation sends such records to the DLQ, which is not
-    windowed. event_time_ms is a streaming scan in deploy/maven/udf (JSON_VALUE built a tree and
+    windowed. event_time_ms is a streaming scan in jobs/java (JSON_VALUE built a tree and
     a JsonPath per call, twice per record: in the watermark and in this column)."""
     ts = "event_time_ms(payload)"
     return (f"TO_TIMESTAMP_LTZ(CASE WHEN {ts} BETWEEN {min_ts_ms} AND {kafka_ms} + {max_future_ms} "
@@ -219,7 +219,7 @@ CREATE TABLE {table} (
 EVENT_LIST_SQL = "LISTAGG(line, ';')"
 
 
-# The job's Python functions; build(python=False) puts a JVM stand-in (deploy/maven/udf) in their place.
+# The job's Python functions; build(python=False) puts a JVM stand-in (jobs/java) in their place.
 PYTHON_FUNCTIONS = ("rank_users", "store_item_meta", "count_rejected")
 
 
@@ -228,8 +228,6 @@ def build(t_env, cfg: JobConfig, *, sources: bool = True, sinks: bool = True, py
     `interactions_src`, `items_src`, `dlq_sink` and `late_sink` itself (tests). With python False
     the Python functions are replaced by io.streamrank.udf.Discard: the JVM stages alone, for
     bench.features (nothing reaches Redis)."""
-    from udfs.flink_functions import register
-
     if sources:
         t_env.execute_sql(kafka_source_ddl(cfg))
         t_env.execute_sql(kafka_items_ddl(cfg))
@@ -331,8 +329,6 @@ def main(argv: list[str] | None = None) -> int:
     log.info("submitted job %s (bounded=%s, stop_offsets=%s)", job.get_job_id() if job else "?",
              cfg.kafka.bounded, cfg.kafka.stop_offsets or "none")
     if cfg.flink.web_port and embedded():
-        from deploy.cluster import find_rest_endpoint
-
         found = find_rest_endpoint(cfg.flink.web_port, wait_s=10.0)
         log.info("Flink web UI and REST API at %s", found or f"a port of {cfg.flink.web_port} (none answered yet)")
     if cfg.flink.prometheus_port and embedded():
@@ -345,31 +341,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def restore_options(path: str | None, allow_non_restored: bool = False) -> dict[str, str]:
-    """Flink's options to start from a savepoint (or retained checkpoint) at `path`; a local path
-    is checked first, so a wrong one fails here and not in the JobManager."""
-    if not path:
-        if allow_non_restored:
-            raise SystemExit("--allow-non-restored-state needs --from-savepoint PATH")
-        return {}
-    if "://" in path and not path.startswith("file:"):  # s3://, hdfs://: Flink checks it
-        uri = path
-    else:
-        local = Path(path.removeprefix("file://").removeprefix("file:")).resolve()
-        if not (local / "_metadata").is_file():
-            raise SystemExit(f"--from-savepoint {path}: no savepoint there (no _metadata file); give the path "
-                             "`streamrank cluster stop` printed, or a retained checkpoint's chk-N directory")
-        uri = local.as_uri()
-    return {"execution.state-recovery.path": uri,
-            "execution.state-recovery.ignore-unclaimed-state": str(allow_non_restored).lower()}
-
-
 def warn_if_redis_forgets(cfg: JobConfig) -> None:
     """Flink's checkpoints hold the Kafka offsets, Redis the features and the ledger they made: a
     Redis without an append-only file comes back empty from a restart while the job reads on from
     its offsets, and what it had folded is gone without an error. Say so before the job starts."""
-    import redis
-
     try:
         client = redis.Redis(host=cfg.redis.host, port=cfg.redis.port, socket_timeout=3, socket_connect_timeout=3)
         aof = client.info("persistence").get("aof_enabled")
@@ -386,11 +361,6 @@ def warn_if_redis_forgets(cfg: JobConfig) -> None:
 
 def log_ledger(cfg: JobConfig) -> None:
     """After a bounded run: where every record went, from the ledger in Redis."""
-    import redis
-
-    from contract.keys import accounted, read_control, read_ledger
-    from udfs.ranking import redis_client
-
     try:
         client = redis_client(cfg)
         counts, control = read_ledger(client), read_control(client)
@@ -401,24 +371,6 @@ def log_ledger(cfg: JobConfig) -> None:
              ", ".join(f"{k} {v}" for k, v in counts.items()),
              "".join(f"users' requests: {', '.join(f'{k} {v}' for k, v in control.items())}; " if control else ""),
              accounted(counts, control))
-
-
-def parse_overrides(pairs: list[str], bounded: bool = False) -> dict:
-    """["redis.port=6380"] -> {"redis.port": 6380}; values are TOML literals, else strings."""
-    import tomllib
-
-    out: dict = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or "." not in key:
-            raise SystemExit(f"--set expects SECTION.KEY=VALUE, got {pair!r}")
-        try:
-            out[key] = tomllib.loads(f"v = {value}")["v"]
-        except tomllib.TOMLDecodeError:
-            out[key] = value
-    if bounded:
-        out["kafka.bounded"] = True
-    return out
 
 
 if __name__ == "__main__":

@@ -17,8 +17,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
 
 from contract.config import FeatureConfig
+from models.registry import Registry
 from udfs.features import duration_label as _w, feature_names
 
 BASELINE_KINDS = ("repeat", "trending")
@@ -42,9 +45,6 @@ def baseline_weights(kind: str, cfg: FeatureConfig) -> np.ndarray:
 
 def export_baseline(kind: str, cfg: FeatureConfig) -> bytes:
     """The baseline as an ONNX graph: features (n, f) float32 -> score (n, 1)."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
     w = baseline_weights(kind, cfg).reshape(-1, 1)
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["features", "weights"], ["score"])], f"baseline_{kind}",
@@ -59,8 +59,6 @@ def export_baseline(kind: str, cfg: FeatureConfig) -> bytes:
 
 def publish_baseline(kind: str, registry: str | Path, cfg: FeatureConfig, promote: bool = False) -> Path:
     """Publish the baseline as a registry version (not promoted unless asked)."""
-    from models.registry import Registry
-
     names = feature_names(cfg)
     weights = baseline_weights(kind, cfg)
     card = {

@@ -16,14 +16,24 @@ Baselines (fitted on the training part only):
 
 from __future__ import annotations
 
+import json
 import math
+import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from matplotlib.figure import Figure
 import numpy as np
+import onnxruntime as ort
 
+from contract.paths import catalog_path
 from contract.schema import CONTROL_ACTIONS, Interaction
+from models.offline import read_history
+from models.training import MODEL_KINDS, build_training_set, fit_and_export
+from udfs.features import UserState, user_item_matrix
+from udfs.scorer import session_scores
 
 Ranker = Callable[[str], list[str]]  # user_id -> ranked item ids (best first)
 
@@ -163,8 +173,6 @@ def model_ranker(score: Callable, replay, cfg, at_ms: int, scored: list | None =
     user (global and category trending plus the user's own items, from a replay of the training
     part), ordered by `score` (an (n, features) matrix -> scores). Users unknown at the split get
     the global trending candidates. candidates: gets each ranked user's candidate ids."""
-    from udfs.features import UserState, user_item_matrix
-
     pool = replay.candidate_pool()
 
     def rank(user: str) -> list[str]:
@@ -253,16 +261,6 @@ def holdout_evaluation(history: str, cfg, kinds: Iterable[str], train_fraction: 
     horizon equal to the later part's span unless training.horizon_s says otherwise), fit the
     baselines on it, and score everything on the users the job would have a list for at the
     split who interact in the later part. Models score as published: through their ONNX export."""
-    import tempfile
-    from pathlib import Path
-
-    import onnxruntime as ort
-
-    from models.offline import read_history
-    from models.training import build_training_set, fit_and_export
-    from traffic.publish import catalog_path
-    from udfs.scorer import session_scores
-
     hist = read_history(history, cfg)
     if len(hist.events) < 2:
         reasons = Counter(r for _, r in hist.rejected).most_common(5)
@@ -340,8 +338,6 @@ def evaluate_history(history: str, cfg, train_fraction: float = 0.8, k: int = 10
                      progress: bool = True) -> dict[str, dict]:
     """`streamrank evaluate`: every kind of model against the baselines on a time holdout; the
     report goes to work_dir. Returns ranker -> metrics, plus "evaluation": the summary."""
-    from models.training import MODEL_KINDS
-
     out = holdout_evaluation(history, cfg, MODEL_KINDS, train_fraction, k, work_dir, progress)
     return {**out.results, "evaluation": out.summary}
 
@@ -350,12 +346,6 @@ def write_report(out, results: dict, curves: dict, scored: list[tuple[float, boo
                  split: Split, users: int, k: int, summary: dict | None = None) -> None:
     """evaluation.json + evaluation.md (the model cards with the baselines) and three plots:
     ndcg_at_k.png, feature_importance.png (one panel per model), calibration.png (the classifier)."""
-    import json
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     key = f"ndcg_at_{k}"
     best_baseline = max((n for n in results if n not in model_cards), key=lambda n: results[n][key])
     best_model = max(model_cards, key=lambda n: results[n][key])
@@ -366,7 +356,8 @@ def write_report(out, results: dict, curves: dict, scored: list[tuple[float, boo
             "model_beats_best_baseline": beats, "model_cards": model_cards, "evaluation": summary or {}}
     (out / "evaluation.json").write_text(json.dumps(card, indent=1))
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
     for name, ys in curves.items():
         trained = name in model_cards
         ax.plot(range(1, len(ys) + 1), ys, marker="o" if trained else None, label=name,
@@ -376,19 +367,19 @@ def write_report(out, results: dict, curves: dict, scored: list[tuple[float, boo
     ax.legend()
     fig.tight_layout()
     fig.savefig(out / "ndcg_at_k.png", dpi=110)
-    plt.close(fig)
 
     n_feat = max(len(c.get("feature_importance", {})) for c in model_cards.values())
-    fig, axes = plt.subplots(1, len(model_cards), figsize=(6 * len(model_cards), max(3, 0.25 * n_feat)), squeeze=False)
+    fig = Figure(figsize=(6 * len(model_cards), max(3, 0.25 * n_feat)))
+    axes = fig.subplots(1, len(model_cards), squeeze=False)
     for ax, (name, mc) in zip(axes[0], model_cards.items()):
         imp = sorted(mc.get("feature_importance", {}).items(), key=lambda kv: kv[1])
         ax.barh([n for n, _ in imp], [v for _, v in imp])
         ax.set(xlabel="importance share (gain)", title=f"{name} {mc.get('version')}")
     fig.tight_layout()
     fig.savefig(out / "feature_importance.png", dpi=110)
-    plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig = Figure(figsize=(5, 5))
+    ax = fig.subplots()
     if scored:
         s = np.array([x for x, _ in scored])
         y = np.array([v for _, v in scored], dtype=float)
@@ -403,7 +394,6 @@ def write_report(out, results: dict, curves: dict, scored: list[tuple[float, boo
     ax.legend()
     fig.tight_layout()
     fig.savefig(out / "calibration.png", dpi=110)
-    plt.close(fig)
 
     def cell(m: dict, c: str) -> str:
         ci = m.get(f"{c}_ci95")

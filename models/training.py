@@ -24,13 +24,21 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+import lightgbm as lgb
 import numpy as np
+from onnxmltools import convert_lightgbm
+from onnxmltools.convert.common.data_types import FloatTensorType
+import onnxruntime as ort
+from skl2onnx import to_onnx
+from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
 from contract.config import JobConfig
 from contract.schema import Interaction
 from models.offline import OfflineReplay, load_catalog, read_history
+from models.registry import Registry
 from udfs.features import feature_names, new_purchase_occasion, user_item_matrix
+from udfs.scorer import session_scores
 
 log = logging.getLogger(__name__)
 PARITY_TOLERANCE = 1e-5
@@ -212,8 +220,6 @@ def fit_model(kind: str, x: np.ndarray, y: np.ndarray, query: np.ndarray, seed: 
     classifier learns y > 0). valid: (x, y, query) of later cut-offs for early stopping. Returns
     (model, description). Fitted on float32 features, as the job scores them: split thresholds
     then fall between values the ONNX model (float32 thresholds) sees the same way."""
-    import lightgbm as lgb
-
     x = x.astype(np.float32)
     common = dict(n_estimators=max_trees, num_leaves=31, learning_rate=0.05, min_child_samples=20,
                   subsample=0.8, subsample_freq=1, colsample_bytree=0.9, importance_type="gain",
@@ -250,7 +256,6 @@ def model_scores(model, x: np.ndarray) -> np.ndarray:
 @dataclass
 class TrainedModel:
     """A fitted model, its ONNX export (parity-checked) and its card, not yet published."""
-
     kind: str
     model: object
     onnx: bytes
@@ -261,8 +266,6 @@ def fit_and_export(ts: TrainingSet, cfg: JobConfig, kind: str = "classifier", se
                    progress: bool = True) -> TrainedModel:
     """Fit on the earlier cut-offs (early stopping on the later ones), export to ONNX and check
     that ONNX scores as the trained model does; PublishRefused if not."""
-    from sklearn.metrics import roc_auc_score
-
     fit, val = time_split(ts)
     binary = ts.binary()
     if len(set(binary[fit])) < 2:
@@ -309,8 +312,6 @@ def fit_and_export(ts: TrainingSet, cfg: JobConfig, kind: str = "classifier", se
 def publish(trained: TrainedModel, registry: str | Path, promote: bool = True, gate: dict | None = None) -> Path:
     """Write the model into the registry (promoted or not); gate: the publishing gate's verdict,
     kept in the card."""
-    from models.registry import Registry
-
     card = dict(trained.card, **({"gate": gate} if gate is not None else {}))
     out = Registry(registry).publish({"model.onnx": trained.onnx}, card, promote=promote)
     log.info("published %s %s (validation AUC %.3f, parity %.1e)%s", trained.kind, out.name,
@@ -342,14 +343,11 @@ def reference_distributions(x: np.ndarray, names, bins: int = 10) -> dict[str, d
 
 def export_onnx(model, n_features: int) -> tuple[bytes, int]:
     if hasattr(model, "booster_"):  # LightGBM: onnxmltools' converter (opset 15 is its newest)
-        from onnxmltools import convert_lightgbm
-        from onnxmltools.convert.common.data_types import FloatTensorType
 
         onx = convert_lightgbm(model.booster_, initial_types=[("features", FloatTensorType([None, n_features]))],
                                target_opset=15, zipmap=False)
         round_thresholds_down(onx, model.booster_)
     else:
-        from skl2onnx import to_onnx
 
         onx = to_onnx(model, np.zeros((1, n_features), dtype=np.float32),
                       options={id(model): {"zipmap": False}}, target_opset={"": 17, "ai.onnx.ml": 3})
@@ -395,10 +393,6 @@ def parity(model, onnx_bytes: bytes, x: np.ndarray) -> float:
     these rows, relative to the largest score magnitude where that is above 1: ONNX adds a ranker's
     ~1000 trees in float32, LightGBM in float64, so a ranking score of 5 carries ~5x the rounding
     of a probability."""
-    import onnxruntime as ort
-
-    from udfs.scorer import session_scores
-
     if not len(x):
         return 0.0
     sess = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])

@@ -18,7 +18,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from contract import keys
 from contract.config import ConfigError, FeatureConfig, ServingConfig, load_config
-from deploy.paths import PROJECT_ROOT
+from contract.paths import PROJECT_ROOT
 from serving import lookup
 from serving.resp import PipelinedRedis, RedisReplyError, RedisUnavailable
 

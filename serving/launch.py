@@ -24,7 +24,7 @@ from pathlib import Path
 from contract import keys
 from contract.config import ConfigError, ServingConfig
 from contract.schema import ID_PATTERN
-from deploy.paths import PROJECT_ROOT
+from contract.paths import PROJECT_ROOT
 from serving import lookup
 from serving.core import DEADLINE_RESERVE_S
 from serving.server import SERVICE_NAME, ServerThread, bearer_token, serve as serve_python

@@ -10,6 +10,7 @@ import orjson
 from contract import keys
 from contract.config import FeatureConfig
 from contract.schema import valid_id
+from udfs.features import UserState, describe
 
 MAX_FILTER_CATEGORIES = 100
 MAX_EXCLUDED_ITEMS = 1000
@@ -128,8 +129,6 @@ def answer(request: Request, raw: bytes | None, popular: list[keys.ScoredItem], 
 
 def user_features(user_id: str, raw: bytes | None, cfg: FeatureConfig) -> UserFeatures:
     """The user's features as of the last window the job folded in (raw: the feat: value)."""
-    from udfs.features import UserState, describe
-
     if raw is None:
         return UserFeatures(user_id, False)
     state = UserState.decode(raw)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
 
 from contract.config import ConfigError, ServingConfig
 from serving import lookup
@@ -97,7 +99,6 @@ def authorized(sent: str | None, expected: bytes | None) -> bool:
 class TokenAuth(grpc.aio.ServerInterceptor):
     """Requires `authorization: Bearer <token>` on every call but health checks; constant-time
     compare; UNAUTHENTICATED otherwise."""
-
     def __init__(self, expected: bytes) -> None:
         self.expected = expected
 
@@ -139,7 +140,6 @@ def server_credentials(cfg: ServingConfig) -> grpc.ServerCredentials | None:
 
 class Running:
     """A started server: its port, and how to stop it (drain for grace_s)."""
-
     def __init__(self, server: grpc.aio.Server, port: int, service: LookupService, tasks: list[asyncio.Task]) -> None:
         self.server, self.port, self.service, self.tasks = server, port, service, tasks
 
@@ -161,7 +161,6 @@ async def start(cfg: ServingConfig, port: int | None = None, role: str = SERVICE
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if cfg.reflection:
-        from grpc_reflection.v1alpha import reflection
 
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     address = f"{cfg.host}:{cfg.port if port is None else port}"
@@ -179,7 +178,6 @@ def start_metrics(cfg: ServingConfig) -> int | None:
     """Prometheus /metrics on metrics_host:metrics_port (None: off); returns the bound port."""
     if cfg.metrics_port is None:
         return None
-    from prometheus_client import start_http_server
 
     httpd, _ = start_http_server(cfg.metrics_port, addr=cfg.metrics_host)
     port = httpd.server_port
@@ -189,7 +187,6 @@ def start_metrics(cfg: ServingConfig) -> int | None:
 
 def serve(cfg: ServingConfig, port: int | None = None) -> None:
     """Runs until SIGTERM/SIGINT, then stops taking calls and drains in-flight ones for grace_s."""
-
     async def main() -> None:
         running = await start(cfg, port)
         stop = asyncio.Event()
@@ -208,7 +205,6 @@ def serve(cfg: ServingConfig, port: int | None = None) -> None:
 class ServerThread:
     """The server on its own event loop in a background thread (tests, the demo, benches):
     `with ServerThread(cfg) as s: ... s.port`."""
-
     def __init__(self, cfg: ServingConfig, port: int = 0, role: str = SERVICE_NAME) -> None:
         self.cfg, self.loop = cfg, asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="grpc-server", daemon=True)

@@ -7,10 +7,15 @@ import time
 from pathlib import Path
 
 import pytest
+import redis
 
 from contract.config import JobConfig, load_config
-from deploy.paths import PROJECT_ROOT
+from contract.paths import PROJECT_ROOT
+from devstack.stack import free_port, start_kafka, start_redis, stop_pid
+from models.training import build_training_set, train_and_publish
 from tests.integration import helpers as _helpers  # noqa: F401  (snapshots the environment first)
+from traffic.publish import catalog_path, write_history
+from traffic.simulator import Simulator
 
 TIERS = ("unit", "flink", "integration")
 
@@ -32,10 +37,6 @@ def engine(request) -> str:
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
     """A real redis-server on a free loopback port: (port, client)."""
-    import redis
-
-    from deploy.stack import free_port, start_redis, stop_pid
-
     port = free_port()
     svc = start_redis(tmp_path_factory.mktemp("redis"), port)
     yield port, redis.Redis(port=port)
@@ -52,8 +53,6 @@ def redis_db(redis_server):
 @pytest.fixture(scope="session")
 def kafka_broker(tmp_path_factory):
     """A real single-node Kafka broker (KRaft) on free loopback ports: bootstrap string."""
-    from deploy.stack import free_port, start_kafka, stop_pid
-
     svc = start_kafka(tmp_path_factory.mktemp("kafka"), free_port(), free_port(), partitions=2)
     yield f"127.0.0.1:{svc.port}"
     stop_pid(svc.pid)
@@ -62,9 +61,6 @@ def kafka_broker(tmp_path_factory):
 @pytest.fixture(scope="session")
 def sim_history(tmp_path_factory):
     """A simulated history file (and its catalog) ending now."""
-    from traffic.publish import catalog_path, write_history
-    from traffic.simulator import Simulator
-
     d = tmp_path_factory.mktemp("history")
     sim = Simulator(seed=21, users=200, items=500, categories=10)
     path = d / "history.jsonl"
@@ -75,8 +71,6 @@ def sim_history(tmp_path_factory):
 @pytest.fixture(scope="session")
 def training_set(sim_history):
     """The point-in-time training set of the simulated history (default config)."""
-    from models.training import build_training_set
-
     history, catalog = sim_history
     return build_training_set(history, load_config(None), catalog=catalog, progress=False)
 
@@ -84,8 +78,6 @@ def training_set(sim_history):
 @pytest.fixture(scope="session")
 def model_dir(training_set, tmp_path_factory) -> Path:
     """Model v0 trained on the simulated history and published to a temporary registry."""
-    from models.training import train_and_publish
-
     registry = tmp_path_factory.mktemp("registry")
     train_and_publish(training_set, registry, load_config(None))
     return registry / "current"

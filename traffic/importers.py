@@ -38,12 +38,13 @@ import math
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, UTC
+from datetime import UTC, datetime
 from pathlib import Path
 
 from tqdm import tqdm
 
-from contract.schema import MIN_TS_MS, InvalidEvent, validate
+from contract.schema import InvalidEvent, MIN_TS_MS, validate
+from contract.paths import catalog_path
 
 FORMATS = ("retailrocket", "online-retail", "completejourney")
 RETAILROCKET_EVENTS = {"view": "view", "addtocart": "add_to_cart", "transaction": "purchase"}
@@ -262,8 +263,6 @@ def import_file(path: str | Path, fmt: str, out: str | Path, *, item_properties:
     (traffic.publish.catalog_path) and the rejected rows to `<out>.rejected.csv`. `products` is
     completejourney's products.csv (default: the one beside `path`). Events before min_ts_ms are
     rejected as bad_ts (pass the job config's events.min_ts_ms for logs older than 2000)."""
-    from traffic.publish import catalog_path
-
     if fmt not in FORMATS:
         raise ImportFailed(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
     path, out = Path(path), Path(out)

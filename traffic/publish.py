@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from kafka import KafkaProducer
 from tqdm import tqdm
 
+from contract.paths import catalog_path
 from traffic.simulator import Simulator
 
 
@@ -26,8 +29,6 @@ class PublishReport:
 
 
 def producer(bootstrap: str):
-    from kafka import KafkaProducer
-
     return KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=256 * 1024,
                          acks="all", compression_type=None)
 
@@ -75,11 +76,6 @@ def publish_events(
     p.flush()
     p.close()
     return PublishReport(sent, malformed, len(users), first, last, frozenset(users))
-
-
-def catalog_path(history: str | Path) -> Path:
-    """Where a history file's item catalog (item_id, category, price JSONL) lives."""
-    return Path(history).with_suffix(".items.jsonl")
 
 
 def write_history(sim: Simulator, path: str, count: int, rate_per_s: float, start_ms: int,
@@ -135,8 +131,6 @@ def publish_history(path: str | Path, bootstrap: str, topic: str, items_topic: s
 def send_requests(bootstrap: str, topic: str, action: str, users: list[str], ts_ms: int | None = None) -> list[str]:
     """Users' requests (contract.schema.CONTROL_ACTIONS) into their event streams: one record per
     user on the interactions topic, keyed by the user, at ts_ms (default now). Returns the event ids."""
-    import uuid
-
     ts = ts_ms if ts_ms is not None else int(time.time() * 1000)
     p = producer(bootstrap)
     ids = []

@@ -1,2 +1,2 @@
-"""Logic that runs inside Flink: pure-Python core (no pyflink import) plus thin Flink wrappers
-in `flink_functions`."""
+"""The pure core the job runs: features, candidates, ranking, scoring and drift, with no I/O to
+Redis or Kafka and no pyflink (the job's Flink functions and Redis store are in jobs/)."""

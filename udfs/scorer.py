@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +47,7 @@ class ModelCard:
 class OnnxScorer:
     """Loads model.onnx once; `score` takes an (n, features) float32 matrix and returns one score
     per row: P(interact) for a classifier, the ranking score for a ranker."""
-
     def __init__(self, model_dir: str | Path, feature_names: tuple[str, ...]) -> None:
-        import onnxruntime as ort
 
         model_dir = Path(model_dir)
         self.card = ModelCard.load(model_dir)
@@ -82,7 +81,6 @@ class ModelWatcher:
     `check_s` seconds: when it points at another version, that version is loaded and used from
     the next batch on. A version that cannot be used (missing files, other features) is logged
     and skipped; the loaded model keeps scoring."""
-
     def __init__(self, model_dir: str | Path, feature_names: tuple[str, ...], check_s: float = 5.0) -> None:
         self.model_dir = Path(model_dir)
         self.feature_names = tuple(feature_names)

@@ -4,7 +4,7 @@ import pytest
 
 from contract.config import load_config
 from udfs.candidates import TrendingBoards
-from udfs.ranking import CandidateSource, TrendingWriter
+from jobs.store import CandidateSource, TrendingWriter
 
 T0 = 1_700_000_000_000
 

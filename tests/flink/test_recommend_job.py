@@ -11,12 +11,18 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import time
 
+from pyflink.common import Row, Types
+from pyflink.datastream import StreamExecutionEnvironment
+from pyflink.table import DataTypes, Schema
 import pytest
 
 from contract import keys
+from contract.config import load_config
 from contract.schema import InvalidEvent, validate
+from jobs.recommend import PYTHON_FUNCTIONS, build, environment, event_time_sql, watermark_sql
 from tests.conftest import job_config
 from tests.integration.helpers import records_replay
 from traffic.simulator import Simulator
@@ -24,12 +30,6 @@ from udfs.features import UserState, describe, memory_at
 
 
 def run_job(cfg, records, items, out_dir):
-    from pyflink.common import Row, Types
-    from pyflink.datastream import StreamExecutionEnvironment
-    from pyflink.table import DataTypes, Schema
-
-    from jobs.recommend import build, environment, event_time_sql, watermark_sql
-
     env = StreamExecutionEnvironment.get_execution_environment()
     t_env = environment(cfg, env)
     now = int(time.time() * 1000)
@@ -157,11 +157,6 @@ def test_job_plan_parses_each_record_once_and_does_not_carry_the_parsed_row():
     """The plan shape the source thread's cost rests on (EXPLAIN; nothing runs): one
     parse_interaction call for all the branches, and no operator forwards the parsed ROW `j`
     itself, only its fields (forwarding it copied the nested row for every record)."""
-    import re
-
-    from contract.config import load_config
-    from jobs.recommend import build, environment
-
     cfg = load_config(None, {"kafka.bounded": True})
     optimized = build(environment(cfg), cfg).explain().split("== Optimized Execution Plan ==")[1]
     assert optimized.count("parse_interaction(") == 1
@@ -171,9 +166,6 @@ def test_job_plan_parses_each_record_once_and_does_not_carry_the_parsed_row():
 def test_jvm_stages_plan_has_the_same_shape_without_python():
     """build(python=False), which bench.features --jvm-stages times: the job's plan with every
     Python function replaced by the JVM stand-in (EXPLAIN; nothing runs)."""
-    from contract.config import load_config
-    from jobs.recommend import PYTHON_FUNCTIONS, build, environment
-
     cfg = load_config(None, {"kafka.bounded": True})
     with_python = build(environment(cfg), cfg).explain().split("== Optimized Execution Plan ==")[1]
     jvm_only = build(environment(cfg), cfg, python=False).explain().split("== Optimized Execution Plan ==")[1]

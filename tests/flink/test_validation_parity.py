@@ -11,7 +11,13 @@ import random
 import struct
 import time
 
-from contract.schema import MAX_FUTURE_MS, MIN_TS_MS, InvalidEvent, parse_json, validate
+from pyflink.table import DataTypes, EnvironmentSettings, TableEnvironment
+
+from contract.schema import (DLQ_REASONS, EVENT_LINE_SQL, InvalidEvent, JVM_FUNCTIONS, KAFKA_TS_MS_SQL,
+                             MAX_FUTURE_MS, MIN_TS_MS, PARSE_COLUMNS, parse_json, parse_once_sql, validate,
+                             validation_sql)
+from jobs.runtime import job_jars
+from udfs.features import Event, parse_events
 
 NOW = int(time.time()) * 1000 + 987  # a millisecond part, so a rule that drops it is caught
 GOOD = {"event_id": "e1", "user_id": "u1", "item_id": "i1", "type": "view", "ts": NOW - 1000}
@@ -94,24 +100,15 @@ def python_reason(raw: bytes, **bounds: int) -> str | None:
 
 
 def row_of(**fields):
-    from pyflink.table import DataTypes
-
     return DataTypes.ROW([DataTypes.FIELD(name, t) for name, t in fields.items()])
 
 
 def records_type():
-    from pyflink.table import DataTypes
-
     return row_of(n=DataTypes.BIGINT(), payload=DataTypes.BYTES())
 
 
 def batch_env():
     """A batch TableEnvironment with the job's JVM functions registered."""
-    from pyflink.table import EnvironmentSettings, TableEnvironment
-
-    from contract.schema import JVM_FUNCTIONS
-    from deploy.paths import job_jars
-
     t_env = TableEnvironment.create(EnvironmentSettings.in_batch_mode())
     t_env.get_config().set("pipeline.jars", ";".join(p.as_uri() for p in job_jars()))
     for ddl in JVM_FUNCTIONS:
@@ -120,10 +117,6 @@ def batch_env():
 
 
 def test_sql_validation_equals_python_validation():
-    from pyflink.table import DataTypes
-
-    from contract.schema import DLQ_REASONS, KAFKA_TS_MS_SQL, PARSE_COLUMNS, parse_once_sql, validation_sql
-
     t_env = batch_env()
     records = variants()
     t_env.create_temporary_view("raw_records", t_env.from_elements(
@@ -159,9 +152,6 @@ def test_sql_event_line_reads_back_as_python_validation_reads_the_record():
     """For every valid variant, the line the job hands Python (EVENT_LINE_SQL), read by
     parse_events, is the event Python's validator makes of the same record: category rule,
     consent rule, ts and value texts."""
-    from contract.schema import EVENT_LINE_SQL, parse_once_sql
-    from udfs.features import Event, parse_events
-
     t_env = batch_env()
     extra = [json.dumps({**GOOD, "category": c}) for c in ("a;b|c", "plain", 7, "Ünïcode", "\ud800x", "a\udc00",
                                                              "\ud83d\ude00ok", 1e20, 1e-5)]

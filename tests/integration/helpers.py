@@ -9,8 +9,15 @@ import sys
 import time
 from pathlib import Path
 
-from deploy.paths import PROJECT_ROOT
+from kafka import KafkaConsumer
+import pytest
 
+from contract import keys
+from contract.paths import PROJECT_ROOT
+from devstack.metrics import control_counters, ledger_counters, scrape
+from devstack.stack import create_topics
+from models.offline import replay_file
+from udfs.features import UserState, describe, memory_at
 
 # Taken at import, before any test runs Flink in this process: an in-process MiniCluster run (the
 # flink tier) changes os.environ (PYFLINK_GATEWAY_DISABLED, JAVA_HOME, ...) in ways that stop a
@@ -42,7 +49,7 @@ def job_args(bootstrap: str, redis_port: int, model: Path, topic_prefix: str, gr
 def start_job_embedded(args: list[str], log_path: Path) -> subprocess.Popen:
     """`streamrank run` in the background (args say how it is bounded); Flink's own log goes to
     log_path's folder (flink-*.log)."""
-    cmd = [sys.executable, "-m", "deploy.cli", "run", *args]
+    cmd = [sys.executable, "-m", "cli", "run", *args]
     with open(log_path, "wb") as log:
         return subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT,
                                 env=child_env(FLINK_LOG_DIR=str(log_path.parent)))
@@ -70,8 +77,6 @@ def wait_until(check, timeout_s: float = 10.0, every_s: float = 0.05) -> bool:
 
 def wait_for(condition, timeout_s: float, what: str, job: subprocess.Popen, log_path: Path) -> None:
     """Poll `condition` while the background job runs; fail with its log if it exits first."""
-    import pytest
-
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if job.poll() is not None:
@@ -88,8 +93,6 @@ def scrape_until_ledger(url: str, want: dict[str, int], want_control: dict[str, 
     """Scrape a Flink Prometheus reporter until its ledger counters equal `want` (and its control
     counters `want_control`, when given) or time runs out (Python's counters reach the JVM when a
     bundle ends); the last ledger counters and scrape text."""
-    from deploy.metrics import control_counters, ledger_counters, scrape
-
     got, text, deadline = {}, "", time.monotonic() + timeout_s
     while time.monotonic() < deadline and (got != want or (want_control is not None
                                                            and control_counters(text) != want_control)):
@@ -107,8 +110,6 @@ def run_job_embedded(args: list[str], log_path: Path, timeout_s: float = 300) ->
 def read_topic(bootstrap: str, topic: str, idle_ms: int = 5000, committed: bool = False) -> list[bytes]:
     """Every record of a topic; with committed, only those of committed transactions
     (isolation.level=read_committed, as a consumer of exactly-once output reads)."""
-    from kafka import KafkaConsumer
-
     consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
                              consumer_timeout_ms=idle_ms, enable_auto_commit=False,
                              isolation_level="read_committed" if committed else "read_uncommitted")
@@ -120,8 +121,6 @@ def read_topic(bootstrap: str, topic: str, idle_ms: int = 5000, committed: bool 
 
 def records_replay(records: list[bytes], cfg, path: Path):
     """Write raw records as a history file and replay it offline: (History, OfflineReplay)."""
-    from models.offline import replay_file
-
     path.write_bytes(b"\n".join(records) + b"\n")
     return replay_file(path, cfg)
 
@@ -134,18 +133,12 @@ def replay_ledger(hist, replay) -> dict[str, int]:
 
 def read_states(r) -> dict:
     """user -> UserState of every feat:{user} in Redis."""
-    from udfs.features import UserState
-
-    return {k.decode()[len("feat:"):]: UserState.decode(r.get(k)) for k in r.scan_iter("feat:*")}
+    return {k.decode().removeprefix(keys.feat_key("")): UserState.decode(r.get(k)) for k in r.scan_iter(keys.feat_key("*"))}
 
 
 def assert_features_equal_replay(states: dict, replay, cfg) -> None:
     """Every user the replay folded has a state, and it describes the same features (at the last
     window's end); no other user has one."""
-    import pytest
-
-    from udfs.features import describe, memory_at
-
     want = {u: s for u, s in replay.states.items() if s.window_end}
     assert states.keys() == want.keys() and len(want) > 50
     t = max(s.window_end for s in want.values())
@@ -159,8 +152,6 @@ def assert_features_equal_replay(states: dict, replay, cfg) -> None:
 
 def prefixed_topics(bootstrap: str, prefix: str, partitions: int = 2) -> dict[str, str]:
     """Create interactions/items/dlq/late topics named with a test's prefix; returns the names."""
-    from deploy.stack import create_topics
-
     names = {"interactions": f"{prefix}interactions", "items": f"{prefix}items",
              "dlq": f"{prefix}interactions.dlq", "late": f"{prefix}interactions.late"}
     create_topics(bootstrap, partitions, names)

@@ -9,17 +9,22 @@ import sys
 import time
 from collections import Counter
 
+from prometheus_client.parser import text_string_to_metric_families
 import pytest
+import yaml
 
+from contract import keys
 from contract.keys import read_ledger
-from deploy.cluster import FlinkCluster
-from deploy.metrics import scrape
-from deploy.paths import PROJECT_ROOT
-from deploy.rejected import read_rejected, summarize
-from deploy.stack import free_port
+from contract.paths import PROJECT_ROOT
+from devstack.cluster import FlinkCluster
+from devstack.metrics import scrape
+from devstack.rejected import read_rejected, summarize
+from devstack.stack import free_port
+from jobs.runtime import python_executable
 from tests.conftest import job_config
-from tests.integration.helpers import (assert_features_equal_replay, child_env, job_args, prefixed_topics, read_states,
-                                       records_replay, replay_ledger, scrape_until_ledger, wait_until)
+from tests.integration.helpers import (assert_features_equal_replay, child_env, job_args, prefixed_topics,
+                                       read_states, records_replay, replay_ledger, scrape_until_ledger,
+                                       wait_until)
 from traffic.publish import producer, publish_catalog, publish_events
 from traffic.simulator import Simulator
 
@@ -44,16 +49,16 @@ def test_submitted_job_writes_lists(cluster, kafka_broker, redis_server, model_d
                             start_ms=int(time.time() * 1000) - 60_000, progress=False)
     env = child_env(STREAMRANK_RUN_DIR=str(run))
     out = subprocess.run(
-        [sys.executable, "-m", "deploy.cli", "submit", "--bounded", "--no-detached",
+        [sys.executable, "-m", "cli", "submit", "--bounded", "--no-detached",
          "--config", str(PROJECT_ROOT / "deploy" / "config" / "local.toml"),
          *job_args(kafka_broker, port, model_dir, prefix, "cluster-test")],
         cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     jobs = c.jobs()
     assert [j["state"] for j in jobs] == ["FINISHED"], jobs
-    with_lists = {k.decode()[4:] for k in r.scan_iter("rec:*")}
+    with_lists = {k.decode().removeprefix(keys.rec_key("")) for k in r.scan_iter(keys.rec_key("*"))}
     assert len(with_lists) == report.users > 0
-    assert json.loads(r.get(f"rec:{sorted(with_lists)[0]}"))["items"]
+    assert json.loads(r.get(keys.rec_key(sorted(with_lists)[0])))["items"]
 
 
 def test_detached_job_reports_metrics_and_cancels(cluster, kafka_broker, redis_server, model_dir):
@@ -70,7 +75,7 @@ def test_detached_job_reports_metrics_and_cancels(cluster, kafka_broker, redis_s
     publish_events(Simulator(seed=7, users=1, items=1, categories=1), kafka_broker, f"{prefix}interactions", 1,
                    1.0, start_ms=start + 3_600_000, progress=False)
     env = child_env(STREAMRANK_RUN_DIR=str(run))
-    cli = [sys.executable, "-m", "deploy.cli"]
+    cli = [sys.executable, "-m", "cli"]
     out = subprocess.run([*cli, "submit", "--config", str(PROJECT_ROOT / "deploy" / "config" / "local.toml"),
                           *job_args(kafka_broker, port, model_dir, prefix, "cluster-metrics")],
                          cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -112,7 +117,7 @@ def test_stop_with_savepoint_and_resume_rescaled(cluster, kafka_broker, redis_se
     send(kafka_broker, topic, records[:part])
 
     env = child_env(STREAMRANK_RUN_DIR=str(run))
-    cli = [sys.executable, "-m", "deploy.cli"]
+    cli = [sys.executable, "-m", "cli"]
     checkpoints = tmp_path / "checkpoints"
     args = job_args(kafka_broker, port, model_dir, prefix, "cluster-savepoint") + [
         "--set", f'flink.checkpoint_dir="{checkpoints}"', "--set", 'kafka.rejected_delivery="exactly-once"']
@@ -190,8 +195,6 @@ def send(bootstrap: str, topic: str, records: list[tuple[str, bytes]], partition
 
 def source_records_out(exposition: str, job_id: str) -> int:
     """Records the interactions source emitted in one job, summed over its subtasks."""
-    from prometheus_client.parser import text_string_to_metric_families
-
     return int(sum(s.value for f in text_string_to_metric_families(exposition)
                    if f.name == "flink_taskmanager_job_task_operator_numRecordsOut" for s in f.samples
                    if s.labels.get("job_id") == job_id
@@ -214,10 +217,6 @@ def test_application_mode_runs_the_kubernetes_job_spec(kafka_broker, redis_serve
     (everything else as job.toml says: parallelism 2, group offsets, the DLQ exactly-once). The
     bounded job accounts for every record, writes a list for every user and the DLQ holds each
     rejected record once; the cluster ends with the job."""
-    import yaml
-
-    from deploy.paths import python_executable
-
     port, r = redis_server
     k8s = PROJECT_ROOT / "deploy" / "k8s"
     flink = next(d for d in yaml.safe_load_all((k8s / "flink.yaml").read_text()) if d["kind"] == "FlinkDeployment")
@@ -254,6 +253,6 @@ def test_application_mode_runs_the_kubernetes_job_spec(kafka_broker, redis_serve
     assert ledger == replay_ledger(hist, replay) and ledger["dlq"] > 0
     states = read_states(r)
     assert_features_equal_replay(states, replay, cfg)
-    assert {k.decode()[4:] for k in r.scan_iter("rec:*")} == set(states)  # a list for every user
+    assert {k.decode().removeprefix(keys.rec_key("")) for k in r.scan_iter(keys.rec_key("*"))} == set(states)  # a list for every user
     dlq = summarize(read_rejected(kafka_broker, f"{prefix}interactions.dlq", idle_ms=2000, progress=False))
     assert dlq["by_reason"] == Counter(why for _, why in hist.rejected) and dlq["repeated"] == 0

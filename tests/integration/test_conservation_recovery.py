@@ -22,21 +22,23 @@ import urllib.request
 from collections import Counter
 
 import pytest
+import redis
 
 from contract import keys
 from contract.keys import read_ledger
+from contract.paths import PROJECT_ROOT
 from contract.schema import valid_id
-from deploy.metrics import control_counters, dashboard_metrics, dlq_reason_counters
-from deploy.rejected import read_rejected, summarize
-from deploy.stack import free_port, port_open, start_redis, stop_pid
-from deploy.paths import PROJECT_ROOT
-from tests.integration.helpers import (assert_features_equal_replay, child_env, job_args, prefixed_topics, read_states,
-                                       read_topic, records_replay, replay_ledger, run_job_embedded, scrape_until_ledger,
-                                       start_job_embedded, wait_for, wait_job)
+from devstack.metrics import control_counters, dashboard_metrics, dlq_reason_counters
+from devstack.rejected import read_rejected, summarize
+from devstack.stack import free_port, port_open, start_kafka, start_redis, stop_pid
+from tests.conftest import job_config
+from tests.integration.helpers import (assert_features_equal_replay, child_env, job_args, prefixed_topics,
+                                       read_states, read_topic, records_replay, replay_ledger,
+                                       run_job_embedded, scrape_until_ledger, start_job_embedded, wait_for,
+                                       wait_job)
 from traffic.publish import producer
 from traffic.simulator import Simulator
 from udfs.features import UserState, describe
-from tests.conftest import job_config
 
 PREFIX = "acct."
 LATENESS = [1_000, 8_000, 60_000]
@@ -125,7 +127,7 @@ def test_every_record_lands_in_exactly_one_place(published, kafka_broker, redis_
     assert all(row["reason"] == "late" and '"event_id": "late' in row["record"] for row in late)
     # `streamrank dlq`: the same account, by reason, read back from the topics
     for flag, want in (([], Counter(why for _, why in hist.rejected)), (["--late"], {"late": ledger["late"]})):
-        out = subprocess.run([sys.executable, "-m", "deploy.cli", "dlq", *flag, "--samples", "1",
+        out = subprocess.run([sys.executable, "-m", "cli", "dlq", *flag, "--samples", "1",
                               *job_args(kafka_broker, port, model_dir, PREFIX, "unused")],
                              cwd=PROJECT_ROOT, env=child_env(), capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr
@@ -171,7 +173,7 @@ def test_flink_metrics_equal_the_ledger(published, kafka_broker, redis_server, m
         # `streamrank ledger`: the same counts, the topic's record count, the job's metrics
         sets = job_args(kafka_broker, port, model_dir, prefix, "unused") + [
             "--set", f'flink.prometheus_port="{metrics_port}"']
-        out = subprocess.run([sys.executable, "-m", "deploy.cli", "ledger", *sets], cwd=PROJECT_ROOT,
+        out = subprocess.run([sys.executable, "-m", "cli", "ledger", *sets], cwd=PROJECT_ROOT,
                              env=child_env(), capture_output=True, text=True, timeout=60)
         report = json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else out.stderr
         # the MiniCluster's REST API (web UI) on flink.web_port, and the job said where it is
@@ -221,8 +223,8 @@ def test_recovery_from_checkpoint_equals_uninterrupted_run(published, kafka_brok
     lateness = ["--set", f"features.out_of_orderness_s={lateness_s}"]
     run_job_embedded(job_args(kafka_broker, port, model_dir, PREFIX, f"acct-2-{lateness_s}") + lateness,
                      tmp_path / "clean.log")
-    clean = {k: r.get(k) for k in r.scan_iter("feat:*")}
-    clean_recs = {k: json.loads(r.get(k)) for k in r.scan_iter("rec:*")}
+    clean = {k: r.get(k) for k in r.scan_iter(keys.feat_key("*"))}
+    clean_recs = {k: json.loads(r.get(k)) for k in r.scan_iter(keys.rec_key("*"))}
     clean_ledger = {k.decode(): int(v) for k, v in r.hgetall(keys.LEDGER).items()}
     assert (clean_ledger.get("late", 0) > 0) == (lateness_s < 60)
 
@@ -261,7 +263,7 @@ def test_recovery_from_checkpoint_equals_uninterrupted_run(published, kafka_brok
     assert re.search(r"Restoring job \w+ from Checkpoint \d+", flink_log)
     assert "Restoring state for 1 split(s) to reader" in flink_log  # Kafka offsets from the checkpoint
 
-    recovered = {k: r.get(k) for k in r.scan_iter("feat:*")}
+    recovered = {k: r.get(k) for k in r.scan_iter(keys.feat_key("*"))}
     ledger = {k.decode(): int(v) for k, v in r.hgetall(keys.LEDGER).items()}
     # used/duplicate/opted_out change with the states (one MULTI, replayed windows skipped);
     # dlq by a per-partition high-water offset (replayed rejected records are not counted again)
@@ -273,7 +275,7 @@ def test_recovery_from_checkpoint_equals_uninterrupted_run(published, kafka_brok
         want, got = UserState.decode(raw), UserState.decode(recovered[k])
         assert got.window_end == want.window_end and got.seen == want.seen
         assert describe(got, t, cfg.features) == describe(want, t, cfg.features)
-    recs = {k: json.loads(r.get(k)) for k in r.scan_iter("rec:*")}
+    recs = {k: json.loads(r.get(k)) for k in r.scan_iter(keys.rec_key("*"))}
     assert recs.keys() == clean_recs.keys()
     for k, rec in recs.items():
         assert rec["feature_ts"] == clean_recs[k]["feature_ts"] and rec["items"], k
@@ -332,8 +334,6 @@ def test_redis_killed_mid_stream_loses_nothing(published, kafka_broker, model_di
     writes raise) and Flink's restart strategy brings it back from its last checkpoint; the ledger
     and every user's features equal the offline replay of the stream. With a Redis that keeps its
     data in memory only, the restarted Redis is empty and the job would go on from its offsets."""
-    import redis
-
     records, _ = published
     port, home = free_port(), tmp_path / "redis-home"
     svc = start_redis(home, port)
@@ -367,8 +367,6 @@ def test_kafka_broker_killed_mid_stream_loses_nothing(published, redis_server, m
     reconnect (the job rides through; were it to fail, it would restore from its checkpoint), and
     the ledger and every user's features equal the offline replay; every rejected record is in the
     DLQ topic (at least once, so compared as a set)."""
-    from deploy.stack import start_kafka
-
     records, _ = published
     port, r = redis_server
     r.flushdb()

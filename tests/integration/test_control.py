@@ -5,14 +5,19 @@ job and the offline replay agree on the result, and that result is what the requ
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections import Counter
 
 from contract import keys
 from contract.keys import read_ledger
+from contract.paths import PROJECT_ROOT
+from contract.schema import validate
 from tests.conftest import job_config
-from tests.integration.helpers import (assert_features_equal_replay, job_args, prefixed_topics, read_states, read_topic,
-                                       records_replay, replay_ledger, start_job_embedded, wait_job)
+from tests.integration.helpers import (assert_features_equal_replay, child_env, job_args, prefixed_topics,
+                                       read_states, read_topic, records_replay, replay_ledger,
+                                       start_job_embedded, wait_job)
 from traffic.publish import producer
 from traffic.simulator import Simulator
 from udfs.features import UserState, describe
@@ -84,16 +89,9 @@ def test_erase_and_opt_out_apply_at_their_place_in_the_users_events(kafka_broker
 def test_control_command_sends_requests_the_job_accepts(kafka_broker):
     """`streamrank control opt-out U...`: one record per user on the interactions topic, keyed by
     the user, valid as the job validates; a wrong action or user id is refused before sending."""
-    import subprocess
-    import sys
-
-    from contract.schema import validate
-    from deploy.paths import PROJECT_ROOT
-    from tests.integration.helpers import child_env
-
     topics = prefixed_topics(kafka_broker, "ctlcli.", partitions=1)
     sets = ["--set", f'kafka.bootstrap_servers="{kafka_broker}"', "--set", f'kafka.interactions_topic="{topics["interactions"]}"']
-    cli = [sys.executable, "-m", "deploy.cli", "control"]
+    cli = [sys.executable, "-m", "cli", "control"]
     out = subprocess.run([*cli, "opt-out", "u1", "u2", *sets], cwd=PROJECT_ROOT, env=child_env(), capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0, out.stderr

@@ -43,7 +43,7 @@ def loop_run(kafka_broker, redis_server, model_dir, tmp_path_factory):
 def test_every_valid_user_has_a_list(loop_run):
     report, valid_users, r, _ = loop_run
     assert report.malformed > 0 and len(valid_users) == report.users
-    with_lists = {k.decode()[4:] for k in r.scan_iter("rec:*")}
+    with_lists = {k.decode().removeprefix(keys.rec_key("")) for k in r.scan_iter(keys.rec_key("*"))}
     assert with_lists == valid_users
     rec = keys.RecList.decode(r.get(keys.rec_key(sorted(valid_users)[0])))
     assert rec.items and rec.model_version.startswith("v") and rec.feature_ts > 0

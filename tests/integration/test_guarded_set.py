@@ -1,4 +1,4 @@
-"""The guarded write the job uses for feat:{user} and rec:{user} (contract.keys.GUARDED_SET_LUA),
+"""The guarded write the job uses for feat:{user} and rec:{user} (contract.keys.lua("guarded_set")),
 on a real Redis: a stored value with a newer feature_ts is kept, an equal or older one is replaced,
 and the guard is the top-level feature_ts even when an item, a category or an event id is named
 "feature_ts" inside the document."""
@@ -21,8 +21,8 @@ def stored_list(feature_ts: int) -> str:
 
 def test_guarded_set_keeps_newer_values_and_reads_the_top_level_guard(redis_db):
     _, r = redis_db
-    guarded_set = r.register_script(keys.GUARDED_SET_LUA)
-    for key, value in (("feat:u1", stored_state), ("rec:u1", stored_list)):
+    guarded_set = r.register_script(keys.lua("guarded_set"))
+    for key, value in ((keys.feat_key("u1"), stored_state), (keys.rec_key("u1"), stored_list)):
         assert guarded_set(keys=[key], args=[1000, value(1000), 60]) == 1  # nothing stored yet
         assert 0 < r.ttl(key) <= 60
         assert guarded_set(keys=[key], args=[999, value(999), 60]) == 0  # older: kept
@@ -36,10 +36,10 @@ def test_guarded_set_keeps_newer_values_and_reads_the_top_level_guard(redis_db):
 
 def test_guarded_set_decodes_values_of_another_shape(redis_db):
     _, r = redis_db
-    guarded_set = r.register_script(keys.GUARDED_SET_LUA)
+    guarded_set = r.register_script(keys.lua("guarded_set"))
     for stored, ts, written in (('{"feature_ts": "3000"}', 2000, 0), ('{"feature_ts": 3.5e3}', 2000, 0),
                                 ('{"feature_ts": 1.5e3}', 2000, 1), ("not json", 1, 1), ("[1, 2]", 1, 1),
                                 ('{"other": 1}', 1, 1)):
-        r.set("feat:u2", stored)
-        assert guarded_set(keys=["feat:u2"], args=[ts, "new", 0]) == written, stored
-        assert r.get("feat:u2").decode() == ("new" if written else stored)
+        r.set(keys.feat_key("u2"), stored)
+        assert guarded_set(keys=[keys.feat_key("u2")], args=[ts, "new", 0]) == written, stored
+        assert r.get(keys.feat_key("u2")).decode() == ("new" if written else stored)

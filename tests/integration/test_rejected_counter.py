@@ -2,7 +2,7 @@
 from a checkpoint re-reads the records after the checkpointed offsets) are not counted again."""
 
 from contract import keys
-from udfs.ranking import RejectedCounter
+from jobs.store import RejectedCounter
 
 
 def test_replayed_rejected_records_are_counted_once(redis_db):

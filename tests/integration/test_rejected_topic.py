@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 
-from deploy.rejected import read_rejected, summarize
+from kafka import KafkaProducer
+
+from devstack.rejected import read_rejected, summarize
 from tests.integration.helpers import prefixed_topics
 
 
@@ -16,8 +18,6 @@ def rejected(offset: int, reason: str) -> bytes:
 
 
 def test_aborted_records_are_skipped_and_an_open_transaction_is_reported(kafka_broker):
-    from kafka import KafkaProducer
-
     topic = prefixed_topics(kafka_broker, "rejected.", partitions=1)["dlq"]
     plain = KafkaProducer(bootstrap_servers=kafka_broker, acks="all")
     for n in range(3):

@@ -4,6 +4,7 @@ are in test_serving_ops.py."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import grpc
@@ -12,6 +13,7 @@ import pytest
 from contract import keys
 from contract.config import load_config, load_serving_config
 from serving.launch import start_server
+from serving.resp import PipelinedRedis, RedisReplyError
 from serving.server import pb, pb_grpc
 from udfs.features import Event, UserState, WindowDelta, apply_window
 
@@ -102,10 +104,6 @@ def test_oversized_batch_is_invalid(service):
 
 
 def test_pipelined_redis_keeps_replies_in_order_and_reconnects(redis_db):
-    import asyncio
-
-    from serving.resp import PipelinedRedis, RedisReplyError
-
     port, r = redis_db
     r.mset({f"k{n}": f"v{n}" for n in range(500)})
 

@@ -14,20 +14,24 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 import httpx
 import pytest
+import redis
 import trustme
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+import uvicorn
 
 from contract import keys
-from contract.config import load_serving_config
-from deploy.paths import PROJECT_ROOT
-from deploy.stack import free_port, port_open, start_redis, stop_pid
+from contract.config import ConfigError, load_serving_config
+from contract.paths import PROJECT_ROOT
+from devstack.stack import free_port, port_open, start_redis, stop_pid
 from serving.client import RecommendationsClient
-from serving.launch import start_server
+from serving.gateway import create_app
+from serving.launch import GoServer, start_server
 from serving.server import pb, pb_grpc
 from tests.integration.helpers import child_env, wait_until
 from tests.integration.test_serving import seed
@@ -42,8 +46,6 @@ def health_status(channel) -> int:
 @pytest.fixture
 def own_redis(tmp_path):
     """A Redis this test may kill: (port, client, restart)."""
-    import redis
-
     port = free_port()
     svc = {"pid": start_redis(tmp_path, port).pid}
     client = redis.Redis(port=port)
@@ -132,8 +134,6 @@ def test_list_cache_follows_every_rewrite_and_survives_a_frozen_redis(own_redis)
     """lookupd's in-process list cache (Redis CLIENT TRACKING): a rewritten list, or a first list for a
     user who had none, is answered at once; while Redis is frozen a cached list is still the
     truth (nothing can have changed it) and an uncached user falls back."""
-    from serving.launch import GoServer
-
     port, r, restart, svc = own_redis
     metrics_port = free_port()
     cfg = load_serving_config(None, {"engine": "go", "redis.port": port, "metrics_port": metrics_port,
@@ -216,8 +216,6 @@ def test_tls_and_mutual_tls(redis_db, pki, engine):
 
 
 def test_tls_config_names_a_missing_file(tmp_path):
-    from contract.config import ConfigError
-
     with pytest.raises(ConfigError, match="tls.*cert_file.*not a readable file"):
         load_serving_config(None, {"tls": {"cert_file": str(tmp_path / "nope.pem"), "key_file": str(tmp_path / "k")}})
 
@@ -242,7 +240,6 @@ def test_token_authentication(redis_db, monkeypatch, engine):
 
 class Flaky(pb_grpc.RecommendationsServicer):
     """A real gRPC server that fails the first `failures` calls with UNAVAILABLE."""
-
     def __init__(self, failures: int) -> None:
         self.failures, self.calls = failures, 0
 
@@ -255,8 +252,6 @@ class Flaky(pb_grpc.RecommendationsServicer):
 
 @pytest.mark.parametrize("failures, retries, ok", [(2, 2, True), (3, 2, False), (1, 0, False)])
 def test_client_retries_unavailable(failures, retries, ok):
-    from concurrent import futures
-
     servicer = Flaky(failures)
     server = grpc.server(futures.ThreadPoolExecutor(2))
     pb_grpc.add_RecommendationsServicer_to_server(servicer, server)
@@ -283,7 +278,7 @@ def test_sigterm_drains_in_flight_calls_with_metrics_and_json_logs(own_redis, tm
                       f'[redis]\nport = {port}\n')
     stderr = tmp_path / "serve.log"
     with open(stderr, "wb") as err_out:
-        proc = subprocess.Popen([sys.executable, "-m", "deploy.cli", "serve", "--config", str(config)],
+        proc = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--config", str(config)],
                                 cwd=PROJECT_ROOT, stdout=err_out, stderr=subprocess.STDOUT, env=child_env())
     try:
         assert wait_until(lambda: port_open(grpc_port) and port_open(metrics_port), 30), stderr.read_text()
@@ -322,10 +317,6 @@ def test_sigterm_drains_in_flight_calls_with_metrics_and_json_logs(own_redis, tm
 
 
 def test_gateway_and_graphql_answer_what_grpc_answers(redis_db):
-    import uvicorn
-
-    from serving.gateway import create_app
-
     port, r = redis_db
     seed(r)
     cfg = load_serving_config(None, {"redis.port": port, "max_k": 10, "default_k": 4})

@@ -1,46 +1,19 @@
-"""The local stack commands on real processes, and --help on every command."""
+"""The local stack commands on real processes (--help of every command: tests/unit/test_cli.py)."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 
-import pytest
 
-from deploy.paths import PROJECT_ROOT
-from deploy.stack import LocalStack, free_port, stop_pid
+from contract.paths import PROJECT_ROOT
+from devstack.stack import LocalStack, free_port, stop_pid
 from tests.integration.helpers import child_env
 
 
-
-def _commands(cmd=None, path: tuple[str, ...] = ()) -> list[list[str]]:
-    """Every command and group of the `streamrank` CLI, walked from the app (none can be missed)."""
-    import typer.main
-
-    from deploy.cli import app
-
-    cmd = cmd or typer.main.get_command(app)
-    return [list(path), *(c for name, sub in sorted(getattr(cmd, "commands", {}).items())
-                          for c in _commands(sub, (*path, name)))]
-
-
-COMMANDS = _commands()
-
-
 def cli(*args: str, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "deploy.cli", *args], cwd=PROJECT_ROOT,
+    return subprocess.run([sys.executable, "-m", "cli", *args], cwd=PROJECT_ROOT,
                           capture_output=True, text=True, env=env or child_env(), timeout=300)
-
-
-@pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c) or "streamrank")
-def test_every_command_has_help(cmd):
-    out = cli(*cmd, "--help")
-    assert out.returncode == 0 and "Usage" in out.stdout
-
-
-def test_the_command_walk_finds_nested_commands():
-    assert {("dlq",), ("control",), ("cluster", "stop"), ("models", "drift")} <= {tuple(c) for c in COMMANDS}
-    assert len(COMMANDS) >= 30
 
 
 def test_stack_up_twice_status_and_crash(tmp_path):

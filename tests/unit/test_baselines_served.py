@@ -8,7 +8,7 @@ import numpy as np
 from typer.testing import CliRunner
 
 from contract.config import load_config
-from deploy.cli import app
+from cli.main import app
 from udfs.candidates import CandidatePool, ItemStats
 from udfs.features import Event, UserState, WindowDelta, apply_window, feature_names, user_item_matrix
 from udfs.scorer import OnnxScorer

@@ -1,11 +1,19 @@
 import json
+import re
 
 import pytest
+from typer.testing import CliRunner
 
+from cli.main import app
 from contract import keys
-from contract.config import ConfigError, load_config, load_serving_config, parse_config
-from contract.schema import InvalidEvent, sanitize_category, validate
-from deploy.paths import PROJECT_ROOT
+from contract.config import (ConfigError, FORMAT_PRESETS, FaultConfig, PRESETS, config_reference,
+                             load_config, load_serving_config, parse_config)
+from contract.paths import PROJECT_ROOT
+from contract.schema import (CONTROL_ACTIONS, DLQ_REASONS, InvalidEvent, MAX_FUTURE_MS, MAX_JSON_DEPTH,
+                             MIN_TS_MS, sanitize_category, validate, validation_sql)
+from jobs.recommend import build, kafka_dlq_ddl, kafka_items_ddl, kafka_source_ddl
+from udfs.faults import FaultInjector, InjectedFailure
+from udfs.features import feature_names
 
 GOOD = {"event_id": "e1", "user_id": "u1", "item_id": "i1", "type": "click", "ts": 1_700_000_000_000}
 
@@ -57,8 +65,6 @@ def test_utf8_with_a_bom_or_a_surrogate_is_read_as_json_loads_reads_it():
 
 
 def test_nesting_is_limited_to_max_json_depth_wherever_validate_is_called():
-    from contract.schema import MAX_JSON_DEPTH
-
     def nested(n: int) -> str:  # the record's object is depth 1
         return json.dumps(GOOD)[:-1] + ', "context": ' + "[" * n + "]" * n + "}"
 
@@ -112,8 +118,6 @@ def test_zero_half_life_fails_naming_the_field():
 
 
 def test_rejected_delivery_exactly_once_writes_transactions_that_outlive_a_checkpoint():
-    from jobs.recommend import kafka_dlq_ddl
-
     cfg = parse_config({"kafka": {"rejected_delivery": "exactly-once", "group_id": "g"}})
     ddl = kafka_dlq_ddl(cfg, "late_sink", "t.late")
     assert "'sink.delivery-guarantee' = 'exactly-once'" in ddl
@@ -140,8 +144,6 @@ def test_prometheus_port_is_a_port_or_a_range():
 
 
 def test_stop_offsets_bound_the_source_and_exclude_bounded():
-    from jobs.recommend import kafka_items_ddl, kafka_source_ddl
-
     cfg = parse_config({"kafka": {"stop_offsets": {"1": 7, "0": 42}}})
     assert "'scan.bounded.specific-offsets' = 'partition:0,offset:42;partition:1,offset:7'" in kafka_source_ddl(cfg)
     assert "'scan.bounded.mode' = 'latest-offset'" in kafka_items_ddl(cfg)  # the job can end
@@ -152,9 +154,6 @@ def test_stop_offsets_bound_the_source_and_exclude_bounded():
 
 
 def test_injected_failure_waits_until_armed(tmp_path):
-    from contract.config import FaultConfig
-    from udfs.faults import FaultInjector, InjectedFailure
-
     armed, marker = tmp_path / "armed", tmp_path / "fired"
     faults = FaultInjector(FaultConfig(fail_after_windows=3, marker_file=str(marker), armed_file=str(armed)))
     faults.before_batch(5)  # past the count, not armed: no failure
@@ -177,8 +176,6 @@ def test_rec_list_round_trip():
 
 
 def test_config_reference_is_current():
-    from contract.config import config_reference
-
     readme = PROJECT_ROOT / "deploy" / "config" / "README.md"
     assert readme.read_text() == config_reference(), \
         "regenerate it: .venv/bin/python -m contract.config > deploy/config/README.md"
@@ -195,10 +192,6 @@ def test_unknown_keys_get_the_closest_field_named():
 
 
 def test_config_check_command(tmp_path):
-    from typer.testing import CliRunner
-
-    from deploy.cli import app
-
     ok = CliRunner().invoke(app, ["config", "check", str(PROJECT_ROOT / "deploy" / "config" / "local.toml")])
     assert ok.exit_code == 0 and json.loads(ok.stdout)["flink"]["prometheus_port"] == "9249-9258"
     bad = tmp_path / "job.toml"
@@ -210,8 +203,6 @@ def test_config_check_command(tmp_path):
 
 
 def test_a_users_request_needs_no_item_and_keeps_none():
-    from contract.schema import CONTROL_ACTIONS
-
     base = {k: v for k, v in GOOD.items() if k != "item_id"}
     for kind in CONTROL_ACTIONS:
         ev = validate(json.dumps({**base, "type": kind, "item_id": "a|b"}))
@@ -223,18 +214,12 @@ def test_a_users_request_needs_no_item_and_keeps_none():
 
 
 def test_the_validation_sql_gives_only_the_contract_s_dlq_reasons():
-    import re
-
-    from contract.schema import DLQ_REASONS, validation_sql
-
     assert set(re.findall(r"THEN '(\w+)'", validation_sql())) == set(DLQ_REASONS)
 
 
 def test_group_offsets_start_a_new_group_at_the_earliest_offset():
     """Kafka's default for a group with no committed offsets is to fail; the cluster test's
     application-mode run read nothing without this."""
-    from jobs.recommend import kafka_source_ddl
-
     assert "'properties.auto.offset.reset' = 'earliest'" in kafka_source_ddl(
         parse_config({"kafka": {"startup_mode": "group-offsets"}}))
     assert "auto.offset.reset" not in kafka_source_ddl(parse_config({}))
@@ -244,8 +229,6 @@ ML100K_FIRST_TS = 874_724_710_000  # MovieLens 100K's earliest rating (1997-09-2
 
 
 def test_an_event_before_2000_is_bad_ts_unless_events_min_ts_ms_is_lowered():
-    from contract.schema import MAX_FUTURE_MS, MIN_TS_MS
-
     old = json.dumps({**GOOD, "ts": ML100K_FIRST_TS})
     with pytest.raises(InvalidEvent, match="bad_ts"):
         validate(old)
@@ -261,9 +244,6 @@ def test_an_event_before_2000_is_bad_ts_unless_events_min_ts_ms_is_lowered():
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # build imports pyflink (no JVM is started)
 def test_the_jobs_sql_takes_the_configs_event_time_bounds():
-    from contract.schema import MAX_FUTURE_MS, MIN_TS_MS, validation_sql
-    from jobs.recommend import build, kafka_source_ddl
-
     assert f"< {MIN_TS_MS}\n" in validation_sql() and f"+ {MAX_FUTURE_MS} THEN 'bad_ts'" in validation_sql()
     sql = validation_sql(min_ts_ms=ML100K_FIRST_TS, max_future_ms=7_200_000)
     assert f"< {ML100K_FIRST_TS}\n" in sql and "kafka_ts_ms + 7200000 THEN 'bad_ts'" in sql
@@ -298,9 +278,6 @@ def test_negative_min_ts_ms_fails_naming_the_field():
 
 
 def test_presets_load_override_the_file_and_name_the_choices(tmp_path):
-    from contract.config import FORMAT_PRESETS, PRESETS, ConfigError, load_config
-    from udfs.features import feature_names
-
     f = tmp_path / "job.toml"
     f.write_text("[features]\ninterest_half_life_s = 60.0\nmicro_batch_s = 4.0\n[redis]\nport = 7000\n")
     retail = load_config(f, None, "retail-purchases")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typer.testing import CliRunner
 
-from deploy.cli import app
+from cli.main import app
 
 ALL_BAD_ONLINE_RETAIL = """InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country
 536370,22728,ALARM CLOCK BAKELIKE PINK,24,yesterday,3.75,12583,France

@@ -7,8 +7,10 @@ import math
 
 import pytest
 
+from contract.config import load_config
 from contract.schema import Interaction
-from models.evaluation import Baselines, auc, evaluate, hit_at, ndcg_at, reciprocal_rank, relevant_items, split_by_time
+from models.evaluation import (Baselines, auc, evaluate, evaluate_history, hit_at, ndcg_at, reciprocal_rank,
+                               relevant_items, split_by_time)
 
 H = 3_600_000
 
@@ -64,9 +66,6 @@ def test_evaluate_reports_each_ranker():
 
 
 def test_evaluate_history_trains_on_the_past_and_reports_every_ranker(sim_history, tmp_path):
-    from contract.config import load_config
-    from models.evaluation import evaluate_history
-
     history, _ = sim_history
     out = evaluate_history(str(history), load_config(None), work_dir=str(tmp_path), progress=False)
     rankers = {"popularity", "trending", "user_top_category", "repeat", "classifier", "lambdamart"}

@@ -3,10 +3,10 @@ import pytest
 
 from contract.config import FeatureConfig
 from udfs.candidates import ALL, Candidate, CandidatePool, TrendingBoards, gather_candidates
-from udfs.features import (
-    NEVER_S, Event, UserState, WindowDelta, apply_window, describe, feature_names, user_feature_names,
-    user_item_features, user_item_matrix,
-)
+from udfs.features import (Event, NEVER_S, UserState, WindowDelta, apply_window, describe, feature_names,
+                           parse_events, shared_events, user_feature_names, user_item_features,
+                           user_item_matrix)
+from udfs.ranking import item_window_counts
 
 CFG = FeatureConfig(frequency_windows_s=(60.0, 3600.0), monetary_windows_s=(3600.0,), window_slices=6,
                     session_gap_s=30.0, session_window_s=3600.0, interest_half_life_s=10.0,
@@ -190,9 +190,6 @@ def test_candidates_union_trending_category_and_own_items():
 
 
 def test_item_window_counts_take_consented_events_per_item_window():
-    from udfs.features import Event, WindowDelta, parse_events
-    from udfs.ranking import item_window_counts
-
     def ev(n, etype, item, consent=True):
         return Event(f"e{n}", etype, item, "c1", 1000 + n, 0.0, consent).encode()
 
@@ -246,8 +243,6 @@ def test_control_records_are_counted_once_and_replays_change_nothing():
 
 
 def test_shared_statistics_skip_control_records_and_opted_out_stretches():
-    from udfs.features import shared_events
-
     es = [ev(1, "view", T0), ctl(1, "opt_out", T0 + 1), ev(2, "view", T0 + 2), ctl(2, "opt_in", T0 + 3),
           ev(3, "view", T0 + 4)]
     assert [e.event_id for e in shared_events(es, False)] == ["e1", "e3"]

@@ -10,7 +10,7 @@ import os
 
 from typer.testing import CliRunner
 
-from deploy.cli import app
+from cli.main import app
 
 D = 86_400_000
 T0 = 1_767_225_600_000  # 2026-01-01

@@ -11,9 +11,9 @@ import json
 import pytest
 
 from contract.schema import validate
-from deploy.paths import PROJECT_ROOT
+from contract.paths import PROJECT_ROOT
 from traffic.importers import ImportFailed, description_category, import_file
-from traffic.publish import catalog_path
+from contract.paths import catalog_path
 
 RR_EVENTS = """timestamp,visitorid,event,itemid,transactionid
 1433222276276,599528,view,356475,

@@ -8,11 +8,12 @@ from __future__ import annotations
 import re
 import subprocess
 
+import pyflink.version
 import pytest
 import yaml
 
 from contract.config import load_config, load_serving_config
-from deploy.paths import CACHE, PROJECT_ROOT
+from contract.paths import CACHE, PROJECT_ROOT
 
 K8S = PROJECT_ROOT / "deploy" / "k8s"
 CHECK = K8S / "check" / "validate.mjs"
@@ -70,8 +71,6 @@ def test_the_config_map_carries_the_config_files_and_they_load(objects):
 
 
 def test_the_flink_deployment_agrees_with_the_job_config_and_the_image(objects):
-    import pyflink.version
-
     flink_version = pyflink.version.__version__  # the locked apache-flink
     job = load_config(K8S / "job.toml")
     spec = objects[("FlinkDeployment", "streamrank-recommend")]["spec"]
@@ -100,7 +99,7 @@ def test_the_flink_deployment_agrees_with_the_job_config_and_the_image(objects):
     dockerfile = (K8S / "Dockerfile").read_text()
     assert re.search(rf"^FROM flink:{re.escape(flink_version)}-java17$", dockerfile, re.M)
     assert "python3.11 -m venv /opt/venv" in dockerfile and "ENV PYTHONPATH=/opt/streamrank" in dockerfile
-    uv = re.search(r"^UV_VERSION=(\S+)$", (PROJECT_ROOT / "deploy" / "setup" / "setup.sh").read_text(), re.M)[1]
+    uv = re.search(r"^UV_VERSION=(\S+)$", (PROJECT_ROOT / "devstack" / "setup" / "setup.sh").read_text(), re.M)[1]
     assert f"uv=={uv}" in dockerfile
     assert "--python-version 3.11" in (PROJECT_ROOT / "Makefile").read_text()  # the lock's Python
 

@@ -12,6 +12,7 @@ import pytest
 from contract import keys
 from serving import lookup
 from serving.core import status_of
+from serving.launch import contract_spec
 
 VECTORS = json.loads((Path(__file__).parents[1] / "vectors" / "lookup.json").read_text())
 POPULAR = [keys.ScoredItem(*i) for i in VECTORS["popular"]]
@@ -54,7 +55,5 @@ def test_popular_items_from_the_trending_board():
 def test_the_vectors_contract_is_the_one_lookupd_is_given():
     """lookup_test.go checks the Go rules under the vectors' "contract"; it must be what
     `streamrank serve` hands lookupd."""
-    from serving.launch import contract_spec
-
     given = contract_spec()
     assert {k: given[k] for k in VECTORS["contract"]} == VECTORS["contract"]

@@ -7,16 +7,15 @@ from __future__ import annotations
 import json
 import re
 
+from prometheus_client import REGISTRY, generate_latest
+
 from contract.config import load_config, load_serving_config, port_range
-from deploy.metrics import MONITORING, dashboard_metrics
-from deploy.paths import PROJECT_ROOT
+from contract.paths import PROJECT_ROOT
+from devstack.metrics import MONITORING, dashboard_metrics
+import serving.core  # noqa: F401  (declares the metrics)
 
 
 def test_dashboard_serving_queries_name_metrics_the_service_declares():
-    from prometheus_client import REGISTRY, generate_latest
-
-    import serving.core  # noqa: F401  (declares the metrics)
-
     declared = {m for m in re.findall(r"^# TYPE (\S+)", generate_latest(REGISTRY).decode(), re.M)}
     wanted = {n for n in dashboard_metrics() if n.startswith("streamrank_serving_")}
     assert wanted, "the dashboard has no serving panels"

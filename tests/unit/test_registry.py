@@ -5,10 +5,12 @@ import os
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
+from cli.main import app
 from models.registry import Registry, RegistryError
-from udfs.scorer import ModelWatcher
 from tests.unit.test_scorer import FEATURE_NAMES, trained  # noqa: F401  (fixture)
+from udfs.scorer import ModelWatcher
 
 
 def publish(reg: Registry, onnx_bytes: bytes, promote: bool = True, names=FEATURE_NAMES) -> str:
@@ -71,9 +73,7 @@ def test_watcher_with_zero_interval_never_reloads(trained, tmp_path):  # noqa: F
 
 
 def test_models_commands_list_promote_and_roll_back(trained, tmp_path):  # noqa: F811
-    from typer.testing import CliRunner
 
-    from deploy.cli import app
 
     reg = Registry(tmp_path)
     publish(reg, trained[1])

@@ -1,8 +1,8 @@
-"""deploy.rejected.summarize: what `streamrank dlq` reports of the rejected-records topics."""
+"""devstack.rejected.summarize: what `streamrank dlq` reports of the rejected-records topics."""
 
 from __future__ import annotations
 
-from deploy.rejected import SAMPLE_CHARS, summarize
+from devstack.rejected import SAMPLE_CHARS, summarize
 
 
 def row(offset: int, reason: str, record: str = "{}", partition: int = 0) -> dict:

@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from deploy.paths import PROJECT_ROOT
-from jobs.recommend import restore_options
+from contract.paths import PROJECT_ROOT
+from jobs.runtime import restore_options
 
 
 def test_a_savepoint_directory_becomes_flinks_restore_options(tmp_path):
@@ -29,6 +29,6 @@ def test_a_path_without_a_savepoint_fails_and_says_what_to_give(tmp_path):
 
 
 def test_cli_refuses_a_wrong_savepoint_before_flink_starts(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "deploy.cli", "run", "--from-savepoint", str(tmp_path / "nope")],
+    out = subprocess.run([sys.executable, "-m", "cli", "run", "--from-savepoint", str(tmp_path / "nope")],
                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "no savepoint there" in out.stderr

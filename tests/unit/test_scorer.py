@@ -1,10 +1,15 @@
 import json
 
 import numpy as np
+import onnx
+from onnxmltools import convert_lightgbm
+from onnxmltools.convert.common.data_types import FloatTensorType
 import pytest
+from sklearn.ensemble import GradientBoostingClassifier
 
-from models.training import PARITY_TOLERANCE, export_onnx, parity
 from contract.config import FeatureConfig
+from models.training import (PARITY_TOLERANCE, export_onnx, fit_model, model_scores, parity,
+                             round_thresholds_down)
 from udfs.features import feature_names
 from udfs.scorer import ModelError, OnnxScorer
 
@@ -13,8 +18,6 @@ FEATURE_NAMES = feature_names(FeatureConfig())
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from sklearn.ensemble import GradientBoostingClassifier
-
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2000, len(FEATURE_NAMES))).astype(np.float32)
     y = (x[:, 0] + x[:, 3] * x[:, 5] + rng.normal(scale=0.5, size=2000) > 0).astype(int)
@@ -54,8 +57,6 @@ def test_missing_card_says_how_to_fix(tmp_path):
 
 
 def test_lambdamart_exports_to_onnx_within_tolerance(tmp_path):
-    from models.training import fit_model, model_scores
-
     rng = np.random.default_rng(1)
     x = rng.normal(size=(3000, len(FEATURE_NAMES))).astype(np.float32)
     y = (x[:, 2] - x[:, 4] + rng.normal(scale=0.7, size=3000) > 0.8).astype(int)
@@ -74,8 +75,6 @@ def test_lambdamart_exports_to_onnx_within_tolerance(tmp_path):
 
 
 def test_lightgbm_classifier_exports_to_onnx_within_tolerance(tmp_path):
-    from models.training import fit_model, model_scores
-
     rng = np.random.default_rng(2)
     x = rng.normal(size=(4000, len(FEATURE_NAMES))).astype(np.float32)
     y = (x[:, 1] + x[:, 5] + rng.normal(scale=0.7, size=4000) > 0.8).astype(int)
@@ -94,8 +93,6 @@ def test_lightgbm_classifier_exports_to_onnx_within_tolerance(tmp_path):
 
 
 def test_unknown_model_kind_names_the_choices():
-    from models.training import fit_model
-
     with pytest.raises(ValueError, match="classifier, lambdamart"):
         fit_model("svm", np.zeros((2, 2)), np.array([0, 1]), np.array([0, 0]))
 
@@ -103,10 +100,6 @@ def test_unknown_model_kind_names_the_choices():
 def test_lambdamart_split_between_adjacent_float32_values_keeps_parity():
     """A split between two adjacent float32 values has a double threshold that float32 rounds up
     to the larger value; the export moves it down so ONNX sends that value the same way."""
-    import onnx
-
-    from models.training import fit_model, model_scores, round_thresholds_down
-
     lo = np.float32(0.9375)
     hi_below = np.nextafter(lo, np.float32(0))  # the float32 just below 0.9375
     rng = np.random.default_rng(3)
@@ -118,8 +111,6 @@ def test_lambdamart_split_between_adjacent_float32_values_keeps_parity():
     onnx_bytes, _ = export_onnx(model, x.shape[1])
     assert parity(model, onnx_bytes, x) <= PARITY_TOLERANCE
     # the case is real: converted without the fix, the same model disagrees on these rows
-    from onnxmltools import convert_lightgbm
-    from onnxmltools.convert.common.data_types import FloatTensorType
 
     raw = convert_lightgbm(model.booster_, initial_types=[("features", FloatTensorType([None, x.shape[1]]))],
                            target_opset=15, zipmap=False)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pytest
 
@@ -78,7 +80,6 @@ def test_bootstrap_interval_candidate_recall_and_segments():
     assert lo < 0.5 < hi and hi - lo < 0.15
     assert bootstrap_ci(np.ones(10)) == [1.0, 1.0]
     assert candidate_recall({"u": ["a", "b"], "v": ["c"]}, {"u": {"a", "z"}, "v": {"c"}}) == pytest.approx(2 / 3)
-    from collections import Counter
 
     buys = Counter({"big": 7, "small": 2})
     known = {"big", "small", "browser"}

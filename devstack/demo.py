@@ -16,8 +16,16 @@ import redis
 
 from contract import keys
 from contract.config import load_config, load_serving_config
-from deploy.paths import PROJECT_ROOT, run_dir
-from deploy.stack import LocalStack, free_port, stop_pid
+from contract.paths import PROJECT_ROOT, run_dir
+from jobs.runtime import find_rest_endpoint
+from devstack.metrics import find_ledger_metrics
+from devstack.rejected import end_offsets, read_rejected, summarize
+from devstack.stack import LocalStack, free_port, stop_pid
+from models.training import build_training_set, train_and_publish
+from serving.client import RecommendationsClient, format_recommendations
+from serving.launch import start_server
+from traffic.publish import catalog_path, publish_catalog, publish_events, send_requests, write_history
+from traffic.simulator import Simulator
 
 log = logging.getLogger("streamrank.demo")
 CONFIG = PROJECT_ROOT / "deploy" / "config" / "local.toml"
@@ -28,14 +36,6 @@ def _step(msg: str) -> None:
 
 
 def run_demo(live_events: int, rate: float, keep: bool) -> int:
-    from models.training import build_training_set, train_and_publish
-    from serving.client import RecommendationsClient, format_recommendations
-    from serving.launch import start_server
-    from traffic.publish import catalog_path, publish_catalog, publish_events, send_requests, write_history
-    from traffic.simulator import Simulator
-    from deploy.cluster import find_rest_endpoint
-    from deploy.metrics import find_ledger_metrics
-    from deploy.rejected import end_offsets, read_rejected, summarize
 
     run = run_dir()
     stack = LocalStack(run)

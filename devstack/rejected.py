@@ -11,6 +11,9 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Iterator
 
+from kafka import KafkaConsumer, TopicPartition
+from tqdm import tqdm
+
 SAMPLE_CHARS = 200
 
 
@@ -49,9 +52,6 @@ def read_rejected(bootstrap: str, topic: str, idle_ms: int = 5000, progress: boo
     at-least-once sink's records are all there). A transaction still open holds such readers at
     its first offset (the last stable offset); `unread` (when given) then gets, per partition,
     [that offset, the partition's end]. Stops early after idle_ms with nothing new."""
-    from kafka import KafkaConsumer, TopicPartition
-    from tqdm import tqdm
-
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, consumer_timeout_ms=idle_ms,
                              isolation_level="read_committed", request_timeout_ms=10000)
     try:
@@ -85,8 +85,6 @@ def read_rejected(bootstrap: str, topic: str, idle_ms: int = 5000, progress: boo
 def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
     """partition -> end offset now, as written (open transactions included): `start` for a later
     read_rejected of only what comes after."""
-    from kafka import KafkaConsumer, TopicPartition
-
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, request_timeout_ms=10000)
     try:
         parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]

@@ -11,10 +11,15 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from deploy.paths import (PROMETHEUS_REPORTER_FACTORY, PROJECT_ROOT, flink_home, link_flink_lib,
-                          python_executable)
+from contract.config import port_range
+from contract.paths import PROJECT_ROOT
+from devstack.metrics import scrape
+from devstack.stack import free_port
+from jobs.runtime import (PROMETHEUS_REPORTER_FACTORY, flink_home, link_flink_lib, python_executable,
+                          rest_overview)
 
-PY_PACKAGES = ("contract", "jobs", "udfs", "deploy", "models")
+# what the job runs, and so all that `flink run -pyfs` ships to the TaskManagers
+PY_PACKAGES = ("contract", "jobs", "udfs")
 
 
 class ClusterError(RuntimeError):
@@ -77,30 +82,6 @@ def _metrics_ports(first: int) -> str:
     return f"{first}-{first + 9}"
 
 
-def rest_overview(address: str) -> dict | None:
-    """GET /overview of a Flink REST API (host:port), or None when nothing answers."""
-    try:
-        with urllib.request.urlopen(f"http://{address}/overview", timeout=2) as r:
-            return json.loads(r.read())
-    except (urllib.error.URLError, OSError, ValueError):
-        return None
-
-
-def find_rest_endpoint(spec: str, wait_s: float = 0.0) -> str | None:
-    """http://127.0.0.1:port of the first port in spec ("8081" or "8081-8090") where a Flink REST
-    API with a running job answers, polling up to wait_s for a job that is still starting."""
-    from contract.config import port_range
-
-    deadline = time.monotonic() + wait_s
-    while True:
-        for port in port_range(spec):
-            if (ov := rest_overview(f"127.0.0.1:{port}")) and ov.get("jobs-running", 0) > 0:
-                return f"http://127.0.0.1:{port}"
-        if time.monotonic() >= deadline:
-            return None
-        time.sleep(0.5)
-
-
 class FlinkCluster:
     def __init__(self, run_dir: Path) -> None:
         self.dir = run_dir / "flink-cluster"
@@ -138,7 +119,6 @@ class FlinkCluster:
         the job) instead of a session cluster."""
         if (ov := self.overview()) and ov.get("taskmanagers", 0) > 0:
             return ov
-        from deploy.stack import free_port
 
         home = flink_home()
         self.conf.mkdir(parents=True, exist_ok=True)
@@ -223,9 +203,6 @@ class FlinkCluster:
     def metrics_endpoints(self) -> dict[str, str]:
         """{"jobmanager": url, "taskmanager": url} of the daemons' Prometheus reporters: the
         ports of the configured range that answer, told apart by their metric names."""
-        from contract.config import port_range
-        from deploy.metrics import scrape
-
         first = int(json.loads(self.state_file.read_text()).get("metrics_port", 0))
         found: dict[str, str] = {}
         for port in port_range(_metrics_ports(first)) if first else ():

@@ -4,14 +4,17 @@ requests applied and the DLQ by reason."""
 
 from __future__ import annotations
 
+import json
 import re
 import urllib.error
 import urllib.request
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from contract.config import port_range
 from contract.keys import LEDGER_FIELDS
+from contract.paths import PROJECT_ROOT
 from contract.schema import CONTROL_ACTIONS
-from deploy.paths import PROJECT_ROOT
 
 MONITORING = PROJECT_ROOT / "deploy" / "monitoring"
 
@@ -29,8 +32,6 @@ def scrape(url: str, timeout_s: float = 5.0) -> str | None:
 
 def _streamrank_counters(text: str, names: tuple[str, ...]) -> dict[str, int]:
     """streamrank_<name> for each name, summed over operators and subtasks (0 when not served)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
     out = dict.fromkeys(names, 0)
     for family in text_string_to_metric_families(text):
         m = _LEDGER_METRIC.fullmatch(family.name)
@@ -54,8 +55,6 @@ def control_counters(text: str) -> dict[str, int]:
 def dlq_reason_counters(text: str) -> dict[str, int]:
     """streamrank_dlq_reason_records by its dlq_reason label, summed over operators and subtasks:
     the DLQ'd records by reason (only the reasons that happened)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
     out: dict[str, int] = {}
     for family in text_string_to_metric_families(text):
         if family.name == "flink_taskmanager_job_task_operator_streamrank_dlq_reason_records":
@@ -79,8 +78,6 @@ def find_ledger_metrics(spec: str) -> tuple[str, dict] | None:
 
 def dashboard_metrics() -> set[str]:
     """The metric names (or, ending in `_`, name prefixes) the Grafana dashboard's queries read."""
-    import json
-
     exprs = [t["expr"] for p in json.loads((MONITORING / "grafana-streamrank.json").read_text())["panels"]
              for t in p.get("targets", [])]
     return {m for e in exprs for m in re.findall(r"\b(?:flink|streamrank)_\w+", e)}

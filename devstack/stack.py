@@ -19,8 +19,14 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from deploy.paths import KAFKA_JARS
+from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+import redis
 
+from contract.paths import CACHE
+
+KAFKA_JARS = CACHE / "jars" / "kafka"
 log = logging.getLogger(__name__)
 
 KAFKA_LOG4J = """\
@@ -154,8 +160,6 @@ def start_kafka(run_dir: Path, port: int, controller_port: int, partitions: int 
 
 
 def _kafka_answers(port: int) -> bool:
-    from kafka import KafkaAdminClient
-    from kafka.errors import KafkaError
 
     try:
         admin = KafkaAdminClient(bootstrap_servers=f"127.0.0.1:{port}", request_timeout_ms=3000)
@@ -187,7 +191,6 @@ def start_redis(run_dir: Path, port: int, durable: bool = True) -> Service:
 
 
 def _redis_answers(port: int) -> bool:
-    import redis
 
     try:
         return bool(redis.Redis(port=port, socket_timeout=1).ping())
@@ -211,10 +214,6 @@ def stop_pid(pid: int, timeout_s: float = 20) -> None:
 
 def create_topics(bootstrap: str, partitions: int = 2, names: dict | None = None) -> None:
     """Create the interactions, items (compacted), DLQ and late topics if missing."""
-    from kafka import KafkaAdminClient
-    from kafka.admin import NewTopic
-    from kafka.errors import TopicAlreadyExistsError
-
     names = {"interactions": "interactions", "items": "items", "dlq": "interactions.dlq", **(names or {})}
     names.setdefault("late", names["interactions"] + ".late")
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
@@ -238,7 +237,6 @@ def create_topics(bootstrap: str, partitions: int = 2, names: dict | None = None
 
 class LocalStack:
     """The Kafka + Redis pair recorded in `<run_dir>/stack.json`."""
-
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
         self.state_file = run_dir / "stack.json"

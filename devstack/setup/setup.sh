@@ -27,25 +27,25 @@ if [ "$(cat "$STAMPS/venv" 2>/dev/null)" != "$want" ] || [ ! -x "$VENV/bin/pytho
 fi
 
 # 2. Jars from Maven Central: Flink's Kafka SQL connector and Apache Kafka's broker
-want=$(stamp_of deploy/maven/kafka-broker.pom.xml deploy/setup/setup.sh)
+want=$(stamp_of devstack/maven/kafka-broker.pom.xml devstack/setup/setup.sh)
 if [ "$(cat "$STAMPS/jars" 2>/dev/null)" != "$want" ]; then
   command -v mvn >/dev/null || fail "Maven (mvn) is not installed"
   echo "setup: jars from Maven Central (Flink Kafka connector, Kafka broker)"
   rm -rf "$CACHE/jars"
   mvn -q -B "$DEP_PLUGIN:copy" -Dartifact="$KAFKA_CONNECTOR" -DoutputDirectory="$CACHE/jars/flink" \
     || fail "Maven Central: fetching $KAFKA_CONNECTOR failed"
-  mvn -q -B -f deploy/maven/kafka-broker.pom.xml "$DEP_PLUGIN:copy-dependencies" \
+  mvn -q -B -f devstack/maven/kafka-broker.pom.xml "$DEP_PLUGIN:copy-dependencies" \
     -DoutputDirectory="$CACHE/jars/kafka" -DincludeScope=runtime \
     || fail "Maven Central: fetching the Kafka broker jars failed"
   echo "$want" > "$STAMPS/jars"
 fi
 
-# 2b. streamrank's JVM functions (deploy/maven/udf), built with Maven
-want=$(stamp_of deploy/maven/udf/pom.xml deploy/maven/udf/src/main/java/io/streamrank/udf/*.java)
+# 2b. streamrank's JVM functions (jobs/java), built with Maven
+want=$(stamp_of jobs/java/pom.xml jobs/java/src/main/java/io/streamrank/udf/*.java)
 if [ "$(cat "$STAMPS/udf" 2>/dev/null)" != "$want" ] || [ ! -f "$CACHE/udf/streamrank-udf.jar" ]; then
-  echo "setup: building the job's JVM functions (deploy/maven/udf)"
-  mvn -q -B -f deploy/maven/udf/pom.xml package -DskipTests || fail "Maven build of deploy/maven/udf failed"
-  mkdir -p "$CACHE/udf" && cp deploy/maven/udf/target/streamrank-udf.jar "$CACHE/udf/"
+  echo "setup: building the job's JVM functions (jobs/java)"
+  mvn -q -B -f jobs/java/pom.xml package -DskipTests || fail "Maven build of jobs/java failed"
+  mkdir -p "$CACHE/udf" && cp jobs/java/target/streamrank-udf.jar "$CACHE/udf/"
   echo "$want" > "$STAMPS/udf"
 fi
 
@@ -70,7 +70,7 @@ fi
 # 5. lookupd, the compiled lookup service (serving/lookupd): Go stubs from the same .proto, then
 #    go build. Go comes with the machine; modules and the two protoc plugins from the Go module proxy.
 want=$(stamp_of serving/proto/streamrank/v1/*.proto serving/lookupd/go.mod serving/lookupd/go.sum \
-  serving/lookupd/*.go deploy/setup/setup.sh)
+  serving/lookupd/*.go devstack/setup/setup.sh)
 if [ "$(cat "$STAMPS/lookupd" 2>/dev/null)" != "$want" ] || [ ! -x "$CACHE/bin/lookupd" ]; then
   command -v go >/dev/null || fail "Go is not installed (https://go.dev/dl/); it builds serving/lookupd"
   echo "setup: building lookupd (serving/lookupd, Go)"
@@ -92,7 +92,7 @@ fi
 # 6. The Kubernetes manifests' checker (tests/unit/test_k8s.py): kustomize from the Go module proxy
 #    renders deploy/k8s; kubernetes-models from the npm registry validates each object against
 #    Kubernetes' schemas and the Flink Kubernetes Operator's.
-want=$(stamp_of deploy/k8s/check/package.json deploy/k8s/check/package-lock.json deploy/setup/setup.sh)
+want=$(stamp_of deploy/k8s/check/package.json deploy/k8s/check/package-lock.json devstack/setup/setup.sh)
 if [ "$(cat "$STAMPS/k8s-check" 2>/dev/null)" != "$want" ] || [ ! -x "$CACHE/go/bin/kustomize" ] \
     || [ ! -d deploy/k8s/check/node_modules ]; then
   command -v npm >/dev/null || fail "Node.js and npm are not installed; they check deploy/k8s"

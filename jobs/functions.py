@@ -1,5 +1,5 @@
-"""Thin PyFlink wrappers: vectorized (pandas) UDFs that load resources in open() and hand whole
-Arrow batches to the pure core. They act as the job's Redis sinks; each returns, per row, how
+"""The job's Python functions: vectorized (pandas) UDFs that load resources in open() and hand
+whole Arrow batches to the pure core (udfs). They act as the job's Redis sinks; each returns, per row, how
 many records it wrote, so the Flink graph ends in a blackhole sink."""
 
 from __future__ import annotations
@@ -11,6 +11,12 @@ from pyflink.table import DataTypes
 from pyflink.table.udf import FunctionContext, ScalarFunction, udf
 
 from contract.config import JobConfig
+from contract.schema import CONTROL_ACTIONS, DLQ_REASONS
+from jobs.store import RedisStore, RejectedCounter, redis_client, write_item_meta
+from udfs.faults import FaultInjector
+from udfs.features import WindowDelta, feature_names
+from udfs.ranking import BatchRanker
+from udfs.scorer import ModelWatcher
 
 log = logging.getLogger(__name__)
 
@@ -26,16 +32,11 @@ class RankUsers(ScalarFunction):
         self.counters: dict = {}
 
     def open(self, function_context: FunctionContext) -> None:
-        from contract.schema import CONTROL_ACTIONS
-        from udfs.faults import FaultInjector
-        from udfs.features import feature_names
-        from udfs.ranking import BatchRanker
-        from udfs.scorer import ModelWatcher
 
         cfg = JobConfig.model_validate_json(self.cfg_json)
         s = cfg.scoring
         scorer = ModelWatcher(s.model_dir, feature_names(cfg.features), s.reload_check_s) if s.enabled else None
-        self.ranker = BatchRanker(cfg, scorer)
+        self.ranker = BatchRanker(cfg, scorer, RedisStore(cfg))
         self.faults = FaultInjector(cfg.faults)
         group = function_context.get_metric_group().add_group("streamrank")
         self.counters = {name: group.counter(name) for name in ("used", "duplicate", "opted_out", "late")}
@@ -53,8 +54,6 @@ class RankUsers(ScalarFunction):
         return int(round(1000 * report.psi.get(name, 0.0))) if report else 0
 
     def eval(self, user_id, window_end, events):  # type: ignore[override]
-        from udfs.features import WindowDelta
-
         deltas = list(map(WindowDelta, user_id.astype(str).tolist(), window_end.astype("int64").tolist(),
                           events.astype(str).tolist()))
         self.faults.before_batch(len(deltas))
@@ -72,13 +71,10 @@ class StoreItemMeta(ScalarFunction):
         self.client = None
 
     def open(self, function_context: FunctionContext) -> None:
-        from udfs.ranking import redis_client
 
         self.client = redis_client(JobConfig.model_validate_json(self.cfg_json))
 
     def eval(self, item_id, category, price):  # type: ignore[override]
-        from udfs.ranking import write_item_meta
-
         rows = [(str(i), str(c or "unknown"), float(p) if p == p else 0.0) for i, c, p in zip(item_id, category, price)]
         n = write_item_meta(self.client, rows)
         return pd.Series([n] * len(rows), dtype="int32")
@@ -86,7 +82,7 @@ class StoreItemMeta(ScalarFunction):
 
 class CountRejected(ScalarFunction):
     """(reason or 'late', topic, partition, offset) -> 1: counts DLQ'd and late records into the
-    ledger exactly once (see udfs.ranking.RejectedCounter) and into the Flink metrics
+    ledger exactly once (see jobs.store.RejectedCounter) and into the Flink metrics
     streamrank.dlq / streamrank.late, and the DLQ'd ones by reason (streamrank.dlq_reason.records,
     with the reason as the label dlq_reason). Only rejected records cross into Python here."""
 
@@ -96,8 +92,6 @@ class CountRejected(ScalarFunction):
         self.counters: dict = {}
 
     def open(self, function_context: FunctionContext) -> None:
-        from contract.schema import DLQ_REASONS
-        from udfs.ranking import RejectedCounter, redis_client
 
         self.counter = RejectedCounter(redis_client(JobConfig.model_validate_json(self.cfg_json)))
         group = function_context.get_metric_group().add_group("streamrank")

@@ -1,0 +1,1 @@
+"""The `streamrank` command, one module per command group (cli.main lists them)."""

@@ -1,0 +1,86 @@
+"""What the command groups share: logging, the config options and their loading."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pythonjsonlogger.json import JsonFormatter
+
+from contract.config import ConfigError, JobConfig, ServingConfig, load_config, load_serving_config, parse_overrides
+from contract.paths import CONFIG_DIR, PROJECT_ROOT
+from jobs.runtime import restore_options
+
+REGISTRY = PROJECT_ROOT / "var" / "models"
+RegistryOpt = Annotated[Path, typer.Option("--registry", help="model registry directory")]
+DEFAULT_CONFIG = str(CONFIG_DIR / "local.toml")
+DEFAULT_SERVING = str(CONFIG_DIR / "serving.toml")
+ConfigOpt = Annotated[str, typer.Option("--config", "-c", help="job config TOML")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override a field: SECTION.KEY=VALUE")]
+PresetOpt = Annotated[str | None, typer.Option(
+    "--preset", help="config preset applied over --config: web-sessions | retail-purchases (deploy/config/presets)")]
+
+
+def setup_logging(verbose: bool = False, fmt: str = "text") -> None:
+    """text for people; json (one object per line, for log shippers) for the long-running services."""
+    handler = logging.StreamHandler()
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s",
+                                           rename_fields={"levelname": "level", "name": "logger"}))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler], force=True)
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+
+
+def job_config(config: str, sets: list[str] | None, bounded: bool = False, preset: str | None = None) -> JobConfig:
+    """The job config with --set and --preset applied, or exit 2 naming each bad field."""
+    try:
+        return load_config(config, parse_overrides(sets or [], bounded=bounded), preset)
+    except ConfigError as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(2) from None
+
+
+def serving_config(config: str, port: int | None) -> ServingConfig:
+    try:
+        return load_serving_config(config, {"port": port} if port is not None else None)
+    except ConfigError as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(2) from None
+
+
+def run_service(cfg: ServingConfig, run) -> None:
+    """A long-running service: its configured log format; a config problem found at start-up
+    (e.g. an unset token variable) exits 2 with the message."""
+    setup_logging(fmt=cfg.log_format)
+    try:
+        run(cfg)
+    except ConfigError as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(2) from None
+
+
+FromSavepointOpt = Annotated[str | None, typer.Option(
+    help="resume from a savepoint (`cluster stop` prints it) or a retained checkpoint's chk-N directory")]
+
+
+AllowNonRestoredOpt = Annotated[bool, typer.Option(
+    help="with --from-savepoint: skip state of operators the job no longer has")]
+
+
+def job_args(set_: list[str] | None, bounded: bool, from_savepoint: str | None,
+              allow_non_restored_state: bool, preset: str | None = None) -> list[str]:
+    """jobs.recommend's arguments besides --config; the savepoint is checked here, before Flink starts."""
+    try:
+        restore = restore_options(from_savepoint, allow_non_restored_state)
+    except SystemExit as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(2) from None
+    return ([a for s in (set_ or []) for a in ("--set", s)] + (["--bounded"] if bounded else [])
+            + (["--preset", preset] if preset else [])
+            # as a URI: the job may run in another directory (flink run)
+            + (["--from-savepoint", restore["execution.state-recovery.path"]] if restore else [])
+            + (["--allow-non-restored-state"] if allow_non_restored_state else []))

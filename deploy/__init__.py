@@ -1,1 +1,0 @@
-"""How streamrank runs beyond one process: local stack, Flink cluster, config files."""

@@ -1,0 +1,203 @@
+"""The job's Redis store: users' states and lists (guarded writes), item statistics, the
+candidate source, the item catalog and the ledger. Keys, codecs and scripts come from
+contract.keys; what is computed lives in udfs (udfs.ranking.BatchRanker ranks through this)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import redis
+
+from contract import keys
+from contract.config import JobConfig
+from udfs.candidates import Candidate, CandidatePool, ItemStats, gather_candidates, item_weight
+from udfs.drift import DriftReport
+from udfs.features import Ledger, UserState
+
+
+def redis_client(cfg: JobConfig) -> redis.Redis:
+    return redis.Redis(host=cfg.redis.host, port=cfg.redis.port, socket_timeout=10)
+
+
+class RejectedCounter:
+    """Counts DLQ'd and late records into the ledger exactly once, replays included."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.script = client.register_script(keys.lua("count_rejected"))
+
+    def count(self, rows: list[tuple[str, int, int, str]]) -> int:
+        """rows: (topic, partition, offset, 'dlq' | 'late'); returns how many were new."""
+        args: list = []
+        for topic, partition, offset, field in rows:
+            args += [f"{topic}:{partition}", offset, field]
+        return int(self.script(keys=[keys.LEDGER, keys.REJECTED_OFFSETS], args=args)) if rows else 0
+
+
+def count_in_ledger(pipe, counts: dict[str, int]) -> None:
+    """Queue HINCRBYs of the ledger hash (used/duplicate/opted_out/dlq/late) on a pipeline."""
+    for name, n in counts.items():
+        if n:
+            pipe.hincrby(keys.LEDGER, str(name), int(n))
+
+
+class TrendingWriter:
+    """Adds per-item window counts to the item statistics in Redis (one script call per batch)."""
+
+    MAX_BOARD = 5000
+
+    def __init__(self, cfg: JobConfig, client: redis.Redis | None = None) -> None:
+        self.cfg = cfg
+        self.redis = client or redis_client(cfg)
+        self.script = self.redis.register_script(keys.lua("item_stats"))
+
+    def write(self, rows: list[tuple[int, str, str, int, int, int, int, int]], pipe=None) -> int:
+        """rows: (window_end, item_id, category, n_view, n_click, n_cart, n_purchase, n_repeat). With pipe
+        (a MULTI pipeline), the script is queued there instead of run at once."""
+        f = self.cfg.features
+        argv: list = [f.item_half_life_s * 1000.0, f.item_long_half_life_s * 1000.0, self.MAX_BOARD,
+                      keys.TRENDING_CATEGORY_PREFIX]
+        for t, item, category, nv, nc, na, np_, nr in sorted(rows):
+            argv += [t, item, category, nv, np_, nr, repr(item_weight(nv, nc, na, np_))]
+        if rows:
+            self.script(keys=[keys.TRENDING_LANDMARK, keys.TRENDING_BOARDS, *keys.ITEM_STATS_BOARDS], args=argv, client=pipe)
+        return len(rows)
+
+
+class CandidateSource:
+    """Trending boards and item metadata read from Redis, refreshed every `refresh_s`."""
+
+    def __init__(self, cfg: JobConfig, client: redis.Redis) -> None:
+        self.cfg = cfg
+        self.redis = client
+        self.loaded_at = -1e18
+        self.catalog: dict[str, tuple[str, float]] = {}
+        self.unknown: set[str] = set()  # items without metadata yet; asked again after a refresh
+        self.pool = CandidatePool([], {}, self.catalog, ItemStats(), cfg.features.conversion_prior_weight)
+
+    def refresh(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.loaded_at < self.cfg.candidates.refresh_s:
+            return
+        c = self.cfg.candidates
+        boards = [b.decode() for b in self.redis.smembers(keys.TRENDING_BOARDS)]
+        cat_keys = [b for b in boards if b.startswith(keys.TRENDING_CATEGORY_PREFIX)]
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zrevrange(keys.TRENDING, 0, c.trending - 1, withscores=True)
+        for b in cat_keys:
+            pipe.zrevrange(b, 0, c.per_category - 1, withscores=True)
+        res = pipe.execute()
+        global_top = [(i.decode(), s) for i, s in res[0]]
+        category_top = {
+            b[len(keys.TRENDING_CATEGORY_PREFIX):]: [(i.decode(), s) for i, s in r] for b, r in zip(cat_keys, res[1:])
+        }
+        self.unknown.clear()
+        wanted = {i for i, _ in global_top}
+        for top in category_top.values():
+            wanted.update(i for i, _ in top)
+        self.load_meta(wanted)
+        self.pool = CandidatePool(global_top, category_top, self.catalog, self._stats(sorted(wanted)),
+                                  self.cfg.features.conversion_prior_weight)
+        self.loaded_at = now
+
+    def _stats(self, items: list[str], boards: bool = True) -> ItemStats:
+        """Long-term popularity and conversion/repurchase counts of these items; with boards, also
+        the top long-term score and category popularity (a refresh needs them, own_stats not)."""
+        pipe = self.redis.pipeline(transaction=False)
+        if boards:
+            pipe.zrevrange(keys.TRENDING_LONG, 0, 0, withscores=True)
+            pipe.zrange(keys.TRENDING_CATS, 0, -1, withscores=True)
+            pipe.zrange(keys.TRENDING_CATS_LONG, 0, -1, withscores=True)
+        with_all = [*items, keys.ALL_ITEMS]
+        pipe.zmscore(keys.TRENDING_LONG, with_all)
+        pipe.zmscore(keys.TRENDING_VIEWS, with_all)
+        pipe.zmscore(keys.TRENDING_BUYS, with_all)
+        pipe.zmscore(keys.TRENDING_REBUYS, with_all)
+        res = pipe.execute()
+        long_top, cats, cats_long = res[:3] if boards else ([], [], [])
+        long_scores, views, buys, rebuys = res[-4:]
+
+        def known(names: list[str], scores: list) -> dict[str, float]:
+            return {n: float(s) for n, s in zip(names, scores) if s is not None}
+
+        return ItemStats(
+            long=known(items, long_scores),
+            long_top=float(long_top[0][1]) if long_top else 0.0,
+            categories={c.decode(): float(s) for c, s in cats},
+            categories_long={c.decode(): float(s) for c, s in cats_long},
+            views=known(with_all, views),
+            buys=known(with_all, buys),
+            rebuys=known(with_all, rebuys),
+        )
+
+    def own_stats(self, items: set[str]) -> None:
+        """Statistics of users' own items that the pool lacks (one read per item and refresh)."""
+        missing = self.pool.unasked(items)
+        if missing:
+            self.pool.add_stats(missing, self._stats(missing, boards=False))
+
+    def load_meta(self, items: set[str]) -> None:
+        """One HMGET for every item whose metadata is not known yet."""
+        missing = sorted(i for i in items if i not in self.catalog and i not in self.unknown)
+        if not missing:
+            return
+        for item, raw in zip(missing, self.redis.hmget(keys.ITEM_META, missing)):
+            if raw is None:
+                self.unknown.add(item)
+            else:
+                meta = keys.ItemMeta.decode(raw)
+                self.catalog[item] = (meta.category, meta.price)
+
+    def for_user(self, state: UserState) -> list[Candidate]:
+        c = self.cfg.candidates
+        return gather_candidates(state, self.pool, c.top_categories, c.own_history)
+
+
+class RedisStore:
+    """The ranker's reads and writes: users' states, the candidate source, and one MULTI per batch
+    of states, lists, item statistics and the ledger."""
+
+    def __init__(self, cfg: JobConfig, client: redis.Redis | None = None) -> None:
+        self.cfg = cfg
+        self.redis = client or redis_client(cfg)
+        self.guarded_set = self.redis.register_script(keys.lua("guarded_set"))
+        self.candidates = CandidateSource(cfg, self.redis)
+        self.trending = TrendingWriter(cfg, self.redis)
+
+    def read_states(self, users: list[str]) -> dict[str, UserState]:
+        raw_states = self.redis.mget([keys.feat_key(u) for u in users])
+        return {u: UserState.decode(r) for u, r in zip(users, raw_states)}
+
+    def report_drift(self, report: DriftReport) -> None:
+        worst = report.max_feature
+        self.redis.hset(keys.DRIFT, mapping={
+            "model_version": report.model_version, "window_start_ms": report.window_start_ms,
+            "window_end_ms": report.window_end_ms, "rows": report.rows, "psi": json.dumps(report.psi),
+            "max_feature": worst, "max_psi": report.psi[worst], "alert": int(report.alert)})
+
+    def write(self, ledger: Ledger, out: dict[str, tuple[UserState, keys.RecList | None]],
+               items: list[tuple[int, str, str, int, int, int, int, int]]) -> None:
+        """One MULTI: item statistics, states, lists and the ledger change together or not at all
+        (a replayed window finds its state already applied and adds nothing anywhere). A user
+        whose history was erased, or who opted out, loses the list (the service falls back)."""
+        ttl = self.cfg.redis.rec_ttl_s
+        pipe = self.redis.pipeline(transaction=True)
+        self.trending.write(items, pipe)
+        count_in_ledger(pipe, ledger.interactions())
+        for action, n in ledger.controls().items():
+            if n:
+                pipe.hincrby(keys.CONTROL, action, n)
+        for u, (s, rec) in out.items():
+            self.guarded_set(keys=[keys.feat_key(u)], args=[s.feature_ts, s.encode(), ttl], client=pipe)
+            if rec is not None:
+                self.guarded_set(keys=[keys.rec_key(u)], args=[s.feature_ts, rec.encode(), ttl], client=pipe)
+            elif not s.personalized():
+                pipe.delete(keys.rec_key(u))
+        pipe.execute()
+
+
+def write_item_meta(client: redis.Redis, rows: list[tuple[str, str, float]]) -> int:
+    """rows: (item_id, category, price) from the `items` catalog topic."""
+    if rows:
+        client.hset(keys.ITEM_META, mapping={i: keys.ItemMeta(c, p).encode() for i, c, p in rows})
+    return len(rows)

@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 PYTEST := $(PY) -m pytest
 
-.PHONY: setup demo test test-unit test-flink test-integration test-cluster bench lock lint clean
+.PHONY: setup demo test test-unit test-redis test-flink test-integration test-cluster test-install bench lock lint clean
 
 setup:
 	@bash devstack/setup/setup.sh
@@ -16,6 +16,9 @@ test: lint
 test-unit: setup
 	$(PYTEST) -m unit tests
 
+test-redis: setup
+	$(PYTEST) -m redis tests
+
 test-flink: setup
 	$(PYTEST) -m flink tests
 
@@ -24,6 +27,9 @@ test-integration: setup
 
 test-cluster: setup
 	$(PYTEST) -m cluster tests
+
+test-install: setup
+	$(PYTEST) -m install tests
 
 bench: setup
 	$(PY) -m bench.e2e

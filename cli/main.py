@@ -7,10 +7,9 @@ import importlib
 import os
 import sys
 
-import click
 import typer
 import typer.main
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from contract.paths import PROJECT_ROOT
 
@@ -56,7 +55,7 @@ COMMANDS: dict[str, tuple[str, str, str | None, str]] = {
 }
 
 
-def load_command(name: str) -> click.Command:
+def load_command(name: str) -> TyperCommand | TyperGroup:
     """The click command behind COMMANDS[name], its module imported now."""
     module, typer_app, command, _ = COMMANDS[name]
     group = typer.main.get_group(getattr(importlib.import_module(module), typer_app))
@@ -66,7 +65,7 @@ def load_command(name: str) -> click.Command:
     return group.commands[command]
 
 
-class _Deferred(click.Command):
+class _Deferred(TyperCommand):
     """Stands in for a command in the top-level help listing; parsing its arguments (running it,
     or its own --help) hands over to the real command."""
 
@@ -78,10 +77,10 @@ class _Deferred(click.Command):
 
 
 class _Commands(TyperGroup):
-    def list_commands(self, ctx: click.Context) -> list[str]:
+    def list_commands(self, ctx: typer.Context) -> list[str]:
         return list(COMMANDS)
 
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+    def get_command(self, ctx: typer.Context, cmd_name: str) -> TyperCommand | None:
         return _Deferred(cmd_name) if cmd_name in COMMANDS else None
 
 

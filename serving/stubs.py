@@ -11,7 +11,7 @@ PROTO = "streamrank/v1/recommendations.proto"
 
 
 def generate() -> None:
-    from grpc_tools import protoc
+    from grpc_tools import protoc  # local: only generating needs the compiler, not a running server
 
     GENERATED.mkdir(exist_ok=True)
     rc = protoc.main(["grpc_tools.protoc", f"-I{PROTO_DIR}", f"--python_out={GENERATED}",
@@ -26,6 +26,6 @@ def load():
         generate()
     if str(GENERATED) not in sys.path:
         sys.path.insert(0, str(GENERATED))
-    from streamrank.v1 import recommendations_pb2, recommendations_pb2_grpc
+    from streamrank.v1 import recommendations_pb2, recommendations_pb2_grpc  # local: generated just above
 
     return recommendations_pb2, recommendations_pb2_grpc

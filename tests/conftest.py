@@ -1,5 +1,7 @@
-"""Shared fixtures. Tiers are marked by folder: tests/unit (no JVM, no network), tests/flink
-(MiniCluster + a real Redis), tests/integration (real Kafka, Redis, Flink processes)."""
+"""Shared fixtures. Tiers are marked by folder, named for what they touch: tests/unit (no server
+process), tests/redis (a real redis-server, and the lookup service's processes), tests/flink
+(MiniCluster + a real Redis), tests/integration (real Kafka, Redis, Flink processes),
+tests/cluster (a standalone Flink cluster), tests/install (each role's extra in a fresh venv)."""
 
 from __future__ import annotations
 
@@ -13,11 +15,11 @@ from contract.config import JobConfig, load_config
 from contract.paths import PROJECT_ROOT
 from devstack.stack import free_port, start_kafka, start_redis, stop_pid
 from models.training import build_training_set, train_and_publish
-from tests.integration import helpers as _helpers  # noqa: F401  (snapshots the environment first)
+from tests import helpers as _helpers  # noqa: F401  (snapshots the environment first)
 from traffic.publish import catalog_path, write_history
 from traffic.simulator import Simulator
 
-TIERS = ("unit", "flink", "integration")
+TIERS = ("unit", "redis", "flink", "integration", "cluster", "install")
 
 
 def pytest_collection_modifyitems(items):

@@ -12,6 +12,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -36,6 +37,7 @@ import (
 
 func main() {
 	specPath := flag.String("spec", "", "JSON spec written by `streamrank serve` (the validated serving config)")
+	checkOnly := flag.Bool("check-spec", false, "decode and check the spec, print it back as lookupd read it, and exit")
 	flag.Usage = func() {
 		fmt.Fprintf(flag.CommandLine.Output(), "lookupd: streamrank's compiled gRPC lookup service.\n"+
 			"Start it with `streamrank serve` (engine = \"go\" in the serving config), which validates the\n"+
@@ -51,6 +53,11 @@ func main() {
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "lookupd:", err)
 		os.Exit(2)
+	}
+	if *checkOnly {
+		out, _ := json.Marshal(spec)
+		fmt.Println(string(out))
+		return
 	}
 	setupLogging(spec.LogFormat)
 	if os.Getenv("GOGC") == "" {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -9,23 +10,32 @@ import (
 
 // Spec is the service config as `streamrank serve` validated it (contract.config.ServingConfig,
 // dumped to JSON), plus the contract's limits and Redis key names and the launcher's wiring. The
-// TOML file is never read here: its one validator is the Python config model.
+// TOML file is never read here: its one validator is the Python config model. Decoding refuses a
+// field this struct does not declare, so a field renamed or added in Python fails lookupd's start
+// (and tests/unit/test_lookupd_spec.py) instead of being dropped without a word.
 type Spec struct {
-	Host            string  `json:"host"`
-	Port            int     `json:"port"`
-	DefaultK        int     `json:"default_k"`
-	MaxK            int     `json:"max_k"`
-	RedisTimeoutS   float64 `json:"redis_timeout_s"`
-	Reflection      bool    `json:"reflection"`
-	GraceS          float64 `json:"grace_s"`
-	AuthTokenEnv    *string `json:"auth_token_env"`
-	HealthIntervalS float64 `json:"health_interval_s"`
-	MetricsPort     *int    `json:"metrics_port"`
-	MetricsHost     string  `json:"metrics_host"`
-	LogFormat       string  `json:"log_format"`
+	// Engine and JobConfig are read by the Python launcher (which engine starts; the job config
+	// whose windows name the features), Gateway by the Python HTTP/GraphQL gateway.
+	Engine          string          `json:"engine"`
+	JobConfig       string          `json:"job_config"`
+	Gateway         json.RawMessage `json:"gateway"`
+	Host            string          `json:"host"`
+	Port            int             `json:"port"`
+	DefaultK        int             `json:"default_k"`
+	MaxK            int             `json:"max_k"`
+	RedisTimeoutS   float64         `json:"redis_timeout_s"`
+	Reflection      bool            `json:"reflection"`
+	GraceS          float64         `json:"grace_s"`
+	AuthTokenEnv    *string         `json:"auth_token_env"`
+	HealthIntervalS float64         `json:"health_interval_s"`
+	MetricsPort     *int            `json:"metrics_port"`
+	MetricsHost     string          `json:"metrics_host"`
+	LogFormat       string          `json:"log_format"`
 	Redis           struct {
 		Host string `json:"host"`
 		Port int    `json:"port"`
+		// RecTTLS is the job's TTL of the lists it writes; the service only reads them
+		RecTTLS float64 `json:"rec_ttl_s"`
 	} `json:"redis"`
 	TLS *struct {
 		CertFile     string  `json:"cert_file"`
@@ -71,8 +81,11 @@ func loadSpec(path string) (*Spec, error) {
 		return nil, fmt.Errorf("reading the spec: %w", err)
 	}
 	var s Spec
-	if err := json.Unmarshal(raw, &s); err != nil {
-		return nil, fmt.Errorf("spec %s is not valid JSON: %w", path, err)
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&s); err != nil {
+		return nil, fmt.Errorf("spec %s does not match lookupd's Spec (serving/lookupd/spec.go): %w; "+
+			"a field of contract.config.ServingConfig was added or renamed without lookupd", path, err)
 	}
 	if s.Contract.IDPattern == "" || s.Contract.MaxBatch == 0 || s.Contract.RecPrefix == "" {
 		return nil, fmt.Errorf("spec %s has no contract section; start lookupd with `streamrank serve`", path)

@@ -24,7 +24,7 @@ from contract.config import load_config
 from contract.schema import InvalidEvent, validate
 from jobs.recommend import PYTHON_FUNCTIONS, build, environment, event_time_sql, watermark_sql
 from tests.conftest import job_config
-from tests.integration.helpers import records_replay
+from tests.helpers import records_replay
 from traffic.simulator import Simulator
 from udfs.features import UserState, describe, memory_at
 

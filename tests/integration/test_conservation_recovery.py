@@ -32,7 +32,7 @@ from devstack.metrics import control_counters, dashboard_metrics, dlq_reason_cou
 from devstack.rejected import read_rejected, summarize
 from devstack.stack import free_port, port_open, start_kafka, start_redis, stop_pid
 from tests.conftest import job_config
-from tests.integration.helpers import (assert_features_equal_replay, child_env, job_args, prefixed_topics,
+from tests.helpers import (assert_features_equal_replay, child_env, job_args, prefixed_topics,
                                        read_states, read_topic, records_replay, replay_ledger,
                                        run_job_embedded, scrape_until_ledger, start_job_embedded, wait_for,
                                        wait_job)

@@ -15,7 +15,7 @@ from contract.keys import read_ledger
 from contract.paths import PROJECT_ROOT
 from contract.schema import validate
 from tests.conftest import job_config
-from tests.integration.helpers import (assert_features_equal_replay, child_env, job_args, prefixed_topics,
+from tests.helpers import (assert_features_equal_replay, child_env, job_args, prefixed_topics,
                                        read_states, read_topic, records_replay, replay_ledger,
                                        start_job_embedded, wait_job)
 from traffic.publish import producer

@@ -13,7 +13,7 @@ from contract import keys
 from contract.config import load_serving_config
 from serving.client import RecommendationsClient
 from serving.server import ServerThread
-from tests.integration.helpers import job_args, prefixed_topics, read_topic, run_job_embedded
+from tests.helpers import job_args, prefixed_topics, read_topic, run_job_embedded
 from traffic.publish import publish_catalog, publish_events
 from traffic.simulator import Simulator
 

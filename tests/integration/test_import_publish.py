@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from tests.integration.helpers import prefixed_topics, read_topic
+from tests.helpers import prefixed_topics, read_topic
 from tests.unit.test_importers import OR_ROWS, RR_EVENTS
 from traffic.importers import import_file
 from traffic.publish import publish_history

@@ -14,7 +14,7 @@ from contract import keys
 from contract.config import load_config
 from models.registry import Registry
 from models.training import train_and_publish
-from tests.integration.helpers import job_args, prefixed_topics, start_job_embedded, wait_for
+from tests.helpers import job_args, prefixed_topics, start_job_embedded, wait_for
 from traffic.publish import producer, publish_catalog, publish_events
 from traffic.simulator import Simulator
 

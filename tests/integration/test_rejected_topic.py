@@ -9,7 +9,7 @@ import json
 from kafka import KafkaProducer
 
 from devstack.rejected import read_rejected, summarize
-from tests.integration.helpers import prefixed_topics
+from tests.helpers import prefixed_topics
 
 
 def rejected(offset: int, reason: str) -> bytes:

@@ -8,7 +8,7 @@ import sys
 
 from contract.paths import PROJECT_ROOT
 from devstack.stack import LocalStack, free_port, stop_pid
-from tests.integration.helpers import child_env
+from tests.helpers import child_env
 
 
 def cli(*args: str, env=None) -> subprocess.CompletedProcess:

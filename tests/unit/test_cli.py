@@ -3,16 +3,14 @@
 
 from __future__ import annotations
 
-import click
 import pytest
 from typer.testing import CliRunner
 
 from cli.main import COMMANDS, app, load_command
 
-pytestmark = pytest.mark.unit
 
 
-def _walk(cmd: click.Command, path: tuple[str, ...]) -> list[tuple[str, ...]]:
+def _walk(cmd, path: tuple[str, ...]) -> list[tuple[str, ...]]:
     return [path, *(p for name, sub in sorted(getattr(cmd, "commands", {}).items())
                     for p in _walk(sub, (*path, name)))]
 

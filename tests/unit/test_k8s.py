@@ -101,6 +101,8 @@ def test_the_flink_deployment_agrees_with_the_job_config_and_the_image(objects):
     assert "python3.11 -m venv /opt/venv" in dockerfile and "ENV PYTHONPATH=/opt/streamrank" in dockerfile
     uv = re.search(r"^UV_VERSION=(\S+)$", (PROJECT_ROOT / "devstack" / "setup" / "setup.sh").read_text(), re.M)[1]
     assert f"uv=={uv}" in dockerfile
+    # the image installs the roles it runs, at the lock's pins, and not the whole lock (tests, lint, training)
+    assert '-c requirements.lock ".[job,serving]"' in dockerfile and "-r requirements.lock" not in dockerfile
     assert "--python-version 3.11" in (PROJECT_ROOT / "Makefile").read_text()  # the lock's Python
 
 
@@ -129,5 +131,5 @@ def test_the_image_build_context_keeps_what_the_image_runs():
     ignored = [line for line in (K8S / "Dockerfile.dockerignore").read_text().splitlines()
                if line and not line.startswith("#")]
     needed = [".cache/jars/flink", ".cache/udf", ".cache/bin", "serving/generated", "jobs", "udfs", "contract",
-              "deploy", "models", "serving", "requirements.lock"]
+              "deploy", "models", "serving", "cli", "requirements.lock", "pyproject.toml", "README.md"]
     assert [n for n in needed if any(n == i or n.startswith(i.rstrip("/") + "/") for i in ignored)] == []

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from models.registry import Registry, RegistryError
-from tests.unit.test_scorer import FEATURE_NAMES, trained  # noqa: F401  (fixture)
+from tests.unit.conftest import FEATURE_NAMES
 from udfs.scorer import ModelWatcher
 
 
@@ -17,7 +17,7 @@ def publish(reg: Registry, onnx_bytes: bytes, promote: bool = True, names=FEATUR
     return reg.publish({"model.onnx": onnx_bytes}, {"model": "test", "feature_names": list(names)}, promote).name
 
 
-def test_publish_numbers_versions_and_promotes(trained, tmp_path):  # noqa: F811
+def test_publish_numbers_versions_and_promotes(trained, tmp_path):
     reg = Registry(tmp_path)
     assert publish(reg, trained[1]) == "v0001"
     assert publish(reg, trained[1], promote=False) == "v0002"
@@ -26,7 +26,7 @@ def test_publish_numbers_versions_and_promotes(trained, tmp_path):  # noqa: F811
     assert json.loads((tmp_path / "v0002" / "card.json").read_text())["version"] == "v0002"
 
 
-def test_promote_and_rollback_follow_a_stack(trained, tmp_path):  # noqa: F811
+def test_promote_and_rollback_follow_a_stack(trained, tmp_path):
     reg = Registry(tmp_path)
     for _ in range(3):
         publish(reg, trained[1], promote=False)
@@ -43,7 +43,7 @@ def test_promote_and_rollback_follow_a_stack(trained, tmp_path):  # noqa: F811
         reg.promote("v0009")
 
 
-def test_watcher_switches_on_promotion_and_skips_an_unusable_version(trained, tmp_path):  # noqa: F811
+def test_watcher_switches_on_promotion_and_skips_an_unusable_version(trained, tmp_path):
     reg = Registry(tmp_path)
     publish(reg, trained[1])
     watcher = ModelWatcher(tmp_path / "current", FEATURE_NAMES, check_s=0.001)
@@ -63,7 +63,7 @@ def test_watcher_switches_on_promotion_and_skips_an_unusable_version(trained, tm
     assert os.readlink(tmp_path / "current") == "v0001"
 
 
-def test_watcher_with_zero_interval_never_reloads(trained, tmp_path):  # noqa: F811
+def test_watcher_with_zero_interval_never_reloads(trained, tmp_path):
     reg = Registry(tmp_path)
     publish(reg, trained[1])
     watcher = ModelWatcher(tmp_path / "current", FEATURE_NAMES, check_s=0)
@@ -72,7 +72,7 @@ def test_watcher_with_zero_interval_never_reloads(trained, tmp_path):  # noqa: F
     assert watcher.current().version == "v0001"
 
 
-def test_models_commands_list_promote_and_roll_back(trained, tmp_path):  # noqa: F811
+def test_models_commands_list_promote_and_roll_back(trained, tmp_path):
 
 
     reg = Registry(tmp_path)

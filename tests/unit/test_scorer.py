@@ -5,29 +5,11 @@ import onnx
 from onnxmltools import convert_lightgbm
 from onnxmltools.convert.common.data_types import FloatTensorType
 import pytest
-from sklearn.ensemble import GradientBoostingClassifier
 
-from contract.config import FeatureConfig
 from models.training import (PARITY_TOLERANCE, export_onnx, fit_model, model_scores, parity,
                              round_thresholds_down)
-from udfs.features import feature_names
+from tests.unit.conftest import FEATURE_NAMES
 from udfs.scorer import ModelError, OnnxScorer
-
-FEATURE_NAMES = feature_names(FeatureConfig())
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(2000, len(FEATURE_NAMES))).astype(np.float32)
-    y = (x[:, 0] + x[:, 3] * x[:, 5] + rng.normal(scale=0.5, size=2000) > 0).astype(int)
-    model = GradientBoostingClassifier(n_estimators=40, max_depth=3, random_state=0).fit(x, y)
-    onnx_bytes, _ = export_onnx(model, x.shape[1])
-    d = tmp_path_factory.mktemp("model")
-    (d / "model.onnx").write_bytes(onnx_bytes)
-    (d / "card.json").write_text(json.dumps({"version": "vtest", "feature_names": list(FEATURE_NAMES)}))
-    return model, onnx_bytes, d, x
-
 
 def test_onnx_scores_equal_scikit_learn(trained):
     model, onnx_bytes, d, x = trained

@@ -22,13 +22,12 @@ from devstack.rejected import read_rejected, summarize
 from devstack.stack import free_port
 from jobs.runtime import python_executable
 from tests.conftest import job_config
-from tests.integration.helpers import (assert_features_equal_replay, child_env, job_args, prefixed_topics,
+from tests.helpers import (assert_features_equal_replay, child_env, job_args, prefixed_topics,
                                        read_states, records_replay, replay_ledger, scrape_until_ledger,
                                        wait_until)
 from traffic.publish import producer, publish_catalog, publish_events
 from traffic.simulator import Simulator
 
-pytestmark = pytest.mark.cluster
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ from pythonjsonlogger.json import JsonFormatter
 from contract.config import ConfigError, JobConfig, ServingConfig, load_config, load_serving_config, parse_overrides
 from contract.paths import CONFIG_DIR, PROJECT_ROOT
 from jobs.runtime import restore_options
+from traffic.importers import ImportFailed, ImportReport, import_file
 
 REGISTRY = PROJECT_ROOT / "var" / "models"
 RegistryOpt = Annotated[Path, typer.Option("--registry", help="model registry directory")]
@@ -84,3 +85,15 @@ def job_args(set_: list[str] | None, bounded: bool, from_savepoint: str | None,
             # as a URI: the job may run in another directory (flink run)
             + (["--from-savepoint", restore["execution.state-recovery.path"]] if restore else [])
             + (["--allow-non-restored-state"] if allow_non_restored_state else []))
+
+
+def import_log(path: Path, fmt: str, out: Path, cfg: JobConfig, item_properties: list[Path] | None,
+               category_tree: Path | None, products: Path | None) -> ImportReport:
+    """A public log imported into a history file (`import`, `evaluate`), or exit 2 with why not."""
+    try:
+        return import_file(path, fmt, out, item_properties=[str(p) for p in item_properties or []],
+                           category_tree=str(category_tree) if category_tree else None,
+                           products=str(products) if products else None, min_ts_ms=cfg.events.min_ts_ms)
+    except (ImportFailed, FileNotFoundError) as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(2) from None

@@ -12,7 +12,8 @@ from typing import Annotated
 import redis as redis_lib
 import typer
 
-from cli.common import DEFAULT_CONFIG, REGISTRY, ConfigOpt, PresetOpt, RegistryOpt, job_config, setup_logging
+from cli.common import (DEFAULT_CONFIG, REGISTRY, ConfigOpt, PresetOpt, RegistryOpt, import_log, job_config,
+                        setup_logging)
 from contract import keys
 from contract.config import FORMAT_PRESETS
 from contract.paths import PROJECT_ROOT, run_dir
@@ -21,7 +22,6 @@ from models.evaluation import NotEnoughEvents, evaluate_history, gate, holdout_e
 from models.offline import replay_file
 from models.registry import Registry, RegistryError
 from models.training import MODEL_KINDS, PublishRefused, publish
-from traffic.importers import ImportFailed, import_file
 from udfs.features import describe
 
 app = typer.Typer(help="The model registry: list, promote, roll back; the live drift report.",
@@ -61,15 +61,8 @@ def evaluate(
         typer.echo(f"config: {config} with preset {preset}", err=True)
     history = events
     if fmt != "native":
-
         history = Path(run_dir()) / "evaluate" / "history.jsonl"
-        try:
-            report = import_file(events, fmt, history, item_properties=[str(p) for p in item_properties or []],
-                                 category_tree=str(category_tree) if category_tree else None,
-                                 products=str(products) if products else None, min_ts_ms=cfg.events.min_ts_ms)
-        except (ImportFailed, FileNotFoundError) as e:
-            typer.echo(str(e), err=True)
-            raise typer.Exit(2) from None
+        report = import_log(events, fmt, history, cfg, item_properties, category_tree, products)
         typer.echo(f"imported {report.events} events ({len(report.rejected)} rows rejected, see {history}.rejected.csv)",
                    err=True)
         if report.events < 2:  # split_by_time needs two: say why the rows went, not a traceback

@@ -9,10 +9,9 @@ from typing import Annotated
 
 import typer
 
-from cli.common import DEFAULT_CONFIG, ConfigOpt, SetOpt, job_config, setup_logging
+from cli.common import DEFAULT_CONFIG, ConfigOpt, SetOpt, import_log, job_config, setup_logging
 from contract.schema import CONTROL_ACTIONS, ID_PATTERN, valid_id
 from traffic.formats import write_online_retail, write_retailrocket
-from traffic.importers import ImportFailed, import_file
 from traffic.publish import (catalog_path, publish_catalog, publish_events, publish_history, send_requests,
                              write_history)
 from traffic.simulator import Simulator
@@ -87,13 +86,7 @@ def import_events(
     rejected rows are listed with line numbers (and written to OUT.rejected.csv)."""
     setup_logging()
     cfg = job_config(config, None)
-    try:
-        report = import_file(path, fmt, out, item_properties=[str(p) for p in item_properties or []],
-                             category_tree=str(category_tree) if category_tree else None,
-                             products=str(products) if products else None, min_ts_ms=cfg.events.min_ts_ms)
-    except (ImportFailed, FileNotFoundError) as e:
-        typer.echo(str(e), err=True)
-        raise typer.Exit(2) from None
+    report = import_log(path, fmt, out, cfg, item_properties, category_tree, products)
     for line, reason, row in report.rejected[:20]:
         typer.echo(f"rejected line {line}: {reason}: {row[:120]}", err=True)
     if len(report.rejected) > 20:

@@ -25,7 +25,7 @@ from contract.schema import (EVENT_LINE_SQL, JVM_FUNCTIONS, KAFKA_TS_MS_SQL, MAX
 from jobs.runtime import (PROMETHEUS_REPORTER_FACTORY, find_rest_endpoint, flink_home, job_jars,
                           link_flink_lib, prometheus_reporter_jars, python_executable, restore_options)
 from jobs.functions import register
-from jobs.store import redis_client
+from jobs.store import redis_client, warn_if_redis_forgets
 
 log = logging.getLogger("streamrank.jobs.recommend")
 
@@ -339,24 +339,6 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.kafka.bounded or cfg.kafka.stop_offsets:
             log_ledger(cfg)
     return 0
-
-
-def warn_if_redis_forgets(cfg: JobConfig) -> None:
-    """Flink's checkpoints hold the Kafka offsets, Redis the features and the ledger they made: a
-    Redis without an append-only file comes back empty from a restart while the job reads on from
-    its offsets, and what it had folded is gone without an error. Say so before the job starts."""
-    try:
-        client = redis.Redis(host=cfg.redis.host, port=cfg.redis.port, socket_timeout=3, socket_connect_timeout=3)
-        aof = client.info("persistence").get("aof_enabled")
-    except redis.RedisError as e:
-        log.warning("Redis %s:%d does not answer (%s); the job will fail over until it does",
-                    cfg.redis.host, cfg.redis.port, e)
-        return
-    if aof == 0:
-        log.warning("Redis %s:%d keeps the features and the ledger in memory only (aof_enabled:0): if it "
-                    "restarts they are lost, while the job reads on from its checkpointed offsets. Turn on "
-                    "`appendonly yes` (appendfsync everysec or always), as `streamrank stack up` does",
-                    cfg.redis.host, cfg.redis.port)
 
 
 def log_ledger(cfg: JobConfig) -> None:

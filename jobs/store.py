@@ -5,6 +5,7 @@ contract.keys; what is computed lives in udfs (udfs.ranking.BatchRanker ranks th
 from __future__ import annotations
 
 import json
+import logging
 import time
 
 import redis
@@ -14,6 +15,8 @@ from contract.config import JobConfig
 from udfs.candidates import Candidate, CandidatePool, ItemStats, gather_candidates, item_weight
 from udfs.drift import DriftReport
 from udfs.features import Ledger, UserState
+
+log = logging.getLogger(__name__)
 
 
 def redis_client(cfg: JobConfig) -> redis.Redis:
@@ -201,3 +204,21 @@ def write_item_meta(client: redis.Redis, rows: list[tuple[str, str, float]]) -> 
     if rows:
         client.hset(keys.ITEM_META, mapping={i: keys.ItemMeta(c, p).encode() for i, c, p in rows})
     return len(rows)
+
+
+def warn_if_redis_forgets(cfg: JobConfig) -> None:
+    """Flink's checkpoints hold the Kafka offsets, Redis the features and the ledger they made: a
+    Redis without an append-only file comes back empty from a restart while the job reads on from
+    its offsets, and what it had folded is gone without an error. Say so before the job starts."""
+    try:
+        client = redis.Redis(host=cfg.redis.host, port=cfg.redis.port, socket_timeout=3, socket_connect_timeout=3)
+        aof = client.info("persistence").get("aof_enabled")
+    except redis.RedisError as e:
+        log.warning("Redis %s:%d does not answer (%s); the job will fail over until it does",
+                    cfg.redis.host, cfg.redis.port, e)
+        return
+    if aof == 0:
+        log.warning("Redis %s:%d keeps the features and the ledger in memory only (aof_enabled:0): if it "
+                    "restarts they are lost, while the job reads on from its checkpointed offsets. Turn on "
+                    "`appendonly yes` (appendfsync everysec or always), as `streamrank stack up` does",
+                    cfg.redis.host, cfg.redis.port)

@@ -81,7 +81,6 @@ def stop_on_sigterm() -> None:
 
 
 def start_bench_stack(partitions: int = 2) -> BenchStack:
-
     stop_on_sigterm()
     work = Path(tempfile.mkdtemp(prefix="streamrank-bench-"))
     print(f"bench: work dir {work}", flush=True)

@@ -116,8 +116,6 @@ def build_loadgen() -> Path:
 
 
 def plot(result: dict, path: Path) -> None:
-
-
     fig = Figure(figsize=(12, 4.5))
     ax, ax2 = fig.subplots(1, 2)
     for k, data in result["grpc"].items():

@@ -9,7 +9,8 @@ from typing import Annotated
 import typer
 from pythonjsonlogger.json import JsonFormatter
 
-from contract.config import ConfigError, JobConfig, ServingConfig, load_config, load_serving_config, parse_overrides
+from contract.config import ConfigError, JobConfig, load_config, parse_overrides
+from contract.serving_config import ServingConfig, load_serving_config
 from contract.paths import CONFIG_DIR, PROJECT_ROOT
 from jobs.runtime import restore_options
 from traffic.importers import ImportFailed, ImportReport, import_file

@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from contract.config import ConfigError, load_config, load_serving_config
+from contract.config import ConfigError, load_config
+from contract.serving_config import load_serving_config
 
 app = typer.Typer(help="Config files: check one without running anything.", no_args_is_help=True)
 

@@ -39,7 +39,6 @@ def ledger(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None) -> None:
         found = find_ledger_metrics(cfg.flink.prometheus_port)
         report["flink_metrics"] = {"url": found[0], **found[1]} if found else "no running job's reporter answers"
     try:
-
         consumer = KafkaConsumer(bootstrap_servers=cfg.kafka.bootstrap_servers, request_timeout_ms=5000)
         parts = [TopicPartition(cfg.kafka.interactions_topic, p)
                  for p in consumer.partitions_for_topic(cfg.kafka.interactions_topic) or []]

@@ -52,7 +52,6 @@ def simulate(
     span_s = hours_ago * 3600 if hours_ago is not None else events / rate + 60
     start = int((time.time() - span_s) * 1000)
     if history and fmt != "native":
-
         write = write_retailrocket if fmt == "retailrocket" else write_online_retail
         typer.echo(json.dumps(write(sim, history, events, rate, start)))
         return
@@ -93,7 +92,6 @@ def import_events(
         typer.echo(f"... {len(report.rejected) - 20} more in {out}.rejected.csv", err=True)
     summary = {**report.summary(), "history": str(out), "rejected_file": f"{out}.rejected.csv"}
     if publish:
-
         summary["published"] = publish_history(out, cfg.kafka.bootstrap_servers, cfg.kafka.interactions_topic,
                                                cfg.kafka.items_topic, rate)
     typer.echo(json.dumps(summary))

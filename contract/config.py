@@ -10,11 +10,9 @@ import difflib
 import re
 import tomllib
 import types
-import typing
 from pathlib import Path
 from typing import Annotated, Literal
 
-import annotated_types as at
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from contract.schema import MAX_FUTURE_MS, MIN_TS_MS
@@ -295,6 +293,13 @@ class ConfigError(ValueError):
     """A config file that cannot run; the message names the field and the fix."""
 
 
+def _model_of(annotation: object) -> type[BaseModel] | None:
+    """The config section model an annotation names (also `Section | None`)."""
+    args = annotation.__args__ if isinstance(annotation, types.UnionType) else (annotation,)
+    found = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+    return found[0] if found else None
+
+
 def _section_model(root: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
     """The config model that holds the key at loc (None when loc passes through a plain dict)."""
     model: type[BaseModel] | None = root
@@ -305,7 +310,6 @@ def _section_model(root: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
 
 
 def _describe(err: ValidationError, source: str, root: type[BaseModel]) -> str:
-
     lines = [f"invalid config {source}:"]
     for e in err.errors():
         where = ".".join(str(p) for p in e["loc"]) or "(top level)"
@@ -368,174 +372,6 @@ def load_config(path: str | Path | None, overrides: dict | None = None, preset: 
         section, _, name = dotted.partition(".")
         data.setdefault(section, {})[name] = value
     return parse_config(data, source)
-
-
-class TlsConfig(_Strict):
-    """TLS for the gRPC service; with client_ca_file, mutual TLS (clients must present a
-    certificate signed by that CA)."""
-    cert_file: str
-    """PEM certificate chain the service presents."""
-    key_file: str
-    """PEM private key of cert_file."""
-    client_ca_file: str | None = None
-    """PEM CA that client certificates must be signed by (mutual TLS); unset: no client certificates."""
-    @model_validator(mode="after")
-    def _files_exist(self) -> TlsConfig:
-        for name in ("cert_file", "key_file", "client_ca_file"):
-            value = getattr(self, name)
-            if value is not None and not Path(value).is_file():
-                raise ValueError(f"{name} = {value!r} is not a readable file; give the PEM file's path")
-        return self
-
-
-class CacheConfig(_Strict):
-    """The local cache of popular lists that answers cold users, and every user while Redis is
-    slow or down."""
-    refresh_s: float = Field(1.0, gt=0)
-    """How often the popular lists are re-read from Redis."""
-    popular_size: int = Field(200, ge=1, le=10_000)
-    """Trending items kept (before filters)."""
-    lists_mb: int = Field(64, ge=0, le=65_536)
-    """Go engine: memory for users' lists kept in the service, with Redis's server-assisted
-    client-side caching (CLIENT TRACKING): Redis tells the service the moment the job rewrites a
-    list, so an entry is never older than Redis's copy. 0 turns it off (every call reads Redis)."""
-    lists_ttl_s: float = Field(30.0, gt=0)
-    """Go engine: the longest a cached list is kept, invalidation or not."""
-
-
-class BreakerConfig(_Strict):
-    """Circuit breaker in front of Redis: after `failures` consecutive errors or timeouts, calls
-    skip Redis (and answer from the cache) for `reset_s`, then one trial call decides."""
-    failures: int = Field(5, ge=1)
-    """Consecutive Redis errors or timeouts that open the breaker."""
-    reset_s: float = Field(2.0, gt=0)
-    """How long (s) the breaker stays open before a trial call."""
-
-
-class GatewayConfig(_Strict):
-    """The HTTP/JSON + GraphQL gateway (`streamrank gateway`)."""
-    host: str = "127.0.0.1"
-    """Address the gateway binds (loopback by default)."""
-    port: int = Field(8080, ge=0, le=65535)
-    """HTTP port of the gateway; 0 binds a free one."""
-
-
-class ServingConfig(_Strict):
-    """The gRPC lookup service's config file (deploy/config/serving.toml)."""
-    engine: Literal["go", "python"] = "go"
-    """go: the compiled lookup service (serving/lookupd) answers gRPC, with GetUserFeatures
-    forwarded to the Python one on a loopback port; python: the grpc.aio service alone."""
-    host: str = "127.0.0.1"
-    """Address the gRPC service binds (loopback by default)."""
-    port: int = Field(50051, ge=0, le=65535)
-    """gRPC port; 0 binds a free one."""
-    default_k: int = Field(10, ge=1)
-    """k when a request does not give one."""
-    max_k: int = Field(100, ge=1, le=1000)
-    """Larger k in a request is cut to this."""
-    redis: RedisConfig = RedisConfig()
-    redis_timeout_s: float = Field(0.25, gt=0)
-    """Longest wait for Redis in one call (shortened further by the caller's deadline)."""
-    reflection: bool = False
-    """Serve grpc.reflection (off unless enabled)."""
-    grace_s: float = Field(5.0, ge=0)
-    """How long SIGTERM waits for in-flight calls."""
-    auth_token_env: str | None = None
-    """Name of an environment variable holding the bearer token callers must send
-    (`authorization: Bearer <token>`); unset: no authentication."""
-    health_interval_s: float = Field(1.0, gt=0)
-    """How often grpc.health.v1 status is refreshed from a Redis PING."""
-    job_config: str = "deploy/config/local.toml"
-    """The job's config file: GetUserFeatures names features by its windows."""
-    tls: TlsConfig | None = None
-    """[tls] cert_file/key_file (and client_ca_file for mTLS); absent: plaintext on loopback."""
-    cache: CacheConfig = CacheConfig()
-    breaker: BreakerConfig = BreakerConfig()
-    metrics_port: int | None = Field(None, ge=0, le=65535)
-    """Prometheus /metrics port (0: a free one); unset: no metrics endpoint."""
-    metrics_host: str = "127.0.0.1"
-    """Address the /metrics endpoint binds."""
-    log_format: Literal["json", "text"] = "json"
-    """json: one JSON object per log line (for log shippers); text: for people."""
-    gateway: GatewayConfig = GatewayConfig()
-
-
-def load_serving_config(path: str | Path | None, overrides: dict | None = None) -> ServingConfig:
-    data = _read_toml(path or None)
-    for dotted, value in (overrides or {}).items():
-        parts = dotted.split(".")
-        node = data
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = value
-    try:
-        return ServingConfig.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(_describe(err, str(path or "<defaults>"), ServingConfig)) from None
-
-
-def _model_of(annotation: object) -> type[BaseModel] | None:
-    """The config section model an annotation names (also `Section | None`)."""
-    args = annotation.__args__ if isinstance(annotation, types.UnionType) else (annotation,)
-    found = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
-    return found[0] if found else None
-
-
-def _type_text(annotation: object, metadata: list) -> str:
-    """`float > 0`, `tuple[float > 0, ...]`, `'go' | 'python'`: a type as data engineers read it."""
-    ops = ((at.Gt, "gt", ">"), (at.Ge, "ge", ">="), (at.Lt, "lt", "<"), (at.Le, "le", "<="))
-    bounds = [f"{sym} {getattr(m, attr)!r}" for m in metadata for cls, attr, sym in ops if isinstance(m, cls)]
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin is typing.Annotated:
-        base, extra = args[0], [m for a in args[1:] for m in (getattr(a, "metadata", None) or [a])]
-        return _type_text(base, [*metadata, *extra])
-    if origin is typing.Literal:
-        text = " | ".join(repr(a) for a in args)
-    elif isinstance(annotation, types.UnionType):
-        text = " | ".join("none" if a is type(None) else _type_text(a, []) for a in args)
-    elif origin in (tuple, dict, list):
-        inner = ", ".join("..." if a is Ellipsis else _type_text(a, []) for a in args)
-        text = f"{origin.__name__}[{inner}]"
-    else:
-        text = getattr(annotation, "__name__", str(annotation))
-    return " ".join([text, ", ".join(bounds)]).strip() if bounds else text
-
-
-def _reference_rows(model: type[BaseModel], prefix: str) -> list[str]:
-    rows, nested = [], []
-    for name, field in model.model_fields.items():
-        if (section := _model_of(field.annotation)) is not None:
-            nested.append((f"{prefix}{name}", section))
-            continue
-        default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
-        text = " ".join((field.description or "").split()).replace("|", "\\|")
-        kind = _type_text(field.annotation, field.metadata).replace("|", "\\|")
-        rows.append(f"| `{name}` | {kind} | `{default}` | {text} |".replace("`''`", '`""`'))
-    out = []
-    if rows:
-        out += [f"### [{prefix.rstrip('.')}]" if prefix else "### top-level keys", "",
-                "| field | type | default | what it does |", "|---|---|---|---|", *rows, ""]
-    for name, sub in nested:
-        out += _reference_rows(sub, f"{name}.")
-    return out
-
-
-def config_reference() -> str:
-    """deploy/config/README.md: every field of both config files, from the models' docstrings.
-    Regenerate with `python -m contract.config > deploy/config/README.md`."""
-    lines = ["# Config files", "",
-             "Generated from `contract/config.py` by `python -m contract.config > deploy/config/README.md`",
-             "(a unit test checks it is current). Unknown keys and invalid values fail before anything",
-             "starts, naming the field; `streamrank config check FILE` checks a file without running it.",
-             "", "## The job: `local.toml` (`streamrank run`, `streamrank submit`)", ""]
-    lines += _reference_rows(JobConfig, "")
-    lines += ["## The lookup service: `serving.toml` (`streamrank serve`, `streamrank gateway`)", ""]
-    lines += _reference_rows(ServingConfig, "")
-    return "\n".join(lines).rstrip() + "\n"
-
-
-if __name__ == "__main__":
-    print(config_reference(), end="")
 
 
 def parse_overrides(pairs: list[str], bounded: bool = False) -> dict:

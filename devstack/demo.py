@@ -15,7 +15,8 @@ from pathlib import Path
 import redis
 
 from contract import keys
-from contract.config import load_config, load_serving_config
+from contract.config import load_config
+from contract.serving_config import load_serving_config
 from contract.paths import PROJECT_ROOT, run_dir
 from jobs.runtime import find_rest_endpoint
 from devstack.metrics import find_ledger_metrics
@@ -36,7 +37,6 @@ def _step(msg: str) -> None:
 
 
 def run_demo(live_events: int, rate: float, keep: bool) -> int:
-
     run = run_dir()
     stack = LocalStack(run)
     cfg = load_config(CONFIG)

@@ -160,7 +160,6 @@ def start_kafka(run_dir: Path, port: int, controller_port: int, partitions: int 
 
 
 def _kafka_answers(port: int) -> bool:
-
     try:
         admin = KafkaAdminClient(bootstrap_servers=f"127.0.0.1:{port}", request_timeout_ms=3000)
         admin.list_topics()
@@ -191,7 +190,6 @@ def start_redis(run_dir: Path, port: int, durable: bool = True) -> Service:
 
 
 def _redis_answers(port: int) -> bool:
-
     try:
         return bool(redis.Redis(port=port, socket_timeout=1).ping())
     except redis.RedisError:

@@ -32,7 +32,6 @@ class RankUsers(ScalarFunction):
         self.counters: dict = {}
 
     def open(self, function_context: FunctionContext) -> None:
-
         cfg = JobConfig.model_validate_json(self.cfg_json)
         s = cfg.scoring
         scorer = ModelWatcher(s.model_dir, feature_names(cfg.features), s.reload_check_s) if s.enabled else None
@@ -71,7 +70,6 @@ class StoreItemMeta(ScalarFunction):
         self.client = None
 
     def open(self, function_context: FunctionContext) -> None:
-
         self.client = redis_client(JobConfig.model_validate_json(self.cfg_json))
 
     def eval(self, item_id, category, price):  # type: ignore[override]
@@ -92,7 +90,6 @@ class CountRejected(ScalarFunction):
         self.counters: dict = {}
 
     def open(self, function_context: FunctionContext) -> None:
-
         self.counter = RejectedCounter(redis_client(JobConfig.model_validate_json(self.cfg_json)))
         group = function_context.get_metric_group().add_group("streamrank")
         self.counters = {name: group.counter(name) for name in ("dlq", "late")}

@@ -348,7 +348,6 @@ def export_onnx(model, n_features: int) -> tuple[bytes, int]:
                                target_opset=15, zipmap=False)
         round_thresholds_down(onx, model.booster_)
     else:
-
         onx = to_onnx(model, np.zeros((1, n_features), dtype=np.float32),
                       options={id(model): {"zipmap": False}}, target_opset={"": 17, "ai.onnx.ml": 3})
     opset = next(o.version for o in onx.opset_import if o.domain in ("", "ai.onnx"))

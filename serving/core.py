@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from prometheus_client import Counter, Gauge, Histogram
 
 from contract import keys
-from contract.config import ConfigError, FeatureConfig, ServingConfig, load_config
+from contract.config import ConfigError, FeatureConfig, load_config
+from contract.serving_config import ServingConfig
 from contract.paths import PROJECT_ROOT
 from serving import lookup
 from serving.resp import PipelinedRedis, RedisReplyError, RedisUnavailable

@@ -23,7 +23,7 @@ from prometheus_client import make_asgi_app
 from pydantic import BaseModel, ConfigDict
 from strawberry.fastapi import GraphQLRouter
 
-from contract.config import ServingConfig
+from contract.serving_config import ServingConfig
 from serving import lookup
 from serving.core import LookupService, Observed, StoreUnavailable
 from serving.server import authorized, bearer_token

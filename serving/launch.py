@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 
 from contract import keys
-from contract.config import ConfigError, ServingConfig
+from contract.config import ConfigError
+from contract.serving_config import ServingConfig
 from contract.schema import ID_PATTERN
 from contract.paths import PROJECT_ROOT
 from serving import lookup

@@ -17,7 +17,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from contract.config import ConfigError, ServingConfig
+from contract.config import ConfigError
+from contract.serving_config import ServingConfig
 from serving import lookup
 from serving.core import LookupService, Observed, StoreUnavailable, status_of
 from serving.stubs import load
@@ -161,7 +162,6 @@ async def start(cfg: ServingConfig, port: int | None = None, role: str = SERVICE
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if cfg.reflection:
-
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     address = f"{cfg.host}:{cfg.port if port is None else port}"
     creds = server_credentials(cfg)

@@ -48,7 +48,6 @@ class OnnxScorer:
     """Loads model.onnx once; `score` takes an (n, features) float32 matrix and returns one score
     per row: P(interact) for a classifier, the ranking score for a ranker."""
     def __init__(self, model_dir: str | Path, feature_names: tuple[str, ...]) -> None:
-
         model_dir = Path(model_dir)
         self.card = ModelCard.load(model_dir)
         if self.card.feature_names != tuple(feature_names):

@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from contract import keys
-from contract.config import load_serving_config
+from contract.serving_config import load_serving_config
 from serving.client import RecommendationsClient
 from serving.server import ServerThread
 from tests.helpers import job_args, prefixed_topics, read_topic, run_job_embedded

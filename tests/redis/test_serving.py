@@ -11,7 +11,8 @@ import grpc
 import pytest
 
 from contract import keys
-from contract.config import load_config, load_serving_config
+from contract.config import load_config
+from contract.serving_config import load_serving_config
 from serving.launch import start_server
 from serving.resp import PipelinedRedis, RedisReplyError
 from serving.server import pb, pb_grpc

@@ -26,7 +26,8 @@ import trustme
 import uvicorn
 
 from contract import keys
-from contract.config import ConfigError, load_serving_config
+from contract.config import ConfigError
+from contract.serving_config import load_serving_config
 from contract.paths import PROJECT_ROOT
 from devstack.stack import free_port, port_open, start_redis, stop_pid
 from serving.client import RecommendationsClient

@@ -6,8 +6,9 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from contract import keys
-from contract.config import (ConfigError, FORMAT_PRESETS, FaultConfig, PRESETS, config_reference,
-                             load_config, load_serving_config, parse_config)
+from contract.config import ConfigError, FORMAT_PRESETS, FaultConfig, PRESETS, load_config, parse_config
+from contract.config_reference import config_reference
+from contract.serving_config import load_serving_config
 from contract.paths import PROJECT_ROOT
 from contract.schema import (CONTROL_ACTIONS, DLQ_REASONS, InvalidEvent, MAX_FUTURE_MS, MAX_JSON_DEPTH,
                              MIN_TS_MS, sanitize_category, validate, validation_sql)

@@ -12,7 +12,8 @@ import pyflink.version
 import pytest
 import yaml
 
-from contract.config import load_config, load_serving_config
+from contract.config import load_config
+from contract.serving_config import load_serving_config
 from contract.paths import CACHE, PROJECT_ROOT
 
 K8S = PROJECT_ROOT / "deploy" / "k8s"

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from contract.config import load_serving_config
+from contract.serving_config import load_serving_config
 from contract.paths import CONFIG_DIR, PROJECT_ROOT
 from serving.launch import lookupd_binary, lookupd_spec
 

@@ -9,7 +9,8 @@ import re
 
 from prometheus_client import REGISTRY, generate_latest
 
-from contract.config import load_config, load_serving_config, port_range
+from contract.config import load_config, port_range
+from contract.serving_config import load_serving_config
 from contract.paths import PROJECT_ROOT
 from devstack.metrics import MONITORING, dashboard_metrics
 import serving.core  # noqa: F401  (declares the metrics)

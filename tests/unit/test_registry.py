@@ -73,8 +73,6 @@ def test_watcher_with_zero_interval_never_reloads(trained, tmp_path):
 
 
 def test_models_commands_list_promote_and_roll_back(trained, tmp_path):
-
-
     reg = Registry(tmp_path)
     publish(reg, trained[1])
     publish(reg, trained[1], promote=False)

@@ -22,11 +22,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from contract import keys
 from udfs.features import EVENT_WEIGHTS, UserState, memory_items
 
 RESCALE_EXPONENT = 256.0  # rescale before 2^exponent nears float limits (2^1024)
 GLOBAL, LONG, CATS, CATS_LONG, VIEWS, BUYS, REBUYS = "", ":long", ":cats", ":cats:long", ":views", ":buys", ":rebuys"
-ALL = "__all__"
+ALL = keys.ALL_ITEMS  # the member of the count boards that sums every item
 LONG_BOARDS = (LONG, CATS_LONG, VIEWS, BUYS, REBUYS)
 
 

@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from cli.common import (DEFAULT_CONFIG, AllowNonRestoredOpt, ConfigOpt, FromSavepointOpt, PresetOpt, SetOpt,
-                        job_args, job_config)
+from cli.common import (AllowNonRestoredOpt, ConfigOpt, DEFAULT_CONFIG, FromSavepointOpt, PresetOpt, SetOpt,
+                        exit_on, job_args, job_config)
 from contract.paths import run_dir
 from devstack.cluster import ClusterError, FlinkCluster
 
@@ -26,11 +26,8 @@ def cluster_up(
 ) -> None:
     """Start a JobManager and a TaskManager on loopback, each with Flink's Prometheus reporter."""
     c = FlinkCluster(run_dir())
-    try:
+    with exit_on(ClusterError):
         ov = c.up(rest_port, slots, metrics_port)
-    except ClusterError as e:
-        typer.echo(str(e), err=True)
-        raise typer.Exit(1) from None
     typer.echo(f"Flink {ov.get('flink-version')} at http://{c.address()}  "
                f"taskmanagers {ov['taskmanagers']}  slots {ov['slots-total']}")
     for role, url in c.metrics_endpoints().items():
@@ -85,11 +82,8 @@ def cluster_cancel(
 
     Its last checkpoint is kept, to resume from with `submit --from-savepoint .../chk-N`."""
     c, job = cluster_job(job_id, "cancel")
-    try:
+    with exit_on(ClusterError):
         c.cancel(job)
-    except ClusterError as e:
-        typer.echo(str(e), err=True)
-        raise typer.Exit(1) from None
     typer.echo(f"cancelling {job}")
 
 
@@ -108,11 +102,8 @@ def cluster_stop(
     c, job = cluster_job(job_id, "stop")
     target = str(Path(savepoint_dir).resolve()) if savepoint_dir and "://" not in savepoint_dir else savepoint_dir
     typer.echo(f"stopping {job} with a savepoint ...")
-    try:
+    with exit_on(ClusterError):
         path = c.stop_with_savepoint(job, target, drain)
-    except ClusterError as e:
-        typer.echo(str(e), err=True)
-        raise typer.Exit(1) from None
     typer.echo(f"savepoint at {path}\nresume with: streamrank submit --from-savepoint {path}")
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -25,6 +27,17 @@ PresetOpt = Annotated[str | None, typer.Option(
     "--preset", help="config preset applied over --config: web-sessions | retail-purchases (deploy/config/presets)")]
 
 
+@contextmanager
+def exit_on(*errors: type[BaseException], code: int = 1) -> Iterator[None]:
+    """A refusal the code raises (a bad config, a cluster that said no, ...) ends the command with
+    its message on stderr and `code`, not a traceback."""
+    try:
+        yield
+    except errors as e:
+        typer.echo(str(e), err=True)
+        raise typer.Exit(code) from None
+
+
 def setup_logging(verbose: bool = False, fmt: str = "text") -> None:
     """text for people; json (one object per line, for log shippers) for the long-running services."""
     handler = logging.StreamHandler()
@@ -39,48 +52,34 @@ def setup_logging(verbose: bool = False, fmt: str = "text") -> None:
 
 def job_config(config: str, sets: list[str] | None, bounded: bool = False, preset: str | None = None) -> JobConfig:
     """The job config with --set and --preset applied, or exit 2 naming each bad field."""
-    try:
+    with exit_on(ConfigError, code=2):
         return load_config(config, parse_overrides(sets or [], bounded=bounded), preset)
-    except ConfigError as e:
-        typer.echo(str(e), err=True)
-        raise typer.Exit(2) from None
 
 
 def serving_config(config: str, port: int | None) -> ServingConfig:
-    try:
+    with exit_on(ConfigError, code=2):
         return load_serving_config(config, {"port": port} if port is not None else None)
-    except ConfigError as e:
-        typer.echo(str(e), err=True)
-        raise typer.Exit(2) from None
 
 
 def run_service(cfg: ServingConfig, run) -> None:
     """A long-running service: its configured log format; a config problem found at start-up
     (e.g. an unset token variable) exits 2 with the message."""
     setup_logging(fmt=cfg.log_format)
-    try:
+    with exit_on(ConfigError, code=2):
         run(cfg)
-    except ConfigError as e:
-        typer.echo(str(e), err=True)
-        raise typer.Exit(2) from None
 
 
 FromSavepointOpt = Annotated[str | None, typer.Option(
     help="resume from a savepoint (`cluster stop` prints it) or a retained checkpoint's chk-N directory")]
-
-
 AllowNonRestoredOpt = Annotated[bool, typer.Option(
     help="with --from-savepoint: skip state of operators the job no longer has")]
 
 
 def job_args(set_: list[str] | None, bounded: bool, from_savepoint: str | None,
-              allow_non_restored_state: bool, preset: str | None = None) -> list[str]:
+             allow_non_restored_state: bool, preset: str | None = None) -> list[str]:
     """jobs.recommend's arguments besides --config; the savepoint is checked here, before Flink starts."""
-    try:
+    with exit_on(SystemExit, code=2):
         restore = restore_options(from_savepoint, allow_non_restored_state)
-    except SystemExit as e:
-        typer.echo(str(e), err=True)
-        raise typer.Exit(2) from None
     return ([a for s in (set_ or []) for a in ("--set", s)] + (["--bounded"] if bounded else [])
             + (["--preset", preset] if preset else [])
             # as a URI: the job may run in another directory (flink run)
@@ -91,10 +90,7 @@ def job_args(set_: list[str] | None, bounded: bool, from_savepoint: str | None,
 def import_log(path: Path, fmt: str, out: Path, cfg: JobConfig, item_properties: list[Path] | None,
                category_tree: Path | None, products: Path | None) -> ImportReport:
     """A public log imported into a history file (`import`, `evaluate`), or exit 2 with why not."""
-    try:
+    with exit_on(ImportFailed, FileNotFoundError, code=2):
         return import_file(path, fmt, out, item_properties=[str(p) for p in item_properties or []],
                            category_tree=str(category_tree) if category_tree else None,
                            products=str(products) if products else None, min_ts_ms=cfg.events.min_ts_ms)
-    except (ImportFailed, FileNotFoundError) as e:
-        typer.echo(str(e), err=True)
-        raise typer.Exit(2) from None

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from cli.common import exit_on
 from contract.config import ConfigError, load_config
 from contract.serving_config import load_serving_config
 
@@ -22,10 +23,7 @@ def config_check(
     """Validate a config file as the job or the service would, before anything starts: exit 0 and
     the effective values as JSON, or exit 2 naming each bad field and the fix."""
     as_serving = "serving" in file.name if serving is None else serving
-    try:
+    with exit_on(ConfigError, code=2):
         cfg = load_serving_config(file, None) if as_serving else load_config(file)
-    except ConfigError as e:
-        typer.echo(str(e), err=True)
-        raise typer.Exit(2) from None
     typer.echo(cfg.model_dump_json(indent=2))
     typer.echo(f"{file}: a valid {'serving' if as_serving else 'job'} config", err=True)

@@ -12,8 +12,8 @@ from typing import Annotated
 import redis as redis_lib
 import typer
 
-from cli.common import (DEFAULT_CONFIG, REGISTRY, ConfigOpt, PresetOpt, RegistryOpt, import_log, job_config,
-                        setup_logging)
+from cli.common import (ConfigOpt, DEFAULT_CONFIG, PresetOpt, REGISTRY, RegistryOpt, exit_on, import_log,
+                        job_config, setup_logging)
 from contract import keys
 from contract.config import FORMAT_PRESETS
 from contract.paths import PROJECT_ROOT, run_dir
@@ -75,11 +75,8 @@ def evaluate(
             raise typer.Exit(2)
     report_dir = out or PROJECT_ROOT / "var" / "eval" / time.strftime("%Y%m%d-%H%M%S")
     report_dir.mkdir(parents=True, exist_ok=True)
-    try:
+    with exit_on(NotEnoughEvents, code=2):
         results = evaluate_history(str(history), cfg, train_fraction, k, work_dir=str(report_dir))
-    except NotEnoughEvents as e:
-        typer.echo(str(e), err=True)
-        raise typer.Exit(2) from None
     typer.echo(f"report: {report_dir}/evaluation.md (+ evaluation.json, ndcg_at_k.png, feature_importance.png, "
                "calibration.png)", err=True)
     typer.echo(json.dumps(results))
@@ -116,16 +113,13 @@ def train(
     sets = [f"training.horizon_s={horizon_s}"] if horizon_s is not None else None
     cfg = job_config(config, sets, preset=preset)
     report_dir = PROJECT_ROOT / "var" / "train" / time.strftime("%Y%m%d-%H%M%S")
-    try:
+    with exit_on(PublishRefused, NotEnoughEvents, ValueError):
         run = holdout_evaluation(str(history), cfg, [kind], 1 - holdout, k, str(report_dir),
                                  catalog=str(catalog) if catalog else None)
         verdict = gate(run.results, kind, [n for n in run.results if n not in MODEL_KINDS], k)
         verdict["forced"] = force and promote and not verdict["promote"]
         verdict["difference_ci95"] = run.summary["comparison"]["difference_ci95"]  # model - best baseline
         out = publish(run.trained[kind], registry, promote=promote and (verdict["promote"] or force), gate=verdict)
-    except (PublishRefused, NotEnoughEvents, ValueError) as e:
-        typer.echo(str(e), err=True)
-        raise typer.Exit(1) from None
     if verdict["promote"]:
         typer.echo(f"gate passed: {verdict['reason']}" + ("; promoted" if promote else "; not promoted (--no-promote)"),
                    err=True)
@@ -152,11 +146,8 @@ def models_list(registry: RegistryOpt = REGISTRY) -> None:
 def _move_current(registry: Path, move) -> None:
     """Run a registry move (promote / rollback: Registry -> the version now current) and say where
     `current` points; a refused move exits 1 with the registry's reason."""
-    try:
+    with exit_on(RegistryError):
         version = move(Registry(registry))
-    except RegistryError as e:
-        typer.echo(str(e), err=True)
-        raise typer.Exit(1) from None
     typer.echo(f"current -> {version}")
 
 

@@ -108,7 +108,7 @@ class OfflineReplay:
         self.listed.update(entries)
 
     def candidate_pool(self) -> CandidatePool:
-        """The pool the job's scorer would draw from now (see udfs.ranking.CandidateSource)."""
+        """The pool the job's scorer would draw from now (see jobs.store.CandidateSource)."""
         c = self.cfg.candidates
         boards = {b: self.boards.top(c.per_category, b) for b in self.boards.boards
                   if b != GLOBAL and not b.startswith(":")}
@@ -149,7 +149,7 @@ class OfflineReplay:
 
     def candidates(self, pool: CandidatePool, state: UserState) -> list[Candidate]:
         """The user's candidates as the job gathers them, with the statistics of the user's own
-        items read from the boards first (udfs.ranking.CandidateSource.own_stats)."""
+        items read from the boards first (jobs.store.CandidateSource.own_stats)."""
         c = self.cfg.candidates
         missing = pool.unasked(memory_items(state, c.own_history))
         if missing:

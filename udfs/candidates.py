@@ -4,7 +4,7 @@ Candidates: globally trending items, trending items of the user's top categories
 own items. Item statistics are forward-decayed sums: an interaction adds w * 2^((t - landmark) /
 half_life), so no periodic decay pass is needed; all boards share one landmark, and when the
 exponent grows large every board is rescaled and the landmark moved (the same math in Python
-here and in the Redis Lua script `udfs.ranking.ITEM_STATS_LUA`). Features use ratios of scores
+here and in the Redis Lua script `contract/lua/item_stats.lua`). Features use ratios of scores
 within a board (share of the top, or purchases / views), which do not depend on the landmark.
 
 Boards (short = item_half_life_s, long = item_long_half_life_s):
@@ -85,7 +85,7 @@ class TrendingBoards:
         return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
 
     def stats(self, items: set[str]) -> ItemStats:
-        """What the job's scorer reads for these items (see udfs.ranking.CandidateSource)."""
+        """What the job's scorer reads for these items (see jobs.store.CandidateSource)."""
         b = self.boards
         long_ = b.get(LONG, {})
         return ItemStats(

@@ -34,7 +34,7 @@ def test_an_extra_installs_a_working_role(extra, tmp_path):
                              cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900)
     assert install.returncode == 0, install.stderr[-3000:]
     # run from elsewhere, so that every import comes from the install and not from the source tree
-    probe = ("import importlib, importlib.util, json, sys; "
+    probe = ("import importlib, importlib.util, json; "
              f"[importlib.import_module(m) for m in {modules!r}]; "
              f"print(json.dumps([m for m in {absent!r} if importlib.util.find_spec(m)]))")
     out = subprocess.run([str(py), "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=300)

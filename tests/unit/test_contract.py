@@ -179,7 +179,7 @@ def test_rec_list_round_trip():
 def test_config_reference_is_current():
     readme = PROJECT_ROOT / "deploy" / "config" / "README.md"
     assert readme.read_text() == config_reference(), \
-        "regenerate it: .venv/bin/python -m contract.config > deploy/config/README.md"
+        "regenerate it: .venv/bin/python -m contract.config_reference > deploy/config/README.md"
     assert "| `" + "micro_batch_s` | float > 0, <= 3600 | `2.0` |" in readme.read_text()
 
 

@@ -1,5 +1,6 @@
 import json
 import re
+from typing import get_args
 
 import pytest
 from typer.testing import CliRunner
@@ -10,8 +11,8 @@ from contract.config import ConfigError, FORMAT_PRESETS, FaultConfig, PRESETS, l
 from contract.config_reference import config_reference
 from contract.serving_config import load_serving_config
 from contract.paths import PROJECT_ROOT
-from contract.schema import (CONTROL_ACTIONS, DLQ_REASONS, InvalidEvent, MAX_FUTURE_MS, MAX_JSON_DEPTH,
-                             MIN_TS_MS, sanitize_category, validate, validation_sql)
+from contract.schema import (CHECKS, CONTROL_ACTIONS, DLQ_REASONS, RULES, Check, InvalidEvent, MAX_FUTURE_MS,
+                             MAX_JSON_DEPTH, MIN_TS_MS, sanitize_category, validate, validation_sql)
 from jobs.recommend import build, kafka_dlq_ddl, kafka_items_ddl, kafka_source_ddl
 from udfs.faults import FaultInjector, InjectedFailure
 from udfs.features import feature_names
@@ -84,6 +85,20 @@ def test_future_event_rejected_against_ingest_time():
 def test_category_separators_are_replaced():
     assert sanitize_category("a|b;c") == "a_b_c"
     assert sanitize_category(None) == "unknown"
+
+
+@pytest.mark.parametrize("field", ["event_id", "user_id", "item_id"])
+def test_ids_are_json_strings(field):
+    for number in (42, 4.5, 10**30, -0.0):
+        with pytest.raises(InvalidEvent, match=f"bad_{field}"):
+            validate(json.dumps({**GOOD, field: number}))
+    assert getattr(validate(json.dumps({**GOOD, field: "42"})), field) == "42"
+
+
+def test_only_a_non_empty_string_names_a_category():
+    for v in (5, 1.5, True, None, {"c": 1}, ["c"], ""):
+        assert validate(json.dumps({**GOOD, "category": v})).category == "unknown"
+    assert validate(json.dumps({**GOOD, "category": "5"})).category == "5"
 
 
 def test_category_with_a_lone_surrogate_is_utf8():
@@ -214,8 +229,23 @@ def test_a_users_request_needs_no_item_and_keeps_none():
         validate(json.dumps({**base, "type": "erase", "user_id": "a b"}))
 
 
-def test_the_validation_sql_gives_only_the_contract_s_dlq_reasons():
-    assert set(re.findall(r"THEN '(\w+)'", validation_sql())) == set(DLQ_REASONS)
+def test_the_rule_table_gives_every_dlq_reason_and_both_validators_follow_it():
+    assert tuple(r.reason for r in RULES) == DLQ_REASONS and len(set(DLQ_REASONS)) == len(DLQ_REASONS)
+    assert set(CHECKS) == set(get_args(Check))  # every check kind has its Python and its SQL
+    # the SQL: one WHEN per rule, in the table's order (the first that holds gives the reason)
+    assert re.findall(r"THEN '(\w+)'", validation_sql()) == list(DLQ_REASONS)
+    # Python: a record breaking every field rule gives the first rule's reason; mending the fields
+    # one by one walks the table in its order
+    with pytest.raises(InvalidEvent, match="not_json"):
+        validate("[]")
+    record = {"event_id": 1, "user_id": 1, "item_id": 1, "type": 1, "ts": "1", "value": "1"}
+    assert [r.field for r in RULES[1:]] == list(record)
+    for rule in RULES[1:]:
+        with pytest.raises(InvalidEvent) as err:
+            validate(json.dumps(record))
+        assert err.value.reason == rule.reason
+        record[rule.field] = GOOD.get(rule.field, 2.5)
+    assert validate(json.dumps(record)).value == 2.5
 
 
 def test_group_offsets_start_a_new_group_at_the_earliest_offset():

@@ -1,9 +1,6 @@
 package io.streamrank.udf;
 
 import java.io.IOException;
-import java.math.BigDecimal;
-import java.math.MathContext;
-import java.math.RoundingMode;
 
 import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.core.JsonFactory;
 import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.core.JsonParseException;
@@ -16,21 +13,21 @@ import org.apache.flink.types.Row;
 
 /**
  * Parses an interaction record once and returns, for each field the job reads, its text
- * (strings as is, numbers and booleans as text, NULL for a missing field, JSON null, an object or
- * an array) and its JSON type (string, integer, float, boolean, null, object, array; NULL when
- * missing), so that the SQL rules can mirror the Python validator exactly. A record that is not one
- * JSON object (trailing content included) gives j_is_object = false. Validation stays in SQL,
- * generated from contract/schema.py: this function only parses.
+ * (strings as is, an integer as its value's digits, a float as the record writes it, a boolean as
+ * true/false; NULL for a missing field, JSON null, an object or an array) and its JSON type
+ * (string, integer, float, boolean, null, object, array; NULL when missing). A record that is not
+ * one JSON object (trailing content included) gives j_is_object = false. This function only
+ * parses: the rules (which types a field may have, what its text must be) are SQL generated from
+ * contract/schema.py's RULES, which the Python validator interprets too.
  *
  * <p>Jackson's streaming parser, no tree: fields the job does not read are skipped token by token
  * (still checked for syntax), a repeated key keeps its last value, as a tree would. JFR showed the
  * tree (readTree) as the largest single cost left on the source thread.
  *
- * <p>What counts as JSON, and how a number reads as text, follow Python's json module and str()
- * (contract/schema.py validates with them): a float id or category is written as Python's repr
- * writes it (1e+20, 1e-05, 0.0001, inf); an integer literal of more than 4,300 digits is not JSON (CPython's limit
- * on int conversion), anywhere in the record; a longer float literal is. NaN and Infinity literals
- * are not JSON on either side.
+ * <p>What counts as JSON follows contract.schema.parse_json (Python's json module) so that both
+ * sides reject the same records as not_json: UTF-8 only, no NaN or Infinity literals, nesting at
+ * most MAX_JSON_DEPTH deep, and no integer literal of more than 4,300 digits anywhere in the
+ * record (CPython's limit on int conversion; a longer float literal is JSON).
  *
  * <p>Declared non-deterministic on purpose: the planner then computes it once per record in its
  * own projection instead of inlining it into every consumer (DLQ, late, ledger and windows).
@@ -50,8 +47,6 @@ public class ParseInteraction extends ScalarFunction {
     private static final String[] FIELDS = {
         "event_id", "user_id", "item_id", "type", "ts", "value", "category", "consent"
     };
-    private static final int TS = index("ts");
-    private static final int VALUE = index("value");
 
     @DataTypeHint("ROW<j_is_object BOOLEAN, j_event_id STRING, j_user_id STRING, j_item_id STRING, "
             + "j_type STRING, j_ts STRING, j_value STRING, j_category STRING, j_consent STRING, "
@@ -74,7 +69,7 @@ public class ParseInteraction extends ScalarFunction {
                 JsonToken value = p.nextToken();
                 checkValue(p, value);
                 if (field >= 0) {
-                    text[field] = scalar(p, value, field);
+                    text[field] = scalar(p, value);
                     types[field] = type(p, value);
                 }
             }
@@ -190,18 +185,17 @@ public class ParseInteraction extends ScalarFunction {
     }
 
     /**
-     * The field's text: for ids and categories, Python's str() of what json.loads reads; ts and
-     * value are read as numbers on both sides, so a float there keeps the record's own text (a
-     * price is a float in most events, and Python's float() reads any JSON number text).
+     * The field's text. An integer's is its value's digits (Python's int() reads it as the same
+     * number, -0 as 0); a float's is the record's own text, which the SQL casts and Python's
+     * float() read alike.
      */
-    private static String scalar(JsonParser p, JsonToken value, int field) throws IOException {
+    private static String scalar(JsonParser p, JsonToken value) throws IOException {
         switch (value) {
             case VALUE_STRING:
+            case VALUE_NUMBER_FLOAT:
                 return p.getText();
             case VALUE_NUMBER_INT:
                 return String.valueOf(p.getNumberValue());
-            case VALUE_NUMBER_FLOAT:
-                return field == TS || field == VALUE ? p.getText() : pythonRepr(p.getDoubleValue());
             case VALUE_TRUE:
                 return "true";
             case VALUE_FALSE:
@@ -209,64 +203,6 @@ public class ParseInteraction extends ScalarFunction {
             default:
                 return null;  // null, object, array
         }
-    }
-
-    /**
-     * A double as Python's repr() (and str()) writes it: the shortest digits that read back as the
-     * same double (the nearest such, when there are two), in fixed notation when 1e-4 <= |x| < 1e16,
-     * else as d.ddde+XX. Java 17's Double.toString is not always the shortest, so the digits are
-     * searched for here; this runs only for float-typed ids and categories, which are rare.
-     */
-    static String pythonRepr(double x) {
-        if (Double.isNaN(x)) {
-            return "nan";
-        }
-        if (Double.isInfinite(x)) {
-            return x > 0 ? "inf" : "-inf";
-        }
-        if (x == 0) {
-            return 1 / x < 0 ? "-0.0" : "0.0";
-        }
-        BigDecimal exact = new BigDecimal(x);
-        BigDecimal shortest = null;
-        for (int precision = 1; shortest == null; precision++) {  // 17 digits always read back
-            BigDecimal down = exact.round(new MathContext(precision, RoundingMode.DOWN));
-            BigDecimal up = exact.round(new MathContext(precision, RoundingMode.UP));
-            boolean downOk = down.doubleValue() == x;
-            boolean upOk = up.doubleValue() == x;
-            if (downOk && upOk) {
-                int c = exact.subtract(down).abs().compareTo(up.subtract(exact).abs());
-                shortest = c < 0 ? down : c > 0 ? up : exact.round(new MathContext(precision, RoundingMode.HALF_EVEN));
-            } else if (downOk) {
-                shortest = down;
-            } else if (upOk) {
-                shortest = up;
-            }
-        }
-        BigDecimal stripped = shortest.stripTrailingZeros();
-        String digits = stripped.unscaledValue().abs().toString();
-        int n = digits.length();
-        int point = n - stripped.scale();  // x = 0.<digits> * 10^point
-        StringBuilder out = new StringBuilder(x < 0 ? "-" : "");
-        if (point > -4 && point <= 16) {
-            if (point <= 0) {
-                out.append("0.").append("0".repeat(-point)).append(digits);
-            } else if (point >= n) {
-                out.append(digits).append("0".repeat(point - n)).append(".0");
-            } else {
-                out.append(digits, 0, point).append('.').append(digits, point, n);
-            }
-        } else {
-            int exponent = point - 1;
-            out.append(digits.charAt(0));
-            if (n > 1) {
-                out.append('.').append(digits, 1, n);
-            }
-            out.append('e').append(exponent < 0 ? '-' : '+');
-            int abs = Math.abs(exponent);
-            out.append(abs < 10 ? "0" : "").append(abs);
-        }
-        return out.toString();
     }
 
     private static String type(JsonParser p, JsonToken value) {

@@ -1,7 +1,9 @@
 """Redis key layout and value encoding, shared by the job's writer and the gRPC service.
 
 - `rec:{user}`   JSON RecList: ranked items with scores, model version, feature timestamp.
-- `feat:{user}`  JSON user feature state (see udfs.features.UserState).
+- `feat:{user}`  JSON user feature state (see udfs.features.UserState), read by the job only.
+- `profile:{user}` JSON Profile: the user's features by name as of the last window folded in,
+                 written beside the state; GetUserFeatures answers from it in every engine.
 - `trending`     sorted set item_id -> forward-decayed popularity (global candidates, fallback).
 - `trending:cat:{category}` the same per category.
 - `trending:long` the same with the long half-life; `trending:cats` (`:long`) category popularity;
@@ -72,6 +74,10 @@ def feat_key(user_id: str) -> str:
     return f"feat:{user_id}"
 
 
+def profile_key(user_id: str) -> str:
+    return f"profile:{user_id}"
+
+
 def trending_category_key(category: str) -> str:
     return f"{TRENDING_CATEGORY_PREFIX}{category}"
 
@@ -140,3 +146,25 @@ class ItemMeta:
     def decode(raw: str | bytes) -> ItemMeta:
         d = json.loads(raw)
         return ItemMeta(str(d.get("category") or "unknown"), float(d.get("price") or 0.0))
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """Value of `profile:{user}`: what GetUserFeatures answers. The job writes it with the state,
+    so the serving engines need neither the state's layout nor the feature definitions. feature_ts
+    comes first in the text: guarded_set.lua reads the first "feature_ts" it finds."""
+
+    features: dict[str, float]
+    top_categories: list[str]
+    feature_ts: int  # event time (ms) of the newest event the features include
+    window_end: int  # the last window folded in; the features are as of this time
+
+    def encode(self) -> str:
+        return json.dumps({"feature_ts": self.feature_ts, "window_end": self.window_end, "features": self.features,
+                           "top_categories": self.top_categories}, separators=(",", ":"), allow_nan=False)
+
+    @staticmethod
+    def decode(raw: str | bytes) -> Profile:
+        d = json.loads(raw)
+        return Profile({k: float(v) for k, v in d["features"].items()}, [str(c) for c in d["top_categories"]],
+                       int(d["feature_ts"]), int(d["window_end"]))

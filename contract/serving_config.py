@@ -64,8 +64,8 @@ class GatewayConfig(_Strict):
 class ServingConfig(_Strict):
     """The gRPC lookup service's config file (deploy/config/serving.toml)."""
     engine: Literal["go", "python"] = "go"
-    """go: the compiled lookup service (serving/lookupd) answers gRPC, with GetUserFeatures
-    forwarded to the Python one on a loopback port; python: the grpc.aio service alone."""
+    """go: the compiled lookup service (serving/lookupd) answers every gRPC method; python: the
+    grpc.aio service (serving.server), the same rules in Python."""
     host: str = "127.0.0.1"
     """Address the gRPC service binds (loopback by default)."""
     port: int = Field(50051, ge=0, le=65535)
@@ -86,8 +86,6 @@ class ServingConfig(_Strict):
     (`authorization: Bearer <token>`); unset: no authentication."""
     health_interval_s: float = Field(1.0, gt=0)
     """How often grpc.health.v1 status is refreshed from a Redis PING."""
-    job_config: str = "deploy/config/local.toml"
-    """The job's config file: GetUserFeatures names features by its windows."""
     tls: TlsConfig | None = None
     """[tls] cert_file/key_file (and client_ca_file for mTLS); absent: plaintext on loopback."""
     cache: CacheConfig = CacheConfig()

@@ -14,7 +14,7 @@ from contract import keys
 from contract.config import JobConfig
 from udfs.candidates import Candidate, CandidatePool, ItemStats, gather_candidates, item_weight
 from udfs.drift import DriftReport
-from udfs.features import Ledger, UserState
+from udfs.features import Ledger, UserState, profile
 
 log = logging.getLogger(__name__)
 
@@ -180,8 +180,9 @@ class RedisStore:
 
     def write(self, ledger: Ledger, out: dict[str, tuple[UserState, keys.RecList | None]],
                items: list[tuple[int, str, str, int, int, int, int, int]]) -> None:
-        """One MULTI: item statistics, states, lists and the ledger change together or not at all
-        (a replayed window finds its state already applied and adds nothing anywhere). A user
+        """One MULTI: item statistics, states (with their profiles), lists and the ledger change
+        together or not at all (a replayed window finds its state already applied and adds nothing
+        anywhere). A user
         whose history was erased, or who opted out, loses the list (the service falls back)."""
         ttl = self.cfg.redis.rec_ttl_s
         pipe = self.redis.pipeline(transaction=True)
@@ -192,6 +193,8 @@ class RedisStore:
                 pipe.hincrby(keys.CONTROL, action, n)
         for u, (s, rec) in out.items():
             self.guarded_set(keys=[keys.feat_key(u)], args=[s.feature_ts, s.encode(), ttl], client=pipe)
+            self.guarded_set(keys=[keys.profile_key(u)], args=[s.feature_ts, profile(s, self.cfg.features).encode(), ttl],
+                             client=pipe)
             if rec is not None:
                 self.guarded_set(keys=[keys.rec_key(u)], args=[s.feature_ts, rec.encode(), ttl], client=pipe)
             elif not s.personalized():

@@ -17,9 +17,7 @@ from dataclasses import dataclass
 from prometheus_client import Counter, Gauge, Histogram
 
 from contract import keys
-from contract.config import ConfigError, FeatureConfig, load_config
 from contract.serving_config import ServingConfig
-from contract.paths import PROJECT_ROOT
 from serving import lookup
 from serving.resp import PipelinedRedis, RedisReplyError, RedisUnavailable
 
@@ -89,6 +87,15 @@ class Breaker:
             BREAKER_OPEN.set(1)
 
 
+def read_budget(redis_timeout_s: float, remaining_s: float | None, reserve_s: float = DEADLINE_RESERVE_S) -> float:
+    """How long one Redis read may take: redis_timeout_s, cut to the caller's remaining time less the
+    reserve kept for answering, never negative; remaining_s None: the call has no deadline."""
+    budget = redis_timeout_s
+    if remaining_s is not None:
+        budget = min(budget, remaining_s - reserve_s)
+    return max(budget, 0.0)
+
+
 @dataclass
 class PopularCache:
     items: list[keys.ScoredItem]
@@ -103,7 +110,6 @@ class LookupService:
         self.redis = PipelinedRedis(cfg.redis.host, cfg.redis.port, cfg.redis_timeout_s)
         self.breaker = Breaker(cfg.breaker.failures, cfg.breaker.reset_s)
         self.popular = PopularCache([], 0.0)
-        self.features_cfg = _feature_config(cfg)
         self._refresher: asyncio.Task | None = None
 
     async def start(self) -> None:
@@ -143,17 +149,11 @@ class LookupService:
             if self.popular.loaded_at:
                 CACHE_AGE.set(time.monotonic() - self.popular.loaded_at)
 
-    def _budget(self, remaining_s: float | None) -> float:
-        budget = self.cfg.redis_timeout_s
-        if remaining_s is not None:
-            budget = min(budget, remaining_s - DEADLINE_RESERVE_S)
-        return max(budget, 0.0)
-
     async def _read(self, redis_keys: list[str], remaining_s: float | None) -> list[bytes | None]:
         """Values for keys, or StoreUnavailable (breaker open, error or past the budget)."""
         if not self.breaker.allow():
             raise StoreUnavailable("circuit breaker open")
-        budget = self._budget(remaining_s)
+        budget = read_budget(self.cfg.redis_timeout_s, remaining_s)
         try:
             if budget <= 0:
                 raise TimeoutError
@@ -198,17 +198,8 @@ class LookupService:
 
     async def user_features(self, user_id: str, remaining_s: float | None = None) -> lookup.UserFeatures:
         lookup.check_user(user_id)
-        (raw,) = await self._read([keys.feat_key(user_id)], remaining_s)
-        return lookup.user_features(user_id, raw, self.features_cfg)
-
-
-def _feature_config(cfg: ServingConfig) -> FeatureConfig:
-    path = PROJECT_ROOT / cfg.job_config  # an absolute job_config stays as it is
-    try:
-        return load_config(path).features
-    except ConfigError:
-        log.warning("job config %s not loadable; GetUserFeatures uses default windows", path)
-        return load_config(None).features
+        (raw,) = await self._read([keys.profile_key(user_id)], remaining_s)
+        return lookup.user_features(user_id, raw)
 
 
 def status_of(exc: BaseException | None) -> str:

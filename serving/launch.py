@@ -1,11 +1,9 @@
 """Starts the lookup service with the engine the serving config names.
 
 - `engine = "go"` (default): lookupd, the compiled service in serving/lookupd, answers every gRPC
-  call on the configured port. The config is validated here (contract.config.ServingConfig, the one
-  validator) and handed to lookupd as JSON with the contract's limits and key names. GetUserFeatures
-  needs the feature definitions (udfs.features), so lookupd forwards it to the Python service,
-  which this process runs on a free loopback port.
-- `engine = "python"`: the grpc.aio service alone (serving.server).
+  call on the configured port. The config is validated here (contract.serving_config.ServingConfig,
+  the one validator) and handed to lookupd as JSON with the contract's limits and key names.
+- `engine = "python"`: the grpc.aio service (serving.server).
 
 `start_server(cfg)` gives a running server with `.port` and `.stop()` (tests, demo, benches);
 `serve(cfg)` runs until SIGTERM/SIGINT and drains in-flight calls for grace_s."""
@@ -42,13 +40,13 @@ def contract_spec() -> dict:
         "service_name": SERVICE_NAME, "id_pattern": ID_PATTERN, "user_id_rule": lookup.USER_ID_RULE,
         "max_filter_categories": lookup.MAX_FILTER_CATEGORIES, "max_excluded_items": lookup.MAX_EXCLUDED_ITEMS,
         "max_batch": lookup.MAX_BATCH, "max_placement": lookup.MAX_PLACEMENT, "rec_prefix": keys.rec_key(""),
+        "profile_prefix": keys.profile_key(""),
         "trending": keys.TRENDING, "item_meta": keys.ITEM_META, "deadline_reserve_s": DEADLINE_RESERVE_S,
     }
 
 
-def lookupd_spec(cfg: ServingConfig, features_upstream: str, port_file: Path) -> dict:
-    return {**cfg.model_dump(mode="json"), "contract": contract_spec(), "features_upstream": features_upstream,
-            "port_file": str(port_file)}
+def lookupd_spec(cfg: ServingConfig, port_file: Path) -> dict:
+    return {**cfg.model_dump(mode="json"), "contract": contract_spec(), "port_file": str(port_file)}
 
 
 def lookupd_binary() -> Path:
@@ -59,14 +57,11 @@ def lookupd_binary() -> Path:
 
 
 class GoServer:
-    """lookupd as a child process, with the Python feature service it forwards GetUserFeatures to."""
+    """lookupd as a child process."""
 
     def __init__(self, cfg: ServingConfig, port: int | None = 0, *, metrics: bool = False) -> None:
         binary = lookupd_binary()
         bearer_token(cfg)  # an unset token variable fails here, with the config's wording
-        # the feature service: loopback only, no TLS (lookupd passes the caller's token on), no metrics
-        self.features = ServerThread(cfg.model_copy(update={"host": "127.0.0.1", "tls": None, "reflection": False}), 0,
-                                     role="GetUserFeatures for lookupd")
         self.work = Path(tempfile.mkdtemp(prefix="lookupd-"))
         port_file = self.work / "port"
         if port is not None:
@@ -74,7 +69,7 @@ class GoServer:
         if not metrics:
             cfg = cfg.model_copy(update={"metrics_port": None})
         spec = self.work / "spec.json"
-        spec.write_text(json.dumps(lookupd_spec(cfg, f"127.0.0.1:{self.features.port}", port_file)))
+        spec.write_text(json.dumps(lookupd_spec(cfg, port_file)))
         self.grace_s = cfg.grace_s
         self.proc = subprocess.Popen([str(binary), "--spec", str(spec)])
         deadline = time.monotonic() + 30
@@ -98,7 +93,6 @@ class GoServer:
                 self.proc.wait(max(grace_s or 0, self.grace_s) + 10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-        self.features.stop(0)
         shutil.rmtree(self.work, ignore_errors=True)
         return self.proc.wait()
 

@@ -8,9 +8,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from contract import keys
-from contract.config import FeatureConfig
 from contract.schema import valid_id
-from udfs.features import UserState, describe
 
 MAX_FILTER_CATEGORIES = 100
 MAX_EXCLUDED_ITEMS = 1000
@@ -127,12 +125,9 @@ def answer(request: Request, raw: bytes | None, popular: list[keys.ScoredItem], 
                            placement=r.placement)
 
 
-def user_features(user_id: str, raw: bytes | None, cfg: FeatureConfig) -> UserFeatures:
-    """The user's features as of the last window the job folded in (raw: the feat: value)."""
+def user_features(user_id: str, raw: bytes | None) -> UserFeatures:
+    """The user's features as of the last window the job folded in (raw: the profile: value)."""
     if raw is None:
         return UserFeatures(user_id, False)
-    state = UserState.decode(raw)
-    named = describe(state, state.window_end, cfg)
-    tops = named.pop("top_categories")
-    return UserFeatures(user_id, True, {k: float(v) for k, v in named.items()}, list(tops),
-                        state.feature_ts, state.window_end)
+    p = keys.Profile.decode(raw)
+    return UserFeatures(user_id, True, p.features, p.top_categories, p.feature_ts, p.window_end)

@@ -151,9 +151,8 @@ class Running:
         await self.service.close()
 
 
-async def start(cfg: ServingConfig, port: int | None = None, role: str = SERVICE_NAME) -> Running:
-    """Builds and starts the server on the running loop; port 0 binds a free one. `role` names it
-    in the log (lookupd's feature service is this server too)."""
+async def start(cfg: ServingConfig, port: int | None = None) -> Running:
+    """Builds and starts the server on the running loop; port 0 binds a free one."""
     expected = bearer_token(cfg)
     service = LookupService(cfg)
     await service.start()
@@ -168,7 +167,7 @@ async def start(cfg: ServingConfig, port: int | None = None, role: str = SERVICE
     bound = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
     await server.start()
     tasks = [asyncio.create_task(follow_redis_health(health_servicer, service, cfg.health_interval_s))]
-    log.info("serving %s on %s:%d (%s; redis %s:%d)", role, cfg.host, bound,
+    log.info("serving %s on %s:%d (%s; redis %s:%d)", SERVICE_NAME, cfg.host, bound,
              "mTLS" if cfg.tls and cfg.tls.client_ca_file else "TLS" if cfg.tls else "plaintext",
              cfg.redis.host, cfg.redis.port)
     return Running(server, bound, service, tasks)
@@ -205,11 +204,11 @@ def serve(cfg: ServingConfig, port: int | None = None) -> None:
 class ServerThread:
     """The server on its own event loop in a background thread (tests, the demo, benches):
     `with ServerThread(cfg) as s: ... s.port`."""
-    def __init__(self, cfg: ServingConfig, port: int = 0, role: str = SERVICE_NAME) -> None:
+    def __init__(self, cfg: ServingConfig, port: int = 0) -> None:
         self.cfg, self.loop = cfg, asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="grpc-server", daemon=True)
         self.thread.start()
-        self.running: Running = asyncio.run_coroutine_threadsafe(start(cfg, port, role), self.loop).result(30)
+        self.running: Running = asyncio.run_coroutine_threadsafe(start(cfg, port), self.loop).result(30)
         self.port = self.running.port
 
     def stop(self, grace_s: float | None = 0) -> None:

@@ -17,7 +17,7 @@ from contract.paths import PROJECT_ROOT
 from devstack.metrics import control_counters, ledger_counters, scrape
 from devstack.stack import create_topics
 from models.offline import replay_file
-from udfs.features import UserState, describe, memory_at
+from udfs.features import UserState, describe, memory_at, profile
 
 # Taken at import, before any test runs Flink in this process: an in-process MiniCluster run (the
 # flink tier) changes os.environ (PYFLINK_GATEWAY_DISABLED, JAVA_HOME, ...) in ways that stop a
@@ -148,6 +148,14 @@ def assert_features_equal_replay(states: dict, replay, cfg) -> None:
         assert got.keys() == exp.keys(), user  # the user x item memory: the same items, counts and times
         for item, values in exp.items():
             assert got[item] == pytest.approx(values, rel=1e-9, abs=1e-12), (user, item)
+
+
+def assert_profiles_are_the_states(r, cfg) -> None:
+    """Every user's profile (what GetUserFeatures answers) is the one their stored state gives."""
+    states = read_states(r)
+    assert states
+    for user, s in states.items():
+        assert keys.Profile.decode(r.get(keys.profile_key(user))) == profile(s, cfg.features), user
 
 
 def prefixed_topics(bootstrap: str, prefix: str, partitions: int = 2) -> dict[str, str]:

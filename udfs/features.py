@@ -19,6 +19,7 @@ from typing import NamedTuple
 import numpy as np
 import orjson
 
+from contract import keys
 from contract.config import FeatureConfig
 from contract.schema import CONTROL_ACTIONS
 
@@ -523,7 +524,14 @@ def memory_at(state: UserState, t: int, cfg: FeatureConfig) -> dict[str, list[fl
 
 
 def describe(state: UserState, t: int, cfg: FeatureConfig) -> dict[str, float | list[str]]:
-    """The user's features at t by name (for `streamrank features` and GetUserFeatures)."""
+    """The user's features at t by name (`streamrank features`; `profile` for GetUserFeatures)."""
     out: dict[str, float | list[str]] = dict(zip(user_feature_names(cfg), map(float, user_vector(state, t, cfg))))
     out["top_categories"] = state.top_categories(3)
     return out
+
+
+def profile(state: UserState, cfg: FeatureConfig) -> keys.Profile:
+    """The user's features by name as of the last window folded in: what GetUserFeatures answers."""
+    named = describe(state, state.window_end, cfg)
+    tops = named.pop("top_categories")
+    return keys.Profile({k: float(v) for k, v in named.items()}, list(tops), state.feature_ts, state.window_end)

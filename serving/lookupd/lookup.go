@@ -4,6 +4,7 @@ package main
 // to the same answers by tests/vectors/lookup.json (go test here, pytest there).
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"regexp"
@@ -219,4 +220,28 @@ func metaCategory(raw string) string {
 	default:
 		return c.String()
 	}
+}
+
+// Features builds GetUserFeatures' answer from the user's profile (raw JSON of
+// contract.keys.Profile; nil: the job has written none, found = false).
+func Features(userID string, raw *string) (*pb.GetUserFeaturesResponse, error) {
+	out := &pb.GetUserFeaturesResponse{UserId: userID}
+	if raw == nil {
+		return out, nil
+	}
+	var p struct {
+		FeatureTs     *int64             `json:"feature_ts"`
+		WindowEnd     int64              `json:"window_end"`
+		Features      map[string]float64 `json:"features"`
+		TopCategories []string           `json:"top_categories"`
+	}
+	if err := json.Unmarshal([]byte(*raw), &p); err != nil {
+		return nil, fmt.Errorf("stored profile of %s: %w", userID, err)
+	}
+	if p.FeatureTs == nil || p.Features == nil {
+		return nil, errors.New("stored profile of " + userID + " has no feature_ts or features")
+	}
+	out.Found, out.Features, out.TopCategories = true, p.Features, p.TopCategories
+	out.FeatureTsMs, out.WindowEndMs = *p.FeatureTs, p.WindowEnd
+	return out, nil
 }

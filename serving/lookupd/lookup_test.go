@@ -8,8 +8,8 @@ import (
 	"errors"
 	"os"
 	"reflect"
+	"slices"
 	"testing"
-	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -50,6 +50,18 @@ type vectors struct {
 		Metas    []any   `json:"metas"`
 		Expect   [][]any `json:"expect"`
 	} `json:"popular_items"`
+	Profiles []struct {
+		Name   string  `json:"name"`
+		Stored *string `json:"stored"`
+		Expect struct {
+			Found         bool               `json:"found"`
+			Features      map[string]float64 `json:"features"`
+			TopCategories []string           `json:"top_categories"`
+			FeatureTsMs   int64              `json:"feature_ts_ms"`
+			WindowEndMs   int64              `json:"window_end_ms"`
+		} `json:"expect"`
+		Error string `json:"error"`
+	} `json:"profiles"`
 }
 
 func loadVectors(t *testing.T) *vectors {
@@ -163,31 +175,31 @@ func TestPopularItemsFromTheTrendingBoard(t *testing.T) {
 	}
 }
 
-func TestBreakerOpensAfterFailuresAndHalfOpensOneTrial(t *testing.T) {
-	b := &Breaker{failures: 2, reset: 50 * time.Millisecond}
-	b.Failure()
-	if !b.Allow() || b.Blocked() {
-		t.Fatal("open after one failure of two")
-	}
-	b.Failure()
-	if b.Allow() || !b.Blocked() {
-		t.Fatal("not open after two failures")
-	}
-	time.Sleep(60 * time.Millisecond)
-	if !b.Allow() || b.Allow() {
-		t.Fatal("half-open must allow exactly one trial")
-	}
-	b.Success()
-	if !b.Allow() || b.Blocked() {
-		t.Fatal("a successful trial must close it")
+func TestUserFeaturesGiveTheSharedAnswers(t *testing.T) {
+	for _, c := range loadVectors(t).Profiles {
+		t.Run(c.Name, func(t *testing.T) {
+			got, err := Features("u1", c.Stored)
+			if c.Error != "" {
+				if name := codeName(status.Code(statusOf(err))); name != c.Error {
+					t.Fatalf("status %s, want %s (%v)", name, c.Error, err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			e := c.Expect
+			if got.Found != e.Found || !reflect.DeepEqual(nonNil(got.Features), nonNil(e.Features)) ||
+				!slices.Equal(got.TopCategories, e.TopCategories) || got.FeatureTsMs != e.FeatureTsMs || got.WindowEndMs != e.WindowEndMs {
+				t.Fatalf("got %+v, want %+v", got, e)
+			}
+		})
 	}
 }
 
-func TestCodeNamesAreGrpcPythonsNames(t *testing.T) {
-	for code, want := range map[codes.Code]string{codes.OK: "OK", codes.InvalidArgument: "INVALID_ARGUMENT",
-		codes.Unavailable: "UNAVAILABLE", codes.DeadlineExceeded: "DEADLINE_EXCEEDED", codes.Internal: "INTERNAL"} {
-		if got := codeName(code); got != want {
-			t.Errorf("codeName(%v) = %q, want %q", code, got, want)
-		}
+func nonNil(m map[string]float64) map[string]float64 {
+	if m == nil {
+		return map[string]float64{}
 	}
+	return m
 }

@@ -2,7 +2,7 @@
 // GetRecommendations and BatchGetRecommendations from Redis with the rules of serving/lookup.py
 // (held to the same answers by tests/vectors/lookup.json), serves grpc.health.v1 following Redis,
 // TLS/mTLS, the bearer token, opt-in reflection, Prometheus metrics, JSON logs, and drains
-// in-flight calls on SIGTERM. GetUserFeatures is forwarded to the Python feature service.
+// in-flight calls on SIGTERM. GetUserFeatures answers from the profile the job writes per user.
 //
 // It is started by `streamrank serve` (engine = "go"), which validates the TOML config and hands
 // lookupd the result as JSON: `lookupd --spec FILE`.
@@ -144,10 +144,6 @@ func run(spec *Spec) error {
 	if err != nil {
 		return err
 	}
-	features, err := dialFeatures(spec.FeaturesUpstream)
-	if err != nil {
-		return fmt.Errorf("feature service %s: %w", spec.FeaturesUpstream, err)
-	}
 	store, err := newStore(spec)
 	if err != nil {
 		return err
@@ -156,7 +152,7 @@ func run(spec *Spec) error {
 	go store.refreshLoop(ctx)
 
 	server := grpc.NewServer(opts...)
-	pb.RegisterRecommendationsServer(server, &Service{rules: rules, store: store, features: features})
+	pb.RegisterRecommendationsServer(server, &Service{rules: rules, store: store})
 	healthServer := health.NewServer()
 	healthpb.RegisterHealthServer(server, healthServer)
 	if spec.Reflection {

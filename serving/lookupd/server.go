@@ -13,7 +13,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promauto"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
@@ -49,9 +48,8 @@ var (
 // Service implements streamrank.v1.Recommendations.
 type Service struct {
 	pb.UnimplementedRecommendationsServer
-	rules    *Rules
-	store    *Store
-	features pb.RecommendationsClient // the Python feature service; nil: none
+	rules *Rules
+	store *Store
 }
 
 // statusOf is the one mapping from failures to status codes.
@@ -65,8 +63,6 @@ func statusOf(err error) error {
 		return status.Error(codes.InvalidArgument, err.Error())
 	case errors.As(err, &unavailable):
 		return status.Error(codes.Unavailable, err.Error())
-	case status.Code(err) != codes.Unknown:
-		return err // already a status (from the feature service)
 	default:
 		return status.Error(codes.Internal, err.Error())
 	}
@@ -131,41 +127,26 @@ func (s *Service) BatchGetRecommendations(ctx context.Context, q *pb.BatchGetRec
 	return &pb.BatchGetRecommendationsResponse{Responses: out}, nil
 }
 
-// GetUserFeatures is answered by the Python feature service, where the feature definitions live
-// (udfs.features); lookupd checks the request and the breaker first, and passes the deadline and
-// the caller's token on.
+// GetUserFeatures answers from the user's profile, which the job writes with the features named
+// (so no feature definition lives here).
 func (s *Service) GetUserFeatures(ctx context.Context, q *pb.GetUserFeaturesRequest) (*pb.GetUserFeaturesResponse, error) {
 	if err := s.rules.CheckUser(q.GetUserId()); err != nil {
 		return nil, statusOf(err)
 	}
-	if s.features == nil {
-		return nil, status.Error(codes.Unimplemented, "GetUserFeatures needs the Python feature service; start lookupd with `streamrank serve`")
+	values, err := s.store.Read(ctx, []string{s.rules.c.ProfilePrefix + q.GetUserId()})
+	if err != nil {
+		return nil, statusOf(err)
 	}
-	if s.store.breaker.Blocked() {
-		return nil, statusOf(&StoreUnavailable{"circuit breaker open"})
-	}
-	if md, ok := metadata.FromIncomingContext(ctx); ok {
-		if auth := md.Get("authorization"); len(auth) > 0 {
-			ctx = metadata.AppendToOutgoingContext(ctx, "authorization", auth[0])
-		}
-	}
-	out, err := s.features.GetUserFeatures(ctx, q)
+	out, err := Features(q.GetUserId(), values[0])
 	return out, statusOf(err)
 }
 
-func dialFeatures(addr string) (pb.RecommendationsClient, error) {
-	if addr == "" {
-		return nil, nil
-	}
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return nil, err
-	}
-	return pb.NewRecommendationsClient(conn), nil
-}
-
-// codeName is a status code as Python's grpc names it (INVALID_ARGUMENT, not InvalidArgument).
+// codeName is a status code as Python's grpc names it (INVALID_ARGUMENT, not InvalidArgument; and
+// CANCELLED, which grpc-go spells Canceled), so metrics carry one label per code on both engines.
 func codeName(c codes.Code) string {
+	if c == codes.Canceled {
+		return "CANCELLED"
+	}
 	var b strings.Builder
 	prev := ' '
 	for _, r := range c.String() {

@@ -14,10 +14,9 @@ import (
 // field this struct does not declare, so a field renamed or added in Python fails lookupd's start
 // (and tests/unit/test_lookupd_spec.py) instead of being dropped without a word.
 type Spec struct {
-	// Engine and JobConfig are read by the Python launcher (which engine starts; the job config
-	// whose windows name the features), Gateway by the Python HTTP/GraphQL gateway.
+	// Engine is read by the Python launcher (which engine starts), Gateway by the Python
+	// HTTP/GraphQL gateway.
 	Engine          string          `json:"engine"`
-	JobConfig       string          `json:"job_config"`
 	Gateway         json.RawMessage `json:"gateway"`
 	Host            string          `json:"host"`
 	Port            int             `json:"port"`
@@ -53,9 +52,6 @@ type Spec struct {
 		ResetS   float64 `json:"reset_s"`
 	} `json:"breaker"`
 	Contract Contract `json:"contract"`
-	// FeaturesUpstream is the loopback address of the Python service GetUserFeatures is
-	// forwarded to (the feature definitions live in Python); empty: UNIMPLEMENTED.
-	FeaturesUpstream string `json:"features_upstream"`
 	// PortFile receives the bound gRPC port once the server listens (port 0 binds a free one).
 	PortFile string `json:"port_file"`
 }
@@ -70,6 +66,7 @@ type Contract struct {
 	MaxBatch            int     `json:"max_batch"`
 	MaxPlacement        int     `json:"max_placement"`
 	RecPrefix           string  `json:"rec_prefix"`
+	ProfilePrefix       string  `json:"profile_prefix"`
 	Trending            string  `json:"trending"`
 	ItemMeta            string  `json:"item_meta"`
 	DeadlineReserveS    float64 `json:"deadline_reserve_s"`
@@ -87,7 +84,7 @@ func loadSpec(path string) (*Spec, error) {
 		return nil, fmt.Errorf("spec %s does not match lookupd's Spec (serving/lookupd/spec.go): %w; "+
 			"a field of contract.config.ServingConfig was added or renamed without lookupd", path, err)
 	}
-	if s.Contract.IDPattern == "" || s.Contract.MaxBatch == 0 || s.Contract.RecPrefix == "" {
+	if s.Contract.IDPattern == "" || s.Contract.MaxBatch == 0 || s.Contract.RecPrefix == "" || s.Contract.ProfilePrefix == "" {
 		return nil, fmt.Errorf("spec %s has no contract section; start lookupd with `streamrank serve`", path)
 	}
 	return &s, nil

@@ -36,6 +36,14 @@ type Breaker struct {
 	count    int
 	openedAt time.Time // zero: closed
 	trial    bool
+	now      func() time.Time // nil: time.Now; tests script the clock
+}
+
+func (b *Breaker) clock() time.Time {
+	if b.now == nil {
+		return time.Now()
+	}
+	return b.now()
 }
 
 func (b *Breaker) state(now time.Time) string {
@@ -51,7 +59,7 @@ func (b *Breaker) state(now time.Time) string {
 func (b *Breaker) Allow() bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	switch b.state(time.Now()) {
+	switch b.state(b.clock()) {
 	case "closed":
 		return true
 	case "half-open":
@@ -61,14 +69,6 @@ func (b *Breaker) Allow() bool {
 		}
 	}
 	return false
-}
-
-// Blocked tells whether calls skip Redis now, without taking the half-open trial.
-func (b *Breaker) Blocked() bool {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	st := b.state(time.Now())
-	return st == "open" || (st == "half-open" && b.trial)
 }
 
 func (b *Breaker) Success() {
@@ -91,7 +91,7 @@ func (b *Breaker) Failure() {
 			slog.Warn(fmt.Sprintf("redis circuit breaker open after %d failures; answering from the cache for %.1fs",
 				b.count, b.reset.Seconds()))
 		}
-		b.openedAt = time.Now()
+		b.openedAt = b.clock()
 		breakerOpen.Set(1)
 	}
 }
@@ -147,9 +147,20 @@ func newStore(spec *Spec) (*Store, error) {
 }
 
 func (s *Store) budget(ctx context.Context) time.Duration {
-	b := s.timeout
-	if d, ok := ctx.Deadline(); ok {
-		b = min(b, time.Until(d)-s.reserve)
+	d, ok := ctx.Deadline()
+	if !ok {
+		return readBudget(s.timeout, s.reserve, nil)
+	}
+	remaining := time.Until(d)
+	return readBudget(s.timeout, s.reserve, &remaining)
+}
+
+// readBudget is how long one Redis read may take: the timeout, cut to the caller's remaining time
+// less the reserve kept for answering, never negative; remaining nil: the call has no deadline.
+func readBudget(timeout, reserve time.Duration, remaining *time.Duration) time.Duration {
+	b := timeout
+	if remaining != nil {
+		b = min(b, *remaining-reserve)
 	}
 	return max(b, 0)
 }

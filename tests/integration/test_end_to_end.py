@@ -12,10 +12,12 @@ import pytest
 from contract import keys
 from contract.serving_config import load_serving_config
 from serving.client import RecommendationsClient
-from serving.server import ServerThread
+from serving.launch import start_server
+from tests.conftest import job_config
 from tests.helpers import job_args, prefixed_topics, read_topic, run_job_embedded
 from traffic.publish import publish_catalog, publish_events
 from traffic.simulator import Simulator
+from udfs.features import UserState, profile
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +59,12 @@ def test_dlq_holds_exactly_the_malformed_records(loop_run, kafka_broker):
     assert len({(d["src_partition"], d["src_offset"]) for d in dlq}) == len(dlq)
 
 
-def test_grpc_returns_the_redis_list(loop_run):
+@pytest.mark.parametrize("engine", ["go", "python"])
+def test_grpc_returns_the_redis_list_and_features(loop_run, model_dir, engine):
     _, valid_users, r, port = loop_run
-    cfg = load_serving_config(None, {"redis.port": port})
-    with ServerThread(cfg) as server, RecommendationsClient(f"127.0.0.1:{server.port}", deadline_s=5) as client:
+    cfg = load_serving_config(None, {"redis.port": port, "engine": engine})
+    features_cfg = job_config(port, model_dir).features
+    with start_server(cfg) as server, RecommendationsClient(f"127.0.0.1:{server.port}", deadline_s=5) as client:
         for user in sorted(valid_users)[:5]:
             stored = keys.RecList.decode(r.get(keys.rec_key(user)))
             resp = client.recommendations(user, 10)
@@ -68,6 +72,13 @@ def test_grpc_returns_the_redis_list(loop_run):
             assert [i.item_id for i in resp.items] == [i.item_id for i in stored.items[:10]]
             assert resp.model_version == stored.model_version
             assert resp.feature_ts_ms == stored.feature_ts
+            # GetUserFeatures: the features the job's state gives, by name, with no feature code in serving
+            want = profile(UserState.decode(r.get(keys.feat_key(user))), features_cfg)
+            f = client.user_features(user)
+            assert f.found and dict(f.features) == want.features and list(f.top_categories) == want.top_categories
+            assert (f.feature_ts_ms, f.window_end_ms) == (want.feature_ts, want.window_end) == (stored.feature_ts, want.window_end)
+            assert want.features["recency_s"] < 3600  # as of its last window: an event of that window is recent
+        assert not client.user_features("never-seen").found
         cold = client.recommendations("never-seen", 5)
         assert cold.fallback and cold.fallback_reason == "no_list" and len(cold.items) == 5
         with pytest.raises(grpc.RpcError) as err:

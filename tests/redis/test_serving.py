@@ -16,7 +16,8 @@ from contract.serving_config import load_serving_config
 from serving.launch import start_server
 from serving.resp import PipelinedRedis, RedisReplyError
 from serving.server import pb, pb_grpc
-from udfs.features import Event, UserState, WindowDelta, apply_window
+from jobs.store import RedisStore
+from udfs.features import Event, Ledger, UserState, WindowDelta, apply_window
 
 T0 = int(time.time() * 1000) - 60_000
 
@@ -29,7 +30,7 @@ def seed(r) -> None:
     cfg = load_config(None)
     events = ";".join(Event(f"e{n}", "view", "i1", "c1", T0 + n, 0.0, True).encode() for n in range(3))
     state, _ = apply_window(UserState(), WindowDelta("u1", T0 + 2000, events), cfg.features)
-    r.set(keys.feat_key("u1"), state.encode())
+    RedisStore(cfg, r).write(Ledger(), {"u1": (state, None)}, [])  # the state and its profile, as the job writes them
 
 
 VARIANTS = {"go": {"engine": "go"}, "go, no list cache": {"engine": "go", "cache.lists_mb": 0},
@@ -80,7 +81,8 @@ def test_user_features(service):
     stub, _ = service
     f = stub.GetUserFeatures(pb.GetUserFeaturesRequest(user_id="u1"), timeout=5)
     assert f.found and f.features["views_1h"] == 3 and list(f.top_categories) == ["c1"]
-    assert f.window_end_ms == T0 + 2000
+    assert f.window_end_ms == T0 + 2000 and f.feature_ts_ms == T0 + 2
+    assert f.features["recency_s"] == pytest.approx(1.998) and f.features["since_click_s"] > 86400
     assert not stub.GetUserFeatures(pb.GetUserFeaturesRequest(user_id="nobody"), timeout=5).found
 
 

@@ -237,7 +237,7 @@ def test_token_authentication(redis_db, monkeypatch, engine):
                 assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
         with RecommendationsClient(target, token="s3cret", deadline_s=5) as client:
             assert client.recommendations("u1").items
-            assert client.user_features("u1").found  # the token reaches lookupd's feature service too
+            assert client.user_features("u1").found
             assert health_status(client.channel) == health_pb2.HealthCheckResponse.SERVING  # no token needed
 
 

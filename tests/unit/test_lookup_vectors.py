@@ -57,3 +57,16 @@ def test_the_vectors_contract_is_the_one_lookupd_is_given():
     `streamrank serve` hands lookupd."""
     given = contract_spec()
     assert {k: given[k] for k in VECTORS["contract"]} == VECTORS["contract"]
+
+
+@pytest.mark.parametrize("case", VECTORS["profiles"], ids=[c["name"] for c in VECTORS["profiles"]])
+def test_user_features_give_the_shared_answers(case):
+    raw = case["stored"].encode() if case["stored"] is not None else None
+    if "error" in case:
+        with pytest.raises(Exception) as err:
+            lookup.user_features("u1", raw)
+        assert status_of(err.value) == case["error"]
+        return
+    f = lookup.user_features("u1", raw)
+    assert {"found": f.found, "features": f.features, "top_categories": f.top_categories,
+            "feature_ts_ms": f.feature_ts_ms, "window_end_ms": f.window_end_ms} == case["expect"]

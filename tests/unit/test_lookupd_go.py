@@ -1,4 +1,4 @@
-"""lookupd's own Go tests (serving/lookupd/*_test.go: the shared lookup vectors, the breaker) and
+"""lookupd's own Go tests (serving/lookupd/*_test.go: the shared lookup and serving vectors) and
 go vet, run from pytest so the one test command covers both languages. No servers are started."""
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ def check(spec: dict, tmp_path) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.relative_to(PROJECT_ROOT).as_posix())
 def test_lookupd_reads_every_field_python_writes(config, tmp_path):
-    spec = lookupd_spec(load_serving_config(config), "127.0.0.1:1", tmp_path / "port")
+    spec = lookupd_spec(load_serving_config(config), tmp_path / "port")
     out = check(spec, tmp_path)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == spec  # every field declared, with its type: nothing dropped
@@ -34,7 +34,7 @@ def test_lookupd_reads_every_field_python_writes(config, tmp_path):
 
 @pytest.mark.parametrize("where", [(), ("breaker",), ("cache",), ("redis",), ("contract",)])
 def test_lookupd_refuses_a_field_it_does_not_declare(where, tmp_path):
-    spec = lookupd_spec(load_serving_config(CONFIG_DIR / "serving.toml"), "127.0.0.1:1", tmp_path / "port")
+    spec = lookupd_spec(load_serving_config(CONFIG_DIR / "serving.toml"), tmp_path / "port")
     section = spec
     for name in where:
         section = section[name]

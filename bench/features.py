@@ -9,7 +9,8 @@ validation into a blackhole (ceiling_events_per_s); both with the job's fixed st
 out (the median of the repeats' runs over a one-record topic). Each is measured --repeats times
 and the median reported, with every repeat's rate and start-up beside it: the ceiling's backlog
 run lasts a few seconds, so start-up jitter alone moved single ceiling figures by ±30%.
-state_bytes_per_user is the mean size of feat:{user}. With --jvm-stages, the same job with its
+state_bytes_per_user is the mean size of feat:{user}, profile_bytes_per_user of profile:{user}
+(the named features GetUserFeatures answers). With --jvm-stages, the same job with its
 Python functions replaced by a JVM stand-in is timed too (jvm_stages_events_per_s): the most the
 job's JVM side allows. A bar chart of the rates goes to --plot (var/bench/features.png). The last
 stdout line is one JSON object.
@@ -27,6 +28,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from bench.harness import start_bench_stack, sustained_rate
+from contract import keys
 from contract.paths import PROJECT_ROOT
 from traffic.publish import publish_catalog, publish_events
 from traffic.simulator import Simulator
@@ -120,15 +122,17 @@ def main(argv: list[str] | None = None) -> int:
 
             ceil, feat = rates(ceil_t), rates(feat_t)
             r = stack.redis
-            users = [k for k in r.scan_iter("feat:*", count=5000)]
-            sizes = [r.strlen(k) for k in users]
-            ledger = {k.decode(): int(v) for k, v in r.hgetall("ledger").items()}
+            users = [k.decode().removeprefix(keys.feat_key("")) for k in r.scan_iter(keys.feat_key("*"), count=5000)]
+            sizes = [r.strlen(keys.feat_key(u)) for u in users]
+            profile_sizes = [r.strlen(keys.profile_key(u)) for u in users]
+            ledger = keys.read_ledger(r)
             run = {
                 "parallelism": par,
                 "events_per_s": round(statistics.median(feat)),
                 "ceiling_events_per_s": round(statistics.median(ceil)),
                 "users": len(users),
                 "state_bytes_per_user": round(sum(sizes) / max(len(sizes), 1)),
+                "profile_bytes_per_user": round(sum(profile_sizes) / max(len(profile_sizes), 1)),
                 "ledger_total": sum(ledger.values()),
             }
             run["ratio"] = round(run["events_per_s"] / max(run["ceiling_events_per_s"], 1), 3)

@@ -360,7 +360,7 @@ def load_config(path: str | Path | None, overrides: dict | None = None, preset: 
     """Load a TOML config file (None: all defaults), then a preset's keys over it (PRESETS), then
     dotted overrides.
 
-    overrides maps "section.field" to a value, e.g. {"redis.port": 6380}.
+    overrides maps a dotted path to a value, e.g. {"redis.port": 6380} (apply_overrides).
     """
     data = _read_toml(path)
     source = str(path) if path is not None else "<defaults>"
@@ -368,10 +368,34 @@ def load_config(path: str | Path | None, overrides: dict | None = None, preset: 
         for section, values in _read_toml(preset_path(preset)).items():
             data.setdefault(section, {}).update(values)
         source += f" with preset {preset}"
+    return parse_config(apply_overrides(data, overrides, JobConfig), source)
+
+
+def _section_of(annotation: object) -> type[BaseModel] | None:
+    """The model of a config section's field (TlsConfig | None included), else None."""
+    for t in getattr(annotation, "__args__", None) or (annotation,):
+        if isinstance(t, type) and issubclass(t, BaseModel):
+            return t
+    return None
+
+
+def apply_overrides(data: dict, overrides: dict | None, model: type[BaseModel]) -> dict:
+    """Dotted overrides over a config file's data, the one rule for both config files and --set:
+    "port" sets a top-level field, "redis.port" a section's, and the path walks into sections only,
+    so a mapping field takes the rest as one key ("flink.extra.state.backend.type" sets that Flink
+    option). A name the model does not have is left for validation to refuse, by its full path."""
     for dotted, value in (overrides or {}).items():
-        section, _, name = dotted.partition(".")
-        data.setdefault(section, {})[name] = value
-    return parse_config(data, source)
+        parts, node, section = dotted.split("."), data, model
+        while len(parts) > 1 and section is not None and parts[0] in section.model_fields:
+            annotation = section.model_fields[parts[0]].annotation
+            section = _section_of(annotation)
+            if section is None and getattr(annotation, "__origin__", None) is not dict:
+                break
+            node = node.setdefault(parts.pop(0), {})
+            if section is None:  # a mapping: the rest of the path is one of its keys
+                parts = [".".join(parts)]
+        node[".".join(parts)] = value
+    return data
 
 
 def parse_overrides(pairs: list[str], bounded: bool = False) -> dict:

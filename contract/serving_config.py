@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationError, model_validator
 
-from contract.config import ConfigError, RedisConfig, _describe, _read_toml, _Strict
+from contract.config import ConfigError, RedisConfig, _describe, _read_toml, _Strict, apply_overrides
 
 
 class TlsConfig(_Strict):
@@ -100,13 +100,8 @@ class ServingConfig(_Strict):
 
 
 def load_serving_config(path: str | Path | None, overrides: dict | None = None) -> ServingConfig:
-    data = _read_toml(path or None)
-    for dotted, value in (overrides or {}).items():
-        parts = dotted.split(".")
-        node = data
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = value
+    """Load serving.toml (None: all defaults), then dotted overrides (contract.config.apply_overrides)."""
+    data = apply_overrides(_read_toml(path or None), overrides, ServingConfig)
     try:
         return ServingConfig.model_validate(data)
     except ValidationError as err:

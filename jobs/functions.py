@@ -13,7 +13,7 @@ from pyflink.table.udf import FunctionContext, ScalarFunction, udf
 from contract.config import JobConfig
 from contract.schema import CONTROL_ACTIONS, DLQ_REASONS
 from jobs.store import RedisStore, RejectedCounter, redis_client, write_item_meta
-from udfs.faults import FaultInjector
+from jobs.faults import FaultInjector
 from udfs.features import WindowDelta, feature_names
 from udfs.ranking import BatchRanker
 from udfs.scorer import ModelWatcher
@@ -30,13 +30,15 @@ class RankUsers(ScalarFunction):
         self.cfg_json = cfg_json
         self.ranker = None
         self.counters: dict = {}
+        self.faults = None
 
     def open(self, function_context: FunctionContext) -> None:
         cfg = JobConfig.model_validate_json(self.cfg_json)
         s = cfg.scoring
         scorer = ModelWatcher(s.model_dir, feature_names(cfg.features), s.reload_check_s) if s.enabled else None
         self.ranker = BatchRanker(cfg, scorer, RedisStore(cfg))
-        self.faults = FaultInjector(cfg.faults)
+        # recovery tests only: a job without [faults] never constructs it
+        self.faults = FaultInjector(cfg.faults) if cfg.faults.fail_after_windows else None
         group = function_context.get_metric_group().add_group("streamrank")
         self.counters = {name: group.counter(name) for name in ("used", "duplicate", "opted_out", "late")}
         control = group.add_group("control")
@@ -55,7 +57,8 @@ class RankUsers(ScalarFunction):
     def eval(self, user_id, window_end, events):  # type: ignore[override]
         deltas = list(map(WindowDelta, user_id.astype(str).tolist(), window_end.astype("int64").tolist(),
                           events.astype(str).tolist()))
-        self.faults.before_batch(len(deltas))
+        if self.faults:
+            self.faults.before_batch(len(deltas))
         ledger = self.ranker.rank(deltas)
         for name, counter in self.counters.items():
             counter.inc(getattr(ledger, name))

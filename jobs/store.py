@@ -14,7 +14,8 @@ from contract import keys
 from contract.config import JobConfig
 from udfs.candidates import Candidate, CandidatePool, ItemStats, gather_candidates, item_weight
 from udfs.drift import DriftReport
-from udfs.features import Ledger, UserState, profile
+from udfs.features import Ledger, UserState
+from udfs.ranking import UserWrite
 
 log = logging.getLogger(__name__)
 
@@ -178,8 +179,8 @@ class RedisStore:
             "window_end_ms": report.window_end_ms, "rows": report.rows, "psi": json.dumps(report.psi),
             "max_feature": worst, "max_psi": report.psi[worst], "alert": int(report.alert)})
 
-    def write(self, ledger: Ledger, out: dict[str, tuple[UserState, keys.RecList | None]],
-               items: list[tuple[int, str, str, int, int, int, int, int]]) -> None:
+    def write(self, ledger: Ledger, out: dict[str, UserWrite],
+              items: list[tuple[int, str, str, int, int, int, int, int]]) -> None:
         """One MULTI: item statistics, states (with their profiles), lists and the ledger change
         together or not at all (a replayed window finds its state already applied and adds nothing
         anywhere). A user
@@ -191,10 +192,9 @@ class RedisStore:
         for action, n in ledger.controls().items():
             if n:
                 pipe.hincrby(keys.CONTROL, action, n)
-        for u, (s, rec) in out.items():
+        for u, (s, named, rec) in out.items():
             self.guarded_set(keys=[keys.feat_key(u)], args=[s.feature_ts, s.encode(), ttl], client=pipe)
-            self.guarded_set(keys=[keys.profile_key(u)], args=[s.feature_ts, profile(s, self.cfg.features).encode(), ttl],
-                             client=pipe)
+            self.guarded_set(keys=[keys.profile_key(u)], args=[s.feature_ts, named.encode(), ttl], client=pipe)
             if rec is not None:
                 self.guarded_set(keys=[keys.rec_key(u)], args=[s.feature_ts, rec.encode(), ttl], client=pipe)
             elif not s.personalized():

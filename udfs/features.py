@@ -47,6 +47,7 @@ def duration_label(seconds: float) -> str:
 _w = duration_label
 
 
+@lru_cache(maxsize=16)  # asked per user-window (profile); a config is frozen and hashable
 def user_feature_names(cfg: FeatureConfig) -> tuple[str, ...]:
     names = ["recency_s", "since_click_s", "since_purchase_s"]
     for w in cfg.frequency_windows_s:
@@ -450,12 +451,14 @@ def user_vector(state: UserState, t: int, cfg: FeatureConfig) -> np.ndarray:
     return np.array(v, dtype=np.float64)
 
 
-def user_item_matrix(state: UserState, t: int, cfg: FeatureConfig, cands: list) -> np.ndarray:
+def user_item_matrix(state: UserState, t: int, cfg: FeatureConfig, cands: list,
+                     user: np.ndarray | None = None) -> np.ndarray:
     """Model input for the user and each candidate (udfs.candidates.Candidate) at time t: an
     (n, features) float32 matrix in feature_names(cfg) order. One definition for the job and
     for training."""
     n = len(cands)
-    user = user_vector(state, t, cfg)
+    if user is None:  # else the caller's user_vector(state, t, cfg), computed once per user
+        user = user_vector(state, t, cfg)
     nu = len(user)
     nh = len(cfg.memory_half_lives_s)
     mem = nu + 8  # the memory's columns, then the four item columns after them (memory_feature_names)
@@ -525,13 +528,15 @@ def memory_at(state: UserState, t: int, cfg: FeatureConfig) -> dict[str, list[fl
 
 def describe(state: UserState, t: int, cfg: FeatureConfig) -> dict[str, float | list[str]]:
     """The user's features at t by name (`streamrank features`; `profile` for GetUserFeatures)."""
-    out: dict[str, float | list[str]] = dict(zip(user_feature_names(cfg), map(float, user_vector(state, t, cfg))))
+    out: dict[str, float | list[str]] = dict(zip(user_feature_names(cfg), user_vector(state, t, cfg).tolist()))
     out["top_categories"] = state.top_categories(3)
     return out
 
 
-def profile(state: UserState, cfg: FeatureConfig) -> keys.Profile:
-    """The user's features by name as of the last window folded in: what GetUserFeatures answers."""
-    named = describe(state, state.window_end, cfg)
-    tops = named.pop("top_categories")
-    return keys.Profile({k: float(v) for k, v in named.items()}, list(tops), state.feature_ts, state.window_end)
+def profile(state: UserState, cfg: FeatureConfig, user: np.ndarray | None = None) -> keys.Profile:
+    """The user's features by name as of the last window folded in: what GetUserFeatures answers.
+    user: user_vector(state, state.window_end, cfg) when the caller has it already."""
+    if user is None:
+        user = user_vector(state, state.window_end, cfg)
+    named = dict(zip(user_feature_names(cfg), user.tolist()))
+    return keys.Profile(named, state.top_categories(3), state.feature_ts, state.window_end)

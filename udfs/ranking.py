@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
@@ -18,7 +18,7 @@ from contract.config import JobConfig
 from udfs.candidates import Candidate
 from udfs.drift import DriftMonitor, DriftReport
 from udfs.features import (Event, Ledger, UserState, WindowDelta, apply_window, feature_names, memory_items,
-                           parse_events, shared_events, user_item_matrix)
+                           parse_events, profile, shared_events, user_item_matrix, user_vector)
 from udfs.scorer import ModelWatcher, OnnxScorer
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,15 @@ def item_window_counts(windows: list[tuple[int, list[Event], list[tuple[str, str
     return [(t, i, c, *n) for (t, i, c), n in counts.items()]
 
 
+class UserWrite(NamedTuple):
+    """What one batch writes for a user: the state, its profile (the features by name), and the
+    list (None: none made; an erased or opted-out user's is deleted)."""
+
+    state: UserState
+    profile: keys.Profile
+    rec: keys.RecList | None = None
+
+
 class RankingStore(Protocol):
     """Where the ranker reads users' states and candidates and writes what it made (the job's is
     jobs.store.RedisStore)."""
@@ -51,7 +60,7 @@ class RankingStore(Protocol):
 
     def read_states(self, users: list[str]) -> dict[str, UserState]: ...
 
-    def write(self, ledger: Ledger, out: dict[str, tuple[UserState, keys.RecList | None]],
+    def write(self, ledger: Ledger, out: dict[str, UserWrite],
               items: list[tuple[int, str, str, int, int, int, int, int]]) -> None: ...
 
     def report_drift(self, report: DriftReport) -> None: ...
@@ -115,11 +124,12 @@ class BatchRanker:
             ledger.add(counted)
         items = item_window_counts(fresh)
         users = [u for u in users if states[u].feature_ts > 0]  # only duplicates/opted-out so far
+        f = self.cfg.features
         if self.scorer is None:
-            self.store.write(ledger, {u: (states[u], None) for u in users}, items)
+            self.store.write(ledger, {u: UserWrite(states[u], profile(states[u], f)) for u in users}, items)
             return ledger
-        out: dict[str, tuple[UserState, keys.RecList | None]] = {
-            u: (states[u], None) for u in users if not states[u].personalized()}  # erased: lists deleted
+        out: dict[str, UserWrite] = {  # erased: lists deleted
+            u: UserWrite(states[u], profile(states[u], f)) for u in users if not states[u].personalized()}
         users = [u for u in users if u not in out]
         scorer = self.scorer.current()  # one model version for the whole batch
         own = {i for u in users for i in memory_items(states[u], self.cfg.candidates.own_history)}
@@ -129,10 +139,13 @@ class BatchRanker:
         blocks: list[np.ndarray] = []
         spans: list[tuple[str, list[Candidate], int, int]] = []
         start = 0
+        profiles: dict[str, keys.Profile] = {}
         for u in users:
             s = states[u]
             cands = self.candidates.for_user(s)
-            blocks.append(user_item_matrix(s, s.window_end, self.cfg.features, cands))
+            user = user_vector(s, s.window_end, f)  # once, for the model's input and the profile
+            profiles[u] = profile(s, f, user)
+            blocks.append(user_item_matrix(s, s.window_end, f, cands, user))
             spans.append((u, cands, start, start + len(cands)))
             start += len(cands)
         matrix = np.concatenate(blocks) if start else np.zeros((0, len(feature_names(self.cfg.features))), np.float32)
@@ -148,7 +161,7 @@ class BatchRanker:
             s = states[u]
             user_scores = scores[a:b]
             order = np.argsort(-user_scores, kind="stable")[:k]
-            out[u] = (s, keys.RecList(
+            out[u] = UserWrite(s, profiles[u], keys.RecList(
                 items=[keys.ScoredItem(cands[i].item_id, float(user_scores[i]), cands[i].category) for i in order],
                 model_version=scorer.version,
                 feature_ts=s.feature_ts,

@@ -33,7 +33,7 @@ def registry(training_set, tmp_path_factory):
 
 
 def lists(r) -> dict[str, keys.RecList]:
-    return {k.decode()[4:]: keys.RecList.decode(r.get(k)) for k in r.scan_iter("rec:*")}
+    return {k.decode().removeprefix(keys.rec_key("")): keys.RecList.decode(r.get(k)) for k in r.scan_iter(keys.rec_key("*"))}
 
 
 def test_promote_and_rollback_mid_stream(kafka_broker, redis_server, registry, tmp_path):

@@ -2,6 +2,7 @@
 
 import pytest
 
+from contract import keys
 from contract.config import load_config
 from udfs.candidates import TrendingBoards
 from jobs.store import CandidateSource, TrendingWriter
@@ -37,4 +38,4 @@ def test_lua_item_statistics_equal_python_mirror(redis_db):
         assert got.keys() == exp.keys(), name
         for k in exp:
             assert got[k] == pytest.approx(exp[k], rel=1e-12), (name, k)
-    assert int(r.get("trending:landmark")) == mirror.landmark
+    assert int(r.get(keys.TRENDING_LANDMARK)) == mirror.landmark

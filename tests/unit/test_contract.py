@@ -14,7 +14,7 @@ from contract.paths import PROJECT_ROOT
 from contract.schema import (CHECKS, CONTROL_ACTIONS, DLQ_REASONS, RULES, Check, InvalidEvent, MAX_FUTURE_MS,
                              MAX_JSON_DEPTH, MIN_TS_MS, sanitize_category, validate, validation_sql)
 from jobs.recommend import build, kafka_dlq_ddl, kafka_items_ddl, kafka_source_ddl
-from udfs.faults import FaultInjector, InjectedFailure
+from jobs.faults import FaultInjector, InjectedFailure
 from udfs.features import feature_names
 
 GOOD = {"event_id": "e1", "user_id": "u1", "item_id": "i1", "type": "click", "ts": 1_700_000_000_000}
@@ -321,3 +321,15 @@ def test_presets_load_override_the_file_and_name_the_choices(tmp_path):
     assert set(FORMAT_PRESETS.values()) <= set(PRESETS)
     with pytest.raises(ConfigError, match="web-sessions, retail-purchases"):
         load_config(f, None, "groceries")
+
+
+def test_both_config_files_take_overrides_by_one_rule():
+    """A dotted path walks into sections, and a mapping takes the rest as one key (Flink's own
+    option names have dots); a wrong name is refused by its full path, in either file."""
+    job = load_config(None, {"redis.port": 7000, "flink.extra.state.backend.type": "rocksdb"})
+    assert job.redis.port == 7000 and job.flink.extra == {"state.backend.type": "rocksdb"}
+    serving = load_serving_config(None, {"port": 1, "breaker.failures": 3, "gateway.port": 9, "redis.port": 7000})
+    assert (serving.port, serving.breaker.failures, serving.gateway.port, serving.redis.port) == (1, 3, 9, 7000)
+    for load, path in ((load_config, "redis.prot"), (load_serving_config, "breaker.fails"), (load_config, "nosuch.x")):
+        with pytest.raises(ConfigError, match=re.escape(path)):
+            load(None, {path: 1})

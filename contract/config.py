@@ -341,6 +341,11 @@ def _read_toml(path: str | Path | None) -> dict:
         raise ConfigError(f"config file {p} not found; pass an existing file") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:  # TOML is UTF-8 text: a binary file, or another encoding
+        raise ConfigError(f"config file {p} is not UTF-8 text (byte {e.start}: {e.reason}); "
+                          "save it as UTF-8 TOML") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {p} is a directory; pass the .toml file inside it") from None
 
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "deploy" / "config" / "presets"

@@ -333,3 +333,15 @@ def test_both_config_files_take_overrides_by_one_rule():
     for load, path in ((load_config, "redis.prot"), (load_serving_config, "breaker.fails"), (load_config, "nosuch.x")):
         with pytest.raises(ConfigError, match=re.escape(path)):
             load(None, {path: 1})
+
+
+@pytest.mark.parametrize("serving", [False, True])
+def test_config_check_of_a_binary_file_or_a_folder_says_so(tmp_path, serving):
+    """Issue 19, defect 6: a binary file gave a UnicodeDecodeError traceback (rc 1)."""
+    binary = tmp_path / "job.toml"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe")
+    flag = ["--serving"] if serving else []
+    for path, says in ((binary, "is not UTF-8 text"), (tmp_path, "is a directory")):
+        out = CliRunner().invoke(app, ["config", "check", *flag, str(path)])
+        assert out.exit_code == 2 and says in out.stderr, out.output
+        assert out.exception is None or isinstance(out.exception, SystemExit)  # a refusal, not a crash

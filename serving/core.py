@@ -45,6 +45,16 @@ class StoreUnavailable(RuntimeError):
         super().__init__(f"recommendation store unavailable ({why}); retry")
 
 
+class CallerDeadline(StoreUnavailable):
+    """The caller's own deadline left too little time to read Redis (DEADLINE_EXCEEDED where there
+    is no fallback). Not a Redis failure: it never counts toward the breaker, so no client can open
+    it for everyone by calling with tiny deadlines."""
+
+    def __init__(self, budget_s: float) -> None:
+        RuntimeError.__init__(self, f"the caller's deadline left {budget_s * 1000:.0f} ms to read Redis; "
+                                    "call with a longer deadline")
+
+
 class Breaker:
     """Consecutive-failure circuit breaker: open after `failures` in a row, for `reset_s`; then
     half-open, where one trial call closes it again (or re-opens it). Single event loop, so no locks."""
@@ -75,6 +85,12 @@ class Breaker:
             log.info("redis circuit breaker closed: redis answers again")
         self.count, self.opened_at, self.trial = 0, None, False
         BREAKER_OPEN.set(0)
+
+    def abandon(self) -> None:
+        """A call that got past allow() ended with neither outcome (the caller's deadline, or a
+        cancellation): it counts nothing, and a half-open trial it held is free again, else the
+        breaker would wait forever for its verdict."""
+        self.trial = False
 
     def failure(self) -> None:
         self.count += 1
@@ -150,24 +166,31 @@ class LookupService:
                 CACHE_AGE.set(time.monotonic() - self.popular.loaded_at)
 
     async def _read(self, redis_keys: list[str], remaining_s: float | None) -> list[bytes | None]:
-        """Values for keys, or StoreUnavailable (breaker open, error or past the budget)."""
+        """Values for keys, or StoreUnavailable (breaker open, error or past the budget); a read cut
+        short by the caller's deadline is CallerDeadline and does not count against Redis."""
         if not self.breaker.allow():
             raise StoreUnavailable("circuit breaker open")
         budget = read_budget(self.cfg.redis_timeout_s, remaining_s)
+        caller_bound = budget < self.cfg.redis_timeout_s  # the caller's deadline, not Redis's timeout, sets the wait
+        outcome = None
         try:
             if budget <= 0:
                 raise TimeoutError
             async with asyncio.timeout(budget):  # no extra task per call, unlike wait_for
                 values = await self.redis.execute("MGET", *redis_keys)
+            outcome = "success"
         except TimeoutError:
-            REDIS_ERRORS.labels("timeout").inc()
-            self.breaker.failure()
+            REDIS_ERRORS.labels("deadline" if caller_bound else "timeout").inc()
+            if caller_bound:
+                raise CallerDeadline(budget) from None
+            outcome = "failure"
             raise StoreUnavailable(f"redis did not answer within {budget * 1000:.0f} ms") from None
         except (RedisUnavailable, RedisReplyError) as err:
             REDIS_ERRORS.labels(type(err).__name__).inc()
-            self.breaker.failure()
+            outcome = "failure"
             raise StoreUnavailable(f"redis error: {err}") from None
-        self.breaker.success()
+        finally:  # a cancellation (a sibling GraphQL field failed) or the caller's deadline: abandon
+            {"success": self.breaker.success, "failure": self.breaker.failure}.get(outcome, self.breaker.abandon)()
         return values
 
     def request(self, user_id: str, k: int = 0, include_categories=(), exclude_categories=(), exclude_items=(),
@@ -208,6 +231,8 @@ def status_of(exc: BaseException | None) -> str:
         return "OK"
     if isinstance(exc, lookup.InvalidRequest):
         return "INVALID_ARGUMENT"
+    if isinstance(exc, CallerDeadline):
+        return "DEADLINE_EXCEEDED"
     if isinstance(exc, StoreUnavailable):
         return "UNAVAILABLE"
     return "INTERNAL"

@@ -28,9 +28,6 @@ pb, pb_grpc = load()
 SERVICE_NAME = "streamrank.v1.Recommendations"
 
 
-CODES = {"INVALID_ARGUMENT": grpc.StatusCode.INVALID_ARGUMENT, "UNAVAILABLE": grpc.StatusCode.UNAVAILABLE}
-
-
 def _response(rec: lookup.Recommendations):
     return pb.GetRecommendationsResponse(
         user_id=rec.user_id,
@@ -55,7 +52,7 @@ class RecommendationsServicer(pb_grpc.RecommendationsServicer):
             with Observed("grpc", method):
                 return await work()
         except (lookup.InvalidRequest, StoreUnavailable) as e:
-            await context.abort(CODES[status_of(e)], str(e))
+            await context.abort(grpc.StatusCode[status_of(e)], str(e))
 
     async def GetRecommendations(self, request, context):  # noqa: N802 (gRPC method name)
         async def work():

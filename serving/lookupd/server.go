@@ -56,11 +56,14 @@ type Service struct {
 func statusOf(err error) error {
 	var inv *InvalidRequest
 	var unavailable *StoreUnavailable
+	var late *CallerDeadline
 	switch {
 	case err == nil:
 		return nil
 	case errors.As(err, &inv):
 		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.As(err, &late):
+		return status.Error(codes.DeadlineExceeded, err.Error())
 	case errors.As(err, &unavailable):
 		return status.Error(codes.Unavailable, err.Error())
 	default:

@@ -70,6 +70,8 @@ func TestBreakerFollowsTheSharedSteps(t *testing.T) {
 					b.Success()
 				case "failure":
 					b.Failure()
+				case "abandon":
+					b.Abandon()
 				default:
 					t.Fatalf("step %d: unknown op %q", n, s.Op)
 				}
@@ -117,6 +119,7 @@ func TestStatusNamesFollowTheSharedCases(t *testing.T) {
 		"none":              nil,
 		"invalid_request":   &InvalidRequest{"user_id is empty"},
 		"store_unavailable": &StoreUnavailable{"circuit breaker open"},
+		"caller_deadline":   &CallerDeadline{0},
 		"other":             errors.New("stored list is not JSON"),
 	}
 	for _, c := range loadServingVectors(t).Status {

@@ -27,6 +27,16 @@ func (e *StoreUnavailable) Error() string {
 	return "recommendation store unavailable (" + e.why + "); retry"
 }
 
+// CallerDeadline: the caller's own deadline left too little time to read Redis (DEADLINE_EXCEEDED
+// where there is no fallback). Not a Redis failure: it never counts toward the breaker, so no
+// client can open it for everyone by calling with tiny deadlines.
+type CallerDeadline struct{ budget time.Duration }
+
+func (e *CallerDeadline) Error() string {
+	return fmt.Sprintf("the caller's deadline left %.0f ms to read Redis; call with a longer deadline",
+		e.budget.Seconds()*1000)
+}
+
 // Breaker opens after `failures` consecutive failures, for `reset`; then half-open, where one
 // trial call closes it again (or re-opens it).
 type Breaker struct {
@@ -79,6 +89,15 @@ func (b *Breaker) Success() {
 		breakerOpen.Set(0)
 	}
 	b.count, b.openedAt, b.trial = 0, time.Time{}, false
+}
+
+// Abandon ends a call that got past Allow with neither outcome (the caller's deadline, or a
+// cancellation): it counts nothing, and a half-open trial it held is free again, else the breaker
+// would wait forever for its verdict.
+func (b *Breaker) Abandon() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.trial = false
 }
 
 func (b *Breaker) Failure() {
@@ -165,24 +184,31 @@ func readBudget(timeout, reserve time.Duration, remaining *time.Duration) time.D
 	return max(b, 0)
 }
 
-// Read returns the values of keys (nil where absent), or *StoreUnavailable.
+// Read returns the values of keys (nil where absent), or *StoreUnavailable; a read cut short by
+// the caller (its deadline, or a cancellation) is *CallerDeadline and does not count against Redis.
 func (s *Store) Read(ctx context.Context, keys []string) ([]*string, error) {
 	if !s.breaker.Allow() {
 		return nil, &StoreUnavailable{"circuit breaker open"}
 	}
 	budget := s.budget(ctx)
+	callerBound := budget < s.timeout // the caller's deadline, not Redis's timeout, sets the wait
 	if budget <= 0 {
-		redisErrors.WithLabelValues("timeout").Inc()
-		s.breaker.Failure()
-		return nil, &StoreUnavailable{"redis did not answer within 0 ms"}
+		redisErrors.WithLabelValues("deadline").Inc()
+		s.breaker.Abandon()
+		return nil, &CallerDeadline{budget}
 	}
 	cctx, cancel := context.WithTimeout(ctx, budget)
 	defer cancel()
 	values, err := s.get(cctx, keys)
 	if err != nil {
 		var replyErr *rueidis.RedisError
+		timedOut := errors.Is(err, context.DeadlineExceeded) || isTimeout(err)
 		switch {
-		case errors.Is(err, context.DeadlineExceeded) || isTimeout(err):
+		case ctx.Err() != nil || (timedOut && callerBound):
+			redisErrors.WithLabelValues("deadline").Inc()
+			s.breaker.Abandon()
+			return nil, &CallerDeadline{budget}
+		case timedOut:
 			redisErrors.WithLabelValues("timeout").Inc()
 			s.breaker.Failure()
 			return nil, &StoreUnavailable{fmt.Sprintf("redis did not answer within %.0f ms", budget.Seconds()*1000)}

@@ -375,3 +375,29 @@ def test_gateway_and_graphql_answer_what_grpc_answers(redis_db):
 def _camel(name: str) -> str:
     head, *rest = name.split("_")
     return head + "".join(p.title() for p in rest)
+
+
+def test_tiny_client_deadlines_do_not_open_the_breaker_for_others(redis_db, engine):
+    """Issue 19, defect 1: calls whose own deadline leaves no time to read Redis (here 4 ms, inside
+    the 5 ms reserve) opened the shared breaker, and every later caller got the popular list. A
+    deadline the client chose is not a Redis failure."""
+    port, r = redis_db
+    seed(r)
+    cfg = load_serving_config(None, {"engine": engine, "redis.port": port, "breaker.failures": 5, "breaker.reset_s": 60})
+    with start_server(cfg) as server, grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+        stub = pb_grpc.RecommendationsStub(ch)
+        assert not stub.GetRecommendations(pb.GetRecommendationsRequest(user_id="u1", k=2), timeout=5).fallback
+        rushed = []
+        for n in range(20):
+            try:
+                stub.GetRecommendations(pb.GetRecommendationsRequest(user_id=f"user{n}", k=2), timeout=0.004)
+            except grpc.RpcError as e:
+                rushed.append(e.code())
+        with pytest.raises(grpc.RpcError) as err:
+            stub.GetUserFeatures(pb.GetUserFeaturesRequest(user_id="u1"), timeout=0.004)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED  # no fallback here: the deadline, not UNAVAILABLE
+        assert set(rushed) <= {grpc.StatusCode.DEADLINE_EXCEEDED}
+        # another caller, with time to spare, still gets the personalized list and the features
+        resp = stub.GetRecommendations(pb.GetRecommendationsRequest(user_id="u1", k=2), timeout=5)
+        assert not resp.fallback and [i.item_id for i in resp.items] == ["i0", "i1"], resp.fallback_reason
+        assert stub.GetUserFeatures(pb.GetUserFeaturesRequest(user_id="u1"), timeout=5).found

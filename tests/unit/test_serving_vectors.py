@@ -11,13 +11,13 @@ import grpc
 import pytest
 
 from serving import lookup
-from serving.core import Breaker, StoreUnavailable, read_budget, status_of
+from serving.core import Breaker, CallerDeadline, StoreUnavailable, read_budget, status_of
 from serving.launch import contract_spec
 
 VECTORS = json.loads((Path(__file__).parents[1] / "vectors" / "serving.json").read_text())
 
 FAILURES = {"none": None, "invalid_request": lookup.InvalidRequest("user_id is empty"),
-            "store_unavailable": StoreUnavailable("circuit breaker open"),
+            "store_unavailable": StoreUnavailable("circuit breaker open"), "caller_deadline": CallerDeadline(0.0),
             "other": ValueError("stored list is not JSON")}
 
 
@@ -27,7 +27,7 @@ def test_breaker_follows_the_shared_steps(case):
     b = Breaker(case["failures"], case["reset_s"], clock=lambda: now[0])
     for n, step in enumerate(case["steps"]):
         now[0] = step["at_s"]
-        result = {"allow": b.allow, "success": b.success, "failure": b.failure}[step["op"]]()
+        result = {"allow": b.allow, "success": b.success, "failure": b.failure, "abandon": b.abandon}[step["op"]]()
         assert (result, b.state) == (step.get("result"), step["state"]), f"step {n}: {step}"
 
 

@@ -6,6 +6,7 @@ gateway answering what gRPC answers."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -32,6 +33,7 @@ from contract.paths import PROJECT_ROOT
 from devstack.stack import free_port, port_open, start_redis, stop_pid
 from serving.client import RecommendationsClient
 from serving.gateway import create_app
+from serving.core import LookupService
 from serving.launch import GoServer, start_server
 from serving.server import pb, pb_grpc
 from tests.helpers import child_env, wait_until
@@ -401,3 +403,32 @@ def test_tiny_client_deadlines_do_not_open_the_breaker_for_others(redis_db, engi
         resp = stub.GetRecommendations(pb.GetRecommendationsRequest(user_id="u1", k=2), timeout=5)
         assert not resp.fallback and [i.item_id for i in resp.items] == ["i0", "i1"], resp.fallback_reason
         assert stub.GetUserFeatures(pb.GetUserFeaturesRequest(user_id="u1"), timeout=5).found
+
+
+def test_a_cancelled_half_open_trial_does_not_wedge_the_breaker(own_redis):
+    """Issue 19, defect 2: the gateway's core took the half-open trial for a read that was then
+    cancelled (a sibling GraphQL alias failed), recorded neither outcome, and answered
+    store_unavailable to everyone from then on, with Redis healthy."""
+    port, _, _, svc = own_redis
+    cfg = load_serving_config(None, {"engine": "python", "redis.port": port, "breaker.failures": 1,
+                                     "breaker.reset_s": 0.2, "redis_timeout_s": 2.0})
+
+    async def scenario():
+        service = LookupService(cfg)
+        service.breaker.failure()  # open, as after a burst of failed reads
+        await asyncio.sleep(0.3)
+        assert service.breaker.state == "half-open"
+        os.killpg(svc["pid"], signal.SIGSTOP)  # the trial's read hangs ...
+        try:
+            trial = asyncio.create_task(service.user_features("u1"))
+            await asyncio.sleep(0.1)
+            trial.cancel()  # ... and is cancelled
+            with pytest.raises(asyncio.CancelledError):
+                await trial
+        finally:
+            os.killpg(svc["pid"], signal.SIGCONT)
+        f = await service.user_features("u1")  # a new trial, which Redis answers
+        assert f.found and service.breaker.state == "closed"
+        await service.close()
+
+    asyncio.run(scenario())

@@ -59,6 +59,9 @@ class GatewayConfig(_Strict):
     """Address the gateway binds (loopback by default)."""
     port: int = Field(8080, ge=0, le=65535)
     """HTTP port of the gateway; 0 binds a free one."""
+    max_body_bytes: int = Field(1 << 20, ge=1024)
+    """Largest request body, in bytes; a larger one gets 413 before anything parses it. The
+    default (1 MiB) holds a full batch of 100 requests with their filters."""
 
 
 class ServingConfig(_Strict):

@@ -18,6 +18,7 @@ from dataclasses import asdict
 import strawberry
 import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import make_asgi_app
 from pydantic import BaseModel, ConfigDict
@@ -135,6 +136,51 @@ schema = strawberry.Schema(query=GraphQuery)
 
 # ---- the app ------------------------------------------------------------------------------
 
+class BodyLimit:
+    """ASGI middleware: a request body over max_bytes gets 413 before the app sees any of it. The
+    body is read here, at most max_bytes of it held, whether its length is declared or chunked."""
+
+    def __init__(self, app, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            return await self._too_large(scope, receive, send)
+        body, more = bytearray(), True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            body += message.get("body", b"")
+            if len(body) > self.max_bytes:
+                return await self._too_large(scope, receive, send)
+            more = message.get("more_body", False)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, scope, receive, send) -> None:
+        await JSONResponse({"code": "INVALID_ARGUMENT", "error": f"request body over {self.max_bytes} bytes "
+                            "(gateway.max_body_bytes); send a smaller batch"}, status_code=413)(scope, receive, send)
+
+
+def validation_errors(err: RequestValidationError) -> list[dict]:
+    """Where a request breaks its schema and why, without the offending input: an answer never
+    echoes the body (it may be megabytes, or hold NaN, which JSON cannot carry)."""
+    return [{"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg", ""), "type": e.get("type", "")}
+            for e in err.errors()[:20]]
+
+
 def create_app(cfg: ServingConfig) -> FastAPI:
     expected = bearer_token(cfg)
 
@@ -156,6 +202,11 @@ def create_app(cfg: ServingConfig) -> FastAPI:
     @app.exception_handler(lookup.InvalidRequest)
     async def invalid(request: Request, err: lookup.InvalidRequest):
         return JSONResponse({"code": "INVALID_ARGUMENT", "error": str(err)}, status_code=400)
+
+    @app.exception_handler(RequestValidationError)
+    async def unprocessable(request: Request, err: RequestValidationError):
+        return JSONResponse({"code": "INVALID_ARGUMENT", "error": "the request does not match its schema (/docs)",
+                             "errors": validation_errors(err)}, status_code=422)
 
     @app.exception_handler(StoreUnavailable)
     async def unavailable(request: Request, err: StoreUnavailable):
@@ -194,6 +245,7 @@ def create_app(cfg: ServingConfig) -> FastAPI:
 
     app.include_router(GraphQLRouter(schema, context_getter=None), prefix="/graphql")
     app.mount("/metrics", make_asgi_app())
+    app.add_middleware(BodyLimit, max_bytes=cfg.gateway.max_body_bytes)
     return app
 
 

@@ -432,3 +432,38 @@ def test_a_cancelled_half_open_trial_does_not_wedge_the_breaker(own_redis):
         await service.close()
 
     asyncio.run(scenario())
+
+
+def test_gateway_refuses_large_bodies_and_never_echoes_input(redis_db):
+    """Issue 19, defects 4 and 5: a 20 MB body was taken (and a 20 MB 422 echoed it back); NaN in a
+    body gave a 500 while rendering the 422, and reset the next request on the connection."""
+    port, r = redis_db
+    seed(r)
+    cfg = load_serving_config(None, {"redis.port": port, "gateway.max_body_bytes": 65536})
+    http_port = free_port()
+    gateway = uvicorn.Server(uvicorn.Config(create_app(cfg), host="127.0.0.1", port=http_port, log_config=None))
+    thread = threading.Thread(target=gateway.run, daemon=True)
+    thread.start()
+    try:
+        assert wait_until(lambda: gateway.started, 20)
+        url = f"http://127.0.0.1:{http_port}/v1/recommendations:batch"
+        with httpx.Client(timeout=30) as http:  # one keep-alive connection for all of it
+            huge = json.dumps({"requests": [{"user_id": "u1", "exclude_items": ["x" * 2_000_000]}]})
+            big = http.post(url, content=huge, headers={"content-type": "application/json"})
+            assert big.status_code == 413 and "gateway.max_body_bytes" in big.json()["error"]
+
+            def chunks():  # no Content-Length: the limit holds for a streamed body too
+                for _ in range(40):
+                    yield b"x" * 4096
+            assert http.post(url, content=chunks()).status_code == 413
+            text = http.post(url, content=b"y" * 60_000, headers={"content-type": "text/plain"})
+            assert text.status_code == 422 and len(text.content) < 2000 and b"yyyy" not in text.content
+            for nan in ("NaN", "Infinity", "-Infinity"):
+                bad = http.post(url, content=f'{{"requests": [{{"user_id": "u1", "k": {nan}}}]}}',
+                                headers={"content-type": "application/json"})
+                assert bad.status_code == 422 and bad.json()["errors"][0]["loc"][-1] == "k", bad.text
+            ok = http.post(url, json={"requests": [{"user_id": "u1", "k": 2}]})  # the connection still serves
+            assert ok.status_code == 200 and [i["item_id"] for i in ok.json()["responses"][0]["items"]] == ["i0", "i1"]
+    finally:
+        gateway.should_exit = True
+        thread.join(10)

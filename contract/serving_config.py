@@ -53,6 +53,21 @@ class BreakerConfig(_Strict):
     """How long (s) the breaker stays open before a trial call."""
 
 
+class GraphQLConfig(_Strict):
+    """Limits on one GraphQL query. A query can ask for one lookup per alias, so max_aliases
+    bounds its cost: at most (max_aliases + 2) lookups of at most max_k items each."""
+    max_aliases: int = Field(20, ge=0)
+    """Most aliased fields in one query (a page's slots, one alias each)."""
+    max_depth: int = Field(5, ge=1)
+    """Deepest selection nesting (the schema's own is 3: recommendations { items { itemId } })."""
+    max_tokens: int = Field(2000, ge=50)
+    """Most lexical tokens in one query; a longer document is refused before it is parsed whole."""
+    introspection: bool = False
+    """Answer introspection queries (and serve the GraphiQL page at /graphql); for development."""
+    allow_get: bool = False
+    """Take queries by GET (?query=...) as well as POST; off, as GET queries end up in logs and caches."""
+
+
 class GatewayConfig(_Strict):
     """The HTTP/JSON + GraphQL gateway (`streamrank gateway`)."""
     host: str = "127.0.0.1"
@@ -62,6 +77,7 @@ class GatewayConfig(_Strict):
     max_body_bytes: int = Field(1 << 20, ge=1024)
     """Largest request body, in bytes; a larger one gets 413 before anything parses it. The
     default (1 MiB) holds a full batch of 100 requests with their filters."""
+    graphql: GraphQLConfig = GraphQLConfig()
 
 
 class ServingConfig(_Strict):

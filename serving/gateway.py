@@ -22,9 +22,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import make_asgi_app
 from pydantic import BaseModel, ConfigDict
+from strawberry.extensions import DisableIntrospection, MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter
 from strawberry.fastapi import GraphQLRouter
 
-from contract.serving_config import ServingConfig
+from contract.serving_config import GraphQLConfig, ServingConfig
 from serving import lookup
 from serving.core import LookupService, Observed, StoreUnavailable
 from serving.server import authorized, bearer_token
@@ -131,7 +132,13 @@ class GraphQuery:
                                 window_end_ms=f.window_end_ms)
 
 
-schema = strawberry.Schema(query=GraphQuery)
+def graphql_schema(limits: GraphQLConfig) -> strawberry.Schema:
+    """The schema with the gateway's limits: a query over them is refused before any lookup runs."""
+    extensions = [MaxTokensLimiter(limits.max_tokens), MaxAliasesLimiter(limits.max_aliases),
+                  QueryDepthLimiter(limits.max_depth)]
+    if not limits.introspection:
+        extensions.append(DisableIntrospection())
+    return strawberry.Schema(query=GraphQuery, extensions=extensions)
 
 
 # ---- the app ------------------------------------------------------------------------------
@@ -243,7 +250,9 @@ def create_app(cfg: ServingConfig) -> FastAPI:
         ok = await request.app.state.service.ping()
         return JSONResponse({"status": "SERVING" if ok else "NOT_SERVING"}, status_code=200 if ok else 503)
 
-    app.include_router(GraphQLRouter(schema, context_getter=None), prefix="/graphql")
+    limits = cfg.gateway.graphql
+    app.include_router(GraphQLRouter(graphql_schema(limits), context_getter=None, allow_queries_via_get=limits.allow_get,
+                                     graphql_ide="graphiql" if limits.introspection else None), prefix="/graphql")
     app.mount("/metrics", make_asgi_app())
     app.add_middleware(BodyLimit, max_bytes=cfg.gateway.max_body_bytes)
     return app

@@ -204,7 +204,11 @@ def create_app(cfg: ServingConfig) -> FastAPI:
         if not authorized(request.headers.get("authorization"), expected):
             raise HTTPException(401, "send header 'Authorization: Bearer <token>'")
 
-    app = FastAPI(title="streamrank lookup gateway", lifespan=lifespan, dependencies=[Depends(require_token)])
+    # With a token set, everything that answers about users needs it (/v1/*, /graphql); probes and
+    # scrapers cannot send one and learn nothing about users, so /healthz and /metrics stay open,
+    # as do the API's description (/docs, /openapi.json).
+    app = FastAPI(title="streamrank lookup gateway", lifespan=lifespan)
+    private = [Depends(require_token)]
 
     @app.exception_handler(lookup.InvalidRequest)
     async def invalid(request: Request, err: lookup.InvalidRequest):
@@ -223,7 +227,7 @@ def create_app(cfg: ServingConfig) -> FastAPI:
         return service.request(q.user_id, q.k, q.include_categories, q.exclude_categories, q.exclude_items,
                                q.placement)
 
-    @app.get("/v1/recommendations/{user_id}")
+    @app.get("/v1/recommendations/{user_id}", dependencies=private)
     async def recommendations(request: Request, user_id: str, k: int = 0,
                               include_categories: list[str] = Query([]), exclude_categories: list[str] = Query([]),
                               exclude_items: list[str] = Query([]), placement: str = "") -> dict:
@@ -233,14 +237,14 @@ def create_app(cfg: ServingConfig) -> FastAPI:
             (rec,) = await service.recommend([req])
             return recommendation_json(rec)
 
-    @app.post("/v1/recommendations:batch")
+    @app.post("/v1/recommendations:batch", dependencies=private)
     async def batch(request: Request, body: BatchQuery) -> dict:
         with Observed("http", "BatchGetRecommendations"):
             service = request.app.state.service
             answers = await service.recommend([check(service, q) for q in body.requests])
             return {"responses": [recommendation_json(a) for a in answers]}
 
-    @app.get("/v1/users/{user_id}/features")
+    @app.get("/v1/users/{user_id}/features", dependencies=private)
     async def features(request: Request, user_id: str) -> dict:
         with Observed("http", "GetUserFeatures"):
             return asdict(await request.app.state.service.user_features(user_id))
@@ -252,7 +256,8 @@ def create_app(cfg: ServingConfig) -> FastAPI:
 
     limits = cfg.gateway.graphql
     app.include_router(GraphQLRouter(graphql_schema(limits), context_getter=None, allow_queries_via_get=limits.allow_get,
-                                     graphql_ide="graphiql" if limits.introspection else None), prefix="/graphql")
+                                     graphql_ide="graphiql" if limits.introspection else None, dependencies=private),
+                       prefix="/graphql")
     app.mount("/metrics", make_asgi_app())
     app.add_middleware(BodyLimit, max_bytes=cfg.gateway.max_body_bytes)
     return app

@@ -502,3 +502,32 @@ def test_graphql_limits_aliases_tokens_introspection_and_get(redis_db):
     finally:
         gateway.should_exit = True
         thread.join(10)
+
+
+def test_gateway_with_a_token_keeps_probes_and_metrics_open(redis_db, monkeypatch):
+    """Issue 19: with a token, /healthz answered 401 (so a Kubernetes probe failed) while /metrics
+    and /docs were open. User data needs the token; probes, metrics and the API's description do not."""
+    port, r = redis_db
+    seed(r)
+    monkeypatch.setenv("STREAMRANK_TEST_TOKEN", "s3cret")
+    cfg = load_serving_config(None, {"redis.port": port, "auth_token_env": "STREAMRANK_TEST_TOKEN"})
+    http_port = free_port()
+    gateway = uvicorn.Server(uvicorn.Config(create_app(cfg), host="127.0.0.1", port=http_port, log_config=None))
+    thread = threading.Thread(target=gateway.run, daemon=True)
+    thread.start()
+    try:
+        assert wait_until(lambda: gateway.started, 20)
+        base = f"http://127.0.0.1:{http_port}"
+        with httpx.Client(base_url=base, timeout=10) as http:
+            assert http.get("/healthz").json() == {"status": "SERVING"}
+            assert http.get("/metrics/").status_code == 200 and http.get("/openapi.json").status_code == 200
+            private = [("GET", "/v1/recommendations/u1", None), ("GET", "/v1/users/u1/features", None),
+                       ("POST", "/v1/recommendations:batch", {"requests": [{"user_id": "u1"}]}),
+                       ("POST", "/graphql", {"query": '{ recommendations(userId: "u1") { userId } }'})]
+            for method, path, body in private:
+                assert http.request(method, path, json=body).status_code == 401, path
+                authorized = http.request(method, path, json=body, headers={"authorization": "Bearer s3cret"})
+                assert authorized.status_code == 200, path
+    finally:
+        gateway.should_exit = True
+        thread.join(10)

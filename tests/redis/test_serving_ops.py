@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from concurrent import futures
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -40,6 +41,21 @@ from tests.helpers import child_env, wait_until
 from tests.redis.test_serving import seed
 
 SERVICE = "streamrank.v1.Recommendations"
+
+
+@contextmanager
+def running_gateway(cfg):
+    """The HTTP/GraphQL gateway on a free port in a thread: yields its base URL."""
+    port = free_port()
+    gateway = uvicorn.Server(uvicorn.Config(create_app(cfg), host="127.0.0.1", port=port, log_config=None))
+    thread = threading.Thread(target=gateway.run, daemon=True)
+    thread.start()
+    try:
+        assert wait_until(lambda: gateway.started, 20)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        gateway.should_exit = True
+        thread.join(10)
 
 
 def health_status(channel) -> int:
@@ -325,13 +341,7 @@ def test_gateway_and_graphql_answer_what_grpc_answers(redis_db):
     port, r = redis_db
     seed(r)
     cfg = load_serving_config(None, {"redis.port": port, "max_k": 10, "default_k": 4})
-    http_port = free_port()
-    gateway = uvicorn.Server(uvicorn.Config(create_app(cfg), host="127.0.0.1", port=http_port, log_config=None))
-    thread = threading.Thread(target=gateway.run, daemon=True)
-    thread.start()
-    try:
-        assert wait_until(lambda: gateway.started, 20)
-        base = f"http://127.0.0.1:{http_port}"
+    with running_gateway(cfg) as base:
         with start_server(cfg) as server, RecommendationsClient(f"127.0.0.1:{server.port}", deadline_s=5) as client:
             cases = [("u1", 3, {}), ("u1", 10, {"include_categories": ["c1"], "exclude_items": ["i1"]}),
                      ("nobody", 5, {"exclude_categories": ["c0"]})]
@@ -369,9 +379,6 @@ def test_gateway_and_graphql_answer_what_grpc_answers(redis_db):
         assert "user_id must be" in gql_bad["errors"][0]["message"]
         assert httpx.get(f"{base}/healthz").json() == {"status": "SERVING"}
         assert 'interface="http",method="GetRecommendations"' in httpx.get(f"{base}/metrics/").text
-    finally:
-        gateway.should_exit = True
-        thread.join(10)
 
 
 def _camel(name: str) -> str:
@@ -440,13 +447,8 @@ def test_gateway_refuses_large_bodies_and_never_echoes_input(redis_db):
     port, r = redis_db
     seed(r)
     cfg = load_serving_config(None, {"redis.port": port, "gateway.max_body_bytes": 65536})
-    http_port = free_port()
-    gateway = uvicorn.Server(uvicorn.Config(create_app(cfg), host="127.0.0.1", port=http_port, log_config=None))
-    thread = threading.Thread(target=gateway.run, daemon=True)
-    thread.start()
-    try:
-        assert wait_until(lambda: gateway.started, 20)
-        url = f"http://127.0.0.1:{http_port}/v1/recommendations:batch"
+    with running_gateway(cfg) as base:
+        url = f"{base}/v1/recommendations:batch"
         with httpx.Client(timeout=30) as http:  # one keep-alive connection for all of it
             huge = json.dumps({"requests": [{"user_id": "u1", "exclude_items": ["x" * 2_000_000]}]})
             big = http.post(url, content=huge, headers={"content-type": "application/json"})
@@ -464,9 +466,6 @@ def test_gateway_refuses_large_bodies_and_never_echoes_input(redis_db):
                 assert bad.status_code == 422 and bad.json()["errors"][0]["loc"][-1] == "k", bad.text
             ok = http.post(url, json={"requests": [{"user_id": "u1", "k": 2}]})  # the connection still serves
             assert ok.status_code == 200 and [i["item_id"] for i in ok.json()["responses"][0]["items"]] == ["i0", "i1"]
-    finally:
-        gateway.should_exit = True
-        thread.join(10)
 
 
 def test_graphql_limits_aliases_tokens_introspection_and_get(redis_db):
@@ -476,13 +475,8 @@ def test_graphql_limits_aliases_tokens_introspection_and_get(redis_db):
     port, r = redis_db
     seed(r)
     cfg = load_serving_config(None, {"redis.port": port, "gateway.max_body_bytes": 1 << 20})
-    http_port = free_port()
-    gateway = uvicorn.Server(uvicorn.Config(create_app(cfg), host="127.0.0.1", port=http_port, log_config=None))
-    thread = threading.Thread(target=gateway.run, daemon=True)
-    thread.start()
-    try:
-        assert wait_until(lambda: gateway.started, 20)
-        url = f"http://127.0.0.1:{http_port}/graphql"
+    with running_gateway(cfg) as base:
+        url = f"{base}/graphql"
         with httpx.Client(timeout=30) as http:
             def ask(query: str) -> dict:
                 return http.post(url, json={"query": query}).json()
@@ -499,9 +493,6 @@ def test_graphql_limits_aliases_tokens_introspection_and_get(redis_db):
             # the refused queries cost nobody anything: another caller is answered from the list
             q = ask('{ recommendations(userId: "u1", k: 2) { items { itemId } fallbackReason } }')["data"]["recommendations"]
             assert q["fallbackReason"] == "" and [i["itemId"] for i in q["items"]] == ["i0", "i1"]
-    finally:
-        gateway.should_exit = True
-        thread.join(10)
 
 
 def test_gateway_with_a_token_keeps_probes_and_metrics_open(redis_db, monkeypatch):
@@ -511,13 +502,7 @@ def test_gateway_with_a_token_keeps_probes_and_metrics_open(redis_db, monkeypatc
     seed(r)
     monkeypatch.setenv("STREAMRANK_TEST_TOKEN", "s3cret")
     cfg = load_serving_config(None, {"redis.port": port, "auth_token_env": "STREAMRANK_TEST_TOKEN"})
-    http_port = free_port()
-    gateway = uvicorn.Server(uvicorn.Config(create_app(cfg), host="127.0.0.1", port=http_port, log_config=None))
-    thread = threading.Thread(target=gateway.run, daemon=True)
-    thread.start()
-    try:
-        assert wait_until(lambda: gateway.started, 20)
-        base = f"http://127.0.0.1:{http_port}"
+    with running_gateway(cfg) as base:
         with httpx.Client(base_url=base, timeout=10) as http:
             assert http.get("/healthz").json() == {"status": "SERVING"}
             assert http.get("/metrics/").status_code == 200 and http.get("/openapi.json").status_code == 200
@@ -528,6 +513,3 @@ def test_gateway_with_a_token_keeps_probes_and_metrics_open(redis_db, monkeypatc
                 assert http.request(method, path, json=body).status_code == 401, path
                 authorized = http.request(method, path, json=body, headers={"authorization": "Bearer s3cret"})
                 assert authorized.status_code == 200, path
-    finally:
-        gateway.should_exit = True
-        thread.join(10)

@@ -24,6 +24,7 @@ import time
 import numpy as np
 
 from bench.harness import start_bench_stack, sustained_rate
+from contract import keys
 from contract.config import load_config
 from contract.paths import PROJECT_ROOT
 from devstack.stack import stop_pid
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         ceil_tiny, ceil_full = run("bench.ceiling_job", "bench.tiny"), run("bench.ceiling_job", "bench.backlog")
         print("bench: end to end (recommend job -> Redis)", flush=True)
         e2e_tiny, e2e_full = run("jobs.recommend", "bench.tiny"), run("jobs.recommend", "bench.backlog")
-        users_with_lists = sum(1 for _ in r.scan_iter("rec:*", count=5000))
+        users_with_lists = sum(1 for _ in r.scan_iter(keys.rec_key("*"), count=5000))
 
         print(f"bench: freshness at {args.live_rate:.0f} events/s for {args.live_seconds:.0f}s", flush=True)
         r.flushdb()
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def sample() -> None:
             while not stop.is_set():
-                ks = list(r.scan_iter("rec:*", count=5000))
+                ks = list(r.scan_iter(keys.rec_key("*"), count=5000))
                 for k, raw in zip(ks, r.mget(ks) if ks else []):
                     if raw:
                         d = json.loads(raw)

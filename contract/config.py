@@ -87,7 +87,7 @@ class RedisConfig(_Strict):
     port: int = Field(16379, ge=1, le=65535)
     """Redis port."""
     rec_ttl_s: int = Field(7 * 86400, ge=0)
-    """TTL of rec:{user} and feat:{user} keys in seconds; 0 keeps them forever."""
+    """TTL of rec:{user}, feat:{user} and profile:{user} keys in seconds; 0 keeps them forever."""
 
 
 PositiveSeconds = Annotated[float, Field(gt=0)]
@@ -394,11 +394,14 @@ def apply_overrides(data: dict, overrides: dict | None, model: type[BaseModel]) 
         while len(parts) > 1 and section is not None and parts[0] in section.model_fields:
             annotation = section.model_fields[parts[0]].annotation
             section = _section_of(annotation)
-            if section is None and getattr(annotation, "__origin__", None) is not dict:
-                break
-            node = node.setdefault(parts.pop(0), {})
-            if section is None:  # a mapping: the rest of the path is one of its keys
+            mapping = getattr(annotation, "__origin__", None) is dict
+            if (section is None and not mapping) or not isinstance(node.setdefault(parts[0], {}), dict):
+                break  # not a table (`redis = 5` in the file): validation names it
+            node = node[parts.pop(0)]
+            if mapping:  # the rest of the path is one of its keys; raw options are text
                 parts = [".".join(parts)]
+                if getattr(annotation, "__args__", (None, None))[1] is str and not isinstance(value, str):
+                    value = str(value).lower() if isinstance(value, bool) else str(value)
         node[".".join(parts)] = value
     return data
 

@@ -17,7 +17,7 @@
 - `drift:psi`    hash: the last drift window's PSI per feature (JSON), its model version, window,
                  rows, the worst feature and whether it crossed the alert threshold.
 
-Writes of rec/feat are guarded by the feature timestamp in a Lua script, so a replay after
+Writes of rec/feat/profile are guarded by the feature timestamp in a Lua script, so a replay after
 recovery never moves a key backwards. The scripts are contract/lua/*.lua, loaded by name
 (`lua`); they name no key themselves: every key reaches them in KEYS (or a prefix in ARGV).
 """
@@ -25,6 +25,8 @@ recovery never moves a key backwards. The scripts are contract/lua/*.lua, loaded
 from __future__ import annotations
 
 import json
+import math
+import sys
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -148,6 +150,15 @@ class ItemMeta:
         return ItemMeta(str(d.get("category") or "unknown"), float(d.get("price") or 0.0))
 
 
+def _finite(v: float) -> float:
+    """A value JSON can carry: valid prices near the largest double can sum to infinity in a
+    window, and one such user must not stop the job's write (JSON has no inf). +-inf becomes the
+    largest double of its sign, NaN 0."""
+    if math.isfinite(v):
+        return v
+    return 0.0 if math.isnan(v) else math.copysign(sys.float_info.max, v)
+
+
 @dataclass(frozen=True, slots=True)
 class Profile:
     """Value of `profile:{user}`: what GetUserFeatures answers. The job writes it with the state,
@@ -160,7 +171,8 @@ class Profile:
     window_end: int  # the last window folded in; the features are as of this time
 
     def encode(self) -> str:
-        return json.dumps({"feature_ts": self.feature_ts, "window_end": self.window_end, "features": self.features,
+        features = {k: _finite(v) for k, v in self.features.items()}
+        return json.dumps({"feature_ts": self.feature_ts, "window_end": self.window_end, "features": features,
                            "top_categories": self.top_categories}, separators=(",", ":"), allow_nan=False)
 
     @staticmethod

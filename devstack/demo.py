@@ -82,9 +82,9 @@ def run_demo(live_events: int, rate: float, keep: bool) -> int:
         # the last windows close once the watermark passes them: keep a trickle flowing
         publish_events(Simulator(seed=13), cfg.kafka.bootstrap_servers, cfg.kafka.interactions_topic,
                        int(rate * 10), rate, realtime=True, progress=False)
-        _wait_for(lambda: sum(1 for _ in r.scan_iter("rec:*", count=1000)) >= report.users * 0.9,
+        _wait_for(lambda: sum(1 for _ in r.scan_iter(keys.rec_key("*"), count=1000)) >= report.users * 0.9,
                   90, job, job_log, "lists for the live users")
-        n_lists = sum(1 for _ in r.scan_iter("rec:*", count=1000))
+        n_lists = sum(1 for _ in r.scan_iter(keys.rec_key("*"), count=1000))
         if cfg.flink.web_port and (ui := find_rest_endpoint(cfg.flink.web_port)):
             print(f"Flink web UI (jobs, backpressure, checkpoints): {ui}")
         print("ledger (Redis): " + ", ".join(f"{k} {v}" for k, v in keys.read_ledger(r).items()))
@@ -101,7 +101,7 @@ def run_demo(live_events: int, rate: float, keep: bool) -> int:
         scfg = load_serving_config(PROJECT_ROOT / "deploy" / "config" / "serving.toml", {"port": 0})
         server = start_server(scfg, free_port())
         newest = sorted(
-            ((keys.RecList.decode(r.get(k)).feature_ts, k.decode()[4:]) for k in r.scan_iter("rec:*", count=1000)),
+            ((keys.RecList.decode(r.get(k)).feature_ts, k.decode().removeprefix(keys.rec_key(""))) for k in r.scan_iter(keys.rec_key("*"), count=1000)),
             reverse=True,
         )
         users = [u for _, u in newest[:3]]

@@ -1,6 +1,6 @@
 """Fault injection for recovery tests: fail the job once after N windows (config [faults]). It
 writes a marker file, so it lives with the job, not in the pure core; a job without [faults] never
-constructs it."""
+constructs it (jobs.functions builds it only when fail_after_windows is set)."""
 
 from __future__ import annotations
 

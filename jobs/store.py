@@ -183,8 +183,8 @@ class RedisStore:
               items: list[tuple[int, str, str, int, int, int, int, int]]) -> None:
         """One MULTI: item statistics, states (with their profiles), lists and the ledger change
         together or not at all (a replayed window finds its state already applied and adds nothing
-        anywhere). A user
-        whose history was erased, or who opted out, loses the list (the service falls back)."""
+        anywhere). A user whose history was erased, or who opted out, loses the list (the
+        service falls back)."""
         ttl = self.cfg.redis.rec_ttl_s
         pipe = self.redis.pipeline(transaction=True)
         self.trending.write(items, pipe)

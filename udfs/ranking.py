@@ -128,7 +128,7 @@ class BatchRanker:
         if self.scorer is None:
             self.store.write(ledger, {u: UserWrite(states[u], profile(states[u], f)) for u in users}, items)
             return ledger
-        out: dict[str, UserWrite] = {  # erased: lists deleted
+        out: dict[str, UserWrite] = {  # erased or opted out: lists deleted
             u: UserWrite(states[u], profile(states[u], f)) for u in users if not states[u].personalized()}
         users = [u for u in users if u not in out]
         scorer = self.scorer.current()  # one model version for the whole batch

@@ -2,7 +2,7 @@
 -- Values are JSON with a top-level "feature_ts"; equal timestamps rewrite (idempotent replay).
 -- The guard is read with a pattern, not by decoding the stored document: for feat:{user} that is
 -- the whole user state, and cjson.decode of it was most of Redis's CPU in the features job. The
--- first "feature_ts" key in the text is the top-level one, because UserState and RecList write it
+-- first "feature_ts" key in the text is the top-level one, because UserState, RecList and Profile write it
 -- before any nested object (tests/redis/test_guarded_set.py holds them to it); a value in another
 -- shape is decoded as before.
 local cur = redis.call('GET', KEYS[1])

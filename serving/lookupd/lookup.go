@@ -229,19 +229,26 @@ func Features(userID string, raw *string) (*pb.GetUserFeaturesResponse, error) {
 	if raw == nil {
 		return out, nil
 	}
-	var p struct {
-		FeatureTs     *int64             `json:"feature_ts"`
-		WindowEnd     int64              `json:"window_end"`
-		Features      map[string]float64 `json:"features"`
-		TopCategories []string           `json:"top_categories"`
+	var p struct { // every field required, as contract.keys.Profile.decode requires it
+		FeatureTs     *int64              `json:"feature_ts"`
+		WindowEnd     *int64              `json:"window_end"`
+		Features      map[string]*float64 `json:"features"`
+		TopCategories *[]string           `json:"top_categories"`
 	}
 	if err := json.Unmarshal([]byte(*raw), &p); err != nil {
 		return nil, fmt.Errorf("stored profile of %s: %w", userID, err)
 	}
-	if p.FeatureTs == nil || p.Features == nil {
-		return nil, errors.New("stored profile of " + userID + " has no feature_ts or features")
+	if p.FeatureTs == nil || p.WindowEnd == nil || p.Features == nil || p.TopCategories == nil {
+		return nil, errors.New("stored profile of " + userID + " lacks feature_ts, window_end, features or top_categories")
 	}
-	out.Found, out.Features, out.TopCategories = true, p.Features, p.TopCategories
-	out.FeatureTsMs, out.WindowEndMs = *p.FeatureTs, p.WindowEnd
+	out.Features = make(map[string]float64, len(p.Features))
+	for name, v := range p.Features {
+		if v == nil {
+			return nil, fmt.Errorf("stored profile of %s: feature %s is null", userID, name)
+		}
+		out.Features[name] = *v
+	}
+	out.Found, out.TopCategories = true, *p.TopCategories
+	out.FeatureTsMs, out.WindowEndMs = *p.FeatureTs, *p.WindowEnd
 	return out, nil
 }

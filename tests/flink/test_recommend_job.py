@@ -101,7 +101,7 @@ def offline(cfg, records, tmp_path, name):
 
 def assert_same_features(r, replay, cfg, cutoff):
     used_users = {u for u, s in replay.states.items() if s.feature_ts > 0}
-    assert {k.decode()[4:] for k in r.scan_iter("rec:*")} == used_users
+    assert {k.decode().removeprefix(keys.rec_key("")) for k in r.scan_iter(keys.rec_key("*"))} == used_users
     for user in used_users:
         online = UserState.decode(r.get(keys.feat_key(user)))
         want = describe(replay.states[user], cutoff, cfg.features)
@@ -141,7 +141,7 @@ def test_job_graph_accounts_for_every_record_and_matches_offline(parallelism, re
     assert replay.ledger.duplicate > 0 and replay.ledger.opted_out > 0
     cutoff1 = max(s.window_end for s in replay.states.values())
     assert_same_features(r, replay, cfg, cutoff1)
-    some = keys.RecList.decode(r.get(next(r.scan_iter("rec:*"))))
+    some = keys.RecList.decode(r.get(next(r.scan_iter(keys.rec_key("*")))))
     assert 0 < len(some.items) <= cfg.scoring.top_k
     assert some.model_version == json.loads((model_dir / "card.json").read_text())["version"]
 

@@ -1,4 +1,4 @@
-"""The guarded write the job uses for feat:{user} and rec:{user} (contract.keys.lua("guarded_set")),
+"""The guarded write the job uses for feat:{user}, profile:{user} and rec:{user} (contract.keys.lua("guarded_set")),
 on a real Redis: a stored value with a newer feature_ts is kept, an equal or older one is replaced,
 and the guard is the top-level feature_ts even when an item, a category or an event id is named
 "feature_ts" inside the document."""
@@ -19,10 +19,15 @@ def stored_list(feature_ts: int) -> str:
                         extra={ADVERSARIAL: 99_999_999_999_999}).encode()
 
 
+def stored_profile(feature_ts: int) -> str:
+    return keys.Profile({ADVERSARIAL: 99_999_999_999_999.0}, [ADVERSARIAL], feature_ts, feature_ts + 1000).encode()
+
+
 def test_guarded_set_keeps_newer_values_and_reads_the_top_level_guard(redis_db):
     _, r = redis_db
     guarded_set = r.register_script(keys.lua("guarded_set"))
-    for key, value in ((keys.feat_key("u1"), stored_state), (keys.rec_key("u1"), stored_list)):
+    for key, value in ((keys.feat_key("u1"), stored_state), (keys.rec_key("u1"), stored_list),
+                       (keys.profile_key("u1"), stored_profile)):
         assert guarded_set(keys=[key], args=[1000, value(1000), 60]) == 1  # nothing stored yet
         assert 0 < r.ttl(key) <= 60
         assert guarded_set(keys=[key], args=[999, value(999), 60]) == 0  # older: kept

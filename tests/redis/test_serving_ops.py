@@ -387,7 +387,7 @@ def _camel(name: str) -> str:
 
 
 def test_tiny_client_deadlines_do_not_open_the_breaker_for_others(redis_db, engine):
-    """Issue 19, defect 1: calls whose own deadline leaves no time to read Redis (here 4 ms, inside
+    """calls whose own deadline leaves no time to read Redis (here 4 ms, inside
     the 5 ms reserve) opened the shared breaker, and every later caller got the popular list. A
     deadline the client chose is not a Redis failure."""
     port, r = redis_db
@@ -413,7 +413,7 @@ def test_tiny_client_deadlines_do_not_open_the_breaker_for_others(redis_db, engi
 
 
 def test_a_cancelled_half_open_trial_does_not_wedge_the_breaker(own_redis):
-    """Issue 19, defect 2: the gateway's core took the half-open trial for a read that was then
+    """the gateway's core took the half-open trial for a read that was then
     cancelled (a sibling GraphQL alias failed), recorded neither outcome, and answered
     store_unavailable to everyone from then on, with Redis healthy."""
     port, _, _, svc = own_redis
@@ -442,7 +442,7 @@ def test_a_cancelled_half_open_trial_does_not_wedge_the_breaker(own_redis):
 
 
 def test_gateway_refuses_large_bodies_and_never_echoes_input(redis_db):
-    """Issue 19, defects 4 and 5: a 20 MB body was taken (and a 20 MB 422 echoed it back); NaN in a
+    """a 20 MB body was taken (and a 20 MB 422 echoed it back); NaN in a
     body gave a 500 while rendering the 422, and reset the next request on the connection."""
     port, r = redis_db
     seed(r)
@@ -469,7 +469,7 @@ def test_gateway_refuses_large_bodies_and_never_echoes_input(redis_db):
 
 
 def test_graphql_limits_aliases_tokens_introspection_and_get(redis_db):
-    """Issue 19, defect 3: 5,000 aliases at k = 100 ran 10.9 s, answered 22.6 MB and opened the
+    """5,000 aliases at k = 100 ran 10.9 s, answered 22.6 MB and opened the
     breaker for everyone. Now such a query is refused before any lookup, and introspection and GET
     queries are off unless the config turns them on."""
     port, r = redis_db
@@ -496,7 +496,7 @@ def test_graphql_limits_aliases_tokens_introspection_and_get(redis_db):
 
 
 def test_gateway_with_a_token_keeps_probes_and_metrics_open(redis_db, monkeypatch):
-    """Issue 19: with a token, /healthz answered 401 (so a Kubernetes probe failed) while /metrics
+    """with a token, /healthz answered 401 (so a Kubernetes probe failed) while /metrics
     and /docs were open. User data needs the token; probes, metrics and the API's description do not."""
     port, r = redis_db
     seed(r)

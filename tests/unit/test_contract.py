@@ -7,7 +7,8 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from contract import keys
-from contract.config import ConfigError, FORMAT_PRESETS, FaultConfig, PRESETS, load_config, parse_config
+from contract.config import (ConfigError, FORMAT_PRESETS, FaultConfig, JobConfig, PRESETS, apply_overrides, load_config,
+                             parse_config)
 from contract.config_reference import config_reference
 from contract.serving_config import load_serving_config
 from contract.paths import PROJECT_ROOT
@@ -326,8 +327,12 @@ def test_presets_load_override_the_file_and_name_the_choices(tmp_path):
 def test_both_config_files_take_overrides_by_one_rule():
     """A dotted path walks into sections, and a mapping takes the rest as one key (Flink's own
     option names have dots); a wrong name is refused by its full path, in either file."""
-    job = load_config(None, {"redis.port": 7000, "flink.extra.state.backend.type": "rocksdb"})
-    assert job.redis.port == 7000 and job.flink.extra == {"state.backend.type": "rocksdb"}
+    job = load_config(None, {"redis.port": 7000, "flink.extra.state.backend.type": "rocksdb",
+                             "flink.extra.parallelism.default": 4, "flink.extra.pipeline.object-reuse": True})
+    assert job.redis.port == 7000 and job.flink.extra == {"state.backend.type": "rocksdb", "parallelism.default": "4",
+                                                          "pipeline.object-reuse": "true"}  # Flink's options are text
+    with pytest.raises(ConfigError, match="redis"):  # a section that is not a table: refused, not a traceback
+        parse_config(apply_overrides({"redis": 5}, {"redis.port": 1}, JobConfig))
     serving = load_serving_config(None, {"port": 1, "breaker.failures": 3, "gateway.port": 9, "redis.port": 7000})
     assert (serving.port, serving.breaker.failures, serving.gateway.port, serving.redis.port) == (1, 3, 9, 7000)
     for load, path in ((load_config, "redis.prot"), (load_serving_config, "breaker.fails"), (load_config, "nosuch.x")):
@@ -337,7 +342,7 @@ def test_both_config_files_take_overrides_by_one_rule():
 
 @pytest.mark.parametrize("serving", [False, True])
 def test_config_check_of_a_binary_file_or_a_folder_says_so(tmp_path, serving):
-    """Issue 19, defect 6: a binary file gave a UnicodeDecodeError traceback (rc 1)."""
+    """a binary file gave a UnicodeDecodeError traceback (rc 1)."""
     binary = tmp_path / "job.toml"
     binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe")
     flag = ["--serving"] if serving else []

@@ -1,11 +1,15 @@
+import math
+import sys
+
 import numpy as np
 import pytest
 
+from contract import keys
 from contract.config import FeatureConfig
 from udfs.candidates import ALL, Candidate, CandidatePool, TrendingBoards, gather_candidates
 from udfs.features import (Event, NEVER_S, UserState, WindowDelta, apply_window, describe, feature_names,
                            parse_events, shared_events, user_feature_names, user_item_features,
-                           user_item_matrix)
+                           profile, user_item_matrix)
 from udfs.ranking import item_window_counts
 
 CFG = FeatureConfig(frequency_windows_s=(60.0, 3600.0), monetary_windows_s=(3600.0,), window_slices=6,
@@ -249,3 +253,14 @@ def test_shared_statistics_skip_control_records_and_opted_out_stretches():
     assert [e.event_id for e in shared_events([ev(1, "view", T0)], True)] == []
     plain = [ev(1, "view", T0)]
     assert shared_events(plain, False) is plain
+
+
+def test_a_profile_of_prices_that_sum_past_the_largest_double_still_encodes():
+    """Two valid purchases of 1e308 sum to inf in a window; the profile (JSON) must still be
+    written, or the job's whole batch write fails and Flink replays it forever."""
+    events = ";".join(Event(f"p{n}", "purchase", f"i{n}", "c1", T0 + n * 1000, 1e308, True).encode() for n in range(2))
+    s, _ = apply_window(UserState(), WindowDelta("u1", T0 + 2000, events), CFG)
+    p = profile(s, CFG)
+    assert p.features["spend_1h"] == float("inf")  # what the model's input holds
+    back = keys.Profile.decode(p.encode())
+    assert back.features["spend_1h"] == sys.float_info.max and all(math.isfinite(v) for v in back.features.values())

@@ -136,7 +136,7 @@ def _record_sql(rule: Rule, j: str, bounds: tuple[int, str, int]) -> str:
 
 
 def _id_ok(rule: Rule, v: Any, bounds: tuple[int, int | None]) -> bool:
-    return _ID_RE.fullmatch(v) is not None
+    return valid_id(v)
 
 
 def _id_sql(rule: Rule, j: str, bounds: tuple[int, str, int]) -> str:
@@ -342,7 +342,7 @@ def parse_once_sql(source: str, keep: Sequence[str], raw: str = "payload") -> st
 
 def _sql_when(rule: Rule, bounds: tuple[int, str, int]) -> str:
     """The rule as a WHEN: its condition is what makes validate raise for it."""
-    check = CHECKS[rule.check][1](rule, f"j_{rule.field}", bounds)
+    check = CHECKS[rule.check][1](rule, f"j_{rule.field}" if rule.field else "j_is_object", bounds)
     if rule.field is None:
         fails = check
     else:

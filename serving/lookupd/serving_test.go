@@ -106,7 +106,7 @@ func TestReadBudgetFollowsTheSharedCases(t *testing.T) {
 				r := seconds(*c.RemainingS)
 				remaining = &r
 			}
-			got := readBudget(seconds(c.RedisTimeoutS), reserve, remaining)
+			got := readBudget(seconds(c.RedisTimeoutS), remaining, reserve)
 			if got < 0 || math.Abs(got.Seconds()-c.ExpectBudgetS) > 1e-9 {
 				t.Fatalf("budget %v, want %gs", got, c.ExpectBudgetS)
 			}

@@ -168,15 +168,15 @@ func newStore(spec *Spec) (*Store, error) {
 func (s *Store) budget(ctx context.Context) time.Duration {
 	d, ok := ctx.Deadline()
 	if !ok {
-		return readBudget(s.timeout, s.reserve, nil)
+		return readBudget(s.timeout, nil, s.reserve)
 	}
 	remaining := time.Until(d)
-	return readBudget(s.timeout, s.reserve, &remaining)
+	return readBudget(s.timeout, &remaining, s.reserve)
 }
 
 // readBudget is how long one Redis read may take: the timeout, cut to the caller's remaining time
 // less the reserve kept for answering, never negative; remaining nil: the call has no deadline.
-func readBudget(timeout, reserve time.Duration, remaining *time.Duration) time.Duration {
+func readBudget(timeout time.Duration, remaining *time.Duration, reserve time.Duration) time.Duration {
 	b := timeout
 	if remaining != nil {
 		b = min(b, *remaining-reserve)

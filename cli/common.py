@@ -53,12 +53,16 @@ def setup_logging(verbose: bool = False, fmt: str = "text") -> None:
 def job_config(config: str, sets: list[str] | None, bounded: bool = False, preset: str | None = None) -> JobConfig:
     """The job config with --set and --preset applied, or exit 2 naming each bad field."""
     with exit_on(ConfigError, code=2):
-        return load_config(config, parse_overrides(sets or [], bounded=bounded), preset)
+        cfg = load_config(config, parse_overrides(sets or [], bounded=bounded), preset)
+        cfg.redis.password()  # an unset password variable stops here, before anything connects
+        return cfg
 
 
 def serving_config(config: str, port: int | None) -> ServingConfig:
     with exit_on(ConfigError, code=2):
-        return load_serving_config(config, {"port": port} if port is not None else None)
+        cfg = load_serving_config(config, {"port": port} if port is not None else None)
+        cfg.redis.password()
+        return cfg
 
 
 def run_service(cfg: ServingConfig, run) -> None:

@@ -26,7 +26,7 @@ def ledger(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None) -> None:
     count, and a running embedded job's Flink metrics of the same counts."""
     cfg = job_config(config, set_)
     try:
-        client = redis_lib.Redis(host=cfg.redis.host, port=cfg.redis.port)
+        client = redis_lib.Redis(**cfg.redis.client_kwargs())
         counts, control = keys.read_ledger(client), keys.read_control(client)
     except redis_lib.RedisError as e:
         typer.echo(f"cannot read the ledger from Redis {cfg.redis.host}:{cfg.redis.port}: {e}", err=True)

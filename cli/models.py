@@ -186,7 +186,7 @@ def models_drift(config: ConfigOpt = DEFAULT_CONFIG) -> None:
     """The job's last drift window: PSI per feature against the scoring model's card."""
     cfg = job_config(config, None)
     try:
-        raw = redis_lib.Redis(host=cfg.redis.host, port=cfg.redis.port, decode_responses=True).hgetall(keys.DRIFT)
+        raw = redis_lib.Redis(**cfg.redis.client_kwargs(), decode_responses=True).hgetall(keys.DRIFT)
     except redis_lib.RedisError as e:
         typer.echo(f"cannot read {keys.DRIFT} from Redis {cfg.redis.host}:{cfg.redis.port}: {e}", err=True)
         raise typer.Exit(1) from None

@@ -7,7 +7,9 @@ Every model is frozen and rejects unknown keys; each field documents its unit an
 from __future__ import annotations
 
 import difflib
+import os
 import re
+import ssl
 import tomllib
 import types
 from pathlib import Path
@@ -81,13 +83,70 @@ class EventConfig(_Strict):
         return round(self.max_future_s * 1000)
 
 
+class RedisTlsConfig(_Strict):
+    """TLS to Redis (redis-server's tls-port). The certificate Redis presents must name `host`."""
+    ca_file: str | None = None
+    """PEM CA that signed Redis's certificate (redis-server's tls-ca-cert-file); unset: the system's CAs."""
+    cert_file: str | None = None
+    """PEM client certificate, when Redis asks for one (tls-auth-clients yes); with key_file."""
+    key_file: str | None = None
+    """PEM private key of cert_file."""
+    @model_validator(mode="after")
+    def _files(self) -> RedisTlsConfig:
+        for name in ("ca_file", "cert_file", "key_file"):
+            value = getattr(self, name)
+            if value is not None and not Path(value).is_file():
+                raise ValueError(f"{name} = {value!r} is not a readable file; give the PEM file's path")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together: give both (a client certificate) or neither")
+        return self
+
+
 class RedisConfig(_Strict):
+    """Where Redis is and how to log in. Secrets never go in this file: password_env names the
+    environment variable that holds the password, in every process that talks to Redis (the
+    submitting shell, the TaskManagers, the lookup service, the CLI)."""
     host: str = "127.0.0.1"
     """Redis host."""
     port: int = Field(16379, ge=1, le=65535)
-    """Redis port."""
+    """Redis port (with [redis.tls], Redis's tls-port)."""
     rec_ttl_s: int = Field(7 * 86400, ge=0)
     """TTL of rec:{user}, feat:{user} and profile:{user} keys in seconds; 0 keeps them forever."""
+    username: str | None = None
+    """ACL user to log in as (Redis 6+ ACL); unset: the `default` user, with password_env's password if set."""
+    password_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    """Name of the environment variable holding the password (requirepass, or the ACL user's);
+    unset: no password. The name, never the password itself."""
+    tls: RedisTlsConfig | None = None
+    """[redis.tls]: connect over TLS; absent: plaintext (loopback or a private network only)."""
+
+    def password(self) -> str | None:
+        """The password from the environment; ConfigError if password_env names a variable that is not set."""
+        if self.password_env is None:
+            return None
+        value = os.environ.get(self.password_env)
+        if not value:
+            raise ConfigError(f"redis.password_env names {self.password_env}, which is not set in this process's "
+                              f"environment; export {self.password_env}=<the Redis password> (on TaskManagers too) "
+                              "or unset redis.password_env")
+        return value
+
+    def client_kwargs(self) -> dict:
+        """Keyword arguments for redis.Redis (redis-py): address, login and TLS; the caller adds timeouts."""
+        kwargs: dict = {"host": self.host, "port": self.port, "username": self.username, "password": self.password()}
+        if self.tls is not None:
+            kwargs.update(ssl=True, ssl_ca_certs=self.tls.ca_file, ssl_certfile=self.tls.cert_file,
+                          ssl_keyfile=self.tls.key_file, ssl_check_hostname=True, ssl_cert_reqs="required")
+        return kwargs
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context for an asyncio connection (serving.resp); None without [redis.tls]."""
+        if self.tls is None:
+            return None
+        context = ssl.create_default_context(cafile=self.tls.ca_file)
+        if self.tls.cert_file:
+            context.load_cert_chain(self.tls.cert_file, self.tls.key_file)
+        return context
 
 
 PositiveSeconds = Annotated[float, Field(gt=0)]

@@ -45,7 +45,7 @@ def run_demo(live_events: int, rate: float, keep: bool) -> int:
     try:
         _step("starting Kafka (KRaft) and Redis")
         stack.up(int(cfg.kafka.bootstrap_servers.rsplit(":", 1)[1]), cfg.redis.port)
-        r = redis.Redis(host=cfg.redis.host, port=cfg.redis.port)
+        r = redis.Redis(**cfg.redis.client_kwargs())
         r.flushdb()
 
         _step("simulating 6 hours of history and training model v0")

@@ -169,12 +169,15 @@ def _kafka_answers(port: int) -> bool:
         return False
 
 
-def start_redis(run_dir: Path, port: int, durable: bool = True) -> Service:
+def start_redis(run_dir: Path, port: int, durable: bool = True, extra_args: tuple[str, ...] = (),
+                login: dict | None = None) -> Service:
     """redis-server on loopback. durable: an append-only file, so a Redis that crashes or is
     restarted comes back with every write it acknowledged (the file is written before each reply,
     fsynced every second: only a crash of the machine loses up to a second). The job's exactly-once
     depends on it: Flink's checkpoint says which records were folded, Redis holds what they made,
-    and the two must not part. durable=False only where what is stored does not matter."""
+    and the two must not part. durable=False only where what is stored does not matter.
+    extra_args: more redis-server options (TLS, requirepass, ACL users), after which it answers
+    only to a client made with login (redis.Redis keyword arguments)."""
     home = run_dir / "redis"
     home.mkdir(parents=True, exist_ok=True)
     exe = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -183,15 +186,15 @@ def start_redis(run_dir: Path, port: int, durable: bool = True) -> Service:
     log_path = home / "redis.log"
     cmd = [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(home),
            "--save", "", "--appendonly", "yes" if durable else "no", "--appendfsync", "everysec",
-           "--daemonize", "no", "--protected-mode", "yes"]
+           "--daemonize", "no", "--protected-mode", "yes", *extra_args]
     pid = _spawn(cmd, log_path, home)
-    _wait(lambda: _redis_answers(port), "Redis", 30, pid, log_path)
+    _wait(lambda: _redis_answers(port, login), "Redis", 30, pid, log_path)
     return Service("redis", pid, port, str(log_path))
 
 
-def _redis_answers(port: int) -> bool:
+def _redis_answers(port: int, login: dict | None = None) -> bool:
     try:
-        return bool(redis.Redis(port=port, socket_timeout=1).ping())
+        return bool(redis.Redis(**{"port": port, **(login or {})}, socket_timeout=1).ping())
     except redis.RedisError:
         return False
 

@@ -17,7 +17,7 @@ from pyflink import java_gateway
 from pyflink.datastream import StreamExecutionEnvironment
 from pyflink.table import EnvironmentSettings, StreamTableEnvironment
 
-from contract.config import JobConfig, KafkaConfig, PRESETS, load_config, parse_overrides
+from contract.config import ConfigError, JobConfig, KafkaConfig, PRESETS, load_config, parse_overrides
 from contract.keys import accounted, read_control, read_ledger
 from contract.paths import CACHE, PROJECT_ROOT
 from contract.schema import (EVENT_LINE_SQL, JVM_FUNCTIONS, KAFKA_TS_MS_SQL, MAX_FUTURE_MS, MIN_TS_MS,
@@ -316,7 +316,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --from-savepoint: skip state of operators the job no longer has")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = load_config(args.config, parse_overrides(args.set, bounded=args.bounded), args.preset)
+    try:
+        cfg = load_config(args.config, parse_overrides(args.set, bounded=args.bounded), args.preset)
+        cfg.redis.password()  # an unset password variable stops here, not in the first window's write
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 2
     restore = restore_options(args.from_savepoint, args.allow_non_restored_state)  # fails before Flink starts
     warn_if_redis_forgets(cfg)
     t_env = environment(cfg)

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 
 def redis_client(cfg: JobConfig) -> redis.Redis:
-    return redis.Redis(host=cfg.redis.host, port=cfg.redis.port, socket_timeout=10)
+    return redis.Redis(**cfg.redis.client_kwargs(), socket_timeout=10)
 
 
 class RejectedCounter:
@@ -214,7 +214,7 @@ def warn_if_redis_forgets(cfg: JobConfig) -> None:
     Redis without an append-only file comes back empty from a restart while the job reads on from
     its offsets, and what it had folded is gone without an error. Say so before the job starts."""
     try:
-        client = redis.Redis(host=cfg.redis.host, port=cfg.redis.port, socket_timeout=3, socket_connect_timeout=3)
+        client = redis.Redis(**cfg.redis.client_kwargs(), socket_timeout=3, socket_connect_timeout=3)
         aof = client.info("persistence").get("aof_enabled")
     except redis.RedisError as e:
         log.warning("Redis %s:%d does not answer (%s); the job will fail over until it does",

@@ -123,7 +123,7 @@ class LookupService:
 
     def __init__(self, cfg: ServingConfig) -> None:
         self.cfg = cfg
-        self.redis = PipelinedRedis(cfg.redis.host, cfg.redis.port, cfg.redis_timeout_s)
+        self.redis = PipelinedRedis(cfg.redis, cfg.redis_timeout_s)
         self.breaker = Breaker(cfg.breaker.failures, cfg.breaker.reset_s)
         self.popular = PopularCache([], 0.0)
         self._refresher: asyncio.Task | None = None

@@ -38,6 +38,7 @@ def contract_spec() -> dict:
     """What lookupd takes from the Python contract rather than repeating it."""
     return {
         "service_name": SERVICE_NAME, "id_pattern": ID_PATTERN, "user_id_rule": lookup.USER_ID_RULE,
+        "undecodable_rule": lookup.UNDECODABLE_RULE,
         "max_filter_categories": lookup.MAX_FILTER_CATEGORIES, "max_excluded_items": lookup.MAX_EXCLUDED_ITEMS,
         "max_batch": lookup.MAX_BATCH, "max_placement": lookup.MAX_PLACEMENT, "rec_prefix": keys.rec_key(""),
         "profile_prefix": keys.profile_key(""),

@@ -15,6 +15,9 @@ MAX_EXCLUDED_ITEMS = 1000
 MAX_BATCH = 100
 MAX_PLACEMENT = 64
 USER_ID_RULE = "user_id must be 1-64 characters of letters, digits, '_', '.', ':' or '-'"
+# a gRPC request protobuf cannot decode; {message} is the request's type
+UNDECODABLE_RULE = ("the request is not a valid {message}: send a protobuf message whose string fields (user_id, "
+                    "placement, include_categories, exclude_categories, exclude_items) are UTF-8 text")
 
 
 class InvalidRequest(ValueError):

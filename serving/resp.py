@@ -14,6 +14,8 @@ import collections
 
 import hiredis
 
+from contract.config import RedisConfig
+
 
 class RedisUnavailable(ConnectionError):
     """Redis could not be reached, or the connection was lost with the command in flight."""
@@ -60,10 +62,15 @@ class _Protocol(asyncio.Protocol):
 
 
 class PipelinedRedis:
-    """`await client.execute("MGET", k1, k2)`; connects (again) when needed."""
+    """`await client.execute("MGET", k1, k2)`; connects (again) when needed, over TLS and logged in
+    as [redis] says."""
 
-    def __init__(self, host: str, port: int, connect_timeout_s: float) -> None:
-        self.host, self.port, self.connect_timeout_s = host, port, connect_timeout_s
+    def __init__(self, redis: RedisConfig, connect_timeout_s: float) -> None:
+        self.host, self.port, self.connect_timeout_s = redis.host, redis.port, connect_timeout_s
+        password = redis.password()
+        self.login = None if password is None else (("AUTH", redis.username, password) if redis.username
+                                                      else ("AUTH", password))
+        self.ssl = redis.ssl_context()
         self.protocol: _Protocol | None = None
         self._connecting: asyncio.Future | None = None
 
@@ -82,22 +89,36 @@ class PipelinedRedis:
 
     async def _open(self) -> _Protocol:
         loop = asyncio.get_running_loop()
+        protocol = None
         try:
             async with asyncio.timeout(self.connect_timeout_s):
-                _, protocol = await loop.create_connection(_Protocol, self.host, self.port)
+                _, protocol = await loop.create_connection(
+                    _Protocol, self.host, self.port, ssl=self.ssl, server_hostname=self.host if self.ssl else None)
+                if self.login is not None:
+                    await self._send(protocol, self.login)
         except (TimeoutError, OSError) as err:
+            if protocol is not None and protocol.transport is not None:
+                protocol.transport.close()
             raise RedisUnavailable(f"cannot connect to redis at {self.host}:{self.port} ({err!r})") from None
+        except RedisReplyError as err:  # WRONGPASS, NOAUTH: a config problem, said as Redis says it
+            protocol.transport.close()
+            raise RedisUnavailable(f"redis at {self.host}:{self.port} refused the login ({err}); check "
+                                   "redis.username and the password in the variable redis.password_env names") from None
         self.protocol = protocol
         return protocol
+
+    @staticmethod
+    async def _send(protocol: _Protocol, args) -> object:
+        fut = asyncio.get_running_loop().create_future()
+        protocol.waiters.append(fut)
+        protocol.transport.write(encode(*args))
+        return await fut
 
     async def execute(self, *args):
         protocol = self.protocol
         if protocol is None or protocol.transport is None:
             protocol = await self._connect()
-        fut = asyncio.get_running_loop().create_future()
-        protocol.waiters.append(fut)
-        protocol.transport.write(encode(*args))
-        return await fut
+        return await self._send(protocol, args)
 
     async def close(self) -> None:
         if self.protocol is not None and self.protocol.transport is not None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from google.protobuf.message import DecodeError
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
@@ -37,6 +38,24 @@ def _response(rec: lookup.Recommendations):
     )
 
 
+class Undecodable:
+    """A request protobuf could not decode: a string field that is not UTF-8 (which Python's str
+    cannot hold), or bytes that are not the message. grpc answers a deserializer's exception with
+    INTERNAL, which reads as a server fault and which clients retry; the servicer answers this with
+    INVALID_ARGUMENT instead (as lookupd does)."""
+    def __init__(self, message_type) -> None:
+        self.why = lookup.UNDECODABLE_RULE.replace("{message}", message_type.DESCRIPTOR.name)
+
+
+def _decoder(message_type):
+    def decode(data: bytes):
+        try:
+            return message_type.FromString(data)
+        except DecodeError:
+            return Undecodable(message_type)
+    return decode
+
+
 class RecommendationsServicer(pb_grpc.RecommendationsServicer):
     def __init__(self, service: LookupService) -> None:
         self.service = service
@@ -46,10 +65,12 @@ class RecommendationsServicer(pb_grpc.RecommendationsServicer):
         return self.service.request(r.user_id, r.k, f.include_categories, f.exclude_categories, f.exclude_items,
                                     r.placement)
 
-    async def _answer(self, context, method: str, work):
+    async def _answer(self, context, method: str, request, work):
         """Runs one call under its metrics; the one mapping from failures to status codes."""
         try:
             with Observed("grpc", method):
+                if isinstance(request, Undecodable):
+                    raise lookup.InvalidRequest(request.why)
                 return await work()
         except (lookup.InvalidRequest, StoreUnavailable) as e:
             await context.abort(grpc.StatusCode[status_of(e)], str(e))
@@ -59,7 +80,7 @@ class RecommendationsServicer(pb_grpc.RecommendationsServicer):
             (rec,) = await self.service.recommend([self._request(request)], context.time_remaining())
             return _response(rec)
 
-        return await self._answer(context, "GetRecommendations", work)
+        return await self._answer(context, "GetRecommendations", request, work)
 
     async def BatchGetRecommendations(self, request, context):  # noqa: N802
         async def work():
@@ -67,7 +88,7 @@ class RecommendationsServicer(pb_grpc.RecommendationsServicer):
                                                    context.time_remaining())
             return pb.BatchGetRecommendationsResponse(responses=[_response(a) for a in answers])
 
-        return await self._answer(context, "BatchGetRecommendations", work)
+        return await self._answer(context, "BatchGetRecommendations", request, work)
 
     async def GetUserFeatures(self, request, context):  # noqa: N802
         async def work():
@@ -76,7 +97,18 @@ class RecommendationsServicer(pb_grpc.RecommendationsServicer):
                 user_id=f.user_id, found=f.found, features=f.features, top_categories=f.top_categories,
                 feature_ts_ms=f.feature_ts_ms, window_end_ms=f.window_end_ms)
 
-        return await self._answer(context, "GetUserFeatures", work)
+        return await self._answer(context, "GetUserFeatures", request, work)
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        """The service's methods, as the generated add_RecommendationsServicer_to_server registers
+        them, but with requests decoded by _decoder."""
+        methods = {"GetRecommendations": (pb.GetRecommendationsRequest, pb.GetRecommendationsResponse),
+                   "BatchGetRecommendations": (pb.BatchGetRecommendationsRequest, pb.BatchGetRecommendationsResponse),
+                   "GetUserFeatures": (pb.GetUserFeaturesRequest, pb.GetUserFeaturesResponse)}
+        return grpc.method_handlers_generic_handler(SERVICE_NAME, {
+            name: grpc.unary_unary_rpc_method_handler(getattr(self, name), request_deserializer=_decoder(req),
+                                                      response_serializer=resp.SerializeToString)
+            for name, (req, resp) in methods.items()})
 
 
 def bearer_token(cfg: ServingConfig) -> bytes | None:
@@ -154,7 +186,7 @@ async def start(cfg: ServingConfig, port: int | None = None) -> Running:
     service = LookupService(cfg)
     await service.start()
     server = grpc.aio.server(interceptors=[TokenAuth(expected)] if expected else None)
-    pb_grpc.add_RecommendationsServicer_to_server(RecommendationsServicer(service), server)
+    server.add_generic_rpc_handlers((RecommendationsServicer(service).handler(),))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if cfg.reflection:

@@ -5,11 +5,14 @@ tests/cluster (a standalone Flink cluster), tests/install (each role's extra in 
 
 from __future__ import annotations
 
+import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import redis
+import trustme
 
 from contract.config import JobConfig, load_config
 from contract.paths import PROJECT_ROOT
@@ -20,6 +23,12 @@ from traffic.publish import catalog_path, write_history
 from traffic.simulator import Simulator
 
 TIERS = ("unit", "redis", "flink", "integration", "cluster", "install")
+# The secure Redis's ACL users' passwords, in this process's environment before any JVM starts:
+# Flink's Python workers inherit the TaskManager's environment, as on a real cluster. (child_env()
+# leaves them out: a child is given them explicitly.)
+REDIS_PASSWORDS = {"SR_TEST_JOB_PASSWORD": "job-secret-2", "SR_TEST_LOOKUP_PASSWORD": "lookup-secret-3"}
+REDIS_ADMIN_PASSWORD = "admin-secret-1"
+os.environ.update(REDIS_PASSWORDS)
 
 
 def pytest_collection_modifyitems(items):
@@ -50,6 +59,49 @@ def redis_db(redis_server):
     port, client = redis_server
     client.flushdb()
     return port, client
+
+
+@dataclass
+class SecureRedis:
+    port: int
+    files: dict[str, str]
+    tls: dict  # redis-py's TLS keyword arguments, with the client certificate
+    admin: redis.Redis  # the default user, with requirepass
+
+    def section(self, username: str, password_env: str) -> dict:
+        """[redis] as a data engineer writes it for this server: the variable's name, no secret."""
+        f = self.files
+        return {"port": self.port, "username": username, "password_env": password_env,
+                "tls": {"ca_file": f["ca.pem"], "cert_file": f["client.pem"], "key_file": f["client.key"]}}
+
+
+@pytest.fixture(scope="session")
+def secure_redis(tmp_path_factory):
+    """A real redis-server as production runs it: TLS only, client certificates required
+    (certificates from trustme), requirepass for the default user, and two ACL users: streamrank-job
+    (everything but @dangerous, plus INFO) and streamrank-lookup (@read, @connection and @transaction:
+    the Go engine's cached reads are MULTI/EXEC; no write)."""
+    home = tmp_path_factory.mktemp("secure-redis")
+    ca = trustme.CA()
+    files = {name: str(home / name) for name in ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")}
+    ca.cert_pem.write_to_path(files["ca.pem"])
+    for cert, name in ((ca.issue_cert("127.0.0.1"), "server"), (ca.issue_cert("streamrank-client"), "client")):
+        cert.cert_chain_pems[0].write_to_path(files[f"{name}.pem"])
+        cert.private_key_pem.write_to_path(files[f"{name}.key"])
+    port = free_port()
+    tls = {"ssl": True, "ssl_ca_certs": files["ca.pem"], "ssl_certfile": files["client.pem"],
+           "ssl_keyfile": files["client.key"]}
+    job, lookup = REDIS_PASSWORDS["SR_TEST_JOB_PASSWORD"], REDIS_PASSWORDS["SR_TEST_LOOKUP_PASSWORD"]
+    svc = start_redis(home, port, durable=False, login={"password": REDIS_ADMIN_PASSWORD, **tls}, extra_args=(
+        "--port", "0", "--tls-port", str(port), "--tls-cert-file", files["server.pem"],
+        "--tls-key-file", files["server.key"], "--tls-ca-cert-file", files["ca.pem"], "--tls-auth-clients", "yes",
+        "--requirepass", REDIS_ADMIN_PASSWORD,
+        "--user", "streamrank-job", "on", f">{job}", "~*", "&*", "+@all", "-@dangerous", "+info",
+        "--user", "streamrank-lookup", "on", f">{lookup}", "~*", "+@read", "+@connection", "+@transaction"))
+    try:
+        yield SecureRedis(port, files, tls, redis.Redis(port=port, password=REDIS_ADMIN_PASSWORD, **tls))
+    finally:
+        stop_pid(svc.pid)
 
 
 @pytest.fixture(scope="session")

@@ -162,12 +162,16 @@ func codeName(c codes.Code) string {
 	return b.String()
 }
 
-// interceptor checks the bearer token (all but health checks, constant-time compare) and counts
-// and times each lookup call under its method and status code.
-func interceptor(service string, expected []byte) grpc.UnaryServerInterceptor {
+// interceptor checks the bearer token (all but health checks, constant-time compare), refuses a
+// request the codec could not decode, and counts and times each lookup call under its method and
+// status code.
+func interceptor(service string, expected []byte, undecodableRule string) grpc.UnaryServerInterceptor {
 	prefix := "/" + service + "/"
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		if strings.HasPrefix(info.FullMethod, "/grpc.health.v1.") {
+			if err := undecodable(req, undecodableRule); err != nil {
+				return nil, err
+			}
 			return handler(ctx, req)
 		}
 		if expected != nil {
@@ -186,7 +190,11 @@ func interceptor(service string, expected []byte) grpc.UnaryServerInterceptor {
 			return handler(ctx, req)
 		}
 		t0 := time.Now()
-		resp, err := handler(ctx, req)
+		var resp any
+		err := undecodable(req, undecodableRule)
+		if err == nil {
+			resp, err = handler(ctx, req)
+		}
 		latency.WithLabelValues("grpc", method).Observe(time.Since(t0).Seconds())
 		requests.WithLabelValues("grpc", method, codeName(status.Code(err))).Inc()
 		return resp, err

@@ -34,7 +34,14 @@ type Spec struct {
 		Host string `json:"host"`
 		Port int    `json:"port"`
 		// RecTTLS is the job's TTL of the lists it writes; the service only reads them
-		RecTTLS float64 `json:"rec_ttl_s"`
+		RecTTLS     float64 `json:"rec_ttl_s"`
+		Username    *string `json:"username"`
+		PasswordEnv *string `json:"password_env"`
+		TLS         *struct {
+			CAFile   *string `json:"ca_file"`
+			CertFile *string `json:"cert_file"`
+			KeyFile  *string `json:"key_file"`
+		} `json:"tls"`
 	} `json:"redis"`
 	TLS *struct {
 		CertFile     string  `json:"cert_file"`
@@ -61,6 +68,7 @@ type Contract struct {
 	ServiceName         string  `json:"service_name"`
 	IDPattern           string  `json:"id_pattern"`
 	UserIDRule          string  `json:"user_id_rule"`
+	UndecodableRule     string  `json:"undecodable_rule"`
 	MaxFilterCategories int     `json:"max_filter_categories"`
 	MaxExcludedItems    int     `json:"max_excluded_items"`
 	MaxBatch            int     `json:"max_batch"`

@@ -6,10 +6,13 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -137,8 +140,15 @@ const multiplex = 0
 // newStore connects lazily: lookupd starts (and answers from its cache, health NOT_SERVING) when
 // Redis is down, and reconnects by itself when Redis is back.
 func newStore(spec *Spec) (*Store, error) {
+	username, password, tlsConfig, err := redisLogin(spec)
+	if err != nil {
+		return nil, err
+	}
 	rdb, err := rueidis.NewClient(rueidis.ClientOption{
 		InitAddress:       []string{net.JoinHostPort(spec.Redis.Host, strconv.Itoa(spec.Redis.Port))},
+		Username:          username,
+		Password:          password,
+		TLSConfig:         tlsConfig,
 		ForceSingleClient: true, // one Redis; and NewClient must not fail when Redis is down at start
 		// users' lists cached in process with CLIENT TRACKING (RESP3): Redis pushes an invalidation
 		// on the same connection as soon as a list is rewritten; a lost connection drops the cache
@@ -163,6 +173,43 @@ func newStore(spec *Spec) (*Store, error) {
 		breaker: &Breaker{failures: spec.Breaker.Failures, reset: seconds(spec.Breaker.ResetS)}}
 	s.popular.Store(&popularCache{})
 	return s, nil
+}
+
+// redisLogin is [redis]'s login and TLS, as contract.config.RedisConfig gives them to redis-py:
+// the password from the variable password_env names, never from the file.
+func redisLogin(spec *Spec) (username, password string, conf *tls.Config, err error) {
+	r := spec.Redis
+	if r.Username != nil {
+		username = *r.Username
+	}
+	if r.PasswordEnv != nil {
+		if password = os.Getenv(*r.PasswordEnv); password == "" {
+			return "", "", nil, fmt.Errorf("redis.password_env names %s, which is not set in this process's "+
+				"environment; export %s=<the Redis password> or unset redis.password_env", *r.PasswordEnv, *r.PasswordEnv)
+		}
+	}
+	if r.TLS == nil {
+		return username, password, nil, nil
+	}
+	conf = &tls.Config{ServerName: r.Host, MinVersion: tls.VersionTLS12}
+	if r.TLS.CAFile != nil {
+		pem, err := os.ReadFile(*r.TLS.CAFile)
+		if err != nil {
+			return "", "", nil, fmt.Errorf("redis.tls.ca_file: %w", err)
+		}
+		conf.RootCAs = x509.NewCertPool()
+		if !conf.RootCAs.AppendCertsFromPEM(pem) {
+			return "", "", nil, fmt.Errorf("redis.tls.ca_file %s holds no PEM certificate", *r.TLS.CAFile)
+		}
+	}
+	if r.TLS.CertFile != nil && r.TLS.KeyFile != nil {
+		pair, err := tls.LoadX509KeyPair(*r.TLS.CertFile, *r.TLS.KeyFile)
+		if err != nil {
+			return "", "", nil, fmt.Errorf("redis.tls.cert_file/key_file: %w", err)
+		}
+		conf.Certificates = []tls.Certificate{pair}
+	}
+	return username, password, conf, nil
 }
 
 func (s *Store) budget(ctx context.Context) time.Duration {

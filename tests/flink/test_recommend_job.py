@@ -173,3 +173,19 @@ def test_jvm_stages_plan_has_the_same_shape_without_python():
     for name in PYTHON_FUNCTIONS:
         assert f"{name}(" in jvm_only  # the stand-in, under the same name, in the same places
     assert jvm_only.count("LISTAGG") == with_python.count("LISTAGG") > 0
+
+
+def test_the_job_writes_to_a_redis_that_wants_tls_and_a_login(secure_redis, model_dir, tmp_path):
+    """Its Python workers log in as the job's ACL user over TLS with a client certificate, the
+    password from the environment they inherit (as TaskManagers do); the config names the variable."""
+    secure_redis.admin.flushdb()
+    sim, (first, _) = traffic(3)
+    cfg = job_config(secure_redis.port, model_dir,
+                     redis=secure_redis.section("streamrank-job", "SR_TEST_JOB_PASSWORD"))
+    assert "secret" not in cfg.model_dump_json()
+    run_job(cfg, first, sim.items, tmp_path / "run")
+    r = secure_redis.admin
+    ledger = {k.decode(): int(v) for k, v in r.hgetall(keys.LEDGER).items()}
+    assert sum(ledger.values()) == len(first) and ledger["used"] > 0
+    users = list(r.scan_iter(keys.rec_key("*")))
+    assert users and keys.RecList.decode(r.get(users[0])).items

@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from contract import keys
-from contract.config import load_config
+from contract.config import RedisConfig, load_config
 from contract.serving_config import load_serving_config
 from serving.launch import start_server
 from serving.resp import PipelinedRedis, RedisReplyError
@@ -45,7 +45,7 @@ def service(redis_db, request):
     seed(r)
     cfg = load_serving_config(None, {"redis.port": port, "max_k": 10, "default_k": 4, **VARIANTS[request.param]})
     with start_server(cfg) as server, grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        yield pb_grpc.RecommendationsStub(channel), r
+        yield pb_grpc.RecommendationsStub(channel), r, channel
 
 
 def req(user="u1", k=0, placement="", **filters):
@@ -53,7 +53,7 @@ def req(user="u1", k=0, placement="", **filters):
 
 
 def test_list_default_k_max_k_and_age(service):
-    stub, _ = service
+    stub, *_ = service
     resp = stub.GetRecommendations(req(), timeout=5)
     assert [i.item_id for i in resp.items] == ["i0", "i1", "i2", "i3"] and resp.model_version == "v0007"
     assert resp.feature_ts_ms == T0 and resp.list_age_ms >= 60_000 and not resp.fallback
@@ -61,7 +61,7 @@ def test_list_default_k_max_k_and_age(service):
 
 
 def test_filters(service):
-    stub, _ = service
+    stub, *_ = service
     resp = stub.GetRecommendations(req(k=10, include_categories=["c1"], exclude_items=["i1"]), timeout=5)
     assert [i.item_id for i in resp.items] == ["i4", "i7", "i10", "i13", "i16", "i19"]
     assert all(i.category == "c1" for i in resp.items)
@@ -71,7 +71,7 @@ def test_filters(service):
 
 
 def test_batch_answers_in_order(service):
-    stub, _ = service
+    stub, *_ = service
     batch = pb.BatchGetRecommendationsRequest(requests=[
         req(placement="hero", k=1), req(user="cold", k=2), req(placement="rail", k=3, exclude_categories=["c0"])])
     out = stub.BatchGetRecommendations(batch, timeout=5).responses
@@ -80,7 +80,7 @@ def test_batch_answers_in_order(service):
 
 
 def test_user_features(service):
-    stub, _ = service
+    stub, *_ = service
     f = stub.GetUserFeatures(pb.GetUserFeaturesRequest(user_id="u1"), timeout=5)
     assert f.found and f.features["views_1h"] == 3 and list(f.top_categories) == ["c1"]
     assert f.window_end_ms == T0 + 2000 and f.feature_ts_ms == T0 + 2
@@ -95,14 +95,39 @@ def test_user_features(service):
     (req(include_categories=[f"c{n}" for n in range(101)]), "at most 100"),
 ])
 def test_invalid_requests(service, bad, says):
-    stub, _ = service
+    stub, *_ = service
     with pytest.raises(grpc.RpcError) as err:
         stub.GetRecommendations(bad, timeout=5)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and says in err.value.details()
 
 
+def _field(number: int, data: bytes) -> bytes:
+    """One length-delimited protobuf field, written by hand: protobuf refuses to encode text that
+    is not UTF-8, which a client in another language may still send."""
+    return bytes([number << 3 | 2, len(data)]) + data
+
+
+@pytest.mark.parametrize("method, body", [
+    ("GetRecommendations", _field(1, b"u\xff1")),
+    ("GetRecommendations", _field(1, b"u1") + _field(4, b"home\xc3")),
+    ("GetRecommendations", _field(1, b"u1") + _field(3, _field(3, b"\xfe"))),
+    ("GetRecommendations", b"\x0a\x05a"),  # truncated
+    ("BatchGetRecommendations", _field(1, _field(1, b"u1")) + _field(1, _field(1, b"\x80"))),
+    ("GetUserFeatures", _field(1, b"\xc0\xaf")),
+])
+def test_undecodable_requests_are_invalid_arguments(service, method, body):
+    """Text that is not UTF-8, or bytes that are not the message: INVALID_ARGUMENT, not INTERNAL,
+    which reads as the server's fault and which client libraries retry."""
+    _, _, channel = service
+    call = channel.unary_unary(f"/streamrank.v1.Recommendations/{method}")  # bytes in, bytes out
+    with pytest.raises(grpc.RpcError) as err:
+        call(body, timeout=5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith(f"the request is not a valid {method}Request: send a protobuf")
+
+
 def test_oversized_batch_is_invalid(service):
-    stub, _ = service
+    stub, *_ = service
     with pytest.raises(grpc.RpcError) as err:
         stub.BatchGetRecommendations(pb.BatchGetRecommendationsRequest(requests=[req()] * 101), timeout=5)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "at most 100 requests" in err.value.details()
@@ -113,7 +138,7 @@ def test_pipelined_redis_keeps_replies_in_order_and_reconnects(redis_db):
     r.mset({f"k{n}": f"v{n}" for n in range(500)})
 
     async def scenario():
-        client = PipelinedRedis("127.0.0.1", port, 1.0)
+        client = PipelinedRedis(RedisConfig(port=port), 1.0)
         got = await asyncio.gather(*(client.execute("GET", f"k{n}") for n in range(500)))
         assert got == [f"v{n}".encode() for n in range(500)]
         assert await client.execute("MGET", "k1", "missing") == [b"v1", None]

@@ -7,6 +7,7 @@ gateway answering what gRPC answers."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -513,3 +514,71 @@ def test_gateway_with_a_token_keeps_probes_and_metrics_open(redis_db, monkeypatc
                 assert http.request(method, path, json=body).status_code == 401, path
                 authorized = http.request(method, path, json=body, headers={"authorization": "Bearer s3cret"})
                 assert authorized.status_code == 200, path
+
+
+def test_one_abusive_client_does_not_degrade_another(redis_db, tmp_path):
+    """The outside probe, repeated: while one client sends every pattern that once hurt others
+    (1 ms deadlines on both methods, text that is not UTF-8, oversized batches, 5,000-alias and
+    twin-alias GraphQL queries, oversized, chunked, NaN and text/plain bodies), a second client
+    asking the Go engine and the gateway (each its own process) gets its personalized list every
+    time, and neither breaker opens."""
+    port, r = redis_db
+    seed(r)
+    grpc_port, gateway_port, metrics_port = free_port(), free_port(), free_port()
+    config = tmp_path / "serving.toml"
+    config.write_text(f'engine = "go"\nport = {grpc_port}\nmetrics_port = {metrics_port}\n'
+                      f'[redis]\nport = {port}\n[gateway]\nport = {gateway_port}\n')
+    cfg = load_serving_config(config)
+    gateway = subprocess.Popen([sys.executable, "-m", "cli", "gateway", "--config", str(config)], cwd=PROJECT_ROOT,
+                               env=child_env(), stdout=subprocess.DEVNULL, stderr=open(tmp_path / "gateway.log", "w"))
+    http_base, stop = f"http://127.0.0.1:{gateway_port}", threading.Event()
+    try:
+        with GoServer(cfg, metrics=True) as server, grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+            assert wait_until(lambda: port_open(gateway_port), 30), (tmp_path / "gateway.log").read_text()
+            stub = pb_grpc.RecommendationsStub(ch)
+            raw = ch.unary_unary("/streamrank.v1.Recommendations/GetRecommendations")
+            aliases = "{ " + " ".join(f'a{n}: recommendations(userId: "u{n}", k: 100) {{ userId }}' for n in range(5000)) + " }"
+            twins = '{ a: userFeatures(userId: "u1") { found } b: userFeatures(userId: "u2") { found } }'
+
+            def abuse(n: int) -> None:
+                with httpx.Client(base_url=http_base, timeout=30) as http:
+                    while not stop.is_set():
+                        for call in (
+                            lambda: stub.GetRecommendations(pb.GetRecommendationsRequest(user_id=f"x{n}"), timeout=0.001),
+                            lambda: stub.GetUserFeatures(pb.GetUserFeaturesRequest(user_id="u1"), timeout=0.001),
+                            lambda: raw(b"\x0a\x03u\xff1", timeout=5),
+                            lambda: stub.BatchGetRecommendations(pb.BatchGetRecommendationsRequest(
+                                requests=[pb.GetRecommendationsRequest(user_id="u1")] * 101), timeout=5),
+                        ):
+                            with contextlib.suppress(grpc.RpcError):
+                                call()
+                        http.post("/graphql", json={"query": aliases})
+                        http.post("/graphql", json={"query": twins})
+                        http.post("/v1/recommendations:batch", content=b'{"requests": [{"user_id": "' + b"x" * 2_000_000 + b'"}]}',
+                                  headers={"content-type": "application/json"})
+                        http.post("/v1/recommendations:batch", content=b'{"requests": [{"user_id": "u1", "k": NaN}]}',
+                                  headers={"content-type": "application/json"})
+                        http.post("/v1/recommendations:batch", content=b"y" * 60_000, headers={"content-type": "text/plain"})
+                        http.get("/v1/recommendations/" + "z" * 65, params={"k": 10**9})
+
+            with ThreadPoolExecutor(3) as pool:
+                abusers = [pool.submit(abuse, n) for n in range(3)]
+                answers = []
+                with httpx.Client(base_url=http_base, timeout=30) as http:
+                    for _ in range(40):
+                        got = stub.GetRecommendations(pb.GetRecommendationsRequest(user_id="u1", k=2), timeout=5)
+                        answers.append(("grpc", got.fallback_reason, [i.item_id for i in got.items]))
+                        body = http.get("/v1/recommendations/u1", params={"k": 2}).json()
+                        answers.append(("http", body["fallback_reason"], [i["item_id"] for i in body["items"]]))
+                        time.sleep(0.05)
+                    stop.set()
+                    for a in abusers:
+                        a.result()  # an abuser that raised means a call hung or a connection broke
+                    breakers = [httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text, http.get("/metrics/").text]
+            assert [a for a in answers if a[1:] != ("", ["i0", "i1"])] == []
+            for text in breakers:
+                assert re.search(r"^streamrank_serving_breaker_open 0(\.0)?$", text, re.M), text
+    finally:
+        stop.set()
+        gateway.terminate()
+        gateway.wait(20)

@@ -350,3 +350,24 @@ def test_config_check_of_a_binary_file_or_a_folder_says_so(tmp_path, serving):
         out = CliRunner().invoke(app, ["config", "check", *flag, str(path)])
         assert out.exit_code == 2 and says in out.stderr, out.output
         assert out.exception is None or isinstance(out.exception, SystemExit)  # a refusal, not a crash
+
+
+def test_redis_login_takes_the_password_from_the_environment_only(tmp_path, monkeypatch):
+    cfg = load_config(None, {"redis.username": "job", "redis.password_env": "SR_UNIT_PASSWORD"})
+    with pytest.raises(ConfigError, match="export SR_UNIT_PASSWORD=<the Redis password>"):
+        cfg.redis.client_kwargs()
+    monkeypatch.setenv("SR_UNIT_PASSWORD", "s3cret")
+    assert cfg.redis.client_kwargs() == {"host": "127.0.0.1", "port": 16379, "username": "job", "password": "s3cret"}
+    assert "s3cret" not in cfg.model_dump_json()  # the config (dumped into the job graph, the spec) holds the name only
+    with pytest.raises(ConfigError, match="redis.password_env"):
+        load_config(None, {"redis.password_env": "not a variable name"})
+
+
+def test_redis_tls_files_are_checked_before_start(tmp_path):
+    (tmp_path / "ca.pem").write_text("PEM")
+    with pytest.raises(ConfigError, match="ca_file = .* is not a readable file"):
+        load_config(None, {"redis.tls": {"ca_file": str(tmp_path / "missing.pem")}})
+    with pytest.raises(ConfigError, match="cert_file and key_file go together"):
+        load_serving_config(None, {"redis.tls": {"ca_file": str(tmp_path / "ca.pem"), "cert_file": str(tmp_path / "ca.pem")}})
+    kwargs = load_config(None, {"redis.tls": {"ca_file": str(tmp_path / "ca.pem")}}).redis.client_kwargs()
+    assert kwargs["ssl"] is True and kwargs["ssl_ca_certs"] == str(tmp_path / "ca.pem") and kwargs["ssl_check_hostname"]

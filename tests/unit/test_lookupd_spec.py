@@ -43,3 +43,15 @@ def test_lookupd_refuses_a_field_it_does_not_declare(where, tmp_path):
     assert out.returncode == 2
     assert 'unknown field "renamed_in_python"' in out.stderr
     assert "ServingConfig" in out.stderr
+
+
+def test_lookupd_reads_the_redis_login_and_tls_sections(tmp_path):
+    for name in ("ca.pem", "client.pem", "client.key"):
+        (tmp_path / name).write_text("PEM")
+    cfg = load_serving_config(None, {"redis": {"username": "lookup", "password_env": "SR_PASSWORD", "tls": {
+        "ca_file": str(tmp_path / "ca.pem"), "cert_file": str(tmp_path / "client.pem"),
+        "key_file": str(tmp_path / "client.key")}}})
+    spec = lookupd_spec(cfg, tmp_path / "port")
+    out = check(spec, tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == spec

@@ -64,7 +64,7 @@ type vectors struct {
 	} `json:"profiles"`
 }
 
-func loadVectors(t *testing.T) *vectors {
+func loadVectors(t testing.TB) *vectors {
 	raw, err := os.ReadFile("../../tests/vectors/lookup.json")
 	if err != nil {
 		t.Fatal(err)

@@ -54,7 +54,8 @@ def job_config(config: str, sets: list[str] | None, bounded: bool = False, prese
     """The job config with --set and --preset applied, or exit 2 naming each bad field."""
     with exit_on(ConfigError, code=2):
         cfg = load_config(config, parse_overrides(sets or [], bounded=bounded), preset)
-        cfg.redis.password()  # an unset password variable stops here, before anything connects
+        cfg.redis.password()  # an unset variable stops here, before anything connects or reads
+        cfg.privacy.keys()
         return cfg
 
 
@@ -62,6 +63,7 @@ def serving_config(config: str, port: int | None) -> ServingConfig:
     with exit_on(ConfigError, code=2):
         cfg = load_serving_config(config, {"port": port} if port is not None else None)
         cfg.redis.password()
+        cfg.privacy.keys()
         return cfg
 
 

@@ -83,6 +83,14 @@ class EventConfig(_Strict):
         return round(self.max_future_s * 1000)
 
 
+def check_pem_files(model: BaseModel, *names: str) -> None:
+    """Each of these fields, when set, names a readable file (TLS certificates and keys)."""
+    for name in names:
+        value = getattr(model, name)
+        if value is not None and not Path(value).is_file():
+            raise ValueError(f"{name} = {value!r} is not a readable file; give the PEM file's path")
+
+
 class RedisTlsConfig(_Strict):
     """TLS to Redis (redis-server's tls-port). The certificate Redis presents must name `host`."""
     ca_file: str | None = None
@@ -93,10 +101,7 @@ class RedisTlsConfig(_Strict):
     """PEM private key of cert_file."""
     @model_validator(mode="after")
     def _files(self) -> RedisTlsConfig:
-        for name in ("ca_file", "cert_file", "key_file"):
-            value = getattr(self, name)
-            if value is not None and not Path(value).is_file():
-                raise ValueError(f"{name} = {value!r} is not a readable file; give the PEM file's path")
+        check_pem_files(self, "ca_file", "cert_file", "key_file")
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("cert_file and key_file go together: give both (a client certificate) or neither")
         return self
@@ -147,6 +152,48 @@ class RedisConfig(_Strict):
         if self.tls.cert_file:
             context.load_cert_chain(self.tls.cert_file, self.tls.key_file)
         return context
+
+
+EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+MIN_PSEUDONYM_KEY_BYTES = 32
+
+
+class PrivacyConfig(_Strict):
+    """Pseudonymous user ids: the job replaces each user id with a keyed hash (HMAC-SHA256) as it
+    reads the record, so Redis, the DLQ and the late topic never hold a raw id; the lookups apply
+    the same function to the id they are given. Same section in the job and the serving config."""
+    pseudonymize: bool = False
+    """Replace user ids with contract.keys.pseudonym(id, key) at ingestion (and in lookups)."""
+    key_env: EnvName | None = None
+    """Name of the environment variable holding the key (at least 32 bytes, e.g. `openssl rand -hex 32`);
+    needed with pseudonymize, in every process that reads records or answers lookups (TaskManagers too)."""
+    previous_key_env: EnvName | None = None
+    """Serving config, while a key is rotated: the variable holding the key before key_env's. Lookups
+    try the current key's pseudonym, then this one's, so lists written under either answer."""
+    @model_validator(mode="after")
+    def _key_named(self) -> PrivacyConfig:
+        if self.pseudonymize and not self.key_env:
+            raise ValueError("pseudonymize = true needs key_env: the name of the environment variable that holds "
+                             "the key (e.g. key_env = \"STREAMRANK_PSEUDONYM_KEY\")")
+        return self
+
+    def keys(self) -> list[bytes]:
+        """The keys from the environment, current first (empty when pseudonymize is off);
+        ConfigError if a named variable is unset or its key is shorter than 32 bytes."""
+        if not self.pseudonymize:
+            return []
+        out = []
+        for field_name in ("key_env", "previous_key_env"):
+            name = getattr(self, field_name)
+            if name is None:
+                continue
+            value = os.environ.get(name, "").encode()
+            if len(value) < MIN_PSEUDONYM_KEY_BYTES:
+                raise ConfigError(f"privacy.{field_name} names {name}, which is {'not set' if not value else 'shorter than 32 bytes'} "
+                                  f"in this process's environment; export {name}=$(openssl rand -hex 32) (the same key "
+                                  "everywhere: job, TaskManagers, lookups) or set privacy.pseudonymize = false")
+            out.append(value)
+        return out
 
 
 PositiveSeconds = Annotated[float, Field(gt=0)]
@@ -336,6 +383,7 @@ class JobConfig(_Strict):
     training: TrainingConfig = TrainingConfig()
     flink: FlinkConfig = FlinkConfig()
     faults: FaultConfig = FaultConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
 
     @model_validator(mode="after")
     def _micro_batch_fits(self) -> JobConfig:

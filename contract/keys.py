@@ -24,6 +24,8 @@ recovery never moves a key backwards. The scripts are contract/lua/*.lua, loaded
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import math
 import sys
@@ -66,6 +68,16 @@ def read_ledger(r) -> dict[str, int]:
     """The ledger hash from a Redis client, with 0 for a count nothing has incremented yet."""
     raw = r.hgetall(LEDGER)
     return {f: int(raw.get(f.encode(), 0)) for f in LEDGER_FIELDS}
+
+
+# A pseudonymous user id (privacy.pseudonymize): "p:" and the first 32 hex digits (128 bits) of
+# HMAC-SHA256(key, the user id's UTF-8 bytes). The same function in the job's JVM
+# (io.streamrank.udf.Pseudonym), lookupd and here; tests/vectors/pseudonym.json holds them to it.
+PSEUDONYM_PREFIX = "p:"
+
+
+def pseudonym(user_id: str, key: bytes) -> str:
+    return PSEUDONYM_PREFIX + hmac.new(key, user_id.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()[:32]
 
 
 def rec_key(user_id: str) -> str:

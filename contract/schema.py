@@ -313,8 +313,12 @@ EVENT_TIME_FUNCTION = ("CREATE TEMPORARY FUNCTION IF NOT EXISTS event_time_ms AS
 # epoch_ms(TIMESTAMP_LTZ(3)): epoch milliseconds, exactly (Flink SQL has no built-in for it)
 EPOCH_MS_FUNCTION = ("CREATE TEMPORARY FUNCTION IF NOT EXISTS epoch_ms AS "
                      "'io.streamrank.udf.EpochMillis' LANGUAGE JAVA")
+# pseudonym(user_id, key_env) and redact_user(record, key_env): privacy.pseudonymize's id and
+# rejected-record text, the key from the environment variable key_env names (contract.keys.pseudonym)
+PSEUDONYM_FUNCTIONS = ("CREATE TEMPORARY FUNCTION IF NOT EXISTS pseudonym AS 'io.streamrank.udf.Pseudonym' LANGUAGE JAVA",
+                       "CREATE TEMPORARY FUNCTION IF NOT EXISTS redact_user AS 'io.streamrank.udf.RedactUser' LANGUAGE JAVA")
 # the JVM functions (jobs/java) the job's SQL calls, registered before it is planned
-JVM_FUNCTIONS = (PARSE_FUNCTION, EVENT_TIME_FUNCTION, EPOCH_MS_FUNCTION)
+JVM_FUNCTIONS = (PARSE_FUNCTION, EVENT_TIME_FUNCTION, EPOCH_MS_FUNCTION, *PSEUDONYM_FUNCTIONS)
 # The Kafka record's timestamp in epoch ms: the ingest time of the "ts in the future" rule, as
 # `validate(raw, ingest_ts_ms)` takes it in Python
 KAFKA_TS_MS_SQL = "epoch_ms(kafka_ts)"

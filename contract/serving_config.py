@@ -8,7 +8,8 @@ from typing import Literal
 
 from pydantic import Field, ValidationError, model_validator
 
-from contract.config import ConfigError, RedisConfig, _describe, _read_toml, _Strict, apply_overrides
+from contract.config import (ConfigError, PrivacyConfig, RedisConfig, _describe, _read_toml, _Strict, apply_overrides,
+                             check_pem_files)
 
 
 class TlsConfig(_Strict):
@@ -22,10 +23,7 @@ class TlsConfig(_Strict):
     """PEM CA that client certificates must be signed by (mutual TLS); unset: no client certificates."""
     @model_validator(mode="after")
     def _files_exist(self) -> TlsConfig:
-        for name in ("cert_file", "key_file", "client_ca_file"):
-            value = getattr(self, name)
-            if value is not None and not Path(value).is_file():
-                raise ValueError(f"{name} = {value!r} is not a readable file; give the PEM file's path")
+        check_pem_files(self, "cert_file", "key_file", "client_ca_file")
         return self
 
 
@@ -116,6 +114,7 @@ class ServingConfig(_Strict):
     log_format: Literal["json", "text"] = "json"
     """json: one JSON object per log line (for log shippers); text: for people."""
     gateway: GatewayConfig = GatewayConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
 
 
 def load_serving_config(path: str | Path | None, overrides: dict | None = None) -> ServingConfig:

@@ -254,11 +254,19 @@ CREATE TEMPORARY VIEW checked AS
 SELECT *, {reason} AS reason
 FROM ({parse_once_sql(stamped, (*read, 'is_late'))})""")
 
+    # privacy.pseudonymize: the user id becomes its pseudonym here, and rejected records' text has
+    # it replaced, so nothing downstream (Redis, DLQ, late topic) holds a raw id. The SQL names the
+    # key's environment variable, never the key.
+    user_sql, record_sql = "j_user_id", "CAST(payload AS STRING)"
+    if cfg.privacy.pseudonymize:
+        key_env = f"'{cfg.privacy.key_env}'"  # a variable name (EnvName): no quote to escape
+        user_sql, record_sql = f"pseudonym(j_user_id, {key_env})", f"redact_user({record_sql}, {key_env})"
+
     # events: valid, on-time interactions, each as its line for Python (consent travels on: Python
     # counts opt-outs)
     t_env.execute_sql(f"""
 CREATE TEMPORARY VIEW events AS
-SELECT j_user_id AS user_id, CAST(j_ts AS BIGINT) AS ts, {EVENT_LINE_SQL} AS line, event_time
+SELECT {user_sql} AS user_id, CAST(j_ts AS BIGINT) AS ts, {EVENT_LINE_SQL} AS line, event_time
 FROM checked
 WHERE reason IS NULL AND NOT is_late""")
 
@@ -268,12 +276,12 @@ WHERE reason IS NULL AND NOT is_late""")
 
     stmts = t_env.create_statement_set()
     # rejected records: DLQ (with reason) or late topic, each counted once in the ledger
-    stmts.add_insert_sql("""
+    stmts.add_insert_sql(f"""
 INSERT INTO dlq_sink
-SELECT CAST(payload AS STRING), reason, src_topic, src_partition, src_offset FROM checked WHERE reason IS NOT NULL""")
-    stmts.add_insert_sql("""
+SELECT {record_sql}, reason, src_topic, src_partition, src_offset FROM checked WHERE reason IS NOT NULL""")
+    stmts.add_insert_sql(f"""
 INSERT INTO late_sink
-SELECT CAST(payload AS STRING), 'late', src_topic, src_partition, src_offset FROM checked
+SELECT {record_sql}, 'late', src_topic, src_partition, src_offset FROM checked
 WHERE reason IS NULL AND is_late""")
     stmts.add_insert_sql("""
 INSERT INTO discard
@@ -318,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = load_config(args.config, parse_overrides(args.set, bounded=args.bounded), args.preset)
-        cfg.redis.password()  # an unset password variable stops here, not in the first window's write
+        cfg.redis.password()  # an unset variable stops here, not in the first window's write
+        cfg.privacy.keys()
     except ConfigError as e:
         print(e, file=sys.stderr)
         return 2

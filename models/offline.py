@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from contract.config import JobConfig
+from contract.keys import pseudonym
 from contract.schema import MIN_TS_MS, Interaction, InvalidEvent, validate
 from udfs.candidates import GLOBAL, Candidate, CandidatePool, TrendingBoards, gather_candidates
 from udfs.features import Event, Ledger, UserState, WindowDelta, apply_window, memory_items, shared_events
@@ -33,6 +34,7 @@ def read_history(path: str | Path, cfg: JobConfig | None = None) -> History:
     and `ts` is checked against cfg.events.min_ts_ms (a file has no ingest time, so no future bound)."""
     delay_ms = int(cfg.features.out_of_orderness_s * 1000) if cfg else None
     min_ts_ms = cfg.events.min_ts_ms if cfg else MIN_TS_MS
+    keys = cfg.privacy.keys() if cfg else []  # pseudonymous ids, as the job makes them
     out = History([])
     watermark: int | None = None
     with open(path, "rb") as f:
@@ -49,7 +51,7 @@ def read_history(path: str | Path, cfg: JobConfig | None = None) -> History:
                     out.late.append(n)
                     continue
                 watermark = max(watermark or ev.ts - delay_ms, ev.ts - delay_ms)
-            out.events.append(ev)
+            out.events.append(replace(ev, user_id=pseudonym(ev.user_id, keys[0])) if keys else ev)
     out.events.sort(key=lambda e: e.ts)
     return out
 

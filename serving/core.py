@@ -125,6 +125,7 @@ class LookupService:
         self.cfg = cfg
         self.redis = PipelinedRedis(cfg.redis, cfg.redis_timeout_s)
         self.breaker = Breaker(cfg.breaker.failures, cfg.breaker.reset_s)
+        self.pseudonym_keys = cfg.privacy.keys()  # current first; an unset key variable stops the start
         self.popular = PopularCache([], 0.0)
         self._refresher: asyncio.Task | None = None
 
@@ -207,7 +208,7 @@ class LookupService:
         users = list(dict.fromkeys(r.user_id for r in requests))
         unavailable = ""
         try:
-            raws = dict(zip(users, await self._read([keys.rec_key(u) for u in users], remaining_s)))
+            raws = await self._read_first(users, keys.rec_key, remaining_s)
         except StoreUnavailable as err:
             log.debug("answering from the popular cache: %s", err)
             raws, unavailable = {}, "store_unavailable"
@@ -221,8 +222,20 @@ class LookupService:
 
     async def user_features(self, user_id: str, remaining_s: float | None = None) -> lookup.UserFeatures:
         lookup.check_user(user_id)
-        (raw,) = await self._read([keys.profile_key(user_id)], remaining_s)
-        return lookup.user_features(user_id, raw)
+        raws = await self._read_first([user_id], keys.profile_key, remaining_s)
+        return lookup.user_features(user_id, raws[user_id])
+
+    def stored_ids(self, user_id: str) -> list[str]:
+        """The ids the job stores this user under, in order of preference: with privacy.pseudonymize,
+        the pseudonyms under the current and the previous key (a rotation); else the id itself."""
+        return [keys.pseudonym(user_id, k) for k in self.pseudonym_keys] or [user_id]
+
+    async def _read_first(self, users: list[str], key_of, remaining_s: float | None) -> dict[str, bytes | None]:
+        """Each user's value under the first of their stored ids that has one, in one MGET."""
+        stored = {u: self.stored_ids(u) for u in users}
+        flat = [s for u in users for s in stored[u]]
+        got = dict(zip(flat, await self._read([key_of(s) for s in flat], remaining_s)))
+        return {u: next((got[s] for s in stored[u] if got[s] is not None), None) for u in users}
 
 
 def status_of(exc: BaseException | None) -> str:

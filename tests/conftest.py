@@ -5,6 +5,7 @@ tests/cluster (a standalone Flink cluster), tests/install (each role's extra in 
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -29,6 +30,11 @@ TIERS = ("unit", "redis", "flink", "integration", "cluster", "install")
 REDIS_PASSWORDS = {"SR_TEST_JOB_PASSWORD": "job-secret-2", "SR_TEST_LOOKUP_PASSWORD": "lookup-secret-3"}
 REDIS_ADMIN_PASSWORD = "admin-secret-1"
 os.environ.update(REDIS_PASSWORDS)
+# privacy.pseudonymize's key (tests/vectors/pseudonym.json's) and a second one for key rotations,
+# set early for the same reason
+PSEUDONYM_KEY = json.loads((Path(__file__).parent / "vectors" / "pseudonym.json").read_text())["key"]
+PSEUDONYM_KEYS = {"SR_TEST_PSEUDONYM_KEY": PSEUDONYM_KEY, "SR_TEST_PSEUDONYM_KEY_NEW": PSEUDONYM_KEY + "-new"}
+os.environ.update(PSEUDONYM_KEYS)
 
 
 def pytest_collection_modifyitems(items):

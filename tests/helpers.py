@@ -46,13 +46,13 @@ def job_args(bootstrap: str, redis_port: int, model: Path, topic_prefix: str, gr
     return [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
 
 
-def start_job_embedded(args: list[str], log_path: Path) -> subprocess.Popen:
+def start_job_embedded(args: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     """`streamrank run` in the background (args say how it is bounded); Flink's own log goes to
-    log_path's folder (flink-*.log)."""
+    log_path's folder (flink-*.log). env: more variables for it (a key, a password)."""
     cmd = [sys.executable, "-m", "cli", "run", *args]
     with open(log_path, "wb") as log:
         return subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                env=child_env(FLINK_LOG_DIR=str(log_path.parent)))
+                                env=child_env(FLINK_LOG_DIR=str(log_path.parent), **(env or {})))
 
 
 def wait_job(job: subprocess.Popen, log_path: Path, timeout_s: float = 300) -> None:
@@ -102,9 +102,9 @@ def scrape_until_ledger(url: str, want: dict[str, int], want_control: dict[str, 
     return got, text
 
 
-def run_job_embedded(args: list[str], log_path: Path, timeout_s: float = 300) -> None:
+def run_job_embedded(args: list[str], log_path: Path, timeout_s: float = 300, env: dict[str, str] | None = None) -> None:
     """`streamrank run --bounded`, to the end."""
-    wait_job(start_job_embedded(["--bounded", *args], log_path), log_path, timeout_s)
+    wait_job(start_job_embedded(["--bounded", *args], log_path, env), log_path, timeout_s)
 
 
 def read_topic(bootstrap: str, topic: str, idle_ms: int = 5000, committed: bool = False) -> list[bytes]:

@@ -141,6 +141,10 @@ func run(spec *Spec) error {
 	if err != nil {
 		return err
 	}
+	pseudonyms, err := newPseudonyms(spec)
+	if err != nil {
+		return err
+	}
 	opts, mode, err := serverOptions(spec, expected)
 	if err != nil {
 		return err
@@ -153,7 +157,7 @@ func run(spec *Spec) error {
 	go store.refreshLoop(ctx)
 
 	server := grpc.NewServer(opts...)
-	pb.RegisterRecommendationsServer(server, &Service{rules: rules, store: store})
+	pb.RegisterRecommendationsServer(server, &Service{rules: rules, store: store, pseudonyms: pseudonyms})
 	healthServer := health.NewServer()
 	healthpb.RegisterHealthServer(server, healthServer)
 	if spec.Reflection {

@@ -48,8 +48,9 @@ var (
 // Service implements streamrank.v1.Recommendations.
 type Service struct {
 	pb.UnimplementedRecommendationsServer
-	rules *Rules
-	store *Store
+	rules      *Rules
+	store      *Store
+	pseudonyms *Pseudonyms
 }
 
 // statusOf is the one mapping from failures to status codes.
@@ -82,16 +83,16 @@ func (s *Service) recommend(ctx context.Context, qs []*pb.GetRecommendationsRequ
 	if err := s.rules.CheckBatch(len(qs)); err != nil {
 		return nil, err
 	}
-	keys := make([]string, 0, len(checked)) // one per distinct user
-	index := make(map[string]int, len(checked))
+	users := make([]string, 0, len(checked)) // distinct
+	seen := make(map[string]bool, len(checked))
 	for _, q := range checked {
-		if _, seen := index[q.UserID]; !seen {
-			index[q.UserID] = len(keys)
-			keys = append(keys, s.rules.c.RecPrefix+q.UserID)
+		if !seen[q.UserID] {
+			seen[q.UserID] = true
+			users = append(users, q.UserID)
 		}
 	}
 	unavailable := ""
-	values, err := s.store.Read(ctx, keys)
+	values, err := s.readFirst(ctx, users, s.rules.c.RecPrefix)
 	if err != nil {
 		slog.Debug("answering from the popular cache", "why", err.Error())
 		unavailable = "store_unavailable"
@@ -100,11 +101,7 @@ func (s *Service) recommend(ctx context.Context, qs []*pb.GetRecommendationsRequ
 	popular := s.store.Popular()
 	out := make([]*pb.GetRecommendationsResponse, len(checked))
 	for n := range checked {
-		var raw *string
-		if values != nil {
-			raw = values[index[checked[n].UserID]]
-		}
-		if out[n], err = Answer(&checked[n], raw, popular, now, unavailable); err != nil {
+		if out[n], err = Answer(&checked[n], values[checked[n].UserID], popular, now, unavailable); err != nil {
 			return nil, err
 		}
 		if out[n].Fallback {
@@ -136,12 +133,42 @@ func (s *Service) GetUserFeatures(ctx context.Context, q *pb.GetUserFeaturesRequ
 	if err := s.rules.CheckUser(q.GetUserId()); err != nil {
 		return nil, statusOf(err)
 	}
-	values, err := s.store.Read(ctx, []string{s.rules.c.ProfilePrefix + q.GetUserId()})
+	values, err := s.readFirst(ctx, []string{q.GetUserId()}, s.rules.c.ProfilePrefix)
 	if err != nil {
 		return nil, statusOf(err)
 	}
-	out, err := Features(q.GetUserId(), values[0])
+	out, err := Features(q.GetUserId(), values[q.GetUserId()])
 	return out, statusOf(err)
+}
+
+// readFirst reads, in one round trip, each user's value under the first of their stored ids that
+// has one (with pseudonymization, the pseudonyms under the current and the previous key); a user
+// with none maps to nil, and so does every user when Redis cannot answer (err says why).
+func (s *Service) readFirst(ctx context.Context, users []string, prefix string) (map[string]*string, error) {
+	stored := make([][]string, len(users))
+	keys := make([]string, 0, len(users)*max(1, len(s.pseudonyms.keys)))
+	for n, u := range users {
+		stored[n] = s.pseudonyms.ids(u)
+		for _, id := range stored[n] {
+			keys = append(keys, prefix+id)
+		}
+	}
+	out := make(map[string]*string, len(users))
+	values, err := s.store.Read(ctx, keys)
+	if err != nil {
+		return out, err
+	}
+	at := 0
+	for n, u := range users {
+		for _, v := range values[at : at+len(stored[n])] {
+			if v != nil {
+				out[u] = v
+				break
+			}
+		}
+		at += len(stored[n])
+	}
+	return out, nil
 }
 
 // codeName is a status code as Python's grpc names it (INVALID_ARGUMENT, not InvalidArgument; and

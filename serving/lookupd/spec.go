@@ -58,6 +58,11 @@ type Spec struct {
 		Failures int     `json:"failures"`
 		ResetS   float64 `json:"reset_s"`
 	} `json:"breaker"`
+	Privacy struct {
+		Pseudonymize   bool    `json:"pseudonymize"`
+		KeyEnv         *string `json:"key_env"`
+		PreviousKeyEnv *string `json:"previous_key_env"`
+	} `json:"privacy"`
 	Contract Contract `json:"contract"`
 	// PortFile receives the bound gRPC port once the server listens (port 0 binds a free one).
 	PortFile string `json:"port_file"`

@@ -16,6 +16,8 @@ from contract.schema import (DLQ_REASONS, EVENT_LINE_SQL, InvalidEvent, JSON_FIE
                              KAFKA_TS_MS_SQL, MAX_FUTURE_MS, MIN_TS_MS, PARSE_COLUMNS, parse_json,
                              parse_once_sql, validate, validation_sql)
 from bench import fuzz
+from contract.keys import pseudonym
+from contract.paths import PROJECT_ROOT
 from jobs.runtime import job_jars
 from udfs.features import Event, parse_events
 
@@ -187,3 +189,37 @@ def test_generated_records_get_the_same_reason_from_python_and_the_job():
     report = fuzz.fuzz_validation(seconds=120, max_inputs=1500)
     assert report["inputs"] >= 500 and report["crashes"] == 0, report
     assert report["mismatches"] == 0, report.get("mismatch_examples")
+
+
+def test_the_jvm_pseudonym_and_redaction_follow_contract_keys():
+    """io.streamrank.udf.Pseudonym gives the shared vectors' pseudonyms (its key from the
+    environment variable the SQL names), and RedactUser leaves no raw user id in a rejected record:
+    a string, one cut short, a number, several; a record without a user_id field (which may hold
+    the id anywhere) is withheld, its coordinates still in the DLQ entry."""
+    vectors = json.loads((PROJECT_ROOT / "tests" / "vectors" / "pseudonym.json").read_text())
+    key = vectors["key"].encode()
+    t_env = batch_env()
+    cases = vectors["cases"]
+    t_env.create_temporary_view("ids", t_env.from_elements(
+        [(n, c["user_id"]) for n, c in enumerate(cases)], row_of(n=DataTypes.BIGINT(), user_id=DataTypes.STRING())))
+    with t_env.execute_sql("SELECT n, pseudonym(user_id, 'SR_TEST_PSEUDONYM_KEY') FROM ids").collect() as rows:
+        assert {r[0]: r[1] for r in rows} == {n: c["pseudonym"] for n, c in enumerate(cases)}
+    records = {
+        '{"event_id": "e1", "user_id": "alice-77", "ts": 5}': ["alice-77"],
+        '{"event_id": "e1", "user_id" :"bob.3': ["bob.3"],
+        '{"user_id": 12345678, "item_id": "i1"}': ["12345678"],
+        '{"user_id": "carol", "context": {"user_id": "carol"}}': ["carol", "carol"],
+        '{"event_id": "e1", "item_id": "i1"}': [],
+        'not json at all': [],
+    }
+    t_env.create_temporary_view("rejected", t_env.from_elements(
+        [(n, r) for n, r in enumerate(records)], row_of(n=DataTypes.BIGINT(), record=DataTypes.STRING())))
+    with t_env.execute_sql("SELECT n, redact_user(record, 'SR_TEST_PSEUDONYM_KEY') FROM rejected").collect() as rows:
+        redacted = {r[0]: r[1] for r in rows}
+    for n, (record, ids) in enumerate(records.items()):
+        got = redacted[n]
+        if not ids:
+            assert got.startswith("(withheld under privacy.pseudonymize") and "src_offset" in got
+        for raw in ids:
+            assert raw not in got and f'"{pseudonym(raw, key)}"' in got, (record, got)
+        assert not ids or got.count('"user_id"') == record.count('"user_id"')

@@ -22,7 +22,7 @@ commands = typer.Typer()
 
 @commands.command()
 def ledger(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None) -> None:
-    """Where every input record went: used / duplicate / opted_out / late / dlq, beside the input
+    """Where every input record went: used / duplicate / opted_out / quarantined / late / dlq, beside the input
     count, and a running embedded job's Flink metrics of the same counts."""
     cfg = job_config(config, set_)
     try:

@@ -39,7 +39,7 @@ COMMANDS: dict[str, tuple[str, str, str | None, str]] = {
     "run": ("cli.job", "commands", "run",
             "Run the recommend job on the embedded Flink MiniCluster (the default)."),
     "ledger": ("cli.job", "commands", "ledger",
-               "Where every input record went: used / duplicate / opted_out / late / dlq, beside the input count."),
+               "Where every input record went: used / duplicate / opted_out / quarantined / late / dlq, beside the input count."),
     "dlq": ("cli.job", "commands", "dlq",
             "What the job rejected: the DLQ (or late) topic read from its start, counted by reason."),
     "submit": ("cli.cluster", "commands", "submit",

@@ -36,6 +36,8 @@ class KafkaConfig(_Strict):
     """Invalid records go here: the raw record, the reason, topic/partition/offset."""
     late_topic: str = "interactions.late"
     """Events later than the watermark go here, as received."""
+    quarantine_topic: str = "interactions.quarantine"
+    """Records [quarantine] flags go here (as the DLQ: the record, the rule, topic/partition/offset)."""
     rejected_delivery: Literal["at-least-once", "exactly-once"] = "at-least-once"
     """How the DLQ and late topics are written. at-least-once: a record is there as soon as it is
     rejected; after a restart from a checkpoint a replayed one can be there twice, with the same
@@ -65,6 +67,30 @@ class KafkaConfig(_Strict):
             raise ValueError("kafka.bounded and kafka.stop_offsets both set: keep one (stop_offsets "
                              "stops at given offsets, bounded at the latest ones when the job starts)")
         return self
+
+
+class QuarantineConfig(_Strict):
+    """Records that are valid but not believable, flagged in-stream and kept out of the features
+    and the item statistics: they go to kafka.quarantine_topic (like the DLQ) and are counted in
+    the ledger as `quarantined`. The offline path flags the same records."""
+    max_events_per_minute: int | None = Field(None, ge=1)
+    """A user's interactions (not their requests) beyond this many within any minute of event time
+    (the record's own minute included) are quarantined: scripts and bots, far beyond a person (e.g.
+    600). Unset: off, and the job's plan has no per-user rate operator."""
+    price_factor: float | None = Field(None, gt=1)
+    """A purchase whose value is more than price_factor times, or less than 1/price_factor of, the
+    item's usual value (the geometric mean of its other purchase values within price_window_s
+    before it, same time included, so one wild value barely moves it) is quarantined, once there
+    are price_min_purchases of them. A value is a line total (quantity x price), so leave room for
+    bulk orders (e.g. 50). A purchase of value 0 is not judged. Unset: off (no per-item operator)."""
+    price_window_s: float = Field(7 * 86400.0, gt=0, lt=100 * 86400)
+    """How far back (s of event time) an item's purchases make its usual value."""
+    price_min_purchases: int = Field(5, ge=1)
+    """Other purchases of the item in the window before its usual value is trusted."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_events_per_minute is not None or self.price_factor is not None
 
 
 class EventConfig(_Strict):
@@ -384,6 +410,7 @@ class JobConfig(_Strict):
     flink: FlinkConfig = FlinkConfig()
     faults: FaultConfig = FaultConfig()
     privacy: PrivacyConfig = PrivacyConfig()
+    quarantine: QuarantineConfig = QuarantineConfig()
 
     @model_validator(mode="after")
     def _micro_batch_fits(self) -> JobConfig:

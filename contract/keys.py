@@ -46,7 +46,7 @@ ITEM_STATS_BOARDS = (TRENDING, TRENDING_LONG, TRENDING_CATS, TRENDING_CATS_LONG,
                      TRENDING_REBUYS)
 ALL_ITEMS = "__all__"  # the member of the count boards that sums every item
 LEDGER = "ledger"  # hash: used / duplicate / opted_out / dlq / late -> records counted
-LEDGER_FIELDS = ("used", "duplicate", "opted_out", "late", "dlq")  # also Flink metrics streamrank.<field>
+LEDGER_FIELDS = ("used", "duplicate", "opted_out", "quarantined", "late", "dlq")  # also Flink metrics streamrank.<field>
 ITEM_META = "item:meta"
 DRIFT = "drift:psi"
 CONTROL = "control"  # hash: control records applied, by action (erase, opt_out, opt_in)

@@ -297,8 +297,13 @@ CONSENT_SQL = ("CASE WHEN (t_consent = 'boolean' AND j_consent = 'false') OR "
 # A valid event as the line udfs.features.parse_events reads (Event.encode's fields), over
 # parse_once_sql's columns. ts and value are the record's own number texts (validation has checked
 # them; parse_events reads them with int() and float()), not numbers formatted back to text.
-EVENT_LINE_SQL = (f"CONCAT_WS('|', j_event_id, j_type, CASE WHEN {CONTROL_SQL} THEN '' ELSE j_item_id END, "
+EVENT_TAIL_SQL = (f"CONCAT_WS('|', j_type, CASE WHEN {CONTROL_SQL} THEN '' ELSE j_item_id END, "
                   f"{CATEGORY_SQL}, j_ts, COALESCE(j_value, '0'), {CONSENT_SQL})")
+EVENT_LINE_SQL = f"CONCAT_WS('|', j_event_id, {EVENT_TAIL_SQL})"
+# An interaction quarantined in-stream ([quarantine]: a user's rate beyond human) travels to the
+# fold with its type marked, "q:view": counted in the ledger as quarantined and remembered against
+# duplicates, but never folded into features or item statistics.
+QUARANTINED = "q:"
 
 # The JSON fields the job reads, in the order of ParseInteraction's result row (jobs/java;
 # tests/flink/test_validation_parity.py checks the two agree).

@@ -41,7 +41,7 @@ def _streamrank_counters(text: str, names: tuple[str, ...]) -> dict[str, int]:
 
 
 def ledger_counters(text: str) -> dict[str, int]:
-    """streamrank_{used,duplicate,opted_out,late,dlq}, as keys.read_ledger reads the ledger hash."""
+    """streamrank_{used,duplicate,opted_out,quarantined,late,dlq}, as keys.read_ledger reads the ledger hash."""
     return _streamrank_counters(text, LEDGER_FIELDS)
 
 

@@ -214,9 +214,10 @@ def stop_pid(pid: int, timeout_s: float = 20) -> None:
 
 
 def create_topics(bootstrap: str, partitions: int = 2, names: dict | None = None) -> None:
-    """Create the interactions, items (compacted), DLQ and late topics if missing."""
+    """Create the interactions, items (compacted), DLQ, late and quarantine topics if missing."""
     names = {"interactions": "interactions", "items": "items", "dlq": "interactions.dlq", **(names or {})}
     names.setdefault("late", names["interactions"] + ".late")
+    names.setdefault("quarantine", names["interactions"] + ".quarantine")
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     try:
         existing = set(admin.list_topics())
@@ -225,6 +226,7 @@ def create_topics(bootstrap: str, partitions: int = 2, names: dict | None = None
             NewTopic(names["items"], 1, 1, topic_configs={"cleanup.policy": "compact"}),
             NewTopic(names["dlq"], 1, 1),
             NewTopic(names["late"], 1, 1),
+            NewTopic(names["quarantine"], 1, 1),
         ]
         todo = [t for t in wanted if t.name not in existing]
         if todo:

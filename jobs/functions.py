@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 class RankUsers(ScalarFunction):
     """(user_id, window_end, event_list) -> events used; see udfs.ranking.BatchRanker.
-    Flink metrics streamrank.{used,duplicate,opted_out,late} count every record it is handed, and
+    Flink metrics streamrank.{used,duplicate,opted_out,quarantined,late} count every record it is handed, and
     streamrank.control.{erase,opt_out,opt_in} the users' requests it applies."""
 
     def __init__(self, cfg_json: str) -> None:
@@ -40,7 +40,7 @@ class RankUsers(ScalarFunction):
         # recovery tests only: a job without [faults] never constructs it
         self.faults = FaultInjector(cfg.faults) if cfg.faults.fail_after_windows else None
         group = function_context.get_metric_group().add_group("streamrank")
-        self.counters = {name: group.counter(name) for name in ("used", "duplicate", "opted_out", "late")}
+        self.counters = {name: group.counter(name) for name in ("used", "duplicate", "opted_out", "quarantined", "late")}
         control = group.add_group("control")
         self.counters.update({action: control.counter(action) for action in CONTROL_ACTIONS})
         # drift: PSI x 1000 per feature for the last closed window (Python gauges are integers)

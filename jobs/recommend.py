@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -20,8 +21,8 @@ from pyflink.table import EnvironmentSettings, StreamTableEnvironment
 from contract.config import ConfigError, JobConfig, KafkaConfig, PRESETS, load_config, parse_overrides
 from contract.keys import accounted, read_control, read_ledger
 from contract.paths import CACHE, PROJECT_ROOT
-from contract.schema import (EVENT_LINE_SQL, JVM_FUNCTIONS, KAFKA_TS_MS_SQL, MAX_FUTURE_MS, MIN_TS_MS,
-                             parse_once_sql, validation_sql)
+from contract.schema import (CONTROL_SQL, EVENT_LINE_SQL, EVENT_TAIL_SQL, JVM_FUNCTIONS, KAFKA_TS_MS_SQL, MAX_FUTURE_MS,
+                             MIN_TS_MS, QUARANTINED, parse_once_sql, validation_sql)
 from jobs.runtime import (PROMETHEUS_REPORTER_FACTORY, find_rest_endpoint, flink_home, job_jars,
                           link_flink_lib, prometheus_reporter_jars, python_executable, restore_options)
 from jobs.functions import register
@@ -223,9 +224,66 @@ EVENT_LIST_SQL = "LISTAGG(line, ';')"
 PYTHON_FUNCTIONS = ("rank_users", "store_item_meta", "count_rejected")
 
 
+def day_to_second(ms: int) -> str:
+    """An interval literal of ms milliseconds (SQL's SECOND alone holds at most 99 s)."""
+    days, rest = divmod(ms, 86_400_000)
+    return f"INTERVAL '{days} {rest // 3_600_000:02d}:{rest // 60_000 % 60:02d}:{rest // 1000 % 60:02d}.{rest % 1000:03d}' DAY TO SECOND"
+
+
+def quarantine_views(t_env, cfg: JobConfig, user_sql: str) -> None:
+    """[quarantine]'s rules over the valid, on-time records, on the JVM: `rated` (each record with
+    the rule that quarantines it, or NULL) and `events` (the fold's lines, a quarantined one's type
+    marked QUARANTINED, so the fold counts it and keeps it out of the features and statistics).
+    price: a purchase against the geometric mean of the item's other purchase values within
+    price_window_s (an OVER window by item, purchases of a positive value only); rate: each interaction against the count of its
+    user's interactions within the minute up to it (an OVER window by user). RANGE windows: every
+    record of the same event time is in. A user's requests are never counted nor quarantined."""
+    q = cfg.quarantine
+    t_env.execute_sql(f"""
+CREATE TEMPORARY VIEW valid_events AS
+SELECT {user_sql} AS user_id, CAST(j_ts AS BIGINT) AS ts, j_event_id AS event_id, {EVENT_TAIL_SQL} AS tail,
+  event_time, {CONTROL_SQL} AS control, COALESCE(t_type = 'string' AND j_type = 'purchase', FALSE) AS purchase,
+  j_item_id AS item_id, COALESCE(CAST(j_value AS DOUBLE), 0.0) AS amount, payload, src_topic, src_partition, src_offset
+FROM checked
+WHERE reason IS NULL AND NOT is_late""")
+    priced = "SELECT *, FALSE AS price_outlier FROM valid_events"
+    if q.price_factor is not None:
+        # in logs: the usual value is the geometric mean of the item's other purchase values, which
+        # one wild value barely moves (an arithmetic mean would let one 1,000x purchase make the
+        # next normal ones look 1/50 of usual)
+        window = int(round(q.price_window_s * 1000))
+        others, usual_ln = "(item_n - 1)", "((item_ln_sum - LN(amount)) / (item_n - 1))"
+        priced = f"""
+SELECT *, FALSE AS price_outlier FROM valid_events WHERE NOT purchase OR amount <= 0
+UNION ALL
+SELECT user_id, ts, event_id, tail, event_time, control, purchase, item_id, amount, payload, src_topic,
+  src_partition, src_offset,
+  {others} >= {q.price_min_purchases} AND ABS(LN(amount) - {usual_ln}) > {math.log(q.price_factor)!r} AS price_outlier
+FROM (
+  SELECT *, SUM(LN(amount)) OVER w AS item_ln_sum, COUNT(*) OVER w AS item_n
+  FROM valid_events WHERE purchase AND amount > 0
+  WINDOW w AS (PARTITION BY item_id ORDER BY event_time
+    RANGE BETWEEN {day_to_second(window)} PRECEDING AND CURRENT ROW))"""
+    rate = "FALSE"
+    if q.max_events_per_minute is not None:
+        rate = (f"(NOT control AND SUM(CASE WHEN control THEN 0 ELSE 1 END) OVER (PARTITION BY user_id ORDER BY "
+                f"event_time RANGE BETWEEN INTERVAL '1' MINUTE PRECEDING AND CURRENT ROW) > {q.max_events_per_minute})")
+    t_env.execute_sql(f"""
+CREATE TEMPORARY VIEW rated AS
+SELECT user_id, ts, event_id, tail, event_time, payload, src_topic, src_partition, src_offset,
+  CASE WHEN price_outlier THEN 'price' WHEN {rate} THEN 'rate' END AS rule
+FROM ({priced})""")
+    t_env.execute_sql(f"""
+CREATE TEMPORARY VIEW events AS
+SELECT user_id, ts, CONCAT(event_id, CASE WHEN rule IS NOT NULL THEN '|{QUARANTINED}' ELSE '|' END, tail) AS line,
+  event_time
+FROM rated""")
+
+
 def build(t_env, cfg: JobConfig, *, sources: bool = True, sinks: bool = True, python: bool = True):
     """Wire the job into a StatementSet. With sources/sinks False the caller has created
-    `interactions_src`, `items_src`, `dlq_sink` and `late_sink` itself (tests). With python False
+    `interactions_src`, `items_src`, `dlq_sink` and `late_sink` (and with [quarantine],
+    `quarantine_sink`) itself (tests). With python False
     the Python functions are replaced by io.streamrank.udf.Discard: the JVM stages alone, for
     bench.features (nothing reaches Redis)."""
     if sources:
@@ -234,6 +292,8 @@ def build(t_env, cfg: JobConfig, *, sources: bool = True, sinks: bool = True, py
     if sinks:
         t_env.execute_sql(kafka_dlq_ddl(cfg))
         t_env.execute_sql(kafka_dlq_ddl(cfg, "late_sink", cfg.kafka.late_topic))
+        if cfg.quarantine.enabled:
+            t_env.execute_sql(kafka_dlq_ddl(cfg, "quarantine_sink", cfg.kafka.quarantine_topic))
     if python:
         register(t_env, cfg)
     else:
@@ -264,11 +324,15 @@ FROM ({parse_once_sql(stamped, (*read, 'is_late'))})""")
 
     # events: valid, on-time interactions, each as its line for Python (consent travels on: Python
     # counts opt-outs)
-    t_env.execute_sql(f"""
+    quarantine = cfg.quarantine.enabled
+    if not quarantine:
+        t_env.execute_sql(f"""
 CREATE TEMPORARY VIEW events AS
 SELECT {user_sql} AS user_id, CAST(j_ts AS BIGINT) AS ts, {EVENT_LINE_SQL} AS line, event_time
 FROM checked
 WHERE reason IS NULL AND NOT is_late""")
+    else:
+        quarantine_views(t_env, cfg, user_sql)
 
     mb_ms = int(round(cfg.features.micro_batch_s * 1000))
     window = f"TABLE(TUMBLE(TABLE events, DESCRIPTOR(event_time), INTERVAL '{mb_ms / 1000:.3f}' SECOND))"
@@ -283,6 +347,10 @@ SELECT {record_sql}, reason, src_topic, src_partition, src_offset FROM checked W
 INSERT INTO late_sink
 SELECT {record_sql}, 'late', src_topic, src_partition, src_offset FROM checked
 WHERE reason IS NULL AND is_late""")
+    if quarantine:  # counted in the ledger by the fold, which sees the marked type
+        stmts.add_insert_sql(f"""
+INSERT INTO quarantine_sink
+SELECT {record_sql}, rule, src_topic, src_partition, src_offset FROM rated WHERE rule IS NOT NULL""")
     stmts.add_insert_sql("""
 INSERT INTO discard
 SELECT count_rejected(COALESCE(reason, 'late'), src_topic, src_partition, src_offset)

@@ -10,14 +10,17 @@ feat:{user} after W."""
 from __future__ import annotations
 
 import json
+import math
+from bisect import bisect_left, bisect_right
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
+from itertools import accumulate
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from contract.config import JobConfig
+from contract.config import JobConfig, QuarantineConfig
 from contract.keys import pseudonym
-from contract.schema import MIN_TS_MS, Interaction, InvalidEvent, validate
+from contract.schema import CONTROL_ACTIONS, MIN_TS_MS, QUARANTINED, Interaction, InvalidEvent, validate
 from udfs.candidates import GLOBAL, Candidate, CandidatePool, TrendingBoards, gather_candidates
 from udfs.features import Event, Ledger, UserState, WindowDelta, apply_window, memory_items, shared_events
 
@@ -52,7 +55,49 @@ def read_history(path: str | Path, cfg: JobConfig | None = None) -> History:
                     continue
                 watermark = max(watermark or ev.ts - delay_ms, ev.ts - delay_ms)
             out.events.append(replace(ev, user_id=pseudonym(ev.user_id, keys[0])) if keys else ev)
+    if cfg is not None and cfg.quarantine.enabled:
+        out.events = quarantine(out.events, cfg.quarantine)
     out.events.sort(key=lambda e: e.ts)
+    return out
+
+
+def quarantine(events: list[Interaction], q: QuarantineConfig) -> list[Interaction]:
+    """[quarantine]'s rules as the job's OVER windows apply them (jobs.recommend.quarantine_views),
+    the type of each quarantined interaction marked QUARANTINED. price: a purchase whose value is
+    beyond price_factor (either way) of the geometric mean of the item's other purchase values
+    (positive ones) with event times in [ts - price_window_s, ts], once there are
+    price_min_purchases of them; rate: an interaction whose
+    user has more than max_events_per_minute interactions in [ts - 60 s, ts]. Every record of the
+    same time is in; requests are neither counted nor marked. (The job's sums run in another order:
+    a value within rounding of the threshold may be judged apart.)"""
+    times: dict[str, list[int]] = defaultdict(list)
+    bought: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for e in events:
+        if e.type not in CONTROL_ACTIONS:
+            times[e.user_id].append(e.ts)
+        if e.type == "purchase" and e.value > 0:
+            bought[e.item_id].append((e.ts, math.log(e.value)))
+    for ts in times.values():
+        ts.sort()
+    sums = {}
+    for item, rows in bought.items():
+        rows.sort(key=lambda r: r[0])
+        sums[item] = ([t for t, _ in rows], [0.0, *accumulate(v for _, v in rows)])
+    window = q.price_window_s * 1000
+    out = []
+    for e in events:
+        rule = None
+        if q.price_factor is not None and e.type == "purchase" and e.value > 0:
+            ts, prefix = sums[e.item_id]
+            lo, hi = bisect_left(ts, e.ts - window), bisect_right(ts, e.ts)
+            others, ln = hi - lo - 1, math.log(e.value)
+            if others >= q.price_min_purchases and abs(ln - (prefix[hi] - prefix[lo] - ln) / others) > math.log(q.price_factor):
+                rule = "price"
+        if rule is None and q.max_events_per_minute is not None and e.type not in CONTROL_ACTIONS:
+            ts = times[e.user_id]
+            if bisect_right(ts, e.ts) - bisect_left(ts, e.ts - 60_000) > q.max_events_per_minute:
+                rule = "rate"
+        out.append(replace(e, type=QUARANTINED + e.type) if rule else e)
     return out
 
 

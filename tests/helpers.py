@@ -38,6 +38,7 @@ def job_args(bootstrap: str, redis_port: int, model: Path, topic_prefix: str, gr
         "kafka.items_topic": json.dumps(f"{topic_prefix}items"),
         "kafka.dlq_topic": json.dumps(f"{topic_prefix}interactions.dlq"),
         "kafka.late_topic": json.dumps(f"{topic_prefix}interactions.late"),
+        "kafka.quarantine_topic": json.dumps(f"{topic_prefix}interactions.quarantine"),
         "kafka.group_id": json.dumps(group),
         "redis.port": str(redis_port),
         "scoring.model_dir": json.dumps(str(model)),
@@ -128,6 +129,7 @@ def records_replay(records: list[bytes], cfg, path: Path):
 def replay_ledger(hist, replay) -> dict[str, int]:
     """The ledger the offline replay of a stream counts (records_replay's pair)."""
     return {"used": replay.ledger.used, "duplicate": replay.ledger.duplicate, "opted_out": replay.ledger.opted_out,
+            "quarantined": replay.ledger.quarantined,
             "late": len(hist.late), "dlq": len(hist.rejected)}
 
 
@@ -161,6 +163,7 @@ def assert_profiles_are_the_states(r, cfg) -> None:
 def prefixed_topics(bootstrap: str, prefix: str, partitions: int = 2) -> dict[str, str]:
     """Create interactions/items/dlq/late topics named with a test's prefix; returns the names."""
     names = {"interactions": f"{prefix}interactions", "items": f"{prefix}items",
-             "dlq": f"{prefix}interactions.dlq", "late": f"{prefix}interactions.late"}
+             "dlq": f"{prefix}interactions.dlq", "late": f"{prefix}interactions.late",
+             "quarantine": f"{prefix}interactions.quarantine"}
     create_topics(bootstrap, partitions, names)
     return names

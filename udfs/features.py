@@ -21,7 +21,7 @@ import orjson
 
 from contract import keys
 from contract.config import FeatureConfig
-from contract.schema import CONTROL_ACTIONS
+from contract.schema import CONTROL_ACTIONS, QUARANTINED
 
 NEVER_S = 3650 * 86400.0  # "since" features of a user who never did it (longer than any horizon kept)
 NO_INTERVAL = -1.0  # ui_purchase_interval_s / ui_repurchase_due of an item bought on fewer than two occasions
@@ -122,6 +122,7 @@ class Ledger:
     used: int = 0
     duplicate: int = 0
     opted_out: int = 0
+    quarantined: int = 0
     late: int = 0  # only after a restart: see apply_window
     # control records applied (not interactions: their own hash, keys.CONTROL)
     erase: int = 0
@@ -132,13 +133,15 @@ class Ledger:
         self.used += other.used
         self.duplicate += other.duplicate
         self.opted_out += other.opted_out
+        self.quarantined += other.quarantined
         self.late += other.late
         self.erase += other.erase
         self.opt_out += other.opt_out
         self.opt_in += other.opt_in
 
     def interactions(self) -> dict[str, int]:
-        return {"used": self.used, "duplicate": self.duplicate, "opted_out": self.opted_out, "late": self.late}
+        return {"used": self.used, "duplicate": self.duplicate, "opted_out": self.opted_out,
+                "quarantined": self.quarantined, "late": self.late}
 
     def controls(self) -> dict[str, int]:
         return {a: getattr(self, a) for a in CONTROL_ACTIONS}
@@ -301,6 +304,9 @@ def apply_window(state: UserState, d: WindowDelta, cfg: FeatureConfig,
             buckets.clear()
             slices = [(buckets.setdefault(key, {}), size) for key, _, size in boards_of(cfg)]
             continue
+        if etype.startswith(QUARANTINED):
+            ledger.quarantined += 1
+            continue
         if not consent or opted_out:
             ledger.opted_out += 1
             continue
@@ -375,14 +381,15 @@ _TIME_ORDER = attrgetter("ts", "event_id")
 
 def shared_events(events: list[Event], opted_out: bool) -> list[Event]:
     """The window's interactions that may feed statistics shared across users (item popularity):
-    not control records, and not while the user is opted out (opted_out: at the window's start)."""
-    if not opted_out and not any(e.type in CONTROL_ACTIONS for e in events):
+    not control records, not quarantined ones, and not while the user is opted out (opted_out: at
+    the window's start)."""
+    if not opted_out and not any(e.type in CONTROL_ACTIONS or e.type.startswith(QUARANTINED) for e in events):
         return events  # nearly every window
     out = []
     for e in sorted(events, key=_TIME_ORDER):
         if e.type in CONTROL_ACTIONS:
             opted_out = e.type == "opt_out" or (opted_out and e.type != "opt_in")
-        elif not opted_out:
+        elif not opted_out and not e.type.startswith(QUARANTINED):
             out.append(e)
     return out
 

@@ -51,7 +51,7 @@ def run_job(cfg, records, items, out_dir):
         DataTypes.ROW([DataTypes.FIELD("item_id", DataTypes.STRING()),
                        DataTypes.FIELD("category", DataTypes.STRING()),
                        DataTypes.FIELD("price", DataTypes.DOUBLE())])))
-    for table in ("dlq_sink", "late_sink"):
+    for table in ("dlq_sink", "late_sink", "quarantine_sink"):
         t_env.execute_sql(f"""CREATE TABLE {table} (record STRING, reason STRING, src_topic STRING,
             src_partition INT, src_offset BIGINT) WITH ('connector' = 'filesystem',
             'path' = '{out_dir / table}', 'format' = 'json')""")
@@ -189,3 +189,48 @@ def test_the_job_writes_to_a_redis_that_wants_tls_and_a_login(secure_redis, mode
     assert sum(ledger.values()) == len(first) and ledger["used"] > 0
     users = list(r.scan_iter(keys.rec_key("*")))
     assert users and keys.RecList.decode(r.get(users[0])).items
+
+
+def test_a_bot_and_odd_prices_are_quarantined_as_the_offline_path_quarantines_them(redis_db, model_dir, tmp_path):
+    """[quarantine]: a script sending hundreds of views a minute among real users (rate), and two
+    purchases of an item at 1,000 times and 1/200 of its usual value (price). Those records go to
+    the quarantine topic and the ledger's `quarantined`, not into features or item statistics;
+    everything equals the offline replay's."""
+    port, r = redis_db
+    sim, (first, _) = traffic(5)
+    records: list[bytes] = []
+    bot = n = 0
+    for value in first:
+        records.append(value)
+        try:
+            ev = json.loads(value)
+        except ValueError:
+            continue
+        if not (isinstance(ev, dict) and type(ev.get("ts")) is int):
+            continue
+        n += 1
+        same_time = {**ev, "type": "purchase", "item_id": "pricey", "category": "c1", "consent": True}
+        if bot < 400:  # the bot keeps the stream's pace
+            records.append(json.dumps({**ev, "event_id": f"bot-{bot}", "user_id": "bot1", "type": "view",
+                                       "consent": True}).encode())
+            bot += 1
+        if n % 60 == 0:  # an item's usual purchases, by several buyers
+            records.append(json.dumps({**same_time, "event_id": f"buy-{n}", "user_id": f"buyer{n}", "value": 10.0}).encode())
+        if n in (700, 701):
+            records.append(json.dumps({**same_time, "event_id": f"odd-{n}", "user_id": "buyer-odd",
+                                       "value": 10_000.0 if n == 700 else 0.05}).encode())
+    cfg = job_config(port, model_dir, quarantine__max_events_per_minute=100, quarantine__price_factor=50.0)
+    run_job(cfg, records, sim.items, tmp_path / "run")
+    hist, replay = offline(cfg, records, tmp_path, "h.jsonl")
+    quarantined = read_rows(tmp_path / "run" / "quarantine_sink")
+    assert replay.ledger.quarantined > 250 and len(quarantined) == replay.ledger.quarantined
+    by_rule = {(json.loads(q["record"])["user_id"], q["reason"]) for q in quarantined}
+    assert by_rule == {("bot1", "rate"), ("buyer-odd", "price")}
+    assert sum(q["reason"] == "price" for q in quarantined) == 2
+    ledger = {k.decode(): int(v) for k, v in r.hgetall(keys.LEDGER).items()}
+    assert ledger["quarantined"] == replay.ledger.quarantined and sum(ledger.values()) == len(records)
+    assert ledger == {k: v for k, v in {"used": replay.ledger.used, "duplicate": replay.ledger.duplicate,
+                                        "opted_out": replay.ledger.opted_out, "quarantined": replay.ledger.quarantined,
+                                        "dlq": len(hist.rejected)}.items() if v}
+    cutoff = max(s.window_end for s in replay.states.values())
+    assert_same_features(r, replay, cfg, cutoff)

@@ -1,7 +1,9 @@
-"""Pseudonymous ids on the real parts: a stream with malformed and late records through the job
-(Kafka, Flink MiniCluster, Redis) with privacy.pseudonymize on; then no raw user id anywhere in
-Redis or on the DLQ and late topics, the ledger and the features equal to the offline replay's
-(which pseudonymizes the same way), and both lookup engines answering callers by their raw ids."""
+"""Pseudonymous ids and quarantine on the real parts: a stream with malformed and late records and
+a bot through the job (Kafka, Flink MiniCluster, Redis) with privacy.pseudonymize on and
+[quarantine] set; then no raw user id anywhere in Redis or on the DLQ, late and quarantine topics,
+the bot's excess on the quarantine topic, the ledger and the features equal to the offline
+replay's (which pseudonymizes and quarantines the same way), and both lookup engines answering
+callers by their raw ids."""
 
 from __future__ import annotations
 
@@ -46,6 +48,16 @@ def private_run(kafka_broker, redis_server, model_dir, tmp_path_factory):
     start = int(time.time() * 1000) - 300_000
     records = [(key, value) for key, value, _ in sim.records(start, 20.0, 1500, malformed_fraction=0.03)]
     valid = [json.loads(v) for _, v in records if v.startswith(b'{"event_id":"')]  # malformed ones have spaces
+    # a bot among them: a view alongside each of the first valid records (about 600 in 30 s of event
+    # time), far beyond [quarantine]'s 300 a minute, which the busiest simulated users stay under
+    paced = []
+    for n, (key, value) in enumerate(records):
+        paced.append((key, value))
+        if n < 600 and value.startswith(b'{"event_id":"'):
+            ev = json.loads(value)
+            paced.append(("u99999", json.dumps({**ev, "event_id": f"bot-{n}", "user_id": "u99999", "type": "view"},
+                                               separators=(",", ":")).encode()))
+    records = paced
     # late: on-time events' copies, sent last, far behind the watermark
     for n, ev in enumerate(valid[:6]):
         records.append((ev["user_id"], json.dumps({**ev, "event_id": f"late-{n}", "ts": start + 500}).encode()))
@@ -55,23 +67,29 @@ def private_run(kafka_broker, redis_server, model_dir, tmp_path_factory):
     p.flush()
     log = tmp_path_factory.mktemp("job") / "job.log"
     args = job_args(kafka_broker, port, model_dir, prefix, "priv")
-    args += ["--set", "privacy.pseudonymize=true", "--set", 'privacy.key_env="SR_TEST_PSEUDONYM_KEY"']
+    args += ["--set", "privacy.pseudonymize=true", "--set", 'privacy.key_env="SR_TEST_PSEUDONYM_KEY"',
+             "--set", "quarantine.max_events_per_minute=300"]
     run_job_embedded(args, log, env=PSEUDONYM_KEYS)
     cfg = load_config(PROJECT_ROOT / "deploy" / "config" / "local.toml",
-                      {"redis.port": port, "scoring.model_dir": str(model_dir), **PRIVACY})
+                      {"redis.port": port, "scoring.model_dir": str(model_dir), **PRIVACY,
+                       "quarantine.max_events_per_minute": 300})
     hist, replay = records_replay([v for _, v in records], cfg, tmp_path_factory.mktemp("replay") / "h.jsonl")
     return r, port, [v for _, v in records], hist, replay, cfg, [ev["user_id"] for ev in valid[:6]]
 
 
 def test_no_raw_user_id_in_redis_or_downstream_topics(private_run, kafka_broker):
-    r, _, records, hist, *_ = private_run
+    r, _, records, hist, replay, *_ = private_run
     assert sum(bool(RAW_ID.search(v)) for v in records) > 1000  # the input has them
     assert hist.rejected and hist.late
     assert not RAW_ID.search(everything_in(r))
     dlq = read_topic(kafka_broker, "priv.interactions.dlq")
     late = read_topic(kafka_broker, "priv.interactions.late")
+    quarantine = read_topic(kafka_broker, "priv.interactions.quarantine")
     assert len(dlq) == len(hist.rejected) and len(late) == len(hist.late)  # nothing lost: each rejected record is there
-    for record in dlq + late:
+    assert len(quarantine) == replay.ledger.quarantined > 200  # the bot's excess, each once, as the ledger counts it
+    bot = pseudonym("u99999", PSEUDONYM_KEY.encode())
+    assert {json.loads(json.loads(q)["record"])["user_id"] for q in quarantine} == {bot}
+    for record in dlq + late + quarantine:
         assert not RAW_ID.search(record), record
     # a late record keeps everything but its user id, which is the id the job keys its state by
     late_users = [json.loads(json.loads(d)["record"])["user_id"] for d in late]

@@ -53,15 +53,20 @@ def ledger(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None) -> None:
 @commands.command()
 def dlq(
     late: Annotated[bool, typer.Option("--late", help="the late topic instead of the DLQ")] = False,
+    quarantine: Annotated[bool, typer.Option("--quarantine", help="the quarantine topic ([quarantine]'s records, by rule) "
+                                             "instead of the DLQ")] = False,
     samples: Annotated[int, typer.Option(min=0, help="records shown per reason")] = 3,
     config: ConfigOpt = DEFAULT_CONFIG,
     set_: SetOpt = None,
 ) -> None:
-    """What the job rejected: the DLQ (or late) topic read from its start, counted by reason, with
+    """What the job rejected: the DLQ (or late, or quarantine) topic read from its start, counted by reason, with
     the input offsets it covers, how many input records were written twice (at-least-once after a
     restart) and a few records per reason. Reads as a read_committed consumer. Last line: JSON."""
     cfg = job_config(config, set_)
-    topic = cfg.kafka.late_topic if late else cfg.kafka.dlq_topic
+    if late and quarantine:
+        typer.echo("--late and --quarantine name two topics; give one", err=True)
+        raise typer.Exit(2)
+    topic = cfg.kafka.late_topic if late else cfg.kafka.quarantine_topic if quarantine else cfg.kafka.dlq_topic
     unread: dict[str, list[int]] = {}
     try:
         report = summarize(read_rejected(cfg.kafka.bootstrap_servers, topic, progress=sys.stderr.isatty(),

@@ -223,9 +223,11 @@ def features(
     cfg = job_config(config, None)
     t = _parse_time(at)
     _, replay = replay_file(events, cfg, until_ms=t)
+    # with privacy.pseudonymize the replay holds pseudonyms: a raw --user is looked up as its pseudonym
+    stored = {u: keys.pseudonym(u, cfg.privacy.keys()[0]) if cfg.privacy.pseudonymize else u for u in user or []}
     wanted = user or sorted(u for u, s in replay.states.items() if s.feature_ts > 0)[:limit]
     for u in wanted:
-        s = replay.states.get(u)
+        s = replay.states.get(stored.get(u, u))
         if s is None or s.feature_ts == 0:
             typer.echo(json.dumps({"user_id": u, "features": None, "why": "no used events before the cut-off"}))
             continue

@@ -144,12 +144,23 @@ class RedisConfig(_Strict):
     rec_ttl_s: int = Field(7 * 86400, ge=0)
     """TTL of rec:{user}, feat:{user} and profile:{user} keys in seconds; 0 keeps them forever."""
     username: str | None = None
-    """ACL user to log in as (Redis 6+ ACL); unset: the `default` user, with password_env's password if set."""
+    """ACL user to log in as (Redis 6+ ACL), with password_env's password (needed with it); unset: the
+    `default` user, with password_env's password if set."""
     password_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     """Name of the environment variable holding the password (requirepass, or the ACL user's);
     unset: no password. The name, never the password itself."""
     tls: RedisTlsConfig | None = None
     """[redis.tls]: connect over TLS; absent: plaintext (loopback or a private network only)."""
+
+    @model_validator(mode="after")
+    def _user_has_password(self) -> RedisConfig:
+        # clients disagree on a user without a password (redis-py and rueidis send AUTH user "",
+        # a bare connection sends nothing and runs as `default`): refuse it rather than pick one
+        if self.username is not None and self.password_env is None:
+            raise ValueError(f"username = {self.username!r} needs password_env: the name of the environment variable "
+                             "that holds that ACL user's password (e.g. password_env = \"STREAMRANK_REDIS_PASSWORD\"); "
+                             "or remove username to log in as `default`")
+        return self
 
     def password(self) -> str | None:
         """The password from the environment; ConfigError if password_env names a variable that is not set."""
@@ -191,7 +202,7 @@ class PrivacyConfig(_Strict):
     pseudonymize: bool = False
     """Replace user ids with contract.keys.pseudonym(id, key) at ingestion (and in lookups)."""
     key_env: EnvName | None = None
-    """Name of the environment variable holding the key (at least 32 bytes, e.g. `openssl rand -hex 32`);
+    """Name of the environment variable holding the key (at least 32 ASCII bytes, e.g. `openssl rand -hex 32`);
     needed with pseudonymize, in every process that reads records or answers lookups (TaskManagers too)."""
     previous_key_env: EnvName | None = None
     """Serving config, while a key is rotated: the variable holding the key before key_env's. Lookups
@@ -213,7 +224,11 @@ class PrivacyConfig(_Strict):
             name = getattr(self, field_name)
             if name is None:
                 continue
-            value = os.environ.get(name, "").encode()
+            text = os.environ.get(name, "")
+            if not text.isascii():  # a JVM in the C locale would read other bytes than Python and Go
+                raise ConfigError(f"privacy.{field_name} names {name}, whose key is not ASCII; use a hex or base64 key "
+                                  f"(export {name}=$(openssl rand -hex 32))")
+            value = text.encode()
             if len(value) < MIN_PSEUDONYM_KEY_BYTES:
                 raise ConfigError(f"privacy.{field_name} names {name}, which is {'not set' if not value else 'shorter than 32 bytes'} "
                                   f"in this process's environment; export {name}=$(openssl rand -hex 32) (the same key "

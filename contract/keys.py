@@ -45,7 +45,7 @@ TRENDING_CATEGORY_PREFIX = "trending:cat:"
 ITEM_STATS_BOARDS = (TRENDING, TRENDING_LONG, TRENDING_CATS, TRENDING_CATS_LONG, TRENDING_VIEWS, TRENDING_BUYS,
                      TRENDING_REBUYS)
 ALL_ITEMS = "__all__"  # the member of the count boards that sums every item
-LEDGER = "ledger"  # hash: used / duplicate / opted_out / dlq / late -> records counted
+LEDGER = "ledger"  # hash: LEDGER_FIELDS -> records counted
 LEDGER_FIELDS = ("used", "duplicate", "opted_out", "quarantined", "late", "dlq")  # also Flink metrics streamrank.<field>
 ITEM_META = "item:meta"
 DRIFT = "drift:psi"

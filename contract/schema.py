@@ -300,7 +300,7 @@ CONSENT_SQL = ("CASE WHEN (t_consent = 'boolean' AND j_consent = 'false') OR "
 EVENT_TAIL_SQL = (f"CONCAT_WS('|', j_type, CASE WHEN {CONTROL_SQL} THEN '' ELSE j_item_id END, "
                   f"{CATEGORY_SQL}, j_ts, COALESCE(j_value, '0'), {CONSENT_SQL})")
 EVENT_LINE_SQL = f"CONCAT_WS('|', j_event_id, {EVENT_TAIL_SQL})"
-# An interaction quarantined in-stream ([quarantine]: a user's rate beyond human) travels to the
+# An interaction quarantined in-stream ([quarantine]: a rate beyond human, an odd price) travels to the
 # fold with its type marked, "q:view": counted in the ledger as quarantined and remembered against
 # duplicates, but never folded into features or item statistics.
 QUARANTINED = "q:"

@@ -230,25 +230,28 @@ def day_to_second(ms: int) -> str:
     return f"INTERVAL '{days} {rest // 3_600_000:02d}:{rest // 60_000 % 60:02d}:{rest // 1000 % 60:02d}.{rest % 1000:03d}' DAY TO SECOND"
 
 
-def quarantine_views(t_env, cfg: JobConfig, user_sql: str) -> None:
+def quarantine_views(t_env, cfg: JobConfig, user_sql: str, record_sql: str) -> None:
     """[quarantine]'s rules over the valid, on-time records, on the JVM: `rated` (each record with
     the rule that quarantines it, or NULL) and `events` (the fold's lines, a quarantined one's type
     marked QUARANTINED, so the fold counts it and keeps it out of the features and statistics).
     price: a purchase against the geometric mean of the item's other purchase values within
     price_window_s (an OVER window by item, purchases of a positive value only); rate: each interaction against the count of its
     user's interactions within the minute up to it (an OVER window by user). RANGE windows: every
-    record of the same event time is in. A user's requests are never counted nor quarantined."""
+    record of the same event time is in. A user's requests are never counted nor quarantined. The
+windows carry the record as the quarantine topic gets it (record_sql: redacted under
+privacy.pseudonymize), so no raw id sits in their state and checkpoints."""
     q = cfg.quarantine
     t_env.execute_sql(f"""
 CREATE TEMPORARY VIEW valid_events AS
 SELECT {user_sql} AS user_id, CAST(j_ts AS BIGINT) AS ts, j_event_id AS event_id, {EVENT_TAIL_SQL} AS tail,
   event_time, {CONTROL_SQL} AS control, COALESCE(t_type = 'string' AND j_type = 'purchase', FALSE) AS purchase,
-  j_item_id AS item_id, COALESCE(CAST(j_value AS DOUBLE), 0.0) AS amount, payload, src_topic, src_partition, src_offset
+  j_item_id AS item_id, COALESCE(CAST(j_value AS DOUBLE), 0.0) AS amount, {record_sql} AS record, src_topic,
+  src_partition, src_offset
 FROM checked
 WHERE reason IS NULL AND NOT is_late""")
     priced = "SELECT *, FALSE AS price_outlier FROM valid_events"
     if q.price_factor is not None:
-        # in logs: the usual value is the geometric mean of the item's other purchase values, which
+        # in log space: the usual value is the geometric mean of the item's other purchase values, which
         # one wild value barely moves (an arithmetic mean would let one 1,000x purchase make the
         # next normal ones look 1/50 of usual)
         window = int(round(q.price_window_s * 1000))
@@ -256,7 +259,7 @@ WHERE reason IS NULL AND NOT is_late""")
         priced = f"""
 SELECT *, FALSE AS price_outlier FROM valid_events WHERE NOT purchase OR amount <= 0
 UNION ALL
-SELECT user_id, ts, event_id, tail, event_time, control, purchase, item_id, amount, payload, src_topic,
+SELECT user_id, ts, event_id, tail, event_time, control, purchase, item_id, amount, record, src_topic,
   src_partition, src_offset,
   {others} >= {q.price_min_purchases} AND ABS(LN(amount) - {usual_ln}) > {math.log(q.price_factor)!r} AS price_outlier
 FROM (
@@ -270,7 +273,7 @@ FROM (
                 f"event_time RANGE BETWEEN INTERVAL '1' MINUTE PRECEDING AND CURRENT ROW) > {q.max_events_per_minute})")
     t_env.execute_sql(f"""
 CREATE TEMPORARY VIEW rated AS
-SELECT user_id, ts, event_id, tail, event_time, payload, src_topic, src_partition, src_offset,
+SELECT user_id, ts, event_id, tail, event_time, record, src_topic, src_partition, src_offset,
   CASE WHEN price_outlier THEN 'price' WHEN {rate} THEN 'rate' END AS rule
 FROM ({priced})""")
     t_env.execute_sql(f"""
@@ -332,7 +335,7 @@ SELECT {user_sql} AS user_id, CAST(j_ts AS BIGINT) AS ts, {EVENT_LINE_SQL} AS li
 FROM checked
 WHERE reason IS NULL AND NOT is_late""")
     else:
-        quarantine_views(t_env, cfg, user_sql)
+        quarantine_views(t_env, cfg, user_sql, record_sql)
 
     mb_ms = int(round(cfg.features.micro_batch_s * 1000))
     window = f"TABLE(TUMBLE(TABLE events, DESCRIPTOR(event_time), INTERVAL '{mb_ms / 1000:.3f}' SECOND))"
@@ -348,9 +351,9 @@ INSERT INTO late_sink
 SELECT {record_sql}, 'late', src_topic, src_partition, src_offset FROM checked
 WHERE reason IS NULL AND is_late""")
     if quarantine:  # counted in the ledger by the fold, which sees the marked type
-        stmts.add_insert_sql(f"""
+        stmts.add_insert_sql("""
 INSERT INTO quarantine_sink
-SELECT {record_sql}, rule, src_topic, src_partition, src_offset FROM rated WHERE rule IS NOT NULL""")
+SELECT record, rule, src_topic, src_partition, src_offset FROM rated WHERE rule IS NOT NULL""")
     stmts.add_insert_sql("""
 INSERT INTO discard
 SELECT count_rejected(COALESCE(reason, 'late'), src_topic, src_partition, src_offset)

@@ -29,8 +29,8 @@ import numpy as np
 import onnxruntime as ort
 
 from contract.paths import catalog_path
-from contract.schema import CONTROL_ACTIONS, Interaction
-from models.offline import read_history
+from contract.schema import Interaction
+from models.offline import in_features, read_history
 from models.training import MODEL_KINDS, build_training_set, fit_and_export
 from udfs.features import UserState, user_item_matrix
 from udfs.scorer import session_scores
@@ -66,6 +66,7 @@ class Baselines:
 
     @staticmethod
     def fit(train: list[Interaction], at_ms: int, trending_half_life_s: float = 86_400, pool: int = 200) -> Baselines:
+        train = [e for e in train if in_features(e)]
         counts = Counter(e.item_id for e in train)
         decay = math.log(2) / (trending_half_life_s * 1000)
         trend: dict[str, float] = defaultdict(float)
@@ -134,7 +135,7 @@ def auc(ranked: list[str], relevant: set[str]) -> float | None:
 def relevant_items(test: list[Interaction], users: set[str] | None = None) -> dict[str, set[str]]:
     out: dict[str, set[str]] = defaultdict(set)
     for e in test:
-        if e.type not in CONTROL_ACTIONS and (users is None or e.user_id in users):  # erase/opt-out hold no item
+        if in_features(e) and (users is None or e.user_id in users):
             out[e.user_id].add(e.item_id)
     return dict(out)
 

@@ -61,6 +61,12 @@ def read_history(path: str | Path, cfg: JobConfig | None = None) -> History:
     return out
 
 
+def in_features(e: Interaction) -> bool:
+    """Whether the job's features use this interaction: neither a user's request nor quarantined.
+    Baselines, labels and relevance count the same ones."""
+    return e.type not in CONTROL_ACTIONS and not e.type.startswith(QUARANTINED)
+
+
 def quarantine(events: list[Interaction], q: QuarantineConfig) -> list[Interaction]:
     """[quarantine]'s rules as the job's OVER windows apply them (jobs.recommend.quarantine_views),
     the type of each quarantined interaction marked QUARANTINED. price: a purchase whose value is
@@ -83,7 +89,7 @@ def quarantine(events: list[Interaction], q: QuarantineConfig) -> list[Interacti
     for item, rows in bought.items():
         rows.sort(key=lambda r: r[0])
         sums[item] = ([t for t, _ in rows], [0.0, *accumulate(v for _, v in rows)])
-    window = q.price_window_s * 1000
+    window = int(round(q.price_window_s * 1000))  # as the job's SQL interval
     out = []
     for e in events:
         rule = None

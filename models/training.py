@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from contract.config import JobConfig
 from contract.schema import Interaction
-from models.offline import OfflineReplay, load_catalog, read_history
+from models.offline import OfflineReplay, in_features, load_catalog, read_history
 from models.registry import Registry
 from udfs.features import feature_names, new_purchase_occasion, user_item_matrix
 from udfs.scorer import session_scores
@@ -75,7 +75,7 @@ def relevance(future: list[Interaction], graded: bool, gap_ms: int) -> dict[str,
     apart), at most MAX_GRADE; binary, 1 for any interaction."""
     best: dict[str, int] = {}
     buys: dict[str, list[int]] = defaultdict(list)
-    for e in future:
+    for e in filter(in_features, future):
         best[e.item_id] = max(best.get(e.item_id, 0), GRADE.get(e.type, 0))
         if e.type == "purchase":
             buys[e.item_id].append(e.ts)

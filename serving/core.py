@@ -231,11 +231,26 @@ class LookupService:
         return [keys.pseudonym(user_id, k) for k in self.pseudonym_keys] or [user_id]
 
     async def _read_first(self, users: list[str], key_of, remaining_s: float | None) -> dict[str, bytes | None]:
-        """Each user's value under the first of their stored ids that has one, in one MGET."""
+        """Each user's value under their current stored id, in one MGET. During a key rotation, the
+        previous key's value answers only while the job holds no state (feat:) under the current
+        pseudonym: a user the job has seen since, erased or opted out included, is answered from
+        the current key alone, so an erase during a rotation is not undone by the old list."""
         stored = {u: self.stored_ids(u) for u in users}
-        flat = [s for u in users for s in stored[u]]
-        got = dict(zip(flat, await self._read([key_of(s) for s in flat], remaining_s)))
-        return {u: next((got[s] for s in stored[u] if got[s] is not None), None) for u in users}
+        want = []
+        for u in users:
+            current, *older = stored[u]
+            want += [key_of(current), *([keys.feat_key(current)] if older else []), *map(key_of, older)]
+        got = iter(await self._read(want, remaining_s))
+        out = {}
+        for u in users:
+            current, *older = stored[u]
+            value = next(got)
+            if older:
+                seen, previous = next(got) is not None, [next(got) for _ in older]
+                if value is None and not seen:
+                    value = next((v for v in previous if v is not None), None)
+            out[u] = value
+        return out
 
 
 def status_of(exc: BaseException | None) -> str:

@@ -101,7 +101,8 @@ class PipelinedRedis:
                 protocol.transport.close()
             raise RedisUnavailable(f"cannot connect to redis at {self.host}:{self.port} ({err!r})") from None
         except RedisReplyError as err:  # WRONGPASS, NOAUTH: a config problem, said as Redis says it
-            protocol.transport.close()
+            if protocol.transport is not None:
+                protocol.transport.close()
             raise RedisUnavailable(f"redis at {self.host}:{self.port} refused the login ({err}); check "
                                    "redis.username and the password in the variable redis.password_env names") from None
         self.protocol = protocol

@@ -51,7 +51,7 @@ def _decoder(message_type):
     def decode(data: bytes):
         try:
             return message_type.FromString(data)
-        except DecodeError:
+        except (DecodeError, UnicodeDecodeError):  # the pure-Python protobuf raises the latter for bad UTF-8
             return Undecodable(message_type)
     return decode
 

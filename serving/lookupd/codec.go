@@ -3,6 +3,7 @@ package main
 import (
 	"strings"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/encoding"
 	_ "google.golang.org/grpc/encoding/proto" // registers the default codec wrapped here
@@ -50,4 +51,24 @@ func undecodable(req any, rule string) error {
 	}
 	name := string(m.ProtoReflect().Descriptor().Name())
 	return status.Error(codes.InvalidArgument, strings.ReplaceAll(rule, "{message}", name))
+}
+
+// checkedStream refuses, as the unary interceptor does, a streamed message the codec marked
+// (Health.Watch, reflection), which would otherwise reach the handler as an empty request.
+type checkedStream struct {
+	grpc.ServerStream
+	rule string
+}
+
+func (s checkedStream) RecvMsg(m any) error {
+	if err := s.ServerStream.RecvMsg(m); err != nil {
+		return err
+	}
+	return undecodable(m, s.rule)
+}
+
+func streamInterceptor(rule string) grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		return handler(srv, checkedStream{ss, rule})
+	}
 }

@@ -95,7 +95,7 @@ func setupLogging(format string) {
 
 func serverOptions(spec *Spec, expected []byte) ([]grpc.ServerOption, string, error) {
 	opts := []grpc.ServerOption{grpc.UnaryInterceptor(interceptor(spec.Contract.ServiceName, expected, spec.Contract.UndecodableRule)),
-		grpc.ForceServerCodecV2(newRequestCodec())}
+		grpc.StreamInterceptor(streamInterceptor(spec.Contract.UndecodableRule)), grpc.ForceServerCodecV2(newRequestCodec())}
 	if spec.TLS == nil {
 		return opts, "plaintext", nil
 	}

@@ -141,15 +141,21 @@ func (s *Service) GetUserFeatures(ctx context.Context, q *pb.GetUserFeaturesRequ
 	return out, statusOf(err)
 }
 
-// readFirst reads, in one round trip, each user's value under the first of their stored ids that
-// has one (with pseudonymization, the pseudonyms under the current and the previous key); a user
-// with none maps to nil, and so does every user when Redis cannot answer (err says why).
+// readFirst reads, in one round trip, each user's value under their current stored id (a nil
+// value: none), or every user nil with err when Redis cannot answer. During a key rotation the
+// previous key's value answers only while the job holds no state (feat:) under the current
+// pseudonym: a user the job has seen since, erased or opted out included, is answered from the
+// current key alone (serving/core.py's _read_first, the same rule).
 func (s *Service) readFirst(ctx context.Context, users []string, prefix string) (map[string]*string, error) {
 	stored := make([][]string, len(users))
-	keys := make([]string, 0, len(users)*max(1, len(s.pseudonyms.keys)))
+	keys := make([]string, 0, len(users)*(2*len(s.pseudonyms.keys)+1))
 	for n, u := range users {
 		stored[n] = s.pseudonyms.ids(u)
-		for _, id := range stored[n] {
+		keys = append(keys, prefix+stored[n][0])
+		if len(stored[n]) > 1 {
+			keys = append(keys, s.rules.c.FeatPrefix+stored[n][0])
+		}
+		for _, id := range stored[n][1:] {
 			keys = append(keys, prefix+id)
 		}
 	}
@@ -160,13 +166,22 @@ func (s *Service) readFirst(ctx context.Context, users []string, prefix string) 
 	}
 	at := 0
 	for n, u := range users {
-		for _, v := range values[at : at+len(stored[n])] {
-			if v != nil {
-				out[u] = v
-				break
+		value := values[at]
+		at++
+		if older := len(stored[n]) - 1; older > 0 {
+			seen := values[at] != nil
+			previous := values[at+1 : at+1+older]
+			at += 1 + older
+			for _, v := range previous {
+				if value != nil || seen {
+					break
+				}
+				value = v
 			}
 		}
-		at += len(stored[n])
+		if value != nil {
+			out[u] = value
+		}
 	}
 	return out, nil
 }

@@ -80,6 +80,7 @@ type Contract struct {
 	MaxPlacement        int     `json:"max_placement"`
 	RecPrefix           string  `json:"rec_prefix"`
 	ProfilePrefix       string  `json:"profile_prefix"`
+	FeatPrefix          string  `json:"feat_prefix"`
 	Trending            string  `json:"trending"`
 	ItemMeta            string  `json:"item_meta"`
 	DeadlineReserveS    float64 `json:"deadline_reserve_s"`
@@ -97,7 +98,7 @@ func loadSpec(path string) (*Spec, error) {
 		return nil, fmt.Errorf("spec %s does not match lookupd's Spec (serving/lookupd/spec.go): %w; "+
 			"a field of contract.config.ServingConfig was added or renamed without lookupd", path, err)
 	}
-	if s.Contract.IDPattern == "" || s.Contract.MaxBatch == 0 || s.Contract.RecPrefix == "" || s.Contract.ProfilePrefix == "" {
+	if s.Contract.IDPattern == "" || s.Contract.MaxBatch == 0 || s.Contract.RecPrefix == "" || s.Contract.ProfilePrefix == "" || s.Contract.FeatPrefix == "" {
 		return nil, fmt.Errorf("spec %s has no contract section; start lookupd with `streamrank serve`", path)
 	}
 	return &s, nil

@@ -194,8 +194,8 @@ def test_generated_records_get_the_same_reason_from_python_and_the_job():
 def test_the_jvm_pseudonym_and_redaction_follow_contract_keys():
     """io.streamrank.udf.Pseudonym gives the shared vectors' pseudonyms (its key from the
     environment variable the SQL names), and RedactUser leaves no raw user id in a rejected record:
-    a string, one cut short, a number, several; a record without a user_id field (which may hold
-    the id anywhere) is withheld, its coordinates still in the DLQ entry."""
+    a string, one cut short, a number, several, 100 KB ones; a record without a user_id value
+    (which may hold the id anywhere) is withheld, its coordinates still in the DLQ entry."""
     vectors = json.loads((PROJECT_ROOT / "tests" / "vectors" / "pseudonym.json").read_text())
     key = vectors["key"].encode()
     t_env = batch_env()
@@ -211,6 +211,10 @@ def test_the_jvm_pseudonym_and_redaction_follow_contract_keys():
         '{"user_id": "carol", "context": {"user_id": "carol"}}': ["carol", "carol"],
         '{"event_id": "e1", "item_id": "i1"}': [],
         'not json at all': [],
+        '{"user_id": null, "item_id": "i1"}': [],
+        # record-sized ids, plain and all escapes: the scan must not recurse per character
+        '{"user_id": "' + "x" * 100_000 + '"}': ["x" * 100_000],
+        '{"user_id": "' + '\\\"' * 40_000 + '", "ts": 1}': ['\\\"' * 40_000],
     }
     t_env.create_temporary_view("rejected", t_env.from_elements(
         [(n, r) for n, r in enumerate(records)], row_of(n=DataTypes.BIGINT(), record=DataTypes.STRING())))

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import time
 
 import pytest
@@ -21,7 +23,7 @@ from contract.serving_config import load_serving_config
 from serving.client import RecommendationsClient
 from serving.launch import start_server
 from tests.conftest import PSEUDONYM_KEY, PSEUDONYM_KEYS
-from tests.helpers import (assert_features_equal_replay, job_args, prefixed_topics, read_states, read_topic,
+from tests.helpers import (assert_features_equal_replay, child_env, job_args, prefixed_topics, read_states, read_topic,
                            records_replay, replay_ledger, run_job_embedded)
 from traffic.publish import producer
 from traffic.simulator import Simulator
@@ -91,6 +93,12 @@ def test_no_raw_user_id_in_redis_or_downstream_topics(private_run, kafka_broker)
     assert {json.loads(json.loads(q)["record"])["user_id"] for q in quarantine} == {bot}
     for record in dlq + late + quarantine:
         assert not RAW_ID.search(record), record
+    # `streamrank dlq --quarantine` reads it back by rule
+    out = subprocess.run([sys.executable, "-m", "cli", "dlq", "--quarantine", "--set",
+                          f'kafka.bootstrap_servers="{kafka_broker}"', "--set", 'kafka.quarantine_topic="priv.interactions.quarantine"'],
+                         cwd=PROJECT_ROOT, env=child_env(), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1])["by_reason"] == {"rate": len(quarantine)}
     # a late record keeps everything but its user id, which is the id the job keys its state by
     late_users = [json.loads(json.loads(d)["record"])["user_id"] for d in late]
     assert late_users == [pseudonym(u, PSEUDONYM_KEY.encode()) for u in private_run[-1]]

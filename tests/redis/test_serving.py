@@ -126,6 +126,19 @@ def test_undecodable_requests_are_invalid_arguments(service, method, body):
     assert err.value.details().startswith(f"the request is not a valid {method}Request: send a protobuf")
 
 
+def test_an_undecodable_health_watch_is_refused(service, request):
+    """lookupd refuses a streamed request it cannot decode too (Health.Watch), rather than handing
+    the handler an empty one that watches the whole server."""
+    if "go" not in request.node.callspec.params["service"]:
+        pytest.skip("grpcio's own health servicer decodes Python's requests")
+    _, _, channel = service
+    watch = channel.unary_stream("/grpc.health.v1.Health/Watch")
+    with pytest.raises(grpc.RpcError) as err:
+        next(iter(watch(_field(1, b"svc\xff"), timeout=5)))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith("the request is not a valid HealthCheckRequest")
+
+
 def test_oversized_batch_is_invalid(service):
     stub, *_ = service
     with pytest.raises(grpc.RpcError) as err:

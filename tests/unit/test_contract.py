@@ -361,6 +361,8 @@ def test_redis_login_takes_the_password_from_the_environment_only(tmp_path, monk
     assert "s3cret" not in cfg.model_dump_json()  # the config (dumped into the job graph, the spec) holds the name only
     with pytest.raises(ConfigError, match="redis.password_env"):
         load_config(None, {"redis.password_env": "not a variable name"})
+    with pytest.raises(ConfigError, match="username = 'job' needs password_env"):
+        load_config(None, {"redis.username": "job"})
 
 
 def test_redis_tls_files_are_checked_before_start(tmp_path):

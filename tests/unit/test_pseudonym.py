@@ -31,6 +31,9 @@ def test_the_key_is_named_long_enough_and_only_read_from_the_environment(monkeyp
     monkeypatch.setenv("SR_SHORT_KEY", "too-short")
     with pytest.raises(ConfigError, match="shorter than 32 bytes.*openssl rand -hex 32"):
         load_config(None, {**ON, "privacy.key_env": "SR_SHORT_KEY"}).privacy.keys()
+    monkeypatch.setenv("SR_NON_ASCII_KEY", "é" * 40)
+    with pytest.raises(ConfigError, match="SR_NON_ASCII_KEY, whose key is not ASCII"):
+        load_config(None, {**ON, "privacy.key_env": "SR_NON_ASCII_KEY"}).privacy.keys()
     with pytest.raises(ConfigError, match="SR_UNSET_KEY, which is not set"):
         load_config(None, {**ON, "privacy.key_env": "SR_UNSET_KEY"}).privacy.keys()
     cfg = load_config(None, ON)

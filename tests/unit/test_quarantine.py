@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from contract.config import QuarantineConfig, load_config
 from contract.schema import QUARANTINED, Interaction
+from models.evaluation import Baselines, relevant_items
 from models.offline import quarantine
+from models.training import relevance
 from udfs.features import Event, UserState, WindowDelta, apply_window, shared_events
 
 T = 1_700_000_000_000
@@ -46,3 +48,14 @@ def test_the_fold_counts_a_quarantined_event_remembers_it_and_keeps_it_out():
     assert state.feature_ts == T + 1 and list(state.memory) == ["i2"]  # the quarantined view made nothing
     assert [e.event_id for e in shared_events(events, False)] == ["e1", "e2"]  # not the marked e1: item stats skip it
     assert all(not e.type.startswith(QUARANTINED) for e in shared_events(events, False))
+
+
+def test_evaluation_and_labels_leave_quarantined_interactions_out():
+    """What the features do not use, the baselines, the held-out relevance and the training labels
+    do not count either: a bot's thousand views do not make its item popular nor relevant."""
+    bot = [Interaction(f"b{n}", "bot", "spam", QUARANTINED + "view", T + n, 0.0, "c1", True) for n in range(1000)]
+    people = [ev(n, f"u{n}", T + n, item="good") for n in range(3)] + [ev(9, "u9", T + 9, item="ok")]
+    baselines = Baselines.fit(bot + people, T + 10_000)
+    assert baselines.popular[:2] == ["good", "ok"] and "spam" not in baselines.popular
+    assert relevant_items(bot + people) == {"u0": {"good"}, "u1": {"good"}, "u2": {"good"}, "u9": {"ok"}}
+    assert relevance(bot[:3] + [ev(1, "bot", T, "purchase", "real", 5.0)], graded=True, gap_ms=1000) == {"real": 4}

@@ -33,6 +33,10 @@ public class Pseudonym extends ScalarFunction {
         if (mac == null) {
             String key = System.getenv(keyEnv);
             byte[] bytes = key == null ? new byte[0] : key.getBytes(StandardCharsets.UTF_8);
+            if (key != null && !key.chars().allMatch(c -> c < 128)) {
+                throw new IllegalStateException("privacy.key_env names " + keyEnv + ", whose key is not ASCII in this "
+                        + "TaskManager's environment; use a hex or base64 key (openssl rand -hex 32)");
+            }
             if (bytes.length < MIN_KEY_BYTES) {
                 throw new IllegalStateException("privacy.key_env names " + keyEnv + ", which is "
                         + (bytes.length == 0 ? "not set" : "shorter than 32 bytes")

@@ -41,7 +41,7 @@ COMMANDS: dict[str, tuple[str, str, str | None, str]] = {
     "ledger": ("cli.job", "commands", "ledger",
                "Where every input record went: used / duplicate / opted_out / quarantined / late / dlq, beside the input count."),
     "dlq": ("cli.job", "commands", "dlq",
-            "What the job rejected: the DLQ (or late) topic read from its start, counted by reason."),
+            "What the job rejected: the DLQ (or late, or quarantine) topic read from its start, counted by reason."),
     "submit": ("cli.cluster", "commands", "submit",
                "Submit the recommend job to the standalone cluster with `flink run -py` (--preset: as for run)."),
     "serve": ("cli.serving", "commands", "serve",

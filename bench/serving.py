@@ -203,7 +203,8 @@ def main() -> None:
         writer = Rewriter(redis_svc.port, args.users, args.rewrites_per_s)
         writer.start()
         load = subprocess.run([str(loadgen), "-target", f"127.0.0.1:{grpc_port}",
-                               "-redis", f"127.0.0.1:{redis_svc.port}", "-users", str(args.users),
+                               "-redis", f"127.0.0.1:{redis_svc.port}", "-rec-key-prefix", keys.rec_key(""),
+                               "-users", str(args.users),
                                "-seconds", str(args.seconds), "-half-repeats", str(args.half_repeats),
                                "-server-pid", str(service_pid(server.pid, args.engine))],
                               capture_output=True, text=True)

@@ -325,6 +325,7 @@ func main() {
 	target := flag.String("target", "127.0.0.1:50051", "gRPC host:port")
 	redisAddr := flag.String("redis", "127.0.0.1:16379", "Redis host:port (direct GETs of the same keys)")
 	users := flag.Int("users", 10000, "users u0..u{N-1} with stored lists")
+	recKeyPrefix := flag.String("rec-key-prefix", "", "the stored list's Redis key without the user id (contract/keys.py's rec_key(\"\")); required for the direct Redis GETs")
 	ks := flag.String("k", "10,25,100", "k values")
 	concs := flag.String("concurrency", "1,2,4,8,16,32,64", "closed-loop concurrency steps")
 	channels := flag.Int("channels", 4, "gRPC connections the callers share")
@@ -397,10 +398,14 @@ func main() {
 		out["grpc_floor"] = Curve{Direct: &half, Open: open}
 	}
 
+	if *recKeyPrefix == "" {
+		fmt.Fprintln(os.Stderr, "loadgen: -rec-key-prefix is required (bench/serving.py passes contract.keys.rec_key(\"\"))")
+		os.Exit(2)
+	}
 	rdb := redis.NewClient(&redis.Options{Addr: *redisAddr, PoolSize: 128})
 	keys := make([]string, *users)
 	for u := range keys {
-		keys[u] = fmt.Sprintf("rec:u%d", u)
+		keys[u] = fmt.Sprintf("%su%d", *recKeyPrefix, u)
 	}
 	rc := func(pick uint64) error {
 		return rdb.Get(context.Background(), keys[pick%uint64(len(keys))]).Err()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from contextlib import asynccontextmanager
 from dataclasses import asdict
+from functools import partial
 
 import strawberry
 import uvicorn
@@ -134,10 +135,12 @@ class GraphQuery:
 
 def graphql_schema(limits: GraphQLConfig) -> strawberry.Schema:
     """The schema with the gateway's limits: a query over them is refused before any lookup runs."""
-    extensions = [MaxTokensLimiter(limits.max_tokens), MaxAliasesLimiter(limits.max_aliases),
-                  QueryDepthLimiter(limits.max_depth)]
+    # factories, not instances: strawberry then builds each extension afresh for every request, so
+    # no state is shared between concurrent queries (strawberry-graphql/strawberry#4369)
+    extensions = [partial(MaxTokensLimiter, limits.max_tokens), partial(MaxAliasesLimiter, limits.max_aliases),
+                  partial(QueryDepthLimiter, limits.max_depth)]
     if not limits.introspection:
-        extensions.append(DisableIntrospection())
+        extensions.append(DisableIntrospection)
     return strawberry.Schema(query=GraphQuery, extensions=extensions)
 
 

@@ -12,6 +12,7 @@ import re
 import ssl
 import tomllib
 import types
+import typing
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -443,8 +444,9 @@ class ConfigError(ValueError):
 
 
 def _model_of(annotation: object) -> type[BaseModel] | None:
-    """The config section model an annotation names (also `Section | None`)."""
+    """The config section model an annotation names (also `Section | None` and `list[Section]`)."""
     args = annotation.__args__ if isinstance(annotation, types.UnionType) else (annotation,)
+    args = tuple(typing.get_args(a)[0] if typing.get_origin(a) is list else a for a in args)
     found = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
     return found[0] if found else None
 
@@ -453,6 +455,8 @@ def _section_model(root: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
     """The config model that holds the key at loc (None when loc passes through a plain dict)."""
     model: type[BaseModel] | None = root
     for name in loc[:-1]:
+        if isinstance(name, int):  # a list's index: the list's items are already `model`
+            continue
         field = model.model_fields.get(str(name)) if model else None
         model = _model_of(field.annotation) if field else None
     return model
@@ -479,7 +483,7 @@ def parse_config(data: dict, source: str = "<dict>") -> JobConfig:
         raise ConfigError(_describe(err, source, JobConfig)) from None
 
 
-def _read_toml(path: str | Path | None) -> dict:
+def _read_toml(path: str | Path | None, what: str = "config file") -> dict:
     """A config file's TOML ({} for None); a missing or malformed file is a ConfigError."""
     if path is None:
         return {}
@@ -487,14 +491,14 @@ def _read_toml(path: str | Path | None) -> dict:
     try:
         return tomllib.loads(p.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"config file {p} not found; pass an existing file") from None
+        raise ConfigError(f"{what} {p} not found; pass an existing file") from None
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
+        raise ConfigError(f"{what} {p} is not valid TOML: {e}") from None
     except UnicodeDecodeError as e:  # TOML is UTF-8 text: a binary file, or another encoding
-        raise ConfigError(f"config file {p} is not UTF-8 text (byte {e.start}: {e.reason}); "
+        raise ConfigError(f"{what} {p} is not UTF-8 text (byte {e.start}: {e.reason}); "
                           "save it as UTF-8 TOML") from None
     except IsADirectoryError:
-        raise ConfigError(f"config file {p} is a directory; pass the .toml file inside it") from None
+        raise ConfigError(f"{what} {p} is a directory; pass the .toml file inside it") from None
 
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "deploy" / "config" / "presets"

@@ -9,6 +9,7 @@ import annotated_types as at
 from pydantic import BaseModel
 
 from contract.config import JobConfig, _model_of
+from contract.experiments import ExperimentsFile
 from contract.serving_config import ServingConfig
 
 
@@ -55,13 +56,17 @@ def config_reference() -> str:
     """deploy/config/README.md: every field of both config files, from the models' docstrings.
     Regenerate with `python -m contract.config_reference > deploy/config/README.md`."""
     lines = ["# Config files", "",
-             "Generated from `contract/config.py` and `contract/serving_config.py` by",
+             "Generated from `contract/config.py`, `contract/serving_config.py` and `contract/experiments.py` by",
              "`python -m contract.config_reference > deploy/config/README.md` (a unit test checks it is current). Unknown keys and invalid values fail before anything",
              "starts, naming the field; `streamrank config check FILE` checks a file without running it.",
              "", "## The job: `local.toml` (`streamrank run`, `streamrank submit`)", ""]
     lines += _reference_rows(JobConfig, "")
     lines += ["## The lookup service: `serving.toml` (`streamrank serve`, `streamrank gateway`)", ""]
     lines += _reference_rows(ServingConfig, "")
+    lines += ["## Experiments: `experiments.toml` (`streamrank experiments check|apply|list`)", "",
+              "Each `[[experiments]]` table is one experiment, each `[[experiments.arms]]` one of its arms;",
+              "`contract/experiments.py` says how users are assigned.", ""]
+    lines += _reference_rows(ExperimentsFile, "")
     return "\n".join(lines).rstrip() + "\n"
 
 

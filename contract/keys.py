@@ -14,6 +14,8 @@
 - `control`      hash: control records applied, by action (erase, opt_out, opt_in).
 - `ledger:rejected_offsets` hash: per source partition, the offset of the last DLQ'd or late
                  record counted, so a replay after recovery does not count it again.
+- `experiments`  hash: the applied experiments spec (`spec`, JSON from contract.experiments), its
+                 `version` (what services poll), `applied_at_ms` and the `source` file's text.
 - `drift:psi`    hash: the last drift window's PSI per feature (JSON), its model version, window,
                  rows, the worst feature and whether it crossed the alert threshold.
 
@@ -50,6 +52,7 @@ LEDGER_FIELDS = ("used", "duplicate", "opted_out", "quarantined", "late", "dlq")
 ITEM_META = "item:meta"
 DRIFT = "drift:psi"
 CONTROL = "control"  # hash: control records applied, by action (erase, opt_out, opt_in)
+EXPERIMENTS = "experiments"
 REJECTED_OFFSETS = "ledger:rejected_offsets"  # hash "{topic}:{partition}" -> last rejected offset counted
 
 

@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from contract import keys
+from contract.experiments import load_experiments
 from contract.config import (ConfigError, FORMAT_PRESETS, FaultConfig, JobConfig, PRESETS, apply_overrides, load_config,
                              parse_config)
 from contract.config_reference import config_reference
@@ -115,6 +116,8 @@ def test_category_with_a_lone_surrogate_is_utf8():
 def test_every_config_file_under_deploy_loads(path):
     if path.name.startswith("serving"):
         assert load_serving_config(path).max_k >= 1
+    elif path.name.startswith("experiments"):
+        assert load_experiments(path).experiments
     else:
         assert load_config(path).scoring.top_k >= 1
 

@@ -259,6 +259,13 @@ def store_experiments(r, spec: dict, source: str) -> str:
 
 
 def read_experiments(r) -> tuple[dict, str] | None:
-    """The applied spec and its version, or None when nothing was applied."""
-    spec, version = r.hmget(keys.EXPERIMENTS, ["spec", "version"])
-    return (json.loads(spec), version.decode() if isinstance(version, bytes) else version) if spec else None
+    """The applied spec and its version from a Redis client, or None when nothing was applied."""
+    return decode_applied(*r.hmget(keys.EXPERIMENTS, APPLIED_FIELDS))
+
+
+APPLIED_FIELDS = ("spec", "version")
+
+
+def decode_applied(spec: bytes | None, version: bytes | None) -> tuple[dict, str] | None:
+    """HMGET experiments spec version, decoded (None when nothing was applied)."""
+    return (json.loads(spec), version.decode()) if spec and version else None

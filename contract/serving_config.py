@@ -78,6 +78,21 @@ class GatewayConfig(_Strict):
     graphql: GraphQLConfig = GraphQLConfig()
 
 
+class ExposuresConfig(_Strict):
+    enabled: bool = False
+    """Log every answer served (gRPC, HTTP, GraphQL) as one record on `topic`: who was shown which
+    items, in which experiment arms (contract/exposures.py)."""
+    bootstrap_servers: str = "127.0.0.1:19092"
+    """host:port list of the Kafka brokers."""
+    topic: str = "exposures"
+    """Kafka topic of the exposure records."""
+    buffer_records: int = Field(10_000, ge=1, le=1_000_000)
+    """Records held while Kafka is slow or down. Sending never holds up a call: once this many
+    wait, further records are dropped and counted (streamrank_serving_exposures_total{outcome="dropped"})."""
+    linger_ms: float = Field(5.0, ge=0, le=1000)
+    """How long records wait to be sent together (ms)."""
+
+
 class ServingConfig(_Strict):
     """The gRPC lookup service's config file (deploy/config/serving.toml)."""
     engine: Literal["go", "python"] = "go"
@@ -115,6 +130,9 @@ class ServingConfig(_Strict):
     """json: one JSON object per log line (for log shippers); text: for people."""
     gateway: GatewayConfig = GatewayConfig()
     privacy: PrivacyConfig = PrivacyConfig()
+    exposures: ExposuresConfig = ExposuresConfig()
+    experiments_refresh_s: float = Field(5.0, gt=0)
+    """How often the service polls Redis for experiments `streamrank experiments apply` stored (s)."""
 
 
 def load_serving_config(path: str | Path | None, overrides: dict | None = None) -> ServingConfig:

@@ -214,10 +214,11 @@ def stop_pid(pid: int, timeout_s: float = 20) -> None:
 
 
 def create_topics(bootstrap: str, partitions: int = 2, names: dict | None = None) -> None:
-    """Create the interactions, items (compacted), DLQ, late and quarantine topics if missing."""
+    """Create the interactions, items (compacted), DLQ, late, quarantine and exposures topics if missing."""
     names = {"interactions": "interactions", "items": "items", "dlq": "interactions.dlq", **(names or {})}
     names.setdefault("late", names["interactions"] + ".late")
     names.setdefault("quarantine", names["interactions"] + ".quarantine")
+    names.setdefault("exposures", "exposures")  # keyed by user, as the interactions: partitioned alike
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     try:
         existing = set(admin.list_topics())
@@ -227,6 +228,7 @@ def create_topics(bootstrap: str, partitions: int = 2, names: dict | None = None
             NewTopic(names["dlq"], 1, 1),
             NewTopic(names["late"], 1, 1),
             NewTopic(names["quarantine"], 1, 1),
+            NewTopic(names["exposures"], partitions, 1),
         ]
         todo = [t for t in wanted if t.name not in existing]
         if todo:

@@ -17,8 +17,11 @@ from dataclasses import dataclass
 from prometheus_client import Counter, Gauge, Histogram
 
 from contract import keys
+from contract.experiments import APPLIED_FIELDS, assign, decode_applied
+from contract.exposures import new_request_id
 from contract.serving_config import ServingConfig
 from serving import lookup
+from serving.exposures import ExposureLog, exposure_record
 from serving.resp import PipelinedRedis, RedisReplyError, RedisUnavailable
 
 log = logging.getLogger(__name__)
@@ -127,17 +130,46 @@ class LookupService:
         self.breaker = Breaker(cfg.breaker.failures, cfg.breaker.reset_s)
         self.pseudonym_keys = cfg.privacy.keys()  # current first; an unset key variable stops the start
         self.popular = PopularCache([], 0.0)
-        self._refresher: asyncio.Task | None = None
+        self.experiments: dict | None = None  # the applied spec (contract.experiments), None: none
+        self.experiments_version: str | None = None
+        self.exposures = ExposureLog(cfg.exposures) if cfg.exposures.enabled else None
+        self._refreshers: list[asyncio.Task] = []
 
     async def start(self) -> None:
-        """Loads the popular cache (if Redis answers) and keeps it fresh in the background."""
+        """Loads the popular cache and the experiments (if Redis answers) and keeps them fresh in
+        the background."""
         await self.refresh_popular()
-        self._refresher = asyncio.create_task(self._refresh_loop(), name="popular-cache")
+        await self.refresh_experiments()
+        self._refreshers = [asyncio.create_task(self._refresh_loop(), name="popular-cache"),
+                            asyncio.create_task(self._experiments_loop(), name="experiments")]
 
     async def close(self) -> None:
-        if self._refresher:
-            self._refresher.cancel()
+        for task in self._refreshers:
+            task.cancel()
+        if self.exposures:
+            await asyncio.to_thread(self.exposures.close)
         await self.redis.close()
+
+    async def refresh_experiments(self) -> bool:
+        """Reload the experiments when `streamrank experiments apply` stored a new version."""
+        try:
+            async with asyncio.timeout(self.cfg.redis_timeout_s):
+                (version,) = await self.redis.execute("HMGET", keys.EXPERIMENTS, "version")
+                if version is not None and version.decode() != self.experiments_version:
+                    applied = decode_applied(*await self.redis.execute("HMGET", keys.EXPERIMENTS, *APPLIED_FIELDS))
+                    if applied:
+                        self.experiments, self.experiments_version = applied
+                        log.info("experiments version %s: %s", self.experiments_version,
+                                 ", ".join(e["name"] for e in self.experiments["experiments"]) or "none")
+        except (TimeoutError, RedisUnavailable, RedisReplyError) as err:
+            log.debug("experiments not refreshed: %r", err)
+            return False
+        return True
+
+    async def _experiments_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.experiments_refresh_s)
+            await self.refresh_experiments()
 
     async def ping(self) -> bool:
         try:
@@ -200,9 +232,10 @@ class LookupService:
         return lookup.check_request(user_id, k, self.cfg.default_k, self.cfg.max_k,
                                     lookup.filters_of(include_categories, exclude_categories, exclude_items), placement)
 
-    async def recommend(self, requests: list[lookup.Request], remaining_s: float | None = None
-                        ) -> list[lookup.Recommendations]:
-        """Answers in request order; one MGET for all users."""
+    async def recommend(self, requests: list[lookup.Request], remaining_s: float | None = None,
+                        interface: str = "grpc") -> list[lookup.Recommendations]:
+        """Answers in request order; one MGET for all users. Each answer gets a request id and its
+        user's experiment arms, and is logged as an exposure."""
         if len(requests) > lookup.MAX_BATCH:
             raise lookup.InvalidRequest(f"a batch takes at most {lookup.MAX_BATCH} requests")
         users = list(dict.fromkeys(r.user_id for r in requests))
@@ -218,6 +251,12 @@ class LookupService:
         for a in out:
             if a.fallback:
                 FALLBACKS.labels(a.fallback_reason).inc()
+            stored = self.stored_ids(a.user_id)[0]
+            a.request_id = new_request_id()
+            if self.experiments:
+                a.experiments = assign(self.experiments, stored, now)
+            if self.exposures:
+                self.exposures.log(exposure_record(a, stored, interface, now))
         return out
 
     async def user_features(self, user_id: str, remaining_s: float | None = None) -> lookup.UserFeatures:

@@ -53,7 +53,8 @@ def recommendation_json(rec: lookup.Recommendations) -> dict:
     """The JSON form, with the proto's field names (as gRPC JSON transcoding would give)."""
     return {"user_id": rec.user_id, "items": [asdict(i) for i in rec.items], "model_version": rec.model_version,
             "feature_ts_ms": rec.feature_ts_ms, "list_age_ms": rec.list_age_ms, "fallback": rec.fallback,
-            "fallback_reason": rec.fallback_reason, "placement": rec.placement}
+            "fallback_reason": rec.fallback_reason, "placement": rec.placement, "request_id": rec.request_id,
+            "experiments": rec.experiments}
 
 
 # ---- GraphQL schema -------------------------------------------------------------------------
@@ -66,6 +67,12 @@ class ScoredItem:
 
 
 @strawberry.type
+class ArmAssignment:
+    experiment: str
+    arm: str
+
+
+@strawberry.type
 class Recommendations:
     user_id: str
     items: list[ScoredItem]
@@ -75,6 +82,8 @@ class Recommendations:
     fallback: bool
     fallback_reason: str
     placement: str
+    request_id: str
+    experiments: list[ArmAssignment]  # GraphQL has no map type
 
     @staticmethod
     def of(rec: lookup.Recommendations) -> Recommendations:
@@ -82,7 +91,9 @@ class Recommendations:
             user_id=rec.user_id, items=[ScoredItem(item_id=i.item_id, score=i.score, category=i.category)
                                         for i in rec.items],
             model_version=rec.model_version, feature_ts_ms=rec.feature_ts_ms, list_age_ms=rec.list_age_ms,
-            fallback=rec.fallback, fallback_reason=rec.fallback_reason, placement=rec.placement)
+            fallback=rec.fallback, fallback_reason=rec.fallback_reason, placement=rec.placement,
+            request_id=rec.request_id,
+            experiments=[ArmAssignment(experiment=e, arm=a) for e, a in rec.experiments.items()])
 
 
 @strawberry.type
@@ -120,7 +131,7 @@ class GraphQuery:
         with Observed("graphql", "recommendations"):
             service, f = _service(info), filters or Filters()
             req = service.request(user_id, k, f.include_categories, f.exclude_categories, f.exclude_items, placement)
-            (rec,) = await service.recommend([req])
+            (rec,) = await service.recommend([req], interface="graphql")
             return Recommendations.of(rec)
 
     @strawberry.field(description="The features the user's list was computed from.")
@@ -237,14 +248,14 @@ def create_app(cfg: ServingConfig) -> FastAPI:
         with Observed("http", "GetRecommendations"):
             service = request.app.state.service
             req = service.request(user_id, k, include_categories, exclude_categories, exclude_items, placement)
-            (rec,) = await service.recommend([req])
+            (rec,) = await service.recommend([req], interface="http")
             return recommendation_json(rec)
 
     @app.post("/v1/recommendations:batch", dependencies=private)
     async def batch(request: Request, body: BatchQuery) -> dict:
         with Observed("http", "BatchGetRecommendations"):
             service = request.app.state.service
-            answers = await service.recommend([check(service, q) for q in body.requests])
+            answers = await service.recommend([check(service, q) for q in body.requests], interface="http")
             return {"responses": [recommendation_json(a) for a in answers]}
 
     @app.get("/v1/users/{user_id}/features", dependencies=private)

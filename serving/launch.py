@@ -42,7 +42,7 @@ def contract_spec() -> dict:
         "max_filter_categories": lookup.MAX_FILTER_CATEGORIES, "max_excluded_items": lookup.MAX_EXCLUDED_ITEMS,
         "max_batch": lookup.MAX_BATCH, "max_placement": lookup.MAX_PLACEMENT, "rec_prefix": keys.rec_key(""),
         "profile_prefix": keys.profile_key(""), "feat_prefix": keys.feat_key(""),
-        "trending": keys.TRENDING, "item_meta": keys.ITEM_META, "deadline_reserve_s": DEADLINE_RESERVE_S,
+        "trending": keys.TRENDING, "item_meta": keys.ITEM_META, "experiments": keys.EXPERIMENTS, "deadline_reserve_s": DEADLINE_RESERVE_S,
     }
 
 

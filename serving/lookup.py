@@ -64,6 +64,8 @@ class Recommendations:
     fallback: bool = False
     fallback_reason: str = ""
     placement: str = ""
+    request_id: str = ""  # set by the service that serves it (contract.exposures.new_request_id)
+    experiments: dict[str, str] = field(default_factory=dict)  # experiment -> arm
 
 
 def check_user(user_id: str) -> None:

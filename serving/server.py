@@ -35,6 +35,7 @@ def _response(rec: lookup.Recommendations):
         items=[pb.ScoredItem(item_id=i.item_id, score=i.score, category=i.category) for i in rec.items],
         model_version=rec.model_version, feature_ts_ms=rec.feature_ts_ms, list_age_ms=rec.list_age_ms,
         fallback=rec.fallback, fallback_reason=rec.fallback_reason, placement=rec.placement,
+        request_id=rec.request_id, experiments=rec.experiments,
     )
 
 

@@ -161,9 +161,9 @@ def assert_profiles_are_the_states(r, cfg) -> None:
 
 
 def prefixed_topics(bootstrap: str, prefix: str, partitions: int = 2) -> dict[str, str]:
-    """Create interactions/items/dlq/late topics named with a test's prefix; returns the names."""
+    """Create interactions/items/dlq/late/quarantine/exposures topics named with a test's prefix; returns the names."""
     names = {"interactions": f"{prefix}interactions", "items": f"{prefix}items",
              "dlq": f"{prefix}interactions.dlq", "late": f"{prefix}interactions.late",
-             "quarantine": f"{prefix}interactions.quarantine"}
+             "quarantine": f"{prefix}interactions.quarantine", "exposures": f"{prefix}exposures"}
     create_topics(bootstrap, partitions, names)
     return names

@@ -2,10 +2,16 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/redis/rueidis"
 )
 
 // Experiments is the applied experiments spec (contract.experiments.ExperimentsFile.spec, stored
@@ -97,4 +103,71 @@ func (e *Experiments) Assign(userID string, nowMs int64) []Assignment {
 		}
 	}
 	return out
+}
+
+// RefreshExperiments reloads the experiments when `streamrank experiments apply` stored a new
+// version; false if Redis did not answer.
+func (s *Store) RefreshExperiments(ctx context.Context) bool {
+	cctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	key := s.spec.Contract.Experiments
+	version, err := s.rdb.Do(cctx, s.rdb.B().Hget().Key(key).Field("version").Build()).ToString()
+	if rueidis.IsRedisNil(err) {
+		return true
+	}
+	if err != nil {
+		slog.Debug("experiments not refreshed", "error", err.Error())
+		return false
+	}
+	if cur := s.experiments.Load(); cur != nil && cur.version == version {
+		return true
+	}
+	reply, err := s.rdb.Do(cctx, s.rdb.B().Hmget().Key(key).Field("spec", "version").Build()).ToArray()
+	if err != nil || len(reply) != 2 {
+		slog.Debug("experiments not refreshed", "error", fmt.Sprint(err))
+		return false
+	}
+	raw, err1 := reply[0].ToString()
+	version, err2 := reply[1].ToString()
+	if err1 != nil || err2 != nil {
+		return false
+	}
+	e, err := decodeExperiments([]byte(raw))
+	if err != nil {
+		slog.Error("experiments version " + version + " not loaded: " + err.Error())
+		return false
+	}
+	s.experiments.Store(&appliedExperiments{e, version})
+	names := make([]string, len(e.Experiments))
+	for n, x := range e.Experiments {
+		names[n] = x.Name
+	}
+	slog.Info(fmt.Sprintf("experiments version %s: %s", version, strings.Join(names, ", ")))
+	return true
+}
+
+type appliedExperiments struct {
+	spec    *Experiments
+	version string
+}
+
+// Experiments is the applied spec (nil: none applied).
+func (s *Store) Experiments() *Experiments {
+	if a := s.experiments.Load(); a != nil {
+		return a.spec
+	}
+	return nil
+}
+
+func (s *Store) experimentsLoop(ctx context.Context) {
+	t := time.NewTicker(seconds(s.spec.ExperimentsRefreshS))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			s.RefreshExperiments(ctx)
+		}
+	}
 }

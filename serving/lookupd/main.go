@@ -155,9 +155,15 @@ func run(spec *Spec) error {
 	}
 	store.RefreshPopular(ctx)
 	go store.refreshLoop(ctx)
+	store.RefreshExperiments(ctx)
+	go store.experimentsLoop(ctx)
+	exposures, err := newExposureLog(spec)
+	if err != nil {
+		return err
+	}
 
 	server := grpc.NewServer(opts...)
-	pb.RegisterRecommendationsServer(server, &Service{rules: rules, store: store, pseudonyms: pseudonyms})
+	pb.RegisterRecommendationsServer(server, &Service{rules: rules, store: store, pseudonyms: pseudonyms, exposures: exposures})
 	healthServer := health.NewServer()
 	healthpb.RegisterHealthServer(server, healthServer)
 	if spec.Reflection {
@@ -206,6 +212,11 @@ func run(spec *Spec) error {
 	case <-time.After(seconds(spec.GraceS)):
 		slog.Warn("grace period over; cancelling the calls still in flight")
 		server.Stop()
+	}
+	if exposures != nil {
+		flushCtx, stopFlush := context.WithTimeout(context.Background(), seconds(spec.GraceS))
+		exposures.Close(flushCtx)
+		stopFlush()
 	}
 	slog.Info("lookupd stopped")
 	return nil

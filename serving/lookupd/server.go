@@ -51,6 +51,7 @@ type Service struct {
 	rules      *Rules
 	store      *Store
 	pseudonyms *Pseudonyms
+	exposures  *ExposureLog // nil: [exposures] enabled = false
 }
 
 // statusOf is the one mapping from failures to status codes.
@@ -99,6 +100,7 @@ func (s *Service) recommend(ctx context.Context, qs []*pb.GetRecommendationsRequ
 	}
 	now := time.Now().UnixMilli()
 	popular := s.store.Popular()
+	experiments := s.store.Experiments()
 	out := make([]*pb.GetRecommendationsResponse, len(checked))
 	for n := range checked {
 		if out[n], err = Answer(&checked[n], values[checked[n].UserID], popular, now, unavailable); err != nil {
@@ -106,6 +108,17 @@ func (s *Service) recommend(ctx context.Context, qs []*pb.GetRecommendationsRequ
 		}
 		if out[n].Fallback {
 			fallbacks.WithLabelValues(out[n].FallbackReason).Inc()
+		}
+		stored := s.pseudonyms.ids(checked[n].UserID)[0]
+		out[n].RequestId = newRequestID()
+		if assigned := experiments.Assign(stored, now); len(assigned) > 0 {
+			out[n].Experiments = make(map[string]string, len(assigned))
+			for _, a := range assigned {
+				out[n].Experiments[a.Experiment] = a.Arm
+			}
+		}
+		if s.exposures != nil {
+			s.exposures.Log(exposureOf(out[n], stored, now))
 		}
 	}
 	return out, nil

@@ -63,7 +63,15 @@ type Spec struct {
 		KeyEnv         *string `json:"key_env"`
 		PreviousKeyEnv *string `json:"previous_key_env"`
 	} `json:"privacy"`
-	Contract Contract `json:"contract"`
+	Exposures struct {
+		Enabled          bool    `json:"enabled"`
+		BootstrapServers string  `json:"bootstrap_servers"`
+		Topic            string  `json:"topic"`
+		BufferRecords    int     `json:"buffer_records"`
+		LingerMs         float64 `json:"linger_ms"`
+	} `json:"exposures"`
+	ExperimentsRefreshS float64  `json:"experiments_refresh_s"`
+	Contract            Contract `json:"contract"`
 	// PortFile receives the bound gRPC port once the server listens (port 0 binds a free one).
 	PortFile string `json:"port_file"`
 }
@@ -83,6 +91,7 @@ type Contract struct {
 	FeatPrefix          string  `json:"feat_prefix"`
 	Trending            string  `json:"trending"`
 	ItemMeta            string  `json:"item_meta"`
+	Experiments         string  `json:"experiments"`
 	DeadlineReserveS    float64 `json:"deadline_reserve_s"`
 }
 
@@ -98,7 +107,7 @@ func loadSpec(path string) (*Spec, error) {
 		return nil, fmt.Errorf("spec %s does not match lookupd's Spec (serving/lookupd/spec.go): %w; "+
 			"a field of contract.config.ServingConfig was added or renamed without lookupd", path, err)
 	}
-	if s.Contract.IDPattern == "" || s.Contract.MaxBatch == 0 || s.Contract.RecPrefix == "" || s.Contract.ProfilePrefix == "" || s.Contract.FeatPrefix == "" {
+	if s.Contract.IDPattern == "" || s.Contract.MaxBatch == 0 || s.Contract.RecPrefix == "" || s.Contract.ProfilePrefix == "" || s.Contract.FeatPrefix == "" || s.Contract.Experiments == "" {
 		return nil, fmt.Errorf("spec %s has no contract section; start lookupd with `streamrank serve`", path)
 	}
 	return &s, nil

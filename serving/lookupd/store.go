@@ -131,6 +131,8 @@ type Store struct {
 	reserve time.Duration
 	breaker *Breaker
 	popular atomic.Pointer[popularCache]
+	// the experiments `streamrank experiments apply` stored, as last read (nil: none)
+	experiments atomic.Pointer[appliedExperiments]
 }
 
 // multiplex: 2^0 = one pipelined connection to Redis: the client cache is per connection, so one

@@ -20,6 +20,7 @@ from contract.config import load_config
 from contract.keys import pseudonym, read_ledger
 from contract.paths import PROJECT_ROOT
 from contract.serving_config import load_serving_config
+from devstack.stack import create_topics
 from serving.client import RecommendationsClient
 from serving.launch import start_server
 from tests.conftest import PSEUDONYM_KEY, PSEUDONYM_KEYS
@@ -115,16 +116,23 @@ def test_ledger_and_features_equal_the_pseudonymizing_offline_replay(private_run
 
 
 @pytest.mark.parametrize("engine", ["go", "python"])
-def test_lookups_answer_callers_by_their_raw_ids(private_run, engine):
+def test_lookups_answer_callers_by_their_raw_ids(private_run, engine, kafka_broker):
     r, port, records, *_ = private_run
     users = sorted({json.loads(v)["user_id"] for v in records if v.startswith(b'{"event_id":"')})[:5]
-    cfg = load_serving_config(None, {"redis.port": port, "engine": engine, **PRIVACY})
+    exposures = f"priv.exposures.{engine}"
+    create_topics(kafka_broker, 1, {"interactions": "priv.interactions", "exposures": exposures})
+    cfg = load_serving_config(None, {"redis.port": port, "engine": engine, **PRIVACY, "exposures.enabled": True,
+                                     "exposures.bootstrap_servers": kafka_broker, "exposures.topic": exposures})
     with start_server(cfg) as server, RecommendationsClient(f"127.0.0.1:{server.port}", deadline_s=5) as client:
         for user in users:
             stored = keys.RecList.decode(r.get(keys.rec_key(pseudonym(user, PSEUDONYM_KEY.encode()))))
             got = client.recommendations(user, 5)
             assert not got.fallback and [i.item_id for i in got.items] == [i.item_id for i in stored.items[:5]]
             assert got.user_id == user and client.user_features(user).found
+    # each answer's exposure names the user by pseudonym only
+    logged = [json.loads(v) for v in read_topic(kafka_broker, exposures)]
+    assert [e["user_id"] for e in logged] == [pseudonym(u, PSEUDONYM_KEY.encode()) for u in users]
+    assert not any(RAW_ID.search(json.dumps(e).encode()) for e in logged)
     plain = load_serving_config(None, {"redis.port": port, "engine": engine})
     with start_server(plain) as server, RecommendationsClient(f"127.0.0.1:{server.port}", deadline_s=5) as client:
         assert client.recommendations(users[0], 5).fallback_reason == "no_list"  # raw ids are not stored

@@ -32,7 +32,7 @@ def test_lookupd_reads_every_field_python_writes(config, tmp_path):
     assert json.loads(out.stdout) == spec  # every field declared, with its type: nothing dropped
 
 
-@pytest.mark.parametrize("where", [(), ("breaker",), ("cache",), ("redis",), ("contract",)])
+@pytest.mark.parametrize("where", [(), ("breaker",), ("cache",), ("redis",), ("exposures",), ("contract",)])
 def test_lookupd_refuses_a_field_it_does_not_declare(where, tmp_path):
     spec = lookupd_spec(load_serving_config(CONFIG_DIR / "serving.toml"), tmp_path / "port")
     section = spec

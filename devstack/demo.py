@@ -16,6 +16,7 @@ import redis
 
 from contract import keys
 from contract.config import load_config
+from contract.experiments import load_experiments, store_experiments
 from contract.serving_config import load_serving_config
 from contract.paths import PROJECT_ROOT, run_dir
 from jobs.runtime import find_rest_endpoint
@@ -30,6 +31,7 @@ from traffic.simulator import Simulator
 
 log = logging.getLogger("streamrank.demo")
 CONFIG = PROJECT_ROOT / "deploy" / "config" / "local.toml"
+EXPERIMENTS = PROJECT_ROOT / "deploy" / "config" / "experiments.toml"
 
 
 def _step(msg: str) -> None:
@@ -97,9 +99,15 @@ def run_demo(live_events: int, rate: float, keep: bool) -> int:
         print(f"this run's DLQ records (`streamrank dlq` shows samples): {rejected['records']}: "
               + ", ".join(f"{why} {n}" for why, n in rejected["by_reason"].items()))
 
-        _step("serving over gRPC and looking up a few users")
+        _step(f"experiments: `streamrank experiments apply {EXPERIMENTS.relative_to(PROJECT_ROOT)}`")
+        version = store_experiments(r, load_experiments(EXPERIMENTS).spec(), EXPERIMENTS.read_text())
+        print(f"experiments version {version}: " + ", ".join(e.name for e in load_experiments(EXPERIMENTS).experiments))
+
+        _step("serving over gRPC and looking up a few users (each answer is logged on Kafka's exposures topic)")
         scfg = load_serving_config(PROJECT_ROOT / "deploy" / "config" / "serving.toml", {"port": 0})
+        exposures_start = sum(end_offsets(scfg.exposures.bootstrap_servers, scfg.exposures.topic).values())
         server = start_server(scfg, free_port())
+        answered = 0
         newest = sorted(
             ((keys.RecList.decode(r.get(k)).feature_ts, k.decode().removeprefix(keys.rec_key(""))) for k in r.scan_iter(keys.rec_key("*"), count=1000)),
             reverse=True,
@@ -108,6 +116,7 @@ def run_demo(live_events: int, rate: float, keep: bool) -> int:
         with RecommendationsClient(f"127.0.0.1:{server.port}", deadline_s=2.0) as client:
             for u in users + ["cold-user-42"]:
                 print(format_recommendations(client.recommendations(u, 5)))
+                answered += 1
 
             _step(f"{users[0]} opts out: `streamrank control opt-out {users[0]}` (history forgotten, no tracking)")
             send_requests(cfg.kafka.bootstrap_servers, cfg.kafka.interactions_topic, "opt_out", [users[0]])
@@ -116,6 +125,12 @@ def run_demo(live_events: int, rate: float, keep: bool) -> int:
             _wait_for(lambda: not r.exists(keys.rec_key(users[0])), 60, job, job_log, "the opt-out to be applied")
             print(f"{users[0]}'s history and list are gone (control: {json.dumps(keys.read_control(r))})")
             print(format_recommendations(client.recommendations(users[0], 5)))
+            answered += 1
+        _wait_for(lambda: sum(end_offsets(scfg.exposures.bootstrap_servers, scfg.exposures.topic).values())
+                  - exposures_start >= answered, 30, job, job_log, "the answers' exposure records")
+        logged = sum(end_offsets(scfg.exposures.bootstrap_servers, scfg.exposures.topic).values()) - exposures_start
+        print(f"{answered} answers served, {logged} exposure records on `{scfg.exposures.topic}` "
+              "(request id, user, arms, items with positions)")
         print(f"\n{n_lists} users have lists in Redis; Kafka -> Flink -> ONNX -> Redis -> gRPC works.")
         return 0
     finally:

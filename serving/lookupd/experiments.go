@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
-	"time"
 
 	"github.com/redis/rueidis"
 )
@@ -160,14 +159,5 @@ func (s *Store) Experiments() *Experiments {
 }
 
 func (s *Store) experimentsLoop(ctx context.Context) {
-	t := time.NewTicker(seconds(s.spec.ExperimentsRefreshS))
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			s.RefreshExperiments(ctx)
-		}
-	}
+	every(ctx, seconds(s.spec.ExperimentsRefreshS), func() { s.RefreshExperiments(ctx) })
 }

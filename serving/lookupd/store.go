@@ -374,17 +374,24 @@ func (s *Store) RefreshPopular(ctx context.Context) bool {
 func (s *Store) Popular() []*pb.ScoredItem { return s.popular.Load().items }
 
 func (s *Store) refreshLoop(ctx context.Context) {
-	t := time.NewTicker(seconds(s.spec.Cache.RefreshS))
+	every(ctx, seconds(s.spec.Cache.RefreshS), func() {
+		s.RefreshPopular(ctx)
+		if c := s.popular.Load(); !c.loadedAt.IsZero() {
+			cacheAge.Set(time.Since(c.loadedAt).Seconds())
+		}
+	})
+}
+
+// every runs fn each interval until ctx ends.
+func every(ctx context.Context, interval time.Duration, fn func()) {
+	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			s.RefreshPopular(ctx)
-			if c := s.popular.Load(); !c.loadedAt.IsZero() {
-				cacheAge.Set(time.Since(c.loadedAt).Seconds())
-			}
+			fn()
 		}
 	}
 }

@@ -155,7 +155,9 @@ class LookupService:
         try:
             async with asyncio.timeout(self.cfg.redis_timeout_s):
                 (version,) = await self.redis.execute("HMGET", keys.EXPERIMENTS, "version")
-                if version is not None and version.decode() != self.experiments_version:
+                if version is None:  # none applied, or the hash was deleted: no experiment runs
+                    self.experiments = self.experiments_version = None
+                elif version.decode() != self.experiments_version:
                     applied = decode_applied(*await self.redis.execute("HMGET", keys.EXPERIMENTS, *APPLIED_FIELDS))
                     if applied:
                         self.experiments, self.experiments_version = applied

@@ -111,7 +111,8 @@ func (s *Store) RefreshExperiments(ctx context.Context) bool {
 	defer cancel()
 	key := s.spec.Contract.Experiments
 	version, err := s.rdb.Do(cctx, s.rdb.B().Hget().Key(key).Field("version").Build()).ToString()
-	if rueidis.IsRedisNil(err) {
+	if rueidis.IsRedisNil(err) { // none applied, or the hash was deleted: no experiment runs
+		s.experiments.Store(nil)
 		return true
 	}
 	if err != nil {

@@ -1,15 +1,25 @@
 """`streamrank experiments apply` and `list` against a real Redis: what apply stores is what
-services and the job read (contract.experiments.read_experiments), a bad file stores nothing."""
+services and the job read (contract.experiments.read_experiments), a bad file stores nothing, and
+both engines answer with the applied arms within experiments_refresh_s, without a restart."""
 
 from __future__ import annotations
 
 import json
+import re
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from typer.testing import CliRunner
 
 from cli.main import app
+from contract import keys
 from contract.experiments import assign, load_experiments, read_experiments
 from contract.paths import CONFIG_DIR
+from contract.serving_config import load_serving_config
+from serving.client import RecommendationsClient
+from serving.launch import start_server
+from tests.helpers import wait_until
 
 EXAMPLE = CONFIG_DIR / "experiments.toml"
 
@@ -47,3 +57,33 @@ def test_apply_stores_the_spec_services_read_and_list_shows_it(redis_db, tmp_pat
 def test_apply_without_redis_says_so(tmp_path):
     out = run("apply", str(EXAMPLE), "--set", "redis.port=1")
     assert out.exit_code == 1 and "cannot store the experiments in Redis" in out.output
+
+
+def running_now(tmp_path) -> Path:
+    """The example file with every experiment running from yesterday to tomorrow."""
+    day = timedelta(days=1)
+    now = datetime.now(UTC).replace(microsecond=0)
+    text = re.sub(r"^start = .*$", f"start = {(now - day).isoformat()}", EXAMPLE.read_text(), flags=re.M)
+    text = re.sub(r"^end = .*$", f"end = {(now + day).isoformat()}", text, flags=re.M)
+    (tmp_path / "experiments.toml").write_text(text)
+    return tmp_path / "experiments.toml"
+
+
+def test_services_pick_up_applied_experiments_without_a_restart(redis_db, engine, tmp_path):
+    port, client = redis_db
+    cfg = load_serving_config(None, {"redis.port": port, "engine": engine, "experiments_refresh_s": 0.1})
+    file = running_now(tmp_path)
+    spec = load_experiments(file).spec()
+    now_ms = int(time.time() * 1000)
+    users = [f"u{n}" for n in range(40)]
+    with start_server(cfg) as server, RecommendationsClient(f"127.0.0.1:{server.port}", deadline_s=5) as lookups:
+        assert all(not lookups.recommendations(u).experiments for u in users)
+        assert run("apply", str(file), "--set", f"redis.port={port}").exit_code == 0
+
+        def arms() -> list[dict]:
+            return [dict(lookups.recommendations(u).experiments) for u in users]
+
+        assert wait_until(lambda: any(arms()), 10)
+        assert arms() == [assign(spec, u, now_ms) for u in users] and any(arms())
+        client.delete(keys.EXPERIMENTS)
+        assert wait_until(lambda: not any(arms()), 10)

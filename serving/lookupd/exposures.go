@@ -91,6 +91,9 @@ func newExposureLog(spec *Spec) (*ExposureLog, error) {
 		kgo.MaxBufferedRecords(x.BufferRecords),
 		kgo.ProducerLinger(time.Duration(x.LingerMs*float64(time.Millisecond))),
 		kgo.RequiredAcks(kgo.LeaderAck()),
+		// uncompressed, as the Python front ends send: any consumer reads them (franz-go's default,
+		// snappy, needs a codec kafka-python does not bring), and no call's CPU goes to compressing
+		kgo.ProducerBatchCompression(kgo.NoCompression()),
 		kgo.DisableIdempotentWrite(), // leader acks; an exposure duplicated by a retry is rare and harmless to counts joined by request_id
 	)
 	if err != nil {

@@ -17,7 +17,8 @@ from cli.common import (ConfigOpt, DEFAULT_CONFIG, PresetOpt, REGISTRY, Registry
 from contract import keys
 from contract.config import FORMAT_PRESETS
 from contract.paths import PROJECT_ROOT, run_dir
-from models.baselines import BASELINE_KINDS, publish_baseline
+from models.baselines import publish_baseline
+from udfs.arms import BASELINE_KINDS
 from models.evaluation import NotEnoughEvents, evaluate_history, gate, holdout_evaluation
 from models.offline import replay_file
 from models.registry import Registry, RegistryError

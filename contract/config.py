@@ -326,6 +326,9 @@ class ScoringConfig(_Strict):
     """Fewest scored rows a drift window needs; smaller windows are merged into the next."""
     drift_threshold: float = Field(0.25, gt=0)
     """PSI above which the job logs a drift alert for the feature (0.25: a large shift)."""
+    experiments_refresh_s: float = Field(5.0, gt=0)
+    """How often the job re-reads the experiments `streamrank experiments apply` stored in Redis,
+    and ranks each user for their arms (s)."""
 
 
 class TrainingConfig(_Strict):

@@ -34,7 +34,7 @@ from contract.config import ConfigError, _describe, _read_toml, _Strict
 BUCKETS = 10_000
 LAYER_SALT_PREFIX = "layer:"
 # what an arm can rank with: the trained model (a registry version, or the current one) or a baseline
-# that needs no model (models.baselines.BASELINE_KINDS, checked equal in tests/unit/test_experiments.py)
+# that needs no model (udfs.arms.BASELINE_KINDS, checked equal in tests/unit/test_experiments.py)
 RANKERS = ("model", "trending", "repeat")
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 NAME_RULE = "1-63 of a-z 0-9 _ -, starting with a letter or digit"

@@ -12,6 +12,8 @@ import redis
 
 from contract import keys
 from contract.config import JobConfig
+from contract.experiments import read_experiments
+from udfs.arms import CANDIDATE_COUNTS
 from udfs.candidates import Candidate, CandidatePool, ItemStats, gather_candidates, item_weight
 from udfs.drift import DriftReport
 from udfs.features import Ledger, UserState
@@ -79,17 +81,19 @@ class CandidateSource:
         self.unknown: set[str] = set()  # items without metadata yet; asked again after a refresh
         self.pool = CandidatePool([], {}, self.catalog, ItemStats(), cfg.features.conversion_prior_weight)
 
-    def refresh(self, force: bool = False) -> None:
+    def refresh(self, force: bool = False, deeper: dict[str, int] | None = None) -> None:
+        """Re-read the boards every refresh_s (force: now); deeper: experiment arms' larger
+        trending / per_category counts (udfs.arms.largest_counts), which the pool then holds."""
         now = time.monotonic()
         if not force and now - self.loaded_at < self.cfg.candidates.refresh_s:
             return
-        c = self.cfg.candidates
+        c, deeper = self.cfg.candidates, deeper or {}
         boards = [b.decode() for b in self.redis.smembers(keys.TRENDING_BOARDS)]
         cat_keys = [b for b in boards if b.startswith(keys.TRENDING_CATEGORY_PREFIX)]
         pipe = self.redis.pipeline(transaction=False)
-        pipe.zrevrange(keys.TRENDING, 0, c.trending - 1, withscores=True)
+        pipe.zrevrange(keys.TRENDING, 0, max(c.trending, deeper.get("trending", 0)) - 1, withscores=True)
         for b in cat_keys:
-            pipe.zrevrange(b, 0, c.per_category - 1, withscores=True)
+            pipe.zrevrange(b, 0, max(c.per_category, deeper.get("per_category", 0)) - 1, withscores=True)
         res = pipe.execute()
         global_top = [(i.decode(), s) for i, s in res[0]]
         category_top = {
@@ -152,9 +156,35 @@ class CandidateSource:
                 meta = keys.ItemMeta.decode(raw)
                 self.catalog[item] = (meta.category, meta.price)
 
-    def for_user(self, state: UserState) -> list[Candidate]:
-        c = self.cfg.candidates
-        return gather_candidates(state, self.pool, c.top_categories, c.own_history)
+    def for_user(self, state: UserState, counts: dict[str, int] | None = None) -> list[Candidate]:
+        """The user's candidates with the config's counts, or those an experiment arm changes."""
+        c = {**self.cfg.candidates.model_dump(include=set(CANDIDATE_COUNTS)), **(counts or {})}
+        return gather_candidates(state, self.pool, c["top_categories"], c["own_history"], c["trending"],
+                                 c["per_category"])
+
+
+class ExperimentsSource:
+    """The experiments `streamrank experiments apply` stored, re-read every refresh_s."""
+
+    def __init__(self, client: redis.Redis, refresh_s: float) -> None:
+        self.redis, self.refresh_s = client, refresh_s
+        self.spec: dict | None = None
+        self.version: str | None = None
+        self.loaded_at = -1e18
+
+    def current(self) -> dict | None:
+        now = time.monotonic()
+        if now - self.loaded_at >= self.refresh_s:
+            self.loaded_at = now
+            version = self.redis.hget(keys.EXPERIMENTS, "version")
+            if version is None:
+                self.spec = self.version = None
+            elif version.decode() != self.version:
+                applied = read_experiments(self.redis)
+                self.spec, self.version = applied if applied else (None, None)
+                log.info("experiments version %s: %s", self.version,
+                         ", ".join(e["name"] for e in (self.spec or {}).get("experiments", [])) or "none")
+        return self.spec
 
 
 class RedisStore:
@@ -167,6 +197,7 @@ class RedisStore:
         self.guarded_set = self.redis.register_script(keys.lua("guarded_set"))
         self.candidates = CandidateSource(cfg, self.redis)
         self.trending = TrendingWriter(cfg, self.redis)
+        self.experiments = ExperimentsSource(self.redis, cfg.scoring.experiments_refresh_s)
 
     def read_states(self, users: list[str]) -> dict[str, UserState]:
         raw_states = self.redis.mget([keys.feat_key(u) for u in users])

@@ -8,6 +8,7 @@ model. The job can then fall back to "buy again" as deliberately as it ships a m
   (the longest memory half-life), then the rest by long-term popularity;
 - `trending`: short-term popularity (the job's trending boards).
 
+The weights are udfs.arms.baseline_weights: experiment arms rank with them in the job directly.
 They approximate models.evaluation.Baselines (which count raw events over the training part) with
 the features the job keeps; `evaluate` keeps scoring the exact baselines."""
 
@@ -16,32 +17,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from contract.config import FeatureConfig
 from models.registry import Registry
-from udfs.features import duration_label as _w, feature_names
-
-BASELINE_KINDS = ("repeat", "trending")
-
-
-def baseline_weights(kind: str, cfg: FeatureConfig) -> np.ndarray:
-    """One weight per feature (feature_names order); the score is their dot product."""
-    names = feature_names(cfg)
-    w = np.zeros(len(names), dtype=np.float32)
-    col = {n: i for i, n in enumerate(names)}
-    if kind == "repeat":
-        w[col["ui_purchases"]] = 1e4  # each occasion outranks any weight below
-        w[col[f"ui_weight_{_w(max(cfg.memory_half_lives_s))}"]] = 1.0
-        w[col[f"item_popularity_{_w(cfg.item_long_half_life_s)}"]] = 1e-3  # shares in [0, 1]: the tie-break
-    elif kind == "trending":
-        w[col[f"item_popularity_{_w(cfg.item_half_life_s)}"]] = 1.0
-    else:
-        raise ValueError(f"unknown baseline {kind!r}; choose one of {', '.join(BASELINE_KINDS)}")
-    return w
-
+from udfs.arms import baseline_weights
+from udfs.features import feature_names
 
 def export_baseline(kind: str, cfg: FeatureConfig) -> bytes:
     """The baseline as an ONNX graph: features (n, f) float32 -> score (n, 1)."""

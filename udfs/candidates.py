@@ -181,14 +181,16 @@ class CandidatePool:
         return made
 
 
-def gather_candidates(state: UserState, pool: CandidatePool, top_categories: int, own_history: int) -> list[Candidate]:
+def gather_candidates(state: UserState, pool: CandidatePool, top_categories: int, own_history: int,
+                      trending: int | None = None, per_category: int | None = None) -> list[Candidate]:
     """Union of global trending, trending in the user's top categories and the user's own items,
-    without duplicates, in that order."""
-    out = list(pool.global_candidates)
+    without duplicates, in that order. trending / per_category take the top that many of the
+    pool's boards (None: all the pool holds; an experiment arm may read deeper than the config)."""
+    out = list(pool.global_candidates[:trending])
     seen = {c.item_id for c in out}
     extra: list[str] = []
     for cat in state.top_categories(top_categories):
-        extra.extend(i for i, _ in pool.category_top.get(cat, []))
+        extra.extend(i for i, _ in pool.category_top.get(cat, [])[:per_category])
     extra.extend(memory_items(state, own_history))
     for item in extra:
         if item not in seen:

@@ -1,8 +1,9 @@
 """Batch ranking: window deltas in, users' states and top-K lists out.
 
 One call handles a whole Arrow batch from Flink: one read of the users' states, one ONNX run over
-every (user, candidate) row, one write of everything it changed (through a RankingStore, so this
-module holds no I/O of its own).
+every (user, candidate) row (one per scoring when experiment arms rank with other models or
+baselines: udfs.arms), one write of everything it changed (through a RankingStore, so this module
+holds no I/O of its own).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 
 from contract import keys
 from contract.config import JobConfig
+from udfs.arms import NO_EXPERIMENT, ArmPlan, baseline_weights, largest_counts, plan_for
 from udfs.candidates import Candidate
 from udfs.drift import DriftMonitor, DriftReport
 from udfs.features import (Event, Ledger, UserState, WindowDelta, apply_window, feature_names, memory_items,
@@ -57,6 +59,7 @@ class RankingStore(Protocol):
     jobs.store.RedisStore)."""
 
     candidates: CandidateReader
+    experiments: ExperimentsReader
 
     def read_states(self, users: list[str]) -> dict[str, UserState]: ...
 
@@ -66,16 +69,23 @@ class RankingStore(Protocol):
     def report_drift(self, report: DriftReport) -> None: ...
 
 
+class ExperimentsReader(Protocol):
+    """The applied experiments spec (contract.experiments), or None (the job's is
+    jobs.store.ExperimentsSource)."""
+
+    def current(self) -> dict | None: ...
+
+
 class CandidateReader(Protocol):
     """The candidates the ranker draws from (the job's is jobs.store.CandidateSource)."""
 
-    def refresh(self, force: bool = False) -> None: ...
+    def refresh(self, force: bool = False, deeper: dict[str, int] | None = None) -> None: ...
 
     def load_meta(self, items: set[str]) -> None: ...
 
     def own_stats(self, items: set[str]) -> None: ...
 
-    def for_user(self, state: UserState) -> list[Candidate]: ...
+    def for_user(self, state: UserState, counts: dict[str, int] | None = None) -> list[Candidate]: ...
 
 
 class BatchRanker:
@@ -106,12 +116,35 @@ class BatchRanker:
             log.warning("DRIFT ALERT model %s: PSI above %.2f for %s over %d rows (window ending %d)",
                         report.model_version, report.threshold, drifted, report.rows, report.window_end_ms)
 
+    def _score(self, matrix: np.ndarray, spans: list[tuple[str, list[Candidate], int, int]],
+               plans: dict[str, ArmPlan], scorer: OnnxScorer) -> tuple[np.ndarray, dict[tuple, str]]:
+        """Every row's score, one call per scoring in the batch (the current model, a pinned
+        version, a baseline), and the version name each scoring writes in its lists."""
+        groups: dict[tuple[str, str | None], list[tuple[int, int]]] = {}
+        for u, _, a, b in spans:
+            groups.setdefault(plans[u].scoring, []).append((a, b))
+        if list(groups) in ([], [NO_EXPERIMENT.scoring]):  # the common case: one call, no copying
+            return scorer.score(matrix), {NO_EXPERIMENT.scoring: scorer.version}
+        scores = np.zeros(len(matrix), np.float32)
+        versions: dict[tuple[str, str | None], str] = {}
+        for (ranker, version), ranges in groups.items():
+            rows = np.concatenate([np.arange(a, b) for a, b in ranges])
+            if ranker == "model":
+                by = self.scorer.pinned(version) if version else scorer
+                scores[rows] = by.score(matrix[rows])
+                versions[ranker, version] = by.version
+            else:
+                scores[rows] = matrix[rows] @ baseline_weights(ranker, self.cfg.features)
+                versions[ranker, version] = f"baseline:{ranker}"
+        return scores, versions
+
     def rank(self, deltas: list[WindowDelta]) -> Ledger:
         """Fold the windows into the users' states, rank, write; returns what was counted."""
         ledger = Ledger()
         if not deltas:
             return ledger
-        self.candidates.refresh()
+        spec = self.store.experiments.current()
+        self.candidates.refresh(deeper=largest_counts(spec))
         users = sorted({d.user_id for d in deltas})
         states = self.store.read_states(users)
         fresh: list[tuple[int, list[Event], list]] = []  # windows that are not replays after a restart
@@ -132,7 +165,10 @@ class BatchRanker:
             u: UserWrite(states[u], profile(states[u], f)) for u in users if not states[u].personalized()}
         users = [u for u in users if u not in out]
         scorer = self.scorer.current()  # one model version for the whole batch
-        own = {i for u in users for i in memory_items(states[u], self.cfg.candidates.own_history)}
+        now_ms = int(time.time() * 1000)
+        plans = {u: plan_for(spec, u, now_ms) for u in users}
+        own = {i for u in users
+               for i in memory_items(states[u], plans[u].candidates.get("own_history", self.cfg.candidates.own_history))}
         self.candidates.load_meta(own)
         self.candidates.own_stats(own)
 
@@ -142,20 +178,19 @@ class BatchRanker:
         profiles: dict[str, keys.Profile] = {}
         for u in users:
             s = states[u]
-            cands = self.candidates.for_user(s)
+            cands = self.candidates.for_user(s, plans[u].candidates)
             user = user_vector(s, s.window_end, f)  # once, for the model's input and the profile
             profiles[u] = profile(s, f, user)
             blocks.append(user_item_matrix(s, s.window_end, f, cands, user))
             spans.append((u, cands, start, start + len(cands)))
             start += len(cands)
         matrix = np.concatenate(blocks) if start else np.zeros((0, len(feature_names(self.cfg.features))), np.float32)
-        scores = scorer.score(matrix)
+        scores, versions = self._score(matrix, spans, plans, scorer)
         ends = [d.window_end for d in deltas]
         report = self._drift_monitor(scorer).observe(matrix, min(ends), max(ends))
         if report is not None:
             self._report_drift(report)
 
-        now_ms = int(time.time() * 1000)
         k = self.cfg.scoring.top_k
         for u, cands, a, b in spans:
             s = states[u]
@@ -163,9 +198,10 @@ class BatchRanker:
             order = np.argsort(-user_scores, kind="stable")[:k]
             out[u] = UserWrite(s, profiles[u], keys.RecList(
                 items=[keys.ScoredItem(cands[i].item_id, float(user_scores[i]), cands[i].category) for i in order],
-                model_version=scorer.version,
+                model_version=versions[plans[u].scoring],
                 feature_ts=s.feature_ts,
                 written_at=now_ms,
+                extra={"arms": plans[u].arms} if plans[u].arms else {},
             ))
         self.store.write(ledger, out, items)
         return ledger

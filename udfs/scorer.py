@@ -74,6 +74,10 @@ class OnnxScorer:
     def current(self) -> OnnxScorer:
         return self
 
+    def pinned(self, version: str) -> OnnxScorer:
+        """A lone model has no registry beside it: it scores every arm."""
+        return self
+
 
 class ModelWatcher:
     """The model at `model_dir` (the registry's `current` symlink), re-resolved at most every
@@ -88,6 +92,7 @@ class ModelWatcher:
         self.scorer = OnnxScorer(self.target, self.feature_names)
         self.refused: Path | None = None
         self.checked_at = time.monotonic()
+        self.versions: dict[str, OnnxScorer | None] = {}  # pinned versions, by name (None: unusable)
 
     def _resolve(self) -> Path:
         return Path(os.path.realpath(self.model_dir))
@@ -109,6 +114,20 @@ class ModelWatcher:
         log.info("model switched %s -> %s (%s)", self.scorer.version, scorer.version, target)
         self.scorer, self.target, self.refused = scorer, target, None
         return self.scorer
+
+    def pinned(self, version: str) -> OnnxScorer:
+        """A registry version beside `current` (an experiment arm's model_version), loaded once. A
+        version that cannot be loaded is logged once and the current model scores instead (the
+        list records the version that scored it)."""
+        if version not in self.versions:
+            try:
+                self.versions[version] = OnnxScorer(Path(os.path.realpath(self.model_dir.parent / version)),
+                                                    self.feature_names)
+            except Exception as e:  # as in current(): a missing or unusable version
+                log.error("model %s (an experiment arm's model_version) not loaded, scoring with the current "
+                          "model instead: %s", version, e)
+                self.versions[version] = None
+        return self.versions[version] or self.current()
 
     @property
     def version(self) -> str:

@@ -12,7 +12,7 @@ import pytest
 from contract.config import ConfigError
 from contract.experiments import RANKERS, assign, bucket, load_experiments, parse_experiments
 from contract.paths import CONFIG_DIR, PROJECT_ROOT
-from models.baselines import BASELINE_KINDS
+from udfs.arms import BASELINE_KINDS
 
 VECTORS = json.loads((PROJECT_ROOT / "tests" / "vectors" / "assignment.json").read_text())
 START, END = datetime(2026, 1, 1, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC)

@@ -1,5 +1,5 @@
 """`streamrank experiments`: check an experiments file, apply it to the running services and job
-(through Redis, which they poll), and list what is applied."""
+(through Redis, which they poll), list what is applied, and report an experiment's outcomes."""
 
 from __future__ import annotations
 
@@ -9,13 +9,19 @@ from typing import Annotated
 
 import redis as redis_lib
 import typer
+from kafka import KafkaConsumer
+from kafka.errors import KafkaError
 
 from cli.common import DEFAULT_CONFIG, ConfigOpt, SetOpt, exit_on, job_config
+from contract import keys
 from contract.config import ConfigError
 from contract.experiments import BUCKETS, load_experiments, now_ms, read_experiments, store_experiments
+from contract.paths import PROJECT_ROOT
+from models.experiment_report import cumulative_lift, outcomes, plot_cumulative_lift, report
+from udfs.attribution import MODELS
 
-app = typer.Typer(help="Experiments: check a file, apply it to the running services and job, list what runs.",
-                  no_args_is_help=True)
+app = typer.Typer(help="Experiments: check a file, apply it to the running services and job, list what runs, "
+                       "report one.", no_args_is_help=True)
 FileArg = Annotated[Path, typer.Argument(help="an experiments file (deploy/config/experiments.toml is an example)")]
 
 
@@ -86,3 +92,77 @@ def list_(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None) -> None:
     for line in _describe(spec, now_ms()):
         typer.echo(line, err=True)
     typer.echo(json.dumps({"version": version, **spec}))
+
+
+def read_json_topic(bootstrap: str, topic: str, idle_ms: int = 3000) -> list[dict]:
+    """Every JSON record of a topic, from its start; records that are not JSON objects are skipped
+    (the job's DLQ accounts for those on the interactions topic)."""
+    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                             enable_auto_commit=False, consumer_timeout_ms=idle_ms)
+    out = []
+    try:
+        for m in consumer:
+            try:
+                value = json.loads(m.value)
+            except ValueError:
+                continue
+            if isinstance(value, dict):
+                out.append(value)
+    finally:
+        consumer.close()
+    return out
+
+
+@app.command("report")
+def report_(
+    experiment: Annotated[str, typer.Argument(help="the experiment's name (`experiments list` shows them)")],
+    config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None,
+    exposures_topic: Annotated[str, typer.Option(help="the services' [exposures] topic")] = "exposures",
+    attribution: Annotated[str, typer.Option(help=f"credit model for conversions: {' | '.join(MODELS)}")] = "last_touch",
+    plot: Annotated[Path | None, typer.Option(help="PNG of cumulative lift (default var/experiments/NAME/)")] = None,
+    samples: Annotated[int, typer.Option(min=100, help="bootstrap resamples of users")] = 2000,
+) -> None:
+    """An experiment's outcomes per arm, from the exposures and the interactions that followed
+    them ([engagement] window, half-life, click types): users, exposures, CTR, conversion and
+    revenue per user; lift over control with 95% intervals; a sample-ratio-mismatch check; a PNG of
+    cumulative lift. The last line is JSON."""
+    if attribution not in MODELS:
+        raise typer.BadParameter(f"{attribution!r}; choose one of {', '.join(MODELS)}", param_hint="--attribution")
+    cfg = job_config(config, set_)
+    try:
+        applied = read_experiments(redis_lib.Redis(**cfg.redis.client_kwargs()))
+    except redis_lib.RedisError as e:
+        typer.echo(f"cannot read the experiments from Redis: {e}; is it running (`streamrank stack up`)?", err=True)
+        raise typer.Exit(1) from None
+    found = [e for e in (applied[0]["experiments"] if applied else []) if e["name"] == experiment]
+    if not found:
+        names = [e["name"] for e in applied[0]["experiments"]] if applied else []
+        typer.echo(f"no experiment {experiment!r} is applied; applied: {', '.join(names) or 'none'} "
+                   "(`streamrank experiments list`)", err=True)
+        raise typer.Exit(2)
+    try:
+        exposures = read_json_topic(cfg.kafka.bootstrap_servers, exposures_topic)
+        interactions = read_json_topic(cfg.kafka.bootstrap_servers, cfg.kafka.interactions_topic)
+    except KafkaError as e:
+        typer.echo(f"cannot read Kafka {cfg.kafka.bootstrap_servers}: {e}", err=True)
+        raise typer.Exit(1) from None
+    if pseudonym_keys := cfg.privacy.keys():  # exposures name users as the job stores them
+        interactions = [{**i, "user_id": keys.pseudonym(str(i.get("user_id")), pseudonym_keys[0])}
+                        for i in interactions]
+    typer.echo(f"{len(exposures)} exposures, {len(interactions)} interactions read", err=True)
+    rows = outcomes(exposures, interactions, cfg.engagement)
+    out = report(rows, found[0], attribution, samples)
+    for arm, a in out["arms"].items():
+        typer.echo(f"{arm}{' (control)' if arm == out['control'] else ''}: {a['users']} users, {a['exposures']} "
+                   f"exposures, CTR {a['ctr']:.4f}, conversion {a['conversion']:.4f}, revenue per user "
+                   f"{a['revenue_per_user']:.2f}", err=True)
+    for arm, lift in out["lift"].items():
+        for metric, v in lift.items():
+            typer.echo(f"{arm} vs {out['control']}: {metric} lift {100 * v['lift']:+.1f}% "
+                       f"(95% interval {100 * v['low']:+.1f}% to {100 * v['high']:+.1f}%)", err=True)
+    typer.echo(f"sample ratio: p = {out['srm_p']:.4g}" + ("  MISMATCH: check assignment and logging"
+                                                          if out["srm_alarm"] else ""), err=True)
+    png = plot or PROJECT_ROOT / "var" / "experiments" / experiment / "cumulative_lift.png"
+    out["plot"] = str(plot_cumulative_lift(cumulative_lift(rows, found[0]), experiment, png))
+    typer.echo(f"cumulative lift: {out['plot']}", err=True)
+    typer.echo(json.dumps(out))

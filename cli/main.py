@@ -21,7 +21,7 @@ from contract.paths import PROJECT_ROOT
 COMMANDS: dict[str, tuple[str, str, str | None, str]] = {
     "config": ("cli.config", "app", None, "Config files: check one without running anything."),
     "experiments": ("cli.experiments", "app", None,
-                    "Experiments: check a file, apply it to the running services and job, list what runs."),
+                    "Experiments: check a file, apply it to the running services and job, list what runs, report one."),
     "stack": ("cli.stack", "app", None, "Local Kafka (KRaft) + Redis on loopback."),
     "cluster": ("cli.cluster", "app", None, "Standalone Flink cluster from PyFlink's bin/."),
     "models": ("cli.models", "app", None, "The model registry: list, promote, roll back; the live drift report."),

@@ -417,6 +417,16 @@ class FaultConfig(_Strict):
     checkpoint has completed, so the restart has one to restore."""
 
 
+class EngagementConfig(_Strict):
+    window_s: float = Field(86_400.0, gt=0)
+    """Attribution window: a click or purchase within this long after an exposure that showed the
+    item counts for that exposure (s)."""
+    half_life_s: float = Field(3_600.0, gt=0)
+    """Time-decay attribution: a touch this much older than the purchase gets half the weight (s)."""
+    click_types: tuple[Literal["view", "click", "add_to_cart"], ...] = ("view", "click")
+    """Interaction types that count as a click on an exposed item."""
+
+
 class JobConfig(_Strict):
     """The recommend job's config file (deploy/config/*.toml)."""
     kafka: KafkaConfig = KafkaConfig()
@@ -430,6 +440,7 @@ class JobConfig(_Strict):
     faults: FaultConfig = FaultConfig()
     privacy: PrivacyConfig = PrivacyConfig()
     quarantine: QuarantineConfig = QuarantineConfig()
+    engagement: EngagementConfig = EngagementConfig()
 
     @model_validator(mode="after")
     def _micro_batch_fits(self) -> JobConfig:

@@ -16,7 +16,8 @@ ROLES = {
     # extra: (modules that must import, commands whose --help must answer, distributions that must be absent)
     "serving": (["serving.launch", "serving.gateway", "serving.client", "cli.serving"], ["serve", "gateway", "lookup"],
                 ["pyflink", "lightgbm", "matplotlib", "pytest", "ruff"]),
-    "train": (["models.training", "models.evaluation", "cli.models"], ["train", "evaluate", "models"],
+    "train": (["models.training", "models.evaluation", "cli.models", "cli.experiments"],
+              ["train", "evaluate", "models", "experiments"],
               ["pyflink", "fastapi", "pytest", "ruff"]),
     "job": (["jobs.recommend", "jobs.functions", "cli.job", "cli.cluster"], ["run", "submit", "ledger"],
             ["lightgbm", "fastapi", "matplotlib", "pytest", "ruff"]),

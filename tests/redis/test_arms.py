@@ -37,7 +37,7 @@ def spec_pinning(version: str) -> dict:
 def windows(users: list[str], end_ms: int, rng: random.Random) -> list[WindowDelta]:
     out = []
     for n, u in enumerate(users):
-        events = [Event(f"{u}-{end_ms}-{m}", rng.choice(["view", "view", "cart", "purchase"]),
+        events = [Event(f"{u}-{end_ms}-{m}", rng.choice(["view", "view", "add_to_cart", "purchase"]),
                         f"i{rng.randrange(60)}", f"c{rng.randrange(5)}", end_ms - 1000 + m, 10.0, True)
                   for m in range(1 + n % 4)]
         out.append(WindowDelta(u, end_ms, ";".join(e.encode() for e in events)))

@@ -1,0 +1,162 @@
+"""An experiment's report from the exposures and the interactions that followed them: per arm the
+users, exposures, CTR, conversion and revenue per user; lift over the control arm with 95%
+bootstrap intervals over users (the unit of assignment); a sample-ratio-mismatch check; and the
+cumulative lift over time. Outcomes come from udfs.attribution, the function the engagement job
+runs, over the same [engagement] window, half-life and click types."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+from scipy.stats import chisquare
+
+from contract.config import EngagementConfig
+from udfs.attribution import Action, Shown, attribute
+
+SRM_ALARM_P = 0.001
+BOOTSTRAP_SAMPLES = 2000
+
+
+@dataclass(frozen=True)
+class ExposureRow:
+    user_id: str
+    request_id: str
+    served_at_ms: int
+    experiments: dict[str, str]
+    placement: str
+    model_version: str
+    clicked: bool
+    conversions: dict[str, float]
+    revenue: dict[str, float]
+
+
+def outcomes(exposures: list[dict], interactions: list[dict], cfg: EngagementConfig) -> list[ExposureRow]:
+    """Every exposure record with what it led to (user by user, through udfs.attribution)."""
+    shown, acted = defaultdict(list), defaultdict(list)
+    for e in exposures:
+        shown[e["user_id"]].append(e)
+    for i in interactions:
+        if i.get("user_id") in shown and i.get("type") in (*cfg.click_types, "purchase"):
+            acted[i["user_id"]].append(Action(i["event_id"], i["type"], i["item_id"], int(i["ts"]),
+                                              float(i.get("value") or 0.0), i.get("request_id") or ""))
+    rows = []
+    for user, records in shown.items():
+        result = attribute([Shown(e["request_id"], e["served_at_ms"], frozenset(x["item_id"] for x in e["items"]))
+                            for e in records], acted[user], int(cfg.window_s * 1000), cfg.half_life_s * 1000,
+                           frozenset(cfg.click_types))
+        for e in records:
+            o = result[e["request_id"]]
+            rows.append(ExposureRow(user, e["request_id"], e["served_at_ms"], e["experiments"], e["placement"],
+                                    e["model_version"], o.clicked, o.conversions, o.revenue))
+    return rows
+
+
+def _per_user(rows: list[ExposureRow], model: str) -> dict[str, np.ndarray]:
+    """Per user: exposures, clicked exposures, conversions, revenue (the bootstrap resamples users)."""
+    acc: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0.0])
+    for r in rows:
+        a = acc[r.user_id]
+        a[0] += 1
+        a[1] += r.clicked
+        a[2] += r.conversions[model]
+        a[3] += r.revenue[model]
+    m = np.array(list(acc.values()), dtype=np.float64).reshape(-1, 4)
+    return {"exposures": m[:, 0], "clicks": m[:, 1], "conversions": m[:, 2], "revenue": m[:, 3]}
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> float:
+    return float(num.sum() / den.sum()) if den.sum() else 0.0
+
+
+def _lift_interval(t: dict[str, np.ndarray], c: dict[str, np.ndarray], num: str, rng: np.random.Generator,
+                   samples: int) -> dict[str, float]:
+    """Relative lift of sum(num)/sum(exposures), treatment over control, with a 95% percentile
+    interval: users resampled with replacement within each arm."""
+    point_c = _ratio(c[num], c["exposures"])
+    lift = _ratio(t[num], t["exposures"]) / point_c - 1 if point_c else float("nan")
+    ti = rng.integers(0, len(t["exposures"]), size=(samples, len(t["exposures"])))
+    ci = rng.integers(0, len(c["exposures"]), size=(samples, len(c["exposures"])))
+    rt = t[num][ti].sum(1) / np.maximum(t["exposures"][ti].sum(1), 1)
+    rc = c[num][ci].sum(1) / np.maximum(c["exposures"][ci].sum(1), 1)
+    ok = rc > 0
+    lifts = rt[ok] / rc[ok] - 1
+    low, high = (np.percentile(lifts, [2.5, 97.5]) if len(lifts) else (float("nan"), float("nan")))
+    return {"lift": round(lift, 6), "low": round(float(low), 6), "high": round(float(high), 6)}
+
+
+def report(rows: list[ExposureRow], experiment: dict, model: str = "last_touch",
+           samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> dict:
+    """The experiment's numbers (`experiment` as in the applied spec: arms with cumulative weights,
+    control). Only exposures that carry an arm of this experiment count."""
+    name, control = experiment["name"], experiment["control"]
+    by_arm: dict[str, list[ExposureRow]] = defaultdict(list)
+    for r in rows:
+        if name in r.experiments:
+            by_arm[r.experiments[name]].append(r)
+    arms, users = {}, {}
+    prev = 0
+    weights = {}
+    for a in experiment["arms"]:
+        weights[a["name"]], prev = a["upto"] - prev, a["upto"]
+    for arm in weights:
+        u = _per_user(by_arm.get(arm, []), model)
+        users[arm] = u
+        n = len(u["exposures"])
+        arms[arm] = {"users": n, "exposures": int(u["exposures"].sum()),
+                     "ctr": round(_ratio(u["clicks"], u["exposures"]), 6),
+                     "conversion": round(_ratio(u["conversions"], u["exposures"]), 6),
+                     "revenue_per_user": round(float(u["revenue"].sum() / n), 6) if n else 0.0,
+                     "revenue_per_exposure": round(_ratio(u["revenue"], u["exposures"]), 6)}
+    observed = [arms[a]["users"] for a in weights]
+    total_w = sum(weights.values())
+    srm_p = (float(chisquare(observed, [sum(observed) * w / total_w for w in weights.values()]).pvalue)
+             if sum(observed) else float("nan"))
+    rng = np.random.default_rng(seed)
+    lifts = {}
+    for arm in weights:
+        if arm == control or not arms[arm]["users"] or not arms[control]["users"]:
+            continue
+        lifts[arm] = {"ctr": _lift_interval(users[arm], users[control], "clicks", rng, samples),
+                      "conversion": _lift_interval(users[arm], users[control], "conversions", rng, samples)}
+    return {"experiment": name, "control": control, "attribution": model, "arms": arms, "lift": lifts,
+            "srm_p": round(srm_p, 6), "srm_alarm": bool(srm_p < SRM_ALARM_P)}
+
+
+def cumulative_lift(rows: list[ExposureRow], experiment: dict, buckets: int = 24) -> dict[str, list]:
+    """CTR lift of each arm over control, cumulated up to each of `buckets` equal slices of time."""
+    name, control = experiment["name"], experiment["control"]
+    mine = sorted((r for r in rows if name in r.experiments), key=lambda r: r.served_at_ms)
+    if not mine:
+        return {"t_ms": []}
+    edges = np.linspace(mine[0].served_at_ms, mine[-1].served_at_ms, buckets + 1)[1:]
+    out: dict[str, list] = {"t_ms": [int(e) for e in edges]}
+    for arm in (a["name"] for a in experiment["arms"] if a["name"] != control):
+        series = []
+        for edge in edges:
+            upto = [r for r in mine if r.served_at_ms <= edge]
+            ctr = {a: _ratio(np.array([r.clicked for r in upto if r.experiments[name] == a], float),
+                             np.ones(sum(r.experiments[name] == a for r in upto))) for a in (arm, control)}
+            series.append(ctr[arm] / ctr[control] - 1 if ctr[control] else float("nan"))
+        out[arm] = series
+    return out
+
+
+def plot_cumulative_lift(series: dict[str, list], title: str, path: Path) -> Path:
+    fig = Figure(figsize=(8, 4))
+    ax = fig.subplots()
+    hours = [(t - series["t_ms"][0]) / 3_600_000 for t in series["t_ms"]] if series["t_ms"] else []
+    for arm, values in series.items():
+        if arm != "t_ms":
+            ax.plot(hours, [100 * v for v in values], marker="o", label=arm)
+    ax.axhline(0, color="grey", lw=1)
+    ax.set_xlabel("hours since the first exposure")
+    ax.set_ylabel("cumulative CTR lift over control (%)")
+    ax.set_title(title)
+    ax.legend()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    return path

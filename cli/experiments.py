@@ -9,7 +9,6 @@ from typing import Annotated
 
 import redis as redis_lib
 import typer
-from kafka import KafkaConsumer
 from kafka.errors import KafkaError
 
 from cli.common import DEFAULT_CONFIG, ConfigOpt, SetOpt, exit_on, job_config
@@ -18,6 +17,7 @@ from contract.config import ConfigError
 from contract.experiments import BUCKETS, load_experiments, now_ms, read_experiments, store_experiments
 from contract.paths import PROJECT_ROOT
 from models.experiment_report import cumulative_lift, outcomes, plot_cumulative_lift, report
+from traffic.publish import read_json_topic
 from udfs.attribution import MODELS
 
 app = typer.Typer(help="Experiments: check a file, apply it to the running services and job, list what runs, "
@@ -92,25 +92,6 @@ def list_(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None) -> None:
     for line in _describe(spec, now_ms()):
         typer.echo(line, err=True)
     typer.echo(json.dumps({"version": version, **spec}))
-
-
-def read_json_topic(bootstrap: str, topic: str, idle_ms: int = 3000) -> list[dict]:
-    """Every JSON record of a topic, from its start; records that are not JSON objects are skipped
-    (the job's DLQ accounts for those on the interactions topic)."""
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                             enable_auto_commit=False, consumer_timeout_ms=idle_ms)
-    out = []
-    try:
-        for m in consumer:
-            try:
-                value = json.loads(m.value)
-            except ValueError:
-                continue
-            if isinstance(value, dict):
-                out.append(value)
-    finally:
-        consumer.close()
-    return out
 
 
 @app.command("report")

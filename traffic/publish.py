@@ -8,7 +8,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from kafka import KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer
 from tqdm import tqdm
 
 from contract.paths import catalog_path
@@ -141,3 +141,22 @@ def send_requests(bootstrap: str, topic: str, action: str, users: list[str], ts_
     p.flush()
     p.close()
     return ids
+
+
+def read_json_topic(bootstrap: str, topic: str, idle_ms: int = 3000) -> list[dict]:
+    """Every JSON record of a topic, from its start; records that are not JSON objects are skipped
+    (the job's DLQ accounts for those on the interactions topic)."""
+    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                             enable_auto_commit=False, consumer_timeout_ms=idle_ms)
+    out = []
+    try:
+        for m in consumer:
+            try:
+                value = json.loads(m.value)
+            except ValueError:
+                continue
+            if isinstance(value, dict):
+                out.append(value)
+    finally:
+        consumer.close()
+    return out

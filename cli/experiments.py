@@ -13,10 +13,10 @@ from kafka.errors import KafkaError
 
 from cli.common import DEFAULT_CONFIG, ConfigOpt, SetOpt, exit_on, job_config
 from contract import keys
-from contract.config import ConfigError
+from contract.config import ConfigError, JobConfig
 from contract.experiments import BUCKETS, load_experiments, now_ms, read_experiments, store_experiments
 from contract.paths import PROJECT_ROOT
-from models.experiment_report import cumulative_lift, outcomes, plot_cumulative_lift, report
+from models.experiment_report import ExposureRow, cumulative_lift, outcomes, plot_cumulative_lift, report
 from traffic.publish import read_json_topic
 from udfs.attribution import MODELS
 
@@ -94,6 +94,30 @@ def list_(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None) -> None:
     typer.echo(json.dumps({"version": version, **spec}))
 
 
+def applied_experiments(cfg: JobConfig) -> tuple[dict, str] | None:
+    """The applied spec and version from the config's Redis, or exit 1 saying why not."""
+    try:
+        return read_experiments(redis_lib.Redis(**cfg.redis.client_kwargs()))
+    except redis_lib.RedisError as e:
+        typer.echo(f"cannot read the experiments from Redis: {e}; is it running (`streamrank stack up`)?", err=True)
+        raise typer.Exit(1) from None
+
+
+def exposure_outcomes(cfg: JobConfig, exposures_topic: str) -> list[ExposureRow]:
+    """Every exposure on the topic with what followed it on the interactions topic."""
+    try:
+        exposures = read_json_topic(cfg.kafka.bootstrap_servers, exposures_topic)
+        interactions = read_json_topic(cfg.kafka.bootstrap_servers, cfg.kafka.interactions_topic)
+    except KafkaError as e:
+        typer.echo(f"cannot read Kafka {cfg.kafka.bootstrap_servers}: {e}", err=True)
+        raise typer.Exit(1) from None
+    if pseudonym_keys := cfg.privacy.keys():  # exposures name users as the job stores them
+        interactions = [{**i, "user_id": keys.pseudonym(str(i.get("user_id")), pseudonym_keys[0])}
+                        for i in interactions]
+    typer.echo(f"{len(exposures)} exposures, {len(interactions)} interactions read", err=True)
+    return outcomes(exposures, interactions, cfg.engagement)
+
+
 @app.command("report")
 def report_(
     experiment: Annotated[str, typer.Argument(help="the experiment's name (`experiments list` shows them)")],
@@ -110,28 +134,14 @@ def report_(
     if attribution not in MODELS:
         raise typer.BadParameter(f"{attribution!r}; choose one of {', '.join(MODELS)}", param_hint="--attribution")
     cfg = job_config(config, set_)
-    try:
-        applied = read_experiments(redis_lib.Redis(**cfg.redis.client_kwargs()))
-    except redis_lib.RedisError as e:
-        typer.echo(f"cannot read the experiments from Redis: {e}; is it running (`streamrank stack up`)?", err=True)
-        raise typer.Exit(1) from None
+    applied = applied_experiments(cfg)
     found = [e for e in (applied[0]["experiments"] if applied else []) if e["name"] == experiment]
     if not found:
         names = [e["name"] for e in applied[0]["experiments"]] if applied else []
         typer.echo(f"no experiment {experiment!r} is applied; applied: {', '.join(names) or 'none'} "
                    "(`streamrank experiments list`)", err=True)
         raise typer.Exit(2)
-    try:
-        exposures = read_json_topic(cfg.kafka.bootstrap_servers, exposures_topic)
-        interactions = read_json_topic(cfg.kafka.bootstrap_servers, cfg.kafka.interactions_topic)
-    except KafkaError as e:
-        typer.echo(f"cannot read Kafka {cfg.kafka.bootstrap_servers}: {e}", err=True)
-        raise typer.Exit(1) from None
-    if pseudonym_keys := cfg.privacy.keys():  # exposures name users as the job stores them
-        interactions = [{**i, "user_id": keys.pseudonym(str(i.get("user_id")), pseudonym_keys[0])}
-                        for i in interactions]
-    typer.echo(f"{len(exposures)} exposures, {len(interactions)} interactions read", err=True)
-    rows = outcomes(exposures, interactions, cfg.engagement)
+    rows = exposure_outcomes(cfg, exposures_topic)
     out = report(rows, found[0], attribution, samples)
     for arm, a in out["arms"].items():
         typer.echo(f"{arm}{' (control)' if arm == out['control'] else ''}: {a['users']} users, {a['exposures']} "

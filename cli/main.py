@@ -36,6 +36,10 @@ COMMANDS: dict[str, tuple[str, str, str | None, str]] = {
                  "against the baselines."),
     "train": ("cli.models", "commands", "train",
               "Train a model on the earlier part of a history, gate it on the held-out later part, publish."),
+    "retrain": ("cli.models", "commands", "retrain",
+                "Retraining with a canary: decide the running canary from its experiment report (promote, roll back "
+                "or wait), or, when none runs, train on --history, gate it against the baselines and start it as a "
+                "canary on [canary] share of users."),
     "features": ("cli.models", "commands", "features",
                  "Show users' features at a cut-off, computed offline with the streaming job's definitions."),
     "run": ("cli.job", "commands", "run",

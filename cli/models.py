@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import Counter
 from datetime import UTC, datetime
@@ -12,12 +13,16 @@ from typing import Annotated
 import redis as redis_lib
 import typer
 
-from cli.common import (ConfigOpt, DEFAULT_CONFIG, PresetOpt, REGISTRY, RegistryOpt, exit_on, import_log,
+from cli.common import (ConfigOpt, DEFAULT_CONFIG, PresetOpt, REGISTRY, RegistryOpt, SetOpt, exit_on, import_log,
                         job_config, setup_logging)
+from cli.experiments import applied_experiments, exposure_outcomes
 from contract import keys
-from contract.config import FORMAT_PRESETS
+from contract.config import FORMAT_PRESETS, JobConfig
+from contract.experiments import store_experiments
 from contract.paths import PROJECT_ROOT, run_dir
 from models.baselines import publish_baseline
+from models.canary import Decision, canary_experiment, decide, record, running_canary, with_canary, without
+from models.experiment_report import report
 from udfs.arms import BASELINE_KINDS
 from models.evaluation import NotEnoughEvents, evaluate_history, gate, holdout_evaluation
 from models.offline import replay_file
@@ -28,6 +33,7 @@ from udfs.features import describe
 app = typer.Typer(help="The model registry: list, promote, roll back; the live drift report.",
                   no_args_is_help=True)
 commands = typer.Typer()
+log = logging.getLogger(__name__)
 
 
 @commands.command()
@@ -83,6 +89,21 @@ def evaluate(
     typer.echo(json.dumps(results))
 
 
+def train_gated(history: Path, catalog: Path | None, registry: Path, cfg: JobConfig, kind: str, holdout: float,
+                k: int, promote: bool, force: bool = False) -> tuple[Path, dict, Path]:
+    """Train on the earlier part of a history, gate on the held-out later part against every
+    baseline, publish (promoted if asked and the gate passed): (version dir, verdict, report dir)."""
+    report_dir = PROJECT_ROOT / "var" / "train" / time.strftime("%Y%m%d-%H%M%S")
+    with exit_on(PublishRefused, NotEnoughEvents, ValueError):
+        run = holdout_evaluation(str(history), cfg, [kind], 1 - holdout, k, str(report_dir),
+                                 catalog=str(catalog) if catalog else None)
+        verdict = gate(run.results, kind, [n for n in run.results if n not in MODEL_KINDS], k)
+        verdict["forced"] = force and promote and not verdict["promote"]
+        verdict["difference_ci95"] = run.summary["comparison"]["difference_ci95"]  # model - best baseline
+        out = publish(run.trained[kind], registry, promote=promote and (verdict["promote"] or force), gate=verdict)
+    return out, verdict, report_dir
+
+
 @commands.command()
 def train(
     history: Annotated[Path, typer.Option(help="JSONL event history (streamrank simulate --history, or import)")],
@@ -113,14 +134,7 @@ def train(
     setup_logging()
     sets = [f"training.horizon_s={horizon_s}"] if horizon_s is not None else None
     cfg = job_config(config, sets, preset=preset)
-    report_dir = PROJECT_ROOT / "var" / "train" / time.strftime("%Y%m%d-%H%M%S")
-    with exit_on(PublishRefused, NotEnoughEvents, ValueError):
-        run = holdout_evaluation(str(history), cfg, [kind], 1 - holdout, k, str(report_dir),
-                                 catalog=str(catalog) if catalog else None)
-        verdict = gate(run.results, kind, [n for n in run.results if n not in MODEL_KINDS], k)
-        verdict["forced"] = force and promote and not verdict["promote"]
-        verdict["difference_ci95"] = run.summary["comparison"]["difference_ci95"]  # model - best baseline
-        out = publish(run.trained[kind], registry, promote=promote and (verdict["promote"] or force), gate=verdict)
+    out, verdict, report_dir = train_gated(history, catalog, registry, cfg, kind, holdout, k, promote, force)
     if verdict["promote"]:
         typer.echo(f"gate passed: {verdict['reason']}" + ("; promoted" if promote else "; not promoted (--no-promote)"),
                    err=True)
@@ -234,3 +248,57 @@ def features(
             continue
         typer.echo(json.dumps({"user_id": u, "at_ms": t, "window_end": s.window_end,
                                "features": describe(s, t, cfg.features)}))
+
+
+@commands.command()
+def retrain(
+    history: Annotated[Path | None, typer.Option(
+        help="recent events to train a new model on when no canary runs (a history file)")] = None,
+    catalog: Annotated[Path | None, typer.Option(help="items JSONL (item_id, category, price)")] = None,
+    registry: RegistryOpt = REGISTRY,
+    exposures_topic: Annotated[str, typer.Option(help="the services' [exposures] topic")] = "exposures",
+    kind: Annotated[str, typer.Option(help="lambdamart or classifier")] = "lambdamart",
+    holdout: Annotated[float, typer.Option(help="share of events (latest) held out for the gate")] = 0.2,
+    k: Annotated[int, typer.Option(help="the gate's NDCG@k")] = 10,
+    config: ConfigOpt = DEFAULT_CONFIG,
+    set_: SetOpt = None,
+) -> None:
+    """Retraining with a canary: decide the running canary from its experiment report (promote, roll
+    back or wait), or, when none runs, train on --history, gate it against the baselines and start it
+    as a canary on [canary] share of users. Every decision is logged with its numbers (and kept in
+    the registry's decisions.jsonl); the last line is JSON."""
+    setup_logging()
+    cfg = job_config(config, set_)
+    applied = applied_experiments(cfg)
+    spec = applied[0] if applied else None
+    store = redis_lib.Redis(**cfg.redis.client_kwargs())
+    reg = Registry(registry)
+    if (running := running_canary(spec)) is not None:
+        decision = decide(report(exposure_outcomes(cfg, exposures_topic), running), running, cfg.canary)
+        if decision.action == "promote":
+            reg.promote(decision.version)
+        if decision.action in ("promote", "rollback"):
+            store_experiments(store, without(spec, running["name"]), "(streamrank retrain)")
+    else:
+        if history is None:
+            typer.echo("no canary runs; pass --history FILE to train a new model and start one", err=True)
+            raise typer.Exit(2)
+        if kind not in MODEL_KINDS:
+            raise typer.BadParameter(f"{kind!r}; choose one of {', '.join(MODEL_KINDS)}", param_hint="--kind")
+        current = reg.current()
+        out, verdict, _ = train_gated(history, catalog, registry, cfg, kind, holdout, k, promote=current is None)
+        if current is None:
+            decision = Decision("promote" if verdict["promote"] else "not_started",
+                                "no current model: the first one is promoted without a canary"
+                                if verdict["promote"] else f"gate: {verdict['reason']}", out.name, "", verdict)
+        elif not verdict["promote"]:
+            decision = Decision("not_started", f"gate: {verdict['reason']}", out.name, "", verdict)
+        else:
+            experiment = canary_experiment(out.name, current, cfg.canary)
+            with exit_on(ValueError, code=2):
+                store_experiments(store, with_canary(spec, experiment), "(streamrank retrain)")
+            decision = Decision("start", f"gate passed ({verdict['reason']}); canary on {100 * cfg.canary.share:.0f}% "
+                                         f"of users against {current}", out.name, experiment["name"], verdict)
+    entry = record(registry, decision)
+    log.info("retrain: %s %s: %s %s", decision.action, decision.version, decision.reason, json.dumps(decision.numbers))
+    typer.echo(json.dumps(entry))

@@ -427,6 +427,20 @@ class EngagementConfig(_Strict):
     """Interaction types that count as a click on an exposed item."""
 
 
+class CanaryConfig(_Strict):
+    share: float = Field(0.1, gt=0, le=0.5)
+    """Share of users a retrained model serves while it is a canary (against the current model
+    on as many users)."""
+    min_users: int = Field(200, ge=10)
+    """Fewest users in each arm before the canary is promoted or rolled back."""
+    max_conversion_drop: float = Field(0.05, ge=0, le=1)
+    """Guardrail: the canary is rolled back when its conversion lift over the current model is
+    surely below -this (the 95% interval's upper bound); it is promoted only when the lower bound
+    is not below it."""
+    max_age_s: float = Field(7 * 86_400.0, gt=0)
+    """A canary still undecided this long after it started is rolled back (s)."""
+
+
 class JobConfig(_Strict):
     """The recommend job's config file (deploy/config/*.toml)."""
     kafka: KafkaConfig = KafkaConfig()
@@ -441,6 +455,7 @@ class JobConfig(_Strict):
     privacy: PrivacyConfig = PrivacyConfig()
     quarantine: QuarantineConfig = QuarantineConfig()
     engagement: EngagementConfig = EngagementConfig()
+    canary: CanaryConfig = CanaryConfig()
 
     @model_validator(mode="after")
     def _micro_batch_fits(self) -> JobConfig:

@@ -6,6 +6,7 @@ here is applied or built; these checks are what can be known without them.)"""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 import subprocess
 
 import pyflink.version
@@ -48,7 +49,22 @@ def test_every_object_is_valid_against_its_schema(rendered, objects):
     assert set(objects) == {("ConfigMap", "streamrank-config"), ("FlinkDeployment", "streamrank-recommend"),
                             ("PersistentVolumeClaim", "streamrank-models"), ("StatefulSet", "redis"),
                             ("Service", "redis"), ("Deployment", "streamrank-lookup"),
-                            ("Service", "streamrank-lookup")}
+                            ("Service", "streamrank-lookup"), ("CronJob", "streamrank-retrain")}
+
+
+def test_the_retraining_cronjob_runs_retrain_on_the_registry_the_job_reads(objects):
+    cron = objects[("CronJob", "streamrank-retrain")]
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    args = container["command"]
+    assert args[:4] == ["python3", "-m", "cli", "retrain"] and container["image"].startswith("streamrank-train:")
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    job = load_config(K8S / "job.toml")
+    assert args[args.index("--config") + 1] == f"{mounts['config']}/job.toml"
+    assert Path(job.scoring.model_dir).parent == Path(args[args.index("--registry") + 1]) == Path(mounts["models"])
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["models"]["persistentVolumeClaim"]["claimName"] == "streamrank-models"
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
 
 
 def test_the_validator_refuses_what_the_schemas_refuse(objects):
@@ -103,7 +119,8 @@ def test_the_flink_deployment_agrees_with_the_job_config_and_the_image(objects):
     uv = re.search(r"^UV_VERSION=(\S+)$", (PROJECT_ROOT / "devstack" / "setup" / "setup.sh").read_text(), re.M)[1]
     assert f"uv=={uv}" in dockerfile
     # the image installs the roles it runs, at the lock's pins, and not the whole lock (tests, lint, training)
-    assert '-c requirements.lock ".[job,serving]"' in dockerfile and "-r requirements.lock" not in dockerfile
+    assert re.search(r"^ARG EXTRAS=job,serving$", dockerfile, re.M)
+    assert '-c requirements.lock ".[${EXTRAS}]"' in dockerfile and "-r requirements.lock" not in dockerfile
     assert "--python-version 3.11" in (PROJECT_ROOT / "Makefile").read_text()  # the lock's Python
 
 

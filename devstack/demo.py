@@ -63,6 +63,10 @@ def run_demo(live_events: int, rate: float, keep: bool) -> int:
               f"ONNX parity {card['onnx_parity_max_diff']:.1e}")
 
         dlq_start = end_offsets(cfg.kafka.bootstrap_servers, cfg.kafka.dlq_topic)  # the topic keeps earlier runs'
+        _step(f"experiments: `streamrank experiments apply {EXPERIMENTS.relative_to(PROJECT_ROOT)}`")
+        version = store_experiments(r, load_experiments(EXPERIMENTS).spec(), EXPERIMENTS.read_text())
+        print(f"experiments version {version} (the job ranks each user for their arm): " + ", ".join(e.name for e in load_experiments(EXPERIMENTS).experiments))
+
         _step("starting the recommend job on the embedded Flink MiniCluster")
         job_log = run / "demo" / "job.log"
         with open(job_log, "wb") as out:
@@ -98,10 +102,6 @@ def run_demo(live_events: int, rate: float, keep: bool) -> int:
                                            progress=False, start=dlq_start), samples=0)
         print(f"this run's DLQ records (`streamrank dlq` shows samples): {rejected['records']}: "
               + ", ".join(f"{why} {n}" for why, n in rejected["by_reason"].items()))
-
-        _step(f"experiments: `streamrank experiments apply {EXPERIMENTS.relative_to(PROJECT_ROOT)}`")
-        version = store_experiments(r, load_experiments(EXPERIMENTS).spec(), EXPERIMENTS.read_text())
-        print(f"experiments version {version}: " + ", ".join(e.name for e in load_experiments(EXPERIMENTS).experiments))
 
         _step("serving over gRPC and looking up a few users (each answer is logged on Kafka's exposures topic)")
         scfg = load_serving_config(PROJECT_ROOT / "deploy" / "config" / "serving.toml", {"port": 0})

@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -69,13 +68,18 @@ func newRequestID() string {
 	return hex.EncodeToString(b[:])
 }
 
-// ExposureLog sends exposure records to Kafka with franz-go. Log never blocks: TryProduce fails a
-// record at once with ErrMaxBuffered when buffer_records wait unsent (Kafka slow or down), and that
-// record is dropped and counted. Records already buffered are sent when Kafka is back.
+// ExposureLog sends exposure records to Kafka with franz-go, from one goroutine: a call only
+// counts its record as held and hands it over (no encoding, no Kafka client work on the call's
+// path). At most buffer_records are held (handed over, or in the client unacknowledged): while
+// Kafka is slow or down they fill up, and then further records are dropped and counted. What is
+// held is sent when Kafka is back.
 type ExposureLog struct {
 	client     *kgo.Client
+	queue      chan *Exposure // capacity buffer_records: a send never waits while held <= buffer
+	held       atomic.Int64
 	dropped    atomic.Int64
 	lastWarned atomic.Int64 // unix nanoseconds
+	sending    chan struct{}
 	bootstrap  string
 	buffer     int
 }
@@ -88,50 +92,74 @@ func newExposureLog(spec *Spec) (*ExposureLog, error) {
 	client, err := kgo.NewClient(
 		kgo.SeedBrokers(strings.Split(x.BootstrapServers, ",")...),
 		kgo.DefaultProduceTopic(x.Topic),
-		kgo.MaxBufferedRecords(x.BufferRecords),
+		kgo.MaxBufferedRecords(x.BufferRecords), // never reached: held counts these too
 		kgo.ProducerLinger(time.Duration(x.LingerMs*float64(time.Millisecond))),
 		kgo.RequiredAcks(kgo.LeaderAck()),
 		// uncompressed, as the Python front ends send: any consumer reads them (franz-go's default,
-		// snappy, needs a codec kafka-python does not bring), and no call's CPU goes to compressing
+		// snappy, needs a codec kafka-python does not bring), and no CPU goes to compressing
 		kgo.ProducerBatchCompression(kgo.NoCompression()),
 		kgo.DisableIdempotentWrite(), // leader acks; an exposure duplicated by a retry is rare and harmless to counts joined by request_id
 	)
 	if err != nil {
 		return nil, fmt.Errorf("exposures: Kafka client for %s: %w", x.BootstrapServers, err)
 	}
-	return &ExposureLog{client: client, bootstrap: x.BootstrapServers, buffer: x.BufferRecords}, nil
+	l := &ExposureLog{client: client, queue: make(chan *Exposure, x.BufferRecords), sending: make(chan struct{}),
+		bootstrap: x.BootstrapServers, buffer: x.BufferRecords}
+	go l.send()
+	return l, nil
 }
 
-// Log queues one record; it never waits on Kafka.
+// Log hands one record over; it never waits on Kafka.
 func (l *ExposureLog) Log(e *Exposure) {
-	value, err := json.Marshal(e)
-	if err != nil {
-		slog.Error("exposure not encoded: " + err.Error())
+	if l.held.Add(1) > int64(l.buffer) {
+		l.held.Add(-1)
+		l.drop()
 		return
 	}
-	l.client.TryProduce(context.Background(), &kgo.Record{Key: []byte(e.UserID), Value: value}, l.done)
+	l.queue <- e
+}
+
+func (l *ExposureLog) send() {
+	defer close(l.sending)
+	for e := range l.queue {
+		value, err := json.Marshal(e)
+		if err != nil {
+			slog.Error("exposure not encoded: " + err.Error())
+			l.held.Add(-1)
+			continue
+		}
+		l.client.Produce(context.Background(), &kgo.Record{Key: []byte(e.UserID), Value: value}, l.done)
+	}
+}
+
+func (l *ExposureLog) drop() {
+	n := l.dropped.Add(1)
+	exposureOutcomes.WithLabelValues("dropped").Inc()
+	now := time.Now().UnixNano()
+	if last := l.lastWarned.Load(); now-last >= int64(warnEvery) && l.lastWarned.CompareAndSwap(last, now) {
+		slog.Warn(fmt.Sprintf("exposure buffer full (%d records; Kafka %s slow or down): %d records dropped so far",
+			l.buffer, l.bootstrap, n))
+	}
 }
 
 func (l *ExposureLog) done(_ *kgo.Record, err error) {
-	switch {
-	case err == nil:
+	l.held.Add(-1)
+	if err == nil {
 		exposureOutcomes.WithLabelValues("sent").Inc()
-	case errors.Is(err, kgo.ErrMaxBuffered):
-		n := l.dropped.Add(1)
-		exposureOutcomes.WithLabelValues("dropped").Inc()
-		now := time.Now().UnixNano()
-		if last := l.lastWarned.Load(); now-last >= int64(warnEvery) && l.lastWarned.CompareAndSwap(last, now) {
-			slog.Warn(fmt.Sprintf("exposure buffer full (%d records; Kafka %s slow or down): %d records dropped so far",
-				l.buffer, l.bootstrap, n))
-		}
-	default:
-		exposureOutcomes.WithLabelValues("failed").Inc()
-		slog.Warn("exposure record refused by Kafka: " + err.Error())
+		return
 	}
+	exposureOutcomes.WithLabelValues("failed").Inc()
+	slog.Warn("exposure record refused by Kafka: " + err.Error())
 }
 
-// Close sends what is buffered (until ctx ends), then closes the client.
+// Close sends what is held (until ctx ends), then closes the client. Calls have ended: Log is
+// not called again.
 func (l *ExposureLog) Close(ctx context.Context) {
+	close(l.queue)
+	select {
+	case <-l.sending:
+	case <-ctx.Done():
+	}
 	if err := l.client.Flush(ctx); err != nil {
 		slog.Warn("exposures not all sent before stopping: " + err.Error())
 	}

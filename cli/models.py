@@ -94,7 +94,7 @@ def train_gated(history: Path, catalog: Path | None, registry: Path, cfg: JobCon
     """Train on the earlier part of a history, gate on the held-out later part against every
     baseline, publish (promoted if asked and the gate passed): (version dir, verdict, report dir)."""
     report_dir = PROJECT_ROOT / "var" / "train" / time.strftime("%Y%m%d-%H%M%S")
-    with exit_on(PublishRefused, NotEnoughEvents, ValueError):
+    with exit_on(PublishRefused, NotEnoughEvents, ValueError, FileNotFoundError):
         run = holdout_evaluation(str(history), cfg, [kind], 1 - holdout, k, str(report_dir),
                                  catalog=str(catalog) if catalog else None)
         verdict = gate(run.results, kind, [n for n in run.results if n not in MODEL_KINDS], k)
@@ -276,7 +276,8 @@ def retrain(
     if (running := running_canary(spec)) is not None:
         decision = decide(report(exposure_outcomes(cfg, exposures_topic), running), running, cfg.canary)
         if decision.action == "promote":
-            reg.promote(decision.version)
+            with exit_on(RegistryError):
+                reg.promote(decision.version)
         if decision.action in ("promote", "rollback"):
             store_experiments(store, without(spec, running["name"]), "(streamrank retrain)")
     else:
@@ -297,8 +298,8 @@ def retrain(
             experiment = canary_experiment(out.name, current, cfg.canary)
             with exit_on(ValueError, code=2):
                 store_experiments(store, with_canary(spec, experiment), "(streamrank retrain)")
-            decision = Decision("start", f"gate passed ({verdict['reason']}); canary on {100 * cfg.canary.share:.0f}% "
-                                         f"of users against {current}", out.name, experiment["name"], verdict)
+            decision = Decision("start", f"gate passed ({verdict['reason']}); canary on {50 * cfg.canary.share:g}% "
+                                         f"of users against {current} on as many", out.name, experiment["name"], verdict)
     entry = record(registry, decision)
     log.info("retrain: %s %s: %s %s", decision.action, decision.version, decision.reason, json.dumps(decision.numbers))
     typer.echo(json.dumps(entry))

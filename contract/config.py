@@ -428,9 +428,9 @@ class EngagementConfig(_Strict):
 
 
 class CanaryConfig(_Strict):
-    share: float = Field(0.1, gt=0, le=0.5)
-    """Share of users a retrained model serves while it is a canary (against the current model
-    on as many users)."""
+    share: float = Field(0.1, gt=0, le=1)
+    """Share of users in a canary experiment: half of them get the retrained model, half the
+    current one (pinned, as the control)."""
     min_users: int = Field(200, ge=10)
     """Fewest users in each arm before the canary is promoted or rolled back."""
     max_conversion_drop: float = Field(0.05, ge=0, le=1)

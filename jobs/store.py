@@ -180,7 +180,12 @@ class ExperimentsSource:
             if version is None:
                 self.spec = self.version = None
             elif version.decode() != self.version:
-                applied = read_experiments(self.redis)
+                try:
+                    applied = read_experiments(self.redis)
+                except ValueError as e:  # a spec this version cannot read: keep ranking as before
+                    log.error("experiments version %s not loaded (apply them again with this version's "
+                              "`streamrank experiments apply`): %s", version.decode(), e)
+                    return self.spec
                 self.spec, self.version = applied if applied else (None, None)
                 log.info("experiments version %s: %s", self.version,
                          ", ".join(e["name"] for e in (self.spec or {}).get("experiments", [])) or "none")

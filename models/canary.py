@@ -1,13 +1,14 @@
 """A retrained model's canary: started as an experiment of its own (layer `canary`: the new version
-against the current one, both pinned, on [canary] share of users), then promoted or rolled back
-from the experiment's report.
+against the current one, both pinned, each on half of [canary] share of users), then promoted or
+rolled back from the experiment's report.
 
 - promote: the CTR lift interval lies above 0 and the guardrail holds (the conversion lift's lower
   bound is not below -max_conversion_drop);
 - roll back: the guardrail breaks (the conversion lift's upper bound is below -max_conversion_drop),
   or the canary is clearly worse (CTR lift interval below 0), or it is still undecided after
   max_age_s;
-- continue: fewer than min_users per arm, or the intervals still straddle.
+- continue: fewer than min_users per arm, a sample-ratio mismatch (the split itself is suspect), or
+  the intervals still straddle.
 Every decision is written with its numbers (`decisions.jsonl` in the registry)."""
 
 from __future__ import annotations
@@ -79,6 +80,10 @@ def decide(report: dict, experiment: dict, cfg: CanaryConfig, now_ms: int | None
     if min(users.values(), default=0) < cfg.min_users or not lift:
         return made("rollback" if too_old else "continue",
                     f"{min(users.values(), default=0)} users in the smaller arm, {cfg.min_users} needed"
+                    + ("; max_age_s passed" if too_old else ""))
+    if report["srm_alarm"]:  # the arms' users are not split as assigned: no lift can be trusted
+        return made("rollback" if too_old else "continue",
+                    f"sample ratio mismatch (p = {report['srm_p']:.2g}): check assignment and exposure logging"
                     + ("; max_age_s passed" if too_old else ""))
     ctr, conversion = lift["ctr"], lift["conversion"]
     if conversion["high"] < -cfg.max_conversion_drop:

@@ -166,6 +166,10 @@ class LookupService:
         except (TimeoutError, RedisUnavailable, RedisReplyError) as err:
             log.debug("experiments not refreshed: %r", err)
             return False
+        except (ValueError, KeyError) as err:  # a spec this version cannot read: keep the one loaded
+            log.error("experiments in Redis not loaded (apply them again with this version's "
+                      "`streamrank experiments apply`): %r", err)
+            return False
         return True
 
     async def _experiments_loop(self) -> None:

@@ -91,7 +91,7 @@ class ExposureLog:
         while (record := self.queue.get()) is not None:
             try:
                 future = producer.send(self.cfg.topic, key=record["user_id"], value=record)
-            except KafkaError as e:  # e.g. no metadata for the topic within max_block_ms
+            except Exception as e:  # noqa: BLE001  no metadata within max_block_ms, or anything else: this thread must live on
                 self._failed(e)
                 continue
             future.add_callback(self._sent)

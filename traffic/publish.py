@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from tqdm import tqdm
 
 from contract.paths import catalog_path
 from traffic.simulator import Simulator
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -143,20 +146,38 @@ def send_requests(bootstrap: str, topic: str, action: str, users: list[str], ts_
     return ids
 
 
-def read_json_topic(bootstrap: str, topic: str, idle_ms: int = 3000) -> list[dict]:
-    """Every JSON record of a topic, from its start; records that are not JSON objects are skipped
-    (the job's DLQ accounts for those on the interactions topic)."""
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                             enable_auto_commit=False, consumer_timeout_ms=idle_ms)
-    out = []
+def read_json_topic(bootstrap: str, topic: str, idle_ms: int = 10_000) -> list[dict]:
+    """Every JSON record of a topic from its start up to its end offsets when called (a live topic
+    keeps growing: what comes later is for the next read). Records that are not JSON objects are
+    skipped (the job's DLQ accounts for those on the interactions topic); a broker silent for
+    idle_ms ends the read early, with a warning."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    out: list[dict] = []
     try:
-        for m in consumer:
-            try:
-                value = json.loads(m.value)
-            except ValueError:
-                continue
-            if isinstance(value, dict):
-                out.append(value)
+        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        if not parts:
+            return out
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        end = consumer.end_offsets(parts)
+        remaining = {tp for tp in parts if consumer.position(tp) < end[tp]}
+        while remaining:
+            batch = consumer.poll(timeout_ms=idle_ms)
+            if not batch:
+                log.warning("%s: no records for %d ms before its end offsets; read %d", topic, idle_ms, len(out))
+                break
+            for tp, messages in batch.items():
+                for m in messages:
+                    if m.offset >= end[tp]:
+                        continue
+                    try:
+                        value = json.loads(m.value)
+                    except ValueError:
+                        continue
+                    if isinstance(value, dict):
+                        out.append(value)
+                if consumer.position(tp) >= end[tp]:
+                    remaining.discard(tp)
     finally:
         consumer.close()
     return out

@@ -19,7 +19,7 @@ START = EXP["start_ms"]
 def rep(ctr, conversion, users=500):
     lo, hi = ctr
     clo, chi = conversion
-    return {"arms": {"current": {"users": users}, "canary": {"users": users}}, "srm_p": 0.5,
+    return {"arms": {"current": {"users": users}, "canary": {"users": users}}, "srm_p": 0.5, "srm_alarm": False,
             "lift": {"canary": {"ctr": {"lift": (lo + hi) / 2, "low": lo, "high": hi},
                                 "conversion": {"lift": (clo + chi) / 2, "low": clo, "high": chi}}}}
 
@@ -32,6 +32,7 @@ def rep(ctr, conversion, users=500):
     (rep((-0.02, 0.10), (-0.03, 0.08)), 90_000, "rollback", "max_age_s passed"),
     (rep((0.02, 0.10), (-0.03, 0.08), users=50), 3600, "continue", "100 needed"),
     (rep((0.02, 0.10), (-0.10, 0.08)), 3600, "continue", "undecided"),  # conversion may be down too far
+    ({**rep((0.02, 0.10), (-0.03, 0.08)), "srm_p": 1e-6, "srm_alarm": True}, 3600, "continue", "sample ratio mismatch"),
 ])
 def test_decisions(report, age_s, action, says):
     d = decide(report, EXP, CFG, START + age_s * 1000)

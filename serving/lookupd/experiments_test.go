@@ -2,15 +2,10 @@ package main
 
 import (
 	"encoding/json"
-	"os"
 	"testing"
 )
 
 func TestAssignmentGivesTheSharedAnswers(t *testing.T) {
-	raw, err := os.ReadFile("../../tests/vectors/assignment.json")
-	if err != nil {
-		t.Fatal(err)
-	}
 	var v struct {
 		Buckets []struct {
 			Salt   string `json:"salt"`
@@ -24,9 +19,7 @@ func TestAssignmentGivesTheSharedAnswers(t *testing.T) {
 			Assignments map[string]string `json:"assignments"`
 		} `json:"assign"`
 	}
-	if err := json.Unmarshal(raw, &v); err != nil {
-		t.Fatal(err)
-	}
+	readVectors(t, "assignment.json", &v)
 	for _, c := range v.Buckets {
 		if got := bucket(c.Salt, c.UserID, 10000); got != c.Bucket {
 			t.Fatalf("bucket(%q, %q) = %d, want %d", c.Salt, c.UserID, got, c.Bucket)

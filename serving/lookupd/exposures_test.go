@@ -2,7 +2,6 @@ package main
 
 import (
 	"encoding/json"
-	"os"
 	"reflect"
 	"testing"
 
@@ -10,10 +9,6 @@ import (
 )
 
 func TestExposureRecordsHaveTheContractsShape(t *testing.T) {
-	raw, err := os.ReadFile("../../tests/vectors/exposure.json")
-	if err != nil {
-		t.Fatal(err)
-	}
 	var v struct {
 		Answer struct {
 			UserID string `json:"user_id"`
@@ -35,9 +30,7 @@ func TestExposureRecordsHaveTheContractsShape(t *testing.T) {
 		ServedAtMs int64          `json:"served_at_ms"`
 		Record     map[string]any `json:"record"`
 	}
-	if err := json.Unmarshal(raw, &v); err != nil {
-		t.Fatal(err)
-	}
+	readVectors(t, "exposure.json", &v)
 	a := v.Answer
 	r := &pb.GetRecommendationsResponse{UserId: a.UserID, ModelVersion: a.ModelVersion, FeatureTsMs: a.FeatureTsMs,
 		ListAgeMs: a.ListAgeMs, Fallback: a.Fallback, FallbackReason: a.FallbackReason, Placement: a.Placement,

@@ -65,15 +65,20 @@ type vectors struct {
 }
 
 func loadVectors(t testing.TB) *vectors {
-	raw, err := os.ReadFile("../../tests/vectors/lookup.json")
+	var v vectors
+	readVectors(t, "lookup.json", &v)
+	return &v
+}
+
+// readVectors decodes tests/vectors/NAME, the answers Python's tests hold their side to as well.
+func readVectors(t testing.TB, name string, into any) {
+	raw, err := os.ReadFile("../../tests/vectors/" + name)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var v vectors
-	if err := json.Unmarshal(raw, &v); err != nil {
+	if err := json.Unmarshal(raw, into); err != nil {
 		t.Fatal(err)
 	}
-	return &v
 }
 
 func triples(items []*pb.ScoredItem) []any {

@@ -1,16 +1,10 @@
 package main
 
 import (
-	"encoding/json"
-	"os"
 	"testing"
 )
 
 func TestPseudonymsGiveTheSharedAnswers(t *testing.T) {
-	raw, err := os.ReadFile("../../tests/vectors/pseudonym.json")
-	if err != nil {
-		t.Fatal(err)
-	}
 	var v struct {
 		Key   string `json:"key"`
 		Cases []struct {
@@ -18,9 +12,7 @@ func TestPseudonymsGiveTheSharedAnswers(t *testing.T) {
 			Pseudonym string `json:"pseudonym"`
 		} `json:"cases"`
 	}
-	if err := json.Unmarshal(raw, &v); err != nil {
-		t.Fatal(err)
-	}
+	readVectors(t, "pseudonym.json", &v)
 	for _, c := range v.Cases {
 		if got := pseudonym(c.UserID, []byte(v.Key)); got != c.Pseudonym {
 			t.Fatalf("pseudonym(%q) = %s, want %s", c.UserID, got, c.Pseudonym)

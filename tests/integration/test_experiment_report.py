@@ -45,6 +45,15 @@ def test_the_report_reads_the_topics_and_the_applied_experiment(kafka_broker, re
     assert got == json.loads(json.dumps(report(outcomes(exposures, interactions, EngagementConfig()),
                                                spec["experiments"][0], samples=500)))
     assert got["arms"]["model"]["users"] == 300 and got["lift"]["model"]["ctr"]["low"] > 0
+    # counted straight from the records (each exposure shows one item of its own, clicked at most once)
+    arm_of = {e["user_id"]: e["experiments"]["ab"] for e in exposures}
+    for arm in ("control", "model"):
+        shown = sum(arm_of[e["user_id"]] == arm for e in exposures)
+        clicks = sum(arm_of[i["user_id"]] == arm and i["type"] == "click" for i in interactions)
+        buys = sum(arm_of[i["user_id"]] == arm and i["type"] == "purchase" for i in interactions)
+        assert got["arms"][arm]["exposures"] == shown
+        assert got["arms"][arm]["ctr"] == round(clicks / shown, 6)
+        assert got["arms"][arm]["conversion"] == round(buys / shown, 6)
     assert "model vs control: ctr lift" in out.output
 
     missing = CliRunner().invoke(app, ["experiments", "report", "nope", *args])

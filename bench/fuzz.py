@@ -36,6 +36,11 @@ import redis
 import requests
 import schemathesis
 from schemathesis import GenerationMode
+# Loaded here, not lazily by from_url/from_dict: pytest rewrites schemathesis's modules (it is a
+# pytest plugin) with ast.parse, whose recursion counter CPython 3.11 shares between threads
+# (python/cpython#106905). Parsed while the campaign's threads ran, it raised SystemError in CI.
+import schemathesis.specs.graphql.schemas  # noqa: F401
+import schemathesis.specs.openapi.schemas  # noqa: F401
 from tqdm import tqdm
 
 from contract import keys

@@ -49,6 +49,7 @@ class ExposureLog:
         self._lock = threading.Lock()
         self.dropped = 0
         self._last_warning = 0.0
+        self._closing = threading.Event()
         self._thread = threading.Thread(target=self._send_all, name="exposure-log", daemon=True)
         self._thread.start()
 
@@ -71,12 +72,14 @@ class ExposureLog:
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Send what is queued (up to timeout_s), then stop the thread."""
+        self._closing.set()
         self.queue.put_nowait(None)
         self._thread.join(timeout_s)
 
-    def _producer(self) -> KafkaProducer:
-        """A producer once a broker answers (records wait, counted as held, until then)."""
-        while True:
+    def _producer(self) -> KafkaProducer | None:
+        """A producer once a broker answers (records wait, counted as held, until then); None once
+        the log is closed before any broker answered."""
+        while not self._closing.is_set():
             try:
                 return KafkaProducer(bootstrap_servers=self.cfg.bootstrap_servers, acks=1,
                                      linger_ms=int(self.cfg.linger_ms), retries=5, max_block_ms=10_000,
@@ -84,10 +87,13 @@ class ExposureLog:
             except KafkaError as e:
                 log.warning("exposures: Kafka %s not reachable (%s); records wait in the buffer",
                             self.cfg.bootstrap_servers, e)
-                time.sleep(1.0)
+                self._closing.wait(1.0)
+        return None
 
     def _send_all(self) -> None:
         producer = self._producer()
+        if producer is None:
+            return
         while (record := self.queue.get()) is not None:
             try:
                 future = producer.send(self.cfg.topic, key=record["user_id"], value=record)

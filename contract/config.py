@@ -425,6 +425,15 @@ class EngagementConfig(_Strict):
     """Time-decay attribution: a touch this much older than the purchase gets half the weight (s)."""
     click_types: tuple[Literal["view", "click", "add_to_cart"], ...] = ("view", "click")
     """Interaction types that count as a click on an exposed item."""
+    exposures_topic: str = "exposures"
+    """The services' exposure records ([exposures] topic of the serving config): the engagement
+    job's other input."""
+    outcomes_topic: str = "engagement"
+    """The engagement job writes each interaction that touched an exposure here, with its credit
+    (JSON), for warehouses."""
+    micro_batch_s: float = Field(1.0, gt=0, le=3600)
+    """The engagement job settles exposures and interactions in event-time batches this long,
+    once the watermark has passed them (s)."""
 
 
 class CanaryConfig(_Strict):

@@ -16,6 +16,12 @@
                  record counted, so a replay after recovery does not count it again.
 - `experiments`  hash: the applied experiments spec (`spec`, JSON from contract.experiments), its
                  `version` (what services poll), `applied_at_ms` and the `source` file's text.
+- `engagement:{experiment}:{arm}:{placement}:{model_version}` hash: the engagement job's totals
+                 for that group (ENGAGEMENT_FIELDS; conversions in udfs.attribution.CREDIT_UNITS,
+                 revenue in 1/REVENUE_UNITS); `engagement:users:{...}` the set of its users;
+                 `engagement:groups` hash: group key -> JSON [experiment, arm, placement,
+                 model_version]; `engagement:clicked:{request_id}` marks a clicked exposure
+                 (contract/lua/click_once.lua) for as long as a click can still touch it.
 - `drift:psi`    hash: the last drift window's PSI per feature (JSON), its model version, window,
                  rows, the worst feature and whether it crossed the alert threshold.
 
@@ -76,6 +82,38 @@ def read_ledger(r) -> dict[str, int]:
 # A pseudonymous user id (privacy.pseudonymize): "p:" and the first 32 hex digits (128 bits) of
 # HMAC-SHA256(key, the user id's UTF-8 bytes). The same function in the job's JVM
 # (io.streamrank.udf.Pseudonym), lookupd and here; tests/vectors/pseudonym.json holds them to it.
+ENGAGEMENT_GROUPS = "engagement:groups"
+ENGAGEMENT_MODELS = ("last_touch", "linear", "time_decay")  # udfs.attribution.MODELS
+ENGAGEMENT_FIELDS = ("exposures", "clicks", *(f"conversions_{m}" for m in ENGAGEMENT_MODELS),
+                     *(f"revenue_{m}" for m in ENGAGEMENT_MODELS))
+
+
+def engagement_key(group: tuple[str, str, str, str]) -> str:
+    """The totals hash of (experiment, arm, placement, model_version)."""
+    return "engagement:" + ":".join(group)
+
+
+def engagement_users_key(group: tuple[str, str, str, str]) -> str:
+    return "engagement:users:" + ":".join(group)
+
+
+def clicked_key(request_id: str) -> str:
+    return f"engagement:clicked:{request_id}"
+
+
+def read_engagement(r) -> dict[tuple[str, str, str, str], dict[str, int]]:
+    """Every group's totals as the engagement job wrote them, with its users counted (`users`)."""
+    def text(v: bytes | str) -> str:
+        return v.decode() if isinstance(v, bytes) else v
+
+    out = {}
+    for key, group in r.hgetall(ENGAGEMENT_GROUPS).items():
+        g = tuple(json.loads(group))
+        totals = {text(f): int(v) for f, v in r.hgetall(text(key)).items()}
+        out[g] = {**dict.fromkeys(ENGAGEMENT_FIELDS, 0), **totals, "users": r.scard(engagement_users_key(g))}
+    return dict(sorted(out.items()))
+
+
 PSEUDONYM_PREFIX = "p:"
 
 

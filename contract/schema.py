@@ -4,7 +4,7 @@ An event on the `interactions` topic is a JSON object (key = user_id):
 
     {"event_id": str, "user_id": str, "item_id": str, "type": "view"|"click"|"add_to_cart"|"purchase",
      "ts": int (event time, epoch ms), "value": float? (price), "category": str?,
-     "context": {...}?, "consent": bool?}
+     "context": {...}?, "consent": bool?, "request_id": str?}
 
 Ids are JSON strings: a number where an id is expected is `bad_<field>` (ids are compared as text
 everywhere, in Redis keys and lookups, and a number has no one text: 1e20, 1E+20,
@@ -90,6 +90,8 @@ RULES: tuple[Rule, ...] = (
     Rule("type", "bad_type", ("string",), "one_of", choices=EVENT_TYPES + CONTROL_ACTIONS),
     Rule("ts", "bad_ts", ("integer",), "event_time"),
     Rule("value", "bad_value", ("integer", "float"), "amount", optional=True),  # missing: 0.0
+    # the answer (contract.exposures) the page showed: the engagement job credits it
+    Rule("request_id", "bad_request_id", ("string",), "id", optional=True),
 )
 # why a record goes to the DLQ (the job counts records per reason)
 DLQ_REASONS: tuple[str, ...] = tuple(r.reason for r in RULES)
@@ -113,6 +115,7 @@ class Interaction:
     value: float
     category: str
     consent: bool
+    request_id: str = ""  # the exposure's, when the page sent it back
 
 
 # What each check kind means, in Python (validate) and in SQL (validation_sql), side by side.
@@ -232,6 +235,7 @@ def validate(raw: str | bytes, ingest_ts_ms: int | None = None, *, min_ts_ms: in
         category=sanitize_category(doc.get("category")),
         # withdrawn only by false or "false" (any case); CONSENT_SQL is the same rule
         consent=not (consent is False or (type(consent) is str and consent.lower() == "false")),
+        request_id=doc.get("request_id") or "",
     )
 
 
@@ -307,7 +311,7 @@ QUARANTINED = "q:"
 
 # The JSON fields the job reads, in the order of ParseInteraction's result row (jobs/java;
 # tests/flink/test_validation_parity.py checks the two agree).
-JSON_FIELDS = ("event_id", "user_id", "item_id", "type", "ts", "value", "category", "consent")
+JSON_FIELDS = ("event_id", "user_id", "item_id", "type", "ts", "value", "category", "consent", "request_id")
 PARSE_COLUMNS = ("j_is_object", *(f"j_{f}" for f in JSON_FIELDS), *(f"t_{f}" for f in JSON_FIELDS))
 
 PARSE_FUNCTION = ("CREATE TEMPORARY FUNCTION IF NOT EXISTS parse_interaction AS "

@@ -214,11 +214,13 @@ def stop_pid(pid: int, timeout_s: float = 20) -> None:
 
 
 def create_topics(bootstrap: str, partitions: int = 2, names: dict | None = None) -> None:
-    """Create the interactions, items (compacted), DLQ, late, quarantine and exposures topics if missing."""
+    """Create the interactions, items (compacted), DLQ, late, quarantine, exposures and engagement
+    topics if missing."""
     names = {"interactions": "interactions", "items": "items", "dlq": "interactions.dlq", **(names or {})}
     names.setdefault("late", names["interactions"] + ".late")
     names.setdefault("quarantine", names["interactions"] + ".quarantine")
     names.setdefault("exposures", "exposures")  # keyed by user, as the interactions: partitioned alike
+    names.setdefault("engagement", "engagement")  # the engagement job's credited interactions
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     try:
         existing = set(admin.list_topics())
@@ -229,6 +231,7 @@ def create_topics(bootstrap: str, partitions: int = 2, names: dict | None = None
             NewTopic(names["late"], 1, 1),
             NewTopic(names["quarantine"], 1, 1),
             NewTopic(names["exposures"], partitions, 1),
+            NewTopic(names["engagement"], 1, 1),
         ]
         todo = [t for t in wanted if t.name not in existing]
         if todo:

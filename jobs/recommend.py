@@ -31,9 +31,9 @@ from jobs.store import redis_client, warn_if_redis_forgets
 log = logging.getLogger("streamrank.jobs.recommend")
 
 
-def environment(cfg: JobConfig, env=None):
-    """The one place the job's Flink environment and options are made (env: an existing
-    StreamExecutionEnvironment, for tests that feed it a collection)."""
+def environment(cfg: JobConfig, env=None, name: str = "streamrank-recommend"):
+    """The one place the jobs' Flink environment and options are made (env: an existing
+    StreamExecutionEnvironment, for tests that feed it a collection; name: the pipeline's)."""
     # Python functions in worker processes of their own, also on the embedded MiniCluster. PyFlink's
     # local default ("loopback") runs every Python worker inside this client process, so all
     # subtasks share one interpreter lock: CPU sampling showed Python the limit at parallelism 2.
@@ -44,7 +44,7 @@ def environment(cfg: JobConfig, env=None):
     t_env = StreamTableEnvironment.create(env, EnvironmentSettings.in_streaming_mode())
     f = cfg.flink
     options = {
-        "pipeline.name": "streamrank-recommend",
+        "pipeline.name": name,
         "pipeline.jars": ";".join(p.as_uri() for p in job_jars()),
         "python.executable": python_executable(),
         "parallelism.default": str(f.parallelism),

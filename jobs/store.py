@@ -14,6 +14,7 @@ from contract import keys
 from contract.config import JobConfig
 from contract.experiments import read_experiments
 from udfs.arms import CANDIDATE_COUNTS
+from udfs.attribution import Group, Shares
 from udfs.candidates import Candidate, CandidatePool, ItemStats, gather_candidates, item_weight
 from udfs.drift import DriftReport
 from udfs.features import Ledger, UserState
@@ -261,3 +262,56 @@ def warn_if_redis_forgets(cfg: JobConfig) -> None:
                     "restarts they are lost, while the job reads on from its checkpointed offsets. Turn on "
                     "`appendonly yes` (appendfsync everysec or always), as `streamrank stack up` does",
                     cfg.redis.host, cfg.redis.port)
+
+
+class EngagementStore:
+    """The engagement job's totals per (experiment, arm, placement, model_version) in Redis
+    (contract.keys: engagement:*), one pipeline per batch."""
+
+    def __init__(self, client: redis.Redis, window_ms: int) -> None:
+        self.redis = client
+        self.click_once = client.register_script(keys.lua("click_once"))
+        # a click can touch an exposure until window_ms after it was served; the marker outlives
+        # that by as much again, for clicks the job reads late (a backlog, a restart)
+        self.marker_ttl_ms = 2 * window_ms + 3_600_000
+
+    def _index(self, pipe, groups: set[Group]) -> None:
+        for g in groups:
+            pipe.hsetnx(keys.ENGAGEMENT_GROUPS, keys.engagement_key(g), json.dumps(g))
+
+    def add_exposures(self, rows: list[tuple[str, list[Group], int]]) -> int:
+        """rows: (user, the exposures' groups, how many exposures); returns exposures counted."""
+        pipe = self.redis.pipeline(transaction=False)
+        seen: set[Group] = set()
+        counted = 0
+        for user, groups, n in rows:
+            for g in groups:
+                pipe.hincrby(keys.engagement_key(g), "exposures", n)
+                pipe.sadd(keys.engagement_users_key(g), user)
+                counted += n
+            seen.update(groups)
+        self._index(pipe, seen)
+        pipe.execute()
+        return counted
+
+    def add_outcomes(self, shares: list[tuple[Shares, list[Group]]]) -> list[bool]:
+        """Each action's shares with the touched exposure's groups; returns, per share, whether
+        it was a new click (an exposure counts as clicked once, by its marker)."""
+        pipe = self.redis.pipeline(transaction=False)
+        click_reply: dict[int, int] = {}  # share -> position of its script's reply
+        queued = 0
+        for n, (s, groups) in enumerate(shares):
+            if s.click:
+                self.click_once(keys=[keys.clicked_key(s.touch.request_id), *map(keys.engagement_key, groups)],
+                                args=[self.marker_ttl_ms], client=pipe)
+                click_reply[n], queued = queued, queued + 1
+                continue
+            for g in groups:
+                key = keys.engagement_key(g)
+                for model in s.conversions:
+                    pipe.hincrby(key, f"conversions_{model}", s.conversions[model])
+                    pipe.hincrby(key, f"revenue_{model}", s.revenue[model])
+                    queued += 2
+        self._index(pipe, {g for _, groups in shares for g in groups})
+        replies = pipe.execute()
+        return [bool(replies[click_reply[n]]) if n in click_reply else False for n in range(len(shares))]

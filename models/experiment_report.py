@@ -15,7 +15,8 @@ from matplotlib.figure import Figure
 from scipy.stats import chisquare
 
 from contract.config import EngagementConfig
-from udfs.attribution import Action, Shown, attribute
+from contract import keys
+from udfs.attribution import CREDIT_UNITS, MODELS, REVENUE_UNITS, Action, Group, Shown, attribute, groups_of
 
 SRM_ALARM_P = 0.001
 BOOTSTRAP_SAMPLES = 2000
@@ -30,8 +31,8 @@ class ExposureRow:
     placement: str
     model_version: str
     clicked: bool
-    conversions: dict[str, float]
-    revenue: dict[str, float]
+    conversions: dict[str, int]  # udfs.attribution.CREDIT_UNITS per conversion
+    revenue: dict[str, int]  # 1/REVENUE_UNITS of the currency
 
 
 def outcomes(exposures: list[dict], interactions: list[dict], cfg: EngagementConfig) -> list[ExposureRow]:
@@ -39,8 +40,10 @@ def outcomes(exposures: list[dict], interactions: list[dict], cfg: EngagementCon
     shown, acted = defaultdict(list), defaultdict(list)
     for e in exposures:
         shown[e["user_id"]].append(e)
+    seen = set()
     for i in interactions:
-        if i.get("user_id") in shown and i.get("type") in (*cfg.click_types, "purchase"):
+        if i.get("user_id") in shown and i.get("type") in (*cfg.click_types, "purchase") and i["event_id"] not in seen:
+            seen.add(i["event_id"])  # a record sent twice is one interaction
             acted[i["user_id"]].append(Action(i["event_id"], i["type"], i["item_id"], int(i["ts"]),
                                               float(i.get("value") or 0.0), i.get("request_id") or ""))
     rows = []
@@ -55,6 +58,23 @@ def outcomes(exposures: list[dict], interactions: list[dict], cfg: EngagementCon
     return rows
 
 
+def engagement_totals(rows: list[ExposureRow]) -> dict[Group, dict[str, int]]:
+    """Per (experiment, arm, placement, model_version): what the engagement job keeps in Redis
+    (contract.keys.read_engagement), computed offline."""
+    out: dict[Group, dict[str, int]] = {}
+    users: dict[Group, set[str]] = defaultdict(set)
+    for r in rows:
+        for g in groups_of(r.experiments, r.placement, r.model_version):
+            t = out.setdefault(g, dict.fromkeys(keys.ENGAGEMENT_FIELDS, 0))
+            t["exposures"] += 1
+            t["clicks"] += r.clicked
+            for m in MODELS:
+                t[f"conversions_{m}"] += r.conversions[m]
+                t[f"revenue_{m}"] += r.revenue[m]
+            users[g].add(r.user_id)
+    return {g: {**t, "users": len(users[g])} for g, t in sorted(out.items())}
+
+
 def _per_user(rows: list[ExposureRow], model: str) -> dict[str, np.ndarray]:
     """Per user: exposures, clicked exposures, conversions, revenue (the bootstrap resamples users)."""
     acc: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0.0])
@@ -62,8 +82,8 @@ def _per_user(rows: list[ExposureRow], model: str) -> dict[str, np.ndarray]:
         a = acc[r.user_id]
         a[0] += 1
         a[1] += r.clicked
-        a[2] += r.conversions[model]
-        a[3] += r.revenue[model]
+        a[2] += r.conversions[model] / CREDIT_UNITS
+        a[3] += r.revenue[model] / REVENUE_UNITS
     m = np.array(list(acc.values()), dtype=np.float64).reshape(-1, 4)
     return {"exposures": m[:, 0], "clicks": m[:, 1], "conversions": m[:, 2], "revenue": m[:, 3]}
 

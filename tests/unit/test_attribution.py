@@ -11,52 +11,98 @@ from hypothesis import given, settings, strategies as st
 
 from contract.config import EngagementConfig
 from models.experiment_report import cumulative_lift, outcomes, plot_cumulative_lift, report
-from udfs.attribution import MODELS, Action, Shown, attribute, split_credit
+from contract import keys
+from udfs.attribution import (CREDIT_UNITS, MODELS, Action, Shown, Touch, apportion, attribute, credit, settle,
+                             split_credit)
 
 H = 3_600_000
 
 
-def test_each_models_credit_splits_one_purchase_over_its_touches():
-    credit = split_credit([3 * H, 2 * H, 0], H)
-    assert credit["last_touch"] == [0.0, 0.0, 1.0]
-    assert credit["linear"] == [1 / 3] * 3
-    decay = credit["time_decay"]
-    assert math.isclose(sum(decay), 1.0) and decay[2] > decay[1] > decay[0]
-    assert math.isclose(decay[2] / decay[1], 4.0) and math.isclose(decay[1] / decay[0], 2.0)
-    assert split_credit([10_000 * H], H)["time_decay"] == [1.0]  # no underflow however old
+def test_each_models_credit_splits_one_purchase_into_whole_units():
+    touches = [Touch("r1", 0, False), Touch("r2", H, False), Touch("r3", 2 * H, False)]
+    split = credit(Action("e", "purchase", "a", 3 * H, 19.99), touches, H)
+    assert split["last_touch"] == ([0, 0, CREDIT_UNITS], [0, 0, 19_990_000])
+    assert split["linear"][0] == [333_333_334, 333_333_333, 333_333_333]  # the remainder to the oldest
+    decay = split["time_decay"][0]
+    assert sum(decay) == CREDIT_UNITS and decay[2] > decay[1] > decay[0]
+    assert math.isclose(decay[2] / decay[1], 2.0, rel_tol=1e-8) and math.isclose(decay[1] / decay[0], 2.0, rel_tol=1e-8)
+    assert all(sum(rev) == 19_990_000 for _, rev in split.values())
+    assert split_credit([10_000 * H, 0], H)["time_decay"][1] == 1.0  # no underflow however old
+
+
+@given(st.integers(0, 10**12), st.lists(st.floats(1e-300, 1.0), min_size=1, max_size=30))
+def test_apportioned_shares_always_sum_to_the_total(total, weights):
+    shares = apportion(total, weights)
+    assert sum(shares) == total and all(s >= 0 for s in shares)
 
 
 def test_clicks_and_purchases_match_by_item_and_window_or_by_request_id():
     shown = [Shown("r1", 0, frozenset({"a", "b"})), Shown("r2", H, frozenset({"b", "c"})),
              Shown("r3", 2 * H, frozenset({"z"}))]
-    actions = [Action("e1", "click", "a", H // 2),            # r1 only (r2 not yet served)
-               Action("e2", "purchase", "b", H + 10, 10.0),   # r1 and r2 showed b
-               Action("e3", "purchase", "c", 50 * H, 5.0),    # after every window: organic
-               Action("e4", "view", "q", 3 * H, 0.0, "r3"),  # carries r3's request id
-               Action("e5", "purchase", "a", 2, 7.0, "r2")]   # its request id names r2, not r1
+    actions = [Action("e1", "click", "a", H // 2),             # r1 only (r2 not yet served)
+               Action("e2", "purchase", "b", H + 10, 10.0),    # r1 and r2 showed b
+               Action("e3", "purchase", "c", 50 * H, 5.0),     # after every window: organic
+               Action("e4", "view", "q", 3 * H, 0.0, "r3"),   # carries r3's request id
+               Action("e5", "purchase", "a", H + 20, 7.0, "r2"),  # names r2 (not r1, which showed a)
+               Action("e6", "purchase", "a", 2, 1.0, "r2")]   # names r2 before it was served: r1 showed a
     out = attribute(shown, actions, window_ms=24 * H, half_life_ms=H)
     assert [out[r].clicked for r in ("r1", "r2", "r3")] == [True, False, True]
-    assert out["r1"].conversions["last_touch"] == 0.0 and out["r2"].conversions["last_touch"] == 2.0
-    assert out["r1"].conversions["linear"] == 0.5 and out["r2"].conversions["linear"] == 1.5
-    assert math.isclose(out["r2"].revenue["linear"], 5.0 + 7.0)
-    for model in MODELS:  # two conversions explained, each credited exactly once
-        assert math.isclose(sum(o.conversions[model] for o in out.values()), 2.0)
+    assert out["r1"].conversions["last_touch"] == CREDIT_UNITS and out["r2"].conversions["last_touch"] == 2 * CREDIT_UNITS
+    assert out["r1"].conversions["linear"] == CREDIT_UNITS * 3 // 2 and out["r2"].conversions["linear"] == CREDIT_UNITS * 3 // 2
+    assert out["r2"].revenue["linear"] == 5_000_000 + 7_000_000
+    for model in MODELS:  # three conversions explained, each credited exactly once
+        assert sum(o.conversions[model] for o in out.values()) == 3 * CREDIT_UNITS
+
+
+HISTORY = (st.lists(st.tuples(st.integers(0, 100), st.frozensets(st.sampled_from("abcdef"), min_size=1)), max_size=12),
+           st.lists(st.tuples(st.sampled_from(["view", "click", "purchase"]), st.sampled_from("abcdefg"),
+                              st.integers(0, 150), st.floats(0, 100), st.integers(-1, 12)), max_size=20),
+           st.integers(1, 60), st.integers(1, 50))
+
+
+def _history(exposures, actions):
+    shown = [Shown(f"r{n}", t * 60_000, items) for n, (t, items) in enumerate(exposures)]
+    acts = [Action(f"e{n}", typ, item, t * 60_000, value, f"r{named}" if named >= 0 else "")
+            for n, (typ, item, t, value, named) in enumerate(actions)]
+    return shown, acts
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 100), st.frozensets(st.sampled_from("abcdef"), min_size=1)), max_size=12),
-       st.lists(st.tuples(st.sampled_from(["view", "click", "purchase"]), st.sampled_from("abcdefg"),
-                          st.integers(0, 150), st.floats(0, 100)), max_size=20),
-       st.integers(1, 60), st.integers(1, 50))
+@given(*HISTORY)
 def test_credit_is_conserved_for_any_history(exposures, actions, window, half_life):
-    shown = [Shown(f"r{n}", t * 60_000, items) for n, (t, items) in enumerate(exposures)]
-    acts = [Action(f"e{n}", typ, item, t * 60_000, value) for n, (typ, item, t, value) in enumerate(actions)]
+    shown, acts = _history(exposures, actions)
     out = attribute(shown, acts, window * 60_000, half_life * 60_000.0)
     explained = sum(1 for a in acts if a.type == "purchase" and any(
-        s.served_at_ms <= a.ts <= s.served_at_ms + window * 60_000 and a.item_id in s.items for s in shown))
+        s.served_at_ms <= a.ts <= s.served_at_ms + window * 60_000 and (a.item_id in s.items or a.request_id == s.request_id)
+        for s in shown))
     for model in MODELS:
-        assert math.isclose(sum(o.conversions[model] for o in out.values()), explained, abs_tol=1e-9)
+        assert sum(o.conversions[model] for o in out.values()) == explained * CREDIT_UNITS
         assert all(o.conversions[model] >= 0 for o in out.values())
+
+
+@settings(max_examples=200, deadline=None)
+@given(*HISTORY)
+def test_settling_action_by_action_adds_up_to_the_whole_history(exposures, actions, window, half_life):
+    """The engagement job's step (settle, one action and the touches its joins found, in any
+    order and repeated) summed over a history equals attribute over it."""
+    shown, acts = _history(exposures, actions)
+    out = attribute(shown, acts, window * 60_000, half_life * 60_000.0)
+    clicked, conv = set(), {s.request_id: dict.fromkeys(MODELS, 0) for s in shown}
+    for a in reversed(acts):
+        found = [Touch(s.request_id, s.served_at_ms, by) for s in reversed(shown)
+                 if s.served_at_ms <= a.ts <= s.served_at_ms + window * 60_000
+                 for by, hit in ((False, a.item_id in s.items), (True, a.request_id == s.request_id)) if hit]
+        for share in settle(a, found + found[:1], half_life * 60_000.0, frozenset({"view", "click"})):
+            if share.click:
+                clicked.add(share.touch.request_id)
+            for m in share.conversions:
+                conv[share.touch.request_id][m] += share.conversions[m]
+    assert clicked == {r for r, o in out.items() if o.clicked}
+    assert conv == {r: o.conversions for r, o in out.items()}
+
+
+def test_the_contract_names_the_attribution_models():
+    assert keys.ENGAGEMENT_MODELS == MODELS
 
 
 EXPERIMENT = {"name": "ab", "control": "control",

@@ -45,13 +45,13 @@ public class ParseInteraction extends ScalarFunction {
     /** CPython's default limit on the digits of an int read from text (sys.get_int_max_str_digits). */
     static final int PYTHON_INT_MAX_DIGITS = 4300;
     private static final String[] FIELDS = {
-        "event_id", "user_id", "item_id", "type", "ts", "value", "category", "consent"
+        "event_id", "user_id", "item_id", "type", "ts", "value", "category", "consent", "request_id"
     };
 
     @DataTypeHint("ROW<j_is_object BOOLEAN, j_event_id STRING, j_user_id STRING, j_item_id STRING, "
-            + "j_type STRING, j_ts STRING, j_value STRING, j_category STRING, j_consent STRING, "
+            + "j_type STRING, j_ts STRING, j_value STRING, j_category STRING, j_consent STRING, j_request_id STRING, "
             + "t_event_id STRING, t_user_id STRING, t_item_id STRING, t_type STRING, t_ts STRING, "
-            + "t_value STRING, t_category STRING, t_consent STRING>")
+            + "t_value STRING, t_category STRING, t_consent STRING, t_request_id STRING>")
     public Row eval(byte[] payload) {
         Row row = new Row(2 * FIELDS.length + 1);
         row.setField(0, false);

@@ -1,0 +1,127 @@
+"""The engagement job on the real parts (Kafka, Redis, Flink's MiniCluster): exposures and the
+interactions after them in, the totals per experiment, arm, placement and model version in Redis
+equal to the offline computation over the same records (models.experiment_report), exactly; each
+credited interaction on the outcomes topic, with every purchase's credit summing to one."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import time
+
+from contract import keys
+from contract.config import EngagementConfig
+from contract.paths import PROJECT_ROOT
+from contract.schema import InvalidEvent, validate
+from devstack.stack import create_topics
+from models.experiment_report import engagement_totals, outcomes
+from traffic.publish import producer, read_json_topic
+from udfs.attribution import CREDIT_UNITS, MODELS
+
+MIN = 60_000
+WINDOW_S = 3600.0
+
+
+def history(users: int = 150, seed: int = 7) -> tuple[list[dict], list[dict]]:
+    """Exposures in two layers of experiments, two placements and model versions, and what users
+    did after them: clicks and views of shown items (some twice), purchases with values, some
+    carrying a request id (of an answer that did not show the item, too), some out of the window,
+    some of items never shown, add-to-carts (no outcome)."""
+    rng = random.Random(seed)
+    t0 = int(time.time() * 1000) - 2 * 86_400_000
+    exposures, interactions = [], []
+    n_event = 0
+    for u in range(users):
+        user = f"u{u}"
+        experiments = {"ab": "model" if u % 2 else "control"}
+        if u % 3 == 0:
+            experiments["layout"] = "grid"
+        served = []
+        for k in range(4):
+            at = t0 + u * 7_000 + k * 20 * MIN + rng.randrange(5 * MIN)
+            items = rng.sample([f"i{n}" for n in range(12)], 3)
+            rid = f"{u:04d}{k:02d}" + "ab" * 13
+            served.append((rid, at, items))
+            exposures.append({"request_id": rid, "user_id": user, "placement": rng.choice(["home", "pdp"]),
+                              "experiments": experiments if k != 3 else {}, "model_version": rng.choice(["v1", "v2"]),
+                              "items": [{"item_id": i, "position": p, "score": 1.0 / p, "category": "c"}
+                                        for p, i in enumerate(items, 1)],
+                              "list_age_ms": 10, "fallback": False, "fallback_reason": "", "served_at_ms": at,
+                              "interface": "grpc"})
+        for _ in range(rng.randrange(8)):
+            rid, at, items = rng.choice(served)
+            kind = rng.choice(["click", "view", "purchase", "purchase", "add_to_cart"])
+            item = rng.choice(items) if rng.random() < 0.85 else "i99"
+            ts = at + rng.choice([1_000, 5 * MIN, 30 * MIN, 59 * MIN, 90 * MIN])
+            n_event += 1
+            event = {"event_id": f"e{n_event}", "user_id": user, "item_id": item, "type": kind, "ts": ts}
+            if kind == "purchase":
+                event["value"] = round(rng.uniform(1, 80), 2)
+            if rng.random() < 0.3:
+                event["request_id"] = rng.choice(served)[0]
+            interactions.append(event)
+            if rng.random() < 0.1:  # the same click twice: one click of that exposure
+                n_event += 1
+                interactions.append({**event, "event_id": f"e{n_event}", "ts": ts + 1000})
+    return sorted(exposures, key=lambda e: e["served_at_ms"]), sorted(interactions, key=lambda i: i["ts"])
+
+
+def test_the_job_totals_equal_the_offline_computation_exactly(kafka_broker, redis_db):
+    port, r = redis_db
+    topics = {"interactions": "eng.interactions", "exposures": "eng.exposures", "engagement": "eng.outcomes"}
+    create_topics(kafka_broker, 2, topics)
+    exposures, interactions = history()
+    p = producer(kafka_broker)
+    for e in exposures:
+        p.send(topics["exposures"], key=e["user_id"].encode(), value=json.dumps(e).encode())
+    for i in interactions:
+        p.send(topics["interactions"], key=i["user_id"].encode(), value=json.dumps(i).encode())
+    p.send(topics["interactions"], key=b"x", value=b"not json")  # the recommend job's to DLQ: skipped here
+    p.send(topics["exposures"], key=b"x", value=b"{broken")
+    p.flush()
+
+    overrides = {"redis.port": port, "kafka.bootstrap_servers": f'"{kafka_broker}"',
+                 "kafka.interactions_topic": f'"{topics["interactions"]}"',
+                 "engagement.exposures_topic": f'"{topics["exposures"]}"',
+                 "engagement.outcomes_topic": f'"{topics["engagement"]}"', "engagement.window_s": WINDOW_S,
+                 "flink.parallelism": 2}
+    args = [a for k, v in overrides.items() for a in ("--set", f"{k}={v}")]
+    done = subprocess.run([sys.executable, "-m", "jobs.engagement", "--bounded",
+                           "--config", str(PROJECT_ROOT / "deploy" / "config" / "local.toml"), *args],
+                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    valid = []
+    for i in interactions:
+        try:
+            validate(json.dumps(i))
+            valid.append(i)
+        except InvalidEvent:
+            pass
+    assert len(valid) == len(interactions)
+    cfg = EngagementConfig(window_s=WINDOW_S)
+    rows = outcomes(exposures, valid, cfg)
+    expected = engagement_totals(rows)
+    got = keys.read_engagement(r)
+    assert got == expected
+    # the history exercises what it claims to: both layers, clicks deduplicated, credit split
+    assert {g[0] for g in got} == {"ab", "layout"} and len(got) == 2 * 2 * 2 + 2 * 2
+    assert sum(t["clicks"] for t in got.values()) < sum(1 for i in valid if i["type"] in cfg.click_types)
+    assert any(t["conversions_linear"] % CREDIT_UNITS for t in got.values())  # some purchase split over touches
+
+    outcomes_out = read_json_topic(kafka_broker, topics["engagement"])
+    purchases = [o for o in outcomes_out if o["type"] == "purchase"]
+    assert purchases and all(o["touches"] for o in outcomes_out)
+    for o in purchases:
+        for m in MODELS:
+            assert abs(sum(t["conversions"][m] for t in o["touches"]) - 1.0) < 1e-9
+    credited = {o["event_id"] for o in purchases}
+    assert credited == {i["event_id"] for i in valid if i["type"] == "purchase" and any(
+        rid_or_item_touches(i, e) for e in exposures)}
+
+
+def rid_or_item_touches(i: dict, e: dict) -> bool:
+    return (e["user_id"] == i["user_id"] and e["served_at_ms"] <= i["ts"] <= e["served_at_ms"] + WINDOW_S * 1000
+            and (i["item_id"] in {x["item_id"] for x in e["items"]} or i.get("request_id") == e["request_id"]))

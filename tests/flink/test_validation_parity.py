@@ -48,6 +48,7 @@ def variants() -> list[bytes]:
         "value": [0, 12.5, "3", -0.5, True, None, {"v": 1}, 1e308],
         "category": [5, 1e20, False, {"c": 1}, "a|b", ""],
         "consent": [False, "false", "FALSE", 0, None, "no"],
+        "request_id": ["ab" * 16, "", "r 1", "r1\n", 7, None, ["r1"]],
     }.items():
         for v in values:
             out.append(json.dumps({**GOOD, field: v}))

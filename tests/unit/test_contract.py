@@ -24,7 +24,10 @@ GOOD = {"event_id": "e1", "user_id": "u1", "item_id": "i1", "type": "click", "ts
 
 def test_valid_event_parses_with_defaults():
     ev = validate(json.dumps({**GOOD, "extra": {"kept": True}}))
-    assert (ev.user_id, ev.type, ev.value, ev.category, ev.consent) == ("u1", "click", 0.0, "unknown", True)
+    assert (ev.user_id, ev.type, ev.value, ev.category, ev.consent, ev.request_id) == (
+        "u1", "click", 0.0, "unknown", True, "")
+    assert validate(json.dumps({**GOOD, "request_id": "ab" * 16})).request_id == "ab" * 16
+    assert validate(json.dumps({**GOOD, "request_id": None})).request_id == ""
 
 
 @pytest.mark.parametrize(
@@ -43,6 +46,9 @@ def test_valid_event_parses_with_defaults():
         (json.dumps({**GOOD, "ts": 12}), "bad_ts"),
         (json.dumps({**GOOD, "value": -5}), "bad_value"),
         (json.dumps({**GOOD, "value": "free"}), "bad_value"),
+        (json.dumps({**GOOD, "request_id": 12}), "bad_request_id"),
+        (json.dumps({**GOOD, "request_id": "two words"}), "bad_request_id"),
+        (json.dumps({**GOOD, "request_id": ""}), "bad_request_id"),
         # not JSON, though json.loads takes them; a value must be a finite number
         (json.dumps({**GOOD, "value": float("nan")}), "not_json"),
         (json.dumps({**GOOD, "context": [float("-inf")]}), "not_json"),
@@ -242,13 +248,13 @@ def test_the_rule_table_gives_every_dlq_reason_and_both_validators_follow_it():
     # one by one walks the table in its order
     with pytest.raises(InvalidEvent, match="not_json"):
         validate("[]")
-    record = {"event_id": 1, "user_id": 1, "item_id": 1, "type": 1, "ts": "1", "value": "1"}
+    record = {"event_id": 1, "user_id": 1, "item_id": 1, "type": 1, "ts": "1", "value": "1", "request_id": 1}
     assert [r.field for r in RULES[1:]] == list(record)
     for rule in RULES[1:]:
         with pytest.raises(InvalidEvent) as err:
             validate(json.dumps(record))
         assert err.value.reason == rule.reason
-        record[rule.field] = GOOD.get(rule.field, 2.5)
+        record[rule.field] = {**GOOD, "value": 2.5, "request_id": "r1"}[rule.field]
     assert validate(json.dumps(record)).value == 2.5
 
 

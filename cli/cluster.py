@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from cli.common import (AllowNonRestoredOpt, ConfigOpt, DEFAULT_CONFIG, FromSavepointOpt, PresetOpt, SetOpt,
-                        exit_on, job_args, job_config)
+from cli.common import (AllowNonRestoredOpt, ConfigOpt, DEFAULT_CONFIG, FromSavepointOpt, JobOpt, PresetOpt,
+                        SetOpt, check_job, exit_on, job_args, job_config)
 from contract.paths import run_dir
 from devstack.cluster import ClusterError, FlinkCluster
 
@@ -116,12 +116,15 @@ def submit(
     from_savepoint: FromSavepointOpt = None,
     allow_non_restored_state: AllowNonRestoredOpt = False,
     preset: PresetOpt = None,
+    job: JobOpt = "recommend",
 ) -> None:
-    """Submit the recommend job to the standalone cluster with `flink run -py` (--preset: as for run)."""
+    """Submit a job (--job recommend, the default, or engagement) to the standalone cluster with
+    `flink run -py` (--preset: as for run)."""
+    check_job(job)
     job_config(config, set_, bounded, preset)
     c = running_cluster()
     extra = job_args(set_, bounded, from_savepoint, allow_non_restored_state, preset)
-    out = c.submit(str(Path(config).resolve()), extra, detached)
+    out = c.submit(str(Path(config).resolve()), extra, detached, job)
     typer.echo(out.stdout[-4000:])
     if out.returncode != 0:
         typer.echo(out.stderr[-4000:], err=True)

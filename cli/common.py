@@ -81,9 +81,19 @@ AllowNonRestoredOpt = Annotated[bool, typer.Option(
     help="with --from-savepoint: skip state of operators the job no longer has")]
 
 
+JOBS = ("recommend", "engagement")
+JobOpt = Annotated[str, typer.Option(
+    "--job", help="recommend (features, ranking, lists) or engagement (exposures joined with what users did next)")]
+
+
+def check_job(job: str) -> None:
+    if job not in JOBS:
+        raise typer.BadParameter(f"{job!r}; choose one of {', '.join(JOBS)}", param_hint="--job")
+
+
 def job_args(set_: list[str] | None, bounded: bool, from_savepoint: str | None,
              allow_non_restored_state: bool, preset: str | None = None) -> list[str]:
-    """jobs.recommend's arguments besides --config; the savepoint is checked here, before Flink starts."""
+    """The jobs' arguments besides --config; the savepoint is checked here, before Flink starts."""
     with exit_on(SystemExit, code=2):
         restore = restore_options(from_savepoint, allow_non_restored_state)
     return ([a for s in (set_ or []) for a in ("--set", s)] + (["--bounded"] if bounded else [])

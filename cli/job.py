@@ -10,11 +10,12 @@ import redis as redis_lib
 import typer
 from kafka import KafkaConsumer, TopicPartition
 
-from cli.common import (DEFAULT_CONFIG, AllowNonRestoredOpt, ConfigOpt, FromSavepointOpt, PresetOpt, SetOpt,
-                        job_args, job_config)
+from cli.common import (DEFAULT_CONFIG, AllowNonRestoredOpt, ConfigOpt, FromSavepointOpt, JobOpt, PresetOpt,
+                        SetOpt, check_job, job_args, job_config)
 from contract import keys
 from devstack.metrics import find_ledger_metrics
 from devstack.rejected import read_rejected, summarize
+from jobs.engagement import main as engagement_main
 from jobs.recommend import main as job_main
 
 commands = typer.Typer()
@@ -100,9 +101,12 @@ def run(
     from_savepoint: FromSavepointOpt = None,
     allow_non_restored_state: AllowNonRestoredOpt = False,
     preset: PresetOpt = None,
+    job: JobOpt = "recommend",
 ) -> None:
-    """Run the recommend job on the embedded Flink MiniCluster (the default). With a model trained
-    under a preset, run with the same --preset: the model's features follow it."""
+    """Run a job on the embedded Flink MiniCluster: the recommend job (the default) or the
+    engagement job. With a model trained under a preset, run with the same --preset: the model's
+    features follow it."""
+    check_job(job)
     job_config(config, set_, bounded, preset)  # fail before Flink starts
     args = ["--config", config] + job_args(set_, bounded, from_savepoint, allow_non_restored_state, preset)
-    raise typer.Exit(job_main(args))
+    raise typer.Exit(engagement_main(args) if job == "engagement" else job_main(args))

@@ -215,15 +215,16 @@ class FlinkCluster:
                     break
         return found
 
-    def submit(self, config: str | None, extra_args: list[str], detached: bool) -> subprocess.CompletedProcess:
-        """`flink run -py jobs/recommend.py`, shipping the project's packages and the jars.
-        extra_args go to jobs.recommend (--set, --bounded, --from-savepoint: the job sets Flink's
-        restore options itself, as it does on the MiniCluster)."""
+    def submit(self, config: str | None, extra_args: list[str], detached: bool,
+               job: str = "recommend") -> subprocess.CompletedProcess:
+        """`flink run -py jobs/<job>.py` (recommend or engagement), shipping the project's packages
+        and the jars. extra_args go to the job (--set, --bounded, --from-savepoint: the job sets
+        Flink's restore options itself, as it does on the MiniCluster)."""
         home = flink_home()
         py = python_executable()
         cmd = [
             "bash", str(home / "bin" / "flink"), "run", "-m", self.address(),
-            "-py", str(PROJECT_ROOT / "jobs" / "recommend.py"),
+            "-py", str(PROJECT_ROOT / "jobs" / f"{job}.py"),
             "-pyfs", ",".join(str(PROJECT_ROOT / p) for p in PY_PACKAGES),
             "-pyexec", py, "-pyclientexec", py,
         ]

@@ -24,6 +24,7 @@ from contract.config import ConfigError, JobConfig, PRESETS, load_config, parse_
 from contract.schema import parse_once_sql, validation_sql
 from jobs.functions import register_engagement
 from jobs.recommend import bounded_options, day_to_second, environment, kafka_source_ddl
+from jobs.runtime import restore_options
 from jobs.store import warn_if_redis_forgets
 
 log = logging.getLogger("streamrank.jobs.engagement")
@@ -157,6 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--detached", action="store_true", help="return once the job is submitted (flink run -d)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one config field (value parsed as TOML)")
+    parser.add_argument("--from-savepoint", metavar="PATH",
+                        help="start from this savepoint or retained checkpoint (Kafka offsets, open joins)")
+    parser.add_argument("--allow-non-restored-state", action="store_true",
+                        help="with --from-savepoint: skip state of operators the job no longer has")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -166,8 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(e, file=sys.stderr)
         return 2
+    restore = restore_options(args.from_savepoint, args.allow_non_restored_state)  # fails before Flink starts
     warn_if_redis_forgets(cfg)
     t_env = environment(cfg, name="streamrank-engagement")
+    for key, value in restore.items():
+        t_env.get_config().set(key, value)
     result = build(t_env, cfg).execute()
     job = result.get_job_client()
     log.info("submitted job %s: exposures from %r, interactions from %r, outcomes to %r (bounded=%s)",

@@ -22,6 +22,7 @@ from devstack.rejected import read_rejected, summarize
 from devstack.stack import free_port
 from jobs.runtime import python_executable
 from tests.conftest import job_config
+from tests.integration import test_engagement_job as engagement
 from tests.helpers import (assert_features_equal_replay, child_env, job_args, prefixed_topics,
                                        read_states, records_replay, replay_ledger, scrape_until_ledger,
                                        wait_until)
@@ -58,6 +59,22 @@ def test_submitted_job_writes_lists(cluster, kafka_broker, redis_server, model_d
     with_lists = {k.decode().removeprefix(keys.rec_key("")) for k in r.scan_iter(keys.rec_key("*"))}
     assert len(with_lists) == report.users > 0
     assert json.loads(r.get(keys.rec_key(sorted(with_lists)[0])))["items"]
+
+
+def test_submitted_engagement_job_totals_the_offline_ones(cluster, kafka_broker, redis_server):
+    c, run = cluster
+    port, r = redis_server
+    for key in r.scan_iter("engagement:*"):
+        r.delete(key)
+    topics, exposures, interactions = engagement.publish(kafka_broker, "cl.eng.")
+    out = subprocess.run([sys.executable, "-m", "cli", "submit", "--job", "engagement", "--bounded", "--no-detached",
+                          "--config", str(PROJECT_ROOT / "deploy" / "config" / "local.toml"),
+                          *engagement.settings(kafka_broker, port, topics)],
+                         cwd=PROJECT_ROOT, env=child_env(STREAMRANK_RUN_DIR=str(run)), capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert [j["state"] for j in c.jobs() if j["name"] == "streamrank-engagement"] == ["FINISHED"]
+    engagement.assert_totals_are_the_offline_ones(r, exposures, interactions)
 
 
 def test_detached_job_reports_metrics_and_cancels(cluster, kafka_broker, redis_server, model_dir):

@@ -14,7 +14,7 @@ import time
 from contract import keys
 from contract.config import EngagementConfig
 from contract.paths import PROJECT_ROOT
-from contract.schema import InvalidEvent, validate
+from contract.schema import validate
 from devstack.stack import create_topics
 from models.experiment_report import engagement_totals, outcomes
 from traffic.publish import producer, read_json_topic
@@ -68,9 +68,10 @@ def history(users: int = 150, seed: int = 7) -> tuple[list[dict], list[dict]]:
     return sorted(exposures, key=lambda e: e["served_at_ms"]), sorted(interactions, key=lambda i: i["ts"])
 
 
-def test_the_job_totals_equal_the_offline_computation_exactly(kafka_broker, redis_db):
-    port, r = redis_db
-    topics = {"interactions": "eng.interactions", "exposures": "eng.exposures", "engagement": "eng.outcomes"}
+def publish(kafka_broker: str, prefix: str) -> tuple[dict[str, str], list[dict], list[dict]]:
+    """history() on fresh topics named with prefix, with a record of each kind the job skips."""
+    topics = {"interactions": f"{prefix}interactions", "exposures": f"{prefix}exposures",
+              "engagement": f"{prefix}outcomes"}
     create_topics(kafka_broker, 2, topics)
     exposures, interactions = history()
     p = producer(kafka_broker)
@@ -81,35 +82,40 @@ def test_the_job_totals_equal_the_offline_computation_exactly(kafka_broker, redi
     p.send(topics["interactions"], key=b"x", value=b"not json")  # the recommend job's to DLQ: skipped here
     p.send(topics["exposures"], key=b"x", value=b"{broken")
     p.flush()
+    for i in interactions:
+        validate(json.dumps(i))  # all valid: the offline side reads them as they are
+    return topics, exposures, interactions
 
-    overrides = {"redis.port": port, "kafka.bootstrap_servers": f'"{kafka_broker}"',
+
+def settings(kafka_broker: str, redis_port: int, topics: dict[str, str]) -> list[str]:
+    overrides = {"redis.port": redis_port, "kafka.bootstrap_servers": f'"{kafka_broker}"',
                  "kafka.interactions_topic": f'"{topics["interactions"]}"',
                  "engagement.exposures_topic": f'"{topics["exposures"]}"',
                  "engagement.outcomes_topic": f'"{topics["engagement"]}"', "engagement.window_s": WINDOW_S,
                  "flink.parallelism": 2}
-    args = [a for k, v in overrides.items() for a in ("--set", f"{k}={v}")]
-    done = subprocess.run([sys.executable, "-m", "jobs.engagement", "--bounded",
-                           "--config", str(PROJECT_ROOT / "deploy" / "config" / "local.toml"), *args],
-                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    return [a for k, v in overrides.items() for a in ("--set", f"{k}={v}")]
 
-    valid = []
-    for i in interactions:
-        try:
-            validate(json.dumps(i))
-            valid.append(i)
-        except InvalidEvent:
-            pass
-    assert len(valid) == len(interactions)
+
+def assert_totals_are_the_offline_ones(r, exposures: list[dict], interactions: list[dict]) -> None:
     cfg = EngagementConfig(window_s=WINDOW_S)
-    rows = outcomes(exposures, valid, cfg)
-    expected = engagement_totals(rows)
+    expected = engagement_totals(outcomes(exposures, interactions, cfg))
     got = keys.read_engagement(r)
     assert got == expected
     # the history exercises what it claims to: both layers, clicks deduplicated, credit split
     assert {g[0] for g in got} == {"ab", "layout"} and len(got) == 2 * 2 * 2 + 2 * 2
-    assert sum(t["clicks"] for t in got.values()) < sum(1 for i in valid if i["type"] in cfg.click_types)
+    assert sum(t["clicks"] for t in got.values()) < sum(1 for i in interactions if i["type"] in cfg.click_types)
     assert any(t["conversions_linear"] % CREDIT_UNITS for t in got.values())  # some purchase split over touches
+
+
+def test_the_job_totals_equal_the_offline_computation_exactly(kafka_broker, redis_db):
+    port, r = redis_db
+    topics, exposures, interactions = publish(kafka_broker, "eng.")
+    done = subprocess.run([sys.executable, "-m", "jobs.engagement", "--bounded",
+                           "--config", str(PROJECT_ROOT / "deploy" / "config" / "local.toml"),
+                           *settings(kafka_broker, port, topics)],
+                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_totals_are_the_offline_ones(r, exposures, interactions)
 
     outcomes_out = read_json_topic(kafka_broker, topics["engagement"])
     purchases = [o for o in outcomes_out if o["type"] == "purchase"]
@@ -118,7 +124,7 @@ def test_the_job_totals_equal_the_offline_computation_exactly(kafka_broker, redi
         for m in MODELS:
             assert abs(sum(t["conversions"][m] for t in o["touches"]) - 1.0) < 1e-9
     credited = {o["event_id"] for o in purchases}
-    assert credited == {i["event_id"] for i in valid if i["type"] == "purchase" and any(
+    assert credited == {i["event_id"] for i in interactions if i["type"] == "purchase" and any(
         rid_or_item_touches(i, e) for e in exposures)}
 
 

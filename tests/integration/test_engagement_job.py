@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import subprocess
 import sys
 import time
@@ -15,12 +16,15 @@ from contract import keys
 from contract.config import EngagementConfig
 from contract.paths import PROJECT_ROOT
 from contract.schema import validate
-from devstack.stack import create_topics
+from devstack.metrics import dashboard_metrics, scrape
+from devstack.stack import create_topics, free_port
 from models.experiment_report import engagement_totals, outcomes
+from tests.helpers import wait_until
 from traffic.publish import producer, read_json_topic
 from udfs.attribution import CREDIT_UNITS, MODELS
 
 MIN = 60_000
+ENGAGEMENT_METRIC = "flink_taskmanager_job_task_operator_streamrank_engagement_"
 WINDOW_S = 3600.0
 
 
@@ -107,25 +111,69 @@ def assert_totals_are_the_offline_ones(r, exposures: list[dict], interactions: l
     assert any(t["conversions_linear"] % CREDIT_UNITS for t in got.values())  # some purchase split over touches
 
 
-def test_the_job_totals_equal_the_offline_computation_exactly(kafka_broker, redis_db):
+def flush(kafka_broker: str, topics: dict[str, str], after_ms: int) -> None:
+    """An exposure and an interaction on every partition of both topics, late enough that the
+    watermark passes everything before them (held back by the window in the joins): a streaming
+    job then settles the whole history. They touch nothing and count in no group."""
+    p = producer(kafka_broker)
+    for partition in range(2):
+        p.send(topics["exposures"], partition=partition, value=json.dumps(
+            {"request_id": f"flush{partition}", "user_id": "flush", "placement": "", "experiments": {},
+             "items": [], "model_version": "", "served_at_ms": after_ms}).encode())
+        p.send(topics["interactions"], partition=partition, value=json.dumps(
+            {"event_id": f"flush{partition}", "user_id": "flush", "item_id": "none", "type": "view",
+             "ts": after_ms}).encode())
+    p.flush()
+
+
+def test_the_streaming_job_settles_the_offline_totals_exactly(kafka_broker, redis_db):
+    """Unbounded, as in production: once the watermark has passed the history, the totals in Redis
+    are the offline ones exactly, the Flink metrics count the same, and the outcomes topic holds
+    every credited interaction, each purchase's credit summing to one per model."""
     port, r = redis_db
     topics, exposures, interactions = publish(kafka_broker, "eng.")
-    done = subprocess.run([sys.executable, "-m", "jobs.engagement", "--bounded",
-                           "--config", str(PROJECT_ROOT / "deploy" / "config" / "local.toml"),
-                           *settings(kafka_broker, port, topics)],
-                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert_totals_are_the_offline_ones(r, exposures, interactions)
+    last = max(i["ts"] for i in interactions)
+    flush(kafka_broker, topics, last + int(2 * WINDOW_S * 1000))
+    metrics_port = free_port()
+    job = subprocess.Popen([sys.executable, "-m", "jobs.engagement",
+                            "--config", str(PROJECT_ROOT / "deploy" / "config" / "local.toml"),
+                            *settings(kafka_broker, port, topics), "--set", f'flink.prometheus_port="{metrics_port}"'],
+                           cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        expected = engagement_totals(outcomes(exposures, interactions, EngagementConfig(window_s=WINDOW_S)))
+        settled = wait_until(lambda: keys.read_engagement(r) == expected, 300, every_s=1.0)
+        assert settled, job.stderr.read()[-3000:] if job.poll() is not None else keys.read_engagement(r)
+        assert_totals_are_the_offline_ones(r, exposures, interactions)
 
-    outcomes_out = read_json_topic(kafka_broker, topics["engagement"])
-    purchases = [o for o in outcomes_out if o["type"] == "purchase"]
-    assert purchases and all(o["touches"] for o in outcomes_out)
-    for o in purchases:
-        for m in MODELS:
-            assert abs(sum(t["conversions"][m] for t in o["touches"]) - 1.0) < 1e-9
-    credited = {o["event_id"] for o in purchases}
-    assert credited == {i["event_id"] for i in interactions if i["type"] == "purchase" and any(
-        rid_or_item_touches(i, e) for e in exposures)}
+        purchases_credited = {i["event_id"] for i in interactions if i["type"] == "purchase" and any(
+            rid_or_item_touches(i, e) for e in exposures)}
+        want = {"exposures": len(exposures), "conversions": len(purchases_credited)}  # the flush's are still open
+        counters = {}
+
+        def counted() -> bool:
+            text = scrape(f"http://127.0.0.1:{metrics_port}/metrics") or ""
+            for name in ("exposures", "actions", "clicks", "conversions"):
+                counters[name] = sum(float(v) for v in re.findall(rf"^{ENGAGEMENT_METRIC}{name}\{{[^}}]*\}} (\S+)$",
+                                                                  text, re.M))
+            return counters["exposures"] == want["exposures"] and counters["conversions"] == want["conversions"]
+
+        assert wait_until(counted, 60, every_s=1.0), (counters, want)
+        clicked_exposures = sum(o.clicked for o in outcomes(exposures, interactions, EngagementConfig(window_s=WINDOW_S)))
+        assert counters["clicks"] == clicked_exposures > 0
+
+        outcomes_out = read_json_topic(kafka_broker, topics["engagement"])
+        assert counters["actions"] == len(outcomes_out)
+        # the dashboard's engagement panels read metrics this job serves
+        served = set(re.findall(r"^(flink_\w+)\{", scrape(f"http://127.0.0.1:{metrics_port}/metrics") or "", re.M))
+        assert {n for n in dashboard_metrics() if n.startswith(ENGAGEMENT_METRIC)} <= served
+        purchases = [o for o in outcomes_out if o["type"] == "purchase"]
+        assert {o["event_id"] for o in purchases} == purchases_credited and all(o["touches"] for o in outcomes_out)
+        for o in purchases:
+            for m in MODELS:
+                assert abs(sum(t["conversions"][m] for t in o["touches"]) - 1.0) < 1e-9
+    finally:
+        job.terminate()
+        job.wait(30)
 
 
 def rid_or_item_touches(i: dict, e: dict) -> bool:

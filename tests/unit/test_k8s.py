@@ -47,6 +47,7 @@ def test_every_object_is_valid_against_its_schema(rendered, objects):
     assert out.returncode == 0, out.stdout + out.stderr
     assert f"{len(objects)} valid, 0 invalid" in out.stdout
     assert set(objects) == {("ConfigMap", "streamrank-config"), ("FlinkDeployment", "streamrank-recommend"),
+                            ("FlinkDeployment", "streamrank-engagement"),
                             ("PersistentVolumeClaim", "streamrank-models"), ("StatefulSet", "redis"),
                             ("Service", "redis"), ("Deployment", "streamrank-lookup"),
                             ("Service", "streamrank-lookup"), ("CronJob", "streamrank-retrain")}
@@ -87,10 +88,11 @@ def test_the_config_map_carries_the_config_files_and_they_load(objects):
     assert serving.host == "0.0.0.0"  # reachable through the Service, not only on loopback
 
 
-def test_the_flink_deployment_agrees_with_the_job_config_and_the_image(objects):
+@pytest.mark.parametrize("job_name", ["recommend", "engagement"])
+def test_the_flink_deployment_agrees_with_the_job_config_and_the_image(objects, job_name):
     flink_version = pyflink.version.__version__  # the locked apache-flink
     job = load_config(K8S / "job.toml")
-    spec = objects[("FlinkDeployment", "streamrank-recommend")]["spec"]
+    spec = objects[("FlinkDeployment", f"streamrank-{job_name}")]["spec"]
     major, minor = flink_version.split(".")[:2]
     assert spec["flinkVersion"] == f"v{major}_{minor}"
     assert spec["job"]["jarURI"] == f"local:///opt/flink/opt/flink-python-{flink_version}.jar"
@@ -103,14 +105,15 @@ def test_the_flink_deployment_agrees_with_the_job_config_and_the_image(objects):
     # where the pod template mounts the ConfigMap
     args = spec["job"]["args"]
     script = args[args.index("-py") + 1]
-    assert script.startswith("/opt/streamrank/") and (PROJECT_ROOT / script.removeprefix("/opt/streamrank/")).is_file()
+    assert script == f"/opt/streamrank/jobs/{job_name}.py" and (PROJECT_ROOT / script.removeprefix("/opt/streamrank/")).is_file()
     pod = spec["podTemplate"]["spec"]
     mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["config"]["configMap"]["name"] == "streamrank-config"
     assert args[args.index("--config") + 1] == f"{mounts['config']}/job.toml"
-    assert job.scoring.model_dir.startswith(mounts["models"] + "/")
-    assert volumes["models"]["persistentVolumeClaim"]["claimName"] == "streamrank-models"
+    if job_name == "recommend":  # the engagement job reads no model
+        assert job.scoring.model_dir.startswith(mounts["models"] + "/")
+        assert volumes["models"]["persistentVolumeClaim"]["claimName"] == "streamrank-models"
     # the Python the job and its workers run is the image's venv
     assert args[args.index("-pyexec") + 1] == args[args.index("-pyclientexec") + 1] == "/opt/venv/bin/python3"
     dockerfile = (K8S / "Dockerfile").read_text()

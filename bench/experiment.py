@@ -2,10 +2,11 @@
 (lookupd, gRPC) for their lists, respond to what they are shown, and their clicks and purchases go
 through Kafka into the running recommend job (Flink MiniCluster), which re-ranks them; every
 answer is an exposure on Kafka. Two arms, 50/50: the trained model against the trending baseline
-(the job ranks each user for their arm). At the end the experiment's report is computed from the
-exposures and interactions topics (udfs.attribution, offline: the engagement job is not built
-yet), and lookupd's latency is measured with and without exposure logging, interleaved, in the
-same run.
+(the job ranks each user for their arm). lookupd's latency is then measured with and without
+exposure logging, interleaved, in the same run. At the end the engagement job (jobs/engagement.py,
+bounded over both topics) settles every exposure's clicks and credit into Redis; its totals are
+checked against the offline computation, its per-purchase credit against one, and the
+experiment's report (lift intervals over users, SRM) is computed from the same records.
 
     .venv/bin/python -m bench.experiment [--seconds 300] [--requests-per-s 50]
 
@@ -31,15 +32,15 @@ from contract.experiments import parse_experiments, store_experiments
 from contract.paths import PROJECT_ROOT
 from contract.serving_config import load_serving_config
 from devstack.stack import create_topics, free_port, stop_pid
-from models.experiment_report import outcomes, report
+from models.experiment_report import engagement_totals, outcomes, report
 from serving.client import RecommendationsClient
 from serving.launch import GoServer
 from traffic.closed_loop import ShownResponder
 from traffic.publish import producer, publish_catalog, publish_events, read_json_topic
 from traffic.simulator import Simulator
-from udfs.attribution import MODELS
+from udfs.attribution import CREDIT_UNITS, MODELS
 
-TOPIC, EXPOSURES = "exp.interactions", "exp.exposures"
+TOPIC, EXPOSURES, OUTCOMES = "exp.interactions", "exp.exposures", "exp.engagement"
 LOOP_PLACEMENT, LATENCY_PLACEMENT = "home", "latency"  # the report counts the loop's answers only
 
 
@@ -56,8 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=float, default=300.0, help="real seconds of the closed loop")
     p.add_argument("--requests-per-s", type=float, default=50.0, help="list requests per second, all users")
-    p.add_argument("--latency-calls", type=int, default=2000, help="calls per round of the latency comparison")
-    p.add_argument("--latency-rounds", type=int, default=10)
+    # short rounds, many of them: the three servers take turns often, so a slow second of the
+    # machine (the recommend job's checkpoint, Kafka's flush) falls on each of them alike
+    p.add_argument("--latency-calls", type=int, default=200, help="calls per round of the latency comparison")
+    p.add_argument("--latency-rounds", type=int, default=100)
     args = p.parse_args(argv)
 
     stack = start_bench_stack()
@@ -67,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         sim = Simulator(seed=42, users=2000, items=5000, categories=30)  # the users the model was trained on
         stack.topics(TOPIC)
         create_topics(stack.bootstrap, 2, {"interactions": TOPIC, "items": "bench.items", "dlq": "bench.dlq",
-                                           "exposures": EXPOSURES})
+                                           "exposures": EXPOSURES, "engagement": OUTCOMES})
         publish_catalog(sim, stack.bootstrap, "bench.items")
         now = datetime.now(UTC)
         spec = parse_experiments({"experiments": [
@@ -135,24 +138,53 @@ def main(argv: list[str] | None = None) -> int:
         exposures = read_json_topic(stack.bootstrap, EXPOSURES)
         interactions = read_json_topic(stack.bootstrap, TOPIC)
         cfg = load_config(None)
-        rows = outcomes([e for e in exposures if e["placement"] == LOOP_PLACEMENT], interactions, cfg.engagement)
+        print("bench: the engagement job over the exposures and interactions", flush=True)
+        t0 = time.monotonic()
+        done = subprocess.run([sys.executable, "-m", "jobs.engagement", "--bounded",
+                               *stack.job_sets(TOPIC, 2, **{"engagement.exposures_topic": EXPOSURES,
+                                                            "engagement.outcomes_topic": OUTCOMES})],
+                              cwd=PROJECT_ROOT, stdout=open(stack.work / "jobs.log", "ab"), stderr=subprocess.STDOUT)
+        if done.returncode:
+            raise SystemExit(f"the engagement job failed; see {stack.work / 'jobs.log'}")
+        engagement_s = time.monotonic() - t0
+        totals = keys.read_engagement(r)
+        all_rows = outcomes(exposures, interactions, cfg.engagement)
+        settled = read_json_topic(stack.bootstrap, OUTCOMES)
+        purchases = [o for o in settled if o["type"] == "purchase"]
+        # each purchase's credit, as the job wrote it to the topic, against the one conversion it is
+        credit_error = max((abs(sum(t["conversions"][m] for t in o["touches"]) - 1.0) for o in purchases
+                            for m in MODELS), default=0.0)
+        rows = [x for x in all_rows if x.placement == LOOP_PLACEMENT]
         result = report(rows, spec["experiments"][0])
-        logged_ids = {e["request_id"] for e in exposures}
-        explained = sum(1 for i in interactions if i.get("type") == "purchase" and i.get("request_id") in logged_ids)
-        credit_error = max(abs(sum(x.conversions[m] for x in rows) - explained) for m in MODELS)
+        name = spec["experiments"][0]["name"]
+        # every user is in the experiment (share 1): its totals hold each credited purchase once
+        totals_error = max(abs(sum(t[f"conversions_{m}"] for g, t in totals.items() if g[0] == name) / CREDIT_UNITS
+                               - len(purchases)) for m in MODELS)
+        job_arms = {}
+        for (experiment, arm, placement, _), t in totals.items():
+            if experiment == name and placement == LOOP_PLACEMENT:
+                a = job_arms.setdefault(arm, {"exposures": 0, "clicks": 0, "conversions": 0})
+                a["exposures"] += t["exposures"]
+                a["clicks"] += t["clicks"]
+                a["conversions"] += t["conversions_last_touch"]
+        job_arms = {a: {"exposures": v["exposures"], "ctr": round(v["clicks"] / v["exposures"], 6),
+                        "conversion": round(v["conversions"] / CREDIT_UNITS / v["exposures"], 6)}
+                    for a, v in job_arms.items() if v["exposures"]}
         out = {
             "arms": {a: {k: v[k] for k in ("users", "exposures", "ctr", "conversion", "revenue_per_user")}
                      for a, v in result["arms"].items()},
             "lift_ctr": result["lift"]["model"]["ctr"], "lift_conversion": result["lift"]["model"]["conversion"],
             "srm_p": result["srm_p"],
             "exposures_served": served, "exposures_logged": len(exposures),
-            "attribution_credit_error": credit_error, "conversions_attributed": explained,
+            "attribution_credit_error": credit_error, "conversions_attributed": len(purchases),
+            "engagement_job": {"totals_equal_offline": totals == engagement_totals(all_rows), "arms": job_arms,
+                               "totals_credit_error": totals_error,
+                               "groups": len(totals), "seconds": round(engagement_s, 1)},
             "serve_p99_ms_with_exposures": round(float(np.percentile(p99["with"], 99)), 3),
             "serve_p99_ms_without": round(float(np.percentile(p99["without"], 99)), 3),
             "serve_p50_ms_with_exposures": round(float(np.percentile(p99["with"], 50)), 3),
             "serve_p50_ms_without": round(float(np.percentile(p99["without"], 50)), 3),
             "serve_p99_ms_twin_without": round(float(np.percentile(p99["twin"], 99)), 3),
-            "outcomes": "offline (udfs.attribution over the two topics); the engagement job is not built yet",
             "loop_seconds": args.seconds, "requests_per_s": args.requests_per_s,
         }
         out["p99_ratio"] = round(out["serve_p99_ms_with_exposures"] / max(out["serve_p99_ms_without"], 1e-9), 3)

@@ -118,8 +118,8 @@ def submit(
     preset: PresetOpt = None,
     job: JobOpt = "recommend",
 ) -> None:
-    """Submit a job (--job recommend, the default, or engagement) to the standalone cluster with
-    `flink run -py` (--preset: as for run)."""
+    """Submit the recommend job (or --job engagement) to the standalone cluster with `flink run -py`
+    (--preset: as for run)."""
     check_job(job)
     job_config(config, set_, bounded, preset)
     c = running_cluster()

@@ -16,6 +16,7 @@ from contract import keys
 from contract.config import ConfigError, JobConfig
 from contract.experiments import BUCKETS, load_experiments, now_ms, read_experiments, store_experiments
 from contract.paths import PROJECT_ROOT
+from models.canary import running_canary, with_canary
 from models.experiment_report import ExposureRow, cumulative_lift, outcomes, plot_cumulative_lift, report
 from traffic.publish import read_json_topic
 from udfs.attribution import MODELS
@@ -60,13 +61,23 @@ def _redis(config: str, set_: list[str] | None) -> redis_lib.Redis:
 
 
 @app.command("apply")
-def apply(file: FileArg, config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None) -> None:
+def apply(
+    file: FileArg, config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None,
+    drop_canary: Annotated[bool, typer.Option(help="also end a canary `streamrank retrain` is running")] = False,
+) -> None:
     """Validate an experiments file and store it in the config's Redis: the lookup services and the
-    job switch to it at their next poll. The last line is JSON with the applied version."""
+    job switch to it at their next poll. A canary that `streamrank retrain` runs is kept (the file
+    does not declare it) unless --drop-canary. The last line is JSON with the applied version."""
     with exit_on(ConfigError, code=2):
         spec = load_experiments(file).spec()
     try:
-        version = store_experiments(_redis(config, set_), spec, file.read_text())
+        client = _redis(config, set_)
+        applied = read_experiments(client)
+        canary = running_canary(applied[0] if applied else None)
+        if canary and not drop_canary and not running_canary(spec):
+            spec = with_canary(spec, canary)
+            typer.echo(f"kept the running canary {canary['name']} (--drop-canary ends it)", err=True)
+        version = store_experiments(client, spec, file.read_text())
     except redis_lib.RedisError as e:
         typer.echo(f"cannot store the experiments in Redis: {e}; is it running (`streamrank stack up`)?", err=True)
         raise typer.Exit(1) from None

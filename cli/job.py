@@ -103,9 +103,8 @@ def run(
     preset: PresetOpt = None,
     job: JobOpt = "recommend",
 ) -> None:
-    """Run a job on the embedded Flink MiniCluster: the recommend job (the default) or the
-    engagement job. With a model trained under a preset, run with the same --preset: the model's
-    features follow it."""
+    """Run the recommend job (or --job engagement) on the embedded Flink MiniCluster. With a model
+    trained under a preset, run with the same --preset: the model's features follow it."""
     check_job(job)
     job_config(config, set_, bounded, preset)  # fail before Flink starts
     args = ["--config", config] + job_args(set_, bounded, from_savepoint, allow_non_restored_state, preset)

@@ -92,7 +92,8 @@ class ModelWatcher:
         self.scorer = OnnxScorer(self.target, self.feature_names)
         self.refused: Path | None = None
         self.checked_at = time.monotonic()
-        self.versions: dict[str, OnnxScorer | None] = {}  # pinned versions, by name (None: unusable)
+        self.versions: dict[str, OnnxScorer] = {}  # pinned versions, by name
+        self.unusable: dict[str, float] = {}  # pinned versions that did not load, and when they last failed
 
     def _resolve(self) -> Path:
         return Path(os.path.realpath(self.model_dir))
@@ -118,16 +119,27 @@ class ModelWatcher:
     def pinned(self, version: str) -> OnnxScorer:
         """A registry version beside `current` (an experiment arm's model_version), loaded once. A
         version that cannot be loaded is logged once and the current model scores instead (the
-        list records the version that scored it)."""
-        if version not in self.versions:
+        list records the version that scored it); it is tried again every `check_s`, so a version
+        published after the experiment was applied is picked up."""
+        if version in self.versions:
+            return self.versions[version]
+        now = time.monotonic()
+        failed_at = self.unusable.get(version)
+        if failed_at is None or (self.check_s > 0 and now - failed_at >= self.check_s):
             try:
                 self.versions[version] = OnnxScorer(Path(os.path.realpath(self.model_dir.parent / version)),
                                                     self.feature_names)
+                if failed_at is not None:
+                    log.info("model %s (an experiment arm's model_version) loaded; it scores its arm from now on",
+                             version)
+                    del self.unusable[version]
+                return self.versions[version]
             except Exception as e:  # as in current(): a missing or unusable version
-                log.error("model %s (an experiment arm's model_version) not loaded, scoring with the current "
-                          "model instead: %s", version, e)
-                self.versions[version] = None
-        return self.versions[version] or self.current()
+                if failed_at is None:
+                    log.error("model %s (an experiment arm's model_version) not loaded, scoring with the current "
+                              "model instead (tried again every %.0f s): %s", version, self.check_s, e)
+                self.unusable[version] = now
+        return self.current()
 
     @property
     def version(self) -> str:

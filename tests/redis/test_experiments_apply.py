@@ -14,7 +14,9 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from contract import keys
-from contract.experiments import assign, load_experiments, read_experiments
+from contract.config import CanaryConfig
+from contract.experiments import assign, load_experiments, read_experiments, store_experiments
+from models.canary import canary_experiment, with_canary
 from contract.paths import CONFIG_DIR
 from contract.serving_config import load_serving_config
 from serving.client import RecommendationsClient
@@ -87,3 +89,17 @@ def test_services_pick_up_applied_experiments_without_a_restart(redis_db, engine
         assert arms() == [assign(spec, u, now_ms) for u in users] and any(arms())
         client.delete(keys.EXPERIMENTS)
         assert wait_until(lambda: not any(arms()), 10)
+
+
+def test_apply_keeps_a_running_canary_unless_told_to_drop_it(redis_db):
+    port, client = redis_db
+    at = ["--set", f"redis.port={port}"]
+    canary = canary_experiment("v0002", "v0001", CanaryConfig())
+    store_experiments(client, with_canary(None, canary), "(retrain)")
+    kept = run("apply", str(EXAMPLE), *at)
+    assert kept.exit_code == 0 and f"kept the running canary {canary['name']}" in kept.output
+    spec, _ = read_experiments(client)
+    assert spec["experiments"] == [canary, *load_experiments(EXAMPLE).spec()["experiments"]]
+    dropped = run("apply", str(EXAMPLE), "--drop-canary", *at)
+    assert dropped.exit_code == 0, dropped.output
+    assert read_experiments(client)[0] == load_experiments(EXAMPLE).spec()

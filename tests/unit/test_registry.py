@@ -63,6 +63,18 @@ def test_watcher_switches_on_promotion_and_skips_an_unusable_version(trained, tm
     assert os.readlink(tmp_path / "current") == "v0001"
 
 
+def test_a_pinned_version_published_late_is_loaded_on_a_later_try(trained, tmp_path):
+    reg = Registry(tmp_path)
+    publish(reg, trained[1])
+    watcher = ModelWatcher(tmp_path / "current", FEATURE_NAMES, check_s=60)
+    assert watcher.pinned("v0002").version == "v0001"  # not published yet: the current model scores
+    publish(reg, trained[1], promote=False)
+    assert watcher.pinned("v0002").version == "v0001"  # tried again only after check_s
+    watcher.unusable["v0002"] -= 61
+    assert watcher.pinned("v0002").version == "v0002" and "v0002" not in watcher.unusable
+    assert watcher.current().version == "v0001"
+
+
 def test_watcher_with_zero_interval_never_reloads(trained, tmp_path):
     reg = Registry(tmp_path)
     publish(reg, trained[1])

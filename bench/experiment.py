@@ -5,7 +5,8 @@ answer is an exposure on Kafka. Two arms, 50/50: the trained model against the t
 (the job ranks each user for their arm). lookupd's latency is then measured with and without
 exposure logging, interleaved, in the same run. At the end the engagement job (jobs/engagement.py,
 bounded over both topics) settles every exposure's clicks and credit into Redis; its totals are
-checked against the offline computation, its per-purchase credit against one, and the
+checked against the offline computation (exit 1 when they differ), its conversions against the
+purchases of a shown answer counted straight from the topics (attribution_credit_error), and the
 experiment's report (lift intervals over users, SRM) is computed from the same records.
 
     .venv/bin/python -m bench.experiment [--seconds 300] [--requests-per-s 50]
@@ -150,16 +151,21 @@ def main(argv: list[str] | None = None) -> int:
         totals = keys.read_engagement(r)
         all_rows = outcomes(exposures, interactions, cfg.engagement)
         settled = read_json_topic(stack.bootstrap, OUTCOMES)
-        purchases = [o for o in settled if o["type"] == "purchase"]
-        # each purchase's credit, as the job wrote it to the topic, against the one conversion it is
-        credit_error = max((abs(sum(t["conversions"][m] for t in o["touches"]) - 1.0) for o in purchases
-                            for m in MODELS), default=0.0)
+        purchases = {o["event_id"] for o in settled if o["type"] == "purchase"}
+        # purchases the loop's users made of an answer they were shown (each carries its request id),
+        # counted from the raw topics: the job's credit must add up to exactly these
+        served_at = {e["request_id"]: e["served_at_ms"] for e in exposures}
+        window_ms = cfg.engagement.window_ms
+        explained = {i["event_id"] for i in interactions if i.get("type") == "purchase"
+                     and i.get("request_id") in served_at
+                     and served_at[i["request_id"]] <= i["ts"] <= served_at[i["request_id"]] + window_ms}
         rows = [x for x in all_rows if x.placement == LOOP_PLACEMENT]
         result = report(rows, spec["experiments"][0])
         name = spec["experiments"][0]["name"]
-        # every user is in the experiment (share 1): its totals hold each credited purchase once
-        totals_error = max(abs(sum(t[f"conversions_{m}"] for g, t in totals.items() if g[0] == name) / CREDIT_UNITS
-                               - len(purchases)) for m in MODELS)
+        # every user is in the experiment (share 1): its totals hold each such purchase once
+        credit_error = max(abs(sum(t[f"conversions_{m}"] for g, t in totals.items() if g[0] == name) / CREDIT_UNITS
+                               - len(explained)) for m in MODELS)
+        equal = totals == engagement_totals(all_rows)
         job_arms = {}
         for (experiment, arm, placement, _), t in totals.items():
             if experiment == name and placement == LOOP_PLACEMENT:
@@ -176,9 +182,9 @@ def main(argv: list[str] | None = None) -> int:
             "lift_ctr": result["lift"]["model"]["ctr"], "lift_conversion": result["lift"]["model"]["conversion"],
             "srm_p": result["srm_p"],
             "exposures_served": served, "exposures_logged": len(exposures),
-            "attribution_credit_error": credit_error, "conversions_attributed": len(purchases),
-            "engagement_job": {"totals_equal_offline": totals == engagement_totals(all_rows), "arms": job_arms,
-                               "totals_credit_error": totals_error,
+            "attribution_credit_error": credit_error, "conversions_attributed": len(explained),
+            "engagement_job": {"totals_equal_offline": equal, "arms": job_arms,
+                               "purchases_settled": len(purchases),
                                "groups": len(totals), "seconds": round(engagement_s, 1)},
             "serve_p99_ms_with_exposures": round(float(np.percentile(p99["with"], 99)), 3),
             "serve_p99_ms_without": round(float(np.percentile(p99["without"], 99)), 3),
@@ -192,7 +198,9 @@ def main(argv: list[str] | None = None) -> int:
         out["p99_ratio_twins"] = round(max(out["serve_p99_ms_twin_without"], out["serve_p99_ms_without"])
                                        / max(min(out["serve_p99_ms_twin_without"], out["serve_p99_ms_without"]), 1e-9), 3)
         print(json.dumps(out))
-        return 0
+        if not equal:
+            print("bench: the engagement job's totals differ from the offline computation", file=sys.stderr)
+        return 0 if equal else 1
     finally:
         for server in (with_exposures, without, twin):
             if server is not None:

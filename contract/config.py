@@ -418,9 +418,11 @@ class FaultConfig(_Strict):
 
 
 class EngagementConfig(_Strict):
-    window_s: float = Field(86_400.0, gt=0)
+    window_s: float = Field(86_400.0, gt=0, le=90 * 86_400)
     """Attribution window: a click or purchase within this long after an exposure that showed the
-    item counts for that exposure (s)."""
+    item counts for that exposure (s). The engagement job settles an interaction once its
+    watermark has passed it by this much (its interval joins hold the watermark back by the
+    window), so its clicks and conversions arrive this late."""
     half_life_s: float = Field(3_600.0, gt=0)
     """Time-decay attribution: a touch this much older than the purchase gets half the weight (s)."""
     click_types: tuple[Literal["view", "click", "add_to_cart"], ...] = ("view", "click")
@@ -434,6 +436,13 @@ class EngagementConfig(_Strict):
     micro_batch_s: float = Field(1.0, gt=0, le=3600)
     """The engagement job settles exposures and interactions in event-time batches this long,
     once the watermark has passed them (s)."""
+    out_of_orderness_s: float = Field(60.0, ge=0)
+    """How late an exposure or interaction may reach the engagement job (behind the latest event
+    time seen) and still count: exposures wait in the services' buffers while Kafka is down (s)."""
+
+    @property
+    def window_ms(self) -> int:
+        return int(round(self.window_s * 1000))
 
 
 class CanaryConfig(_Strict):

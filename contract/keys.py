@@ -16,12 +16,14 @@
                  record counted, so a replay after recovery does not count it again.
 - `experiments`  hash: the applied experiments spec (`spec`, JSON from contract.experiments), its
                  `version` (what services poll), `applied_at_ms` and the `source` file's text.
-- `engagement:{experiment}:{arm}:{placement}:{model_version}` hash: the engagement job's totals
-                 for that group (ENGAGEMENT_FIELDS; conversions in udfs.attribution.CREDIT_UNITS,
-                 revenue in 1/REVENUE_UNITS); `engagement:users:{...}` the set of its users;
-                 `engagement:groups` hash: group key -> JSON [experiment, arm, placement,
-                 model_version]; `engagement:clicked:{request_id}` marks a clicked exposure
-                 (contract/lua/click_once.lua) for as long as a click can still touch it.
+- `engagement:t:{experiment}:{arm}:{placement}:{model_version}` hash (each part percent-encoded):
+                 the engagement job's totals for that group (ENGAGEMENT_FIELDS; conversions in
+                 udfs.attribution.CREDIT_UNITS, revenue in 1/REVENUE_UNITS); `engagement:u:{...}` the
+                 set of its users; `engagement:groups` hash: totals key -> JSON [experiment, arm,
+                 placement, model_version]. Markers, each living as long as a replay or a late
+                 interaction can still need it (contract/lua/once.lua): `engagement:x:{request_id}`
+                 an exposure counted, `engagement:c:{request_id}` an exposure clicked,
+                 `engagement:s:{event_id}` an interaction settled.
 - `drift:psi`    hash: the last drift window's PSI per feature (JSON), its model version, window,
                  rows, the worst feature and whether it crossed the alert threshold.
 
@@ -40,6 +42,7 @@ import sys
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
+from urllib.parse import quote
 
 TRENDING = "trending"
 TRENDING_LONG = "trending:long"
@@ -79,29 +82,43 @@ def read_ledger(r) -> dict[str, int]:
     return {f: int(raw.get(f.encode(), 0)) for f in LEDGER_FIELDS}
 
 
-# A pseudonymous user id (privacy.pseudonymize): "p:" and the first 32 hex digits (128 bits) of
-# HMAC-SHA256(key, the user id's UTF-8 bytes). The same function in the job's JVM
-# (io.streamrank.udf.Pseudonym), lookupd and here; tests/vectors/pseudonym.json holds them to it.
 ENGAGEMENT_GROUPS = "engagement:groups"
 ENGAGEMENT_MODELS = ("last_touch", "linear", "time_decay")  # udfs.attribution.MODELS
 ENGAGEMENT_FIELDS = ("exposures", "clicks", *(f"conversions_{m}" for m in ENGAGEMENT_MODELS),
                      *(f"revenue_{m}" for m in ENGAGEMENT_MODELS))
+Group = tuple[str, str, str, str]  # (experiment, arm, placement, model_version)
 
 
-def engagement_key(group: tuple[str, str, str, str]) -> str:
+def _group_path(group: Group) -> str:
+    # each part percent-encoded: a placement is the client's text and may hold ':'
+    return ":".join(quote(part, safe="") for part in group)
+
+
+def engagement_key(group: Group) -> str:
     """The totals hash of (experiment, arm, placement, model_version)."""
-    return "engagement:" + ":".join(group)
+    return "engagement:t:" + _group_path(group)
 
 
-def engagement_users_key(group: tuple[str, str, str, str]) -> str:
-    return "engagement:users:" + ":".join(group)
+def engagement_users_key(group: Group) -> str:
+    return "engagement:u:" + _group_path(group)
+
+
+def exposed_key(request_id: str) -> str:
+    """Marks an exposure counted (a record sent twice, or read again after a restart, counts once)."""
+    return f"engagement:x:{quote(request_id, safe='')}"
 
 
 def clicked_key(request_id: str) -> str:
-    return f"engagement:clicked:{request_id}"
+    """Marks an exposure clicked (however many of the user's clicks touch it)."""
+    return f"engagement:c:{quote(request_id, safe='')}"
 
 
-def read_engagement(r) -> dict[tuple[str, str, str, str], dict[str, int]]:
+def settled_key(event_id: str) -> str:
+    """Marks an interaction settled (sent twice, or read again after a restart, it counts once)."""
+    return f"engagement:s:{quote(event_id, safe='')}"
+
+
+def read_engagement(r) -> dict[Group, dict[str, int]]:
     """Every group's totals as the engagement job wrote them, with its users counted (`users`)."""
     def text(v: bytes | str) -> str:
         return v.decode() if isinstance(v, bytes) else v
@@ -114,6 +131,9 @@ def read_engagement(r) -> dict[tuple[str, str, str, str], dict[str, int]]:
     return dict(sorted(out.items()))
 
 
+# A pseudonymous user id (privacy.pseudonymize): "p:" and the first 32 hex digits (128 bits) of
+# HMAC-SHA256(key, the user id's UTF-8 bytes). The same function in the job's JVM
+# (io.streamrank.udf.Pseudonym), lookupd and here; tests/vectors/pseudonym.json holds them to it.
 PSEUDONYM_PREFIX = "p:"
 
 

@@ -9,9 +9,16 @@ topic for warehouses ([engagement] outcomes_topic).
 The JVM does the per-event work: it parses and validates interactions (as the recommend job does),
 unnests each exposure's items, and finds every exposure an interaction may touch with two interval
 joins (same user and item, or the request id the page sent back; served at most [engagement]
-window_s before it). Python is crossed once per touched interaction and once per user and
-micro-batch of exposures, in Arrow batches, where udfs.attribution settles each interaction
-(request id first, then credit split into integer units) and jobs.store adds it up in Redis.
+window_s before it). Python is crossed in Arrow batches: once per touched interaction, where
+udfs.attribution settles it (request id first, then credit split into integer units), and once
+per user, placement, model version and arms in each micro-batch of exposures; jobs.store adds both
+up in Redis, each record once (a marker per request id and event id), so a replay after a restart
+counts nothing twice.
+
+An interaction is settled once the watermark, which the joins hold back by the window, has passed
+it: the totals' clicks and conversions trail their exposures by window_s. Records later than
+[engagement] out_of_orderness_s behind the watermark are dropped by Flink's windows and joins (the
+offline computation has no such notion: it agrees with the job on data that is in time).
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import logging
 import sys
 
 from contract.config import ConfigError, JobConfig, PRESETS, load_config, parse_overrides
-from contract.schema import parse_once_sql, validation_sql
+from contract.schema import KAFKA_TS_MS_SQL, parse_once_sql, validation_sql
 from jobs.functions import register_engagement
 from jobs.recommend import bounded_options, day_to_second, environment, kafka_source_ddl
 from jobs.runtime import restore_options
@@ -32,14 +39,20 @@ log = logging.getLogger("streamrank.jobs.engagement")
 
 def engagement_config(cfg: JobConfig) -> JobConfig:
     """The job config as this job reads it: its own consumer group (the recommend job's offsets
-    are the recommend job's)."""
-    return cfg.model_copy(update={"kafka": cfg.kafka.model_copy(update={"group_id": f"{cfg.kafka.group_id}-engagement"})})
+    are the recommend job's), and [engagement]'s lateness for the interactions' watermark too."""
+    return cfg.model_copy(update={
+        "kafka": cfg.kafka.model_copy(update={"group_id": f"{cfg.kafka.group_id}-engagement"}),
+        "features": cfg.features.model_copy(update={"out_of_orderness_s": cfg.engagement.out_of_orderness_s})})
 
 
 def exposures_source_ddl(cfg: JobConfig) -> str:
     """exposures_src: the exposure records (contract.exposures), `experiments` kept as its JSON
-    text, with event time = served_at_ms. Records that are not JSON are skipped."""
-    k, e = cfg.kafka, cfg.engagement
+    text, with event time = served_at_ms. Records that are not JSON are skipped; so are those
+    served before events.min_ts_ms or more than events.max_future_s after Kafka's timestamp (their
+    event time is the earliest allowed, which never moves the watermark: `shown` drops them)."""
+    k, e, ev = cfg.kafka, cfg.engagement, cfg.events
+    group = ",\n  'properties.auto.offset.reset' = 'earliest'" if k.startup_mode == "group-offsets" else ""
+    served = f"COALESCE(served_at_ms, 0) BETWEEN {ev.min_ts_ms} AND {KAFKA_TS_MS_SQL} + {ev.max_future_ms}"
     return f"""
 CREATE TABLE exposures_src (
   request_id STRING,
@@ -49,8 +62,10 @@ CREATE TABLE exposures_src (
   items ARRAY<ROW<item_id STRING>>,
   model_version STRING,
   served_at_ms BIGINT,
-  served_at AS TO_TIMESTAMP_LTZ(COALESCE(served_at_ms, 0), 3),
-  WATERMARK FOR served_at AS served_at - INTERVAL '{cfg.features.out_of_orderness_s:.3f}' SECOND
+  kafka_ts TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL,
+  in_range AS {served},
+  served_at AS TO_TIMESTAMP_LTZ(CASE WHEN {served} THEN served_at_ms ELSE {ev.min_ts_ms} END, 3),
+  WATERMARK FOR served_at AS served_at - INTERVAL '{e.out_of_orderness_s:.3f}' SECOND
 ) WITH (
   'connector' = 'kafka',
   'topic' = '{e.exposures_topic}',
@@ -58,7 +73,7 @@ CREATE TABLE exposures_src (
   'properties.group.id' = '{k.group_id}',
   'scan.startup.mode' = '{k.startup_mode}',
   'format' = 'json',
-  'json.ignore-parse-errors' = 'true'{bounded_options(k)}
+  'json.ignore-parse-errors' = 'true'{group}{bounded_options(k)}
 )"""
 
 
@@ -105,9 +120,9 @@ CREATE TEMPORARY VIEW shown AS
 SELECT request_id, user_id, COALESCE(placement, '') AS placement, COALESCE(experiments, '{}') AS experiments,
   COALESCE(model_version, '') AS model_version, served_at_ms, items, served_at
 FROM exposures_src
-WHERE request_id IS NOT NULL AND user_id IS NOT NULL AND served_at_ms IS NOT NULL""")
+WHERE request_id IS NOT NULL AND user_id IS NOT NULL AND in_range""")
 
-    window = day_to_second(int(round(e.window_s * 1000)))
+    window = day_to_second(e.window_ms)
     touched = """a.user_id, a.event_id, a.type, a.ts, a.amount, a.event_time,
   JSON_OBJECT('request_id' VALUE s.request_id, 'served_at_ms' VALUE s.served_at_ms, 'by_request' VALUE {by},
               'experiments' VALUE s.experiments, 'placement' VALUE s.placement,
@@ -125,14 +140,14 @@ SELECT {touched.format(by='TRUE')}
 FROM actions a, shown s
 WHERE a.user_id = s.user_id AND a.carried = s.request_id AND a.carried <> '' AND {in_window}""")
 
-    batch = f"INTERVAL '{e.micro_batch_s:.3f}' SECOND"
+    batch = day_to_second(int(round(e.micro_batch_s * 1000)))
     stmts = t_env.create_statement_set()
-    # exposures per user and micro-batch -> totals (exposures, users)
+    # a user's exposures per micro-batch (and placement, model version, arms) -> totals
     stmts.add_insert_sql(f"""
 INSERT INTO discard_engagement
-SELECT count_exposures(user_id, placement, model_version, experiments, n)
+SELECT count_exposures(user_id, placement, model_version, experiments, request_ids)
 FROM (
-  SELECT user_id, placement, model_version, experiments, COUNT(*) AS n
+  SELECT user_id, placement, model_version, experiments, '[' || LISTAGG(JSON_STRING(request_id), ',') || ']' AS request_ids
   FROM TABLE(TUMBLE(TABLE shown, DESCRIPTOR(served_at), {batch}))
   GROUP BY window_start, window_end, user_id, placement, model_version, experiments
 )""")

@@ -15,7 +15,7 @@ from contract.config import JobConfig
 from contract.schema import CONTROL_ACTIONS, DLQ_REASONS
 from jobs.store import EngagementStore, RedisStore, RejectedCounter, redis_client, write_item_meta
 from jobs.faults import FaultInjector
-from udfs.attribution import CREDIT_UNITS, REVENUE_UNITS, Action, Touch, groups_of, settle
+from udfs.attribution import CREDIT_UNITS, REVENUE_UNITS, Action, Touch, arms_of, groups_of, settle
 from udfs.features import WindowDelta, feature_names
 from udfs.ranking import BatchRanker
 from udfs.scorer import ModelWatcher
@@ -114,8 +114,9 @@ class CountRejected(ScalarFunction):
 
 
 class CountExposures(ScalarFunction):
-    """(user_id, placement, model_version, experiments JSON, exposures) per user and micro-batch
-    -> exposures counted into the engagement totals (Flink metric streamrank.engagement.exposures)."""
+    """(user_id, placement, model_version, experiments JSON, request ids JSON) per group of a
+    user's exposures in a micro-batch -> how many of them were new (each request id counts once,
+    jobs.store.EngagementStore). Flink metric streamrank.engagement.exposures."""
 
     def __init__(self, cfg_json: str) -> None:
         self.cfg_json = cfg_json
@@ -124,22 +125,24 @@ class CountExposures(ScalarFunction):
 
     def open(self, function_context: FunctionContext) -> None:
         cfg = JobConfig.model_validate_json(self.cfg_json)
-        self.store = EngagementStore(redis_client(cfg), int(cfg.engagement.window_s * 1000))
+        self.store = EngagementStore(redis_client(cfg), cfg.engagement.window_ms)
         self.counter = function_context.get_metric_group().add_group("streamrank").add_group(
             "engagement").counter("exposures")
 
-    def eval(self, user_id, placement, model_version, experiments, n):  # type: ignore[override]
-        rows = [(str(u), groups_of(orjson.loads(e or "{}") or {}, str(p or ""), str(m or "")), int(k))
-                for u, p, m, e, k in zip(user_id, placement, model_version, experiments, n)]
-        counted = self.store.add_exposures(rows)
-        self.counter.inc(sum(k for _, _, k in rows))
-        return pd.Series([counted] * len(rows), dtype="int64")
+    def eval(self, user_id, placement, model_version, experiments, request_ids):  # type: ignore[override]
+        counts = self.store.add_exposures([(str(u), groups_of(arms_of(e), str(p or ""), str(m or "")), orjson.loads(r))
+                                           for u, p, m, e, r in zip(user_id, placement, model_version, experiments,
+                                                                    request_ids)])
+        self.counter.inc(sum(counts))
+        return pd.Series(counts, dtype="int64")
 
 
 class SettleActions(ScalarFunction):
     """(user_id, event_id, type, ts, value, touches JSON) per interaction that touched exposures
     -> its outcome as JSON for the warehouse topic; clicks and credit are added to the engagement
-    totals (udfs.attribution.settle). Flink metrics streamrank.engagement.{actions,clicks,conversions}."""
+    totals (udfs.attribution.settle; each once, jobs.store.EngagementStore). Flink metrics
+    streamrank.engagement.{actions,clicks,conversions}: interactions settled, exposures clicked,
+    purchases credited."""
 
     def __init__(self, cfg_json: str) -> None:
         self.cfg_json = cfg_json
@@ -150,36 +153,36 @@ class SettleActions(ScalarFunction):
         cfg = JobConfig.model_validate_json(self.cfg_json)
         e = cfg.engagement
         self.half_life_ms, self.click_types = e.half_life_s * 1000, frozenset(e.click_types)
-        self.store = EngagementStore(redis_client(cfg), int(e.window_s * 1000))
+        self.store = EngagementStore(redis_client(cfg), e.window_ms)
         group = function_context.get_metric_group().add_group("streamrank").add_group("engagement")
         self.counters = {name: group.counter(name) for name in ("actions", "clicks", "conversions")}
 
     def eval(self, user_id, event_id, type_, ts, value, touches):  # type: ignore[override]
-        settled = []
+        actions = []
         for u, ev, t, at, v, found in zip(user_id, event_id, type_, ts, value, touches):
             action = Action(str(ev), str(t), "", int(at), float(v))
             seen = orjson.loads(found)
-            touch_groups = {x["request_id"]: groups_of(orjson.loads(x["experiments"] or "{}") or {},
-                                                       x["placement"] or "", x["model_version"] or "")
-                            for x in seen}
+            groups = {x["request_id"]: groups_of(arms_of(x["experiments"]), x["placement"] or "",
+                                                 x["model_version"] or "") for x in seen}
             shares = settle(action, [Touch(x["request_id"], int(x["served_at_ms"]), bool(x["by_request"]))
                                      for x in seen], self.half_life_ms, self.click_types)
-            settled.append((u, action, [(s, touch_groups[s.touch.request_id]) for s in shares]))
-        first = self.store.add_outcomes([pair for _, _, pairs in settled for pair in pairs])
-        out, n = [], 0
-        for u, action, pairs in settled:
-            credited = []
-            for s, groups in pairs:
-                credited.append({"request_id": s.touch.request_id, "served_at_ms": s.touch.served_at_ms,
-                                 "groups": groups, "first_click": first[n],
-                                 "conversions": {m: c / CREDIT_UNITS for m, c in s.conversions.items()},
-                                 "revenue": {m: r / REVENUE_UNITS for m, r in s.revenue.items()}})
-                n += 1
-            out.append(orjson.dumps({"event_id": action.event_id, "user_id": str(u), "type": action.type,
-                                     "ts": action.ts, "value": action.value, "touches": credited}).decode())
-            self.counters["conversions"].inc(int(action.type == "purchase" and bool(pairs)))
-        self.counters["actions"].inc(len(settled))
-        self.counters["clicks"].inc(sum(first))
+            actions.append((str(u), action, [(s, groups[s.touch.request_id]) for s in shares]))
+        first_click, new = self.store.add_outcomes([(a.event_id, pairs) for _, a, pairs in actions])
+        clicks = iter(first_click)
+        out = []
+        for (u, action, pairs), fresh in zip(actions, new, strict=True):
+            credited = [{"request_id": s.touch.request_id, "served_at_ms": s.touch.served_at_ms,
+                         "by_request": s.touch.by_request, "groups": g,
+                         **({"first_click": next(clicks)} if s.click else
+                            {"conversions": {m: c / CREDIT_UNITS for m, c in s.conversions.items()},
+                             "revenue": {m: r / REVENUE_UNITS for m, r in s.revenue.items()}})}
+                        for s, g in pairs]
+            out.append(orjson.dumps({"event_id": action.event_id, "user_id": u, "type": action.type,
+                                     "ts": action.ts, "value": action.value, "first_time": fresh,
+                                     "touches": credited}).decode())
+            self.counters["conversions"].inc(int(fresh and action.type == "purchase" and bool(pairs)))
+        self.counters["actions"].inc(len(actions))
+        self.counters["clicks"].inc(sum(first_click))
         return pd.Series(out, dtype=object)
 
 
@@ -195,7 +198,8 @@ def register(t_env, cfg: JobConfig) -> None:
 def register_engagement(t_env, cfg: JobConfig) -> None:
     """The engagement job's Python functions (jobs/engagement.py)."""
     cfg_json = cfg.model_dump_json()
+    # not deterministic: they write to Redis, so the planner must not copy them into a second consumer
     t_env.create_temporary_function("count_exposures", udf(CountExposures(cfg_json), result_type=DataTypes.BIGINT(),
-                                                           func_type="pandas"))
+                                                           func_type="pandas", deterministic=False))
     t_env.create_temporary_function("settle_actions", udf(SettleActions(cfg_json), result_type=DataTypes.STRING(),
-                                                          func_type="pandas"))
+                                                          func_type="pandas", deterministic=False))

@@ -266,52 +266,66 @@ def warn_if_redis_forgets(cfg: JobConfig) -> None:
 
 class EngagementStore:
     """The engagement job's totals per (experiment, arm, placement, model_version) in Redis
-    (contract.keys: engagement:*), one pipeline per batch."""
+    (contract.keys engagement:*), one pipeline per batch. Every addition goes through a marker
+    (contract/lua/once.lua), so a record Kafka delivers twice, or one the job reads again after a
+    restart from its checkpoint, counts once: an exposure by its request id, a click once per
+    exposure, a purchase's credit by its event id."""
 
     def __init__(self, client: redis.Redis, window_ms: int) -> None:
         self.redis = client
-        self.click_once = client.register_script(keys.lua("click_once"))
-        # a click can touch an exposure until window_ms after it was served; the marker outlives
-        # that by as much again, for clicks the job reads late (a backlog, a restart)
+        self.once = client.register_script(keys.lua("once"))
+        # an interaction can touch an exposure until window_ms after it was served; markers outlive
+        # that by as much again, for records the job reads late (a backlog, a restart)
         self.marker_ttl_ms = 2 * window_ms + 3_600_000
+
+    def _once(self, pipe, marker: str, adds: list[tuple[str, str, int]]) -> None:
+        """Queue one script call: the (hash, field, amount) additions, made only if marker is new."""
+        hashes = list(dict.fromkeys(h for h, _, _ in adds))
+        args: list = [self.marker_ttl_ms]
+        for h, f, n in adds:
+            args += [hashes.index(h) + 2, f, n]
+        self.once(keys=[marker, *hashes], args=args, client=pipe)
 
     def _index(self, pipe, groups: set[Group]) -> None:
         for g in groups:
             pipe.hsetnx(keys.ENGAGEMENT_GROUPS, keys.engagement_key(g), json.dumps(g))
 
-    def add_exposures(self, rows: list[tuple[str, list[Group], int]]) -> int:
-        """rows: (user, the exposures' groups, how many exposures); returns exposures counted."""
+    def add_exposures(self, rows: list[tuple[str, list[Group], list[str]]]) -> list[int]:
+        """rows: (user, the exposures' groups, their request ids); returns, per row, how many were new."""
         pipe = self.redis.pipeline(transaction=False)
-        seen: set[Group] = set()
-        counted = 0
-        for user, groups, n in rows:
+        calls = 0
+        for _, groups, request_ids in rows:
+            for rid in request_ids:
+                self._once(pipe, keys.exposed_key(rid), [(keys.engagement_key(g), "exposures", 1) for g in groups])
+                calls += 1
+        for user, groups, _ in rows:
             for g in groups:
-                pipe.hincrby(keys.engagement_key(g), "exposures", n)
                 pipe.sadd(keys.engagement_users_key(g), user)
-                counted += n
-            seen.update(groups)
-        self._index(pipe, seen)
-        pipe.execute()
-        return counted
+        self._index(pipe, {g for _, groups, _ in rows for g in groups})
+        replies = iter(pipe.execute()[:calls])
+        return [sum(next(replies) for _ in request_ids) for _, _, request_ids in rows]
 
-    def add_outcomes(self, shares: list[tuple[Shares, list[Group]]]) -> list[bool]:
-        """Each action's shares with the touched exposure's groups; returns, per share, whether
-        it was a new click (an exposure counts as clicked once, by its marker)."""
+    def add_outcomes(self, settled: list[tuple[str, list[tuple[Shares, list[Group]]]]]) -> tuple[list[bool], list[bool]]:
+        """Per action, its event id and its shares with each touched exposure's groups. Returns,
+        per share, whether it was the exposure's first click, and per action whether it was new
+        (a purchase's credit is added once per event id)."""
         pipe = self.redis.pipeline(transaction=False)
-        click_reply: dict[int, int] = {}  # share -> position of its script's reply
-        queued = 0
-        for n, (s, groups) in enumerate(shares):
-            if s.click:
-                self.click_once(keys=[keys.clicked_key(s.touch.request_id), *map(keys.engagement_key, groups)],
-                                args=[self.marker_ttl_ms], client=pipe)
-                click_reply[n], queued = queued, queued + 1
-                continue
-            for g in groups:
-                key = keys.engagement_key(g)
-                for model in s.conversions:
-                    pipe.hincrby(key, f"conversions_{model}", s.conversions[model])
-                    pipe.hincrby(key, f"revenue_{model}", s.revenue[model])
-                    queued += 2
-        self._index(pipe, {g for _, groups in shares for g in groups})
-        replies = pipe.execute()
-        return [bool(replies[click_reply[n]]) if n in click_reply else False for n in range(len(shares))]
+        for event_id, shares in settled:
+            for s, groups in shares:
+                if s.click:
+                    self._once(pipe, keys.clicked_key(s.touch.request_id),
+                               [(keys.engagement_key(g), "clicks", 1) for g in groups])
+            credit = [(keys.engagement_key(g), f"{kind}_{m}", n) for s, groups in shares if not s.click
+                      for g in groups for kind, units in (("conversions", s.conversions), ("revenue", s.revenue))
+                      for m, n in units.items()]
+            if any(not s.click for s, _ in shares):  # a purchase: marked even when no group gets its credit
+                self._once(pipe, keys.settled_key(event_id), credit)
+        self._index(pipe, {g for _, shares in settled for _, groups in shares for g in groups})
+        replies = iter(pipe.execute())
+        first_click, new_action = [], []
+        for _, shares in settled:
+            clicks = [bool(next(replies)) for s, _ in shares if s.click]
+            first_click += clicks
+            credited = any(not s.click for s, _ in shares)
+            new_action.append(bool(next(replies)) if credited else any(clicks))
+        return first_click, new_action

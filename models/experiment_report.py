@@ -6,6 +6,7 @@ runs, over the same [engagement] window, half-life and click types."""
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from scipy.stats import chisquare
 
 from contract.config import EngagementConfig
 from contract import keys
+from contract.schema import InvalidEvent, validate
 from udfs.attribution import CREDIT_UNITS, MODELS, REVENUE_UNITS, Action, Group, Shown, attribute, groups_of
 
 SRM_ALARM_P = 0.001
@@ -38,18 +40,27 @@ class ExposureRow:
 def outcomes(exposures: list[dict], interactions: list[dict], cfg: EngagementConfig) -> list[ExposureRow]:
     """Every exposure record with what it led to (user by user, through udfs.attribution)."""
     shown, acted = defaultdict(list), defaultdict(list)
+    counted = set()
     for e in exposures:
-        shown[e["user_id"]].append(e)
-    seen = set()
+        if e["request_id"] not in counted:  # a record sent twice is one exposure, as in the job
+            counted.add(e["request_id"])
+            shown[e["user_id"]].append(e)
+    settled = set()
     for i in interactions:
-        if i.get("user_id") in shown and i.get("type") in (*cfg.click_types, "purchase") and i["event_id"] not in seen:
-            seen.add(i["event_id"])  # a record sent twice is one interaction
-            acted[i["user_id"]].append(Action(i["event_id"], i["type"], i["item_id"], int(i["ts"]),
-                                              float(i.get("value") or 0.0), i.get("request_id") or ""))
+        if i.get("user_id") not in shown or i.get("type") not in (*cfg.click_types, "purchase"):
+            continue
+        try:
+            event = validate(json.dumps(i))  # what the job takes (it leaves the rest to the recommend job's DLQ)
+        except InvalidEvent:
+            continue
+        if event.event_id not in settled:  # a record sent twice is one interaction, as in the job
+            settled.add(event.event_id)
+            acted[event.user_id].append(Action(event.event_id, event.type, event.item_id, event.ts, event.value,
+                                               event.request_id))
     rows = []
     for user, records in shown.items():
         result = attribute([Shown(e["request_id"], e["served_at_ms"], frozenset(x["item_id"] for x in e["items"]))
-                            for e in records], acted[user], int(cfg.window_s * 1000), cfg.half_life_s * 1000,
+                            for e in records], acted[user], cfg.window_ms, cfg.half_life_s * 1000,
                            frozenset(cfg.click_types))
         for e in records:
             o = result[e["request_id"]]

@@ -22,6 +22,7 @@ offline computation exactly, and every conversion's shares add up to exactly one
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -119,9 +120,10 @@ def attribute(shown: list[Shown], actions: list[Action], window_ms: int, half_li
     for a in actions:
         if a.type not in click_types and a.type != "purchase":
             continue
-        touches = chosen(Touch(s.request_id, s.served_at_ms, s.request_id == a.request_id) for s in shown
+        named = a.request_id or None  # an interaction without one names no exposure
+        touches = chosen(Touch(s.request_id, s.served_at_ms, s.request_id == named) for s in shown
                          if in_window(s.served_at_ms, a.ts, window_ms)
-                         and (a.item_id in s.items or s.request_id == a.request_id))
+                         and (a.item_id in s.items or s.request_id == named))
         if not touches:
             continue
         if a.type in click_types:
@@ -141,6 +143,18 @@ Group = tuple[str, str, str, str]  # (experiment, arm, placement, model_version)
 def groups_of(experiments: dict[str, str], placement: str, model_version: str) -> list[Group]:
     """The groups an exposure counts in: one per experiment it was assigned an arm in."""
     return [(e, a, placement, model_version) for e, a in sorted(experiments.items())]
+
+
+def arms_of(experiments_json: str | None) -> dict[str, str]:
+    """An exposure record's `experiments` (the job reads it as JSON text): experiment -> arm, or
+    none at all when it is not a JSON object of strings (the record counts in no group)."""
+    try:
+        arms = json.loads(experiments_json or "{}")
+    except ValueError:
+        return {}
+    if not isinstance(arms, dict) or not all(isinstance(a, str) for a in arms.values()):
+        return {}
+    return arms
 
 
 @dataclass(frozen=True)

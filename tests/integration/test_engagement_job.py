@@ -32,7 +32,8 @@ def history(users: int = 150, seed: int = 7) -> tuple[list[dict], list[dict]]:
     """Exposures in two layers of experiments, two placements and model versions, and what users
     did after them: clicks and views of shown items (some twice), purchases with values, some
     carrying a request id (of an answer that did not show the item, too), some out of the window,
-    some of items never shown, add-to-carts (no outcome)."""
+    some of items never shown, add-to-carts (no outcome). Some records are sent twice, as Kafka
+    producers do on a retry: an exposure, and interactions (same event id), each to count once."""
     rng = random.Random(seed)
     t0 = int(time.time() * 1000) - 2 * 86_400_000
     exposures, interactions = [], []
@@ -48,12 +49,14 @@ def history(users: int = 150, seed: int = 7) -> tuple[list[dict], list[dict]]:
             items = rng.sample([f"i{n}" for n in range(12)], 3)
             rid = f"{u:04d}{k:02d}" + "ab" * 13
             served.append((rid, at, items))
-            exposures.append({"request_id": rid, "user_id": user, "placement": rng.choice(["home", "pdp"]),
+            exposures.append({"request_id": rid, "user_id": user, "placement": rng.choice(["home", "pdp:top"]),
                               "experiments": experiments if k != 3 else {}, "model_version": rng.choice(["v1", "v2"]),
                               "items": [{"item_id": i, "position": p, "score": 1.0 / p, "category": "c"}
                                         for p, i in enumerate(items, 1)],
                               "list_age_ms": 10, "fallback": False, "fallback_reason": "", "served_at_ms": at,
                               "interface": "grpc"})
+            if rng.random() < 0.05:
+                exposures.append(dict(exposures[-1]))
         for _ in range(rng.randrange(8)):
             rid, at, items = rng.choice(served)
             kind = rng.choice(["click", "view", "purchase", "purchase", "add_to_cart"])
@@ -69,6 +72,8 @@ def history(users: int = 150, seed: int = 7) -> tuple[list[dict], list[dict]]:
             if rng.random() < 0.1:  # the same click twice: one click of that exposure
                 n_event += 1
                 interactions.append({**event, "event_id": f"e{n_event}", "ts": ts + 1000})
+            if rng.random() < 0.05:  # one record sent twice
+                interactions.append(dict(event))
     return sorted(exposures, key=lambda e: e["served_at_ms"]), sorted(interactions, key=lambda i: i["ts"])
 
 
@@ -105,9 +110,19 @@ def assert_totals_are_the_offline_ones(r, exposures: list[dict], interactions: l
     expected = engagement_totals(outcomes(exposures, interactions, cfg))
     got = keys.read_engagement(r)
     assert got == expected
-    # the history exercises what it claims to: both layers, clicks deduplicated, credit split
-    assert {g[0] for g in got} == {"ab", "layout"} and len(got) == 2 * 2 * 2 + 2 * 2
-    assert sum(t["clicks"] for t in got.values()) < sum(1 for i in interactions if i["type"] in cfg.click_types)
+    # counted straight from the records: each exposure once (some were sent twice), in each layer
+    unique = {e["request_id"]: e for e in exposures}
+    assert len(unique) < len(exposures)
+    for layer in ("ab", "layout"):
+        assert sum(t["exposures"] for g, t in got.items() if g[0] == layer) == sum(
+            layer in e["experiments"] for e in unique.values())
+    # the history exercises what it claims to: both layers, a placement with ':' in it, clicks
+    # counted once per exposure, credit split
+    assert {g[0] for g in got} == {"ab", "layout"} and {g[2] for g in got} == {"home", "pdp:top"}
+    assert len(got) == 2 * 2 * 2 + 2 * 2
+    touching_clicks = sum(1 for i in interactions if i["type"] in cfg.click_types
+                          and any(rid_or_item_touches(i, e) and e["experiments"] for e in unique.values()))
+    assert 0 < sum(t["clicks"] for g, t in got.items() if g[0] == "ab") < touching_clicks
     assert any(t["conversions_linear"] % CREDIT_UNITS for t in got.values())  # some purchase split over touches
 
 
@@ -126,7 +141,7 @@ def flush(kafka_broker: str, topics: dict[str, str], after_ms: int) -> None:
     p.flush()
 
 
-def test_the_streaming_job_settles_the_offline_totals_exactly(kafka_broker, redis_db):
+def test_the_streaming_job_settles_the_offline_totals_exactly(kafka_broker, redis_db, tmp_path):
     """Unbounded, as in production: once the watermark has passed the history, the totals in Redis
     are the offline ones exactly, the Flink metrics count the same, and the outcomes topic holds
     every credited interaction, each purchase's credit summing to one per model."""
@@ -135,19 +150,21 @@ def test_the_streaming_job_settles_the_offline_totals_exactly(kafka_broker, redi
     last = max(i["ts"] for i in interactions)
     flush(kafka_broker, topics, last + int(2 * WINDOW_S * 1000))
     metrics_port = free_port()
+    log = tmp_path / "engagement.log"
     job = subprocess.Popen([sys.executable, "-m", "jobs.engagement",
                             "--config", str(PROJECT_ROOT / "deploy" / "config" / "local.toml"),
                             *settings(kafka_broker, port, topics), "--set", f'flink.prometheus_port="{metrics_port}"'],
-                           cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                           cwd=PROJECT_ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT)
     try:
         expected = engagement_totals(outcomes(exposures, interactions, EngagementConfig(window_s=WINDOW_S)))
-        settled = wait_until(lambda: keys.read_engagement(r) == expected, 300, every_s=1.0)
-        assert settled, job.stderr.read()[-3000:] if job.poll() is not None else keys.read_engagement(r)
+        settled = wait_until(lambda: keys.read_engagement(r) == expected or job.poll() is not None, 300, every_s=1.0)
+        assert settled and job.poll() is None, log.read_text()[-3000:]
         assert_totals_are_the_offline_ones(r, exposures, interactions)
 
         purchases_credited = {i["event_id"] for i in interactions if i["type"] == "purchase" and any(
             rid_or_item_touches(i, e) for e in exposures)}
-        want = {"exposures": len(exposures), "conversions": len(purchases_credited)}  # the flush's are still open
+        # each exposure once (the flush's are still open), each credited purchase once
+        want = {"exposures": len({e["request_id"] for e in exposures}), "conversions": len(purchases_credited)}
         counters = {}
 
         def counted() -> bool:

@@ -12,10 +12,11 @@ from hypothesis import given, settings, strategies as st
 from contract.config import EngagementConfig
 from models.experiment_report import cumulative_lift, outcomes, plot_cumulative_lift, report
 from contract import keys
-from udfs.attribution import (CREDIT_UNITS, MODELS, Action, Shown, Touch, apportion, attribute, credit, settle,
+from udfs.attribution import (CREDIT_UNITS, MODELS, Action, Shown, Touch, apportion, arms_of, attribute, credit, settle,
                              split_credit)
 
 H = 3_600_000
+T0 = 1_700_000_000_000  # event times the schema accepts (the report validates interactions as the job does)
 
 
 def test_each_models_credit_splits_one_purchase_into_whole_units():
@@ -105,6 +106,22 @@ def test_the_contract_names_the_attribution_models():
     assert keys.ENGAGEMENT_MODELS == MODELS
 
 
+def test_no_request_id_names_no_exposure_and_a_bad_experiments_field_counts_in_no_group():
+    shown = [Shown("", 0, frozenset({"a"})), Shown("r2", 0, frozenset({"b"}))]
+    out = attribute(shown, [Action("e1", "purchase", "b", 10, 1.0)], window_ms=H, half_life_ms=H)
+    assert out[""].conversions["linear"] == 0 and out["r2"].conversions["linear"] == CREDIT_UNITS
+    assert arms_of('{"ab": "model"}') == {"ab": "model"}
+    assert arms_of('"ab"') == arms_of('{"ab": 1}') == arms_of("{broken") == arms_of(None) == {}
+
+
+def test_the_report_counts_a_record_sent_twice_once_and_skips_invalid_interactions():
+    exposures, interactions = logs({"control": 0.5, "model": 0.5}, users=50)
+    rows = outcomes(exposures, interactions, EngagementConfig())
+    bad = [{**interactions[0], "event_id": "x1", "ts": "soon"}, {"event_id": "x2", "user_id": "u1", "type": "click"}]
+    again = outcomes(exposures + exposures[:20], interactions + interactions[:20] + bad, EngagementConfig())
+    assert again == rows and sum(r.clicked for r in rows) > 0
+
+
 EXPERIMENT = {"name": "ab", "control": "control",
               "arms": [{"name": "control", "upto": 1}, {"name": "model", "upto": 2}]}
 
@@ -116,7 +133,7 @@ def logs(ctr: dict[str, float], users: int = 1000, seed: int = 1):
     for n in range(users):
         arm = "control" if n % 2 == 0 else "model"
         for m in range(5):
-            t = m * H
+            t = T0 + m * H
             exposures.append({"request_id": f"q{n}-{m}", "user_id": f"u{n}", "served_at_ms": t,
                               "experiments": {"ab": arm}, "placement": "", "model_version": "v1",
                               "items": [{"item_id": f"i{m}"}]})

@@ -192,6 +192,17 @@ def test_the_streaming_job_settles_the_offline_totals_exactly(kafka_broker, redi
         job.terminate()
         job.wait(30)
 
+    # everything read again from the start, as a restart from an older checkpoint would: the
+    # markers keep every total as it was, and the replayed outcomes say they are not new
+    replay = subprocess.run([sys.executable, "-m", "jobs.engagement", "--bounded",
+                             "--config", str(PROJECT_ROOT / "deploy" / "config" / "local.toml"),
+                             *settings(kafka_broker, port, topics)],
+                            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
+    assert replay.returncode == 0, replay.stderr[-3000:]
+    assert keys.read_engagement(r) == expected
+    replayed = read_json_topic(kafka_broker, topics["engagement"])[len(outcomes_out):]
+    assert len(replayed) >= len(outcomes_out) and not any(o["first_time"] for o in replayed)
+
 
 def rid_or_item_touches(i: dict, e: dict) -> bool:
     return (e["user_id"] == i["user_id"] and e["served_at_ms"] <= i["ts"] <= e["served_at_ms"] + WINDOW_S * 1000

@@ -201,7 +201,7 @@ def test_the_streaming_job_settles_the_offline_totals_exactly(kafka_broker, redi
     assert replay.returncode == 0, replay.stderr[-3000:]
     assert keys.read_engagement(r) == expected
     replayed = read_json_topic(kafka_broker, topics["engagement"])[len(outcomes_out):]
-    assert len(replayed) >= len(outcomes_out) and not any(o["first_time"] for o in replayed)
+    assert len(replayed) == len(outcomes_out) and not any(o["first_time"] for o in replayed)
 
 
 def rid_or_item_touches(i: dict, e: dict) -> bool:

@@ -23,16 +23,13 @@ offline computation has no such notion: it agrees with the job on data that is i
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 
-from contract.config import ConfigError, JobConfig, PRESETS, load_config, parse_overrides
+from contract.config import JobConfig
 from contract.schema import KAFKA_TS_MS_SQL, parse_once_sql, validation_sql
 from jobs.functions import register_engagement
-from jobs.recommend import bounded_options, day_to_second, environment, kafka_source_ddl
-from jobs.runtime import restore_options
-from jobs.store import warn_if_redis_forgets
+from jobs.recommend import bounded_options, day_to_second, job_arguments, kafka_source_ddl, start
 
 log = logging.getLogger("streamrank.jobs.engagement")
 
@@ -164,34 +161,10 @@ FROM (
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="jobs.engagement", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="job config TOML (default: built-in defaults)")
-    parser.add_argument("--preset", choices=PRESETS, help="config preset applied over --config")
-    parser.add_argument("--bounded", action="store_true",
-                        help="stop at the offsets that are latest when the job starts (both topics)")
-    parser.add_argument("--detached", action="store_true", help="return once the job is submitted (flink run -d)")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override one config field (value parsed as TOML)")
-    parser.add_argument("--from-savepoint", metavar="PATH",
-                        help="start from this savepoint or retained checkpoint (Kafka offsets, open joins)")
-    parser.add_argument("--allow-non-restored-state", action="store_true",
-                        help="with --from-savepoint: skip state of operators the job no longer has")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = engagement_config(load_config(args.config, parse_overrides(args.set, bounded=args.bounded), args.preset))
-        cfg.redis.password()
-        cfg.privacy.keys()
-    except ConfigError as e:
-        print(e, file=sys.stderr)
-        return 2
-    restore = restore_options(args.from_savepoint, args.allow_non_restored_state)  # fails before Flink starts
-    warn_if_redis_forgets(cfg)
-    t_env = environment(cfg, name="streamrank-engagement")
-    for key, value in restore.items():
-        t_env.get_config().set(key, value)
-    result = build(t_env, cfg).execute()
+    args = job_arguments("jobs.engagement", __doc__).parse_args(argv)
+    cfg, result = start(args, "streamrank-engagement", build, engagement_config)
+    if cfg is None:
+        return result
     job = result.get_job_client()
     log.info("submitted job %s: exposures from %r, interactions from %r, outcomes to %r (bounded=%s)",
              job.get_job_id() if job else "?", cfg.engagement.exposures_topic, cfg.kafka.interactions_topic,

@@ -377,8 +377,9 @@ SELECT store_item_meta(item_id, category, price) FROM items_src WHERE item_id IS
     return stmts
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="jobs.recommend", description=__doc__,
+def job_arguments(prog: str, description: str) -> argparse.ArgumentParser:
+    """The command line both jobs take (the CLI's `run` and `submit` pass it on)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="job config TOML (default: built-in defaults)")
     parser.add_argument("--preset", choices=PRESETS,
@@ -393,23 +394,35 @@ def main(argv: list[str] | None = None) -> int:
                         help="start from this savepoint or retained checkpoint (Kafka offsets, open windows)")
     parser.add_argument("--allow-non-restored-state", action="store_true",
                         help="with --from-savepoint: skip state of operators the job no longer has")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def start(args: argparse.Namespace, name: str, build_job, adjust=lambda cfg: cfg):
+    """Load and check the config (exit code 2 with the field and the fix), then plan and submit
+    the job `build_job(t_env, cfg)` wires; returns (cfg, its TableResult), or (None, 2)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        cfg = load_config(args.config, parse_overrides(args.set, bounded=args.bounded), args.preset)
-        cfg.redis.password()  # an unset variable stops here, not in the first window's write
+        cfg = adjust(load_config(args.config, parse_overrides(args.set, bounded=args.bounded), args.preset))
+        cfg.redis.password()  # an unset variable stops here, not in the first write
         cfg.privacy.keys()
     except ConfigError as e:
         print(e, file=sys.stderr)
-        return 2
+        return None, 2
     restore = restore_options(args.from_savepoint, args.allow_non_restored_state)  # fails before Flink starts
     warn_if_redis_forgets(cfg)
-    t_env = environment(cfg)
+    t_env = environment(cfg, name=name)
     for key, value in restore.items():
         t_env.get_config().set(key, value)
     if restore:
         log.info("restoring from %s", args.from_savepoint)
-    result = build(t_env, cfg).execute()
+    return cfg, build_job(t_env, cfg).execute()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = job_arguments("jobs.recommend", __doc__).parse_args(argv)
+    cfg, result = start(args, "streamrank-recommend", build)
+    if cfg is None:
+        return result
     job = result.get_job_client()
     log.info("submitted job %s (bounded=%s, stop_offsets=%s)", job.get_job_id() if job else "?",
              cfg.kafka.bounded, cfg.kafka.stop_offsets or "none")

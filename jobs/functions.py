@@ -123,6 +123,9 @@ class CountExposures(ScalarFunction):
         self.store = None
         self.counter = None
 
+    def is_deterministic(self) -> bool:
+        return False  # it writes to Redis: the planner must not copy it into a second consumer
+
     def open(self, function_context: FunctionContext) -> None:
         cfg = JobConfig.model_validate_json(self.cfg_json)
         self.store = EngagementStore(redis_client(cfg), cfg.engagement.window_ms)
@@ -148,6 +151,9 @@ class SettleActions(ScalarFunction):
         self.cfg_json = cfg_json
         self.store = None
         self.counters: dict = {}
+
+    def is_deterministic(self) -> bool:
+        return False  # it writes to Redis: the planner must not copy it into a second consumer
 
     def open(self, function_context: FunctionContext) -> None:
         cfg = JobConfig.model_validate_json(self.cfg_json)
@@ -198,8 +204,7 @@ def register(t_env, cfg: JobConfig) -> None:
 def register_engagement(t_env, cfg: JobConfig) -> None:
     """The engagement job's Python functions (jobs/engagement.py)."""
     cfg_json = cfg.model_dump_json()
-    # not deterministic: they write to Redis, so the planner must not copy them into a second consumer
     t_env.create_temporary_function("count_exposures", udf(CountExposures(cfg_json), result_type=DataTypes.BIGINT(),
-                                                           func_type="pandas", deterministic=False))
+                                                           func_type="pandas"))
     t_env.create_temporary_function("settle_actions", udf(SettleActions(cfg_json), result_type=DataTypes.STRING(),
-                                                          func_type="pandas", deterministic=False))
+                                                          func_type="pandas"))

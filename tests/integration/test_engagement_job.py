@@ -19,7 +19,7 @@ from contract.schema import validate
 from devstack.metrics import dashboard_metrics, scrape
 from devstack.stack import create_topics, free_port
 from models.experiment_report import engagement_totals, outcomes
-from tests.helpers import wait_until
+from tests.helpers import child_env, wait_until
 from traffic.publish import producer, read_json_topic
 from udfs.attribution import CREDIT_UNITS, MODELS
 
@@ -154,7 +154,7 @@ def test_the_streaming_job_settles_the_offline_totals_exactly(kafka_broker, redi
     job = subprocess.Popen([sys.executable, "-m", "jobs.engagement",
                             "--config", str(PROJECT_ROOT / "deploy" / "config" / "local.toml"),
                             *settings(kafka_broker, port, topics), "--set", f'flink.prometheus_port="{metrics_port}"'],
-                           cwd=PROJECT_ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+                           cwd=PROJECT_ROOT, env=child_env(), stdout=open(log, "w"), stderr=subprocess.STDOUT)
     try:
         expected = engagement_totals(outcomes(exposures, interactions, EngagementConfig(window_s=WINDOW_S)))
         settled = wait_until(lambda: keys.read_engagement(r) == expected or job.poll() is not None, 300, every_s=1.0)
@@ -197,7 +197,7 @@ def test_the_streaming_job_settles_the_offline_totals_exactly(kafka_broker, redi
     replay = subprocess.run([sys.executable, "-m", "jobs.engagement", "--bounded",
                              "--config", str(PROJECT_ROOT / "deploy" / "config" / "local.toml"),
                              *settings(kafka_broker, port, topics)],
-                            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
+                            cwd=PROJECT_ROOT, env=child_env(), capture_output=True, text=True, timeout=600)
     assert replay.returncode == 0, replay.stderr[-3000:]
     assert keys.read_engagement(r) == expected
     replayed = read_json_topic(kafka_broker, topics["engagement"])[len(outcomes_out):]

@@ -109,10 +109,15 @@ def _lift_interval(t: dict[str, np.ndarray], c: dict[str, np.ndarray], num: str,
     interval: users resampled with replacement within each arm."""
     point_c = _ratio(c[num], c["exposures"])
     lift = _ratio(t[num], t["exposures"]) / point_c - 1 if point_c else float("nan")
-    ti = rng.integers(0, len(t["exposures"]), size=(samples, len(t["exposures"])))
-    ci = rng.integers(0, len(c["exposures"]), size=(samples, len(c["exposures"])))
-    rt = t[num][ti].sum(1) / np.maximum(t["exposures"][ti].sum(1), 1)
-    rc = c[num][ci].sum(1) / np.maximum(c["exposures"][ci].sum(1), 1)
+    rt, rc = np.empty(samples), np.empty(samples)
+    # resamples drawn a block at a time: a block holds at most ~4M indexes (32 MB), however many users
+    block = max(1, 4_000_000 // max(len(t["exposures"]), len(c["exposures"])))
+    for start in range(0, samples, block):
+        n = min(block, samples - start)
+        ti = rng.integers(0, len(t["exposures"]), size=(n, len(t["exposures"])))
+        ci = rng.integers(0, len(c["exposures"]), size=(n, len(c["exposures"])))
+        rt[start:start + n] = t[num][ti].sum(1) / np.maximum(t["exposures"][ti].sum(1), 1)
+        rc[start:start + n] = c[num][ci].sum(1) / np.maximum(c["exposures"][ci].sum(1), 1)
     ok = rc > 0
     lifts = rt[ok] / rc[ok] - 1
     low, high = (np.percentile(lifts, [2.5, 97.5]) if len(lifts) else (float("nan"), float("nan")))

@@ -7,10 +7,11 @@ from __future__ import annotations
 import math
 import random
 
+import numpy as np
 from hypothesis import given, settings, strategies as st
 
 from contract.config import EngagementConfig
-from models.experiment_report import cumulative_lift, outcomes, plot_cumulative_lift, report
+from models.experiment_report import _lift_interval, cumulative_lift, outcomes, plot_cumulative_lift, report
 from contract import keys
 from udfs.attribution import (CREDIT_UNITS, MODELS, Action, Shown, Touch, apportion, arms_of, attribute, credit, settle,
                              split_credit)
@@ -169,3 +170,14 @@ def test_a_skewed_split_raises_the_sample_ratio_alarm():
     skewed = [e for e in exposures if e["experiments"]["ab"] == "model" or int(e["user_id"][1:]) % 10 < 6]
     out = report(outcomes(skewed, interactions, EngagementConfig()), EXPERIMENT)
     assert out["srm_p"] < 0.001 and out["srm_alarm"]
+
+
+def test_the_bootstrap_draws_in_blocks_for_many_users():
+    """200k users per arm: one block holds 20 resamples, so 100 resamples take five blocks (all
+    at once would be 100 x 200k indexes per arm)."""
+    rng = np.random.default_rng(0)
+    n = 200_000
+    arm = {"exposures": np.ones(n), "clicks": (rng.random(n) < 0.12).astype(float)}
+    control = {"exposures": np.ones(n), "clicks": (rng.random(n) < 0.10).astype(float)}
+    out = _lift_interval(arm, control, "clicks", np.random.default_rng(1), samples=100)
+    assert 0 < out["low"] < out["lift"] < out["high"] and math.isclose(out["lift"], 0.2, abs_tol=0.03)

@@ -72,7 +72,10 @@ def apply(
         spec = load_experiments(file).spec()
     try:
         client = _redis(config, set_)
-        applied = read_experiments(client)
+        try:
+            applied = read_experiments(client)
+        except ValueError:  # a spec this version cannot read is replaced, and holds no canary it knows
+            applied = None
         canary = running_canary(applied[0] if applied else None)
         if canary and not drop_canary and not running_canary(spec):
             spec = with_canary(spec, canary)
@@ -91,7 +94,8 @@ def list_(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None) -> None:
     """The experiments applied in the config's Redis: each one's state (scheduled, running, ended),
     layer, traffic and arms. The last line is JSON: the version and the spec."""
     try:
-        applied = read_experiments(_redis(config, set_))
+        with exit_on(ValueError):  # a spec with fields this version does not know
+            applied = read_experiments(_redis(config, set_))
     except redis_lib.RedisError as e:
         typer.echo(f"cannot read the experiments from Redis: {e}; is it running (`streamrank stack up`)?", err=True)
         raise typer.Exit(1) from None
@@ -108,7 +112,8 @@ def list_(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None) -> None:
 def applied_experiments(cfg: JobConfig) -> tuple[dict, str] | None:
     """The applied spec and version from the config's Redis, or exit 1 saying why not."""
     try:
-        return read_experiments(redis_lib.Redis(**cfg.redis.client_kwargs()))
+        with exit_on(ValueError):  # a spec with fields this version does not know
+            return read_experiments(redis_lib.Redis(**cfg.redis.client_kwargs()))
     except redis_lib.RedisError as e:
         typer.echo(f"cannot read the experiments from Redis: {e}; is it running (`streamrank stack up`)?", err=True)
         raise typer.Exit(1) from None

@@ -266,6 +266,29 @@ def read_experiments(r) -> tuple[dict, str] | None:
 APPLIED_FIELDS = ("spec", "version")
 
 
+SPEC_FIELDS = {"buckets", "layer_salt_prefix", "experiments"}
+EXPERIMENT_FIELDS = {"name", "layer", "salt", "traffic", "start_ms", "end_ms", "control", "arms"}
+ARM_FIELDS = {"name", "upto", "ranker", "model_version", "candidates"}
+
+
+def _known_fields(spec: dict) -> None:
+    """A field this version does not know may change who is assigned where: refuse the spec, as
+    lookupd does (DisallowUnknownFields), so no engine assigns from a spec it half understands."""
+    parts = [("spec", spec, SPEC_FIELDS)]
+    for e in spec.get("experiments", []):
+        parts.append((f"experiment {e.get('name')!r}", e, EXPERIMENT_FIELDS))
+        parts += [(f"arm {a.get('name')!r} of {e.get('name')!r}", a, ARM_FIELDS) for a in e.get("arms", [])]
+    for where, d, known in parts:
+        if unknown := sorted(set(d) - known):
+            raise ValueError(f"experiments spec: {where} has unknown fields {unknown} (apply it again with this "
+                             "version's `streamrank experiments apply`)")
+
+
 def decode_applied(spec: bytes | None, version: bytes | None) -> tuple[dict, str] | None:
-    """HMGET experiments spec version, decoded (None when nothing was applied)."""
-    return (json.loads(spec), version.decode()) if spec and version else None
+    """HMGET experiments spec version, decoded (None when nothing was applied). ValueError for a
+    spec with a field this version does not know."""
+    if not (spec and version):
+        return None
+    decoded = json.loads(spec)
+    _known_fields(decoded)
+    return decoded, version.decode()

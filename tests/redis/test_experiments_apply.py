@@ -10,6 +10,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
@@ -102,4 +103,17 @@ def test_apply_keeps_a_running_canary_unless_told_to_drop_it(redis_db):
     assert spec["experiments"] == [canary, *load_experiments(EXAMPLE).spec()["experiments"]]
     dropped = run("apply", str(EXAMPLE), "--drop-canary", *at)
     assert dropped.exit_code == 0, dropped.output
+    assert read_experiments(client)[0] == load_experiments(EXAMPLE).spec()
+
+
+def test_a_spec_with_a_field_this_version_does_not_know_is_refused_as_lookupd_refuses_it(redis_db):
+    port, client = redis_db
+    spec = load_experiments(EXAMPLE).spec()
+    spec["experiments"][0]["arms"][0]["boost"] = 2
+    store_experiments(client, spec, "(a newer version)")
+    with pytest.raises(ValueError, match=r"arm 'trending' of 'ranker-vs-trending' has unknown fields \['boost'\]"):
+        read_experiments(client)
+    listed = run("list", "--set", f"redis.port={port}")
+    assert listed.exit_code == 1 and "unknown fields ['boost']" in listed.output
+    assert run("apply", str(EXAMPLE), "--set", f"redis.port={port}").exit_code == 0  # replaces it
     assert read_experiments(client)[0] == load_experiments(EXAMPLE).spec()

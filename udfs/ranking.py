@@ -147,6 +147,7 @@ class BatchRanker:
         self.candidates.refresh(deeper=largest_counts(spec))
         users = sorted({d.user_id for d in deltas})
         states = self.store.read_states(users)
+        read_end = {u: states[u].window_end for u in users}
         fresh: list[tuple[int, list[Event], list]] = []  # windows that are not replays after a restart
         for d in sorted(deltas, key=lambda d: d.window_end):
             events = parse_events(d.events)
@@ -156,7 +157,10 @@ class BatchRanker:
             states[d.user_id], counted = apply_window(states[d.user_id], d, self.cfg.features, events, rebought)
             ledger.add(counted)
         items = item_window_counts(fresh)
-        users = [u for u in users if states[u].feature_ts > 0]  # only duplicates/opted-out so far
+        # every state a window moved on is written, also one with only duplicates or opted-out
+        # events so far: its `seen` ids must be there for the user's next batch, and for a replay
+        # after a restart (which would count them a second time)
+        users = [u for u in users if states[u].feature_ts > 0 or states[u].window_end > read_end[u]]
         f = self.cfg.features
         if self.scorer is None:
             self.store.write(ledger, {u: UserWrite(states[u], profile(states[u], f)) for u in users}, items)

@@ -14,7 +14,7 @@ from contract.config import load_config
 from contract.experiments import assign, parse_experiments, store_experiments
 from jobs.store import RedisStore
 from models.registry import Registry
-from udfs.features import Event, WindowDelta, feature_names
+from udfs.features import Event, UserState, WindowDelta, feature_names, seen_event_ids
 from udfs.ranking import BatchRanker
 from udfs.scorer import ModelWatcher
 
@@ -91,3 +91,23 @@ def test_without_experiments_every_list_comes_from_the_current_model(redis_db, m
     for u in users:
         lst = keys.RecList.decode(r.get(keys.rec_key(u)))
         assert lst.model_version == current and lst.extra == {}
+
+
+def test_a_state_with_only_opted_out_events_is_written_so_its_ids_are_remembered(redis_db, model_dir):
+    """A user's first window holds only an event sent without consent: nothing to rank, but the
+    state (its seen ids) is written, so the user's next batch, or a replay of that window after a
+    restart, does not count the event again."""
+    port, r = redis_db
+    cfg = load_config(None, {"redis.port": port, "scoring.model_dir": str(model_dir)})
+    ranker = BatchRanker(cfg, ModelWatcher(model_dir, feature_names(cfg.features), 0), RedisStore(cfg, r))
+    t = int(time.time() * 1000) - 60_000
+    withheld = WindowDelta("u1", t, Event("e1", "view", "i1", "c1", t - 500, 0.0, False).encode())
+    assert ranker.rank([withheld]).opted_out == 1
+    state = UserState.decode(r.get(keys.feat_key("u1")))
+    assert state.window_end == t and "e1" in seen_event_ids(state.seen, cfg.features)
+    assert r.get(keys.rec_key("u1")) is None  # nothing used: no list
+    assert ranker.rank([withheld]).opted_out == 0  # the window replayed: counted once
+    used = WindowDelta("u1", t + 2000, Event("e2", "view", "i2", "c1", t + 1500, 0.0, True).encode())
+    assert ranker.rank([used]).used == 1
+    state = UserState.decode(r.get(keys.feat_key("u1")))
+    assert {"e1", "e2"} <= seen_event_ids(state.seen, cfg.features) and r.get(keys.rec_key("u1"))

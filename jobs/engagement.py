@@ -29,7 +29,8 @@ import sys
 from contract.config import JobConfig
 from contract.schema import KAFKA_TS_MS_SQL, parse_once_sql, validation_sql
 from jobs.functions import register_engagement
-from jobs.recommend import bounded_options, day_to_second, job_arguments, kafka_source_ddl, start
+from jobs.recommend import (day_to_second, event_time_sql, in_range_sql, job_arguments, kafka_source_ddl,
+                            kafka_source_options, start, watermark_sql)
 
 log = logging.getLogger("streamrank.jobs.engagement")
 
@@ -44,12 +45,12 @@ def engagement_config(cfg: JobConfig) -> JobConfig:
 
 def exposures_source_ddl(cfg: JobConfig) -> str:
     """exposures_src: the exposure records (contract.exposures), `experiments` kept as its JSON
-    text, with event time = served_at_ms. Records that are not JSON are skipped; so are those
-    served before events.min_ts_ms or more than events.max_future_s after Kafka's timestamp (their
-    event time is the earliest allowed, which never moves the watermark: `shown` drops them)."""
-    k, e, ev = cfg.kafka, cfg.engagement, cfg.events
-    group = ",\n  'properties.auto.offset.reset' = 'earliest'" if k.startup_mode == "group-offsets" else ""
-    served = f"COALESCE(served_at_ms, 0) BETWEEN {ev.min_ts_ms} AND {KAFKA_TS_MS_SQL} + {ev.max_future_ms}"
+    text, with event time = served_at_ms, clamped as the interactions' event time is. Records that
+    are not JSON are skipped; so are those served outside the [events] bounds (`in_range` false:
+    `shown` drops them)."""
+    k, ev = cfg.kafka, cfg.events
+    bounds = {"min_ts_ms": ev.min_ts_ms, "max_future_ms": ev.max_future_ms}
+    fmt = "'format' = 'json',\n  'json.ignore-parse-errors' = 'true'"
     return f"""
 CREATE TABLE exposures_src (
   request_id STRING,
@@ -60,17 +61,10 @@ CREATE TABLE exposures_src (
   model_version STRING,
   served_at_ms BIGINT,
   kafka_ts TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL,
-  in_range AS {served},
-  served_at AS TO_TIMESTAMP_LTZ(CASE WHEN {served} THEN served_at_ms ELSE {ev.min_ts_ms} END, 3),
-  WATERMARK FOR served_at AS served_at - INTERVAL '{e.out_of_orderness_s:.3f}' SECOND
-) WITH (
-  'connector' = 'kafka',
-  'topic' = '{e.exposures_topic}',
-  'properties.bootstrap.servers' = '{k.bootstrap_servers}',
-  'properties.group.id' = '{k.group_id}',
-  'scan.startup.mode' = '{k.startup_mode}',
-  'format' = 'json',
-  'json.ignore-parse-errors' = 'true'{group}{bounded_options(k)}
+  in_range AS {in_range_sql("served_at_ms", KAFKA_TS_MS_SQL, **bounds)},
+  served_at AS {event_time_sql(KAFKA_TS_MS_SQL, ts="served_at_ms", **bounds)},
+  WATERMARK FOR served_at AS {watermark_sql(cfg, "served_at")}
+) WITH ({kafka_source_options(k, cfg.engagement.exposures_topic, fmt)}
 )"""
 
 

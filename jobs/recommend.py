@@ -111,21 +111,27 @@ def checkpoint_uri(path: str) -> str:
     return (p if p.is_absolute() else PROJECT_ROOT / p).resolve().as_uri()
 
 
+def in_range_sql(ts: str, kafka_ms: str = "kafka_ts_ms", *, min_ts_ms: int = MIN_TS_MS,
+                 max_future_ms: int = MAX_FUTURE_MS) -> str:
+    """Whether an event time lies in the bounds of validation_sql (the config's `events`):
+    at least min_ts_ms and at most max_future_ms after the Kafka timestamp. NULL when ts is."""
+    return f"{ts} BETWEEN {min_ts_ms} AND {kafka_ms} + {max_future_ms}"
+
+
 def event_time_sql(kafka_ms: str = "kafka_ts_ms", *, min_ts_ms: int = MIN_TS_MS,
-                   max_future_ms: int = MAX_FUTURE_MS) -> str:
-    """Event time from the record's `ts`; when `ts` is missing, not a JSON integer or out of
-    range (the bounds of validation_sql: the config's `events`), the earliest allowed time,
+                   max_future_ms: int = MAX_FUTURE_MS, ts: str = "event_time_ms(payload)") -> str:
+    """Event time from `ts` (by default the record's `ts`); when it is missing, not a JSON integer
+    or out of range (in_range_sql), the earliest allowed time,
     which can never advance the watermark (a Kafka timestamp
     would, on replays of old events). Validation sends such records to the DLQ, which is not
     windowed. event_time_ms is a streaming scan in jobs/java (JSON_VALUE built a tree and
     a JsonPath per call, twice per record: in the watermark and in this column)."""
-    ts = "event_time_ms(payload)"
-    return (f"TO_TIMESTAMP_LTZ(CASE WHEN {ts} BETWEEN {min_ts_ms} AND {kafka_ms} + {max_future_ms} "
-            f"THEN {ts} ELSE {min_ts_ms} END, 3)")
+    in_range = in_range_sql(ts, kafka_ms, min_ts_ms=min_ts_ms, max_future_ms=max_future_ms)
+    return f"TO_TIMESTAMP_LTZ(CASE WHEN {in_range} THEN {ts} ELSE {min_ts_ms} END, 3)"
 
 
-def watermark_sql(cfg: JobConfig) -> str:
-    return f"event_time - INTERVAL '{cfg.features.out_of_orderness_s:.3f}' SECOND"
+def watermark_sql(cfg: JobConfig, column: str = "event_time") -> str:
+    return f"{column} - INTERVAL '{cfg.features.out_of_orderness_s:.3f}' SECOND"
 
 
 def bounded_options(k: KafkaConfig, stop_offsets: dict[int, int] | None = None) -> str:
@@ -138,17 +144,29 @@ def bounded_options(k: KafkaConfig, stop_offsets: dict[int, int] | None = None) 
     return ",\n  'scan.bounded.mode' = 'latest-offset'" if k.bounded or k.stop_offsets else ""
 
 
+def kafka_source_options(k: KafkaConfig, topic: str, fmt: str, stop_offsets: dict[int, int] | None = None) -> str:
+    """The WITH options of a source on `topic` read by the job's consumer group (kafka.group_id,
+    kafka.startup_mode, bounded as bounded_options says)."""
+    # a new group has no committed offsets: start it at the earliest (Kafka's default is to fail)
+    group = ",\n  'properties.auto.offset.reset' = 'earliest'" if k.startup_mode == "group-offsets" else ""
+    return f"""
+  'connector' = 'kafka',
+  'topic' = '{topic}',
+  'properties.bootstrap.servers' = '{k.bootstrap_servers}',
+  'properties.group.id' = '{k.group_id}',
+  'scan.startup.mode' = '{k.startup_mode}',
+  {fmt}{group}{bounded_options(k, stop_offsets)}"""
+
+
 def kafka_source_ddl(cfg: JobConfig) -> str:
     """interactions_src: the raw record and its Kafka coordinates, with event time + watermark.
     The record stays bytes: the JVM functions decode it as Python's json.loads decodes bytes
     (a record that is not UTF-8 is not_json on both sides; read as STRING, Flink would have
     replaced its bad bytes and let it through)."""
     k = cfg.kafka
-    bounded = bounded_options(k, k.stop_offsets)
-    # a new group has no committed offsets: start it at the earliest (Kafka's default is to fail)
-    group = ",\n  'properties.auto.offset.reset' = 'earliest'" if k.startup_mode == "group-offsets" else ""
     kafka_ms = KAFKA_TS_MS_SQL
     ev = cfg.events
+    fmt = f"'scan.watermark.emit.strategy' = '{cfg.features.watermark_emit}',\n  'format' = 'raw'"
     return f"""
 CREATE TABLE interactions_src (
   payload BYTES,
@@ -159,14 +177,7 @@ CREATE TABLE interactions_src (
   kafka_ts_ms AS {kafka_ms},
   event_time AS {event_time_sql(kafka_ms, min_ts_ms=ev.min_ts_ms, max_future_ms=ev.max_future_ms)},
   WATERMARK FOR event_time AS {watermark_sql(cfg)}
-) WITH (
-  'connector' = 'kafka',
-  'topic' = '{k.interactions_topic}',
-  'properties.bootstrap.servers' = '{k.bootstrap_servers}',
-  'properties.group.id' = '{k.group_id}',
-  'scan.startup.mode' = '{k.startup_mode}',
-  'scan.watermark.emit.strategy' = '{cfg.features.watermark_emit}',
-  'format' = 'raw'{group}{bounded}
+) WITH ({kafka_source_options(k, k.interactions_topic, fmt, k.stop_offsets)}
 )"""
 
 

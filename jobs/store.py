@@ -310,6 +310,7 @@ class EngagementStore:
         per share, whether it was the exposure's first click, and per action whether it was new
         (a purchase's credit is added once per event id)."""
         pipe = self.redis.pipeline(transaction=False)
+        purchases = []  # per action: whether it queued a credit call (after its click calls)
         for event_id, shares in settled:
             for s, groups in shares:
                 if s.click:
@@ -318,14 +319,14 @@ class EngagementStore:
             credit = [(keys.engagement_key(g), f"{kind}_{m}", n) for s, groups in shares if not s.click
                       for g in groups for kind, units in (("conversions", s.conversions), ("revenue", s.revenue))
                       for m, n in units.items()]
-            if any(not s.click for s, _ in shares):  # a purchase: marked even when no group gets its credit
+            purchases.append(any(not s.click for s, _ in shares))
+            if purchases[-1]:  # marked even when no group gets its credit
                 self._once(pipe, keys.settled_key(event_id), credit)
         self._index(pipe, {g for _, shares in settled for _, groups in shares for g in groups})
         replies = iter(pipe.execute())
         first_click, new_action = [], []
-        for _, shares in settled:
+        for (_, shares), purchase in zip(settled, purchases, strict=True):
             clicks = [bool(next(replies)) for s, _ in shares if s.click]
             first_click += clicks
-            credited = any(not s.click for s, _ in shares)
-            new_action.append(bool(next(replies)) if credited else any(clicks))
+            new_action.append(bool(next(replies)) if purchase else any(clicks))
         return first_click, new_action

@@ -21,12 +21,12 @@ from contract.serving_config import load_serving_config
 from contract.paths import PROJECT_ROOT, run_dir
 from jobs.runtime import find_rest_endpoint
 from devstack.metrics import find_ledger_metrics
-from devstack.rejected import end_offsets, read_rejected, summarize
+from devstack.rejected import read_rejected, summarize
 from devstack.stack import LocalStack, free_port, stop_pid
 from models.training import build_training_set, train_and_publish
 from serving.client import RecommendationsClient, format_recommendations
 from serving.launch import start_server
-from traffic.publish import catalog_path, publish_catalog, publish_events, send_requests, write_history
+from traffic.publish import catalog_path, end_offsets, publish_catalog, publish_events, send_requests, write_history
 from traffic.simulator import Simulator
 
 log = logging.getLogger("streamrank.demo")

@@ -11,8 +11,7 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Iterator
 
-from kafka import KafkaConsumer, TopicPartition
-from tqdm import tqdm
+from traffic.publish import read_to_end
 
 SAMPLE_CHARS = 200
 
@@ -46,48 +45,5 @@ def summarize(rows: Iterable[dict], samples: int = 3) -> dict:
 
 def read_rejected(bootstrap: str, topic: str, idle_ms: int = 5000, progress: bool = True,
                   unread: dict[str, list[int]] | None = None, start: dict[int, int] | None = None) -> Iterator[dict]:
-    """The topic's records from its start (or `start`'s offset per partition, as end_offsets gave
-    them before a run) to the end it has when the read starts, as
-    read_committed consumers see them (an exactly-once sink's aborted writes are skipped; an
-    at-least-once sink's records are all there). A transaction still open holds such readers at
-    its first offset (the last stable offset); `unread` (when given) then gets, per partition,
-    [that offset, the partition's end]. Stops early after idle_ms with nothing new."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, consumer_timeout_ms=idle_ms,
-                             isolation_level="read_committed", request_timeout_ms=10000)
-    try:
-        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        if not parts:
-            raise LookupError(f"topic {topic!r} does not exist on {bootstrap}")
-        consumer.assign(parts)
-        begin, end = consumer.beginning_offsets(parts), consumer.end_offsets(parts)  # read_committed: stable
-        for p in parts:
-            begin[p] = max(begin[p], (start or {}).get(p.partition, 0))
-            consumer.seek(p, begin[p])
-        if unread is not None:
-            written = end_offsets(bootstrap, topic)
-            unread.update({str(p.partition): [end[p], written[p.partition]] for p in parts
-                           if written[p.partition] > end[p]})
-        left = {p for p in parts if end[p] > begin[p]}
-        with tqdm(total=sum(end[p] - begin[p] for p in parts), desc=f"reading {topic}", unit="rec",
-                  mininterval=1, disable=not progress) as bar:
-            for message in consumer:
-                tp = TopicPartition(message.topic, message.partition)
-                if tp in left and message.offset < end[tp]:
-                    bar.update(1)
-                    yield json.loads(message.value)
-                left = {p for p in left if consumer.position(p) < end[p]}
-                if not left:
-                    break
-    finally:
-        consumer.close()
-
-
-def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
-    """partition -> end offset now, as written (open transactions included): `start` for a later
-    read_rejected of only what comes after."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, request_timeout_ms=10000)
-    try:
-        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        return {p.partition: end for p, end in consumer.end_offsets(parts).items()}
-    finally:
-        consumer.close()
+    """The rejected records (JSON), as traffic.publish.read_to_end reads the topic."""
+    return (json.loads(raw) for raw in read_to_end(bootstrap, topic, idle_ms, progress, unread, start))

@@ -6,6 +6,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,38 +147,74 @@ def send_requests(bootstrap: str, topic: str, action: str, users: list[str], ts_
     return ids
 
 
-def read_json_topic(bootstrap: str, topic: str, idle_ms: int = 10_000) -> list[dict]:
-    """Every JSON record of a topic from its start up to its end offsets when called (a live topic
-    keeps growing: what comes later is for the next read). Records that are not JSON objects are
-    skipped (the job's DLQ accounts for those on the interactions topic); a broker silent for
-    idle_ms ends the read early, with a warning."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    out: list[dict] = []
+def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    """partition -> end offset now, as written (open transactions included): `start` for a later
+    read_to_end of only what comes after."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, request_timeout_ms=10000)
     try:
         parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        if not parts:
-            return out
-        consumer.assign(parts)
-        consumer.seek_to_beginning(*parts)
-        end = consumer.end_offsets(parts)
-        remaining = {tp for tp in parts if consumer.position(tp) < end[tp]}
-        while remaining:
-            batch = consumer.poll(timeout_ms=idle_ms)
-            if not batch:
-                log.warning("%s: no records for %d ms before its end offsets; read %d", topic, idle_ms, len(out))
-                break
-            for tp, messages in batch.items():
-                for m in messages:
-                    if m.offset >= end[tp]:
-                        continue
-                    try:
-                        value = json.loads(m.value)
-                    except ValueError:
-                        continue
-                    if isinstance(value, dict):
-                        out.append(value)
-                if consumer.position(tp) >= end[tp]:
-                    remaining.discard(tp)
+        return {p.partition: end for p, end in consumer.end_offsets(parts).items()}
     finally:
         consumer.close()
+
+
+def read_to_end(bootstrap: str, topic: str, idle_ms: int = 5000, progress: bool = False,
+                unread: dict[str, list[int]] | None = None, start: dict[int, int] | None = None) -> Iterator[bytes]:
+    """The topic's records from its start (or `start`'s offset per partition, as end_offsets gave
+    them before a run) to the end it has when the read starts (a live topic keeps growing: what
+    comes later is for the next read), as read_committed consumers see them (an exactly-once
+    sink's aborted writes are skipped; other records are all there). A transaction still open
+    holds such readers at its first offset (the last stable offset); `unread` (when given) then
+    gets, per partition, [that offset, the partition's end]. A broker silent for idle_ms ends the
+    read early, with a warning. LookupError when the topic does not exist."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, consumer_timeout_ms=idle_ms,
+                             isolation_level="read_committed", request_timeout_ms=10000)
+    try:
+        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        if not parts:
+            raise LookupError(f"topic {topic!r} does not exist on {bootstrap}")
+        consumer.assign(parts)
+        begin, end = consumer.beginning_offsets(parts), consumer.end_offsets(parts)  # read_committed: stable
+        for p in parts:
+            begin[p] = max(begin[p], (start or {}).get(p.partition, 0))
+            consumer.seek(p, begin[p])
+        if unread is not None:
+            written = end_offsets(bootstrap, topic)
+            unread.update({str(p.partition): [end[p], written[p.partition]] for p in parts
+                           if written[p.partition] > end[p]})
+        left = {p for p in parts if end[p] > begin[p]}
+        with tqdm(total=sum(end[p] - begin[p] for p in parts), desc=f"reading {topic}", unit="rec",
+                  mininterval=1, disable=not progress) as bar:
+            for message in consumer:
+                tp = TopicPartition(message.topic, message.partition)
+                if tp in left and message.offset < end[tp]:
+                    bar.update(1)
+                    yield message.value
+                left = {p for p in left if consumer.position(p) < end[p]}
+                if not left:
+                    break
+        if left:
+            log.warning("%s: no records for %d ms before its end offsets; %d partition(s) not read to the end",
+                        topic, idle_ms, len(left))
+    finally:
+        consumer.close()
+
+
+def read_json_topic(bootstrap: str, topic: str, idle_ms: int = 10_000) -> list[dict]:
+    """Every JSON object on a topic, as read_to_end reads it (none when the topic does not exist).
+    Records that are not JSON objects are skipped (the job's DLQ accounts for those on the
+    interactions topic)."""
+    out: list[dict] = []
+    try:
+        for raw in read_to_end(bootstrap, topic, idle_ms):
+            try:
+                value = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(value, dict):
+                out.append(value)
+    except LookupError:
+        pass
     return out
+
+

@@ -37,10 +37,8 @@ log = logging.getLogger("streamrank.jobs.engagement")
 
 def engagement_config(cfg: JobConfig) -> JobConfig:
     """The job config as this job reads it: its own consumer group (the recommend job's offsets
-    are the recommend job's), and [engagement]'s lateness for the interactions' watermark too."""
-    return cfg.model_copy(update={
-        "kafka": cfg.kafka.model_copy(update={"group_id": f"{cfg.kafka.group_id}-engagement"}),
-        "features": cfg.features.model_copy(update={"out_of_orderness_s": cfg.engagement.out_of_orderness_s})})
+    are the recommend job's)."""
+    return cfg.model_copy(update={"kafka": cfg.kafka.model_copy(update={"group_id": f"{cfg.kafka.group_id}-engagement"})})
 
 
 def exposures_source_ddl(cfg: JobConfig) -> str:
@@ -63,7 +61,7 @@ CREATE TABLE exposures_src (
   kafka_ts TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL,
   in_range AS {in_range_sql("served_at_ms", KAFKA_TS_MS_SQL, **bounds)},
   served_at AS {event_time_sql(KAFKA_TS_MS_SQL, ts="served_at_ms", **bounds)},
-  WATERMARK FOR served_at AS {watermark_sql(cfg, "served_at")}
+  WATERMARK FOR served_at AS {watermark_sql(cfg, "served_at", cfg.engagement.out_of_orderness_s)}
 ) WITH ({kafka_source_options(k, cfg.engagement.exposures_topic, fmt)}
 )"""
 
@@ -84,7 +82,7 @@ def build(t_env, cfg: JobConfig, *, sources: bool = True, sinks: bool = True):
     `interactions_src`, `exposures_src` and `outcomes_sink` itself (tests)."""
     e = cfg.engagement
     if sources:
-        t_env.execute_sql(kafka_source_ddl(cfg))
+        t_env.execute_sql(kafka_source_ddl(cfg, cfg.engagement.out_of_orderness_s))
         t_env.execute_sql(exposures_source_ddl(cfg))
     if sinks:
         t_env.execute_sql(outcomes_sink_ddl(cfg))

@@ -130,8 +130,10 @@ def event_time_sql(kafka_ms: str = "kafka_ts_ms", *, min_ts_ms: int = MIN_TS_MS,
     return f"TO_TIMESTAMP_LTZ(CASE WHEN {in_range} THEN {ts} ELSE {min_ts_ms} END, 3)"
 
 
-def watermark_sql(cfg: JobConfig, column: str = "event_time") -> str:
-    return f"{column} - INTERVAL '{cfg.features.out_of_orderness_s:.3f}' SECOND"
+def watermark_sql(cfg: JobConfig, column: str = "event_time", lateness_s: float | None = None) -> str:
+    """The watermark of `column`: lateness_s (default features.out_of_orderness_s) behind it."""
+    lateness = cfg.features.out_of_orderness_s if lateness_s is None else lateness_s
+    return f"{column} - INTERVAL '{lateness:.3f}' SECOND"
 
 
 def bounded_options(k: KafkaConfig, stop_offsets: dict[int, int] | None = None) -> str:
@@ -158,8 +160,9 @@ def kafka_source_options(k: KafkaConfig, topic: str, fmt: str, stop_offsets: dic
   {fmt}{group}{bounded_options(k, stop_offsets)}"""
 
 
-def kafka_source_ddl(cfg: JobConfig) -> str:
-    """interactions_src: the raw record and its Kafka coordinates, with event time + watermark.
+def kafka_source_ddl(cfg: JobConfig, lateness_s: float | None = None) -> str:
+    """interactions_src: the raw record and its Kafka coordinates, with event time + watermark
+    (lateness_s: as watermark_sql takes it).
     The record stays bytes: the JVM functions decode it as Python's json.loads decodes bytes
     (a record that is not UTF-8 is not_json on both sides; read as STRING, Flink would have
     replaced its bad bytes and let it through)."""
@@ -176,7 +179,7 @@ CREATE TABLE interactions_src (
   kafka_ts TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL,
   kafka_ts_ms AS {kafka_ms},
   event_time AS {event_time_sql(kafka_ms, min_ts_ms=ev.min_ts_ms, max_future_ms=ev.max_future_ms)},
-  WATERMARK FOR event_time AS {watermark_sql(cfg)}
+  WATERMARK FOR event_time AS {watermark_sql(cfg, lateness_s=lateness_s)}
 ) WITH ({kafka_source_options(k, k.interactions_topic, fmt, k.stop_offsets)}
 )"""
 

@@ -248,6 +248,14 @@ class FeatureConfig(_Strict):
     out_of_orderness_s: float = Field(5.0, ge=0)
     """Watermark delay (s): an event this much older than the newest seen is still used; older
     ones are late (counted, sent to the late topic)."""
+    early_fire_s: float = Field(0.1, ge=0, le=60)
+    """How often (s, processing time) a user's events whose window is still open are folded
+    speculatively into a copy of the user's state, and the profile and list written from it: a
+    list reflects an event within about this plus the Python bundle time, instead of waiting
+    micro_batch_s + out_of_orderness_s for the watermark. The state, the ledger and the item
+    statistics still change only when a window is final (which corrects the list if the
+    speculation missed something). 0, or with [quarantine] enabled (its rules need the
+    watermark): lists are written only when windows are final."""
     watermark_emit: Literal["on-event", "on-periodic"] = "on-event"
     """on-event: a watermark after every record (exact, reproducible late accounting);
     on-periodic: every pipeline.auto-watermark-interval (cheaper)."""
@@ -313,6 +321,11 @@ class ScoringConfig(_Strict):
     """false: the job keeps features (feat:{user}) and the ledger but scores nothing."""
     top_k: int = Field(25, ge=1, le=500)
     """Length of each user's list in rec:{user}."""
+    min_interval_s: float = Field(0.5, ge=0, le=3600)
+    """Shortest time (s, processing time) between two speculative scorings of one user: events
+    that come sooner are folded into the next one (at the latest when their window is final,
+    which always scores when the features changed). A user whose features did not change is
+    never scored again. Larger: less CPU per event, staler lists for very active users."""
     model_dir: str = "var/models/current"
     """Model directory (model.onnx + card.json); relative paths are from the project root. The
     registry's `current` symlink: the job follows promotions and rollbacks (see reload_check_s)."""
@@ -371,7 +384,7 @@ class FlinkConfig(_Strict):
     with `streamrank submit --from-savepoint PATH` (or `run --from-savepoint`)."""
     python_bundle_size: int = Field(10000, ge=1)
     """Rows per Python bundle: Python is crossed in batches of up to this many rows."""
-    python_bundle_time_ms: int = Field(500, ge=1)
+    python_bundle_time_ms: int = Field(50, ge=1)
     """Longest a row waits for its bundle (ms): bounds added latency."""
     prometheus_port: str = ""
     """Port, or range such as "9249-9259" (the first free one is taken), where Flink's own

@@ -5,6 +5,7 @@ many records it wrote, so the Flink graph ends in a blackhole sink."""
 from __future__ import annotations
 
 import logging
+import time
 
 import orjson
 import pandas as pd
@@ -22,6 +23,33 @@ from udfs.scorer import ModelWatcher
 
 log = logging.getLogger(__name__)
 
+# streamrank_list_freshness_seconds: upper bounds (s) of the histogram's buckets
+FRESHNESS_BUCKETS_S = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+
+
+class FreshnessHistogram:
+    """A Prometheus histogram from Flink counters (PyFlink's metric groups have counters, gauges
+    and meters, no histogram): streamrank_list_freshness_seconds_bucket{le="..."} (cumulative, as
+    Prometheus's histogram_quantile reads them), _count, and _sum_ms (Python counters are
+    integers). Freshness: from the newest event time in a list's features to when it was written."""
+
+    def __init__(self, group) -> None:
+        g = group.add_group("list_freshness_seconds")
+        self.buckets = [(b, g.add_group("le", f"{b:g}").counter("bucket")) for b in FRESHNESS_BUCKETS_S]
+        self.inf = g.add_group("le", "+Inf").counter("bucket")
+        self.count, self.sum_ms = g.counter("count"), g.counter("sum_ms")
+
+    def observe(self, ages_ms: list[int]) -> None:
+        if not ages_ms:
+            return
+        for bound, counter in self.buckets:
+            n = sum(1 for a in ages_ms if a <= bound * 1000)
+            if n:
+                counter.inc(n)
+        self.inf.inc(len(ages_ms))
+        self.count.inc(len(ages_ms))
+        self.sum_ms.inc(max(0, sum(ages_ms)))
+
 
 class RankUsers(ScalarFunction):
     """(user_id, window_end, event_list) -> events used; see udfs.ranking.BatchRanker.
@@ -34,6 +62,9 @@ class RankUsers(ScalarFunction):
         self.counters: dict = {}
         self.faults = None
 
+    def is_deterministic(self) -> bool:
+        return False  # it writes to Redis; and the planner must not copy it into each input of the union
+
     def open(self, function_context: FunctionContext) -> None:
         cfg = JobConfig.model_validate_json(self.cfg_json)
         s = cfg.scoring
@@ -45,6 +76,7 @@ class RankUsers(ScalarFunction):
         self.counters = {name: group.counter(name) for name in ("used", "duplicate", "opted_out", "quarantined", "late")}
         control = group.add_group("control")
         self.counters.update({action: control.counter(action) for action in CONTROL_ACTIONS})
+        self.freshness = FreshnessHistogram(group)
         # drift: PSI x 1000 per feature for the last closed window (Python gauges are integers)
         drift = group.add_group("drift")
         for name in feature_names(cfg.features):
@@ -62,6 +94,8 @@ class RankUsers(ScalarFunction):
         if self.faults:
             self.faults.before_batch(len(deltas))
         ledger = self.ranker.rank(deltas)
+        written = int(time.time() * 1000)  # after the write to Redis: the list is readable
+        self.freshness.observe([written - feature_ts for _, feature_ts in self.ranker.written])
         for name, counter in self.counters.items():
             counter.inc(getattr(ledger, name))
         return pd.Series([ledger.used] * len(deltas), dtype="int32")

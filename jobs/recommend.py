@@ -179,6 +179,7 @@ CREATE TABLE interactions_src (
   kafka_ts TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL,
   kafka_ts_ms AS {kafka_ms},
   event_time AS {event_time_sql(kafka_ms, min_ts_ms=ev.min_ts_ms, max_future_ms=ev.max_future_ms)},
+  proc_time AS PROCTIME(),
   WATERMARK FOR event_time AS {watermark_sql(cfg, lateness_s=lateness_s)}
 ) WITH ({kafka_source_options(k, k.interactions_topic, fmt, k.stop_offsets)}
 )"""
@@ -320,7 +321,7 @@ def build(t_env, cfg: JobConfig, *, sources: bool = True, sinks: bool = True, py
 
     # checked: every input record, the DLQ reason (NULL when valid) and whether it is late
     # (at or behind the watermark: event-time windows would drop it silently)
-    read = ("payload", "src_topic", "src_partition", "src_offset", "event_time", "kafka_ts_ms")
+    read = ("payload", "src_topic", "src_partition", "src_offset", "event_time", "kafka_ts_ms", "proc_time")
     stamped = f"""(
   SELECT {', '.join(read)},
     COALESCE(event_time <= CURRENT_WATERMARK(event_time), FALSE) AS is_late
@@ -376,14 +377,34 @@ FROM checked WHERE reason IS NOT NULL OR is_late""")
     # scoring, Redis). Item statistics are counted from the same windows in Python (see
     # udfs.ranking.item_window_counts): a separate per-item window cost a second aggregation on
     # the source thread, a shuffle and a Python worker.
-    stmts.add_insert_sql(f"""
-INSERT INTO discard
-SELECT rank_users(user_id, window_end_ms, event_list)
-FROM (
+    windows = f"""
   SELECT user_id, {window_end} AS window_end_ms, {EVENT_LIST_SQL} AS event_list
   FROM {window}
-  GROUP BY user_id, window_start, window_end
-)""")
+  GROUP BY user_id, window_start, window_end"""
+    # [quarantine]'s rules need the watermark (OVER windows in event time): with them, lists wait
+    # for it, or an early list could hold an event the final window quarantines
+    early_ms = 0 if quarantine else int(round(cfg.features.early_fire_s * 1000))
+    if early_ms:
+        # early firing: every features.early_fire_s of processing time, each user's on-time events
+        # of that span, as rows with window_end_ms 0. They meet the final windows in the same
+        # Python subtask (both aggregations are keyed by user_id and feed it forward), which folds
+        # them speculatively over the user's state until their window is final
+        # (udfs.ranking.BatchRanker).
+        t_env.execute_sql(f"""
+CREATE TEMPORARY VIEW early_events AS
+SELECT {user_sql} AS user_id, {EVENT_LINE_SQL} AS line, proc_time
+FROM checked
+WHERE reason IS NULL AND NOT is_late""")
+        windows += f"""
+  UNION ALL
+  SELECT user_id, CAST(0 AS BIGINT) AS window_end_ms, {EVENT_LIST_SQL} AS event_list
+  FROM TABLE(TUMBLE(TABLE early_events, DESCRIPTOR(proc_time), INTERVAL '{early_ms / 1000:.3f}' SECOND))
+  GROUP BY user_id, window_start, window_end"""
+    stmts.add_insert_sql(f"""
+INSERT INTO discard
+SELECT rank_users(user_id, w, event_list)
+FROM ({windows}
+) AS u CROSS JOIN UNNEST(ARRAY[u.window_end_ms]) AS t(w)""")
     # catalog -> item:meta
     stmts.add_insert_sql("""
 INSERT INTO discard

@@ -230,11 +230,14 @@ class RedisStore:
             if n:
                 pipe.hincrby(keys.CONTROL, action, n)
         for u, (s, named, rec) in out.items():
-            self.guarded_set(keys=[keys.feat_key(u)], args=[s.feature_ts, s.encode(), ttl], client=pipe)
-            self.guarded_set(keys=[keys.profile_key(u)], args=[s.feature_ts, named.encode(), ttl], client=pipe)
+            if s is not None:
+                self.guarded_set(keys=[keys.feat_key(u)], args=[s.feature_ts, s.encode(), ttl], client=pipe)
+            # profile and list: over the final state and the early events (udfs.speculation), so
+            # their guard is their own newest event
+            self.guarded_set(keys=[keys.profile_key(u)], args=[named.feature_ts, named.encode(), ttl], client=pipe)
             if rec is not None:
-                self.guarded_set(keys=[keys.rec_key(u)], args=[s.feature_ts, rec.encode(), ttl], client=pipe)
-            elif not s.personalized():
+                self.guarded_set(keys=[keys.rec_key(u)], args=[rec.feature_ts, rec.encode(), ttl], client=pipe)
+            elif s is not None and not s.personalized():
                 pipe.delete(keys.rec_key(u))
         pipe.execute()
 

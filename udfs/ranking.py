@@ -22,6 +22,9 @@ from udfs.drift import DriftMonitor, DriftReport
 from udfs.features import (Event, Ledger, UserState, WindowDelta, apply_window, feature_names, memory_items,
                            parse_events, profile, shared_events, user_item_matrix, user_vector)
 from udfs.scorer import ModelWatcher, OnnxScorer
+from udfs.speculation import Speculation, state_digest
+
+SCORED_MEMORY = 200_000  # users whose last scoring is remembered (a forgotten one is scored again)
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +49,12 @@ def item_window_counts(windows: list[tuple[int, list[Event], list[tuple[str, str
 
 
 class UserWrite(NamedTuple):
-    """What one batch writes for a user: the state, its profile (the features by name), and the
-    list (None: none made; an erased or opted-out user's is deleted)."""
+    """What one batch writes for a user: the state (None: no window of the user's was final in
+    the batch, only early events came), the profile (the features by name, over the final
+    windows and the early events: udfs.speculation), and the list (None: none made; an erased or
+    opted-out user's is deleted)."""
 
-    state: UserState
+    state: UserState | None
     profile: keys.Profile
     rec: keys.RecList | None = None
 
@@ -90,7 +95,15 @@ class CandidateReader(Protocol):
 
 class BatchRanker:
     """Applies window deltas to user states, scores candidates, makes top-K lists; reads and
-    writes through `store`."""
+    writes through `store`.
+
+    A delta with window_end 0 is an early row (features.early_fire_s): events whose window is not
+    final yet, kept and folded speculatively (udfs.speculation) for the profile and the list,
+    never into the stored state, the ledger or the item statistics. A user is scored only when
+    the state the list comes from changed since the user's last scoring (or the model or the
+    user's arms did), and early rows score a user at most once per scoring.min_interval_s; a
+    final window that changed the features always scores (it corrects the speculation).
+    """
 
     def __init__(self, cfg: JobConfig, scorer: OnnxScorer | ModelWatcher | None, store: RankingStore) -> None:
         self.cfg = cfg
@@ -99,6 +112,10 @@ class BatchRanker:
         self.candidates = store.candidates
         self.drift: DriftMonitor | None = None
         self.last_drift: DriftReport | None = None
+        self.speculation = Speculation(cfg.features)
+        self.scored: dict[str, tuple[bytes, float]] = {}  # user -> (what the list was made from, when)
+        self.deferred: set[str] = set()  # users whose early scoring waits for min_interval_s
+        self.written: list[tuple[int, int]] = []  # the last batch's lists: (written_at, feature_ts)
 
     def _drift_monitor(self, scorer: OnnxScorer) -> DriftMonitor:
         """One monitor per model version: a new version brings its own reference distributions."""
@@ -139,17 +156,28 @@ class BatchRanker:
         return scores, versions
 
     def rank(self, deltas: list[WindowDelta]) -> Ledger:
-        """Fold the windows into the users' states, rank, write; returns what was counted."""
+        """Fold the final windows into the users' states and the early rows into their
+        speculation, rank, write; returns what was counted."""
         ledger = Ledger()
+        self.written = []
         if not deltas:
             return ledger
+        now = time.time()
+        finals = [d for d in deltas if d.window_end]
+        for d in deltas:
+            if not d.window_end:
+                self.speculation.add(d.user_id, parse_events(d.events), int(now * 1000))
+        min_interval = self.cfg.scoring.min_interval_s
+        due = {u for u in self.deferred if now - self.scored.get(u, (b"", 0.0))[1] >= min_interval}
+        self.deferred -= due
         spec = self.store.experiments.current()
         self.candidates.refresh(deeper=largest_counts(spec))
-        users = sorted({d.user_id for d in deltas})
+        final_users = {d.user_id for d in finals}
+        users = sorted(final_users | {d.user_id for d in deltas} | due)
         states = self.store.read_states(users)
         read_end = {u: states[u].window_end for u in users}
         fresh: list[tuple[int, list[Event], list]] = []  # windows that are not replays after a restart
-        for d in sorted(deltas, key=lambda d: d.window_end):
+        for d in sorted(finals, key=lambda d: d.window_end):
             events = parse_events(d.events)
             rebought: list[tuple[str, str]] = []  # filled by apply_window below
             if d.window_end > states[d.user_id].window_end:  # else only after a restart: see apply_window
@@ -160,19 +188,44 @@ class BatchRanker:
         # every state a window moved on is written, also one with only duplicates or opted-out
         # events so far: its `seen` ids must be there for the user's next batch, and for a replay
         # after a restart (which would count them a second time)
-        users = [u for u in users if states[u].feature_ts > 0 or states[u].window_end > read_end[u]]
+        committed = {u for u in final_users if states[u].feature_ts > 0 or states[u].window_end > read_end[u]}
+        ms = int(now * 1000)
+        views: dict[str, UserState] = {}  # what each profile and list describe
+        for u in users:
+            view = self.speculation.view(u, states[u], ms)
+            if view is not None:
+                views[u] = view
+            elif u in committed:
+                views[u] = states[u]
         f = self.cfg.features
+        out: dict[str, UserWrite] = {}
         if self.scorer is None:
-            self.store.write(ledger, {u: UserWrite(states[u], profile(states[u], f)) for u in users}, items)
+            for u, v in views.items():
+                out[u] = UserWrite(states[u] if u in committed else None, profile(v, f))
+            self.store.write(ledger, out, items)
             return ledger
-        out: dict[str, UserWrite] = {  # erased or opted out: lists deleted
-            u: UserWrite(states[u], profile(states[u], f)) for u in users if not states[u].personalized()}
-        users = [u for u in users if u not in out]
+        for u, v in views.items():  # erased or opted out: lists deleted (when final)
+            if not v.personalized():
+                out[u] = UserWrite(states[u] if u in committed else None, profile(v, f))
         scorer = self.scorer.current()  # one model version for the whole batch
-        now_ms = int(time.time() * 1000)
-        plans = {u: plan_for(spec, u, now_ms) for u in users}
-        own = {i for u in users
-               for i in memory_items(states[u], plans[u].candidates.get("own_history", self.cfg.candidates.own_history))}
+        plans = {u: plan_for(spec, u, ms) for u in views if u not in out}
+        basis: dict[str, bytes] = {}
+        for u, plan in plans.items():
+            key = state_digest(views[u]) + repr((scorer.version, plan.scoring, plan.arms)).encode()
+            last = self.scored.get(u)
+            if last is not None and last[0] == key:
+                if u in committed:  # the final state is what the list was made from: no scoring
+                    out[u] = UserWrite(states[u], profile(views[u], f))
+            elif u not in final_users and last is not None and now - last[1] < min_interval:
+                self.deferred.add(u)
+            else:
+                basis[u] = key
+        for u in committed:
+            if u not in out and u not in basis:  # deferred: the state is written, the list waits
+                out[u] = UserWrite(states[u], profile(views[u], f))
+        scoring = sorted(basis)
+        own = {i for u in scoring
+               for i in memory_items(views[u], plans[u].candidates.get("own_history", self.cfg.candidates.own_history))}
         self.candidates.load_meta(own)
         self.candidates.own_stats(own)
 
@@ -180,8 +233,8 @@ class BatchRanker:
         spans: list[tuple[str, list[Candidate], int, int]] = []
         start = 0
         profiles: dict[str, keys.Profile] = {}
-        for u in users:
-            s = states[u]
+        for u in scoring:
+            s = views[u]
             cands = self.candidates.for_user(s, plans[u].candidates)
             user = user_vector(s, s.window_end, f)  # once, for the model's input and the profile
             profiles[u] = profile(s, f, user)
@@ -190,22 +243,33 @@ class BatchRanker:
             start += len(cands)
         matrix = np.concatenate(blocks) if start else np.zeros((0, len(feature_names(self.cfg.features))), np.float32)
         scores, versions = self._score(matrix, spans, plans, scorer)
-        ends = [d.window_end for d in deltas]
-        report = self._drift_monitor(scorer).observe(matrix, min(ends), max(ends))
-        if report is not None:
-            self._report_drift(report)
+        if scoring:
+            ends = [views[u].window_end for u in scoring]
+            report = self._drift_monitor(scorer).observe(matrix, min(ends), max(ends))
+            if report is not None:
+                self._report_drift(report)
 
         k = self.cfg.scoring.top_k
+        written_at = int(time.time() * 1000)
         for u, cands, a, b in spans:
-            s = states[u]
+            s = views[u]
             user_scores = scores[a:b]
             order = np.argsort(-user_scores, kind="stable")[:k]
-            out[u] = UserWrite(s, profiles[u], keys.RecList(
+            out[u] = UserWrite(states[u] if u in committed else None, profiles[u], keys.RecList(
                 items=[keys.ScoredItem(cands[i].item_id, float(user_scores[i]), cands[i].category) for i in order],
                 model_version=versions[plans[u].scoring],
                 feature_ts=s.feature_ts,
-                written_at=now_ms,
+                written_at=written_at,
                 extra={"arms": plans[u].arms} if plans[u].arms else {},
             ))
+            self._remember(u, basis[u], now)
+            self.written.append((written_at, s.feature_ts))
         self.store.write(ledger, out, items)
         return ledger
+
+    def _remember(self, user: str, basis: bytes, at: float) -> None:
+        self.scored.pop(user, None)  # re-inserted last: the dict's order is the scorings' order
+        self.scored[user] = (basis, at)
+        if len(self.scored) > SCORED_MEMORY:  # forget the oldest half
+            for u in list(self.scored)[: SCORED_MEMORY // 2]:
+                del self.scored[u]

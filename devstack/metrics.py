@@ -9,6 +9,7 @@ import re
 import urllib.error
 import urllib.request
 
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from contract.config import port_range
@@ -74,6 +75,47 @@ def find_ledger_metrics(spec: str) -> tuple[str, dict] | None:
             control = control_counters(text)
             return url, {**ledger_counters(text), **({"control": control} if control else {})}
     return None
+
+
+FRESHNESS_BUCKET = "flink_taskmanager_job_task_operator_streamrank_list_freshness_le_bucket"
+
+
+def freshness_buckets(text: str) -> dict[float, float]:
+    """The job's list-freshness histogram: upper bound (s; inf for +Inf) -> lists written at most
+    that long after their newest event, summed over subtasks. Flink serves the bounds with '_'
+    for '.' and '+' ("0_25", "_Inf")."""
+    out: dict[float, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == FRESHNESS_BUCKET:
+                le = s.labels["le"]
+                bound = float("inf") if le == "_Inf" else float(le.replace("_", "."))
+                out[bound] = out.get(bound, 0.0) + s.value
+    return out
+
+
+def histogram_quantile(q: float, buckets: dict[float, float]) -> float | None:
+    """Prometheus's histogram_quantile over cumulative buckets (linear within a bucket; the
+    highest finite bound when the quantile falls in +Inf); None without observations."""
+    bounds = sorted(buckets)
+    total = buckets.get(float("inf"), 0.0)
+    if not total:
+        return None
+    rank, lower, below = q * total, 0.0, 0.0
+    for b in bounds:
+        if buckets[b] >= rank:
+            if b == float("inf"):
+                return lower
+            return lower + (b - lower) * (rank - below) / max(buckets[b] - below, 1e-12)
+        lower, below = b, buckets[b]
+    return lower
+
+
+def rule_inputs() -> set[str]:
+    """The Flink metric names deploy/monitoring/streamrank-rules.yml reads."""
+    rules = yaml.safe_load((MONITORING / "streamrank-rules.yml").read_text())
+    exprs = [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
+    return {m for e in exprs for m in re.findall(r"\bflink_\w+", e)}
 
 
 def dashboard_metrics() -> set[str]:

@@ -29,12 +29,15 @@ FRESHNESS_BUCKETS_S = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0
 
 class FreshnessHistogram:
     """A Prometheus histogram from Flink counters (PyFlink's metric groups have counters, gauges
-    and meters, no histogram): streamrank_list_freshness_seconds_bucket{le="..."} (cumulative, as
-    Prometheus's histogram_quantile reads them), _count, and _sum_ms (Python counters are
-    integers). Freshness: from the newest event time in a list's features to when it was written."""
+    and meters, no histogram). Freshness: from the newest event time in a list's features to when
+    the list was written. Flink puts a labelled group's key into the name, so the job serves
+    streamrank_list_freshness_le_bucket{le="..."} (cumulative), streamrank_list_freshness_count and
+    streamrank_list_freshness_sum_ms (Python counters are integers);
+    deploy/monitoring/streamrank-rules.yml records them, summed over subtasks, as the histogram
+    streamrank_list_freshness_seconds (_bucket, _count, _sum) that histogram_quantile reads."""
 
     def __init__(self, group) -> None:
-        g = group.add_group("list_freshness_seconds")
+        g = group.add_group("list_freshness")
         self.buckets = [(b, g.add_group("le", f"{b:g}").counter("bucket")) for b in FRESHNESS_BUCKETS_S]
         self.inf = g.add_group("le", "+Inf").counter("bucket")
         self.count, self.sum_ms = g.counter("count"), g.counter("sum_ms")

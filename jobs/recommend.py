@@ -300,7 +300,7 @@ FROM rated""")
 
 def build(t_env, cfg: JobConfig, *, sources: bool = True, sinks: bool = True, python: bool = True):
     """Wire the job into a StatementSet. With sources/sinks False the caller has created
-    `interactions_src`, `items_src`, `dlq_sink` and `late_sink` (and with [quarantine],
+    `interactions_src` (with kafka_source_ddl's columns, event_time and proc_time), `items_src`, `dlq_sink` and `late_sink` (and with [quarantine],
     `quarantine_sink`) itself (tests). With python False
     the Python functions are replaced by io.streamrank.udf.Discard: the JVM stages alone, for
     bench.features (nothing reaches Redis)."""

@@ -44,6 +44,7 @@ def run_job(cfg, records, items, out_dir):
         .column("src_partition", DataTypes.INT()).column("src_offset", DataTypes.BIGINT())
         .column("kafka_ts_ms", DataTypes.BIGINT())
         .column_by_expression("event_time", event_time_sql("kafka_ts_ms"))
+        .column_by_expression("proc_time", "PROCTIME()")
         .watermark("event_time", watermark_sql(cfg)).build())
     t_env.create_temporary_view("interactions_src", src)
     t_env.create_temporary_view("items_src", t_env.from_elements(

@@ -382,3 +382,12 @@ def test_redis_tls_files_are_checked_before_start(tmp_path):
         load_serving_config(None, {"redis.tls": {"ca_file": str(tmp_path / "ca.pem"), "cert_file": str(tmp_path / "ca.pem")}})
     kwargs = load_config(None, {"redis.tls": {"ca_file": str(tmp_path / "ca.pem")}}).redis.client_kwargs()
     assert kwargs["ssl"] is True and kwargs["ssl_ca_certs"] == str(tmp_path / "ca.pem") and kwargs["ssl_check_hostname"]
+
+
+def test_histogram_quantile_reads_cumulative_buckets_as_prometheus_does():
+    from devstack.metrics import histogram_quantile
+    buckets = {0.1: 50.0, 0.2: 90.0, 1.0: 100.0, float("inf"): 100.0}
+    assert histogram_quantile(0.5, buckets) == pytest.approx(0.1)
+    assert histogram_quantile(0.7, buckets) == pytest.approx(0.15)
+    assert histogram_quantile(0.95, buckets) == pytest.approx(0.6)
+    assert histogram_quantile(0.5, {float("inf"): 0.0}) is None

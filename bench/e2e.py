@@ -1,14 +1,20 @@
 """End-to-end benchmark on real parts: Kafka -> Flink (MiniCluster) -> ONNX -> Redis.
 
-    python -m bench.e2e [--events 200000] [--parallelism 1] [--live-rate 1000] [--live-seconds 30]
+    python -m bench.e2e [--events 2000000] [--parallelism 2] [--users 10000]
+        [--live-rate 10000] [--live-seconds 60] [--set SECTION.KEY=JSON ...]
 
-- events_per_s: a backlog of --events records (--event-rate per second of event time, as dense
-  as a live stream at that rate) through the whole job (bounded run), minus the job's fixed
-  start-up (a run over a one-record topic), so it is the sustained rate.
-- ceiling_events_per_s: the same topic through the same source + validation into a blackhole,
-  measured the same way in the same run.
-- freshness_p50_ms / p99_ms: live traffic at --live-rate events/s, event time = send time;
-  for every list written, written_at - feature_ts (newest event in it), sampled from Redis.
+- events_per_s: a backlog of --events records (--event-rate per second of event time) through the
+  whole job with scoring (bounded run), minus the job's fixed start-up (a run over a one-record
+  topic), so it is the sustained rate.
+- features_only_events_per_s: the same with scoring.enabled = false; scoring_share_kept =
+  events_per_s / features_only_events_per_s.
+- ceiling_events_per_s: the same topic through the same source + validation into a blackhole.
+- freshness_p50_ms / p99_ms: live traffic at --live-rate events/s for --live-seconds, sent by
+  bench/producer (Go, franz-go: event time = send time, little CPU; its CPU is reported as
+  producer_cpu_share_of_one_core). For every list written after the warm-up: written_at -
+  feature_ts (its newest event), sampled from Redis. job_freshness_p50_ms / p99_ms: the job's own
+  histogram streamrank_list_freshness_seconds over the same span (Prometheus's histogram_quantile
+  on its buckets, so at bucket resolution).
 The last stdout line is one JSON object.
 """
 
@@ -16,99 +22,165 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
+import re
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 
-from bench.harness import start_bench_stack, sustained_rate
+from bench.harness import go_build, start_bench_stack, sustained_rate, toml_value
 from contract import keys
 from contract.config import load_config
 from contract.paths import PROJECT_ROOT
-from devstack.stack import stop_pid
+from devstack.metrics import freshness_buckets, histogram_quantile, scrape
+from devstack.stack import free_port, stop_pid
 from traffic.publish import publish_catalog, publish_events
 from traffic.simulator import Simulator
+
+_TS = re.compile(rb'"ts":\d+')
+_AGES = re.compile(rb'"feature_ts":(\d+),"written_at":(\d+)')
+
+
+def live_records(sim: Simulator, path: Path, count: int, rate: float) -> None:
+    """bench/producer's input: KEY<TAB>JSON lines, ts as a 13-digit placeholder the producer
+    stamps with the send time, event ids ending in ".c000" for its cycle number."""
+    with open(path, "wb") as out:
+        for key, value, valid in sim.records(int(time.time() * 1000), rate, count):
+            if valid:
+                d = json.loads(value)
+                d["event_id"] = f"{d['event_id'][:58]}.c000"
+                value = _TS.sub(b'"ts":0000000000000', json.dumps(d, separators=(",", ":")).encode())
+                out.write(key.encode() + b"\t" + value + b"\n")
+
+
+def list_ages(raw: bytes | None) -> tuple[int, int] | None:
+    """(feature_ts, written_at) of a stored list, without decoding the whole list."""
+    m = _AGES.search(raw) if raw else None
+    return (int(m[1]), int(m[2])) if m else None
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--events", type=int, default=200_000, help="backlog size for the throughput runs")
-    p.add_argument("--parallelism", type=int, default=1)
-    p.add_argument("--users", type=int, default=5000)
-    p.add_argument("--event-rate", type=float, default=20000.0,
+    p.add_argument("--events", type=int, default=2_000_000,
+                   help="backlog size; short runs understate the rate (JIT warm-up, start-up jitter)")
+    p.add_argument("--parallelism", type=int, default=2)
+    p.add_argument("--users", type=int, default=10_000)
+    p.add_argument("--event-rate", type=float, default=50_000.0,
                    help="density of the backlog in event time (events per second of event time)")
-    p.add_argument("--live-rate", type=float, default=1000.0, help="events/s for the freshness run")
-    p.add_argument("--live-seconds", type=float, default=30.0)
+    p.add_argument("--live-rate", type=float, default=10_000.0, help="events/s for the freshness run")
+    p.add_argument("--live-seconds", type=float, default=60.0)
+    p.add_argument("--warmup-seconds", type=float, default=15.0,
+                   help="the first seconds of the live run are not measured (JIT, first model load)")
+    p.add_argument("--skip-backlog", action="store_true", help="only the live freshness run")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=JSON",
+                   help="job config for every run, e.g. flink.python_bundle_time_ms=100")
     args = p.parse_args(argv)
-
+    extra = {k: json.loads(v) for k, v in (x.split("=", 1) for x in args.set)}
+    producer = go_build(PROJECT_ROOT / "bench" / "producer", "producer")
 
     stack = start_bench_stack(partitions=max(2, args.parallelism))
     r = stack.redis
-    cfg = load_config(None)
+    cfg = load_config(None, extra)
+    report: dict = {"events": args.events, "backlog_event_rate": args.event_rate, "parallelism": args.parallelism,
+                    "users": args.users}
     try:
         stack.topics("bench.backlog", "bench.tiny", "bench.live", partitions=max(2, args.parallelism))
         sim = Simulator(seed=42, users=args.users, items=5000, categories=30)
         publish_catalog(sim, stack.bootstrap, "bench.items")
-        start = int(time.time() * 1000) - 3_600_000
-        publish_events(sim, stack.bootstrap, "bench.backlog", args.events, args.event_rate, start_ms=start)
-        publish_events(sim, stack.bootstrap, "bench.tiny", 1, 1.0, start_ms=start, progress=False)
+        if not args.skip_backlog:
+            start = int(time.time() * 1000) - 3_600_000
+            publish_events(sim, stack.bootstrap, "bench.backlog", args.events, args.event_rate, start_ms=start)
+            publish_events(sim, stack.bootstrap, "bench.tiny", 1, 1.0, start_ms=start, progress=False)
 
-        def run(module: str, topic: str) -> float:
-            return stack.timed_run(module, stack.job_sets(topic, args.parallelism))
+            def rate(module: str, **sets: object) -> tuple[int, float]:
+                """(sustained events/s, start-up s) of one configuration."""
+                tiny, full = (stack.timed_run(module, stack.job_sets(t, args.parallelism, **{**extra, **sets}))
+                              for t in ("bench.tiny", "bench.backlog"))
+                return sustained_rate(args.events, full, tiny), tiny
 
-        print("bench: ceiling (source + validation -> blackhole)", flush=True)
-        ceil_tiny, ceil_full = run("bench.ceiling_job", "bench.tiny"), run("bench.ceiling_job", "bench.backlog")
-        print("bench: end to end (recommend job -> Redis)", flush=True)
-        e2e_tiny, e2e_full = run("jobs.recommend", "bench.tiny"), run("jobs.recommend", "bench.backlog")
-        users_with_lists = sum(1 for _ in r.scan_iter(keys.rec_key("*"), count=5000))
+            print("bench: ceiling (source + validation -> blackhole)", flush=True)
+            report["ceiling_events_per_s"], _ = rate("bench.ceiling_job")
+            print("bench: features only (scoring.enabled = false)", flush=True)
+            report["features_only_events_per_s"], _ = rate("jobs.recommend", **{"scoring.enabled": False})
+            print("bench: end to end with scoring", flush=True)
+            report["events_per_s"], report["job_startup_s"] = rate("jobs.recommend")
+            report["users_with_lists"] = sum(1 for _ in r.scan_iter(keys.rec_key("*"), count=5000))
+            report["scoring_share_kept"] = round(report["events_per_s"] / max(report["features_only_events_per_s"], 1), 3)
+            report["ratio"] = round(report["events_per_s"] / max(report["ceiling_events_per_s"], 1), 3)
+            report["job_startup_s"] = round(report["job_startup_s"], 1)
 
         print(f"bench: freshness at {args.live_rate:.0f} events/s for {args.live_seconds:.0f}s", flush=True)
         r.flushdb()
-        job = subprocess.Popen([sys.executable, "-m", "jobs.recommend",
-                                *stack.job_sets("bench.live", args.parallelism, "latest-offset")],
-                               cwd=PROJECT_ROOT, stdout=open(stack.work / "jobs.log", "ab"),
-                               stderr=subprocess.STDOUT, start_new_session=True)
-        time.sleep(20)  # job start-up: the source must be reading before the live stream begins
+        records = stack.work / "live.tsv"
+        live_records(Simulator(seed=43, users=args.users, items=5000, categories=30), records,
+                     min(int(args.live_rate * args.live_seconds), 500_000), args.live_rate)
+        metrics_port = free_port()
+        sets = stack.job_sets("bench.live", args.parallelism, "latest-offset",
+                              **{"flink.prometheus_port": str(metrics_port), **extra})
+        job = subprocess.Popen([sys.executable, "-m", "jobs.recommend", *sets], cwd=PROJECT_ROOT,
+                               stdout=open(stack.work / "jobs.log", "ab"), stderr=subprocess.STDOUT,
+                               start_new_session=True)
+        url = f"http://127.0.0.1:{metrics_port}/metrics"
+        deadline = time.monotonic() + 120
+        while "list_freshness" not in (scrape(url, 2.0) or "") and time.monotonic() < deadline:
+            time.sleep(1)  # the Python operator is running: the source reads
+        time.sleep(3)
         samples: dict[tuple[str, int], int] = {}
         stop = threading.Event()
+        measure_from = [0]
+        users = [u for u, _, _ in (line.partition(b"\t") for line in records.read_bytes().splitlines())]
+        users = sorted(set(users))
 
         def sample() -> None:
+            rng = random.Random(1)
             while not stop.is_set():
-                ks = list(r.scan_iter(keys.rec_key("*"), count=5000))
-                for k, raw in zip(ks, r.mget(ks) if ks else []):
-                    if raw:
-                        d = json.loads(raw)
-                        samples[(k.decode(), d["written_at"])] = d["written_at"] - d["feature_ts"]
-                time.sleep(0.5)
+                ks = [keys.rec_key(u.decode()) for u in rng.sample(users, min(2000, len(users)))]
+                for k, raw in zip(ks, r.mget(ks)):
+                    ages = list_ages(raw)
+                    if ages and ages[1] >= measure_from[0]:
+                        samples[(k, ages[1])] = ages[1] - ages[0]
+                time.sleep(0.25)
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        live = Simulator(seed=43, users=args.users, items=5000, categories=30)
-        publish_events(live, stack.bootstrap, "bench.live", int(args.live_rate * args.live_seconds),
-                       args.live_rate, realtime=True, progress=False)
-        time.sleep(12)  # let the last windows close and be written
+        load = subprocess.Popen([str(producer), "-brokers", stack.bootstrap, "-topic", "bench.live",
+                                 "-records", str(records), "-rate", str(args.live_rate),
+                                 "-count", str(int(args.live_rate * args.live_seconds))],
+                                stdout=subprocess.PIPE, text=True)
+        time.sleep(args.warmup_seconds)
+        measure_from[0] = int(time.time() * 1000)
+        before = freshness_buckets(scrape(url) or "")
+        out, _ = load.communicate()
+        time.sleep(2)  # the last lists
+        after = freshness_buckets(scrape(url) or "")
         stop.set()
         sampler.join()
         stop_pid(job.pid)
+        produced = json.loads(out.strip().splitlines()[-1])
+        job_hist = {b: n - before.get(b, 0.0) for b, n in after.items()}
         fresh = np.array(list(samples.values()) or [0])
-        report = {
-            "events": args.events,
-            "backlog_event_rate": args.event_rate,
-            "parallelism": args.parallelism,
-            "users_with_lists": users_with_lists,
-            "events_per_s": sustained_rate(args.events, e2e_full, e2e_tiny),
-            "ceiling_events_per_s": sustained_rate(args.events, ceil_full, ceil_tiny),
-            "job_startup_s": round(e2e_tiny, 1),
+        q = {name: histogram_quantile(x, job_hist) for name, x in (("p50", 0.5), ("p99", 0.99))}
+        report.update({
             "freshness_p50_ms": int(np.percentile(fresh, 50)),
             "freshness_p99_ms": int(np.percentile(fresh, 99)),
             "freshness_samples": int(len(samples)),
+            "job_freshness_p50_ms": round(q["p50"] * 1000) if q["p50"] is not None else None,
+            "job_freshness_p99_ms": round(q["p99"] * 1000) if q["p99"] is not None else None,
+            "job_lists_written": int(job_hist.get(float("inf"), 0)),
             "live_rate_events_per_s": args.live_rate,
+            "live_sent_rate": round(produced["rate"]),
+            "producer_cpu_share_of_one_core": round(produced["cpu_share_of_one_core"], 3),
             "micro_batch_s": cfg.features.micro_batch_s,
             "out_of_orderness_s": cfg.features.out_of_orderness_s,
-        }
-        report["ratio"] = round(report["events_per_s"] / max(report["ceiling_events_per_s"], 1), 3)
+            "early_fire_s": cfg.features.early_fire_s,
+            "min_interval_s": cfg.scoring.min_interval_s,
+            "python_bundle_time_ms": cfg.flink.python_bundle_time_ms,
+            "settings": {k: toml_value(v) for k, v in extra.items()},
+        })
         print(json.dumps(report))
         return 0
     finally:

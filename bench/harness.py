@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -92,6 +93,20 @@ def start_bench_stack(partitions: int = 2) -> BenchStack:
     cfg = load_config(None)
     model = train_and_publish(build_training_set(hist, cfg, progress=False), work / "models", cfg).parent / "current"
     return BenchStack(work, ksvc, rsvc, model)
+
+
+def go_build(src: Path, name: str) -> Path:
+    """`go build` of the Go program in src into .cache/bin/name (incremental: a no-op when nothing
+    changed); modules come from the Go module proxy."""
+    go = shutil.which("go")
+    if go is None:
+        raise SystemExit(f"this benchmark needs Go (https://go.dev/dl/) to build {src.relative_to(PROJECT_ROOT)}")
+    binary = PROJECT_ROOT / ".cache" / "bin" / name
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    out = subprocess.run([go, "build", "-o", str(binary), "."], cwd=src, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"go build of {src.relative_to(PROJECT_ROOT)} failed:\n{out.stderr[-3000:]}")
+    return binary
 
 
 def sustained_rate(events: int, full_s: float, tiny_s: float) -> int:

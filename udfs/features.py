@@ -459,10 +459,11 @@ def user_vector(state: UserState, t: int, cfg: FeatureConfig) -> np.ndarray:
 
 
 def user_item_matrix(state: UserState, t: int, cfg: FeatureConfig, cands: list,
-                     user: np.ndarray | None = None) -> np.ndarray:
+                     user: np.ndarray | None = None, item_rows: dict | None = None) -> np.ndarray:
     """Model input for the user and each candidate (udfs.candidates.Candidate) at time t: an
     (n, features) float32 matrix in feature_names(cfg) order. One definition for the job and
-    for training."""
+    for training. item_rows: a cache of the candidates' item-side columns (item_columns), shared
+    by the users of one batch, whose candidates are mostly the same objects."""
     n = len(cands)
     if user is None:  # else the caller's user_vector(state, t, cfg), computed once per user
         user = user_vector(state, t, cfg)
@@ -478,18 +479,45 @@ def user_item_matrix(state: UserState, t: int, cfg: FeatureConfig, cands: list,
     aff, own = state.affinity, state.items
     x[:, nu] = [aff.get(c.category, 0.0) / total_aff for c in cands] if aff else 0.0
     x[:, nu + 1] = [own.get(c.item_id, 0.0) / total_items for c in cands] if own else 0.0
-    x[:, nu + 2:nu + 8] = [(c.popularity, c.popularity_long, c.category_popularity, c.category_popularity_long,
-                            c.conversion, math.log1p(max(c.price, 0.0))) for c in cands] if n else 0.0
-    x[:, mem:tail] = [_memory_row(state, t, c, nh) for c in cands] if n else 0.0
-    if n and state.memory:  # forward-decayed weights -> decayed to t
+    items = item_matrix(cands, item_rows)
+    x[:, nu + 2:nu + 8] = items[:, :6]
+    x[:, tail + 1:tail + 3] = items[:, 6:8]
+    # the memory's columns: most candidates are not in the user's memory
+    x[:, mem:tail] = [0.0] * nh + _NO_MEMORY
+    memory = state.memory
+    for j, c in enumerate(cands):
+        if c.item_id in memory:
+            x[j, mem:tail] = _memory_row(state, t, c, nh)
+    if n and memory:  # forward-decayed weights -> decayed to t
         x[:, mem:mem + nh] *= _memory_decay(state, t, cfg)
     total_long = sum(state.categories_long.values()) or 1.0
     x[:, tail] = [state.categories_long.get(c.category, 0.0) / total_long for c in cands] if n else 0.0
-    x[:, tail + 1] = [c.repurchase_rate for c in cands] if n else 0.0
-    x[:, tail + 2] = [c.category_share for c in cands] if n else 0.0
     usual = user[_mean_purchase_column(cfg)]
-    x[:, tail + 3] = [math.log1p(max(c.price, 0.0)) - math.log1p(usual) for c in cands] if n and usual > 0 else 0.0
+    x[:, tail + 3] = items[:, 5] - math.log1p(usual) if usual > 0 else 0.0
     return x.astype(np.float32)
+
+
+def item_columns(c) -> tuple[float, ...]:
+    """A candidate's item-side inputs: popularity (short, long), its category's (short, long),
+    conversion, log price, repurchase rate, share within its category."""
+    return (c.popularity, c.popularity_long, c.category_popularity, c.category_popularity_long, c.conversion,
+            math.log1p(max(c.price, 0.0)), c.repurchase_rate, c.category_share)
+
+
+def item_matrix(cands: list, item_rows: dict | None = None) -> np.ndarray:
+    """(n, 8) item_columns of the candidates, through the item_rows cache when given (keyed by the
+    candidate object's id, holding the object so the id stays its own)."""
+    if not cands:
+        return np.zeros((0, 8))
+    if item_rows is None:
+        return np.array([item_columns(c) for c in cands], dtype=np.float64)
+    rows = []
+    for c in cands:
+        hit = item_rows.get(id(c))
+        if hit is None or hit[0] is not c:
+            hit = item_rows[id(c)] = (c, item_columns(c))
+        rows.append(hit[1])
+    return np.array(rows, dtype=np.float64)
 
 
 _NO_MEMORY = [0.0, NEVER_S, NEVER_S, NO_INTERVAL, NO_INTERVAL]  # after the weights: an item not in memory

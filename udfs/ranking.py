@@ -233,12 +233,13 @@ class BatchRanker:
         spans: list[tuple[str, list[Candidate], int, int]] = []
         start = 0
         profiles: dict[str, keys.Profile] = {}
+        item_rows: dict = {}  # the batch's candidates' item columns, computed once
         for u in scoring:
             s = views[u]
             cands = self.candidates.for_user(s, plans[u].candidates)
             user = user_vector(s, s.window_end, f)  # once, for the model's input and the profile
             profiles[u] = profile(s, f, user)
-            blocks.append(user_item_matrix(s, s.window_end, f, cands, user))
+            blocks.append(user_item_matrix(s, s.window_end, f, cands, user, item_rows))
             spans.append((u, cands, start, start + len(cands)))
             start += len(cands)
         matrix = np.concatenate(blocks) if start else np.zeros((0, len(feature_names(self.cfg.features))), np.float32)

@@ -322,10 +322,11 @@ class ScoringConfig(_Strict):
     top_k: int = Field(25, ge=1, le=500)
     """Length of each user's list in rec:{user}."""
     min_interval_s: float = Field(0.5, ge=0, le=3600)
-    """Shortest time (s, processing time) between two speculative scorings of one user: events
-    that come sooner are folded into the next one (at the latest when their window is final,
-    which always scores when the features changed). A user whose features did not change is
-    never scored again. Larger: less CPU per event, staler lists for very active users."""
+    """Shortest time (s, processing time) between two scorings of one user while the user has
+    events whose window is not final: events that come sooner update the profile at once and
+    the list at the first batch after the interval (a final window that leaves nothing pending
+    scores regardless). A user whose features did not change is not scored again. Larger: less
+    CPU per event, lists up to this much staler for very active users."""
     model_dir: str = "var/models/current"
     """Model directory (model.onnx + card.json); relative paths are from the project root. The
     registry's `current` symlink: the job follows promotions and rollbacks (see reload_check_s)."""

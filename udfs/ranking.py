@@ -101,8 +101,9 @@ class BatchRanker:
     final yet, kept and folded speculatively (udfs.speculation) for the profile and the list,
     never into the stored state, the ledger or the item statistics. A user is scored only when
     the state the list comes from changed since the user's last scoring (or the model or the
-    user's arms did), and early rows score a user at most once per scoring.min_interval_s; a
-    final window that changed the features always scores (it corrects the speculation).
+    user's arms did), at most once per scoring.min_interval_s while the user has events pending
+    (the profile is written at once); a final window that leaves nothing pending and changed
+    what the list was made from always scores (it corrects the speculation).
     """
 
     def __init__(self, cfg: JobConfig, scorer: OnnxScorer | ModelWatcher | None, store: RankingStore) -> None:
@@ -114,7 +115,7 @@ class BatchRanker:
         self.last_drift: DriftReport | None = None
         self.speculation = Speculation(cfg.features)
         self.scored: dict[str, tuple[bytes, float]] = {}  # user -> (what the list was made from, when)
-        self.deferred: set[str] = set()  # users whose early scoring waits for min_interval_s
+        self.deferred: set[str] = set()  # users whose scoring waits for min_interval_s
         self.written: list[tuple[int, int]] = []  # the last batch's lists: (written_at, feature_ts)
 
     def _drift_monitor(self, scorer: OnnxScorer) -> DriftMonitor:
@@ -216,8 +217,12 @@ class BatchRanker:
             if last is not None and last[0] == key:
                 if u in committed:  # the final state is what the list was made from: no scoring
                     out[u] = UserWrite(states[u], profile(views[u], f))
-            elif u not in final_users and last is not None and now - last[1] < min_interval:
+            elif last is not None and now - last[1] < min_interval and views[u] is not states[u]:
+                # scored less than min_interval_s ago, with events still pending: the profile now,
+                # the list at the first batch after the interval (a final window that leaves
+                # nothing pending is not held back: it is the correction)
                 self.deferred.add(u)
+                out[u] = UserWrite(states[u] if u in committed else None, profile(views[u], f))
             else:
                 basis[u] = key
         for u in committed:

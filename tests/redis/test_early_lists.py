@@ -77,7 +77,7 @@ def test_early_rows_write_the_list_of_the_events_seen_so_far_and_the_final_windo
     assert ranker.speculation.pending_users() == set()  # nothing left pending
 
 
-def test_early_scoring_waits_for_min_interval_and_a_final_window_does_not(redis_db, model_dir):
+def test_scoring_waits_for_min_interval_and_a_final_window_that_leaves_nothing_pending_does_not(redis_db, model_dir):
     port, r = redis_db
     cfg = load_config(None, {"redis.port": port, "scoring.model_dir": str(model_dir), "scoring.min_interval_s": 3600.0,
                              "candidates.refresh_s": 0.01})
@@ -90,6 +90,7 @@ def test_early_scoring_waits_for_min_interval_and_a_final_window_does_not(redis_
     assert read_list(r, "u2").feature_ts == t0 + 100
     ranker.rank([early("u2", [second])])  # within min_interval_s: deferred
     assert read_list(r, "u2").feature_ts == t0 + 100 and "u2" in ranker.deferred
+    assert keys.Profile.decode(r.get(keys.profile_key("u2"))).feature_ts == t0 + 200  # the features do not wait
     ranker.rank([final("u2", [first, second], mb)])  # final: scored whatever the interval
     assert read_list(r, "u2").feature_ts == t0 + 200
 

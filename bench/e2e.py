@@ -24,6 +24,7 @@ import argparse
 import json
 import random
 import re
+import statistics
 import subprocess
 import sys
 import threading
@@ -40,6 +41,9 @@ from devstack.metrics import freshness_buckets, histogram_quantile, scrape
 from devstack.stack import free_port, stop_pid
 from traffic.publish import publish_catalog, publish_events
 from traffic.simulator import Simulator
+from jobs.store import RedisStore
+from udfs.features import UserState, feature_names
+from udfs.scorer import OnnxScorer
 
 _TS = re.compile(rb'"ts":\d+')
 _AGES = re.compile(rb'"feature_ts":(\d+),"written_at":(\d+)')
@@ -55,6 +59,36 @@ def live_records(sim: Simulator, path: Path, count: int, rate: float) -> None:
                 d["event_id"] = f"{d['event_id'][:58]}.c000"
                 value = _TS.sub(b'"ts":0000000000000', json.dumps(d, separators=(",", ":")).encode())
                 out.write(key.encode() + b"\t" + value + b"\n")
+
+
+def scoring_floor(model_dir: Path, cfg, candidates: float, rows: int = 200_000) -> dict:
+    """What one core can score: the bench model's onnxruntime rows/s on a batch of `rows` (one
+    intra-op thread, as each Python worker runs it), and so users/s at `candidates` rows a user."""
+    scorer = OnnxScorer(model_dir, feature_names(cfg.features))
+    x = np.random.default_rng(0).gamma(1.0, 2.0, (rows, len(feature_names(cfg.features)))).astype(np.float32)
+    scorer.score(x[:1000])
+    t = time.perf_counter()
+    scorer.score(x)
+    per_s = rows / (time.perf_counter() - t)
+    return {"scoring_rows_per_s_one_core": round(per_s), "candidates_per_user": round(candidates, 1),
+            "scorings_per_s_one_core": round(per_s / max(candidates, 1))}
+
+
+def candidates_per_user(r, cfg, port: int, sample: int = 1000) -> float:
+    """The mean number of candidates the ranker scores for a user: the job's candidate source over
+    the boards and states the live run left in Redis."""
+    source = RedisStore(cfg.model_copy(update={"redis": cfg.redis.model_copy(update={"port": port})}), r).candidates
+    source.refresh(force=True)
+    states = [UserState.decode(raw) for raw in r.mget(list(r.scan_iter(keys.feat_key("*"), count=5000))[:sample]) if raw]
+    return statistics.mean(len(source.for_user(s)) for s in states) if states else 0.0
+
+
+def users_per_second(records: Path, rate: float) -> float:
+    """Distinct users with an event per second of the live stream (each needs a scoring for its
+    list to show that second's events)."""
+    users = [line.partition(b"\t")[0] for line in records.read_bytes().splitlines()]
+    per = max(1, int(rate))
+    return statistics.mean(len(set(users[i:i + per])) for i in range(0, len(users) - per + 1, per))
 
 
 def list_ages(raw: bytes | None) -> tuple[int, int] | None:
@@ -109,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             print("bench: end to end with scoring", flush=True)
             report["events_per_s"], report["job_startup_s"] = rate("jobs.recommend")
             report["users_with_lists"] = sum(1 for _ in r.scan_iter(keys.rec_key("*"), count=5000))
+
             report["scoring_share_kept"] = round(report["events_per_s"] / max(report["features_only_events_per_s"], 1), 3)
             report["ratio"] = round(report["events_per_s"] / max(report["ceiling_events_per_s"], 1), 3)
             report["job_startup_s"] = round(report["job_startup_s"], 1)
@@ -161,6 +196,12 @@ def main(argv: list[str] | None = None) -> int:
         sampler.join()
         stop_pid(job.pid)
         produced = json.loads(out.strip().splitlines()[-1])
+        # the floor: how many users one core can score, against how many users the live stream
+        # brings each second (the candidates per user: the ranker's, over the lists just written)
+        report.update(scoring_floor(stack.model, cfg, candidates_per_user(r, cfg, stack.redis_svc.port)))
+        report["live_users_per_s"] = round(users_per_second(records, args.live_rate))
+        report["cores_to_score_every_user_each_second"] = round(
+            report["live_users_per_s"] / max(report["scorings_per_s_one_core"], 1), 2)
         job_hist = {b: n - before.get(b, 0.0) for b, n in after.items()}
         fresh = np.array(list(samples.values()) or [0])
         q = {name: histogram_quantile(x, job_hist) for name, x in (("p50", 0.5), ("p99", 0.99))}

@@ -30,14 +30,19 @@ def read_list(r, user: str) -> keys.RecList | None:
     return keys.RecList.decode(raw) if raw else None
 
 
-def test_early_rows_write_the_list_of_the_events_seen_so_far_and_the_final_window_corrects_it(redis_db, model_dir):
+def ranker_at(redis_db, model_dir, min_interval_s: float) -> tuple[BatchRanker, object, int, int]:
+    """(ranker, Redis client, micro-batch ms, the start of a window a minute ago)."""
     port, r = redis_db
-    cfg = load_config(None, {"redis.port": port, "scoring.model_dir": str(model_dir), "scoring.min_interval_s": 0.0,
-                             "candidates.refresh_s": 0.01})
-    f = cfg.features
-    mb = int(f.micro_batch_s * 1000)
-    ranker = BatchRanker(cfg, ModelWatcher(model_dir, feature_names(f), 0), RedisStore(cfg, r))
-    t0 = (int(time.time() * 1000) - 60_000) // mb * mb  # the start of a window
+    cfg = load_config(None, {"redis.port": port, "scoring.model_dir": str(model_dir),
+                             "scoring.min_interval_s": min_interval_s, "candidates.refresh_s": 0.01})
+    mb = int(cfg.features.micro_batch_s * 1000)
+    ranker = BatchRanker(cfg, ModelWatcher(model_dir, feature_names(cfg.features), 0), RedisStore(cfg, r))
+    return ranker, r, mb, (int(time.time() * 1000) - 60_000) // mb * mb
+
+
+def test_early_rows_write_the_list_of_the_events_seen_so_far_and_the_final_window_corrects_it(redis_db, model_dir):
+    ranker, r, mb, t0 = ranker_at(redis_db, model_dir, 0.0)
+    f = ranker.cfg.features
     a = [Event("e1", "view", "i1", "c1", t0 + 100, 0.0, True), Event("e2", "click", "i2", "c1", t0 + 300, 0.0, True)]
     b = Event("e3", "purchase", "i3", "c2", t0 + 500, 12.5, True)  # arrives late, but before the watermark
     late_in_next = Event("e4", "view", "i4", "c2", t0 + mb + 10, 0.0, True)
@@ -78,12 +83,7 @@ def test_early_rows_write_the_list_of_the_events_seen_so_far_and_the_final_windo
 
 
 def test_scoring_waits_for_min_interval_and_a_final_window_that_leaves_nothing_pending_does_not(redis_db, model_dir):
-    port, r = redis_db
-    cfg = load_config(None, {"redis.port": port, "scoring.model_dir": str(model_dir), "scoring.min_interval_s": 3600.0,
-                             "candidates.refresh_s": 0.01})
-    mb = int(cfg.features.micro_batch_s * 1000)
-    ranker = BatchRanker(cfg, ModelWatcher(model_dir, feature_names(cfg.features), 0), RedisStore(cfg, r))
-    t0 = (int(time.time() * 1000) - 60_000) // mb * mb
+    ranker, r, mb, t0 = ranker_at(redis_db, model_dir, 3600.0)
     first = Event("e1", "view", "i1", "c1", t0 + 100, 0.0, True)
     second = Event("e2", "view", "i2", "c1", t0 + 200, 0.0, True)
     ranker.rank([early("u2", [first])])
@@ -96,12 +96,7 @@ def test_scoring_waits_for_min_interval_and_a_final_window_that_leaves_nothing_p
 
 
 def test_a_pending_erase_waits_for_its_final_window(redis_db, model_dir):
-    port, r = redis_db
-    cfg = load_config(None, {"redis.port": port, "scoring.model_dir": str(model_dir), "scoring.min_interval_s": 0.0,
-                             "candidates.refresh_s": 0.01})
-    mb = int(cfg.features.micro_batch_s * 1000)
-    ranker = BatchRanker(cfg, ModelWatcher(model_dir, feature_names(cfg.features), 0), RedisStore(cfg, r))
-    t0 = (int(time.time() * 1000) - 60_000) // mb * mb
+    ranker, r, mb, t0 = ranker_at(redis_db, model_dir, 0.0)
     view = Event("e1", "view", "i1", "c1", t0 + 100, 0.0, True)
     erase = Event("e2", "erase", "", "unknown", t0 + mb + 200, 0.0, True)  # in the next window
     ranker.rank([final("u3", [view], mb)])

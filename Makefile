@@ -35,6 +35,7 @@ bench: setup
 	$(PY) -m bench.e2e
 	$(PY) -m bench.features
 	$(PY) -m bench.serving
+	$(PY) -m bench.scoring
 
 # Re-resolve the whole dependency set in one run (then commit requirements.lock).
 lock:

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import redis
 
-from contract.config import load_config
+from contract.config import JobConfig, load_config
 from contract.paths import PROJECT_ROOT
 from devstack.stack import Service, create_topics, free_port, start_kafka, start_redis, stop_pid
-from models.training import build_training_set, train_and_publish
+from models.training import TrainingSet, build_training_set, train_and_publish
 from traffic.publish import write_history
 from traffic.simulator import Simulator
 
@@ -87,12 +87,19 @@ def start_bench_stack(partitions: int = 2) -> BenchStack:
     print(f"bench: work dir {work}", flush=True)
     rsvc = start_redis(work, free_port())
     ksvc = start_kafka(work, free_port(), free_port(), partitions=partitions)
+    cfg, ts = bench_training_set(work)
+    model = train_and_publish(ts, work / "models", cfg).parent / "current"
+    return BenchStack(work, ksvc, rsvc, model)
+
+
+def bench_training_set(work: Path) -> tuple[JobConfig, TrainingSet]:
+    """The training set of the benchmarks' small model (default config): 20,000 simulated events
+    at 5/s (2,000 users, 5,000 items), written to work/history.jsonl."""
     hist = work / "history.jsonl"
     write_history(Simulator(seed=42, users=2000, items=5000, categories=30), str(hist), 20000, 5.0,
                   int((time.time() - 7200) * 1000), progress=False)
     cfg = load_config(None)
-    model = train_and_publish(build_training_set(hist, cfg, progress=False), work / "models", cfg).parent / "current"
-    return BenchStack(work, ksvc, rsvc, model)
+    return cfg, build_training_set(hist, cfg, progress=False)
 
 
 def go_build(src: Path, name: str) -> Path:

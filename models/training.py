@@ -36,6 +36,7 @@ from tqdm import tqdm
 from contract.config import JobConfig
 from contract.schema import Interaction
 from models.offline import OfflineReplay, in_features, load_catalog, read_history
+from models.onnx_form import MIN_KENDALL_TAU, MIN_TOP_OVERLAP, RankingParity, ranking_parity, single_target_form
 from models.registry import Registry
 from udfs.features import feature_names, new_purchase_occasion, user_item_matrix
 from udfs.scorer import session_scores
@@ -264,8 +265,9 @@ class TrainedModel:
 
 def fit_and_export(ts: TrainingSet, cfg: JobConfig, kind: str = "classifier", seed: int = 0,
                    progress: bool = True) -> TrainedModel:
-    """Fit on the earlier cut-offs (early stopping on the later ones), export to ONNX and check
-    that ONNX scores as the trained model does; PublishRefused if not."""
+    """Fit on the earlier cut-offs (early stopping on the later ones), export to ONNX (in its fast
+    form when training.onnx_form asks for it and the fast form ranks the held-out lists as the
+    export does) and check that ONNX scores as the trained model does; PublishRefused if not."""
     fit, val = time_split(ts)
     binary = ts.binary()
     if len(set(binary[fit])) < 2:
@@ -279,6 +281,14 @@ def fit_and_export(ts: TrainingSet, cfg: JobConfig, kind: str = "classifier", se
     held = val if valid is not None else fit
     auc = float(roc_auc_score(binary[held], model_scores(model, ts.x[held])))
     onnx_bytes, opset = export_onnx(model, ts.x.shape[1])
+    form: dict = {"form": "onnxmltools' export"}
+    fast = single_target_form(onnx_bytes) if tc.onnx_form == "fast" else None
+    if fast is not None:
+        ranked = check_ranking_parity(onnx_bytes, fast, ts.x[held], ts.query[held])
+        onnx_bytes = fast
+        form = {"form": "single-target TreeEnsembleRegressor + Sigmoid", "against_export": {
+            "top10_overlap": round(ranked.top10_overlap, 6), "kendall_tau": round(ranked.kendall_tau, 6),
+            "lists": ranked.lists}}
     max_diff = parity(model, onnx_bytes, ts.x[held][:5000])
     if max_diff > PARITY_TOLERANCE:
         raise PublishRefused(
@@ -301,6 +311,7 @@ def fit_and_export(ts: TrainingSet, cfg: JobConfig, kind: str = "classifier", se
                     "what": "the validation cut-offs (candidate rows, sampled negatives)" if valid is not None
                     else "the fitted rows (no validation cut-offs)"},
         "onnx_parity_max_diff": max_diff,
+        "onnx_form": form,
         "feature_importance": {n: round(float(v), 6) for n, v in zip(names, importance)},
         "reference_distributions": reference_distributions(ts.x[fit], names),
         "features_config": cfg.features.model_dump(),
@@ -394,6 +405,23 @@ def parity(model, onnx_bytes: bytes, x: np.ndarray) -> float:
     of a probability."""
     if not len(x):
         return 0.0
-    sess = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
     want = model_scores(model, x)
-    return float(np.max(np.abs(session_scores(sess, x) - want)) / max(1.0, float(np.max(np.abs(want)))))
+    return float(np.max(np.abs(onnx_scores(onnx_bytes, x) - want)) / max(1.0, float(np.max(np.abs(want)))))
+
+
+def onnx_scores(onnx_bytes: bytes, x: np.ndarray) -> np.ndarray:
+    return session_scores(ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"]), x)
+
+
+def check_ranking_parity(exported: bytes, fast: bytes, x: np.ndarray, lists: np.ndarray) -> RankingParity:
+    """How closely the fast form ranks held-out candidate lists (x's rows; lists: per row, its list)
+    as the export does (models.onnx_form.ranking_parity); PublishRefused below the thresholds."""
+    ranked = ranking_parity(onnx_scores(exported, x), onnx_scores(fast, x), lists)
+    if not ranked.holds():
+        raise PublishRefused(
+            f"the fast ONNX form ranks the {ranked.lists} held-out candidate lists differently from onnxmltools' "
+            f"export: top-10 overlap {ranked.top10_overlap:.4f} (needs >= {MIN_TOP_OVERLAP}), Kendall tau "
+            f"{ranked.kendall_tau:.4f} (needs >= {MIN_KENDALL_TAU}); model not published. Publish the export as it "
+            'is with training.onnx_form = "exported" in the config, and report the model: the fast form is meant to '
+            "score exactly as the export does")
+    return ranked

@@ -256,6 +256,10 @@ class FeatureConfig(_Strict):
     statistics still change only when a window is final (which corrects the list if the
     speculation missed something). 0, or with [quarantine] enabled (its rules need the
     watermark): lists are written only when windows are final."""
+    early_fire_max_lag_s: float = Field(30.0, gt=0)
+    """Events further than this (s) behind the wall clock are not folded early: the job is
+    catching up on a backlog, their windows will be final within moments, and lists of every
+    step on the way would cost a scoring each."""
     watermark_emit: Literal["on-event", "on-periodic"] = "on-event"
     """on-event: a watermark after every record (exact, reproducible late accounting);
     on-periodic: every pipeline.auto-watermark-interval (cheaper)."""

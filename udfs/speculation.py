@@ -9,6 +9,10 @@ final. Until then they are folded, window by window in event-time order, over a 
 user's final state: the same apply_window, so the early list means "the features over the events
 this subtask has seen so far", and once every window it holds is final the two are equal.
 
+Events more than features.early_fire_max_lag_s behind the wall clock are not kept: a job
+catching up on a backlog sees its windows final within moments, and speculating on each step
+would cost a scoring each. The view then holds the events seen within that lag.
+
 Nothing here is checkpointed: after a restart the pending events are those read again, and the
 final windows correct whatever the speculation missed.
 """
@@ -53,10 +57,16 @@ class Speculation:
     def __init__(self, cfg: FeatureConfig) -> None:
         self.cfg = cfg
         self.mb_ms = int(round(cfg.micro_batch_s * 1000))
+        self.max_lag_ms = int(cfg.early_fire_max_lag_s * 1000)
         self.users: dict[str, Pending] = {}
 
     def add(self, user: str, events: list[Event], now_ms: int) -> None:
-        """Early events of one user: each goes to its window's pending list."""
+        """Early events of one user: each goes to its window's pending list, unless it is more
+        than features.early_fire_max_lag_s behind now_ms (a backlog: its window is final soon)."""
+        oldest = now_ms - self.max_lag_ms
+        events = [e for e in events if e.ts >= oldest]
+        if not events:
+            return
         p = self.users.get(user)
         if p is None:
             p = self.users[user] = Pending()

@@ -31,13 +31,13 @@ def read_list(r, user: str) -> keys.RecList | None:
 
 
 def ranker_at(redis_db, model_dir, min_interval_s: float) -> tuple[BatchRanker, object, int, int]:
-    """(ranker, Redis client, micro-batch ms, the start of a window a minute ago)."""
+    """(ranker, Redis client, micro-batch ms, the start of a window ten seconds ago)."""
     port, r = redis_db
     cfg = load_config(None, {"redis.port": port, "scoring.model_dir": str(model_dir),
                              "scoring.min_interval_s": min_interval_s, "candidates.refresh_s": 0.01})
     mb = int(cfg.features.micro_batch_s * 1000)
     ranker = BatchRanker(cfg, ModelWatcher(model_dir, feature_names(cfg.features), 0), RedisStore(cfg, r))
-    return ranker, r, mb, (int(time.time() * 1000) - 60_000) // mb * mb
+    return ranker, r, mb, (int(time.time() * 1000) - 10_000) // mb * mb
 
 
 def test_early_rows_write_the_list_of_the_events_seen_so_far_and_the_final_window_corrects_it(redis_db, model_dir):
@@ -106,3 +106,15 @@ def test_a_pending_erase_waits_for_its_final_window(redis_db, model_dir):
     assert read_list(r, "u3") == listed
     ranker.rank([final("u3", [erase], mb)])
     assert read_list(r, "u3") is None
+
+
+def test_a_backlog_is_not_speculated_on(redis_db, model_dir):
+    """Events further behind the wall clock than features.early_fire_max_lag_s (a job catching
+    up): no early list; the final window writes one."""
+    ranker, r, mb, _ = ranker_at(redis_db, model_dir, 0.0)
+    old = (int(time.time() * 1000) - 3_600_000) // mb * mb
+    events = [Event("b1", "view", "i1", "c1", old + 100, 0.0, True)]
+    ranker.rank([early("u4", events)])
+    assert read_list(r, "u4") is None and ranker.speculation.pending_users() == set()
+    ranker.rank([final("u4", events, mb)])
+    assert read_list(r, "u4").feature_ts == old + 100

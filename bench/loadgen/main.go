@@ -1,6 +1,7 @@
 // loadgen: the load process of `python -m bench.serving`. It drives the streamrank gRPC lookup
 // service (closed loop at each concurrency, then open loop at half of the peak rate), calls the
-// same server's health check at the same rates (the cost of a gRPC round trip alone), and reads
+// same server's health check the same ways (closed loop, then open loop at the lookups' rates: the
+// cost of a gRPC round trip alone, and the peak a call that does no lookup reaches), and reads
 // the same keys from Redis directly, from this one process, and prints one JSON object. It is written
 // in Go so that the load generator's own CPU cost (2 cores shared with the server) stays small.
 // Requests are encoded with protowire and sent through a pass-through codec: no generated stubs.
@@ -335,7 +336,7 @@ func main() {
 	flag.IntVar(&halfRepeats, "half-repeats", 3, "runs of the open loop at half of each peak; the median p99's run is reported, with every run's p99")
 	flag.IntVar(&serverPid, "server-pid", 0, "the service's process id: report its CPU per call for each step (from /proc)")
 	floor := flag.Bool("floor", true, "also call grpc.health.v1 Health/Check (the same server, a call that does no lookup) "+
-		"open loop at the k=25 rates: what a gRPC round trip alone costs on this machine")
+		"closed loop at the same concurrencies and open loop at the k=25 rates: what a gRPC round trip alone costs on this machine")
 	flag.Parse()
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(400) // fewer collections in the load process: less of its own jitter in every figure
@@ -394,8 +395,12 @@ func main() {
 			}
 			return nil
 		}
+		var curve []Summary
+		for _, n := range ints(*concs) {
+			curve = append(curve, closedLoop(h, n, *seconds, *warmup))
+		}
 		half, open := openSteps(h, 2*kHalf, floats(*openFractions), *seconds, *warmup)
-		out["grpc_floor"] = Curve{Direct: &half, Open: open}
+		out["grpc_floor"] = Curve{Curve: curve, PeakQPS: peak(curve), Direct: &half, Open: open}
 	}
 
 	if *recKeyPrefix == "" {

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -73,4 +74,26 @@ func countLists(c *ListCache) int {
 		n += len(c.shards[i].lists)
 	}
 	return n
+}
+
+func TestListCacheUnderConcurrentCallsAndRewrites(t *testing.T) {
+	lists := newListCache(listShards * 4 * decodeList(storedList("v0", 20)).bytes)
+	versions := []string{storedList("v0", 20), storedList("v1", 20), storedList("v2", 20)}
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for n := range 2000 {
+				raw := versions[(g+n)%len(versions)]
+				q := &Request{UserID: fmt.Sprint("u", n%50), K: 5}
+				out, err := Answer(q, &raw, lists, nil, 2000, "")
+				if err != nil || len(out.Items) != 5 || out.ModelVersion != fmt.Sprint("v", (g+n)%len(versions)) {
+					t.Errorf("answer %v, %v for %s", out, err, raw[:40])
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
 }

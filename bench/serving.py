@@ -2,9 +2,10 @@
 process, and the load from another process (bench/loadgen, a small Go program, built here with
 `go build` on first use): closed loop at concurrency 1-64 for k = 10, 25 and 100, then open loop at
 half of the peak rate (run --half-repeats times, the median p99 reported) and at 10% and 25% of it,
-the same server's gRPC health check the same ways (a round trip with no lookup: the floor, both for
-p99 at the k = 25 rates and for the closed-loop peak), and direct Redis GETs of the same keys from
-the same load process. The load
+the same server's gRPC health check the same ways, each step beside k = 25's and the 10%/25% open
+loops in turns with them (a round trip with no lookup: the floor, both for p99 at the k = 25 rates
+and for the closed-loop peak), and direct Redis GETs of the same keys from the same load process.
+The load
 generator is Go so that its own CPU (the machine has 2 cores) is small: a Python grpc.aio load
 process took most of a core at 3,500 calls/s. Writes a latency/throughput plot; the last stdout
 line is JSON.

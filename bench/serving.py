@@ -1,9 +1,11 @@
 """Lookup-service benchmark: its own Redis seeded with lists, `streamrank serve` as a separate
 process, and the load from another process (bench/loadgen, a small Go program, built here with
 `go build` on first use): closed loop at concurrency 1-64 for k = 10, 25 and 100, then open loop at
-half of the peak rate (run --half-repeats times, the median p99 reported), the same server's gRPC
-health check at those rates (a round trip with no lookup: the floor), and direct Redis GETs of the
-same keys from the same load process. The load
+half of the peak rate (run --half-repeats times, the median p99 reported) and at 10% and 25% of it,
+the same server's gRPC health check the same ways, each step beside k = 25's and the 10%/25% open
+loops in turns with them (a round trip with no lookup: the floor, both for p99 at the k = 25 rates
+and for the closed-loop peak), and direct Redis GETs of the same keys from the same load process.
+The load
 generator is Go so that its own CPU (the machine has 2 cores) is small: a Python grpc.aio load
 process took most of a core at 3,500 calls/s. Writes a latency/throughput plot; the last stdout
 line is JSON.
@@ -124,6 +126,10 @@ def plot(result: dict, path: Path) -> None:
     curve = result["redis"]["curve"]
     ax.plot([c["qps"] for c in curve], [c["p99_ms"] for c in curve], marker="s", linestyle="--",
             label="Redis GET direct p99")
+    health = (result.get("grpc_floor") or {}).get("curve")
+    if health:
+        ax.plot([c["qps"] for c in health], [c["p99_ms"] for c in health], marker="^", linestyle="-.",
+                label="gRPC health check p99 (no lookup)")
     ax.set_xlabel("throughput (calls/s, closed loop, concurrency 1-64)")
     ax.set_ylabel("p99 latency (ms)")
     ax.set_title("closed loop: latency vs throughput")
@@ -197,8 +203,8 @@ def main() -> None:
                 raise SystemExit(f"server did not start; see {server_log}")
             time.sleep(0.1)
         print(f"load: k in 10/25/100, concurrency 1-64, then open loop at 10/25/50% of each peak; the health "
-              f"check and Redis at the k=25 rates; {args.seconds:.0f} s a step "
-              f"(about {(38 + 5 * args.half_repeats) * (args.seconds + 0.5):.0f} s)",
+              f"check at the same concurrencies and the k=25 rates, Redis too; {args.seconds:.0f} s a step "
+              f"(about {(45 + 5 * args.half_repeats) * (args.seconds + 0.5):.0f} s)",
               file=sys.stderr, flush=True)
         writer = Rewriter(redis_svc.port, args.users, args.rewrites_per_s)
         writer.start()
@@ -249,6 +255,19 @@ def main() -> None:
         at_peak = max(g25["curve"], key=lambda c: c["qps"])
         summary["k25_server_cpu_us_per_call"] = {"at_peak": at_peak.get("server_cpu_us_per_call"),
                                                  "at_half_peak": g25["at_half_peak"].get("server_cpu_us_per_call")}
+    if floor.get("curve") and g25:
+        # the same server's closed-loop peak for a call that does no lookup: what gRPC and the load
+        # generator alone allow on this machine
+        health_peak = max(floor["curve"], key=lambda c: c["qps"])
+        summary["health_peak_calls_per_s"] = health_peak["qps"]
+        summary["health_server_cpu_us_per_call_at_peak"] = health_peak.get("server_cpu_us_per_call")
+        summary["k25_peak_over_health_peak"] = round(g25["peak_qps"] / health_peak["qps"], 2) if health_peak["qps"] else None
+    # the lookup's p99 over the health check's at the same offered rate, at 10% and 25% of the k=25
+    # peak: the targets read these
+    for g, f in zip(g25.get("open_loop") or [], floor.get("open_loop") or []):
+        share = round(100 * g["rate"] / g25["peak_qps"])
+        if g["p99_ms"] and f["p99_ms"]:
+            summary[f"k25_p99_over_floor_{share}pct"] = round(g["p99_ms"] / f["p99_ms"], 2)
     # the same comparisons at lighter loads (open loop at 10% and 25% of the k=25 peak)
     summary["k25_lighter_load"] = [
         {"rate": g["rate"], "p99_ms": g["p99_ms"], "redis_p99_ms": r["p99_ms"],

@@ -37,7 +37,9 @@ class CacheConfig(_Strict):
     lists_mb: int = Field(64, ge=0, le=65_536)
     """Go engine: memory for users' lists kept in the service, with Redis's server-assisted
     client-side caching (CLIENT TRACKING): Redis tells the service the moment the job rewrites a
-    list, so an entry is never older than Redis's copy. 0 turns it off (every call reads Redis)."""
+    list, so an entry is never older than Redis's copy. The lists are kept decoded too, in up to as
+    much again, so a list read unchanged is not parsed again. 0 turns both off (every call reads
+    Redis and parses the list)."""
     lists_ttl_s: float = Field(30.0, gt=0)
     """Go engine: the longest a cached list is kept, invalidation or not."""
 

@@ -1,6 +1,8 @@
 // loadgen: the load process of `python -m bench.serving`. It drives the streamrank gRPC lookup
 // service (closed loop at each concurrency, then open loop at half of the peak rate), calls the
-// same server's health check at the same rates (the cost of a gRPC round trip alone), and reads
+// same server's health check the same ways beside k=25's steps (closed loop at each concurrency,
+// then open loop at the lookups' rates, in turns with them: the cost of a gRPC round trip alone,
+// and the peak a call that does no lookup reaches), and reads
 // the same keys from Redis directly, from this one process, and prints one JSON object. It is written
 // in Go so that the load generator's own CPU cost (2 cores shared with the server) stays small.
 // Requests are encoded with protowire and sent through a pass-through codec: no generated stubs.
@@ -15,6 +17,7 @@ import (
 	"math/rand"
 	"os"
 	"runtime/debug"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -199,12 +202,21 @@ func closedLoop(c call, concurrency int, seconds, warmup float64) Summary {
 // generator's own timer jitter is not charged to the server.
 // The first `warmup` seconds run at the same rate and are not measured, as in the closed loop.
 func openLoop(c call, rate, seconds, warmup float64) Summary {
+	ticks := cpuTicks(serverPid)
+	lat, errors, total := openRun(c, rate, seconds, warmup)
+	s := summarize(lat, seconds)
+	s.Rate, s.Errors = round(rate, 1), errors
+	cpuPerCall(&s, ticks, total)
+	return s
+}
+
+// openRun is one open-loop run: the measured calls' latencies, their errors, and every call made.
+func openRun(c call, rate, seconds, warmup float64) ([]time.Duration, int64, int64) {
 	skip := int(rate * warmup)
 	total := skip + int(rate*seconds)
 	lat := make([]time.Duration, total)
 	var errors int64
 	var wg sync.WaitGroup
-	ticks := cpuTicks(serverPid)
 	t0 := time.Now()
 	for i := 0; i < total; i++ {
 		due := t0.Add(time.Duration(float64(i) / rate * float64(time.Second)))
@@ -222,10 +234,38 @@ func openLoop(c call, rate, seconds, warmup float64) Summary {
 		}(i)
 	}
 	wg.Wait()
-	s := summarize(lat[skip:], seconds)
-	s.Rate, s.Errors = round(rate, 1), errors
-	cpuPerCall(&s, ticks, int64(total))
-	return s
+	return lat[skip:], errors, int64(total)
+}
+
+// pairedOpenLoop runs the open loop of a and of b at the same rate in turns, `slices` turns each
+// of seconds/slices, and summarizes each over all its turns: both meet the same background load
+// (on this shared 2-core machine other work comes and goes within minutes), so the ratio of their
+// p99s reads the difference between the two calls rather than the moment each was measured.
+func pairedOpenLoop(a, b call, rate, seconds, warmup float64, slices int) (Summary, Summary) {
+	var out [2]Summary
+	var lats [2][]time.Duration
+	var errors, calls, ticks [2]int64
+	for range slices {
+		for n, c := range []call{a, b} {
+			before := cpuTicks(serverPid)
+			lat, e, total := openRun(c, rate, seconds/float64(slices), warmup)
+			if after := cpuTicks(serverPid); before >= 0 && after >= 0 && ticks[n] >= 0 {
+				ticks[n] += after - before
+			} else {
+				ticks[n] = -1
+			}
+			lats[n], errors[n], calls[n] = append(lats[n], lat...), errors[n]+e, calls[n]+total
+		}
+	}
+	for n := range out {
+		out[n] = summarize(lats[n], seconds)
+		out[n].Rate, out[n].Errors = round(rate, 1), errors[n]
+		if ticks[n] >= 0 && calls[n] > 0 {
+			us := round(float64(ticks[n])*1e4/float64(calls[n]), 1)
+			out[n].ServerCPUUs = &us
+		}
+	}
+	return out[0], out[1]
 }
 
 // invoke sends one pre-encoded request on the connection `pick` chooses, with a 2 s deadline.
@@ -255,14 +295,22 @@ func openSteps(c call, peakRate float64, fractions []float64, seconds, warmup fl
 // from one bench run to the next.
 func medianRun(n int, step func() Summary) Summary {
 	runs := make([]Summary, 0, n)
+	for i := 0; i < n; i++ {
+		runs = append(runs, step())
+	}
+	return median(runs)
+}
+
+// median is medianRun's choice among runs already made.
+func median(runs []Summary) Summary {
+	n := len(runs)
 	var p99s []*float64
 	var errors int64
-	for i := 0; i < n; i++ {
-		s := step()
-		runs = append(runs, s)
+	for _, s := range runs {
 		p99s = append(p99s, s.P99)
 		errors += s.Errors
 	}
+	runs = slices.Clone(runs)
 	sort.SliceStable(runs, func(a, b int) bool { return p99OrInf(runs[a]) < p99OrInf(runs[b]) })
 	m := runs[len(runs)/2]
 	m.Errors = errors
@@ -335,7 +383,8 @@ func main() {
 	flag.IntVar(&halfRepeats, "half-repeats", 3, "runs of the open loop at half of each peak; the median p99's run is reported, with every run's p99")
 	flag.IntVar(&serverPid, "server-pid", 0, "the service's process id: report its CPU per call for each step (from /proc)")
 	floor := flag.Bool("floor", true, "also call grpc.health.v1 Health/Check (the same server, a call that does no lookup) "+
-		"open loop at the k=25 rates: what a gRPC round trip alone costs on this machine")
+		"closed loop at the same concurrencies and open loop at the k=25 rates, each step beside k=25's: what a gRPC round trip alone costs on this machine")
+	turns := flag.Int("floor-turns", 3, "the open loops at fractions of the k=25 peak alternate k=25 and health-check runs in this many turns each")
 	flag.Parse()
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(400) // fewer collections in the load process: less of its own jitter in every figure
@@ -351,10 +400,26 @@ func main() {
 		}
 		conns[i] = c
 	}
+	// HealthCheckRequest{} is empty; the answer must be SERVING (field 1 = 1)
+	health := func(pick uint64) error {
+		resp, err := invoke(conns, pick, healthMethod, []byte{})
+		if err != nil {
+			return err
+		}
+		if len(resp) != 2 || resp[0] != 0x08 || resp[1] != 0x01 {
+			return fmt.Errorf("health answer %x is not SERVING", resp)
+		}
+		return nil
+	}
+	kList := ints(*ks)
+	floorK := kList[0] // the k the health check is measured beside: 25, or the first
+	if slices.Contains(kList, 25) {
+		floorK = 25
+	}
 	out := map[string]any{}
 	grpcOut := map[string]Curve{}
 	var kHalf float64
-	for _, k := range ints(*ks) {
+	for _, k := range kList {
 		reqs := make([][]byte, *users)
 		for u := range reqs {
 			reqs[u] = encodeRequest(fmt.Sprintf("u%d", u), k)
@@ -370,33 +435,42 @@ func main() {
 			}
 			return nil
 		}
-		var curve []Summary
+		if k != floorK || !*floor {
+			var curve []Summary
+			for _, n := range ints(*concs) {
+				curve = append(curve, closedLoop(c, n, *seconds, *warmup))
+			}
+			p := peak(curve)
+			half, open := openSteps(c, p, floats(*openFractions), *seconds, *warmup)
+			grpcOut[strconv.Itoa(k)] = Curve{Curve: curve, PeakQPS: p, Half: &half, Open: open}
+			if k == floorK {
+				kHalf = p / 2
+			}
+			continue
+		}
+		// each step of this k, then the health check's, so both meet the same background load
+		var curve, floorCurve []Summary
 		for _, n := range ints(*concs) {
 			curve = append(curve, closedLoop(c, n, *seconds, *warmup))
+			floorCurve = append(floorCurve, closedLoop(health, n, *seconds, *warmup))
 		}
 		p := peak(curve)
-		half, open := openSteps(c, p, floats(*openFractions), *seconds, *warmup)
-		grpcOut[strconv.Itoa(k)] = Curve{Curve: curve, PeakQPS: p, Half: &half, Open: open}
-		if k == 25 || kHalf == 0 {
-			kHalf = p / 2
+		kHalf = p / 2
+		var halves, floorHalves []Summary
+		for range halfRepeats {
+			halves = append(halves, openLoop(c, kHalf, *seconds, *warmup))
+			floorHalves = append(floorHalves, openLoop(health, kHalf, *seconds, *warmup))
 		}
+		var open, floorOpen []Summary
+		for _, f := range floats(*openFractions) {
+			o, fo := pairedOpenLoop(c, health, p*f, *seconds, *warmup, *turns)
+			open, floorOpen = append(open, o), append(floorOpen, fo)
+		}
+		half, floorHalf := median(halves), median(floorHalves)
+		grpcOut[strconv.Itoa(k)] = Curve{Curve: curve, PeakQPS: p, Half: &half, Open: open}
+		out["grpc_floor"] = Curve{Curve: floorCurve, PeakQPS: peak(floorCurve), Direct: &floorHalf, Open: floorOpen}
 	}
 	out["grpc"] = grpcOut
-	if *floor && kHalf > 0 {
-		// HealthCheckRequest{} is empty; the answer must be SERVING (field 1 = 1)
-		h := func(pick uint64) error {
-			resp, err := invoke(conns, pick, healthMethod, []byte{})
-			if err != nil {
-				return err
-			}
-			if len(resp) != 2 || resp[0] != 0x08 || resp[1] != 0x01 {
-				return fmt.Errorf("health answer %x is not SERVING", resp)
-			}
-			return nil
-		}
-		half, open := openSteps(h, 2*kHalf, floats(*openFractions), *seconds, *warmup)
-		out["grpc_floor"] = Curve{Direct: &half, Open: open}
-	}
 
 	if *recKeyPrefix == "" {
 		fmt.Fprintln(os.Stderr, "loadgen: -rec-key-prefix is required (bench/serving.py passes contract.keys.rec_key(\"\"))")

@@ -64,8 +64,10 @@ func exposureOf(r *pb.GetRecommendationsResponse, storedID string, servedAtMs in
 // newRequestID is contract.exposures.new_request_id: 128 random bits as 32 hex digits.
 func newRequestID() string {
 	var b [16]byte
+	var id [32]byte        // on the stack: the string is the one allocation
 	_, _ = rand.Read(b[:]) // never fails (crypto/rand on Linux)
-	return hex.EncodeToString(b[:])
+	hex.Encode(id[:], b[:])
+	return string(id[:])
 }
 
 // ExposureLog sends exposure records to Kafka with franz-go, from one goroutine: a call only

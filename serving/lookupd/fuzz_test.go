@@ -5,6 +5,7 @@ package main
 // runs each on its seeds; bench.fuzz runs them with -fuzz for a bounded time and reports execs.
 
 import (
+	"fmt"
 	"slices"
 	"testing"
 
@@ -53,6 +54,8 @@ func FuzzLookupRulesAndAnswer(f *testing.F) {
 		f.Add(user, uint32(3), "home", "i1", "c1", stored, true)
 	}
 	f.Add("u1", uint32(0), "", "", "", `{"items":[["i1",1e400,"c"]],"feature_ts":1}`, true)
+	f.Add("u1", uint32(1), "", "", "", `{"items":[["i1",1,"c"],["i2"]],"feature_ts":1}`, true)
+	lists := newListCache(1 << 16)
 	f.Fuzz(func(t *testing.T, user string, k uint32, placement, excludeItem, category, stored string, found bool) {
 		q := &pb.GetRecommendationsRequest{UserId: user, K: k, Placement: placement,
 			Filters: &pb.Filters{ExcludeItems: []string{excludeItem}, IncludeCategories: []string{category}}}
@@ -64,7 +67,13 @@ func FuzzLookupRulesAndAnswer(f *testing.F) {
 		if !found {
 			raw = nil
 		}
-		out, err := Answer(&req, raw, popular, 1_700_000_000_000, "")
+		out, err := Answer(&req, raw, nil, popular, 1_700_000_000_000, "")
+		for range 2 { // decoded into the list cache, then read from it: the same answer or error
+			cached, cerr := Answer(&req, raw, lists, popular, 1_700_000_000_000, "")
+			if fmt.Sprint(cerr) != fmt.Sprint(err) || !proto.Equal(cached, out) {
+				t.Fatalf("with the list cache: %v, %v; without: %v, %v", cached, cerr, out, err)
+			}
+		}
 		if err != nil {
 			return // a stored list the job never writes: INTERNAL, for that user only
 		}

@@ -113,8 +113,8 @@ var parsers fastjson.ParserPool
 // Answer builds one answer from the user's stored list (raw JSON; nil: none) or, failing that,
 // from the popular items; unavailable names why the store could not be read (raw is nil then).
 // raw is the text Redis (or the list cache) returned, not a copy: fastjson parses it in the
-// parser's own reused buffer.
-func Answer(q *Request, raw *string, popular []*pb.ScoredItem, nowMs int64, unavailable string) (*pb.GetRecommendationsResponse, error) {
+// parser's own reused buffer. lists keeps decoded lists between calls (nil: decode on every call).
+func Answer(q *Request, raw *string, lists *ListCache, popular []*pb.ScoredItem, nowMs int64, unavailable string) (*pb.GetRecommendationsResponse, error) {
 	out := &pb.GetRecommendationsResponse{UserId: q.UserID, Placement: q.Placement}
 	if raw == nil {
 		out.Fallback, out.FallbackReason = true, "no_list"
@@ -130,6 +130,10 @@ func Answer(q *Request, raw *string, popular []*pb.ScoredItem, nowMs int64, unav
 				out.Items = append(out.Items, it)
 			}
 		}
+		return out, nil
+	}
+	if l := lists.decoded(q.UserID, *raw); l != nil {
+		l.fill(out, q, nowMs)
 		return out, nil
 	}
 	p := parsers.Get()
@@ -166,15 +170,25 @@ func Answer(q *Request, raw *string, popular []*pb.ScoredItem, nowMs int64, unav
 	if ts == nil {
 		return nil, errors.New("stored list of " + q.UserID + " has no feature_ts")
 	}
-	if out.FeatureTsMs, err = ts.Int64(); err != nil {
-		f, ferr := ts.Float64()
-		if ferr != nil {
-			return nil, fmt.Errorf("stored list of %s: feature_ts: %w", q.UserID, err)
-		}
-		out.FeatureTsMs = int64(f)
+	if out.FeatureTsMs, err = featureTsOf(ts); err != nil {
+		return nil, fmt.Errorf("stored list of %s: feature_ts: %w", q.UserID, err)
 	}
 	out.ListAgeMs = max(0, nowMs-out.FeatureTsMs)
 	return out, nil
+}
+
+// featureTsOf reads feature_ts as an integer, or a number with a fraction cut off; the error is
+// the integer read's.
+func featureTsOf(ts *fastjson.Value) (int64, error) {
+	ms, err := ts.Int64()
+	if err != nil {
+		f, ferr := ts.Float64()
+		if ferr != nil {
+			return 0, err
+		}
+		ms = int64(f)
+	}
+	return ms, nil
 }
 
 // PopularItems turns the trending board (ZREVRANGE WITHSCORES) and the items' metadata (HMGET of

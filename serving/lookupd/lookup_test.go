@@ -112,43 +112,51 @@ func TestLookupRulesGiveTheSharedAnswers(t *testing.T) {
 	for n, p := range v.Popular {
 		popular[n] = &pb.ScoredItem{ItemId: p[0].(string), Score: p[1].(float64), Category: p[2].(string)}
 	}
-	for _, c := range v.Cases {
-		t.Run(c.Name, func(t *testing.T) {
-			q := c.Request
-			f := q.Filters
-			checked, err := rules.Check(&pb.GetRecommendationsRequest{UserId: q.UserID, K: q.K, Placement: q.Placement,
-				Filters: &pb.Filters{IncludeCategories: f.Include, ExcludeCategories: f.Exclude, ExcludeItems: f.ExcludeItems}})
-			var answer *pb.GetRecommendationsResponse
-			if err == nil {
-				var raw *string
-				if s, ok := v.Stored[q.UserID]; ok && c.Unavailable == "" {
-					raw = &s
-				}
-				answer, err = Answer(&checked, raw, popular, v.NowMs, c.Unavailable)
-			}
-			if c.Error != "" {
+	// every case decoded on the call, then from a cache shared by all cases: first decoded into it
+	// (or from a list an earlier case decoded), then from it
+	cache := newListCache(1 << 20)
+	for _, run := range []struct {
+		name  string
+		lists *ListCache
+	}{{"decoded on the call", nil}, {"into the list cache", cache}, {"from the list cache", cache}} {
+		for _, c := range v.Cases {
+			t.Run(run.name+"/"+c.Name, func(t *testing.T) {
+				q := c.Request
+				f := q.Filters
+				checked, err := rules.Check(&pb.GetRecommendationsRequest{UserId: q.UserID, K: q.K, Placement: q.Placement,
+					Filters: &pb.Filters{IncludeCategories: f.Include, ExcludeCategories: f.Exclude, ExcludeItems: f.ExcludeItems}})
+				var answer *pb.GetRecommendationsResponse
 				if err == nil {
-					t.Fatalf("want %s, got an answer", c.Error)
+					var raw *string
+					if s, ok := v.Stored[q.UserID]; ok && c.Unavailable == "" {
+						raw = &s
+					}
+					answer, err = Answer(&checked, raw, run.lists, popular, v.NowMs, c.Unavailable)
 				}
-				st, _ := status.FromError(statusOf(err))
-				if codeName(st.Code()) != c.Error {
-					t.Fatalf("want %s, got %s (%v)", c.Error, codeName(st.Code()), err)
+				if c.Error != "" {
+					if err == nil {
+						t.Fatalf("want %s, got an answer", c.Error)
+					}
+					st, _ := status.FromError(statusOf(err))
+					if codeName(st.Code()) != c.Error {
+						t.Fatalf("want %s, got %s (%v)", c.Error, codeName(st.Code()), err)
+					}
+					if c.Message != nil && st.Message() != *c.Message {
+						t.Fatalf("message %q, want %q", st.Message(), *c.Message)
+					}
+					return
 				}
-				if c.Message != nil && st.Message() != *c.Message {
-					t.Fatalf("message %q, want %q", st.Message(), *c.Message)
+				if err != nil {
+					t.Fatal(err)
 				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			got := map[string]any{"items": triples(answer.Items), "model_version": answer.ModelVersion,
-				"feature_ts_ms": answer.FeatureTsMs, "list_age_ms": answer.ListAgeMs, "fallback": answer.Fallback,
-				"fallback_reason": answer.FallbackReason, "placement": answer.Placement}
-			if g, w := normalized(t, got), normalized(t, c.Expect); !reflect.DeepEqual(g, w) {
-				t.Fatalf("got  %v\nwant %v", g, w)
-			}
-		})
+				got := map[string]any{"items": triples(answer.Items), "model_version": answer.ModelVersion,
+					"feature_ts_ms": answer.FeatureTsMs, "list_age_ms": answer.ListAgeMs, "fallback": answer.Fallback,
+					"fallback_reason": answer.FallbackReason, "placement": answer.Placement}
+				if g, w := normalized(t, got), normalized(t, c.Expect); !reflect.DeepEqual(g, w) {
+					t.Fatalf("got  %v\nwant %v", g, w)
+				}
+			})
+		}
 	}
 }
 

@@ -43,6 +43,8 @@ var (
 		Name: "streamrank_serving_list_cache_total",
 		Help: "Users' lists read from the in-process cache (hit) or from Redis (miss); Go engine with cache.lists_mb > 0"},
 		[]string{"result"})
+	// resolved once: a call counts each list it reads
+	listCacheHits, listCacheMisses = listCache.WithLabelValues("hit"), listCache.WithLabelValues("miss")
 )
 
 // Service implements streamrank.v1.Recommendations.
@@ -51,6 +53,7 @@ type Service struct {
 	rules      *Rules
 	store      *Store
 	pseudonyms *Pseudonyms
+	lists      *ListCache   // nil: cache.lists_mb = 0
 	exposures  *ExposureLog // nil: [exposures] enabled = false
 }
 
@@ -84,14 +87,7 @@ func (s *Service) recommend(ctx context.Context, qs []*pb.GetRecommendationsRequ
 	if err := s.rules.CheckBatch(len(qs)); err != nil {
 		return nil, err
 	}
-	users := make([]string, 0, len(checked)) // distinct
-	seen := make(map[string]bool, len(checked))
-	for _, q := range checked {
-		if !seen[q.UserID] {
-			seen[q.UserID] = true
-			users = append(users, q.UserID)
-		}
-	}
+	users, of := distinctUsers(checked)
 	unavailable := ""
 	values, err := s.readFirst(ctx, users, s.rules.c.RecPrefix)
 	if err != nil {
@@ -103,7 +99,7 @@ func (s *Service) recommend(ctx context.Context, qs []*pb.GetRecommendationsRequ
 	experiments := s.store.Experiments()
 	out := make([]*pb.GetRecommendationsResponse, len(checked))
 	for n := range checked {
-		if out[n], err = Answer(&checked[n], values[checked[n].UserID], popular, now, unavailable); err != nil {
+		if out[n], err = Answer(&checked[n], values[of[n]], s.lists, popular, now, unavailable); err != nil {
 			return nil, err
 		}
 		if out[n].Fallback {
@@ -122,6 +118,26 @@ func (s *Service) recommend(ctx context.Context, qs []*pb.GetRecommendationsRequ
 		}
 	}
 	return out, nil
+}
+
+// distinctUsers lists the requests' users once each, in order, with the index of each request's
+// user in that list.
+func distinctUsers(checked []Request) (users []string, of []int) {
+	of = make([]int, len(checked))
+	if len(checked) == 1 { // GetRecommendations: no index to build
+		return []string{checked[0].UserID}, of
+	}
+	at := make(map[string]int, len(checked))
+	for n, q := range checked {
+		i, ok := at[q.UserID]
+		if !ok {
+			i = len(users)
+			at[q.UserID] = i
+			users = append(users, q.UserID)
+		}
+		of[n] = i
+	}
+	return users, of
 }
 
 func (s *Service) GetRecommendations(ctx context.Context, q *pb.GetRecommendationsRequest) (*pb.GetRecommendationsResponse, error) {
@@ -150,16 +166,16 @@ func (s *Service) GetUserFeatures(ctx context.Context, q *pb.GetUserFeaturesRequ
 	if err != nil {
 		return nil, statusOf(err)
 	}
-	out, err := Features(q.GetUserId(), values[q.GetUserId()])
+	out, err := Features(q.GetUserId(), values[0])
 	return out, statusOf(err)
 }
 
 // readFirst reads, in one round trip, each user's value under their current stored id (a nil
-// value: none), or every user nil with err when Redis cannot answer. During a key rotation the
-// previous key's value answers only while the job holds no state (feat:) under the current
-// pseudonym: a user the job has seen since, erased or opted out included, is answered from the
-// current key alone (serving/core.py's _read_first, the same rule).
-func (s *Service) readFirst(ctx context.Context, users []string, prefix string) (map[string]*string, error) {
+// value: none), in the order of users, or every user nil with err when Redis cannot answer.
+// During a key rotation the previous key's value answers only while the job holds no state (feat:)
+// under the current pseudonym: a user the job has seen since, erased or opted out included, is
+// answered from the current key alone (serving/core.py's _read_first, the same rule).
+func (s *Service) readFirst(ctx context.Context, users []string, prefix string) ([]*string, error) {
 	stored := make([][]string, len(users))
 	keys := make([]string, 0, len(users)*(2*len(s.pseudonyms.keys)+1))
 	for n, u := range users {
@@ -172,13 +188,13 @@ func (s *Service) readFirst(ctx context.Context, users []string, prefix string) 
 			keys = append(keys, prefix+id)
 		}
 	}
-	out := make(map[string]*string, len(users))
+	out := make([]*string, len(users))
 	values, err := s.store.Read(ctx, keys)
 	if err != nil {
 		return out, err
 	}
 	at := 0
-	for n, u := range users {
+	for n := range users {
 		value := values[at]
 		at++
 		if older := len(stored[n]) - 1; older > 0 {
@@ -192,9 +208,7 @@ func (s *Service) readFirst(ctx context.Context, users []string, prefix string) 
 				value = v
 			}
 		}
-		if value != nil {
-			out[u] = value
-		}
+		out[n] = value
 	}
 	return out, nil
 }
@@ -215,6 +229,21 @@ func codeName(c codes.Code) string {
 		prev = r
 	}
 	return b.String()
+}
+
+// codeNames: codeName of every code gRPC defines, spelt once rather than on every call.
+var codeNames = func() (names [codes.Unauthenticated + 1]string) {
+	for c := range names {
+		names[c] = codeName(codes.Code(c))
+	}
+	return names
+}()
+
+func statusName(c codes.Code) string {
+	if int(c) < len(codeNames) {
+		return codeNames[c]
+	}
+	return codeName(c)
 }
 
 // interceptor checks the bearer token (all but health checks, constant-time compare), refuses a
@@ -251,7 +280,7 @@ func interceptor(service string, expected []byte, undecodableRule string) grpc.U
 			resp, err = handler(ctx, req)
 		}
 		latency.WithLabelValues("grpc", method).Observe(time.Since(t0).Seconds())
-		requests.WithLabelValues("grpc", method, codeName(status.Code(err))).Inc()
+		requests.WithLabelValues("grpc", method, statusName(status.Code(err))).Inc()
 		return resp, err
 	}
 }

@@ -301,19 +301,16 @@ func (s *Store) get(ctx context.Context, keys []string) ([]*string, error) {
 		if err != nil && !rueidis.IsRedisNil(err) {
 			return nil, err
 		}
-		listCache.WithLabelValues(hitOrMiss(&m)).Inc()
+		if m.IsCacheHit() {
+			listCacheHits.Inc()
+		} else {
+			listCacheMisses.Inc()
+		}
 		if values[n], err = textOf(&m, &texts[n]); err != nil {
 			return nil, err
 		}
 	}
 	return values, nil
-}
-
-func hitOrMiss(m *rueidis.RedisMessage) string {
-	if m.IsCacheHit() {
-		return "hit"
-	}
-	return "miss"
 }
 
 // textOf stores a string reply's text in *into and returns into; nil for a nil reply.

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -31,7 +30,7 @@ from matplotlib.figure import Figure
 import redis
 from tqdm import tqdm
 
-from bench.harness import stop_on_sigterm
+from bench.harness import go_build, stop_on_sigterm
 from contract import keys
 from contract.paths import PROJECT_ROOT
 from devstack.stack import free_port, port_open, start_redis, stop_pid
@@ -101,22 +100,6 @@ def service_pid(server_pid: int, engine: str) -> int:
     return 0
 
 
-LOADGEN_SRC = PROJECT_ROOT / "bench" / "loadgen"
-LOADGEN = PROJECT_ROOT / ".cache" / "bin" / "loadgen"
-
-
-def build_loadgen() -> Path:
-    """go build (incremental: a no-op when nothing changed); modules from the Go module proxy."""
-    go = shutil.which("go")
-    if go is None:
-        raise SystemExit("bench.serving needs Go (https://go.dev/dl/) to build its load generator, bench/loadgen")
-    LOADGEN.parent.mkdir(parents=True, exist_ok=True)
-    out = subprocess.run([go, "build", "-o", str(LOADGEN), "."], cwd=LOADGEN_SRC, capture_output=True, text=True)
-    if out.returncode != 0:
-        raise SystemExit(f"go build of bench/loadgen failed:\n{out.stderr[-3000:]}")
-    return LOADGEN
-
-
 def plot(result: dict, path: Path) -> None:
     fig = Figure(figsize=(12, 4.5))
     ax, ax2 = fig.subplots(1, 2)
@@ -179,7 +162,7 @@ def main() -> None:
     p.add_argument("--plot", default=str(PROJECT_ROOT / "var" / "bench" / "serving.png"), help="PNG to write")
     args = p.parse_args()
 
-    loadgen = build_loadgen()
+    loadgen = go_build(PROJECT_ROOT / "bench" / "loadgen", "loadgen")
     stop_on_sigterm()
     work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     # no append-only file: the lists are seeded and rewritten here, not the job's state, and the

@@ -386,7 +386,8 @@ FROM checked WHERE reason IS NOT NULL OR is_late""")
     early_ms = 0 if quarantine else int(round(cfg.features.early_fire_s * 1000))
     if early_ms:
         # early firing: every features.early_fire_s of processing time, each user's on-time events
-        # of that span, as rows with window_end_ms 0. They meet the final windows in the same
+        # of that span (no further behind the wall clock than early_fire_max_lag_s: a backlog's
+        # windows are final within moments, and its early rows would only cost), as rows with window_end_ms 0. They meet the final windows in the same
         # Python subtask (both aggregations are keyed by user_id and feed it forward), which folds
         # them speculatively over the user's state until their window is final
         # (udfs.ranking.BatchRanker).
@@ -394,7 +395,8 @@ FROM checked WHERE reason IS NOT NULL OR is_late""")
 CREATE TEMPORARY VIEW early_events AS
 SELECT {user_sql} AS user_id, {EVENT_LINE_SQL} AS line, proc_time
 FROM checked
-WHERE reason IS NULL AND NOT is_late""")
+WHERE reason IS NULL AND NOT is_late
+  AND event_time >= proc_time - INTERVAL '{cfg.features.early_fire_max_lag_s:.3f}' SECOND""")
         windows += f"""
   UNION ALL
   SELECT user_id, CAST(0 AS BIGINT) AS window_end_ms, {EVENT_LIST_SQL} AS event_list

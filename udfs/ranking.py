@@ -175,7 +175,8 @@ class BatchRanker:
         self.candidates.refresh(deeper=largest_counts(spec))
         final_users = {d.user_id for d in finals}
         users = sorted(final_users | {d.user_id for d in deltas} | due)
-        states = self.store.read_states(users)
+        cached = {u: s for u in users if u not in final_users and (s := self.speculation.final_state(u)) is not None}
+        states = {**self.store.read_states([u for u in users if u not in cached]), **cached}
         read_end = {u: states[u].window_end for u in users}
         fresh: list[tuple[int, list[Event], list]] = []  # windows that are not replays after a restart
         for d in sorted(finals, key=lambda d: d.window_end):
@@ -193,6 +194,10 @@ class BatchRanker:
         ms = int(now * 1000)
         views: dict[str, UserState] = {}  # what each profile and list describe
         for u in users:
+            last = self.scored.get(u)
+            if u not in committed and last is not None and now - last[1] < min_interval and self.scorer is not None:
+                self.deferred.add(u)  # held back (below): its events are folded when it is due
+                continue
             view = self.speculation.view(u, states[u], ms)
             if view is not None:
                 views[u] = view
@@ -212,17 +217,17 @@ class BatchRanker:
         plans = {u: plan_for(spec, u, ms) for u in views if u not in out}
         basis: dict[str, bytes] = {}
         for u, plan in plans.items():
-            key = state_digest(views[u]) + repr((scorer.version, plan.scoring, plan.arms)).encode()
             last = self.scored.get(u)
+            if last is not None and now - last[1] < min_interval and views[u] is not states[u]:
+                # scored less than min_interval_s ago, with events still pending: the profile and
+                # list at the first batch after the interval (a final window that leaves nothing
+                # pending is not held back: it is the correction)
+                self.deferred.add(u)
+                continue
+            key = state_digest(views[u]) + repr((scorer.version, plan.scoring, plan.arms)).encode()
             if last is not None and last[0] == key:
                 if u in committed:  # the final state is what the list was made from: no scoring
                     out[u] = UserWrite(states[u], profile(views[u], f))
-            elif last is not None and now - last[1] < min_interval and views[u] is not states[u]:
-                # scored less than min_interval_s ago, with events still pending: the profile now,
-                # the list at the first batch after the interval (a final window that leaves
-                # nothing pending is not held back: it is the correction)
-                self.deferred.add(u)
-                out[u] = UserWrite(states[u] if u in committed else None, profile(views[u], f))
             else:
                 basis[u] = key
         for u in committed:

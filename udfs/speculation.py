@@ -45,8 +45,9 @@ class Pending:
 
     windows: dict[int, list[Event]] = field(default_factory=dict)
     arrived_ms: int = 0  # when the newest of them came (processing time)
-    # the fold: (window end, state after it) for the windows in ascending order, and the base it
-    # starts from (the final state's digest); () until folded
+    # the fold: (window end, state after it) for the windows in ascending order, the final state
+    # it starts from and that state's digest; () until folded
+    final: UserState | None = None
     base: bytes = b""
     chain: list[tuple[int, UserState]] = field(default_factory=list)
 
@@ -93,7 +94,7 @@ class Speculation:
             return None
         if any(e.type in CONTROL_ACTIONS for events in p.windows.values() for e in events):
             return None
-        base = state_digest(final)
+        base = p.base if final is p.final else state_digest(final)
         chain = [(end, s) for end, s in p.chain if end > final.window_end]
         if p.base != base and chain:
             # the final windows folded something other than what was speculated (an event the early
@@ -106,8 +107,14 @@ class Speculation:
             events = p.windows[end]
             state, _ = apply_window(state, WindowDelta(user, end, ""), self.cfg, events)
             chain.append((end, state))
-        p.base, p.chain = base, chain
+        p.final, p.base, p.chain = final, base, chain
         return state
+
+    def final_state(self, user: str) -> UserState | None:
+        """The user's final state as the last view() was given it, while events are pending: the
+        stored one, since only this subtask writes the user's state (None: read it)."""
+        p = self.users.get(user)
+        return p.final if p is not None else None
 
     def pending_users(self) -> set[str]:
         return set(self.users)

@@ -90,7 +90,7 @@ def test_scoring_waits_for_min_interval_and_a_final_window_that_leaves_nothing_p
     assert read_list(r, "u2").feature_ts == t0 + 100
     ranker.rank([early("u2", [second])])  # within min_interval_s: deferred
     assert read_list(r, "u2").feature_ts == t0 + 100 and "u2" in ranker.deferred
-    assert keys.Profile.decode(r.get(keys.profile_key("u2"))).feature_ts == t0 + 200  # the features do not wait
+    assert keys.Profile.decode(r.get(keys.profile_key("u2"))).feature_ts == t0 + 100  # the profile waits with it
     ranker.rank([final("u2", [first, second], mb)])  # final: scored whatever the interval
     assert read_list(r, "u2").feature_ts == t0 + 200
 

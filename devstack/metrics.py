@@ -19,6 +19,9 @@ from contract.schema import CONTROL_ACTIONS
 
 MONITORING = PROJECT_ROOT / "deploy" / "monitoring"
 
+TASK_BUSY = "flink_taskmanager_job_task_busyTimeMsPerSecond"
+TASK_BACKPRESSURED = "flink_taskmanager_job_task_backPressuredTimeMsPerSecond"
+SOURCE_ASSIGNED = "flink_taskmanager_job_task_operator_KafkaSourceReader_KafkaConsumer_assigned_partitions"
 _LEDGER_METRIC = re.compile(r"flink_taskmanager_job_task_operator_streamrank_(\w+)")
 
 
@@ -109,6 +112,27 @@ def histogram_quantile(q: float, buckets: dict[float, float]) -> float | None:
             return lower + (b - lower) * (rank - below) / max(buckets[b] - below, 1e-12)
         lower, below = b, buckets[b]
     return lower
+
+
+def task_load(text: str) -> dict[str, tuple[float, float]]:
+    """Each task (its chained operators' name, shortened): (busy, back-pressured) ms per second,
+    the highest over its subtasks. Flink's own answer to "which stage is the bottleneck"."""
+    out: dict[str, tuple[float, float]] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name not in (TASK_BUSY, TASK_BACKPRESSURED):
+            continue
+        for s in family.samples:
+            name = s.labels.get("task_name", "?")[:60]
+            busy, back = out.get(name, (0.0, 0.0))
+            out[name] = (max(busy, s.value), back) if family.name == TASK_BUSY else (busy, max(back, s.value))
+    return out
+
+
+def source_assigned(text: str) -> bool:
+    """Whether the Kafka source readers hold their partitions (a job reading from the latest
+    offset misses nothing sent after this)."""
+    return any(s.value > 0 for family in text_string_to_metric_families(text) if family.name == SOURCE_ASSIGNED
+               for s in family.samples)
 
 
 def rule_inputs() -> set[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
 import numpy as np
@@ -102,12 +103,14 @@ class BatchRanker:
     never into the stored state, the ledger or the item statistics. A user is scored only when
     the state the list comes from changed since the user's last scoring (or the model or the
     user's arms did), at most once per scoring.min_interval_s while the user has events pending
-    (the profile is written at once); a final window that leaves nothing pending and changed
+    (the profile waits with the list); a final window that leaves nothing pending and changed
     what the list was made from always scores (it corrects the speculation).
     """
 
-    def __init__(self, cfg: JobConfig, scorer: OnnxScorer | ModelWatcher | None, store: RankingStore) -> None:
+    def __init__(self, cfg: JobConfig, scorer: OnnxScorer | ModelWatcher | None, store: RankingStore,
+                 clock: Callable[[], float] = time.time) -> None:
         self.cfg = cfg
+        self.clock = clock  # wall-clock seconds; bench.ranker replays a stream on a simulated one
         self.scorer = scorer
         self.store = store
         self.candidates = store.candidates
@@ -163,7 +166,7 @@ class BatchRanker:
         self.written = []
         if not deltas:
             return ledger
-        now = time.time()
+        now = self.clock()
         finals = [d for d in deltas if d.window_end]
         for d in deltas:
             if not d.window_end:
@@ -261,7 +264,7 @@ class BatchRanker:
                 self._report_drift(report)
 
         k = self.cfg.scoring.top_k
-        written_at = int(time.time() * 1000)
+        written_at = int(self.clock() * 1000)
         for u, cands, a, b in spans:
             s = views[u]
             user_scores = scores[a:b]

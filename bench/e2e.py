@@ -134,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     producer = go_build(PROJECT_ROOT / "bench" / "producer", "producer")
 
     stack = start_bench_stack(partitions=max(2, args.parallelism))
+    running: list[subprocess.Popen] = []  # the live job and the producer, stopped on any exit
     r = stack.redis
     cfg = load_config(None, extra)
     report: dict = {"events": args.events, "backlog_event_rate": args.event_rate, "parallelism": args.parallelism,
@@ -176,10 +177,14 @@ def main(argv: list[str] | None = None) -> int:
         job = subprocess.Popen([sys.executable, "-m", "jobs.recommend", *sets], cwd=PROJECT_ROOT,
                                stdout=open(stack.work / "jobs.log", "ab"), stderr=subprocess.STDOUT,
                                start_new_session=True)
+        running.append(job)
         url = f"http://127.0.0.1:{metrics_port}/metrics"
         deadline = time.monotonic() + 120
         while not source_assigned(scrape(url, 2.0) or "") and time.monotonic() < deadline:
             time.sleep(1)
+        if time.monotonic() >= deadline:
+            print("bench: the job's Kafka source held no partition after 120 s; measuring anyway "
+                  f"(see {stack.work / 'jobs.log'})", flush=True)
         time.sleep(3)
         samples: dict[tuple[str, int], int] = {}
         stop = threading.Event()
@@ -212,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
                                  "-records", str(records), "-rate", str(args.live_rate),
                                  "-count", str(int(args.live_rate * args.live_seconds))],
                                 stdout=subprocess.PIPE, text=True)
+        running.append(load)
         time.sleep(args.warmup_seconds)
         measure_from[0] = int(time.time() * 1000)
         before = freshness_buckets(scrape(url) or "")
@@ -261,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(report))
         return 0
     finally:
+        for proc in running:
+            if proc.poll() is None:
+                stop_pid(proc.pid)
         stack.close()
 
 

@@ -5,7 +5,8 @@ feeds it, on a real Redis with the bench model.
 
 A simulated stream of --rate events/s (the bench's simulator) is cut into early rows every
 features.early_fire_s and final windows once the watermark (out_of_orderness_s) passes them, on a
-simulated clock, after a warm-up minute of final windows (boards and states). It reports the CPU
+simulated clock, after a warm-up minute of final windows (boards and states) and a settling span
+(micro_batch_s + out_of_orderness_s + min_interval_s) that is not measured. It reports the CPU
 the ranker spent per row, per list written, and the cores it needs to keep up with that stream
 (`cores_needed`): the floor under the live job's freshness at that rate, before Flink, Kafka and
 Arrow add theirs. `onnx_share` is the part of it in onnxruntime. The last stdout line is JSON.
@@ -56,7 +57,8 @@ def ranker_cost(cfg: JobConfig, r: redis.Redis, rate: float, seconds: float, use
     if early <= 0:
         raise SystemExit("bench.ranker replays early rows: features.early_fire_s must be > 0")
     start = int(time.time() * 1000) - int(warmup_s * 1000)
-    events = iter(list(sim.events(start, rate, int(rate * (seconds + warmup_s)))))  # generated before timing
+    span_s = warmup_s + seconds + 2 * (f.micro_batch_s + f.out_of_orderness_s) + cfg.scoring.min_interval_s + 1
+    events = iter(list(sim.events(start, rate, int(rate * span_s))))  # generated before timing
     held: list[dict] = []  # read past the current span
 
     def until(t_ms: int) -> list[dict]:
@@ -88,9 +90,18 @@ def ranker_cost(cfg: JobConfig, r: redis.Redis, rate: float, seconds: float, use
             onnx_s[0] += time.process_time() - t0
 
     onnx.run = timed_run
+    # the warm-up's last final window was ranked at t + lag: the live clock starts there (the
+    # events in between are dropped), and the first micro_batch + lateness + min_interval of it
+    # are not measured (no final window is due yet, and users scored at the end of the warm-up
+    # are still held back), so the measured span carries the full live load
+    until(t + lag)
+    t += lag
+    settle = mb + lag + int(cfg.scoring.min_interval_s * 1000)
+    measure_from, end = t + settle, t + settle + seconds * 1000
     cpu0 = time.process_time()
-    end = t + seconds * 1000
     while t < end:
+        if t < measure_from <= t + early:
+            cpu0, rows, lists, onnx_s[0] = time.process_time(), 0, 0, 0.0
         span = until(t + early)
         deltas = _rows(span, 0)
         for e in span:

@@ -327,8 +327,8 @@ class ScoringConfig(_Strict):
     """Length of each user's list in rec:{user}."""
     min_interval_s: float = Field(0.5, ge=0, le=3600)
     """Shortest time (s, processing time) between two scorings of one user while the user has
-    events whose window is not final: events that come sooner update the profile at once and
-    the list at the first batch after the interval (a final window that leaves nothing pending
+    events whose window is not final: events that come sooner reach the profile and the list
+    together, at the first batch after the interval (a final window that leaves nothing pending
     scores regardless). A user whose features did not change is not scored again. Larger: less
     CPU per event, lists up to this much staler for very active users."""
     model_dir: str = "var/models/current"

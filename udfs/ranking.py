@@ -235,7 +235,8 @@ class BatchRanker:
                 basis[u] = key
         for u in committed:
             if u not in out and u not in basis:  # deferred: the state is written, the list waits
-                out[u] = UserWrite(states[u], profile(views[u], f))
+                # and so do the pending events: the profile is the final state's
+                out[u] = UserWrite(states[u], profile(states[u], f))
         scoring = sorted(basis)
         own = {i for u in scoring
                for i in memory_items(views[u], plans[u].candidates.get("own_history", self.cfg.candidates.own_history))}

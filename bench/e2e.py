@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.harness import go_build, start_bench_stack, sustained_rate, toml_value
+from bench.harness import go_build, parse_sets, start_bench_stack, sustained_rate, toml_value
 from bench.ranker import ranker_cost
 from contract import keys
 from contract.config import load_config
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=JSON",
                    help="job config for every run, e.g. flink.python_bundle_time_ms=100")
     args = p.parse_args(argv)
-    extra = {k: json.loads(v) for k, v in (x.split("=", 1) for x in args.set)}
+    extra = parse_sets(args.set)
     producer = go_build(PROJECT_ROOT / "bench" / "producer", "producer")
 
     stack = start_bench_stack(partitions=max(2, args.parallelism))

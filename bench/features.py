@@ -27,7 +27,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from bench.harness import start_bench_stack, sustained_rate
+from bench.harness import parse_sets, start_bench_stack, sustained_rate
 from contract import keys
 from contract.paths import PROJECT_ROOT
 from traffic.publish import publish_catalog, publish_events
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = []
         for par in args.parallelism:
             print(f"bench: parallelism {par}", flush=True)
-            off = {"scoring.enabled": False, **{k: json.loads(v) for k, v in (x.split("=", 1) for x in args.set)}}
+            off = {"scoring.enabled": False, **parse_sets(args.set)}
 
             def times(module: str, *first: str, **extra: object) -> tuple[float, ...]:
                 """(one-record run, backlog run) in seconds."""

@@ -22,6 +22,11 @@ from traffic.publish import write_history
 from traffic.simulator import Simulator
 
 
+def parse_sets(pairs: list[str]) -> dict[str, object]:
+    """The benches' --set SECTION.KEY=JSON options as config overrides."""
+    return {k: json.loads(v) for k, v in (x.split("=", 1) for x in pairs)}
+
+
 def toml_value(v: object) -> str:
     """A value for `--set SECTION.KEY=VALUE` (parsed as TOML): JSON scalars are valid TOML, a
     dict becomes an inline table."""

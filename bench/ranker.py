@@ -24,7 +24,7 @@ from pathlib import Path
 
 import redis
 
-from bench.harness import bench_training_set, toml_value
+from bench.harness import bench_training_set, parse_sets, toml_value
 from contract.config import JobConfig, load_config
 from devstack.stack import free_port, start_redis, stop_pid
 from jobs.store import RedisStore, write_item_meta
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg0, ts = bench_training_set(work)
         model = train_and_publish(ts, work / "models", cfg0).parent / "current"
-        extra = {k: json.loads(v) for k, v in (x.split("=", 1) for x in args.sets)}
+        extra = parse_sets(args.sets)
         cfg = load_config(None, {"redis.port": svc.port, "scoring.model_dir": str(model), **extra})
         report = ranker_cost(cfg, redis.Redis(port=svc.port), args.rate, args.seconds, args.users)
         report["settings"] = {k: toml_value(v) for k, v in extra.items()}

@@ -118,3 +118,23 @@ def test_a_backlog_is_not_speculated_on(redis_db, model_dir):
     assert read_list(r, "u4") is None and ranker.speculation.pending_users() == set()
     ranker.rank([final("u4", events, mb)])
     assert read_list(r, "u4").feature_ts == old + 100
+
+
+def test_a_final_window_while_held_back_writes_the_final_state_and_its_profile_not_the_pending_events(redis_db, model_dir):
+    ranker, r, mb, t0 = ranker_at(redis_db, model_dir, 3600.0)
+    f = ranker.cfg.features
+    seen = Event("e1", "view", "i1", "c1", t0 + 100, 0.0, True)
+    missed = Event("e2", "click", "i2", "c1", t0 + 300, 0.0, True)  # the early rows never brought it
+    pending = Event("e3", "view", "i3", "c2", t0 + mb + 50, 0.0, True)  # the next window's
+    ranker.rank([early("u4", [seen])])
+    listed = read_list(r, "u4")
+    assert listed.feature_ts == t0 + 100
+    # in one batch: the first window final (with the missed event) and an early row of the next;
+    # scored less than min_interval_s ago with an event pending, so the list waits
+    ranker.rank([final("u4", [seen, missed], mb), early("u4", [pending])])
+    assert "u4" in ranker.deferred and read_list(r, "u4") == listed
+    state = UserState.decode(r.get(keys.feat_key("u4")))
+    assert state.window_end == t0 + mb and state.feature_ts == t0 + 300
+    stored = keys.Profile.decode(r.get(keys.profile_key("u4")))
+    assert stored == profile(state, f)  # the final state's, without the pending event
+    assert stored.feature_ts == t0 + 300

@@ -13,12 +13,14 @@ import ssl
 import tomllib
 import types
 import typing
+from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from contract.schema import MAX_FUTURE_MS, MIN_TS_MS
+from contract.segments import SegmentRuleError, compile_rule
 
 
 class _Strict(BaseModel):
@@ -306,6 +308,27 @@ class FeatureConfig(_Strict):
         return self
 
 
+def duration_label(seconds: float) -> str:
+    """How feature names spell a duration: 3600 -> "1h", 604800 -> "7d"."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+@lru_cache(maxsize=16)  # asked per user-window (profile); a config is frozen and hashable
+def user_feature_names(cfg: FeatureConfig) -> tuple[str, ...]:
+    """The user features by name, in user_vector's order (also what segments and GetUserFeatures name)."""
+    w = duration_label
+    names = ["recency_s", "since_click_s", "since_purchase_s"]
+    for s in cfg.frequency_windows_s:
+        names += [f"views_{w(s)}", f"clicks_{w(s)}", f"carts_{w(s)}", f"purchases_{w(s)}"]
+    for s in cfg.monetary_windows_s:
+        names += [f"spend_{w(s)}", f"mean_purchase_{w(s)}"]
+    names += [f"sessions_{w(cfg.session_window_s)}", "session_events", "avg_basket"]
+    return tuple(names)
+
+
 class CandidateConfig(_Strict):
     trending: int = Field(100, ge=1, le=5000)
     """Globally trending items offered to every user."""
@@ -482,6 +505,21 @@ class CanaryConfig(_Strict):
     """A canary still undecided this long after it started is rolled back (s)."""
 
 
+class SegmentRule(_Strict):
+    """A named segment: users whose features satisfy `when` are in it (contract/segments.py)."""
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    """1-63 of a-z 0-9 _ -: it appears in answers, webhooks and editorial rules."""
+    when: str
+    """Comparisons of features with numbers joined by and/or/not, e.g. "spend_30d > 200 and purchases_7d >= 3"."""
+
+
+class SegmentsConfig(_Strict):
+    """Named segments over the user features (contract/segments.py), evaluated on every profile
+    the job writes; a user's segments travel with their profile and list."""
+    rules: list[SegmentRule] = []
+    """[[segments.rules]] tables, each a name and a rule; a user's segments are listed in this order."""
+
+
 class JobConfig(_Strict):
     """The recommend job's config file (deploy/config/*.toml)."""
     kafka: KafkaConfig = KafkaConfig()
@@ -497,6 +535,22 @@ class JobConfig(_Strict):
     quarantine: QuarantineConfig = QuarantineConfig()
     engagement: EngagementConfig = EngagementConfig()
     canary: CanaryConfig = CanaryConfig()
+    segments: SegmentsConfig = SegmentsConfig()
+
+    @model_validator(mode="after")
+    def _segments_name_features(self) -> JobConfig:
+        known = user_feature_names(self.features)
+        seen: set[str] = set()
+        for n, rule in enumerate(self.segments.rules):
+            if rule.name in seen:
+                raise ValueError(f"segments.rules[{n}].name: {rule.name!r} is declared twice; give each segment one rule "
+                                 "(join conditions with or)")
+            seen.add(rule.name)
+            try:
+                compile_rule(rule.when, known)
+            except SegmentRuleError as err:
+                raise ValueError(f"segments.rules[{n}].when ({rule.name}): {err}") from None
+        return self
 
     @model_validator(mode="after")
     def _micro_batch_fits(self) -> JobConfig:
@@ -541,6 +595,8 @@ def _describe(err: ValidationError, source: str, root: type[BaseModel]) -> str:
             close = difflib.get_close_matches(str(e["loc"][-1]), list(model.model_fields), n=1) if model else []
             fix = f"did you mean {close[0]!r}? " if close else "remove it or check its spelling; "
             lines.append(f"  {where}: unknown key; {fix}the fields are listed in deploy/config/README.md")
+        elif not e["loc"]:  # a rule across sections: its message names the fields, the input is the whole file
+            lines.append(f"  {e['msg'].removeprefix('Value error, ')}")
         else:
             lines.append(f"  {where}: {e['msg']} (got {e.get('input')!r})")
     return "\n".join(lines)

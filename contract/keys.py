@@ -1,6 +1,7 @@
 """Redis key layout and value encoding, shared by the job's writer and the gRPC service.
 
-- `rec:{user}`   JSON RecList: ranked items with scores, model version, feature timestamp.
+- `rec:{user}`   JSON RecList: ranked items with scores, model version, feature timestamp, the
+                 user's segments.
 - `feat:{user}`  JSON user feature state (see udfs.features.UserState), read by the job only.
 - `profile:{user}` JSON Profile: the user's features by name as of the last window folded in,
                  written beside the state; GetUserFeatures answers from it in every engine.
@@ -184,6 +185,7 @@ class RecList:
     feature_ts: int  # event time (ms) of the newest event the features include
     written_at: int = 0  # wall clock (ms) when the job wrote the list
     extra: dict[str, object] = field(default_factory=dict)
+    segments: list[str] = field(default_factory=list)  # the user's segments as of the list (contract.segments)
 
     def encode(self) -> str:
         d = {
@@ -193,6 +195,8 @@ class RecList:
             "written_at": self.written_at,
             "extra": self.extra,
         }
+        if self.segments:
+            d["segments"] = self.segments
         return json.dumps(d, separators=(",", ":"))
 
     @staticmethod
@@ -204,6 +208,7 @@ class RecList:
             feature_ts=int(d["feature_ts"]),
             written_at=int(d.get("written_at", 0)),
             extra=d.get("extra", {}),
+            segments=[str(s) for s in d.get("segments", ())],
         )
 
 
@@ -242,14 +247,18 @@ class Profile:
     top_categories: list[str]
     feature_ts: int  # event time (ms) of the newest event the features include
     window_end: int  # the last window folded in; the features are as of this time
+    segments: list[str] = field(default_factory=list)  # the segments these features put the user in
 
     def encode(self) -> str:
         features = {k: _finite(v) for k, v in self.features.items()}
-        return json.dumps({"feature_ts": self.feature_ts, "window_end": self.window_end, "features": features,
-                           "top_categories": self.top_categories}, separators=(",", ":"), allow_nan=False)
+        d = {"feature_ts": self.feature_ts, "window_end": self.window_end, "features": features,
+             "top_categories": self.top_categories}
+        if self.segments:
+            d["segments"] = self.segments
+        return json.dumps(d, separators=(",", ":"), allow_nan=False)
 
     @staticmethod
     def decode(raw: str | bytes) -> Profile:
         d = json.loads(raw)
         return Profile({k: float(v) for k, v in d["features"].items()}, [str(c) for c in d["top_categories"]],
-                       int(d["feature_ts"]), int(d["window_end"]))
+                       int(d["feature_ts"]), int(d["window_end"]), [str(s) for s in d.get("segments", ())])

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,6 +150,7 @@ def job_config(redis_port: int, model: Path, bootstrap: str = "127.0.0.1:9", **s
         "scoring.model_dir": str(model),
         "kafka.bootstrap_servers": bootstrap,
         "flink.checkpoint_interval_s": 2.0,
+        "segments.rules": tomllib.loads(f"v = {_helpers.SEGMENT_RULES}")["v"],  # as job_args sets them
     }
     for key, value in sections.items():
         overrides[key.replace("__", ".")] = value

@@ -13,6 +13,7 @@ from kafka import KafkaConsumer
 import pytest
 
 from contract import keys
+from contract.segments import Segments
 from contract.paths import PROJECT_ROOT
 from devstack.metrics import control_counters, ledger_counters, scrape
 from devstack.stack import create_topics
@@ -30,6 +31,11 @@ def child_env(**extra: str) -> dict[str, str]:
     return {**_START_ENV, **extra}
 
 
+# the segments every job the tests run evaluates (a TOML array for --set)
+SEGMENT_RULES = ('[{name = "buyers", when = "purchases_7d >= 1"}, '
+                 '{name = "browsers", when = "views_1d >= 3 and purchases_7d == 0"}]')
+
+
 def job_args(bootstrap: str, redis_port: int, model: Path, topic_prefix: str, group: str) -> list[str]:
     """--set overrides pointing the shipped local config at the test's broker, Redis and topics."""
     sets = {
@@ -43,6 +49,7 @@ def job_args(bootstrap: str, redis_port: int, model: Path, topic_prefix: str, gr
         "redis.port": str(redis_port),
         "scoring.model_dir": json.dumps(str(model)),
         "flink.checkpoint_interval_s": "2.0",
+        "segments.rules": SEGMENT_RULES,
     }
     return [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
 
@@ -156,8 +163,27 @@ def assert_profiles_are_the_states(r, cfg) -> None:
     """Every user's profile (what GetUserFeatures answers) is the one their stored state gives."""
     states = read_states(r)
     assert states
+    segments = Segments.of_config(cfg)
     for user, s in states.items():
-        assert keys.Profile.decode(r.get(keys.profile_key(user))) == profile(s, cfg.features), user
+        assert keys.Profile.decode(r.get(keys.profile_key(user))) == profile(s, cfg.features, None, segments), user
+
+
+def assert_segments_equal_replay(r, replay, cfg) -> None:
+    """Online and offline give the same segments: every user's stored profile and list name the
+    segments the offline replay's state puts them in, and the rules split the users (else the
+    check could not fail)."""
+    segments = Segments.of_config(cfg)
+    assert segments, "the job config has no segments to compare"
+    seen = set()
+    for user, s in replay.states.items():
+        if not s.window_end:
+            continue
+        want = profile(s, cfg.features, None, segments).segments
+        assert keys.Profile.decode(r.get(keys.profile_key(user))).segments == want, user
+        if (raw := r.get(keys.rec_key(user))) is not None:
+            assert keys.RecList.decode(raw).segments == want, user
+        seen.add(tuple(want))
+    assert len(seen) > 1, f"every user is in the same segments {seen}: the rules split no one"
 
 
 def prefixed_topics(bootstrap: str, prefix: str, partitions: int = 2) -> dict[str, str]:

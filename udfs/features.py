@@ -20,8 +20,9 @@ import numpy as np
 import orjson
 
 from contract import keys
-from contract.config import FeatureConfig
+from contract.config import FeatureConfig, duration_label, user_feature_names
 from contract.schema import CONTROL_ACTIONS, QUARANTINED
+from contract.segments import Segments
 
 NEVER_S = 3650 * 86400.0  # "since" features of a user who never did it (longer than any horizon kept)
 NO_INTERVAL = -1.0  # ui_purchase_interval_s / ui_repurchase_due of an item bought on fewer than two occasions
@@ -36,26 +37,7 @@ def new_purchase_occasion(ts: int, last_purchase_ts: int, gap_ms: int) -> bool:
     return not last_purchase_ts or abs(ts - last_purchase_ts) > gap_ms
 
 
-def duration_label(seconds: float) -> str:
-    """How feature names spell a duration: 3600 -> "1h", 604800 -> "7d"."""
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    return f"{seconds:g}s"
-
-
 _w = duration_label
-
-
-@lru_cache(maxsize=16)  # asked per user-window (profile); a config is frozen and hashable
-def user_feature_names(cfg: FeatureConfig) -> tuple[str, ...]:
-    names = ["recency_s", "since_click_s", "since_purchase_s"]
-    for w in cfg.frequency_windows_s:
-        names += [f"views_{_w(w)}", f"clicks_{_w(w)}", f"carts_{_w(w)}", f"purchases_{_w(w)}"]
-    for w in cfg.monetary_windows_s:
-        names += [f"spend_{_w(w)}", f"mean_purchase_{_w(w)}"]
-    names += [f"sessions_{_w(cfg.session_window_s)}", "session_events", "avg_basket"]
-    return tuple(names)
 
 
 def item_feature_names(cfg: FeatureConfig) -> tuple[str, ...]:
@@ -568,10 +550,13 @@ def describe(state: UserState, t: int, cfg: FeatureConfig) -> dict[str, float | 
     return out
 
 
-def profile(state: UserState, cfg: FeatureConfig, user: np.ndarray | None = None) -> keys.Profile:
-    """The user's features by name as of the last window folded in: what GetUserFeatures answers.
-    user: user_vector(state, state.window_end, cfg) when the caller has it already."""
+def profile(state: UserState, cfg: FeatureConfig, user: np.ndarray | None = None,
+            segments: Segments | None = None) -> keys.Profile:
+    """The user's features by name as of the last window folded in: what GetUserFeatures answers,
+    with the segments they put the user in. user: user_vector(state, state.window_end, cfg) when
+    the caller has it already."""
     if user is None:
         user = user_vector(state, state.window_end, cfg)
     named = dict(zip(user_feature_names(cfg), user.tolist()))
-    return keys.Profile(named, state.top_categories(3), state.feature_ts, state.window_end)
+    return keys.Profile(named, state.top_categories(3), state.feature_ts, state.window_end,
+                        segments.of(named) if segments else [])

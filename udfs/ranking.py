@@ -17,6 +17,7 @@ import numpy as np
 
 from contract import keys
 from contract.config import JobConfig
+from contract.segments import Segments
 from udfs.arms import NO_EXPERIMENT, ArmPlan, baseline_weights, largest_counts, plan_for
 from udfs.candidates import Candidate
 from udfs.drift import DriftMonitor, DriftReport
@@ -117,9 +118,13 @@ class BatchRanker:
         self.drift: DriftMonitor | None = None
         self.last_drift: DriftReport | None = None
         self.speculation = Speculation(cfg.features)
+        self.segments = Segments.of_config(cfg)
         self.scored: dict[str, tuple[bytes, float]] = {}  # user -> (what the list was made from, when)
         self.deferred: set[str] = set()  # users whose scoring waits for min_interval_s
         self.written: list[tuple[int, int]] = []  # the last batch's lists: (written_at, feature_ts)
+
+    def _profile(self, state: UserState, user: np.ndarray | None = None) -> keys.Profile:
+        return profile(state, self.cfg.features, user, self.segments)
 
     def _drift_monitor(self, scorer: OnnxScorer) -> DriftMonitor:
         """One monitor per model version: a new version brings its own reference distributions."""
@@ -210,12 +215,12 @@ class BatchRanker:
         out: dict[str, UserWrite] = {}
         if self.scorer is None:
             for u, v in views.items():
-                out[u] = UserWrite(states[u] if u in committed else None, profile(v, f))
+                out[u] = UserWrite(states[u] if u in committed else None, self._profile(v))
             self.store.write(ledger, out, items)
             return ledger
         for u, v in views.items():  # erased or opted out: lists deleted (when final)
             if not v.personalized():
-                out[u] = UserWrite(states[u] if u in committed else None, profile(v, f))
+                out[u] = UserWrite(states[u] if u in committed else None, self._profile(v))
         scorer = self.scorer.current()  # one model version for the whole batch
         plans = {u: plan_for(spec, u, ms) for u in views if u not in out}
         basis: dict[str, bytes] = {}
@@ -230,13 +235,13 @@ class BatchRanker:
             key = state_digest(views[u]) + repr((scorer.version, plan.scoring, plan.arms)).encode()
             if last is not None and last[0] == key:
                 if u in committed:  # the final state is what the list was made from: no scoring
-                    out[u] = UserWrite(states[u], profile(views[u], f))
+                    out[u] = UserWrite(states[u], self._profile(views[u]))
             else:
                 basis[u] = key
         for u in committed:
             if u not in out and u not in basis:  # deferred: the state is written, the list waits
                 # and so do the pending events: the profile is the final state's
-                out[u] = UserWrite(states[u], profile(states[u], f))
+                out[u] = UserWrite(states[u], self._profile(states[u]))
         scoring = sorted(basis)
         own = {i for u in scoring
                for i in memory_items(views[u], plans[u].candidates.get("own_history", self.cfg.candidates.own_history))}
@@ -252,7 +257,7 @@ class BatchRanker:
             s = views[u]
             cands = self.candidates.for_user(s, plans[u].candidates)
             user = user_vector(s, s.window_end, f)  # once, for the model's input and the profile
-            profiles[u] = profile(s, f, user)
+            profiles[u] = self._profile(s, user)
             blocks.append(user_item_matrix(s, s.window_end, f, cands, user, item_rows))
             spans.append((u, cands, start, start + len(cands)))
             start += len(cands)
@@ -276,6 +281,7 @@ class BatchRanker:
                 feature_ts=s.feature_ts,
                 written_at=written_at,
                 extra={"arms": plans[u].arms} if plans[u].arms else {},
+                segments=profiles[u].segments,
             ))
             self._remember(u, basis[u], now)
             self.written.append((written_at, s.feature_ts))

@@ -33,7 +33,7 @@ from tests.integration.test_engagement_job import ENGAGEMENT_METRIC
 from devstack.rejected import read_rejected, summarize
 from devstack.stack import free_port, port_open, start_kafka, start_redis, stop_pid
 from tests.conftest import job_config
-from tests.helpers import (assert_features_equal_replay, assert_profiles_are_the_states, child_env, job_args, prefixed_topics,
+from tests.helpers import (assert_features_equal_replay, assert_profiles_are_the_states, assert_segments_equal_replay, child_env, job_args, prefixed_topics,
                                        read_states, read_topic, records_replay, replay_ledger,
                                        run_job_embedded, scrape_until_ledger, start_job_embedded, wait_for,
                                        wait_job)
@@ -400,3 +400,4 @@ def test_kafka_broker_killed_mid_stream_loses_nothing(published, redis_server, m
     assert {(row["src_offset"], row["reason"]) for row in dlq} == {(n - 1, why) for n, why in hist.rejected}
     assert_features_equal_replay(read_states(r), replay, cfg)
     assert_profiles_are_the_states(r, cfg)
+    assert_segments_equal_replay(r, replay, cfg)

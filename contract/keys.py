@@ -11,6 +11,9 @@
   `trending:views` / `:buys` / `:rebuys` long-term counts per item (and `__all__`);
   `trending:landmark` the boards' common time origin, `trending:boards` the set of boards.
 - `item:meta`    hash item_id -> JSON {"category", "price"} from the `items` topic.
+- `item:unavailable` set: items the `items` topic marks `available = false` (never served).
+- `rules`        hash: the applied editorial rules (contract.editorial: `spec`, `version`,
+                 `applied_at_ms`, `source`); `rules:history` list: the audit, newest first.
 - `ledger`       hash: how many input records were used, duplicate, opted_out, dlq, late.
 - `control`      hash: control records applied, by action (erase, opt_out, opt_in).
 - `ledger:rejected_offsets` hash: per source partition, the offset of the last DLQ'd or late
@@ -63,6 +66,9 @@ ITEM_META = "item:meta"
 DRIFT = "drift:psi"
 CONTROL = "control"  # hash: control records applied, by action (erase, opt_out, opt_in)
 EXPERIMENTS = "experiments"
+RULES = "rules"  # hash: the applied editorial rules (contract.editorial): spec, version, applied_at_ms, source
+RULES_HISTORY = "rules:history"  # list, newest first: one JSON audit entry per apply or rollback
+UNAVAILABLE_ITEMS = "item:unavailable"  # set: items the catalog marks unavailable; never served
 REJECTED_OFFSETS = "ledger:rejected_offsets"  # hash "{topic}:{partition}" -> last rejected offset counted
 
 
@@ -176,6 +182,12 @@ class ScoredItem:
     item_id: str
     score: float
     category: str = ""
+    reasons: tuple[str, ...] = ()  # why it is recommended: codes that are facts (udfs.reasons)
+
+
+def stored_item(e: list) -> ScoredItem:
+    """One entry of a stored list: [id, score, category, [reasons]] (the last two optional)."""
+    return ScoredItem(e[0], float(e[1]), e[2] if len(e) > 2 else "", tuple(e[3]) if len(e) > 3 else ())
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +201,8 @@ class RecList:
 
     def encode(self) -> str:
         d = {
-            "items": [[i.item_id, round(i.score, 6), i.category] for i in self.items],
+            "items": [[i.item_id, round(i.score, 6), i.category, *((list(i.reasons),) if i.reasons else ())]
+                      for i in self.items],
             "model_version": self.model_version,
             "feature_ts": self.feature_ts,
             "written_at": self.written_at,
@@ -203,7 +216,7 @@ class RecList:
     def decode(raw: str | bytes) -> RecList:
         d = json.loads(raw)
         return RecList(
-            items=[ScoredItem(e[0], float(e[1]), e[2] if len(e) > 2 else "") for e in d["items"]],
+            items=[stored_item(e) for e in d["items"]],
             model_version=d["model_version"],
             feature_ts=int(d["feature_ts"]),
             written_at=int(d.get("written_at", 0)),

@@ -136,6 +136,9 @@ class ServingConfig(_Strict):
     exposures: ExposuresConfig = ExposuresConfig()
     experiments_refresh_s: float = Field(5.0, gt=0)
     """How often the service polls Redis for experiments `streamrank experiments apply` stored (s)."""
+    rules_refresh_s: float = Field(1.0, gt=0)
+    """How often the service polls Redis for the editorial rules (`streamrank rules apply`) and the
+    items the catalog marks unavailable (s): an edit is served within this time, with no restart."""
 
 
 def load_serving_config(path: str | Path | None, overrides: dict | None = None) -> ServingConfig:

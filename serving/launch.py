@@ -43,6 +43,7 @@ def contract_spec() -> dict:
         "max_batch": lookup.MAX_BATCH, "max_placement": lookup.MAX_PLACEMENT, "rec_prefix": keys.rec_key(""),
         "profile_prefix": keys.profile_key(""), "feat_prefix": keys.feat_key(""),
         "trending": keys.TRENDING, "item_meta": keys.ITEM_META, "experiments": keys.EXPERIMENTS, "deadline_reserve_s": DEADLINE_RESERVE_S,
+        "rules": keys.RULES, "unavailable_items": keys.UNAVAILABLE_ITEMS,
     }
 
 

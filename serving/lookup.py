@@ -66,6 +66,8 @@ class Recommendations:
     placement: str = ""
     request_id: str = ""  # set by the service that serves it (contract.exposures.new_request_id)
     experiments: dict[str, str] = field(default_factory=dict)  # experiment -> arm
+    segments: list[str] = field(default_factory=list)  # the user's segments as of the list
+    rules_version: str = ""  # the editorial rules applied ("" none)
 
 
 def check_user(user_id: str) -> None:
@@ -96,6 +98,7 @@ class UserFeatures:
     top_categories: list[str] = field(default_factory=list)
     feature_ts_ms: int = 0
     window_end_ms: int = 0
+    segments: list[str] = field(default_factory=list)
 
 
 def popular_items(trending: list[tuple[bytes, float]], metas: list[bytes | None]) -> list[keys.ScoredItem]:
@@ -105,29 +108,114 @@ def popular_items(trending: list[tuple[bytes, float]], metas: list[bytes | None]
             for (i, s), m in zip(trending, metas)]
 
 
+@dataclass(frozen=True)
+class Editorial:
+    """The applied editorial rules (contract.editorial's spec, in file order) and the items the
+    catalog marks unavailable; the precedence is contract.editorial's."""
+
+    rules: tuple[dict, ...] = ()
+    unavailable: frozenset[str] = frozenset()
+    version: str = ""
+
+    def __bool__(self) -> bool:
+        return bool(self.rules or self.unavailable)
+
+    def active(self, placement: str, segments: list[str], now_ms: int) -> list[dict]:
+        return [r for r in self.rules if r["start_ms"] <= now_ms < r["end_ms"]
+                and (not r["placements"] or placement in r["placements"])
+                and (not r["segments"] or any(s in r["segments"] for s in segments))]
+
+    def apply(self, items: list[keys.ScoredItem], r: Request, segments: list[str], now_ms: int
+              ) -> list[keys.ScoredItem]:
+        """items: the whole list, already through the request's filters; returns it cut to k."""
+        rules = self.active(r.placement, segments, now_ms)
+
+        def targets(rule: dict, item: keys.ScoredItem) -> bool:
+            return item.item_id == rule["item"] if rule["item"] else item.category == rule["category"]
+
+        excludes = [x for x in rules if x["action"] == "exclude"]
+        factors = [x for x in rules if x["action"] in ("boost", "bury")]
+
+        def allowed(item: keys.ScoredItem) -> bool:
+            return (item.item_id not in self.unavailable and r.filters.keep(item)
+                    and not any(targets(x, item) for x in excludes))
+
+        kept = []
+        for item in items:
+            if not allowed(item):
+                continue
+            factor, reasons = 1.0, item.reasons
+            for x in factors:
+                if targets(x, item):
+                    factor *= x["factor"]
+            if factor > 1.0:
+                reasons = ("boosted", *reasons)
+            kept.append(keys.ScoredItem(item.item_id, item.score * factor, item.category, reasons)
+                        if factor != 1.0 else item)
+        if factors:
+            kept.sort(key=lambda i: -i.score)  # stable: ties keep the model's order
+        placed: dict[int, keys.ScoredItem] = {}
+        pinned: set[str] = set()
+        for x in rules:
+            if x["action"] != "pin" or x["item"] in pinned:
+                continue
+            at = next((n for n, i in enumerate(kept) if i.item_id == x["item"]), None)
+            item = kept.pop(at) if at is not None else keys.ScoredItem(x["item"], 0.0, x["category"])
+            if not allowed(item):
+                continue
+            position = x["position"] - 1
+            while position in placed:
+                position += 1
+            placed[position] = keys.ScoredItem(item.item_id, item.score, item.category,
+                                               ("pinned", *(c for c in item.reasons if c != "pinned")))
+            pinned.add(item.item_id)
+        out: list[keys.ScoredItem] = []
+        rest = iter(kept)
+        while len(out) < r.k:
+            if len(out) in placed:
+                out.append(placed.pop(len(out)))
+                continue
+            nxt = next(rest, None)
+            if nxt is None:
+                break
+            out.append(nxt)
+        out += [placed[p] for p in sorted(placed)][: r.k - len(out)]  # pins past the end of the list
+        return out
+
+
+NO_EDITORIAL = Editorial()
+
+
 def answer(request: Request, raw: bytes | None, popular: list[keys.ScoredItem], now_ms: int,
-           unavailable: str = "") -> Recommendations:
+           unavailable: str = "", editorial: Editorial = NO_EDITORIAL) -> Recommendations:
     """One answer from the user's stored list (raw JSON, or None) or, failing that, from the
-    popular items. `unavailable` names why the store could not be read (then raw is None)."""
+    popular items, with the editorial rules applied. `unavailable` names why the store could not
+    be read (then raw is None)."""
     r = request
     if raw is not None:
         d = orjson.loads(raw)
-        if r.filters == NO_FILTERS:
-            items = [keys.ScoredItem(e[0], float(e[1]), e[2] if len(e) > 2 else "") for e in d["items"][: r.k]]
+        segments = [str(s) for s in d.get("segments", ())]
+        if editorial:
+            items = editorial.apply([keys.stored_item(e) for e in d["items"]], r, segments, now_ms)
+        elif r.filters == NO_FILTERS:
+            items = [keys.stored_item(e) for e in d["items"][: r.k]]
         else:
             keep, items = r.filters.keep, []
             for e in d["items"]:
-                item = keys.ScoredItem(e[0], float(e[1]), e[2] if len(e) > 2 else "")
+                item = keys.stored_item(e)
                 if keep(item):
                     items.append(item)
                     if len(items) == r.k:
                         break
         feature_ts = int(d["feature_ts"])
         return Recommendations(r.user_id, items, d["model_version"], feature_ts, max(0, now_ms - feature_ts),
-                               placement=r.placement)
-    items = [i for i in popular if r.filters.keep(i)][: r.k]
+                               placement=r.placement, segments=segments, rules_version=editorial.version)
+    if editorial:
+        items = editorial.apply(popular, r, [], now_ms)
+    else:
+        items = [i for i in popular if r.filters.keep(i)][: r.k]
     return Recommendations(r.user_id, items, fallback=True, fallback_reason=unavailable or "no_list",
-                           placement=r.placement)
+                           placement=r.placement, rules_version=editorial.version)
 
 
 def user_features(user_id: str, raw: bytes | None) -> UserFeatures:
@@ -135,4 +223,4 @@ def user_features(user_id: str, raw: bytes | None) -> UserFeatures:
     if raw is None:
         return UserFeatures(user_id, False)
     p = keys.Profile.decode(raw)
-    return UserFeatures(user_id, True, p.features, p.top_categories, p.feature_ts, p.window_end)
+    return UserFeatures(user_id, True, p.features, p.top_categories, p.feature_ts, p.window_end, p.segments)

@@ -67,9 +67,9 @@ func FuzzLookupRulesAndAnswer(f *testing.F) {
 		if !found {
 			raw = nil
 		}
-		out, err := Answer(&req, raw, nil, popular, 1_700_000_000_000, "")
+		out, err := Answer(&req, raw, nil, popular, 1_700_000_000_000, "", nil)
 		for range 2 { // decoded into the list cache, then read from it: the same answer or error
-			cached, cerr := Answer(&req, raw, lists, popular, 1_700_000_000_000, "")
+			cached, cerr := Answer(&req, raw, lists, popular, 1_700_000_000_000, "", nil)
 			if fmt.Sprint(cerr) != fmt.Sprint(err) || !proto.Equal(cached, out) {
 				t.Fatalf("with the list cache: %v, %v; without: %v, %v", cached, cerr, out, err)
 			}

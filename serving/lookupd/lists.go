@@ -39,6 +39,8 @@ type decodedList struct {
 	modelVersion string
 	featureTsMs  int64
 	bytes        int
+	segments     []string
+	reasons      [][]string // per item (nil: no item has any)
 }
 
 // storedItem: its id is text[the previous item's categoryEnd:idEnd], its category text[idEnd:categoryEnd].
@@ -124,6 +126,15 @@ func decodeList(raw string) *decodedList {
 	text := make([]byte, 0, size)
 	for n, e := range entries {
 		parts := e.GetArray()
+		if len(parts) > 3 {
+			if l.reasons == nil {
+				l.reasons = make([][]string, len(entries))
+			}
+			l.reasons[n] = stringsOf(parts[3])
+			for _, r := range l.reasons[n] {
+				size += len(r)
+			}
+		}
 		text = append(text, parts[0].GetStringBytes()...)
 		l.items[n].idEnd = uint32(len(text))
 		if len(parts) > 2 {
@@ -136,6 +147,7 @@ func decodeList(raw string) *decodedList {
 	}
 	l.text = unsafe.String(unsafe.SliceData(text), len(text)) // text is not written again
 	l.modelVersion = string(d.GetStringBytes("model_version"))
+	l.segments = stringsOf(d.Get("segments"))
 	if ts := d.Get("feature_ts"); ts == nil {
 		return nil
 	} else if l.featureTsMs, err = featureTsOf(ts); err != nil {
@@ -151,7 +163,7 @@ func (l *decodedList) fill(out *pb.GetRecommendationsResponse, q *Request, nowMs
 	messages := make([]pb.ScoredItem, n) // one allocation for the answer's items
 	out.Items = make([]*pb.ScoredItem, 0, n)
 	start := uint32(0)
-	for _, it := range l.items {
+	for n, it := range l.items {
 		if len(out.Items) == q.K {
 			break
 		}
@@ -160,9 +172,12 @@ func (l *decodedList) fill(out *pb.GetRecommendationsResponse, q *Request, nowMs
 		if q.Filters.keep(id, category) {
 			m := &messages[len(out.Items)]
 			m.ItemId, m.Score, m.Category = id, it.score, category
+			if l.reasons != nil {
+				m.Reasons = l.reasons[n]
+			}
 			out.Items = append(out.Items, m)
 		}
 	}
-	out.ModelVersion, out.FeatureTsMs = l.modelVersion, l.featureTsMs
+	out.ModelVersion, out.FeatureTsMs, out.Segments = l.modelVersion, l.featureTsMs, l.segments
 	out.ListAgeMs = max(0, nowMs-l.featureTsMs)
 }

@@ -26,13 +26,13 @@ func TestListCacheAnswersOnlyForTheTextItDecoded(t *testing.T) {
 		t.Fatal("the same text, read again, was decoded again instead of answered from the cache")
 	}
 	q := &Request{UserID: "u1", K: 2}
-	rewritten, _ := Answer(q, &v2, lists, nil, 2000, "")
+	rewritten, _ := Answer(q, &v2, lists, nil, 2000, "", nil)
 	if rewritten.ModelVersion != "v2" {
 		t.Fatalf("a rewritten list answered from the cache with model_version %q", rewritten.ModelVersion)
 	}
 	// an answer's items are its own: a change to one never reaches the cached list
 	rewritten.Items[0].ItemId = "changed"
-	if next, _ := Answer(q, &v2, lists, nil, 2000, ""); next.Items[0].ItemId != "i0" {
+	if next, _ := Answer(q, &v2, lists, nil, 2000, "", nil); next.Items[0].ItemId != "i0" {
 		t.Fatalf("the cached list was changed through an answer: %v", next.Items)
 	}
 }
@@ -42,7 +42,7 @@ func TestListCacheKeepsToItsBudget(t *testing.T) {
 	lists := newListCache(listShards * 3 * one.bytes)
 	for u := range 2000 {
 		raw := storedList("v1", 100)
-		if _, err := Answer(&Request{UserID: fmt.Sprint("u", u), K: 10}, &raw, lists, nil, 2000, ""); err != nil {
+		if _, err := Answer(&Request{UserID: fmt.Sprint("u", u), K: 10}, &raw, lists, nil, 2000, "", nil); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -57,10 +57,10 @@ func TestListCacheKeepsNoFaultyList(t *testing.T) {
 	// the second item is not [id, score, category]: an error only for a k that reaches it
 	raw := `{"items":[["i1",1,"c"],["i2"]],"feature_ts":1}`
 	lists := newListCache(1 << 20)
-	if out, err := Answer(&Request{UserID: "u1", K: 1}, &raw, lists, nil, 2, ""); err != nil || len(out.Items) != 1 {
+	if out, err := Answer(&Request{UserID: "u1", K: 1}, &raw, lists, nil, 2, "", nil); err != nil || len(out.Items) != 1 {
 		t.Fatalf("k = 1: %v, %v", out, err)
 	}
-	if _, err := Answer(&Request{UserID: "u1", K: 2}, &raw, lists, nil, 2, ""); err == nil {
+	if _, err := Answer(&Request{UserID: "u1", K: 2}, &raw, lists, nil, 2, "", nil); err == nil {
 		t.Fatal("k = 2 reached the faulty item without an error")
 	}
 	if countLists(lists) != 0 {
@@ -87,7 +87,7 @@ func TestListCacheUnderConcurrentCallsAndRewrites(t *testing.T) {
 			for n := range 2000 {
 				raw := versions[(g+n)%len(versions)]
 				q := &Request{UserID: fmt.Sprint("u", n%50), K: 5}
-				out, err := Answer(q, &raw, lists, nil, 2000, "")
+				out, err := Answer(q, &raw, lists, nil, 2000, "", nil)
 				if err != nil || len(out.Items) != 5 || out.ModelVersion != fmt.Sprint("v", (g+n)%len(versions)) {
 					t.Errorf("answer %v, %v for %s", out, err, raw[:40])
 					return

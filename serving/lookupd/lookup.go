@@ -114,7 +114,26 @@ var parsers fastjson.ParserPool
 // from the popular items; unavailable names why the store could not be read (raw is nil then).
 // raw is the text Redis (or the list cache) returned, not a copy: fastjson parses it in the
 // parser's own reused buffer. lists keeps decoded lists between calls (nil: decode on every call).
-func Answer(q *Request, raw *string, lists *ListCache, popular []*pb.ScoredItem, nowMs int64, unavailable string) (*pb.GetRecommendationsResponse, error) {
+// ed: the editorial rules and unavailable items (nil: none), applied to the whole list before the cut to k.
+func Answer(q *Request, raw *string, lists *ListCache, popular []*pb.ScoredItem, nowMs int64, unavailable string, ed *Editorial) (*pb.GetRecommendationsResponse, error) {
+	if ed.on() {
+		whole := *q
+		whole.K = unlimited
+		out, err := answer(&whole, raw, lists, popular, nowMs, unavailable)
+		if err != nil {
+			return nil, err
+		}
+		out.Items, out.RulesVersion = ed.Apply(out.Items, q, out.Segments, nowMs), ed.Version
+		return out, nil
+	}
+	out, err := answer(q, raw, lists, popular, nowMs, unavailable)
+	if err == nil && ed != nil {
+		out.RulesVersion = ed.Version
+	}
+	return out, err
+}
+
+func answer(q *Request, raw *string, lists *ListCache, popular []*pb.ScoredItem, nowMs int64, unavailable string) (*pb.GetRecommendationsResponse, error) {
 	out := &pb.GetRecommendationsResponse{UserId: q.UserID, Placement: q.Placement}
 	if raw == nil {
 		out.Fallback, out.FallbackReason = true, "no_list"
@@ -162,9 +181,14 @@ func Answer(q *Request, raw *string, lists *ListCache, popular []*pb.ScoredItem,
 			if err != nil {
 				return nil, fmt.Errorf("stored list of %s: score: %w", q.UserID, err)
 			}
-			out.Items = append(out.Items, &pb.ScoredItem{ItemId: id, Score: score, Category: category})
+			var reasons []string
+			if len(parts) > 3 {
+				reasons = stringsOf(parts[3])
+			}
+			out.Items = append(out.Items, &pb.ScoredItem{ItemId: id, Score: score, Category: category, Reasons: reasons})
 		}
 	}
+	out.Segments = stringsOf(d.Get("segments"))
 	out.ModelVersion = string(d.GetStringBytes("model_version"))
 	ts := d.Get("feature_ts")
 	if ts == nil {
@@ -175,6 +199,18 @@ func Answer(q *Request, raw *string, lists *ListCache, popular []*pb.ScoredItem,
 	}
 	out.ListAgeMs = max(0, nowMs-out.FeatureTsMs)
 	return out, nil
+}
+
+// stringsOf reads a JSON array of strings (nil for a missing value or an empty array).
+func stringsOf(v *fastjson.Value) []string {
+	if v == nil {
+		return nil
+	}
+	var out []string
+	for _, e := range v.GetArray() {
+		out = append(out, string(e.GetStringBytes()))
+	}
+	return out
 }
 
 // featureTsOf reads feature_ts as an integer, or a number with a fraction cut off; the error is
@@ -248,6 +284,7 @@ func Features(userID string, raw *string) (*pb.GetUserFeaturesResponse, error) {
 		WindowEnd     *int64              `json:"window_end"`
 		Features      map[string]*float64 `json:"features"`
 		TopCategories *[]string           `json:"top_categories"`
+		Segments      []string            `json:"segments"`
 	}
 	if err := json.Unmarshal([]byte(*raw), &p); err != nil {
 		return nil, fmt.Errorf("stored profile of %s: %w", userID, err)
@@ -262,7 +299,7 @@ func Features(userID string, raw *string) (*pb.GetUserFeaturesResponse, error) {
 		}
 		out.Features[name] = *v
 	}
-	out.Found, out.TopCategories = true, *p.TopCategories
+	out.Found, out.TopCategories, out.Segments = true, *p.TopCategories, p.Segments
 	out.FeatureTsMs, out.WindowEndMs = *p.FeatureTs, *p.WindowEnd
 	return out, nil
 }

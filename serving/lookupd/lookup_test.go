@@ -131,7 +131,7 @@ func TestLookupRulesGiveTheSharedAnswers(t *testing.T) {
 					if s, ok := v.Stored[q.UserID]; ok && c.Unavailable == "" {
 						raw = &s
 					}
-					answer, err = Answer(&checked, raw, run.lists, popular, v.NowMs, c.Unavailable)
+					answer, err = Answer(&checked, raw, run.lists, popular, v.NowMs, c.Unavailable, nil)
 				}
 				if c.Error != "" {
 					if err == nil {

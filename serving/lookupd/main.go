@@ -174,6 +174,8 @@ func run(spec *Spec) error {
 	go store.refreshLoop(ctx)
 	store.RefreshExperiments(ctx)
 	go store.experimentsLoop(ctx)
+	store.RefreshEditorial(ctx)
+	go store.editorialLoop(ctx)
 	exposures, err := newExposureLog(spec)
 	if err != nil {
 		return err

@@ -97,9 +97,10 @@ func (s *Service) recommend(ctx context.Context, qs []*pb.GetRecommendationsRequ
 	now := time.Now().UnixMilli()
 	popular := s.store.Popular()
 	experiments := s.store.Experiments()
+	editorial := s.store.Editorial()
 	out := make([]*pb.GetRecommendationsResponse, len(checked))
 	for n := range checked {
-		if out[n], err = Answer(&checked[n], values[of[n]], s.lists, popular, now, unavailable); err != nil {
+		if out[n], err = Answer(&checked[n], values[of[n]], s.lists, popular, now, unavailable, editorial); err != nil {
 			return nil, err
 		}
 		if out[n].Fallback {

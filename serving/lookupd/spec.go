@@ -71,6 +71,7 @@ type Spec struct {
 		LingerMs         float64 `json:"linger_ms"`
 	} `json:"exposures"`
 	ExperimentsRefreshS float64  `json:"experiments_refresh_s"`
+	RulesRefreshS       float64  `json:"rules_refresh_s"`
 	Contract            Contract `json:"contract"`
 	// PortFile receives the bound gRPC port once the server listens (port 0 binds a free one).
 	PortFile string `json:"port_file"`
@@ -93,6 +94,8 @@ type Contract struct {
 	ItemMeta            string  `json:"item_meta"`
 	Experiments         string  `json:"experiments"`
 	DeadlineReserveS    float64 `json:"deadline_reserve_s"`
+	Rules               string  `json:"rules"`
+	UnavailableItems    string  `json:"unavailable_items"`
 }
 
 func loadSpec(path string) (*Spec, error) {
@@ -107,7 +110,7 @@ func loadSpec(path string) (*Spec, error) {
 		return nil, fmt.Errorf("spec %s does not match lookupd's Spec (serving/lookupd/spec.go): %w; "+
 			"a field of contract.config.ServingConfig was added or renamed without lookupd", path, err)
 	}
-	if s.Contract.IDPattern == "" || s.Contract.MaxBatch == 0 || s.Contract.RecPrefix == "" || s.Contract.ProfilePrefix == "" || s.Contract.FeatPrefix == "" || s.Contract.Experiments == "" {
+	if s.Contract.IDPattern == "" || s.Contract.MaxBatch == 0 || s.Contract.RecPrefix == "" || s.Contract.ProfilePrefix == "" || s.Contract.FeatPrefix == "" || s.Contract.Experiments == "" || s.Contract.Rules == "" {
 		return nil, fmt.Errorf("spec %s has no contract section; start lookupd with `streamrank serve`", path)
 	}
 	return &s, nil

@@ -133,6 +133,8 @@ type Store struct {
 	popular atomic.Pointer[popularCache]
 	// the experiments `streamrank experiments apply` stored, as last read (nil: none)
 	experiments atomic.Pointer[appliedExperiments]
+	// the editorial rules and unavailable items, as last read (nil: none)
+	editorial atomic.Pointer[Editorial]
 }
 
 // multiplex: 2^0 = one pipelined connection to Redis: the client cache is per connection, so one

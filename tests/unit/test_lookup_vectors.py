@@ -70,3 +70,23 @@ def test_user_features_give_the_shared_answers(case):
     f = lookup.user_features("u1", raw)
     assert {"found": f.found, "features": f.features, "top_categories": f.top_categories,
             "feature_ts_ms": f.feature_ts_ms, "window_end_ms": f.window_end_ms} == case["expect"]
+
+
+EDITORIAL = json.loads((Path(__file__).parents[1] / "vectors" / "editorial.json").read_text())
+
+
+@pytest.mark.parametrize("case", EDITORIAL["cases"], ids=[c["name"] for c in EDITORIAL["cases"]])
+def test_editorial_rules_give_the_shared_answers(case):
+    q, v = case["request"], EDITORIAL
+    f = q.get("filters", {})
+    request = lookup.check_request(q["user_id"], q.get("k", 0), v["default_k"], v["max_k"],
+                                   lookup.filters_of(f.get("include_categories", ()), f.get("exclude_categories", ()),
+                                                     f.get("exclude_items", ())), q.get("placement", ""))
+    editorial = lookup.Editorial(tuple(case["rules"]), frozenset(case["unavailable"]), "v-test")
+    raw = v["stored"].get(q["user_id"])
+    a = lookup.answer(request, raw.encode() if raw else None, [keys.ScoredItem(*p) for p in v["popular"]],
+                      v["now_ms"], "", editorial)
+    got = {"items": [[i.item_id, i.score, i.category, list(i.reasons)] for i in a.items], "segments": a.segments,
+           "fallback": a.fallback}
+    assert got == case["expect"]
+    assert a.rules_version == "v-test"

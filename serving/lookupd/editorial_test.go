@@ -1,0 +1,84 @@
+package main
+
+// The editorial rules against the shared vectors (tests/vectors/editorial.json), which
+// tests/unit/test_lookup_vectors.py also holds serving/lookup.py to.
+
+import (
+	"reflect"
+	"testing"
+
+	"streamrank/lookupd/internal/pb"
+)
+
+type editorialVectors struct {
+	NowMs    int64             `json:"now_ms"`
+	DefaultK int               `json:"default_k"`
+	MaxK     int               `json:"max_k"`
+	Stored   map[string]string `json:"stored"`
+	Popular  [][]any           `json:"popular"`
+	Cases    []struct {
+		Name        string          `json:"name"`
+		Rules       []EditorialRule `json:"rules"`
+		Unavailable []string        `json:"unavailable"`
+		Request     struct {
+			UserID    string `json:"user_id"`
+			K         uint32 `json:"k"`
+			Placement string `json:"placement"`
+			Filters   struct {
+				Include      []string `json:"include_categories"`
+				Exclude      []string `json:"exclude_categories"`
+				ExcludeItems []string `json:"exclude_items"`
+			} `json:"filters"`
+		} `json:"request"`
+		Expect map[string]any `json:"expect"`
+	} `json:"cases"`
+}
+
+func TestEditorialRulesGiveTheSharedAnswers(t *testing.T) {
+	var v editorialVectors
+	readVectors(t, "editorial.json", &v)
+	rules, err := newRules(loadVectors(t).Contract, v.DefaultK, v.MaxK)
+	if err != nil {
+		t.Fatal(err)
+	}
+	popular := make([]*pb.ScoredItem, len(v.Popular))
+	for n, p := range v.Popular {
+		popular[n] = &pb.ScoredItem{ItemId: p[0].(string), Score: p[1].(float64), Category: p[2].(string)}
+	}
+	cache := newListCache(1 << 20)
+	for _, run := range []struct {
+		name  string
+		lists *ListCache
+	}{{"decoded on the call", nil}, {"into the list cache", cache}, {"from the list cache", cache}} {
+		for _, c := range v.Cases {
+			t.Run(run.name+"/"+c.Name, func(t *testing.T) {
+				q, f := c.Request, c.Request.Filters
+				checked, err := rules.Check(&pb.GetRecommendationsRequest{UserId: q.UserID, K: q.K, Placement: q.Placement,
+					Filters: &pb.Filters{IncludeCategories: f.Include, ExcludeCategories: f.Exclude, ExcludeItems: f.ExcludeItems}})
+				if err != nil {
+					t.Fatal(err)
+				}
+				var raw *string
+				if s, ok := v.Stored[q.UserID]; ok {
+					raw = &s
+				}
+				ed := &Editorial{Rules: c.Rules, Unavailable: setOf(c.Unavailable), Version: "v-test"}
+				answer, err := Answer(&checked, raw, run.lists, popular, v.NowMs, "", ed)
+				if err != nil {
+					t.Fatal(err)
+				}
+				items := []any{}
+				for _, i := range answer.Items {
+					items = append(items, []any{i.ItemId, i.Score, i.Category, append([]string{}, i.Reasons...)})
+				}
+				got := map[string]any{"items": items, "segments": append([]string{}, answer.Segments...), "fallback": answer.Fallback}
+				if g, w := normalized(t, got), normalized(t, c.Expect); !reflect.DeepEqual(g, w) {
+					t.Fatalf("got  %v\nwant %v", g, w)
+				}
+				if answer.RulesVersion != "v-test" {
+					t.Fatalf("rules version %q", answer.RulesVersion)
+				}
+			})
+		}
+	}
+}

@@ -48,7 +48,7 @@ def ranker_cost(cfg: JobConfig, r: redis.Redis, rate: float, seconds: float, use
                 warmup_s: float = 60.0) -> dict:
     """Replay `seconds` of a `rate` events/s stream through a BatchRanker on cfg's Redis and model."""
     sim = Simulator(seed=43, users=users, items=5000, categories=30)
-    write_item_meta(r, [(i.item_id, i.category, i.price) for i in sim.items])
+    write_item_meta(r, [(i.item_id, i.category, i.price, True) for i in sim.items])
     clock = [0.0]
     ranker = BatchRanker(cfg, ModelWatcher(cfg.scoring.model_dir, feature_names(cfg.features), 1e9),
                          RedisStore(cfg, r), clock=lambda: clock[0])

@@ -22,6 +22,9 @@ COMMANDS: dict[str, tuple[str, str, str | None, str]] = {
     "config": ("cli.config", "app", None, "Config files: check one without running anything."),
     "experiments": ("cli.experiments", "app", None,
                     "Experiments: check a file, apply it to the running services and job, list what runs, report one."),
+    "rules": ("cli.rules", "app", None,
+              "Editorial rules: check a file, apply it to the running lookup services (versioned and audited in "
+              "Redis), list what is applied, show the history, roll back."),
     "stack": ("cli.stack", "app", None, "Local Kafka (KRaft) + Redis on loopback."),
     "cluster": ("cli.cluster", "app", None, "Standalone Flink cluster from PyFlink's bin/."),
     "models": ("cli.models", "app", None, "The model registry: list, promote, roll back; the live drift report."),

@@ -9,6 +9,7 @@ import annotated_types as at
 from pydantic import BaseModel
 
 from contract.config import JobConfig, _model_of
+from contract.editorial import RulesFile
 from contract.experiments import ExperimentsFile
 from contract.serving_config import ServingConfig
 
@@ -67,6 +68,9 @@ def config_reference() -> str:
               "Each `[[experiments]]` table is one experiment, each `[[experiments.arms]]` one of its arms;",
               "`contract/experiments.py` says how users are assigned.", ""]
     lines += _reference_rows(ExperimentsFile, "")
+    lines += ["## Editorial rules: `rules.toml` (`streamrank rules check|apply|list|history|rollback`)", "",
+              "Each `[[rules]]` table is one rule; `contract/editorial.py` gives the precedence.", ""]
+    lines += _reference_rows(RulesFile, "")
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -105,7 +105,8 @@ class RankUsers(ScalarFunction):
 
 
 class StoreItemMeta(ScalarFunction):
-    """(item_id, category, price) from the catalog topic -> fields written to item:meta."""
+    """(item_id, category, price, available) from the catalog topic -> fields written to item:meta,
+    and the item:unavailable set (available false: in it; true or absent: out of it)."""
 
     def __init__(self, cfg_json: str) -> None:
         self.cfg_json = cfg_json
@@ -114,8 +115,10 @@ class StoreItemMeta(ScalarFunction):
     def open(self, function_context: FunctionContext) -> None:
         self.client = redis_client(JobConfig.model_validate_json(self.cfg_json))
 
-    def eval(self, item_id, category, price):  # type: ignore[override]
-        rows = [(str(i), str(c or "unknown"), float(p) if p == p else 0.0) for i, c, p in zip(item_id, category, price)]
+    def eval(self, item_id, category, price, available):  # type: ignore[override]
+        # a null (no field: NaN or None here) is available; a numpy bool is not `False` by identity
+        rows = [(str(i), str(c or "unknown"), float(p) if p == p else 0.0, a is None or a != a or bool(a))
+                for i, c, p, a in zip(item_id, category, price, available)]
         n = write_item_meta(self.client, rows)
         return pd.Series([n] * len(rows), dtype="int32")
 

@@ -193,7 +193,8 @@ def kafka_items_ddl(cfg: JobConfig) -> str:
 CREATE TABLE items_src (
   item_id STRING,
   category STRING,
-  price DOUBLE
+  price DOUBLE,
+  available BOOLEAN
 ) WITH (
   'connector' = 'kafka',
   'topic' = '{k.items_topic}',
@@ -410,7 +411,7 @@ FROM ({windows}
     # catalog -> item:meta
     stmts.add_insert_sql("""
 INSERT INTO discard
-SELECT store_item_meta(item_id, category, price) FROM items_src WHERE item_id IS NOT NULL""")
+SELECT store_item_meta(item_id, category, price, available) FROM items_src WHERE item_id IS NOT NULL""")
     return stmts
 
 

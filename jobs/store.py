@@ -242,10 +242,18 @@ class RedisStore:
         pipe.execute()
 
 
-def write_item_meta(client: redis.Redis, rows: list[tuple[str, str, float]]) -> int:
-    """rows: (item_id, category, price) from the `items` catalog topic."""
+def write_item_meta(client: redis.Redis, rows: list[tuple[str, str, float, bool]]) -> int:
+    """rows: (item_id, category, price, available) from the `items` catalog topic, in its order;
+    the last record of an item says whether it is served (the lookup services poll the set)."""
     if rows:
-        client.hset(keys.ITEM_META, mapping={i: keys.ItemMeta(c, p).encode() for i, c, p in rows})
+        available = {i: a for i, _, _, a in rows}
+        pipe = client.pipeline(transaction=False)
+        pipe.hset(keys.ITEM_META, mapping={i: keys.ItemMeta(c, p).encode() for i, c, p, _ in rows})
+        if gone := [i for i, a in available.items() if not a]:
+            pipe.sadd(keys.UNAVAILABLE_ITEMS, *gone)
+        if back := [i for i, a in available.items() if a]:
+            pipe.srem(keys.UNAVAILABLE_ITEMS, *back)
+        pipe.execute()
     return len(rows)
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from prometheus_client import Counter, Gauge, Histogram
 
 from contract import keys
+from contract.editorial import decode_spec as editorial_spec
 from contract.experiments import APPLIED_FIELDS, assign, decode_applied
 from contract.exposures import new_request_id
 from contract.serving_config import ServingConfig
@@ -132,6 +133,7 @@ class LookupService:
         self.popular = PopularCache([], 0.0)
         self.experiments: dict | None = None  # the applied spec (contract.experiments), None: none
         self.experiments_version: str | None = None
+        self.editorial = lookup.NO_EDITORIAL  # the rules `streamrank rules apply` stored, unavailable items
         self.exposures = ExposureLog(cfg.exposures) if cfg.exposures.enabled else None
         self._refreshers: list[asyncio.Task] = []
 
@@ -140,8 +142,10 @@ class LookupService:
         the background."""
         await self.refresh_popular()
         await self.refresh_experiments()
+        await self.refresh_editorial()
         self._refreshers = [asyncio.create_task(self._refresh_loop(), name="popular-cache"),
-                            asyncio.create_task(self._experiments_loop(), name="experiments")]
+                            asyncio.create_task(self._experiments_loop(), name="experiments"),
+                            asyncio.create_task(self._editorial_loop(), name="editorial")]
 
     async def close(self) -> None:
         for task in self._refreshers:
@@ -176,6 +180,33 @@ class LookupService:
         while True:
             await asyncio.sleep(self.cfg.experiments_refresh_s)
             await self.refresh_experiments()
+
+    async def refresh_editorial(self) -> bool:
+        """Reload the editorial rules when `streamrank rules apply` stored a new version, and the
+        items the catalog marks unavailable (every time: a set the job changes as the catalog does)."""
+        try:
+            async with asyncio.timeout(self.cfg.redis_timeout_s):
+                (raw, version) = await self.redis.execute("HMGET", keys.RULES, "spec", "version")
+                unavailable = frozenset(i.decode() for i in await self.redis.execute("SMEMBERS", keys.UNAVAILABLE_ITEMS))
+        except (TimeoutError, RedisUnavailable, RedisReplyError) as err:
+            log.debug("editorial rules not refreshed: %r", err)
+            return False
+        rules, current = self.editorial.rules, self.editorial.version
+        if not (raw and version):
+            rules, current = (), ""
+        elif version.decode() != current:
+            try:
+                rules, current = tuple(editorial_spec(raw)["rules"]), version.decode()
+                log.info("editorial rules version %s: %d rules", current, len(rules))
+            except (ValueError, KeyError) as err:  # a spec this version cannot read: keep the one loaded
+                log.error("editorial rules version %s not loaded: %s", version.decode(), err)
+        self.editorial = lookup.Editorial(rules, unavailable, current)
+        return True
+
+    async def _editorial_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.rules_refresh_s)
+            await self.refresh_editorial()
 
     async def ping(self) -> bool:
         try:
@@ -253,7 +284,8 @@ class LookupService:
             raws, unavailable = {}, "store_unavailable"
         now = int(time.time() * 1000)
         popular = self.popular.items
-        out = [lookup.answer(r, raws.get(r.user_id), popular, now, unavailable) for r in requests]
+        editorial = self.editorial
+        out = [lookup.answer(r, raws.get(r.user_id), popular, now, unavailable, editorial) for r in requests]
         for a in out:
             if a.fallback:
                 FALLBACKS.labels(a.fallback_reason).inc()

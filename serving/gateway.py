@@ -51,10 +51,11 @@ class BatchQuery(BaseModel):
 
 def recommendation_json(rec: lookup.Recommendations) -> dict:
     """The JSON form, with the proto's field names (as gRPC JSON transcoding would give)."""
-    return {"user_id": rec.user_id, "items": [asdict(i) for i in rec.items], "model_version": rec.model_version,
-            "feature_ts_ms": rec.feature_ts_ms, "list_age_ms": rec.list_age_ms, "fallback": rec.fallback,
-            "fallback_reason": rec.fallback_reason, "placement": rec.placement, "request_id": rec.request_id,
-            "experiments": rec.experiments}
+    return {"user_id": rec.user_id, "items": [{**asdict(i), "reasons": list(i.reasons)} for i in rec.items],
+            "model_version": rec.model_version, "feature_ts_ms": rec.feature_ts_ms, "list_age_ms": rec.list_age_ms,
+            "fallback": rec.fallback, "fallback_reason": rec.fallback_reason, "placement": rec.placement,
+            "request_id": rec.request_id, "experiments": rec.experiments, "segments": rec.segments,
+            "rules_version": rec.rules_version}
 
 
 # ---- GraphQL schema -------------------------------------------------------------------------
@@ -64,6 +65,7 @@ class ScoredItem:
     item_id: str
     score: float
     category: str
+    reasons: list[str]
 
 
 @strawberry.type
@@ -84,16 +86,19 @@ class Recommendations:
     placement: str
     request_id: str
     experiments: list[ArmAssignment]  # GraphQL has no map type
+    segments: list[str]
+    rules_version: str
 
     @staticmethod
     def of(rec: lookup.Recommendations) -> Recommendations:
         return Recommendations(
-            user_id=rec.user_id, items=[ScoredItem(item_id=i.item_id, score=i.score, category=i.category)
-                                        for i in rec.items],
+            user_id=rec.user_id, items=[ScoredItem(item_id=i.item_id, score=i.score, category=i.category,
+                                                   reasons=list(i.reasons)) for i in rec.items],
             model_version=rec.model_version, feature_ts_ms=rec.feature_ts_ms, list_age_ms=rec.list_age_ms,
             fallback=rec.fallback, fallback_reason=rec.fallback_reason, placement=rec.placement,
             request_id=rec.request_id,
-            experiments=[ArmAssignment(experiment=e, arm=a) for e, a in rec.experiments.items()])
+            experiments=[ArmAssignment(experiment=e, arm=a) for e, a in rec.experiments.items()],
+            segments=rec.segments, rules_version=rec.rules_version)
 
 
 @strawberry.type
@@ -110,6 +115,7 @@ class UserFeatures:
     top_categories: list[str]
     feature_ts_ms: float
     window_end_ms: float
+    segments: list[str]
 
 
 @strawberry.input
@@ -141,7 +147,7 @@ class GraphQuery:
             return UserFeatures(user_id=f.user_id, found=f.found,
                                 features=[Feature(name=k, value=v) for k, v in f.features.items()],
                                 top_categories=f.top_categories, feature_ts_ms=f.feature_ts_ms,
-                                window_end_ms=f.window_end_ms)
+                                window_end_ms=f.window_end_ms, segments=f.segments)
 
 
 def graphql_schema(limits: GraphQLConfig) -> strawberry.Schema:

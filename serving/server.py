@@ -32,10 +32,12 @@ SERVICE_NAME = "streamrank.v1.Recommendations"
 def _response(rec: lookup.Recommendations):
     return pb.GetRecommendationsResponse(
         user_id=rec.user_id,
-        items=[pb.ScoredItem(item_id=i.item_id, score=i.score, category=i.category) for i in rec.items],
+        items=[pb.ScoredItem(item_id=i.item_id, score=i.score, category=i.category, reasons=i.reasons)
+               for i in rec.items],
         model_version=rec.model_version, feature_ts_ms=rec.feature_ts_ms, list_age_ms=rec.list_age_ms,
         fallback=rec.fallback, fallback_reason=rec.fallback_reason, placement=rec.placement,
-        request_id=rec.request_id, experiments=rec.experiments,
+        request_id=rec.request_id, experiments=rec.experiments, segments=rec.segments,
+        rules_version=rec.rules_version,
     )
 
 
@@ -96,7 +98,7 @@ class RecommendationsServicer(pb_grpc.RecommendationsServicer):
             f = await self.service.user_features(request.user_id, context.time_remaining())
             return pb.GetUserFeaturesResponse(
                 user_id=f.user_id, found=f.found, features=f.features, top_categories=f.top_categories,
-                feature_ts_ms=f.feature_ts_ms, window_end_ms=f.window_end_ms)
+                feature_ts_ms=f.feature_ts_ms, window_end_ms=f.window_end_ms, segments=f.segments)
 
         return await self._answer(context, "GetUserFeatures", request, work)
 

@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from contract import keys
+from contract.editorial import load_rules
 from contract.experiments import load_experiments
 from contract.config import (ConfigError, FORMAT_PRESETS, FaultConfig, JobConfig, PRESETS, apply_overrides, load_config,
                              parse_config)
@@ -124,6 +125,8 @@ def test_every_config_file_under_deploy_loads(path):
         assert load_serving_config(path).max_k >= 1
     elif path.name.startswith("experiments"):
         assert load_experiments(path).experiments
+    elif path.name.startswith("rules"):
+        assert load_rules(path).rules
     else:
         assert load_config(path).scoring.top_k >= 1
 

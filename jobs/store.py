@@ -163,6 +163,13 @@ class CandidateSource:
         return gather_candidates(state, self.pool, c["top_categories"], c["own_history"], c["trending"],
                                  c["per_category"])
 
+    def category_boards(self, state: UserState, counts: dict[str, int] | None = None) -> dict[str, set[str]]:
+        """The items for_user takes from each of the user's top categories' boards (the facts
+        behind `trending_in:<category>`), in the categories' order."""
+        c = {**self.cfg.candidates.model_dump(include=set(CANDIDATE_COUNTS)), **(counts or {})}
+        return {cat: {i for i, _ in self.pool.category_top.get(cat, [])[:c["per_category"]]}
+                for cat in state.top_categories(c["top_categories"])}
+
 
 class ExperimentsSource:
     """The experiments `streamrank experiments apply` stored, re-read every refresh_s."""

@@ -324,7 +324,10 @@ def publish(trained: TrainedModel, registry: str | Path, promote: bool = True, g
     """Write the model into the registry (promoted or not); gate: the publishing gate's verdict,
     kept in the card."""
     card = dict(trained.card, **({"gate": gate} if gate is not None else {}))
-    out = Registry(registry).publish({"model.onnx": trained.onnx}, card, promote=promote)
+    files = {"model.onnx": trained.onnx}
+    if hasattr(trained.model, "booster_"):  # LightGBM: its own file too, for TreeSHAP reasons (udfs.reasons)
+        files["model.txt"] = trained.model.booster_.model_to_string().encode()
+    out = Registry(registry).publish(files, card, promote=promote)
     log.info("published %s %s (validation AUC %.3f, parity %.1e)%s", trained.kind, out.name,
              card["holdout"]["auc"], card["onnx_parity_max_diff"], " and promoted it" if promote else "")
     return out

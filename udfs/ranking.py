@@ -23,6 +23,7 @@ from udfs.candidates import Candidate
 from udfs.drift import DriftMonitor, DriftReport
 from udfs.features import (Event, Ledger, UserState, WindowDelta, apply_window, feature_names, memory_items,
                            parse_events, profile, shared_events, user_item_matrix, user_vector)
+from udfs.reasons import ReasonFacts, strongest
 from udfs.scorer import ModelWatcher, OnnxScorer
 from udfs.speculation import Speculation, state_digest
 
@@ -93,6 +94,8 @@ class CandidateReader(Protocol):
     def own_stats(self, items: set[str]) -> None: ...
 
     def for_user(self, state: UserState, counts: dict[str, int] | None = None) -> list[Candidate]: ...
+
+    def category_boards(self, state: UserState, counts: dict[str, int] | None = None) -> dict[str, set[str]]: ...
 
 
 class BatchRanker:
@@ -270,13 +273,17 @@ class BatchRanker:
                 self._report_drift(report)
 
         k = self.cfg.scoring.top_k
+        orders = {u: np.argsort(-scores[a:b], kind="stable")[:k] for u, _, a, b in spans}
+        model_reasons = self._model_reasons(matrix, spans, orders, plans, scorer)
         written_at = int(self.clock() * 1000)
         for u, cands, a, b in spans:
             s = views[u]
             user_scores = scores[a:b]
-            order = np.argsort(-user_scores, kind="stable")[:k]
+            order = orders[u]
+            why = self._reasons(s, plans[u], [cands[i].item_id for i in order], model_reasons.get(u, ()))
             out[u] = UserWrite(states[u] if u in committed else None, profiles[u], keys.RecList(
-                items=[keys.ScoredItem(cands[i].item_id, float(user_scores[i]), cands[i].category) for i in order],
+                items=[keys.ScoredItem(cands[i].item_id, float(user_scores[i]), cands[i].category, r)
+                       for i, r in zip(order, why)],
                 model_version=versions[plans[u].scoring],
                 feature_ts=s.feature_ts,
                 written_at=written_at,
@@ -287,6 +294,28 @@ class BatchRanker:
             self.written.append((written_at, s.feature_ts))
         self.store.write(ledger, out, items)
         return ledger
+
+    def _model_reasons(self, matrix: np.ndarray, spans: list, orders: dict[str, np.ndarray],
+                       plans: dict[str, ArmPlan], scorer: OnnxScorer) -> dict[str, list[str]]:
+        """Per user scored by the current model: the model reason of each of its first
+        scoring.reason_top_k items, from one TreeSHAP call over those rows of the whole batch."""
+        n = self.cfg.scoring.reason_top_k
+        if not n or not self.cfg.scoring.reasons or not scorer.explains:
+            return {}
+        mine = [(u, a, orders[u][:n]) for u, _, a, _ in spans if plans[u].scoring == NO_EXPERIMENT.scoring]
+        if not mine:
+            return {}
+        codes = iter(strongest(scorer.contributions(matrix[np.concatenate([a + o for _, a, o in mine])]),
+                               scorer.card.feature_names))
+        return {u: [next(codes) for _ in o] for u, _, o in mine}
+
+    def _reasons(self, state: UserState, plan: ArmPlan, items: list[str], model: list[str]) -> list[tuple[str, ...]]:
+        if not self.cfg.scoring.reasons:
+            return [()] * len(items)
+        facts = ReasonFacts(state, len(self.cfg.features.memory_half_lives_s),
+                            self.candidates.category_boards(state, plan.candidates),
+                            int(self.cfg.scoring.reasons_recent_s * 1000))
+        return [facts.of(item, model[n] if n < len(model) else "") for n, item in enumerate(items)]
 
     def _remember(self, user: str, basis: bytes, at: float) -> None:
         self.scored.pop(user, None)  # re-inserted last: the dict's order is the scorings' order

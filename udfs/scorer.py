@@ -67,6 +67,21 @@ class OnnxScorer:
         self.session = ort.InferenceSession(
             str(model_dir / "model.onnx"), opts, providers=["CPUExecutionProvider"]
         )
+        # the LightGBM model the ONNX one was exported from, for TreeSHAP contributions (reasons)
+        self.booster_file = model_dir / "model.txt"
+        self._booster = None
+
+    @property
+    def explains(self) -> bool:
+        """Whether contributions() can explain this model's scores (its LightGBM file was published)."""
+        return self.booster_file.is_file()
+
+    def contributions(self, x: np.ndarray) -> np.ndarray:
+        """LightGBM's TreeSHAP contributions per row (features, then the bias), in raw-score units."""
+        if self._booster is None:
+            import lightgbm  # only a job that explains loads it (seconds of import)
+            self._booster = lightgbm.Booster(model_file=str(self.booster_file))
+        return np.asarray(self._booster.predict(np.asarray(x, dtype=np.float64), pred_contrib=True, num_threads=1))
 
     @property
     def version(self) -> str:

@@ -10,6 +10,7 @@ import grpc
 import pytest
 
 from contract import keys
+from contract.segments import Segments
 from contract.serving_config import load_serving_config
 from serving.client import RecommendationsClient
 from serving.launch import start_server
@@ -49,6 +50,11 @@ def test_every_valid_user_has_a_list(loop_run):
     assert with_lists == valid_users
     rec = keys.RecList.decode(r.get(keys.rec_key(sorted(valid_users)[0])))
     assert rec.items and rec.model_version.startswith("v") and rec.feature_ts > 0
+    # reasons and segments came through the job (tests/redis/test_reasons.py checks each is a fact)
+    lists = [keys.RecList.decode(r.get(keys.rec_key(u))) for u in valid_users]
+    reasons = {c.partition(":")[0] for rec in lists for i in rec.items for c in i.reasons}
+    assert {"model", "trending_in", "viewed_recently"} <= reasons, reasons
+    assert any(rec.segments for rec in lists) and not all(rec.segments for rec in lists)
 
 
 def test_dlq_holds_exactly_the_malformed_records(loop_run, kafka_broker):
@@ -63,19 +69,23 @@ def test_dlq_holds_exactly_the_malformed_records(loop_run, kafka_broker):
 def test_grpc_returns_the_redis_list_and_features(loop_run, model_dir, engine):
     _, valid_users, r, port = loop_run
     cfg = load_serving_config(None, {"redis.port": port, "engine": engine})
-    features_cfg = job_config(port, model_dir).features
+    job_cfg = job_config(port, model_dir)
+    features_cfg, segments = job_cfg.features, Segments.of_config(job_cfg)
     with start_server(cfg) as server, RecommendationsClient(f"127.0.0.1:{server.port}", deadline_s=5) as client:
         for user in sorted(valid_users)[:5]:
             stored = keys.RecList.decode(r.get(keys.rec_key(user)))
             resp = client.recommendations(user, 10)
             assert not resp.fallback
             assert [i.item_id for i in resp.items] == [i.item_id for i in stored.items[:10]]
+            assert [tuple(i.reasons) for i in resp.items] == [i.reasons for i in stored.items[:10]]
+            assert list(resp.segments) == stored.segments
             assert resp.model_version == stored.model_version
             assert resp.feature_ts_ms == stored.feature_ts
             # GetUserFeatures: the features the job's state gives, by name, with no feature code in serving
-            want = profile(UserState.decode(r.get(keys.feat_key(user))), features_cfg)
+            want = profile(UserState.decode(r.get(keys.feat_key(user))), features_cfg, None, segments)
             f = client.user_features(user)
             assert f.found and dict(f.features) == want.features and list(f.top_categories) == want.top_categories
+            assert list(f.segments) == want.segments
             assert (f.feature_ts_ms, f.window_end_ms) == (want.feature_ts, want.window_end) == (stored.feature_ts, want.window_end)
             assert want.features["recency_s"] < 3600  # as of its last window: an event of that window is recent
         assert not client.user_features("never-seen").found

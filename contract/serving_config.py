@@ -66,6 +66,22 @@ class GraphQLConfig(_Strict):
     """Answer introspection queries (and serve the GraphiQL page at /graphql); for development."""
     allow_get: bool = False
     """Take queries by GET (?query=...) as well as POST; off, as GET queries end up in logs and caches."""
+    max_placements: int = Field(10, ge=1, le=100)
+    """Most placements one page query fetches."""
+    max_cost: int = Field(200, ge=1)
+    """Most items one query may ask for: the sum of k over its lookups (k 0 counts as default_k), aliases included."""
+
+
+class BeaconConfig(_Strict):
+    """Where the gateway's POST /v1/beacon sends what pages report (serving/web's SDK uses it)."""
+    enabled: bool = False
+    """Accept beacons; off: /v1/beacon answers 404."""
+    bootstrap_servers: str = "127.0.0.1:19092"
+    """host:port list of the Kafka brokers."""
+    interactions_topic: str = "interactions"
+    """Clicks go here as interaction events (type click) with the answer's request_id, so the job and the engagement job attribute them."""
+    rendered_topic: str = "exposures.rendered"
+    """Exposures a page confirms it rendered (the services log every answer served on [exposures] topic already)."""
 
 
 class GatewayConfig(_Strict):
@@ -78,6 +94,15 @@ class GatewayConfig(_Strict):
     """Largest request body, in bytes; a larger one gets 413 before anything parses it. The
     default (1 MiB) holds a full batch of 100 requests with their filters."""
     graphql: GraphQLConfig = GraphQLConfig()
+    cache_max_age_s: int = Field(30, ge=0, le=86400)
+    """Longest a browser may reuse an answer (Cache-Control: private, max-age). A list is reused for a tenth of its age, up to this: an idle user's list changes rarely, an active user's often."""
+    fallback_max_age_s: int = Field(5, ge=0, le=86400)
+    """max-age of a popular-list answer (a cold user's, or one Redis could not give)."""
+    cors_origins: list[str] = []
+    """Origins whose pages may call the gateway (CORS), e.g. ["https://shop.example"]; empty: none but the gateway's own (/demo)."""
+    demo: bool = True
+    """Serve the demo page (/demo) and the web SDK it loads (/sdk/streamrank.js)."""
+    beacons: BeaconConfig = BeaconConfig()
 
 
 class ExposuresConfig(_Strict):

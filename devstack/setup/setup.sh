@@ -103,4 +103,22 @@ if [ "$(cat "$STAMPS/k8s-check" 2>/dev/null)" != "$want" ] || [ ! -x "$CACHE/go/
     || fail "npm registry: installing deploy/k8s/check (package-lock.json) failed"
   echo "$want" > "$STAMPS/k8s-check"
 fi
-echo "setup: ready (.venv, .cache/jars, redis-server, serving/generated, .cache/bin/lookupd, k8s checker)"
+# 7. The web SDK (serving/web: TypeScript, built with tsc from the npm registry) and the browser
+#    its test drives: Debian's chromium, through puppeteer-core (which downloads no browser).
+if ! command -v chromium >/dev/null; then
+  echo "setup: installing Debian's chromium (the web SDK's browser test)"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq || fail "apt-get update failed (Debian package mirrors)"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null \
+    || fail "apt-get install chromium failed"
+fi
+want=$(stamp_of serving/web/package.json serving/web/package-lock.json serving/web/tsconfig.json serving/web/src/*.ts)
+if [ "$(cat "$STAMPS/web" 2>/dev/null)" != "$want" ] || [ ! -f serving/web/dist/streamrank.js ]; then
+  command -v npm >/dev/null || fail "Node.js and npm are not installed; they build serving/web"
+  echo "setup: building the web SDK (serving/web)"
+  PUPPETEER_SKIP_DOWNLOAD=1 npm ci --prefix serving/web --no-audit --no-fund --loglevel=error \
+    || fail "npm registry: installing serving/web (package-lock.json) failed"
+  npm run --prefix serving/web build --silent || fail "tsc build of serving/web failed"
+  echo "$want" > "$STAMPS/web"
+fi
+echo "setup: ready (.venv, .cache/jars, redis-server, serving/generated, .cache/bin/lookupd, k8s checker, serving/web, chromium)"

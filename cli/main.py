@@ -25,6 +25,9 @@ COMMANDS: dict[str, tuple[str, str, str | None, str]] = {
     "rules": ("cli.rules", "app", None,
               "Editorial rules: check a file, apply it to the running lookup services (versioned and audited in "
               "Redis), list what is applied, show the history, roll back."),
+    "webhooks": ("cli.webhooks", "app", None,
+                 "Webhooks: register endpoints for events (list_changed, segment_entered, segment_left, "
+                 "profile_updated), deliver them signed with retries, replay the dead letters."),
     "stack": ("cli.stack", "app", None, "Local Kafka (KRaft) + Redis on loopback."),
     "cluster": ("cli.cluster", "app", None, "Standalone Flink cluster from PyFlink's bin/."),
     "models": ("cli.models", "app", None, "The model registry: list, promote, roll back; the live drift report."),

@@ -511,6 +511,33 @@ class CanaryConfig(_Strict):
     """A canary still undecided this long after it started is rolled back (s)."""
 
 
+class WebhooksConfig(_Strict):
+    """Events for CMSs (contract/webhooks.py): the job writes them to `topic`; `streamrank webhooks
+    deliver` sends them to the registered endpoints, signed, retried, dead-lettered."""
+    enabled: bool = False
+    """The job writes events to topic (list_changed, segment_entered, segment_left, profile_updated)."""
+    topic: str = "webhooks.events"
+    """Kafka topic of the events (keyed by user)."""
+    list_top_n: int = Field(5, ge=1, le=100)
+    """list_changed looks at this many items at the top of a list."""
+    list_change_threshold: float = Field(0.4, gt=0, le=1)
+    """list_changed when at least this share of the top list_top_n positions hold items that were not there before."""
+    profile_updated: bool = True
+    """Write profile_updated events (one per user and final window: many)."""
+    dlq_topic: str = "webhooks.dlq"
+    """Deliveries that failed every attempt, or that a receiver refused (4xx): `streamrank webhooks replay` resends them."""
+    group_id: str = "streamrank-webhooks"
+    """Consumer group of the delivery worker (it commits an event once every endpoint has it or its dead letter)."""
+    max_attempts: int = Field(8, ge=1, le=100)
+    """Attempts per delivery before it goes to the dead-letter topic."""
+    backoff_base_s: float = Field(0.5, gt=0)
+    """First retry after up to this long; each retry doubles the wait (full jitter: a random share of it)."""
+    backoff_max_s: float = Field(30.0, gt=0)
+    """Longest wait between two attempts."""
+    timeout_s: float = Field(5.0, gt=0, le=60)
+    """How long one attempt waits for the receiver's answer."""
+
+
 class SegmentRule(_Strict):
     """A named segment: users whose features satisfy `when` are in it (contract/segments.py)."""
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -542,6 +569,7 @@ class JobConfig(_Strict):
     engagement: EngagementConfig = EngagementConfig()
     canary: CanaryConfig = CanaryConfig()
     segments: SegmentsConfig = SegmentsConfig()
+    webhooks: WebhooksConfig = WebhooksConfig()
 
     @model_validator(mode="after")
     def _segments_name_features(self) -> JobConfig:

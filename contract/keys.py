@@ -14,6 +14,7 @@
 - `item:unavailable` set: items the `items` topic marks `available = false` (never served).
 - `rules`        hash: the applied editorial rules (contract.editorial: `spec`, `version`,
                  `applied_at_ms`, `source`); `rules:history` list: the audit, newest first.
+- `webhooks:endpoints` hash: the registered webhook receivers (`streamrank webhooks add`).
 - `ledger`       hash: how many input records were used, duplicate, opted_out, dlq, late.
 - `control`      hash: control records applied, by action (erase, opt_out, opt_in).
 - `ledger:rejected_offsets` hash: per source partition, the offset of the last DLQ'd or late
@@ -67,7 +68,8 @@ DRIFT = "drift:psi"
 CONTROL = "control"  # hash: control records applied, by action (erase, opt_out, opt_in)
 EXPERIMENTS = "experiments"
 RULES = "rules"  # hash: the applied editorial rules (contract.editorial): spec, version, applied_at_ms, source
-RULES_HISTORY = "rules:history"  # list, newest first: one JSON audit entry per apply or rollback
+RULES_HISTORY = "rules:history"
+WEBHOOK_ENDPOINTS = "webhooks:endpoints"  # hash: endpoint id -> JSON {url, events, secret} (contract.webhooks)  # list, newest first: one JSON audit entry per apply or rollback
 UNAVAILABLE_ITEMS = "item:unavailable"  # set: items the catalog marks unavailable; never served
 REJECTED_OFFSETS = "ledger:rejected_offsets"  # hash "{topic}:{partition}" -> last rejected offset counted
 

@@ -214,13 +214,16 @@ def stop_pid(pid: int, timeout_s: float = 20) -> None:
 
 
 def create_topics(bootstrap: str, partitions: int = 2, names: dict | None = None) -> None:
-    """Create the interactions, items (compacted), DLQ, late, quarantine, exposures and engagement
-    topics if missing."""
+    """Create the interactions, items (compacted), DLQ, late, quarantine, exposures, engagement,
+    webhook events and dead letters, and rendered-exposure topics if missing."""
     names = {"interactions": "interactions", "items": "items", "dlq": "interactions.dlq", **(names or {})}
     names.setdefault("late", names["interactions"] + ".late")
     names.setdefault("quarantine", names["interactions"] + ".quarantine")
     names.setdefault("exposures", "exposures")  # keyed by user, as the interactions: partitioned alike
     names.setdefault("engagement", "engagement")  # the engagement job's credited interactions
+    names.setdefault("webhooks", "webhooks.events")  # the job's events for CMSs, keyed by user
+    names.setdefault("webhooks_dlq", "webhooks.dlq")
+    names.setdefault("rendered", "exposures.rendered")  # exposures pages confirm (the gateway's beacons)
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     try:
         existing = set(admin.list_topics())
@@ -232,6 +235,9 @@ def create_topics(bootstrap: str, partitions: int = 2, names: dict | None = None
             NewTopic(names["quarantine"], 1, 1),
             NewTopic(names["exposures"], partitions, 1),
             NewTopic(names["engagement"], 1, 1),
+            NewTopic(names["webhooks"], partitions, 1),
+            NewTopic(names["webhooks_dlq"], 1, 1),
+            NewTopic(names["rendered"], partitions, 1),
         ]
         todo = [t for t in wanted if t.name not in existing]
         if todo:

@@ -9,10 +9,12 @@ import logging
 import time
 
 import redis
+from kafka import KafkaProducer
 
 from contract import keys
 from contract.config import JobConfig
 from contract.experiments import read_experiments
+from contract.webhooks import WebhookEvent
 from udfs.arms import CANDIDATE_COUNTS
 from udfs.attribution import Group, Shares
 from udfs.candidates import Candidate, CandidatePool, ItemStats, gather_candidates, item_weight
@@ -211,10 +213,25 @@ class RedisStore:
         self.candidates = CandidateSource(cfg, self.redis)
         self.trending = TrendingWriter(cfg, self.redis)
         self.experiments = ExperimentsSource(self.redis, cfg.scoring.experiments_refresh_s)
+        self.producer: KafkaProducer | None = None  # webhook events, made at the first
 
     def read_states(self, users: list[str]) -> dict[str, UserState]:
         raw_states = self.redis.mget([keys.feat_key(u) for u in users])
         return {u: UserState.decode(r) for u, r in zip(users, raw_states)}
+
+    def read_tops(self, users: list[str], n: int) -> dict[str, list[str]]:
+        raws = self.redis.mget([keys.rec_key(u) for u in users])
+        return {u: [i.item_id for i in keys.RecList.decode(raw).items[:n]] for u, raw in zip(users, raws) if raw}
+
+    def emit(self, events: list[WebhookEvent]) -> None:
+        if self.producer is None:
+            self.producer = KafkaProducer(bootstrap_servers=self.cfg.kafka.bootstrap_servers, acks="all",
+                                          retries=10, linger_ms=5)
+        sent = [self.producer.send(self.cfg.webhooks.topic, key=e.user_id.encode("utf-8", "surrogatepass"),
+                                   value=e.encode()) for e in events]
+        self.producer.flush(timeout=30)
+        for future in sent:  # an event Kafka refused fails the batch: Flink retries it from the checkpoint
+            future.get(timeout=30)
 
     def report_drift(self, report: DriftReport) -> None:
         worst = report.max_feature

@@ -17,7 +17,8 @@ import numpy as np
 
 from contract import keys
 from contract.config import JobConfig
-from contract.segments import Segments
+from contract import webhooks
+from contract.segments import Segments, changes
 from udfs.arms import NO_EXPERIMENT, ArmPlan, baseline_weights, largest_counts, plan_for
 from udfs.candidates import Candidate
 from udfs.drift import DriftMonitor, DriftReport
@@ -75,6 +76,14 @@ class RankingStore(Protocol):
               items: list[tuple[int, str, str, int, int, int, int, int]]) -> None: ...
 
     def report_drift(self, report: DriftReport) -> None: ...
+
+    def read_tops(self, users: list[str], n: int) -> dict[str, list[str]]:
+        """The first n item ids of each user's stored list (users with none are left out)."""
+        ...
+
+    def emit(self, events: list[webhooks.WebhookEvent]) -> None:
+        """Write webhook events, acknowledged, before the batch's write."""
+        ...
 
 
 class ExperimentsReader(Protocol):
@@ -188,6 +197,7 @@ class BatchRanker:
         users = sorted(final_users | {d.user_id for d in deltas} | due)
         cached = {u: s for u in users if u not in final_users and (s := self.speculation.final_state(u)) is not None}
         states = {**self.store.read_states([u for u in users if u not in cached]), **cached}
+        before = dict(states)  # apply_window makes new states: these stay as read (webhooks compare)
         read_end = {u: states[u].window_end for u in users}
         fresh: list[tuple[int, list[Event], list]] = []  # windows that are not replays after a restart
         for d in sorted(finals, key=lambda d: d.window_end):
@@ -219,6 +229,7 @@ class BatchRanker:
         if self.scorer is None:
             for u, v in views.items():
                 out[u] = UserWrite(states[u] if u in committed else None, self._profile(v))
+            self._emit(before, states, committed, out)
             self.store.write(ledger, out, items)
             return ledger
         for u, v in views.items():  # erased or opted out: lists deleted (when final)
@@ -292,8 +303,45 @@ class BatchRanker:
             ))
             self._remember(u, basis[u], now)
             self.written.append((written_at, s.feature_ts))
+        self._emit(before, states, committed, out)
         self.store.write(ledger, out, items)
         return ledger
+
+    def _emit(self, before: dict[str, UserState], states: dict[str, UserState], committed: set[str],
+              out: dict[str, UserWrite]) -> None:
+        """The batch's webhook events (contract.webhooks), written before the batch's Redis write:
+        a crash between the two replays the batch, which makes the same events (their ids depend
+        only on what happened), so receivers keyed on them see each once."""
+        w = self.cfg.webhooks
+        if not w.enabled:
+            return
+        events: list[webhooks.WebhookEvent] = []
+        for u in sorted(committed):
+            after, old = states[u], before[u]
+            if not after.personalized():
+                continue
+            now_p = self._profile(after)
+            was = self._profile(old) if old.window_end else None
+            entered, left = changes(was.segments if was else [], now_p.segments)
+            at = after.window_end
+            events += [webhooks.event("segment_entered", u, at, {"segment": s}, s) for s in entered]
+            events += [webhooks.event("segment_left", u, at, {"segment": s}, s) for s in left]
+            if w.profile_updated and (was is None or was.features != now_p.features):
+                events.append(webhooks.event("profile_updated", u, at, {
+                    "features": now_p.features, "segments": now_p.segments, "window_end_ms": at}))
+        listed = sorted(u for u, o in out.items() if o.rec is not None)
+        previous = self.store.read_tops(listed, w.list_top_n) if listed else {}
+        for u in listed:
+            rec = out[u].rec
+            top = [i.item_id for i in rec.items[: w.list_top_n]]
+            old_top = previous.get(u)
+            change = webhooks.list_change(old_top or [], top, w.list_top_n)
+            if old_top != top and change >= w.list_change_threshold:
+                events.append(webhooks.event("list_changed", u, rec.feature_ts, {
+                    "top": top, "previous": old_top or [], "change": round(change, 4),
+                    "model_version": rec.model_version}, ",".join(top)))
+        if events:
+            self.store.emit(events)
 
     def _model_reasons(self, matrix: np.ndarray, spans: list, orders: dict[str, np.ndarray],
                        plans: dict[str, ArmPlan], scorer: OnnxScorer) -> dict[str, list[str]]:

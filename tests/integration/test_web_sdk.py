@@ -42,7 +42,7 @@ def test_the_demo_page_shows_the_grpc_answer_and_a_click_reaches_kafka(kafka_bro
     port, r = redis_db
     seed(r)
     topics = {"interactions": "web.interactions", "rendered": "web.rendered"}
-    create_topics(kafka_broker, 1, topics)
+    create_topics(kafka_broker, 1, {"interactions": topics["interactions"], "rendered": topics["rendered"]})
     rules = tmp_path / "rules.toml"
     rules.write_text('[[rules]]\nname = "hero-pick"\naction = "pin"\nitem = "i9"\nposition = 1\nplacements = ["hero"]\n')
     assert CliRunner().invoke(app, ["rules", "apply", str(rules), "--set", f"redis.port={port}"]).exit_code == 0

@@ -10,7 +10,7 @@ generator is Go so that its own CPU (the machine has 2 cores) is small: a Python
 process took most of a core at 3,500 calls/s. Writes a latency/throughput plot; the last stdout
 line is JSON.
 
-    .venv/bin/python -m bench.serving [--engine go|python] [--lists-mb N] [--rewrites-per-s 2000]
+    .venv/bin/python -m bench.serving [--engine go|python] [--lists-mb N] [--rewrites-per-s 2000] [--no-editorial]
         [--users 10000] [--seconds 3] [--half-repeats 3] [--plot var/bench/serving.png]
 """
 
@@ -32,24 +32,44 @@ from tqdm import tqdm
 
 from bench.harness import go_build, stop_on_sigterm
 from contract import keys
+from contract.editorial import store_rules
 from contract.paths import PROJECT_ROOT
 from devstack.stack import free_port, port_open, start_redis, stop_pid
 
 ITEMS_PER_LIST = 100
 
 
-def stored_list(first_item: int, model_version: str, now_ms: int) -> str:
-    """A rec:{user} value of ITEMS_PER_LIST items starting at item `first_item`."""
-    items = [keys.ScoredItem(f"i{(first_item + n) % 5000}", 1.0 - n / ITEMS_PER_LIST, f"c{n % 12}")
+# what the job writes with reasons on: up to three per item, the model's for the top ten
+REASONS = (("bought_before", "viewed_recently", "model:your_history"), ("trending_in:c3", "model:popular_now"),
+           ("viewed_recently",), ())
+# editorial rules as a CMS would have them on: a pin, a segment's boost, a bury, two exclusions
+# (one per placement), all active
+RULES = {"rules": [
+    {"name": "front-pick", "action": "pin", "item": "i4242", "category": "c2", "position": 1},
+    {"name": "vip-boost", "action": "boost", "category": "c3", "factor": 1.5, "segments": ["vip"]},
+    {"name": "clearance", "action": "bury", "category": "c7", "factor": 0.5},
+    {"name": "recalled", "action": "exclude", "item": "i13"},
+    {"name": "hero-no-c11", "action": "exclude", "category": "c11", "placements": ["hero"]}]}
+
+
+def stored_list(first_item: int, model_version: str, now_ms: int, editorial: bool = False) -> str:
+    """A rec:{user} value of ITEMS_PER_LIST items starting at item `first_item` (with editorial:
+    reasons on every item and, for every other list, the segment the rules boost)."""
+    items = [keys.ScoredItem(f"i{(first_item + n) % 5000}", 1.0 - n / ITEMS_PER_LIST, f"c{n % 12}",
+                             REASONS[n % len(REASONS)][: 3 if n < 10 else 2] if editorial else ())
              for n in range(ITEMS_PER_LIST)]
-    return keys.RecList(items, model_version, now_ms, now_ms).encode()
+    segments = ["buyers", "vip"] if editorial and first_item % 2 else ["buyers"] if editorial else []
+    return keys.RecList(items, model_version, now_ms, now_ms, segments=segments).encode()
 
 
-def seed(r: redis.Redis, users: int) -> None:
+def seed(r: redis.Redis, users: int, editorial: bool) -> None:
     now = int(time.time() * 1000)
     pipe = r.pipeline(transaction=False)
+    if editorial:
+        store_rules(r, json.loads(json.dumps(RULES)), "(bench.serving)", "bench.serving", now)
+        r.sadd(keys.UNAVAILABLE_ITEMS, *(f"i{n}" for n in range(100, 5000, 250)))
     for u in tqdm(range(users), desc="seeding lists", unit="user", mininterval=1):
-        pipe.set(keys.rec_key(f"u{u}"), stored_list(u * 7, "v0001", now))
+        pipe.set(keys.rec_key(f"u{u}"), stored_list(u * 7, "v0001", now, editorial))
         if u % 1000 == 999:
             pipe.execute()
     pipe.zadd(keys.TRENDING, {f"i{n}": 1000 - n for n in range(500)})
@@ -60,12 +80,12 @@ class Rewriter(threading.Thread):
     """Rewrites random users' lists at a steady rate during the run, as the job does each micro-batch,
     so a cache in the service is invalidated as it would be live. The values are encoded once up
     front (64 variants of 100 items), so the writer's own CPU stays small (pipelined SETs)."""
-    def __init__(self, port: int, users: int, per_s: float) -> None:
+    def __init__(self, port: int, users: int, per_s: float, editorial: bool) -> None:
         super().__init__(name="rewriter", daemon=True)
         self.r, self.users, self.per_s = redis.Redis(port=port), users, per_s
         self.done, self.written = threading.Event(), 0
         now = int(time.time() * 1000)
-        self.values = [stored_list(v * 31, "v0002", now).encode() for v in range(64)]
+        self.values = [stored_list(v * 31, "v0002", now, editorial).encode() for v in range(64)]
 
     def run(self) -> None:
         if self.per_s <= 0:
@@ -159,6 +179,9 @@ def main() -> None:
     p.add_argument("--half-repeats", type=int, default=3,
                    help="runs of each open-loop step at half of the peak; the median p99 is reported, with "
                         "every run's p99 (default 3)")
+    p.add_argument("--editorial", action=argparse.BooleanOptionalAction, default=True,
+                   help="lists with reasons and segments, five active editorial rules and 20 unavailable items, "
+                        "as a CMS runs it (default on; --no-editorial: plain lists, no rules)")
     p.add_argument("--plot", default=str(PROJECT_ROOT / "var" / "bench" / "serving.png"), help="PNG to write")
     args = p.parse_args()
 
@@ -170,7 +193,7 @@ def main() -> None:
     redis_svc = start_redis(work, free_port(), durable=False)
     server = None
     try:
-        seed(redis.Redis(port=redis_svc.port), args.users)
+        seed(redis.Redis(port=redis_svc.port), args.users, args.editorial)
         grpc_port = free_port()
         config = work / "serving.toml"
         cache = f"[cache]\nlists_mb = {args.lists_mb}\n" if args.lists_mb is not None else ""
@@ -189,7 +212,7 @@ def main() -> None:
               f"check at the same concurrencies and the k=25 rates, Redis too; {args.seconds:.0f} s a step "
               f"(about {(45 + 5 * args.half_repeats) * (args.seconds + 0.5):.0f} s)",
               file=sys.stderr, flush=True)
-        writer = Rewriter(redis_svc.port, args.users, args.rewrites_per_s)
+        writer = Rewriter(redis_svc.port, args.users, args.rewrites_per_s, args.editorial)
         writer.start()
         load = subprocess.run([str(loadgen), "-target", f"127.0.0.1:{grpc_port}",
                                "-redis", f"127.0.0.1:{redis_svc.port}", "-rec-key-prefix", keys.rec_key(""),
@@ -219,7 +242,7 @@ def main() -> None:
     summary.update({"redis_get_qps": result["redis"]["peak_qps"], "redis_get_p99_ms": direct["p99_ms"],
                     "redis_get_p99_ms_repeats": direct.get("p99_ms_repeats"),
                     "redis_get_p50_ms": direct["p50_ms"], "users": args.users, "engine": args.engine,
-                    "lists_mb": args.lists_mb, "rewrites_per_s": args.rewrites_per_s, "rewrites": writer.written, "plot": args.plot})
+                    "lists_mb": args.lists_mb, "editorial": args.editorial, "rewrites_per_s": args.rewrites_per_s, "rewrites": writer.written, "plot": args.plot})
     k25 = summary.get("k25")
     if k25 and direct["p99_ms"]:
         summary["k25_p99_over_redis_p99"] = round(k25["p99_ms"] / direct["p99_ms"], 2)

@@ -16,7 +16,8 @@ import typer
 from cli.common import DEFAULT_CONFIG, ConfigOpt, SetOpt, exit_on, job_config
 from contract import keys
 from contract.config import ConfigError
-from contract.editorial import FOREVER_MS, RulesFile, history, load_rules, previous_version, read_rules, store_rules
+from contract.editorial import (FOREVER_MS, RulesFile, fill_pin_categories, history, load_rules, pinned_items,
+                                previous_version, read_rules, store_rules)
 from contract.experiments import now_ms
 
 app = typer.Typer(help="Editorial rules: check a file, apply it to the running lookup services (versioned and "
@@ -86,14 +87,12 @@ def apply(file: FileArg, config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None
     spec = rules.spec()
     try:
         client = _redis(config, set_)
-        pins = [r for r in spec["rules"] if r["action"] == "pin" and not r["category"]]
-        metas = client.hmget(keys.ITEM_META, [r["item"] for r in pins]) if pins else []
-        for r, meta in zip(pins, metas):
-            if meta is None:
-                typer.echo(f"note: pinned item {r['item']} ({r['name']}) is not in the catalog yet; it is served "
-                           "with no category (set category in the rule to give it one)", err=True)
-            else:
-                r["category"] = keys.ItemMeta.decode(meta).category
+        items = pinned_items(spec)
+        metas = client.hmget(keys.ITEM_META, items) if items else []
+        known = {i: keys.ItemMeta.decode(m).category for i, m in zip(items, metas) if m is not None}
+        for missing in fill_pin_categories(spec, known):
+            typer.echo(f"note: pinned item {missing} is not in the catalog yet; it is served with no category "
+                       "(set category in the rule to give it one)", err=True)
         entry = store_rules(client, spec, file.read_text(), who or _who(), now_ms())
     except redis_lib.RedisError as e:
         raise _unreachable(e) from None

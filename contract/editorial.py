@@ -137,6 +137,25 @@ class RulesFile(_Strict):
         return out
 
 
+def pinned_items(spec: dict) -> list[str]:
+    """The items of the spec's pins that name no category (apply gives them the catalog's)."""
+    return [r["item"] for r in spec["rules"] if r["action"] == "pin" and not r["category"]]
+
+
+def fill_pin_categories(spec: dict, categories: dict[str, str]) -> list[str]:
+    """Gives each pin without a category its item's (categories: item -> category, from the
+    catalog), so request filters and category rules apply to a pinned item the list lacks.
+    Returns the pinned items the catalog does not know (they are served with no category)."""
+    missing = []
+    for r in spec["rules"]:
+        if r["action"] == "pin" and not r["category"]:
+            if r["item"] in categories:
+                r["category"] = categories[r["item"]]
+            else:
+                missing.append(f"{r['item']} ({r['name']})")
+    return missing
+
+
 def _overlap(a: Rule, b: Rule) -> bool:
     """Whether two rules can be active for the same answer (placements, segments and windows meet)."""
     def meets(x: list[str], y: list[str]) -> bool:

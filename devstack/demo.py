@@ -16,6 +16,7 @@ import redis
 
 from contract import keys
 from contract.config import load_config
+from contract.editorial import fill_pin_categories, load_rules, store_rules
 from contract.experiments import load_experiments, store_experiments
 from contract.serving_config import load_serving_config
 from contract.paths import PROJECT_ROOT, run_dir
@@ -32,6 +33,7 @@ from traffic.simulator import Simulator
 log = logging.getLogger("streamrank.demo")
 CONFIG = PROJECT_ROOT / "deploy" / "config" / "local.toml"
 EXPERIMENTS = PROJECT_ROOT / "deploy" / "config" / "experiments.toml"
+RULES = PROJECT_ROOT / "deploy" / "config" / "rules.toml"
 
 
 def _step(msg: str) -> None:
@@ -66,6 +68,13 @@ def run_demo(live_events: int, rate: float, keep: bool) -> int:
         _step(f"experiments: `streamrank experiments apply {EXPERIMENTS.relative_to(PROJECT_ROOT)}`")
         version = store_experiments(r, load_experiments(EXPERIMENTS).spec(), EXPERIMENTS.read_text())
         print(f"experiments version {version} (the job ranks each user for their arm): " + ", ".join(e.name for e in load_experiments(EXPERIMENTS).experiments))
+
+        _step(f"editorial rules: `streamrank rules apply {RULES.relative_to(PROJECT_ROOT)}` (versioned, audited)")
+        rules = load_rules(RULES)
+        spec = rules.spec()
+        fill_pin_categories(spec, {i.item_id: i.category for i in sim.items})  # as `rules apply` does
+        entry = store_rules(r, spec, RULES.read_text(), "make demo", int(time.time() * 1000))
+        print(f"rules version {entry['version']}: " + ", ".join(x.name for x in rules.rules))
 
         _step("starting the recommend job on the embedded Flink MiniCluster")
         job_log = run / "demo" / "job.log"
@@ -117,6 +126,10 @@ def run_demo(live_events: int, rate: float, keep: bool) -> int:
             for u in users + ["cold-user-42"]:
                 print(format_recommendations(client.recommendations(u, 5)))
                 answered += 1
+            segmented = [u for _, u in newest if keys.RecList.decode(r.get(keys.rec_key(u))).segments]
+            if segmented and segmented[0] not in users:
+                print(format_recommendations(client.recommendations(segmented[0], 5)))
+                answered += 1
 
             _step(f"{users[0]} opts out: `streamrank control opt-out {users[0]}` (history forgotten, no tracking)")
             send_requests(cfg.kafka.bootstrap_servers, cfg.kafka.interactions_topic, "opt_out", [users[0]])
@@ -131,7 +144,9 @@ def run_demo(live_events: int, rate: float, keep: bool) -> int:
         logged = sum(end_offsets(scfg.exposures.bootstrap_servers, scfg.exposures.topic).values()) - exposures_start
         print(f"{answered} answers served, {logged} exposure records on `{scfg.exposures.topic}` "
               "(request id, user, arms, items with positions)")
-        print(f"\n{n_lists} users have lists in Redis; Kafka -> Flink -> ONNX -> Redis -> gRPC works.")
+        print(f"\n{n_lists} users have lists in Redis; Kafka -> Flink -> ONNX -> Redis -> gRPC works. The pinned "
+              f"item and the reasons come from the editorial rules and the job; `streamrank gateway` serves "
+              "the same at /demo in a browser.")
         return 0
     finally:
         _step("tidying up")

@@ -89,13 +89,17 @@ class RecommendationsClient:
 
 def format_recommendations(resp) -> str:
     """A GetRecommendations answer as a few lines for a terminal: the user, model or fallback, the
-    list's age, the user's experiment arms, the items with their scores, the request id."""
+    list's age, the user's experiment arms and segments, the items with their scores and reasons,
+    the request id."""
     kind = f"fallback ({resp.fallback_reason})" if resp.fallback else f"model {resp.model_version}"
     age = f", list age {resp.list_age_ms / 1000:.1f}s" if not resp.fallback else ""
     lines = [f"user {resp.user_id}: {kind}{age}"]
     if resp.experiments:
         lines.append("  arms: " + ", ".join(f"{e}={a}" for e, a in sorted(resp.experiments.items())))
-    lines += [f"  {n:2d}. {i.item_id}  {i.score:.4f}" for n, i in enumerate(resp.items, 1)]
+    if resp.segments:
+        lines.append("  segments: " + ", ".join(resp.segments))
+    lines += [f"  {n:2d}. {i.item_id}  {i.score:.4f}" + (f"  ({', '.join(i.reasons)})" if i.reasons else "")
+              for n, i in enumerate(resp.items, 1)]
     if resp.request_id:
         lines.append(f"  request id {resp.request_id}")
     return "\n".join(lines)

@@ -218,6 +218,7 @@ def main() -> None:
                                "-redis", f"127.0.0.1:{redis_svc.port}", "-rec-key-prefix", keys.rec_key(""),
                                "-users", str(args.users),
                                "-seconds", str(args.seconds), "-half-repeats", str(args.half_repeats),
+                               f"-exact-k={str(not args.editorial).lower()}",
                                "-server-pid", str(service_pid(server.pid, args.engine))],
                               capture_output=True, text=True)
         writer.stop()

@@ -100,6 +100,8 @@ class GatewayConfig(_Strict):
     """max-age of a popular-list answer (a cold user's, or one Redis could not give)."""
     cors_origins: list[str] = []
     """Origins whose pages may call the gateway (CORS), e.g. ["https://shop.example"]; empty: none but the gateway's own (/demo)."""
+    lookupd: str = ""
+    """host:port of the lookup service (`streamrank serve`, engine go) the gateway asks over gRPC: rules, reasons, experiments and exposures are then lookupd's, and the gateway holds no Redis connection. Empty: the gateway reads Redis itself with the Python lookup core (the same rules: tests/vectors)."""
     demo: bool = True
     """Serve the demo page (/demo) and the web SDK it loads (/sdk/streamrank.js)."""
     beacons: BeaconConfig = BeaconConfig()

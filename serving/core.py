@@ -265,9 +265,7 @@ class LookupService:
 
     def request(self, user_id: str, k: int = 0, include_categories=(), exclude_categories=(), exclude_items=(),
                 placement: str = "") -> lookup.Request:
-        """A checked request (INVALID_ARGUMENT otherwise), with this service's default and maximum k."""
-        return lookup.check_request(user_id, k, self.cfg.default_k, self.cfg.max_k,
-                                    lookup.filters_of(include_categories, exclude_categories, exclude_items), placement)
+        return check_request(self.cfg, user_id, k, include_categories, exclude_categories, exclude_items, placement)
 
     async def recommend(self, requests: list[lookup.Request], remaining_s: float | None = None,
                         interface: str = "grpc") -> list[lookup.Recommendations]:
@@ -328,6 +326,13 @@ class LookupService:
                     value = next((v for v in previous if v is not None), None)
             out[u] = value
         return out
+
+
+def check_request(cfg: ServingConfig, user_id: str, k: int = 0, include_categories=(), exclude_categories=(),
+                  exclude_items=(), placement: str = "") -> lookup.Request:
+    """A checked request (INVALID_ARGUMENT otherwise), with the config's default and maximum k."""
+    return lookup.check_request(user_id, k, cfg.default_k, cfg.max_k,
+                                lookup.filters_of(include_categories, exclude_categories, exclude_items), placement)
 
 
 def status_of(exc: BaseException | None) -> str:

@@ -45,6 +45,7 @@ from contract.serving_config import ExposuresConfig, GatewayConfig, GraphQLConfi
 from serving import lookup
 from serving.core import LookupService, Observed, StoreUnavailable
 from serving.exposures import ExposureLog
+from serving.upstream import UpstreamLookup
 from serving.server import authorized, bearer_token
 
 log = logging.getLogger(__name__)
@@ -353,11 +354,11 @@ def create_app(cfg: ServingConfig) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        app.state.service = LookupService(cfg)
+        app.state.service = UpstreamLookup(cfg) if cfg.gateway.lookupd else LookupService(cfg)
         await app.state.service.start()
         app.state.beacons = beacon_logs(cfg.gateway) if cfg.gateway.beacons.enabled else None
-        log.info("gateway on http://%s:%d (redis %s:%d)", cfg.gateway.host, cfg.gateway.port,
-                 cfg.redis.host, cfg.redis.port)
+        log.info("gateway on http://%s:%d (%s)", cfg.gateway.host, cfg.gateway.port,
+                 f"lookupd {cfg.gateway.lookupd}" if cfg.gateway.lookupd else f"redis {cfg.redis.host}:{cfg.redis.port}")
         yield
         await app.state.service.close()
         for log_ in (app.state.beacons or {}).values():

@@ -4,6 +4,7 @@ item and a user's segments on the next calls, with no restart."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -138,12 +139,19 @@ def test_an_edit_and_an_unavailable_item_are_served_on_the_next_calls_without_a_
         assert wait_until(lambda: top("plain-user")[0] == ("i0", ()), 10), "the rules gone"
 
 
-def test_the_gateway_answers_with_the_rules_reasons_and_segments(redis_db, tmp_path):
+@pytest.mark.parametrize("upstream", ["redis", "lookupd"])
+def test_the_gateway_answers_with_the_rules_reasons_and_segments(redis_db, tmp_path, upstream):
+    """Reading Redis itself (the Python core) or asking lookupd (gateway.lookupd): the same answers."""
     port, r = redis_db
     seed(r)
     run("apply", str(rules_file(tmp_path, "a.toml", PIN)), "--set", f"redis.port={port}")
-    cfg = load_serving_config(None, {"redis.port": port, "engine": "python"})
-    with running_gateway(cfg) as base:
+    with contextlib.ExitStack() as stack:
+        cfg = load_serving_config(None, {"redis.port": port, "engine": "go"})
+        if upstream == "lookupd":
+            lookupd = stack.enter_context(start_server(cfg))
+            cfg = cfg.model_copy(update={"gateway": cfg.gateway.model_copy(
+                update={"lookupd": f"127.0.0.1:{lookupd.port}"})})
+        base = stack.enter_context(running_gateway(cfg))
         got = httpx.get(f"{base}/v1/recommendations/vip-user", params={"k": 2}).json()
         assert [(i["item_id"], i["reasons"]) for i in got["items"]] == [("i9", ["pinned"]), ("i1", ["bought_before"])]
         assert got["segments"] == ["vip"] and got["rules_version"] == read_rules(r)[1]
@@ -151,3 +159,11 @@ def test_the_gateway_answers_with_the_rules_reasons_and_segments(redis_db, tmp_p
         data = httpx.post(f"{base}/graphql", json={"query": q}).json()["data"]["recommendations"]
         assert data["items"] == [{"itemId": "i9", "reasons": ["pinned"]}, {"itemId": "i1", "reasons": ["bought_before"]}]
         assert data["segments"] == ["vip"]
+        bad = httpx.get(f"{base}/v1/recommendations/bad user!")
+        assert bad.status_code == 400 and "user_id must be" in bad.json()["error"]
+        assert httpx.get(f"{base}/healthz").json() == {"status": "SERVING"}
+        if upstream == "lookupd":
+            lookupd.stop(0)
+            down = httpx.get(f"{base}/v1/recommendations/vip-user")
+            assert down.status_code == 503 and "lookup service unavailable" in down.json()["error"]
+            assert httpx.get(f"{base}/healthz").status_code == 503

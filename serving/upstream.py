@@ -1,0 +1,92 @@
+"""The gateway's lookups through lookupd (gateway.lookupd = "host:port"): each HTTP or GraphQL
+call becomes one gRPC call to the lookup service, so the editorial rules, reasons, experiments and
+exposure records are lookupd's own, and the gateway holds no Redis connection. The same interface
+as serving.core.LookupService, which the gateway uses when gateway.lookupd is empty."""
+
+from __future__ import annotations
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from contract import keys
+from contract.config import ConfigError
+from contract.serving_config import ServingConfig
+from serving import lookup
+from serving.core import StoreUnavailable, check_request
+from serving.server import SERVICE_NAME, bearer_token, pb, pb_grpc
+
+
+class LookupdUnavailable(StoreUnavailable):
+    """lookupd did not answer (or answered UNAVAILABLE / DEADLINE_EXCEEDED); the gateway answers 503."""
+
+    def __init__(self, why: str) -> None:
+        RuntimeError.__init__(self, f"lookup service unavailable ({why}); retry")
+
+
+def _request(r: lookup.Request) -> pb.GetRecommendationsRequest:
+    f = r.filters
+    return pb.GetRecommendationsRequest(
+        user_id=r.user_id, k=r.k, placement=r.placement,
+        filters=pb.Filters(include_categories=sorted(f.include_categories),
+                           exclude_categories=sorted(f.exclude_categories), exclude_items=sorted(f.exclude_items)))
+
+
+def _recommendations(a) -> lookup.Recommendations:
+    return lookup.Recommendations(
+        a.user_id, [keys.ScoredItem(i.item_id, i.score, i.category, tuple(i.reasons)) for i in a.items],
+        a.model_version, a.feature_ts_ms, a.list_age_ms, a.fallback, a.fallback_reason, a.placement, a.request_id,
+        dict(a.experiments), list(a.segments), a.rules_version)
+
+
+class UpstreamLookup:
+    def __init__(self, cfg: ServingConfig) -> None:
+        if cfg.tls is not None:
+            raise ConfigError("gateway.lookupd asks lookupd in plaintext, but the serving config sets [tls]; "
+                              "leave gateway.lookupd empty (the gateway then reads Redis itself)")
+        self.cfg = cfg
+        token = bearer_token(cfg)
+        self.metadata = (("authorization", token.decode()),) if token else ()
+        self.timeout_s = cfg.redis_timeout_s + 1.0  # lookupd's own Redis budget, and the hop
+
+    async def start(self) -> None:
+        self.channel = grpc.aio.insecure_channel(self.cfg.gateway.lookupd)
+        self.stub = pb_grpc.RecommendationsStub(self.channel)
+        self.health = health_pb2_grpc.HealthStub(self.channel)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    def request(self, user_id: str, k: int = 0, include_categories=(), exclude_categories=(), exclude_items=(),
+                placement: str = "") -> lookup.Request:
+        return check_request(self.cfg, user_id, k, include_categories, exclude_categories, exclude_items, placement)
+
+    async def _call(self, method, message, remaining_s: float | None):
+        timeout = self.timeout_s if remaining_s is None else min(self.timeout_s, remaining_s)
+        try:
+            return await method(message, timeout=timeout, metadata=self.metadata)
+        except grpc.aio.AioRpcError as err:
+            if err.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                raise lookup.InvalidRequest(err.details()) from None
+            raise LookupdUnavailable(f"{err.code().name}: {err.details()}") from None
+
+    async def recommend(self, requests: list[lookup.Request], remaining_s: float | None = None,
+                        interface: str = "http") -> list[lookup.Recommendations]:
+        if len(requests) == 1:
+            return [_recommendations(await self._call(self.stub.GetRecommendations, _request(requests[0]),
+                                                      remaining_s))]
+        batch = pb.BatchGetRecommendationsRequest(requests=[_request(r) for r in requests])
+        answer = await self._call(self.stub.BatchGetRecommendations, batch, remaining_s)
+        return [_recommendations(a) for a in answer.responses]
+
+    async def user_features(self, user_id: str, remaining_s: float | None = None) -> lookup.UserFeatures:
+        lookup.check_user(user_id)
+        f = await self._call(self.stub.GetUserFeatures, pb.GetUserFeaturesRequest(user_id=user_id), remaining_s)
+        return lookup.UserFeatures(f.user_id, f.found, dict(f.features), list(f.top_categories), f.feature_ts_ms,
+                                   f.window_end_ms, list(f.segments))
+
+    async def ping(self) -> bool:
+        try:
+            answer = await self.health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=self.timeout_s)
+        except grpc.aio.AioRpcError:
+            return False
+        return answer.status == health_pb2.HealthCheckResponse.SERVING

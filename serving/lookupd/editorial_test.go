@@ -41,15 +41,8 @@ func TestEditorialRulesGiveTheSharedAnswers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	popular := make([]*pb.ScoredItem, len(v.Popular))
-	for n, p := range v.Popular {
-		popular[n] = &pb.ScoredItem{ItemId: p[0].(string), Score: p[1].(float64), Category: p[2].(string)}
-	}
-	cache := newListCache(1 << 20)
-	for _, run := range []struct {
-		name  string
-		lists *ListCache
-	}{{"decoded on the call", nil}, {"into the list cache", cache}, {"from the list cache", cache}} {
+	popular := popularItems(v.Popular)
+	for _, run := range cacheRuns() {
 		for _, c := range v.Cases {
 			t.Run(run.name+"/"+c.Name, func(t *testing.T) {
 				q, f := c.Request, c.Request.Filters

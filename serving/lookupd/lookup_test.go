@@ -102,23 +102,35 @@ func normalized(t *testing.T, x any) any {
 	return out
 }
 
+// popularItems decodes the vectors' [id, score, category] triples.
+func popularItems(raw [][]any) []*pb.ScoredItem {
+	out := make([]*pb.ScoredItem, len(raw))
+	for n, p := range raw {
+		out[n] = &pb.ScoredItem{ItemId: p[0].(string), Score: p[1].(float64), Category: p[2].(string)}
+	}
+	return out
+}
+
+type cacheRun struct {
+	name  string
+	lists *ListCache
+}
+
+// cacheRuns: every case decoded on the call, then from a cache shared by all cases: first decoded
+// into it (or from a list an earlier case decoded), then from it.
+func cacheRuns() []cacheRun {
+	cache := newListCache(1 << 20)
+	return []cacheRun{{"decoded on the call", nil}, {"into the list cache", cache}, {"from the list cache", cache}}
+}
+
 func TestLookupRulesGiveTheSharedAnswers(t *testing.T) {
 	v := loadVectors(t)
 	rules, err := newRules(v.Contract, v.DefaultK, v.MaxK)
 	if err != nil {
 		t.Fatal(err)
 	}
-	popular := make([]*pb.ScoredItem, len(v.Popular))
-	for n, p := range v.Popular {
-		popular[n] = &pb.ScoredItem{ItemId: p[0].(string), Score: p[1].(float64), Category: p[2].(string)}
-	}
-	// every case decoded on the call, then from a cache shared by all cases: first decoded into it
-	// (or from a list an earlier case decoded), then from it
-	cache := newListCache(1 << 20)
-	for _, run := range []struct {
-		name  string
-		lists *ListCache
-	}{{"decoded on the call", nil}, {"into the list cache", cache}, {"from the list cache", cache}} {
+	popular := popularItems(v.Popular)
+	for _, run := range cacheRuns() {
 		for _, c := range v.Cases {
 			t.Run(run.name+"/"+c.Name, func(t *testing.T) {
 				q := c.Request

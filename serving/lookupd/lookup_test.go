@@ -59,6 +59,7 @@ type vectors struct {
 			TopCategories []string           `json:"top_categories"`
 			FeatureTsMs   int64              `json:"feature_ts_ms"`
 			WindowEndMs   int64              `json:"window_end_ms"`
+			Segments      []string           `json:"segments"`
 		} `json:"expect"`
 		Error string `json:"error"`
 	} `json:"profiles"`
@@ -215,7 +216,8 @@ func TestUserFeaturesGiveTheSharedAnswers(t *testing.T) {
 			}
 			e := c.Expect
 			if got.Found != e.Found || !reflect.DeepEqual(nonNil(got.Features), nonNil(e.Features)) ||
-				!slices.Equal(got.TopCategories, e.TopCategories) || got.FeatureTsMs != e.FeatureTsMs || got.WindowEndMs != e.WindowEndMs {
+				!slices.Equal(got.TopCategories, e.TopCategories) || got.FeatureTsMs != e.FeatureTsMs || got.WindowEndMs != e.WindowEndMs ||
+				!slices.Equal(got.Segments, e.Segments) {
 				t.Fatalf("got %+v, want %+v", got, e)
 			}
 		})

@@ -69,7 +69,7 @@ def test_user_features_give_the_shared_answers(case):
         return
     f = lookup.user_features("u1", raw)
     assert {"found": f.found, "features": f.features, "top_categories": f.top_categories,
-            "feature_ts_ms": f.feature_ts_ms, "window_end_ms": f.window_end_ms} == case["expect"]
+            "feature_ts_ms": f.feature_ts_ms, "window_end_ms": f.window_end_ms, "segments": f.segments} == case["expect"]
 
 
 EDITORIAL = json.loads((Path(__file__).parents[1] / "vectors" / "editorial.json").read_text())

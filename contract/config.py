@@ -352,8 +352,8 @@ class ScoringConfig(_Strict):
     """Write reason codes with each listed item (udfs/reasons.py): bought_before, viewed_recently, trending_in:<category>, model:<code>."""
     reasons_recent_s: float = Field(86400.0, gt=0)
     """viewed_recently: the user interacted with the item within this long before the list's newest event (s)."""
-    reason_top_k: int = Field(10, ge=0, le=500)
-    """model:<code> reasons (LightGBM TreeSHAP) for this many items at the top of each list; 0: none (TreeSHAP costs CPU per row)."""
+    reason_top_k: int = Field(0, ge=0, le=500)
+    """model:<code> reasons (LightGBM TreeSHAP) for this many items at the top of each list; 0: none. TreeSHAP costs about 200 predictions a row (7 ms a row for a 992-tree model here): set it where lists are few (README, Reason codes)."""
     min_interval_s: float = Field(0.5, ge=0, le=3600)
     """Shortest time (s, processing time) between two scorings of one user while the user has
     events whose window is not final: events that come sooner reach the profile and the list

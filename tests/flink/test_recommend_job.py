@@ -47,11 +47,13 @@ def run_job(cfg, records, items, out_dir):
         .column_by_expression("proc_time", "PROCTIME()")
         .watermark("event_time", watermark_sql(cfg)).build())
     t_env.create_temporary_view("interactions_src", src)
+    # the first item marked unavailable, the second with no `available` field (available)
     t_env.create_temporary_view("items_src", t_env.from_elements(
-        [(i.item_id, i.category, i.price) for i in items],
+        [(i.item_id, i.category, i.price, False if n == 0 else None if n == 1 else True) for n, i in enumerate(items)],
         DataTypes.ROW([DataTypes.FIELD("item_id", DataTypes.STRING()),
                        DataTypes.FIELD("category", DataTypes.STRING()),
-                       DataTypes.FIELD("price", DataTypes.DOUBLE())])))
+                       DataTypes.FIELD("price", DataTypes.DOUBLE()),
+                       DataTypes.FIELD("available", DataTypes.BOOLEAN())])))
     for table in ("dlq_sink", "late_sink", "quarantine_sink"):
         t_env.execute_sql(f"""CREATE TABLE {table} (record STRING, reason STRING, src_topic STRING,
             src_partition INT, src_offset BIGINT) WITH ('connector' = 'filesystem',
@@ -145,6 +147,7 @@ def test_job_graph_accounts_for_every_record_and_matches_offline(parallelism, re
     some = keys.RecList.decode(r.get(next(r.scan_iter(keys.rec_key("*")))))
     assert 0 < len(some.items) <= cfg.scoring.top_k
     assert some.model_version == json.loads((model_dir / "card.json").read_text())["version"]
+    assert r.smembers(keys.UNAVAILABLE_ITEMS) == {sim.items[0].item_id.encode()}  # the catalog's flag
 
     # cut-off 2: everything, the first part read again (replayed windows must change nothing)
     run_job(cfg, first + second, sim.items, tmp_path / "run2")

@@ -33,7 +33,7 @@ def child_env(**extra: str) -> dict[str, str]:
 
 # the segments every job the tests run evaluates (a TOML array for --set)
 SEGMENT_RULES = ('[{name = "buyers", when = "purchases_7d >= 1"}, '
-                 '{name = "browsers", when = "views_1d >= 3 and purchases_7d == 0"}]')
+                 '{name = "browsers", when = "views_7d >= 3 and purchases_7d == 0"}]')
 
 
 def job_args(bootstrap: str, redis_port: int, model: Path, topic_prefix: str, group: str) -> list[str]:

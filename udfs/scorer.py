@@ -3,6 +3,7 @@ ModelWatcher follows the registry's `current` pointer so a promoted model is pic
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -73,8 +74,9 @@ class OnnxScorer:
 
     @property
     def explains(self) -> bool:
-        """Whether contributions() can explain this model's scores (its LightGBM file was published)."""
-        return self.booster_file.is_file()
+        """Whether contributions() can explain this model's scores: its LightGBM file was published
+        and LightGBM is installed (the train extra; the job's own extra leaves it out)."""
+        return self.booster_file.is_file() and importlib.util.find_spec("lightgbm") is not None
 
     def contributions(self, x: np.ndarray) -> np.ndarray:
         """LightGBM's TreeSHAP contributions per row (features, then the bias), in raw-score units."""

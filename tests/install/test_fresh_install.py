@@ -14,7 +14,8 @@ from contract.paths import PROJECT_ROOT
 
 ROLES = {
     # extra: (modules that must import, commands whose --help must answer, distributions that must be absent)
-    "serving": (["serving.launch", "serving.gateway", "serving.client", "cli.serving"], ["serve", "gateway", "lookup"],
+    "serving": (["serving.launch", "serving.gateway", "serving.client", "serving.webhooks", "cli.serving",
+                 "cli.webhooks", "cli.rules"], ["serve", "gateway", "lookup", "webhooks", "rules"],
                 ["pyflink", "lightgbm", "matplotlib", "pytest", "ruff"]),
     "train": (["models.training", "models.evaluation", "cli.models", "cli.experiments"],
               ["train", "evaluate", "models", "experiments"],

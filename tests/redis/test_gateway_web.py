@@ -13,13 +13,11 @@ from contract import keys
 from contract.serving_config import load_serving_config
 from tests.redis.test_serving_ops import running_gateway
 
-NOW = int(time.time() * 1000)
-
-
 def seed(r) -> None:
+    now = int(time.time() * 1000)  # at the test, not at collection: list ages are what the test reads
     items = [keys.ScoredItem(f"i{n}", 1.0 - n / 100, f"c{n % 3}") for n in range(12)]
-    r.set(keys.rec_key("idle"), keys.RecList(items, "v1", NOW - 3_600_000, NOW, segments=["vip"]).encode())
-    r.set(keys.rec_key("active"), keys.RecList(items, "v1", NOW - 20_000, NOW).encode())
+    r.set(keys.rec_key("idle"), keys.RecList(items, "v1", now - 3_600_000, now, segments=["vip"]).encode())
+    r.set(keys.rec_key("active"), keys.RecList(items, "v1", now - 20_000, now).encode())
 
 
 def config(port: int, **more):
@@ -46,7 +44,8 @@ def test_cache_control_etag_and_304(redis_db):
         other_k = httpx.get(f"{base}/v1/recommendations/idle", params={"k": 4}, headers={"If-None-Match": tag})
         assert other_k.status_code == 200 and other_k.headers["etag"] != tag
 
-        r.set(keys.rec_key("idle"), keys.RecList([keys.ScoredItem("new", 1.0, "c1")], "v2", NOW, NOW).encode())
+        now = int(time.time() * 1000)
+        r.set(keys.rec_key("idle"), keys.RecList([keys.ScoredItem("new", 1.0, "c1")], "v2", now, now).encode())
         changed = httpx.get(f"{base}/v1/recommendations/idle", params={"k": 3}, headers={"If-None-Match": tag})
         assert changed.status_code == 200 and changed.json()["items"][0]["item_id"] == "new"
 

@@ -60,3 +60,12 @@ def test_a_users_segments_follow_the_configs_order_and_changes_name_entries_and_
     assert segments.of({"purchases_7d": 0.0, "spend_30d": 500.0}) == ["vip"]
     assert not Segments.of_config(parse_config({}))
     assert changes(["buyers"], ["vip"]) == (["vip"], ["buyers"])
+
+
+def test_the_shipped_segments_hold_under_every_preset():
+    """A preset changes the windows, and with them the feature names: local.toml's segments must
+    name features every preset has, or `--preset` would refuse to start."""
+    from contract.config import PRESETS, load_config
+    from contract.paths import CONFIG_DIR
+    for preset in PRESETS:
+        assert load_config(CONFIG_DIR / "local.toml", preset=preset).segments.rules, preset

@@ -140,7 +140,7 @@ class Editorial:
             return (item.item_id not in self.unavailable and r.filters.keep(item)
                     and not any(targets(x, item) for x in excludes))
 
-        kept = []
+        kept, rescored = [], False
         for item in items:
             if not allowed(item):
                 continue
@@ -150,9 +150,10 @@ class Editorial:
                     factor *= x["factor"]
             if factor > 1.0:
                 reasons = ("boosted", *reasons)
-            kept.append(keys.ScoredItem(item.item_id, item.score * factor, item.category, reasons)
-                        if factor != 1.0 else item)
-        if factors:
+            if factor != 1.0:
+                item, rescored = keys.ScoredItem(item.item_id, item.score * factor, item.category, reasons), True
+            kept.append(item)
+        if rescored:  # only then: a list is in score order already
             kept.sort(key=lambda i: -i.score)  # stable: ties keep the model's order
         placed: dict[int, keys.ScoredItem] = {}
         pinned: set[str] = set()

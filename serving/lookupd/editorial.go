@@ -5,13 +5,13 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
 	"log/slog"
 	"math"
 	"slices"
-	"sort"
 
 	"github.com/redis/rueidis"
 
@@ -80,8 +80,9 @@ func (e *Editorial) active(placement string, segments []string, nowMs int64) []*
 }
 
 // Apply takes the whole list, already through the request's filters, and returns it with the
-// rules applied, cut to k.
-func (e *Editorial) Apply(items []*pb.ScoredItem, q *Request, segments []string, nowMs int64) []*pb.ScoredItem {
+// rules applied, cut to k. owned: the items were made for this call (a stored list's), so a boost
+// or bury may change them in place; a shared list's (the popular cache's) are copied instead.
+func (e *Editorial) Apply(items []*pb.ScoredItem, q *Request, segments []string, nowMs int64, owned bool) []*pb.ScoredItem {
 	rules := e.active(q.Placement, segments, nowMs)
 	var excludes, factors, pins []*EditorialRule
 	for _, r := range rules {
@@ -106,6 +107,7 @@ func (e *Editorial) Apply(items []*pb.ScoredItem, q *Request, segments []string,
 		return true
 	}
 	kept := make([]*pb.ScoredItem, 0, len(items))
+	rescored := false
 	for _, it := range items {
 		if !allowed(it) {
 			continue
@@ -121,12 +123,17 @@ func (e *Editorial) Apply(items []*pb.ScoredItem, q *Request, segments []string,
 			if factor > 1.0 {
 				reasons = append([]string{"boosted"}, it.Reasons...)
 			}
-			it = &pb.ScoredItem{ItemId: it.ItemId, Score: it.Score * factor, Category: it.Category, Reasons: reasons}
+			if owned {
+				it.Score, it.Reasons = it.Score*factor, reasons
+			} else {
+				it = &pb.ScoredItem{ItemId: it.ItemId, Score: it.Score * factor, Category: it.Category, Reasons: reasons}
+			}
+			rescored = true
 		}
 		kept = append(kept, it)
 	}
-	if len(factors) > 0 {
-		sort.SliceStable(kept, func(a, b int) bool { return kept[a].Score > kept[b].Score })
+	if rescored { // ties keep the model's order
+		slices.SortStableFunc(kept, func(a, b *pb.ScoredItem) int { return cmp.Compare(b.Score, a.Score) })
 	}
 	placed := map[int]*pb.ScoredItem{}
 	pinned := set{}
@@ -175,7 +182,7 @@ func (e *Editorial) Apply(items []*pb.ScoredItem, q *Request, segments []string,
 	for p := range placed {
 		positions = append(positions, p)
 	}
-	sort.Ints(positions)
+	slices.Sort(positions)
 	for _, p := range positions {
 		if len(out) == q.K {
 			break

@@ -123,7 +123,7 @@ func Answer(q *Request, raw *string, lists *ListCache, popular []*pb.ScoredItem,
 		if err != nil {
 			return nil, err
 		}
-		out.Items, out.RulesVersion = ed.Apply(out.Items, q, out.Segments, nowMs), ed.Version
+		out.Items, out.RulesVersion = ed.Apply(out.Items, q, out.Segments, nowMs, raw != nil), ed.Version
 		return out, nil
 	}
 	out, err := answer(q, raw, lists, popular, nowMs, unavailable)

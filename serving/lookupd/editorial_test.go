@@ -6,8 +6,6 @@ package main
 import (
 	"reflect"
 	"testing"
-
-	"streamrank/lookupd/internal/pb"
 )
 
 type editorialVectors struct {
@@ -20,17 +18,8 @@ type editorialVectors struct {
 		Name        string          `json:"name"`
 		Rules       []EditorialRule `json:"rules"`
 		Unavailable []string        `json:"unavailable"`
-		Request     struct {
-			UserID    string `json:"user_id"`
-			K         uint32 `json:"k"`
-			Placement string `json:"placement"`
-			Filters   struct {
-				Include      []string `json:"include_categories"`
-				Exclude      []string `json:"exclude_categories"`
-				ExcludeItems []string `json:"exclude_items"`
-			} `json:"filters"`
-		} `json:"request"`
-		Expect map[string]any `json:"expect"`
+		Request     vectorRequest   `json:"request"`
+		Expect      map[string]any  `json:"expect"`
 	} `json:"cases"`
 }
 
@@ -45,9 +34,8 @@ func TestEditorialRulesGiveTheSharedAnswers(t *testing.T) {
 	for _, run := range cacheRuns() {
 		for _, c := range v.Cases {
 			t.Run(run.name+"/"+c.Name, func(t *testing.T) {
-				q, f := c.Request, c.Request.Filters
-				checked, err := rules.Check(&pb.GetRecommendationsRequest{UserId: q.UserID, K: q.K, Placement: q.Placement,
-					Filters: &pb.Filters{IncludeCategories: f.Include, ExcludeCategories: f.Exclude, ExcludeItems: f.ExcludeItems}})
+				q := c.Request
+				checked, err := rules.Check(q.proto())
 				if err != nil {
 					t.Fatal(err)
 				}

@@ -25,17 +25,8 @@ type vectors struct {
 	Stored   map[string]string `json:"stored"`
 	Popular  [][]any           `json:"popular"`
 	Cases    []struct {
-		Name    string `json:"name"`
-		Request struct {
-			UserID    string `json:"user_id"`
-			K         uint32 `json:"k"`
-			Placement string `json:"placement"`
-			Filters   struct {
-				Include      []string `json:"include_categories"`
-				Exclude      []string `json:"exclude_categories"`
-				ExcludeItems []string `json:"exclude_items"`
-			} `json:"filters"`
-		} `json:"request"`
+		Name        string         `json:"name"`
+		Request     vectorRequest  `json:"request"`
 		Unavailable string         `json:"unavailable"`
 		Expect      map[string]any `json:"expect"`
 		Error       string         `json:"error"`
@@ -63,6 +54,24 @@ type vectors struct {
 		} `json:"expect"`
 		Error string `json:"error"`
 	} `json:"profiles"`
+}
+
+// vectorRequest is a case's request as the vectors write it.
+type vectorRequest struct {
+	UserID    string `json:"user_id"`
+	K         uint32 `json:"k"`
+	Placement string `json:"placement"`
+	Filters   struct {
+		Include      []string `json:"include_categories"`
+		Exclude      []string `json:"exclude_categories"`
+		ExcludeItems []string `json:"exclude_items"`
+	} `json:"filters"`
+}
+
+func (q *vectorRequest) proto() *pb.GetRecommendationsRequest {
+	f := q.Filters
+	return &pb.GetRecommendationsRequest{UserId: q.UserID, K: q.K, Placement: q.Placement,
+		Filters: &pb.Filters{IncludeCategories: f.Include, ExcludeCategories: f.Exclude, ExcludeItems: f.ExcludeItems}}
 }
 
 func loadVectors(t testing.TB) *vectors {
@@ -135,9 +144,7 @@ func TestLookupRulesGiveTheSharedAnswers(t *testing.T) {
 		for _, c := range v.Cases {
 			t.Run(run.name+"/"+c.Name, func(t *testing.T) {
 				q := c.Request
-				f := q.Filters
-				checked, err := rules.Check(&pb.GetRecommendationsRequest{UserId: q.UserID, K: q.K, Placement: q.Placement,
-					Filters: &pb.Filters{IncludeCategories: f.Include, ExcludeCategories: f.Exclude, ExcludeItems: f.ExcludeItems}})
+				checked, err := rules.Check(q.proto())
 				var answer *pb.GetRecommendationsResponse
 				if err == nil {
 					var raw *string

@@ -160,7 +160,16 @@ class Worker:
     def run(self, idle_s: float | None = None) -> dict:
         """Deliver events until stopped (or idle for idle_s); returns the counts."""
         def handle(raw: bytes) -> None:
-            event = WebhookEvent.decode(raw)
+            try:
+                event = WebhookEvent.decode(raw)
+            except (ValueError, KeyError, TypeError) as err:  # not an event: kept, never retried forever
+                self.producer.send(self.cfg.dlq_topic, value=json.dumps(
+                    {"endpoint_id": "", "record": raw.decode("utf-8", "replace"), "attempts": 0,
+                     "error": f"not a webhook event: {err!r}", "failed_at_ms": int(time.time() * 1000)}).encode()
+                ).get(timeout=30)
+                self.counts["dead_lettered"] += 1
+                log.error("record on %s is not a webhook event (%r); dead-lettered", self.cfg.topic, err)
+                return
             self.counts["events"] += 1
             for endpoint in self.current_endpoints():
                 if endpoint.wants(event.type):
@@ -177,7 +186,7 @@ class Worker:
         def handle(raw: bytes) -> None:
             letter = json.loads(raw)
             endpoint = next((e for e in self.current_endpoints() if e.endpoint_id == letter["endpoint_id"]), None)
-            if endpoint is None:
+            if endpoint is None or "event" not in letter:  # removed endpoint, or a record that was no event
                 replayed["skipped"] += 1
                 return
             replayed["replayed"] += 1

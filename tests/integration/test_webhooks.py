@@ -111,13 +111,19 @@ def test_signed_deliveries_verify_a_tampered_body_fails_and_a_500_is_retried(hoo
     cfg, bootstrap, r, port, _ = hooks
     sent = events(5) + events(2, kind="profile_updated")  # not subscribed: never sent
     publish(bootstrap, cfg.webhooks.topic, sent)
+    p = producer(bootstrap)  # a record that is no event: dead-lettered, not a crash loop
+    p.send(cfg.webhooks.topic, value=b"not json")
+    p.flush()
+    p.close()
     receiver = Receiver(port, status=lambda n, body: 500 if n < 2 else 200).start()
     try:
         counts = Worker(cfg.webhooks, bootstrap, r).run(idle_s=3)
     finally:
         receiver.stop()
-    assert counts == {"events": 7, "delivered": 5, "dead_lettered": 0}
+    assert counts == {"events": 7, "delivered": 5, "dead_lettered": 1}
     assert receiver.processed == [e.event_id for e in sent[:5]]
+    (letter,) = [json.loads(v) for v in read_topic(bootstrap, cfg.webhooks.dlq_topic, idle_ms=1000)]
+    assert letter["record"] == "not json" and "not a webhook event" in letter["error"]
     assert len(receiver.requests) == 7 and receiver.requests[0][0] == receiver.requests[2][0]  # the 500s retried
     assert all(ok for _, _, ok in receiver.requests)
     key, body, _ = receiver.requests[-1]

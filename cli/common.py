@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
+import redis
 import typer
 from pythonjsonlogger.json import JsonFormatter
 
@@ -57,6 +58,22 @@ def job_config(config: str, sets: list[str] | None, bounded: bool = False, prese
         cfg.redis.password()  # an unset variable stops here, before anything connects or reads
         cfg.privacy.keys()
         return cfg
+
+
+def redis_of(config: str, sets: list[str] | None) -> redis.Redis:
+    """A client of the job config's Redis (--set applied): the one the job, the services and the
+    commands that store experiments, rules and webhook endpoints share."""
+    return redis.Redis(**job_config(config, sets).redis.client_kwargs())
+
+
+@contextmanager
+def on_redis_error(what: str) -> Iterator[None]:
+    """A Redis that cannot be reached ends the command with exit 1, saying what could not be done."""
+    try:
+        yield
+    except redis.RedisError as e:
+        typer.echo(f"cannot {what}: {e}; is Redis running (`streamrank stack up`)?", err=True)
+        raise typer.Exit(1) from None
 
 
 def serving_config(config: str, port: int | None) -> ServingConfig:

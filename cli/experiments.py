@@ -11,7 +11,7 @@ import redis as redis_lib
 import typer
 from kafka.errors import KafkaError
 
-from cli.common import DEFAULT_CONFIG, ConfigOpt, SetOpt, exit_on, job_config
+from cli.common import DEFAULT_CONFIG, ConfigOpt, SetOpt, exit_on, job_config, on_redis_error, redis_of
 from contract import keys
 from contract.config import ConfigError, JobConfig
 from contract.experiments import BUCKETS, load_experiments, now_ms, read_experiments, store_experiments
@@ -55,11 +55,6 @@ def check(file: FileArg) -> None:
     typer.echo(json.dumps(spec))
 
 
-def _redis(config: str, set_: list[str] | None) -> redis_lib.Redis:
-    cfg = job_config(config, set_)
-    return redis_lib.Redis(**cfg.redis.client_kwargs())
-
-
 @app.command("apply")
 def apply(
     file: FileArg, config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None,
@@ -70,8 +65,8 @@ def apply(
     does not declare it) unless --drop-canary. The last line is JSON with the applied version."""
     with exit_on(ConfigError, code=2):
         spec = load_experiments(file).spec()
-    try:
-        client = _redis(config, set_)
+    with on_redis_error("store the experiments in Redis"):
+        client = redis_of(config, set_)
         try:
             applied = read_experiments(client)
         except ValueError:  # a spec this version cannot read is replaced, and holds no canary it knows
@@ -81,9 +76,6 @@ def apply(
             spec = with_canary(spec, canary)
             typer.echo(f"kept the running canary {canary['name']} (--drop-canary ends it)", err=True)
         version = store_experiments(client, spec, file.read_text())
-    except redis_lib.RedisError as e:
-        typer.echo(f"cannot store the experiments in Redis: {e}; is it running (`streamrank stack up`)?", err=True)
-        raise typer.Exit(1) from None
     for line in _describe(spec, now_ms()):
         typer.echo(line, err=True)
     typer.echo(json.dumps({"applied": str(file), "version": version, "experiments": len(spec["experiments"])}))
@@ -93,12 +85,8 @@ def apply(
 def list_(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None) -> None:
     """The experiments applied in the config's Redis: each one's state (scheduled, running, ended),
     layer, traffic and arms. The last line is JSON: the version and the spec."""
-    try:
-        with exit_on(ValueError):  # a spec with fields this version does not know
-            applied = read_experiments(_redis(config, set_))
-    except redis_lib.RedisError as e:
-        typer.echo(f"cannot read the experiments from Redis: {e}; is it running (`streamrank stack up`)?", err=True)
-        raise typer.Exit(1) from None
+    with on_redis_error("read the experiments from Redis"), exit_on(ValueError):  # fields this version does not know
+        applied = read_experiments(redis_of(config, set_))
     if applied is None:
         typer.echo("no experiments applied; `streamrank experiments apply FILE` applies some", err=True)
         typer.echo(json.dumps({"version": None, "experiments": []}))
@@ -111,12 +99,8 @@ def list_(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None) -> None:
 
 def applied_experiments(cfg: JobConfig) -> tuple[dict, str] | None:
     """The applied spec and version from the config's Redis, or exit 1 saying why not."""
-    try:
-        with exit_on(ValueError):  # a spec with fields this version does not know
-            return read_experiments(redis_lib.Redis(**cfg.redis.client_kwargs()))
-    except redis_lib.RedisError as e:
-        typer.echo(f"cannot read the experiments from Redis: {e}; is it running (`streamrank stack up`)?", err=True)
-        raise typer.Exit(1) from None
+    with on_redis_error("read the experiments from Redis"), exit_on(ValueError):  # fields this version does not know
+        return read_experiments(redis_lib.Redis(**cfg.redis.client_kwargs()))
 
 
 def exposure_outcomes(cfg: JobConfig, exposures_topic: str) -> list[ExposureRow]:

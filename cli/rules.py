@@ -10,10 +10,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
-import redis as redis_lib
 import typer
 
-from cli.common import DEFAULT_CONFIG, ConfigOpt, SetOpt, exit_on, job_config
+from cli.common import DEFAULT_CONFIG, ConfigOpt, SetOpt, exit_on, on_redis_error, redis_of
 from contract import keys
 from contract.config import ConfigError
 from contract.editorial import (FOREVER_MS, RulesFile, fill_pin_categories, history, load_rules, pinned_items,
@@ -49,15 +48,6 @@ def describe(spec: dict, at_ms: int) -> list[str]:
     return lines
 
 
-def _redis(config: str, set_: list[str] | None) -> redis_lib.Redis:
-    return redis_lib.Redis(**job_config(config, set_).redis.client_kwargs())
-
-
-def _unreachable(e: redis_lib.RedisError) -> typer.Exit:
-    typer.echo(f"cannot reach Redis: {e}; is it running (`streamrank stack up`)?", err=True)
-    return typer.Exit(1)
-
-
 def _load(file: Path) -> RulesFile:
     with exit_on(ConfigError, code=2):
         return load_rules(file)
@@ -85,8 +75,8 @@ def apply(file: FileArg, config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None
     last line is JSON with the version and the diff."""
     rules = _load(file)
     spec = rules.spec()
-    try:
-        client = _redis(config, set_)
+    with on_redis_error("store the rules in Redis"):
+        client = redis_of(config, set_)
         items = pinned_items(spec)
         metas = client.hmget(keys.ITEM_META, items) if items else []
         known = {i: keys.ItemMeta.decode(m).category for i, m in zip(items, metas) if m is not None}
@@ -94,8 +84,6 @@ def apply(file: FileArg, config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None
             typer.echo(f"note: pinned item {missing} is not in the catalog yet; it is served with no category "
                        "(set category in the rule to give it one)", err=True)
         entry = store_rules(client, spec, file.read_text(), who or _who(), now_ms())
-    except redis_lib.RedisError as e:
-        raise _unreachable(e) from None
     for line in describe(spec, now_ms()):
         typer.echo(line, err=True)
     for line in rules.conflicts():
@@ -108,11 +96,8 @@ def apply(file: FileArg, config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None
 def list_(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None) -> None:
     """The rules applied in the config's Redis, each with its state (scheduled, active, ended). The
     last line is JSON: the version and the spec."""
-    try:
-        with exit_on(ValueError):
-            applied = read_rules(_redis(config, set_))
-    except redis_lib.RedisError as e:
-        raise _unreachable(e) from None
+    with on_redis_error("read the rules from Redis"), exit_on(ValueError):  # fields this version does not know
+        applied = read_rules(redis_of(config, set_))
     if applied is None:
         typer.echo("no rules applied; `streamrank rules apply FILE` applies some", err=True)
         typer.echo(json.dumps({"version": None, "rules": []}))
@@ -128,10 +113,8 @@ def history_(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None,
              limit: Annotated[int, typer.Option(min=1, help="how many changes, newest first")] = 20) -> None:
     """Every change to the rules, newest first: version, when, who, apply or rollback, and the
     diff (rules added, removed, and the fields changed). The last line is JSON."""
-    try:
-        entries = history(_redis(config, set_), limit)
-    except redis_lib.RedisError as e:
-        raise _unreachable(e) from None
+    with on_redis_error("read the rules' history from Redis"):
+        entries = history(redis_of(config, set_), limit)
     for e in entries:
         d = e["diff"]
         parts = [f"+{n}" for n in d["added"]] + [f"-{n}" for n in d["removed"]] + [
@@ -145,14 +128,12 @@ def history_(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None,
 def rollback(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None, who: WhoOpt = "") -> None:
     """Restore the rules version that was current before the latest change (a second rollback
     restores the rolled-back one again). Audited like an apply. The last line is JSON."""
-    try:
-        client = _redis(config, set_)
+    with on_redis_error("roll the rules back in Redis"):
+        client = redis_of(config, set_)
         previous = previous_version(history(client, 2))
         if previous is None:
             typer.echo("nothing to roll back to: the history holds fewer than two changes", err=True)
             raise typer.Exit(1)
         entry = store_rules(client, previous["spec"], previous["source"], who or _who(), now_ms(), "rollback")
-    except redis_lib.RedisError as e:
-        raise _unreachable(e) from None
     typer.echo(f"rolled back to {entry['version']} (applied {_when(previous['at_ms'])} by {previous['who']})", err=True)
     typer.echo(json.dumps({"version": entry["version"], "diff": entry["diff"]}))

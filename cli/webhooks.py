@@ -9,10 +9,11 @@ import signal
 import uuid
 from typing import Annotated
 
+import httpx
 import redis as redis_lib
 import typer
 
-from cli.common import DEFAULT_CONFIG, ConfigOpt, SetOpt, job_config
+from cli.common import DEFAULT_CONFIG, ConfigOpt, SetOpt, job_config, on_redis_error, redis_of
 from contract import keys
 from contract.webhooks import EVENT_TYPES, Endpoint, new_secret, read_endpoints
 from serving.webhooks import Worker
@@ -22,8 +23,14 @@ app = typer.Typer(help="Webhooks: register endpoints for events (list_changed, s
                   no_args_is_help=True)
 
 
-def _redis(config: str, set_: list[str] | None) -> redis_lib.Redis:
-    return redis_lib.Redis(**job_config(config, set_).redis.client_kwargs())
+def _check_url(url: str) -> None:
+    """Refuse at registration a URL the worker could never POST to (it would only fill the DLQ)."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as e:
+        raise typer.BadParameter(f"{url!r}: {e}; give an http:// or https:// URL", param_hint="URL") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise typer.BadParameter(f"{url!r}: give an http:// or https:// URL with a host", param_hint="URL")
 
 
 def _events(value: str) -> tuple[str, ...]:
@@ -43,10 +50,10 @@ def add(url: Annotated[str, typer.Argument(help="where to POST events (http:// o
     """Register an endpoint; the worker sends it the chosen events from its next refresh. The last
     line is JSON with the endpoint's id and its signing secret (verify deliveries with it:
     contract.webhooks.verify)."""
-    if not url.startswith(("http://", "https://")):
-        raise typer.BadParameter(f"{url!r}: give an http:// or https:// URL", param_hint="URL")
+    _check_url(url)
     endpoint = Endpoint(f"ep_{uuid.uuid4().hex[:12]}", url, _events(events), secret or new_secret())
-    _redis(config, set_).hset(keys.WEBHOOK_ENDPOINTS, endpoint.endpoint_id, endpoint.encode())
+    with on_redis_error("store the endpoint in Redis"):
+        redis_of(config, set_).hset(keys.WEBHOOK_ENDPOINTS, endpoint.endpoint_id, endpoint.encode())
     typer.echo(json.dumps({"endpoint_id": endpoint.endpoint_id, "url": url, "events": list(endpoint.events),
                            "secret": endpoint.secret}))
 
@@ -54,7 +61,8 @@ def add(url: Annotated[str, typer.Argument(help="where to POST events (http:// o
 @app.command("list")
 def list_(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None) -> None:
     """The registered endpoints (secrets not shown). The last line is JSON."""
-    endpoints = read_endpoints(_redis(config, set_))
+    with on_redis_error("read the endpoints from Redis"):
+        endpoints = read_endpoints(redis_of(config, set_))
     for e in endpoints:
         typer.echo(f"{e.endpoint_id} {e.url}: {', '.join(e.events)}", err=True)
     typer.echo(json.dumps([{"endpoint_id": e.endpoint_id, "url": e.url, "events": list(e.events)} for e in endpoints]))
@@ -63,7 +71,9 @@ def list_(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None) -> None:
 @app.command("remove")
 def remove(endpoint_id: str, config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None) -> None:
     """Stop sending to an endpoint."""
-    if not _redis(config, set_).hdel(keys.WEBHOOK_ENDPOINTS, endpoint_id):
+    with on_redis_error("remove the endpoint from Redis"):
+        removed = redis_of(config, set_).hdel(keys.WEBHOOK_ENDPOINTS, endpoint_id)
+    if not removed:
         typer.echo(f"no endpoint {endpoint_id!r}; `streamrank webhooks list` shows them", err=True)
         raise typer.Exit(1)
 

@@ -597,6 +597,9 @@ class JobConfig(_Strict):
         return self
 
 
+M = typing.TypeVar("M", bound=BaseModel)
+
+
 class ConfigError(ValueError):
     """A config file that cannot run; the message names the field and the fix."""
 
@@ -636,11 +639,17 @@ def _describe(err: ValidationError, source: str, root: type[BaseModel]) -> str:
     return "\n".join(lines)
 
 
-def parse_config(data: dict, source: str = "<dict>") -> JobConfig:
+def validated(model: type[M], data: dict, source: str) -> M:
+    """data as `model`, or ConfigError naming each bad field of `source` and the fix (every typed
+    file goes through here: the job config, experiments, editorial rules, the serving config)."""
     try:
-        return JobConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_describe(err, source, JobConfig)) from None
+        raise ConfigError(_describe(err, source, model)) from None
+
+
+def parse_config(data: dict, source: str = "<dict>") -> JobConfig:
+    return validated(JobConfig, data, source)
 
 
 def _read_toml(path: str | Path | None, what: str = "config file") -> dict:

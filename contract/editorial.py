@@ -1,5 +1,5 @@
 """Editorial rules: what a CMS team pins, boosts, buries and excludes, applied by the lookup
-services at serving time (serving/lookupd/editorial.go, serving/lookup.py; tests/vectors/lookup.json
+services at serving time (serving/lookupd/editorial.go, serving/lookup.py; tests/vectors/editorial.json
 holds both to the same answers), so an edit takes effect on the next call with no job restart.
 
     [[rules]]
@@ -17,12 +17,14 @@ placement and one of the user's segments):
 1. An item the catalog marks unavailable (`available = false` on the items topic) is never served.
 2. The request's own filters, then `exclude` rules, remove items; nothing else brings them back
    (a pinned item that is excluded is not shown).
-3. `boost` and `bury` multiply an item's score by their factor (several multiply together); the
-   list is re-sorted by the new scores (ties keep the model's order).
+3. `boost` and `bury` multiply an item's score by their factor (several multiply together; a
+   negative score, as a ranking model gives, is divided by it instead, so a boost always moves an
+   item up); the list is re-sorted by the new scores (ties keep the model's order).
 4. `pin` puts its item at its position, taken from the list or added to it. Pins are placed in the
    file's order: a later pin whose position is taken goes to the next free position after it;
    an item pinned twice keeps the first pin. A pin past the end of the list lands at the end.
-5. The list is cut to k; a pin past k is not shown.
+5. The list is cut to k. A pinned item is shown only at its pin: a pin past k hides it from
+   that answer, even where the model ranked it higher.
 
 `streamrank rules apply` stores a version in Redis (`keys.RULES`) and an audit entry (who, when,
 what, the diff) in `keys.RULES_HISTORY`; `rules rollback` restores the version before the current.
@@ -30,16 +32,16 @@ what, the diff) in `keys.RULES_HISTORY`; `rules rollback` restores the version b
 
 from __future__ import annotations
 
-import hashlib
 import json
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from contract import keys
-from contract.config import ConfigError, _describe, _read_toml, _Strict
+from contract.config import _read_toml, _Strict, validated
+from contract.experiments import spec_version
 
 ACTIONS = ("pin", "boost", "bury", "exclude")
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
@@ -170,18 +172,11 @@ def _ms(t: datetime) -> int:
 
 
 def parse_rules(data: dict, source: str = "<dict>") -> RulesFile:
-    try:
-        return RulesFile.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(_describe(err, source, RulesFile)) from None
+    return validated(RulesFile, data, source)
 
 
 def load_rules(path: str | Path) -> RulesFile:
     return parse_rules(_read_toml(path, "rules file"), str(path))
-
-
-def spec_version(spec: dict) -> str:
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def diff(before: dict | None, after: dict) -> dict:
@@ -199,12 +194,17 @@ RULE_FIELDS = {"name", "action", "item", "category", "position", "factor", "plac
 
 
 def decode_spec(raw: bytes | str) -> dict:
-    """A stored spec; ValueError for a field this version does not know (lookupd refuses it too)."""
+    """A stored spec; ValueError for a spec that is not exactly what `rules apply` stores (a field
+    missing, or one this version does not know): lookupd refuses the same, so no engine serves
+    rules it half understands."""
     spec = json.loads(raw)
-    for r in spec.get("rules", []):
-        if unknown := sorted(set(r) - RULE_FIELDS):
-            raise ValueError(f"rules spec: rule {r.get('name')!r} has unknown fields {unknown} (apply it again with "
-                             "this version's `streamrank rules apply`)")
+    if set(spec) != {"rules"}:
+        raise ValueError(f"rules spec: top-level fields {sorted(spec)}, expected ['rules'] (apply it again with this "
+                         "version's `streamrank rules apply`)")
+    for r in spec["rules"]:
+        if set(r) != RULE_FIELDS:
+            raise ValueError(f"rules spec: rule {r.get('name')!r} has fields {sorted(r)}, expected {sorted(RULE_FIELDS)} "
+                             "(apply it again with this version's `streamrank rules apply`)")
     return spec
 
 
@@ -222,26 +222,22 @@ def history(r, limit: int = 50) -> list[dict]:
 
 
 def store_rules(r, spec: dict, source: str, who: str, at_ms: int, action: str = "apply") -> dict:
-    """Applies a spec and audits it in one transaction (WATCH on the rules key, so two editors
-    applying at once cannot both diff against the same version). Returns the audit entry."""
+    """Applies a spec and audits it in one transaction (redis-py's transaction(): WATCH on the
+    rules key, retried when another apply came first, so two editors never diff against the same
+    version). Returns the audit entry."""
     version = spec_version(spec)
-    with r.pipeline() as pipe:
-        while True:
-            try:
-                pipe.watch(keys.RULES)
-                current = pipe.hget(keys.RULES, "spec")
-                entry = {"version": version, "at_ms": at_ms, "who": who, "action": action,
-                         "diff": diff(decode_spec(current) if current else None, spec), "spec": spec,
-                         "source": source}
-                pipe.multi()
-                pipe.hset(keys.RULES, mapping={"spec": json.dumps(spec), "version": version, "applied_at_ms": at_ms,
-                                               "source": source})
-                pipe.lpush(keys.RULES_HISTORY, json.dumps(entry))
-                pipe.execute()
-                return entry
-            except Exception as err:  # redis.WatchError: another apply came first; diff again
-                if type(err).__name__ != "WatchError":
-                    raise
+
+    def apply(pipe) -> dict:
+        current = pipe.hget(keys.RULES, "spec")
+        entry = {"version": version, "at_ms": at_ms, "who": who, "action": action,
+                 "diff": diff(decode_spec(current) if current else None, spec), "spec": spec, "source": source}
+        pipe.multi()
+        pipe.hset(keys.RULES, mapping={"spec": json.dumps(spec), "version": version, "applied_at_ms": at_ms,
+                                       "source": source})
+        pipe.lpush(keys.RULES_HISTORY, json.dumps(entry))
+        return entry
+
+    return r.transaction(apply, keys.RULES, value_from_callable=True)
 
 
 def previous_version(entries: list[dict]) -> dict | None:

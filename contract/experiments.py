@@ -26,10 +26,10 @@ from datetime import datetime, UTC
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from contract import keys
-from contract.config import ConfigError, _describe, _read_toml, _Strict
+from contract.config import _read_toml, _Strict, validated
 
 BUCKETS = 10_000
 LAYER_SALT_PREFIX = "layer:"
@@ -232,10 +232,7 @@ def assign(spec: dict, user_id: str, now_ms: int) -> dict[str, str]:
 
 
 def parse_experiments(data: dict, source: str = "<dict>") -> ExperimentsFile:
-    try:
-        return ExperimentsFile.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(_describe(err, source, ExperimentsFile)) from None
+    return validated(ExperimentsFile, data, source)
 
 
 def load_experiments(path: str | Path) -> ExperimentsFile:

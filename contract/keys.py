@@ -68,8 +68,8 @@ DRIFT = "drift:psi"
 CONTROL = "control"  # hash: control records applied, by action (erase, opt_out, opt_in)
 EXPERIMENTS = "experiments"
 RULES = "rules"  # hash: the applied editorial rules (contract.editorial): spec, version, applied_at_ms, source
-RULES_HISTORY = "rules:history"
-WEBHOOK_ENDPOINTS = "webhooks:endpoints"  # hash: endpoint id -> JSON {url, events, secret} (contract.webhooks)  # list, newest first: one JSON audit entry per apply or rollback
+RULES_HISTORY = "rules:history"  # list, newest first: one JSON audit entry per apply or rollback
+WEBHOOK_ENDPOINTS = "webhooks:endpoints"  # hash: endpoint id -> JSON {url, events, secret} (contract.webhooks)
 UNAVAILABLE_ITEMS = "item:unavailable"  # set: items the catalog marks unavailable; never served
 REJECTED_OFFSETS = "ledger:rejected_offsets"  # hash "{topic}:{partition}" -> last rejected offset counted
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from contract.config import (ConfigError, PrivacyConfig, RedisConfig, _describe, _read_toml, _Strict, apply_overrides,
+from contract.config import (PrivacyConfig, RedisConfig, _read_toml, _Strict, apply_overrides, validated,
                              check_pem_files)
 
 
@@ -171,7 +171,4 @@ class ServingConfig(_Strict):
 def load_serving_config(path: str | Path | None, overrides: dict | None = None) -> ServingConfig:
     """Load serving.toml (None: all defaults), then dotted overrides (contract.config.apply_overrides)."""
     data = apply_overrides(_read_toml(path or None), overrides, ServingConfig)
-    try:
-        return ServingConfig.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(_describe(err, str(path or "<defaults>"), ServingConfig)) from None
+    return validated(ServingConfig, data, str(path or "<defaults>"))

@@ -106,7 +106,7 @@ class RankUsers(ScalarFunction):
 
 class StoreItemMeta(ScalarFunction):
     """(item_id, category, price, available) from the catalog topic -> fields written to item:meta,
-    and the item:unavailable set (available false: in it; true or absent: out of it)."""
+    and the item:unavailable set (available false: in it; true: out of it)."""
 
     def __init__(self, cfg_json: str) -> None:
         self.cfg_json = cfg_json
@@ -116,8 +116,8 @@ class StoreItemMeta(ScalarFunction):
         self.client = redis_client(JobConfig.model_validate_json(self.cfg_json))
 
     def eval(self, item_id, category, price, available):  # type: ignore[override]
-        # a null (no field: NaN or None here) is available; a numpy bool is not `False` by identity
-        rows = [(str(i), str(c or "unknown"), float(p) if p == p else 0.0, a is None or a != a or bool(a))
+        # available: never null here (the SQL reads a record without the field as available)
+        rows = [(str(i), str(c or "unknown"), float(p) if p == p else 0.0, bool(a))
                 for i, c, p, a in zip(item_id, category, price, available)]
         n = write_item_meta(self.client, rows)
         return pd.Series([n] * len(rows), dtype="int32")

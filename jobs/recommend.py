@@ -411,7 +411,8 @@ FROM ({windows}
     # catalog -> item:meta
     stmts.add_insert_sql("""
 INSERT INTO discard
-SELECT store_item_meta(item_id, category, price, available) FROM items_src WHERE item_id IS NOT NULL""")
+SELECT store_item_meta(item_id, category, price, COALESCE(available, TRUE)) FROM items_src
+WHERE item_id IS NOT NULL""")
     return stmts
 
 

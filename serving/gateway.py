@@ -45,7 +45,7 @@ from contract.serving_config import ExposuresConfig, GatewayConfig, GraphQLConfi
 from serving import lookup
 from serving.core import LookupService, Observed, StoreUnavailable
 from serving.exposures import ExposureLog
-from serving.upstream import UpstreamLookup
+from serving.upstream import LookupdFailed, UpstreamLookup
 from serving.server import authorized, bearer_token
 
 log = logging.getLogger(__name__)
@@ -79,11 +79,17 @@ def etag_of(body: dict) -> str:
     return 'W/"' + hashlib.sha256(json.dumps(stable(body), sort_keys=True).encode()).hexdigest()[:32] + '"'
 
 
+def fresh_for_s(cfg: GatewayConfig, age_ms: int) -> int:
+    """How long a browser may reuse what was computed age_ms ago: a tenth of that age (an old
+    list is unlikely to change in the next tenth of its life), up to cache_max_age_s."""
+    return min(cfg.cache_max_age_s, max(age_ms, 0) // 10_000)
+
+
 def max_age_s(cfg: GatewayConfig, answers: list[lookup.Recommendations]) -> int:
-    """How long a browser may reuse these answers: a tenth of the youngest list's age, up to
-    cache_max_age_s; fallback_max_age_s for popular lists."""
-    return min((cfg.fallback_max_age_s if a.fallback else min(cfg.cache_max_age_s, a.list_age_ms // 10_000)
-                for a in answers), default=0)
+    """How long a browser may reuse these answers: the least any of them allows, popular lists
+    fallback_max_age_s."""
+    return min((cfg.fallback_max_age_s if a.fallback else fresh_for_s(cfg, a.list_age_ms) for a in answers),
+               default=0)
 
 
 def cached(request: Request, body: dict, max_age: int, request_ids: list[str]) -> Response:
@@ -383,12 +389,10 @@ def create_app(cfg: ServingConfig) -> FastAPI:
         return JSONResponse({"code": "INVALID_ARGUMENT", "error": "the request does not match its schema (/docs)",
                              "errors": validation_errors(err)}, status_code=422)
 
-    @app.exception_handler(ValidationError)
-    async def bad_beacon(request: Request, err: ValidationError):
-        return JSONResponse({"code": "INVALID_ARGUMENT", "error": "the beacon does not match its schema "
-                             "({\"events\": [{\"type\": \"click\" | \"exposure\", \"user_id\", \"request_id\", ...}]})",
-                             "errors": [{"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg", "")}
-                                        for e in err.errors()[:20]]}, status_code=400)
+    @app.exception_handler(LookupdFailed)
+    async def upstream_failed(request: Request, err: LookupdFailed):
+        log.error("%s", err)
+        return JSONResponse({"code": "UPSTREAM_FAILED", "error": str(err)}, status_code=502)
 
     @app.exception_handler(StoreUnavailable)
     async def unavailable(request: Request, err: StoreUnavailable):
@@ -420,17 +424,24 @@ def create_app(cfg: ServingConfig) -> FastAPI:
             return cached(request, body, max_age_s(cfg.gateway, answers), [a.request_id for a in answers])
 
     @app.post("/v1/beacon", dependencies=private, status_code=202)
-    async def beacon(request: Request) -> dict:
+    async def beacon(request: Request) -> Response:
         """What a page reports (navigator.sendBeacon sends text/plain, so the body is read as JSON
         whatever its type): clicks become interaction events with their request_id."""
         logs = request.app.state.beacons
         if logs is None:
             raise HTTPException(404, "beacons are off; set gateway.beacons.enabled = true")
-        body = BeaconBody.model_validate_json(await request.body())
+        try:
+            body = BeaconBody.model_validate_json(await request.body())
+        except ValidationError as err:
+            return JSONResponse({"code": "INVALID_ARGUMENT", "error": "the beacon does not match its schema "
+                                 "({\"events\": [{\"type\": \"click\" | \"exposure\", \"user_id\", "
+                                 "\"request_id\", ...}]})",
+                                 "errors": [{"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg", "")}
+                                            for e in err.errors()[:20]]}, status_code=400)
         records = beacon_records(body, int(time.time() * 1000))
         for kind, record in records:
             logs[kind].log(record)
-        return {"accepted": len(records)}
+        return JSONResponse({"accepted": len(records)}, status_code=202)
 
     @app.post("/v1/recommendations:batch", dependencies=private)
     async def batch(request: Request, body: BatchQuery) -> dict:
@@ -444,7 +455,7 @@ def create_app(cfg: ServingConfig) -> FastAPI:
         with Observed("http", "GetUserFeatures"):
             f = await request.app.state.service.user_features(user_id)
             age_ms = int(time.time() * 1000) - f.feature_ts_ms if f.found else 0
-            return cached(request, asdict(f), min(cfg.gateway.cache_max_age_s, max(age_ms, 0) // 10_000), [])
+            return cached(request, asdict(f), fresh_for_s(cfg.gateway, age_ms), [])
 
     if cfg.gateway.demo:
         @app.get("/demo", include_in_schema=False)

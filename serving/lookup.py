@@ -150,8 +150,9 @@ class Editorial:
                     factor *= x["factor"]
             if factor > 1.0:
                 reasons = ("boosted", *reasons)
-            if factor != 1.0:
-                item, rescored = keys.ScoredItem(item.item_id, item.score * factor, item.category, reasons), True
+            if factor != 1.0:  # a negative score (a ranking model's) is divided: a boost always raises it
+                score = item.score * factor if item.score >= 0 else item.score / factor
+                item, rescored = keys.ScoredItem(item.item_id, score, item.category, reasons), True
             kept.append(item)
         if rescored:  # only then: a list is in score order already
             kept.sort(key=lambda i: -i.score)  # stable: ties keep the model's order

@@ -17,10 +17,19 @@ from serving.server import SERVICE_NAME, bearer_token, pb, pb_grpc
 
 
 class LookupdUnavailable(StoreUnavailable):
-    """lookupd did not answer (or answered UNAVAILABLE / DEADLINE_EXCEEDED); the gateway answers 503."""
+    """lookupd did not answer in time, or said it cannot now (a retry may succeed); the gateway answers 503."""
 
     def __init__(self, why: str) -> None:
         RuntimeError.__init__(self, f"lookup service unavailable ({why}); retry")
+
+
+class LookupdFailed(RuntimeError):
+    """lookupd refused the call for a reason a retry does not change (a token the two configs do not
+    share, a gateway and lookupd of different versions); the gateway answers 502 with it."""
+
+
+RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED,
+             grpc.StatusCode.CANCELLED}
 
 
 def _request(r: lookup.Request) -> pb.GetRecommendationsRequest:
@@ -67,7 +76,11 @@ class UpstreamLookup:
         except grpc.aio.AioRpcError as err:
             if err.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 raise lookup.InvalidRequest(err.details()) from None
-            raise LookupdUnavailable(f"{err.code().name}: {err.details()}") from None
+            if err.code() in RETRYABLE:
+                raise LookupdUnavailable(f"{err.code().name}: {err.details()}") from None
+            raise LookupdFailed(f"lookup service at {self.cfg.gateway.lookupd} answered {err.code().name}: "
+                                f"{err.details()}; check that the gateway and lookupd share their serving config "
+                                "(auth_token_env, version)") from None
 
     async def recommend(self, requests: list[lookup.Request], remaining_s: float | None = None,
                         interface: str = "http") -> list[lookup.Recommendations]:

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 
 import httpx
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from prometheus_client import Counter
 from tenacity import RetryError, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
@@ -70,6 +70,9 @@ class Deliverer:
                    IDEMPOTENCY_HEADER: event.event_id, EVENT_HEADER: event.type}
         try:
             resp = self.http.post(endpoint.url, content=body, headers=headers)
+        except (httpx.InvalidURL, httpx.UnsupportedProtocol) as err:  # no later attempt can do better
+            ATTEMPTS.labels("invalid_url").inc()
+            raise Refused(f"{type(err).__name__}: {err}") from None
         except httpx.HTTPError as err:
             ATTEMPTS.labels("unreachable").inc()
             raise Retryable(f"{type(err).__name__}: {err}") from None
@@ -85,7 +88,7 @@ class Deliverer:
         """Attempts until the receiver takes it, refuses it, or max_attempts are spent."""
         c = self.cfg
         retrying = Retrying(stop=stop_after_attempt(c.max_attempts), sleep=self.sleep,
-                            wait=wait_exponential_jitter(initial=c.backoff_base_s, max=c.backoff_max_s,
+                            wait=wait_exponential_jitter(multiplier=c.backoff_base_s, max=c.backoff_max_s,
                                                          jitter=c.backoff_base_s),
                             retry=retry_if_exception(lambda e: isinstance(e, Retryable)), reraise=False)
         try:
@@ -133,19 +136,42 @@ class Worker:
             self._dead_letter(endpoint, event, outcome)
         return outcome.delivered
 
-    def _consume(self, topic: str, group: str, idle_s: float | None, handle) -> None:
+    def _consume(self, topic: str, group: str, idle_s: float | None, handle, upto_end: bool = False) -> None:
+        """Hand each record to handle and commit it. upto_end stops at the end offsets of the
+        partitions as first assigned: records written after that (a replay's own new dead
+        letters) are left for the next run."""
+        # one record a poll: a handle can take minutes of retries, and each is committed on its own
         consumer = KafkaConsumer(topic, bootstrap_servers=self.bootstrap, group_id=group, enable_auto_commit=False,
-                                 auto_offset_reset="earliest", consumer_timeout_ms=500, max_poll_records=50,
+                                 auto_offset_reset="earliest", consumer_timeout_ms=500, max_poll_records=1,
                                  max_poll_interval_ms=30 * 60_000)
+        ends: dict | None = None
+        done: dict = {}  # partition -> the next offset to handle (the consumer's position runs ahead: it fetches)
+
+        def at_end() -> bool:
+            nonlocal ends
+            if not upto_end or not consumer.assignment():
+                return False
+            if ends is None:
+                ends = consumer.end_offsets(list(consumer.assignment()))
+            for tp in ends:
+                if tp not in done:
+                    committed = consumer.committed(tp)
+                    done[tp] = committed if committed is not None else consumer.beginning_offsets([tp])[tp]
+            return all(done[tp] >= end for tp, end in ends.items())
+
         idle_since = time.monotonic()
         try:
-            while not self.stop.is_set():
+            while not self.stop.is_set() and not at_end():
                 got = False
                 for message in consumer:
                     got = True
+                    tp = TopicPartition(message.topic, message.partition)
+                    if at_end() or (ends is not None and message.offset >= ends[tp]):
+                        return  # written after the start: not committed, so the next run reads it
                     handle(message.value)
                     consumer.commit()
-                    if self.stop.is_set():
+                    done[tp] = message.offset + 1
+                    if self.stop.is_set() or at_end():
                         break
                 # idle only counts with partitions assigned: a group whose last member was killed
                 # assigns none until that member's session times out
@@ -179,8 +205,9 @@ class Worker:
 
     def replay(self, idle_s: float = 3.0) -> dict:
         """Resend the dead letters not replayed before (their own consumer group), to the endpoint
-        as registered now; one that fails again is dead-lettered again; one whose endpoint was
-        removed is skipped (and counted)."""
+        as registered now; one that fails again is dead-lettered again, and replayed by the next
+        run, not this one (a run stops at the letters there when it started); one whose endpoint
+        was removed is skipped (and counted)."""
         replayed = {"replayed": 0, "delivered": 0, "failed": 0, "skipped": 0}
 
         def handle(raw: bytes) -> None:
@@ -192,5 +219,5 @@ class Worker:
             replayed["replayed"] += 1
             ok = self._send(endpoint, WebhookEvent.decode(json.dumps(letter["event"])))
             replayed["delivered" if ok else "failed"] += 1
-        self._consume(self.cfg.dlq_topic, f"{self.cfg.group_id}-replay", idle_s, handle)
+        self._consume(self.cfg.dlq_topic, f"{self.cfg.group_id}-replay", idle_s, handle, upto_end=True)
         return replayed

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math"
 	"slices"
 
@@ -39,14 +40,32 @@ type Editorial struct {
 	Version     string
 }
 
+// ruleFields: every field a stored rule has (contract.editorial.RULE_FIELDS); a spec with one
+// missing or unknown is refused, as Python refuses it, so no engine serves rules it half reads.
+var ruleFields = []string{"action", "category", "end_ms", "factor", "item", "name", "placements", "position",
+	"segments", "start_ms"}
+
 func decodeEditorial(raw []byte) ([]EditorialRule, error) {
+	again := "(apply it again with this version's `streamrank rules apply`)"
+	var shape struct {
+		Rules []map[string]json.RawMessage `json:"rules"`
+	}
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.DisallowUnknownFields()
+	if err := dec.Decode(&shape); err != nil {
+		return nil, fmt.Errorf("rules spec: %w %s", err, again)
+	}
+	for n, r := range shape.Rules {
+		fields := slices.Sorted(maps.Keys(r))
+		if !slices.Equal(fields, ruleFields) {
+			return nil, fmt.Errorf("rules spec: rule %d has fields %v, expected %v %s", n, fields, ruleFields, again)
+		}
+	}
 	var spec struct {
 		Rules []EditorialRule `json:"rules"`
 	}
-	if err := dec.Decode(&spec); err != nil {
-		return nil, fmt.Errorf("rules spec: %w (apply it again with this version's `streamrank rules apply`)", err)
+	if err := json.Unmarshal(raw, &spec); err != nil {
+		return nil, fmt.Errorf("rules spec: %w %s", err, again)
 	}
 	return spec.Rules, nil
 }
@@ -123,10 +142,14 @@ func (e *Editorial) Apply(items []*pb.ScoredItem, q *Request, segments []string,
 			if factor > 1.0 {
 				reasons = append([]string{"boosted"}, it.Reasons...)
 			}
+			score := it.Score * factor
+			if it.Score < 0 { // a ranking model's negative score is divided: a boost always raises it
+				score = it.Score / factor
+			}
 			if owned {
-				it.Score, it.Reasons = it.Score*factor, reasons
+				it.Score, it.Reasons = score, reasons
 			} else {
-				it = &pb.ScoredItem{ItemId: it.ItemId, Score: it.Score * factor, Category: it.Category, Reasons: reasons}
+				it = &pb.ScoredItem{ItemId: it.ItemId, Score: score, Category: it.Category, Reasons: reasons}
 			}
 			rescored = true
 		}

@@ -63,3 +63,21 @@ func TestEditorialRulesGiveTheSharedAnswers(t *testing.T) {
 		}
 	}
 }
+
+func TestStoredRulesSpecsNotAsApplyStoresThemAreRefused(t *testing.T) {
+	var v struct {
+		Refused []struct {
+			Name string `json:"name"`
+			Spec string `json:"spec"`
+		} `json:"refused_specs"`
+	}
+	readVectors(t, "editorial.json", &v)
+	if len(v.Refused) == 0 {
+		t.Fatal("no refused specs in the vectors")
+	}
+	for _, c := range v.Refused {
+		if _, err := decodeEditorial([]byte(c.Spec)); err == nil {
+			t.Errorf("%s: loaded", c.Name)
+		}
+	}
+}

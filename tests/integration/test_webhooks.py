@@ -189,6 +189,13 @@ def test_refused_deliveries_are_dead_lettered_and_replay_resends_them(hooks):
         letters = [json.loads(v) for v in read_topic(bootstrap, cfg.webhooks.dlq_topic, idle_ms=1000)]
         assert {x["event"]["event_id"] for x in letters} == refusing
         assert all(x["endpoint_id"] == "ep1" and x["attempts"] == 1 and "HTTP 400" in x["error"] for x in letters)
+        # still refused: each letter is tried once and dead-lettered again, and the run ends (it
+        # stops at the letters there when it started, not at the ones it writes)
+        still = CliRunner().invoke(app, ["webhooks", "replay", *args, "--idle-s", "3"])
+        assert still.exit_code == 0, still.output
+        assert json.loads(still.stdout.splitlines()[-1]) == {"replayed": 2, "delivered": 0, "failed": 2,
+                                                              "skipped": 0}
+        assert len(read_topic(bootstrap, cfg.webhooks.dlq_topic, idle_ms=1000)) == 4
         refusing.clear()  # the CMS fixed its side
         out = CliRunner().invoke(app, ["webhooks", "replay", *args, "--idle-s", "3"])
         assert out.exit_code == 0, out.output

@@ -167,3 +167,19 @@ def test_the_gateway_answers_with_the_rules_reasons_and_segments(redis_db, tmp_p
             down = httpx.get(f"{base}/v1/recommendations/vip-user")
             assert down.status_code == 503 and "lookup service unavailable" in down.json()["error"]
             assert httpx.get(f"{base}/healthz").status_code == 503
+
+
+def test_the_gateway_says_what_lookupd_refused_when_a_retry_cannot_help(redis_db, monkeypatch):
+    """A gateway whose config lacks lookupd's token: 502 naming the refusal, not 503 'retry'."""
+    port, r = redis_db
+    seed(r)
+    monkeypatch.setenv("STREAMRANK_TEST_TOKEN", "s3cret")
+    with contextlib.ExitStack() as stack:
+        lookupd = stack.enter_context(start_server(load_serving_config(
+            None, {"redis.port": port, "engine": "go", "auth_token_env": "STREAMRANK_TEST_TOKEN"})))
+        cfg = load_serving_config(None, {"redis.port": port, "gateway.lookupd": f"127.0.0.1:{lookupd.port}"})
+        base = stack.enter_context(running_gateway(cfg))
+        got = httpx.get(f"{base}/v1/recommendations/vip-user")
+        assert got.status_code == 502, got.text
+        assert got.json()["code"] == "UPSTREAM_FAILED" and "UNAUTHENTICATED" in got.json()["error"]
+        assert "auth_token_env" in got.json()["error"]

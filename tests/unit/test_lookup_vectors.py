@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from contract import keys
+from contract.editorial import decode_spec
 from serving import lookup
 from serving.core import status_of
 from serving.launch import contract_spec
@@ -90,3 +91,10 @@ def test_editorial_rules_give_the_shared_answers(case):
            "fallback": a.fallback}
     assert got == case["expect"]
     assert a.rules_version == "v-test"
+
+
+@pytest.mark.parametrize("case", EDITORIAL["refused_specs"], ids=[c["name"] for c in EDITORIAL["refused_specs"]])
+def test_a_stored_rules_spec_that_is_not_exactly_what_apply_stores_is_refused(case):
+    """editorial_test.go refuses the same specs: no engine serves rules it half reads."""
+    with pytest.raises(ValueError, match="apply it again"):
+        decode_spec(case["spec"])

@@ -15,4 +15,4 @@ def test_web_sdk_node_tests():
     out = subprocess.run(["npm", "test", "--silent"], cwd=PROJECT_ROOT / "serving" / "web", capture_output=True,
                          text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "# fail 0" in out.stdout and "# pass 4" in out.stdout, out.stdout[-2000:]
+    assert "# fail 0" in out.stdout and "# pass 5" in out.stdout, out.stdout[-2000:]

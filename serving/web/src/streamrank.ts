@@ -78,10 +78,13 @@ export class Streamrank {
         return this.fallback(userId, placements, `gateway answered ${resp.status}`);
       }
       const body = await resp.json();
+      // The body may be the browser's cached copy (revalidated by a 304): this call's own request
+      // ids, the ones its clicks must carry, are in X-Request-Id, in placement order.
+      const ids = (resp.headers?.get("X-Request-Id") ?? "").split(",").map((id) => id.trim());
       const out: Record<string, PlacementAnswer> = {};
-      for (const a of body.placements as PlacementAnswer[]) {
-        out[a.placement] = a;
-      }
+      (body.placements as PlacementAnswer[]).forEach((a, i) => {
+        out[a.placement] = ids[i] ? { ...a, request_id: ids[i] } : a;
+      });
       return { user_id: userId, segments: body.segments ?? [], placements: out, local_fallback: "" };
     } catch (err) {
       const why = abort.signal.aborted ? `no answer within ${this.timeoutMs} ms` : `gateway unreachable (${err})`;

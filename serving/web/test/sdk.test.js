@@ -21,6 +21,14 @@ test("one call fetches every placement, keyed by name", async () => {
   assert.equal(page.local_fallback, "");
 });
 
+test("each placement carries this call's request id from X-Request-Id, not a cached body's", async () => {
+  const fetch = async () => ({ ok: true, headers: new Headers({ "X-Request-Id": "r-hero, r-rail" }),
+    json: async () => ({ user_id: "u1", segments: [], placements: [answer("hero", ["i1"]), answer("rail", ["i2"])] }) });
+  const page = await new Streamrank({ fetch }).page("u1", [{ name: "hero" }, { name: "rail" }]);
+  assert.equal(page.placements.hero.request_id, "r-hero");
+  assert.equal(page.placements.rail.request_id, "r-rail");
+});
+
 test("a gateway slower than the timeout gets the fallback render, not an exception", async () => {
   const fetch = (url, { signal }) => new Promise((_, reject) => signal.addEventListener("abort", () => reject(new Error("aborted"))));
   const fallback = { hero: [{ item_id: "house", score: 0, category: "x", reasons: [] }] };

@@ -339,6 +339,8 @@ class CandidateConfig(_Strict):
     own_history: int = Field(20, ge=0, le=1000)
     """The user's own items offered as candidates: the largest in the user x item memory
     (features.memory_items; repeat purchases are common in retail)."""
+    per_segment: int = Field(0, ge=0, le=1000)
+    """Trending items among the users of each of the user's segments ([[segments.rules]]), with the reason popular_with:<segment>; 0: none, and no segment boards are kept. Online only: the offline replay and training draw no segment candidates."""
     refresh_s: float = Field(2.0, gt=0)
     """How often a scorer reloads trending sets from Redis (s)."""
 
@@ -349,7 +351,7 @@ class ScoringConfig(_Strict):
     top_k: int = Field(25, ge=1, le=500)
     """Length of each user's list in rec:{user}."""
     reasons: bool = True
-    """Write reason codes with each listed item (udfs/reasons.py): bought_before, viewed_recently, trending_in:<category>, model:<code>."""
+    """Write reason codes with each listed item (udfs/reasons.py): bought_before, viewed_recently, trending_in:<category>, popular_with:<segment>, model:<code>."""
     reasons_recent_s: float = Field(86400.0, gt=0)
     """viewed_recently: the user interacted with the item within this long before the list's newest event (s)."""
     reason_top_k: int = Field(0, ge=0, le=500)

@@ -57,6 +57,8 @@ TRENDING_VIEWS, TRENDING_BUYS, TRENDING_REBUYS = "trending:views", "trending:buy
 TRENDING_LANDMARK = "trending:landmark"
 TRENDING_BOARDS = "trending:boards"
 TRENDING_CATEGORY_PREFIX = "trending:cat:"
+# item -> short popularity among the users now in a segment (candidates.per_segment > 0; segment_stats.lua)
+TRENDING_SEGMENT_PREFIX = "trending:seg:"
 # the boards item_stats.lua writes, in its KEYS order after the landmark and the set of boards
 ITEM_STATS_BOARDS = (TRENDING, TRENDING_LONG, TRENDING_CATS, TRENDING_CATS_LONG, TRENDING_VIEWS, TRENDING_BUYS,
                      TRENDING_REBUYS)
@@ -164,6 +166,10 @@ def profile_key(user_id: str) -> str:
 
 def trending_category_key(category: str) -> str:
     return f"{TRENDING_CATEGORY_PREFIX}{category}"
+
+
+def trending_segment_key(segment: str) -> str:
+    return f"{TRENDING_SEGMENT_PREFIX}{segment}"
 
 
 LUA_DIR = Path(__file__).resolve().parent / "lua"

@@ -59,6 +59,7 @@ class TrendingWriter:
         self.cfg = cfg
         self.redis = client or redis_client(cfg)
         self.script = self.redis.register_script(keys.lua("item_stats"))
+        self.segment_script = self.redis.register_script(keys.lua("segment_stats"))
 
     def write(self, rows: list[tuple[int, str, str, int, int, int, int, int]], pipe=None) -> int:
         """rows: (window_end, item_id, category, n_view, n_click, n_cart, n_purchase, n_repeat). With pipe
@@ -70,6 +71,16 @@ class TrendingWriter:
             argv += [t, item, category, nv, np_, nr, repr(item_weight(nv, nc, na, np_))]
         if rows:
             self.script(keys=[keys.TRENDING_LANDMARK, keys.TRENDING_BOARDS, *keys.ITEM_STATS_BOARDS], args=argv, client=pipe)
+        return len(rows)
+
+    def write_segments(self, rows: list[tuple[int, str, str, float]], pipe=None) -> int:
+        """rows: (window_end, segment, item_id, weight), after write's rows of the same batch (their
+        landmark is this one's)."""
+        argv: list = [self.cfg.features.item_half_life_s * 1000.0, self.MAX_BOARD, keys.TRENDING_SEGMENT_PREFIX]
+        for t, segment, item, w in sorted(rows):
+            argv += [t, segment, item, repr(w)]
+        if rows:
+            self.segment_script(keys=[keys.TRENDING_LANDMARK, keys.TRENDING_BOARDS], args=argv, client=pipe)
         return len(rows)
 
 
@@ -93,22 +104,27 @@ class CandidateSource:
         c, deeper = self.cfg.candidates, deeper or {}
         boards = [b.decode() for b in self.redis.smembers(keys.TRENDING_BOARDS)]
         cat_keys = [b for b in boards if b.startswith(keys.TRENDING_CATEGORY_PREFIX)]
+        seg_keys = [b for b in boards if b.startswith(keys.TRENDING_SEGMENT_PREFIX)] if c.per_segment else []
         pipe = self.redis.pipeline(transaction=False)
         pipe.zrevrange(keys.TRENDING, 0, max(c.trending, deeper.get("trending", 0)) - 1, withscores=True)
         for b in cat_keys:
             pipe.zrevrange(b, 0, max(c.per_category, deeper.get("per_category", 0)) - 1, withscores=True)
+        for b in seg_keys:
+            pipe.zrevrange(b, 0, c.per_segment - 1, withscores=True)
         res = pipe.execute()
         global_top = [(i.decode(), s) for i, s in res[0]]
-        category_top = {
-            b[len(keys.TRENDING_CATEGORY_PREFIX):]: [(i.decode(), s) for i, s in r] for b, r in zip(cat_keys, res[1:])
-        }
+
+        def tops(names: list[str], prefix: str, found: list) -> dict[str, list[tuple[str, float]]]:
+            return {b[len(prefix):]: [(i.decode(), s) for i, s in r] for b, r in zip(names, found)}
+        category_top = tops(cat_keys, keys.TRENDING_CATEGORY_PREFIX, res[1:1 + len(cat_keys)])
+        segment_top = tops(seg_keys, keys.TRENDING_SEGMENT_PREFIX, res[1 + len(cat_keys):])
         self.unknown.clear()
         wanted = {i for i, _ in global_top}
-        for top in category_top.values():
+        for top in (*category_top.values(), *segment_top.values()):
             wanted.update(i for i, _ in top)
         self.load_meta(wanted)
         self.pool = CandidatePool(global_top, category_top, self.catalog, self._stats(sorted(wanted)),
-                                  self.cfg.features.conversion_prior_weight)
+                                  self.cfg.features.conversion_prior_weight, segment_top)
         self.loaded_at = now
 
     def _stats(self, items: list[str], boards: bool = True) -> ItemStats:
@@ -159,11 +175,12 @@ class CandidateSource:
                 meta = keys.ItemMeta.decode(raw)
                 self.catalog[item] = (meta.category, meta.price)
 
-    def for_user(self, state: UserState, counts: dict[str, int] | None = None) -> list[Candidate]:
+    def for_user(self, state: UserState, counts: dict[str, int] | None = None,
+                 segments: tuple[str, ...] | list[str] = ()) -> list[Candidate]:
         """The user's candidates with the config's counts, or those an experiment arm changes."""
         c = {**self.cfg.candidates.model_dump(include=set(CANDIDATE_COUNTS)), **(counts or {})}
         return gather_candidates(state, self.pool, c["top_categories"], c["own_history"], c["trending"],
-                                 c["per_category"])
+                                 c["per_category"], segments, self.cfg.candidates.per_segment)
 
     def category_boards(self, state: UserState, counts: dict[str, int] | None = None) -> dict[str, set[str]]:
         """The items for_user takes from each of the user's top categories' boards (the facts
@@ -171,6 +188,12 @@ class CandidateSource:
         c = {**self.cfg.candidates.model_dump(include=set(CANDIDATE_COUNTS)), **(counts or {})}
         return {cat: {i for i, _ in self.pool.category_top.get(cat, [])[:c["per_category"]]}
                 for cat in state.top_categories(c["top_categories"])}
+
+    def segment_boards(self, segments: tuple[str, ...] | list[str]) -> dict[str, set[str]]:
+        """The items for_user takes from each of these segments' boards (the facts behind
+        `popular_with:<segment>`), in the segments' order."""
+        n = self.cfg.candidates.per_segment
+        return {s: {i for i, _ in self.pool.segment_top.get(s, [])[:n]} for s in segments} if n else {}
 
 
 class ExperimentsSource:
@@ -241,7 +264,8 @@ class RedisStore:
             "max_feature": worst, "max_psi": report.psi[worst], "alert": int(report.alert)})
 
     def write(self, ledger: Ledger, out: dict[str, UserWrite],
-              items: list[tuple[int, str, str, int, int, int, int, int]]) -> None:
+              items: list[tuple[int, str, str, int, int, int, int, int]],
+              segment_items: list[tuple[int, str, str, float]] = ()) -> None:
         """One MULTI: item statistics, states (with their profiles), lists and the ledger change
         together or not at all (a replayed window finds its state already applied and adds nothing
         anywhere). A user whose history was erased, or who opted out, loses the list (the
@@ -249,6 +273,7 @@ class RedisStore:
         ttl = self.cfg.redis.rec_ttl_s
         pipe = self.redis.pipeline(transaction=True)
         self.trending.write(items, pipe)
+        self.trending.write_segments(list(segment_items), pipe)
         count_in_ledger(pipe, ledger.interactions())
         for action, n in ledger.controls().items():
             if n:

@@ -1,7 +1,8 @@
 """Candidate generation and item-side statistics.
 
-Candidates: globally trending items, trending items of the user's top categories, and the user's
-own items. Item statistics are forward-decayed sums: an interaction adds w * 2^((t - landmark) /
+Candidates: globally trending items, trending items of the user's top categories, trending items
+among the users of the user's segments (online only, candidates.per_segment), and the user's own
+items. Item statistics are forward-decayed sums: an interaction adds w * 2^((t - landmark) /
 half_life), so no periodic decay pass is needed; all boards share one landmark, and when the
 exponent grows large every board is rescaled and the landmark moved (the same math in Python
 here and in the Redis Lua script `contract/lua/item_stats.lua`). Features use ratios of scores
@@ -10,6 +11,8 @@ within a board (share of the top, or purchases / views), which do not depend on 
 Boards (short = item_half_life_s, long = item_long_half_life_s):
   GLOBAL ("")          item -> short popularity (global trending; candidates)
   <category>           item -> short popularity within the category (candidates)
+  segment boards       item -> short popularity among a segment's users (the job's Redis only:
+                       contract/lua/segment_stats.lua)
   LONG                 item -> long popularity
   CATS / CATS_LONG     category -> short / long popularity
   VIEWS / BUYS         item (and ALL) -> long-decayed views / purchases (conversion)
@@ -120,6 +123,7 @@ class CandidatePool:
     catalog: dict[str, tuple[str, float]]
     stats: ItemStats = field(default_factory=ItemStats)
     prior_weight: float = 20.0  # pseudo-views pulling conversion toward the global rate
+    segment_top: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.top_score = self.global_top[0][1] if self.global_top else 1.0
@@ -182,15 +186,19 @@ class CandidatePool:
 
 
 def gather_candidates(state: UserState, pool: CandidatePool, top_categories: int, own_history: int,
-                      trending: int | None = None, per_category: int | None = None) -> list[Candidate]:
-    """Union of global trending, trending in the user's top categories and the user's own items,
-    without duplicates, in that order. trending / per_category take the top that many of the
-    pool's boards (None: all the pool holds; an experiment arm may read deeper than the config)."""
+                      trending: int | None = None, per_category: int | None = None,
+                      segments: tuple[str, ...] | list[str] = (), per_segment: int = 0) -> list[Candidate]:
+    """Union of global trending, trending in the user's top categories, trending among the users of
+    the user's segments and the user's own items, without duplicates, in that order. trending /
+    per_category take the top that many of the pool's boards (None: all the pool holds; an
+    experiment arm may read deeper than the config)."""
     out = list(pool.global_candidates[:trending])
     seen = {c.item_id for c in out}
     extra: list[str] = []
     for cat in state.top_categories(top_categories):
         extra.extend(i for i, _ in pool.category_top.get(cat, [])[:per_category])
+    for segment in segments if per_segment else ():
+        extra.extend(i for i, _ in pool.segment_top.get(segment, [])[:per_segment])
     extra.extend(memory_items(state, own_history))
     for item in extra:
         if item not in seen:

@@ -22,7 +22,7 @@ from contract.segments import Segments, changes
 from udfs.arms import NO_EXPERIMENT, ArmPlan, baseline_weights, largest_counts, plan_for
 from udfs.candidates import Candidate
 from udfs.drift import DriftMonitor, DriftReport
-from udfs.features import (Event, Ledger, UserState, WindowDelta, apply_window, feature_names, memory_items,
+from udfs.features import (EVENT_WEIGHTS, Event, Ledger, UserState, WindowDelta, apply_window, feature_names, memory_items,
                            parse_events, profile, shared_events, user_item_matrix, user_vector)
 from udfs.reasons import ReasonFacts, strongest
 from udfs.scorer import ModelWatcher, OnnxScorer
@@ -52,6 +52,21 @@ def item_window_counts(windows: list[tuple[int, list[Event], list[tuple[str, str
     return [(t, i, c, *n) for (t, i, c), n in counts.items()]
 
 
+def segment_window_counts(windows: list[tuple[int, str, list[Event]]], segments: dict[str, list[str]]
+                          ) -> list[tuple[int, str, str, float]]:
+    """windows: (window end, user, its shared events); segments: each user's segments now. Per
+    (window end, segment, item): the weight of the consented interactions of the segment's users,
+    the amount the item's trending score got from them."""
+    weights: dict[tuple[int, str, str], float] = {}
+    for end, user, events in windows:
+        for segment in segments.get(user, ()):
+            for e in events:
+                if e.consent:
+                    key = (end, segment, e.item_id)
+                    weights[key] = weights.get(key, 0.0) + EVENT_WEIGHTS[e.type]
+    return [(t, s, i, w) for (t, s, i), w in weights.items()]
+
+
 class UserWrite(NamedTuple):
     """What one batch writes for a user: the state (None: no window of the user's was final in
     the batch, only early events came), the profile (the features by name, over the final
@@ -73,7 +88,8 @@ class RankingStore(Protocol):
     def read_states(self, users: list[str]) -> dict[str, UserState]: ...
 
     def write(self, ledger: Ledger, out: dict[str, UserWrite],
-              items: list[tuple[int, str, str, int, int, int, int, int]]) -> None: ...
+              items: list[tuple[int, str, str, int, int, int, int, int]],
+              segment_items: list[tuple[int, str, str, float]] = ()) -> None: ...
 
     def report_drift(self, report: DriftReport) -> None: ...
 
@@ -102,9 +118,12 @@ class CandidateReader(Protocol):
 
     def own_stats(self, items: set[str]) -> None: ...
 
-    def for_user(self, state: UserState, counts: dict[str, int] | None = None) -> list[Candidate]: ...
+    def for_user(self, state: UserState, counts: dict[str, int] | None = None,
+                 segments: tuple[str, ...] | list[str] = ()) -> list[Candidate]: ...
 
     def category_boards(self, state: UserState, counts: dict[str, int] | None = None) -> dict[str, set[str]]: ...
+
+    def segment_boards(self, segments: tuple[str, ...] | list[str]) -> dict[str, set[str]]: ...
 
 
 class BatchRanker:
@@ -200,11 +219,13 @@ class BatchRanker:
         before = dict(states)  # apply_window makes new states: these stay as read (webhooks compare)
         read_end = {u: states[u].window_end for u in users}
         fresh: list[tuple[int, list[Event], list]] = []  # windows that are not replays after a restart
+        fresh_by_user: list[tuple[int, str, list[Event]]] = []  # the same, with their users (segment boards)
         for d in sorted(finals, key=lambda d: d.window_end):
             events = parse_events(d.events)
             rebought: list[tuple[str, str]] = []  # filled by apply_window below
             if d.window_end > states[d.user_id].window_end:  # else only after a restart: see apply_window
                 fresh.append((d.window_end, shared_events(events, states[d.user_id].opted_out), rebought))
+                fresh_by_user.append((d.window_end, d.user_id, fresh[-1][1]))
             states[d.user_id], counted = apply_window(states[d.user_id], d, self.cfg.features, events, rebought)
             ledger.add(counted)
         items = item_window_counts(fresh)
@@ -230,7 +251,7 @@ class BatchRanker:
             for u, v in views.items():
                 out[u] = UserWrite(states[u] if u in committed else None, self._profile(v))
             self._emit(before, states, committed, out)
-            self.store.write(ledger, out, items)
+            self.store.write(ledger, out, items, self._segment_items(fresh_by_user, out))
             return ledger
         for u, v in views.items():  # erased or opted out: lists deleted (when final)
             if not v.personalized():
@@ -269,9 +290,9 @@ class BatchRanker:
         item_rows: dict = {}  # the batch's candidates' item columns, computed once
         for u in scoring:
             s = views[u]
-            cands = self.candidates.for_user(s, plans[u].candidates)
             user = user_vector(s, s.window_end, f)  # once, for the model's input and the profile
             profiles[u] = self._profile(s, user)
+            cands = self.candidates.for_user(s, plans[u].candidates, profiles[u].segments)
             blocks.append(user_item_matrix(s, s.window_end, f, cands, user, item_rows))
             spans.append((u, cands, start, start + len(cands)))
             start += len(cands)
@@ -291,7 +312,8 @@ class BatchRanker:
             s = views[u]
             user_scores = scores[a:b]
             order = orders[u]
-            why = self._reasons(s, plans[u], [cands[i].item_id for i in order], model_reasons.get(u, ()))
+            why = self._reasons(s, plans[u], [cands[i].item_id for i in order], model_reasons.get(u, ()),
+                               profiles[u].segments)
             out[u] = UserWrite(states[u] if u in committed else None, profiles[u], keys.RecList(
                 items=[keys.ScoredItem(cands[i].item_id, float(user_scores[i]), cands[i].category, r)
                        for i, r in zip(order, why)],
@@ -304,8 +326,16 @@ class BatchRanker:
             self._remember(u, basis[u], now)
             self.written.append((written_at, s.feature_ts))
         self._emit(before, states, committed, out)
-        self.store.write(ledger, out, items)
+        self.store.write(ledger, out, items, self._segment_items(fresh_by_user, out))
         return ledger
+
+    def _segment_items(self, windows: list[tuple[int, str, list[Event]]], out: dict[str, UserWrite]
+                       ) -> list[tuple[int, str, str, float]]:
+        """What the batch's new windows add to the segment boards: only kept when
+        candidates.per_segment draws from them."""
+        if not self.cfg.candidates.per_segment or not self.segments:
+            return []
+        return segment_window_counts(windows, {u: w.profile.segments for u, w in out.items()})
 
     def _emit(self, before: dict[str, UserState], states: dict[str, UserState], committed: set[str],
               out: dict[str, UserWrite]) -> None:
@@ -357,12 +387,13 @@ class BatchRanker:
                                scorer.card.feature_names))
         return {u: [next(codes) for _ in o] for u, _, o in mine}
 
-    def _reasons(self, state: UserState, plan: ArmPlan, items: list[str], model: list[str]) -> list[tuple[str, ...]]:
+    def _reasons(self, state: UserState, plan: ArmPlan, items: list[str], model: list[str],
+                 segments: list[str]) -> list[tuple[str, ...]]:
         if not self.cfg.scoring.reasons:
             return [()] * len(items)
         facts = ReasonFacts(state, len(self.cfg.features.memory_half_lives_s),
                             self.candidates.category_boards(state, plan.candidates),
-                            int(self.cfg.scoring.reasons_recent_s * 1000))
+                            int(self.cfg.scoring.reasons_recent_s * 1000), self.candidates.segment_boards(segments))
         return [facts.of(item, model[n] if n < len(model) else "") for n, item in enumerate(items)]
 
     def _remember(self, user: str, basis: bytes, at: float) -> None:

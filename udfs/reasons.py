@@ -7,11 +7,11 @@ ranker can check when it writes the list (the lookup services add the editorial 
   scoring.reasons_recent_s before the newest event the list is made from;
 - `trending_in:<category>`: the item is on the trending board of one of the user's top categories,
   which is where the candidate source took it from;
+- `popular_with:<segment>`: the item is among the candidates the source took from the board of
+  what the users now in one of the user's segments interact with (candidates.per_segment);
 - `model:<code>`: the feature group with the largest positive contribution to the model's score,
   from LightGBM's TreeSHAP (`pred_contrib`), computed for the first scoring.reason_top_k items of
   each list only (MODEL_CODES names the groups).
-
-`popular_with:<segment>` needs per-segment boards, which the job does not keep yet.
 """
 
 from __future__ import annotations
@@ -50,13 +50,14 @@ def strongest(contributions: np.ndarray, names: tuple[str, ...]) -> list[str]:
 
 
 class ReasonFacts:
-    """What one user's reasons are checked against: their memory and the trending boards of their
-    top categories."""
+    """What one user's reasons are checked against: their memory, the trending boards of their
+    top categories and the boards of their segments (each as far as candidates were drawn from it)."""
 
     def __init__(self, state: UserState, memory_half_lives: int, category_boards: dict[str, set[str]],
-                 recent_ms: int) -> None:
+                 recent_ms: int, segment_boards: dict[str, set[str]] | None = None) -> None:
         self.state, self.nh = state, memory_half_lives
         self.boards = [(c, category_boards.get(c, set())) for c in state.top_categories(3)]
+        self.segment_boards = list((segment_boards or {}).items())
         self.since = state.feature_ts - recent_ms
 
     def of(self, item_id: str, model: str = "") -> tuple[str, ...]:
@@ -70,6 +71,10 @@ class ReasonFacts:
         for category, board in self.boards:
             if item_id in board:
                 out.append(f"trending_in:{category}")
+                break
+        for segment, board in self.segment_boards:
+            if item_id in board:
+                out.append(f"popular_with:{segment}")
                 break
         if model:
             out.append(model)

@@ -7,10 +7,11 @@ import pytest
 from contract import keys
 from contract.config import FeatureConfig
 from udfs.candidates import ALL, Candidate, CandidatePool, TrendingBoards, gather_candidates
-from udfs.features import (Event, NEVER_S, UserState, WindowDelta, apply_window, describe, feature_names,
+from udfs.features import (EVENT_WEIGHTS, Event, NEVER_S, UserState, WindowDelta, apply_window, describe, feature_names,
                            parse_events, shared_events, user_feature_names, user_item_features,
                            profile, user_item_matrix)
-from udfs.ranking import item_window_counts
+from udfs.ranking import item_window_counts, segment_window_counts
+from udfs.reasons import ReasonFacts
 
 CFG = FeatureConfig(frequency_windows_s=(60.0, 3600.0), monetary_windows_s=(3600.0,), window_slices=6,
                     session_gap_s=30.0, session_window_s=3600.0, interest_half_life_s=10.0,
@@ -191,6 +192,30 @@ def test_candidates_union_trending_category_and_own_items():
     assert [c.item_id for c in cands] == ["g1", "g2", "k1", "own1"]
     assert cands[0].popularity == 1.0 and cands[2].popularity == 0.4
     assert cands[3].category == "unknown" and cands[3].popularity == 0.0
+
+
+def test_segment_candidates_come_after_categories_and_only_from_the_users_segments():
+    s, _ = fold(UserState(), window(T0 + 2000, ev(1, "view", T0, "own1", "c2")))
+    pool = CandidatePool([("g1", 10.0)], {"c2": [("k1", 4.0)]}, {},
+                         segment_top={"vip": [("v1", 3.0), ("k1", 2.0), ("v2", 1.0)], "new": [("n1", 5.0)]})
+    got = gather_candidates(s, pool, top_categories=1, own_history=5, segments=["vip"], per_segment=2)
+    assert [c.item_id for c in got] == ["g1", "k1", "v1", "own1"]  # k1 once; v2 past per_segment; no n1
+    assert [c.item_id for c in gather_candidates(s, pool, 1, 5, segments=["vip"])] == ["g1", "k1", "own1"]
+
+
+def test_segment_window_counts_weigh_each_segments_users_consented_events():
+    a, b = Event("e1", "view", "i1", "c", T0, 0.0, True), Event("e2", "purchase", "i1", "c", T0 + 1, 9.0, True)
+    hidden = Event("e3", "view", "i2", "c", T0 + 2, 0.0, False)
+    rows = segment_window_counts([(T0 + 10, "u1", [a, b, hidden]), (T0 + 10, "u2", [a]), (T0 + 10, "u3", [a])],
+                                 {"u1": ["vip", "buyers"], "u2": ["vip"], "u3": []})
+    assert sorted(rows) == sorted([(T0 + 10, "vip", "i1", 2 * EVENT_WEIGHTS["view"] + EVENT_WEIGHTS["purchase"]),
+                                   (T0 + 10, "buyers", "i1", EVENT_WEIGHTS["view"] + EVENT_WEIGHTS["purchase"])])
+
+
+def test_popular_with_is_given_for_the_first_segment_board_holding_the_item():
+    facts = ReasonFacts(UserState(), 3, {}, 1000, {"vip": {"i1"}, "buyers": {"i1", "i2"}})
+    assert facts.of("i1") == ("popular_with:vip",) and facts.of("i2") == ("popular_with:buyers",)
+    assert facts.of("i3") == ()
 
 
 def test_item_window_counts_take_consented_events_per_item_window():

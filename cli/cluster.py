@@ -10,8 +10,10 @@ import typer
 
 from cli.common import (AllowNonRestoredOpt, ConfigOpt, DEFAULT_CONFIG, FromSavepointOpt, JobOpt, PresetOpt,
                         SetOpt, check_job, exit_on, job_args, job_config)
+from contract.config import ConfigError
 from contract.paths import run_dir
 from devstack.cluster import ClusterError, FlinkCluster
+from jobs.store import check_state_layout
 
 app = typer.Typer(help="Standalone Flink cluster from PyFlink's bin/.", no_args_is_help=True)
 commands = typer.Typer()
@@ -121,7 +123,10 @@ def submit(
     """Submit the recommend job (or --job engagement) to the standalone cluster with `flink run -py`
     (--preset: as for run)."""
     check_job(job)
-    job_config(config, set_, bounded, preset)
+    cfg = job_config(config, set_, bounded, preset)
+    if job == "recommend":  # before Flink starts: the users' states in Redis fit this config
+        with exit_on(ConfigError, code=2):
+            check_state_layout(cfg)
     c = running_cluster()
     extra = job_args(set_, bounded, from_savepoint, allow_non_restored_state, preset)
     out = c.submit(str(Path(config).resolve()), extra, detached, job)

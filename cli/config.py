@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -10,8 +11,10 @@ import typer
 from cli.common import exit_on
 from contract.config import ConfigError, load_config
 from contract.serving_config import load_serving_config
+from udfs.features import FEATURE_SET, layout_changes, state_layout
 
-app = typer.Typer(help="Config files: check one without running anything.", no_args_is_help=True)
+app = typer.Typer(help="Config files: check one, or compare two (can a job resume across the change?), without "
+                       "running anything.", no_args_is_help=True)
 
 
 @app.command("check")
@@ -27,3 +30,41 @@ def config_check(
         cfg = load_serving_config(file, None) if as_serving else load_config(file)
     typer.echo(cfg.model_dump_json(indent=2))
     typer.echo(f"{file}: a valid {'serving' if as_serving else 'job'} config", err=True)
+
+
+def _flat(tree: object, prefix: str = "") -> dict[str, object]:
+    if isinstance(tree, dict):
+        out: dict[str, object] = {}
+        for k, v in tree.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): tree}
+
+
+@app.command("diff")
+def config_diff(
+    old: Annotated[Path, typer.Argument(help="the job config a running job was started with")],
+    new: Annotated[Path, typer.Argument(help="the job config it would resume with")],
+    preset: Annotated[str | None, typer.Option(help="the preset both are loaded with, as the job would")] = None,
+) -> None:
+    """The effective values (defaults and presets applied) that differ between two job configs,
+    and whether a job can resume from its savepoint across the change: a change to a window, a
+    slice count, the memory half-lives, the dedup horizon or the feature set changes the shape of
+    the users' stored state, and the job refuses to start over it. The last line is JSON."""
+    with exit_on(ConfigError, code=2):
+        before, after = load_config(old, preset=preset), load_config(new, preset=preset)
+    a, b = _flat(before.model_dump(mode="json")), _flat(after.model_dump(mode="json"))
+    changed = {k: {"old": a.get(k), "new": b.get(k)} for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+    shape = layout_changes(state_layout(before.features), state_layout(after.features))
+    for k, v in changed.items():
+        typer.echo(f"  {k}: {json.dumps(v['old'])} -> {json.dumps(v['new'])}"
+                   + (f"   changes the state's shape ({shape[k]})" if k in shape else ""), err=True)
+    if shape.get(FEATURE_SET) and FEATURE_SET not in changed:
+        typer.echo(f"  the feature set changes ({shape[FEATURE_SET]})", err=True)
+    if not changed:
+        typer.echo("no effective value differs", err=True)
+    typer.echo("a running job can resume from its savepoint with the new config" if not shape else
+               "a running job cannot resume with the new config: the state's shape changes "
+               f"({', '.join(shape)}); run it from the start over an empty Redis database, or keep the old values",
+               err=True)
+    typer.echo(json.dumps({"changed": changed, "resumable": not shape, "state_shape": shape}))

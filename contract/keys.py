@@ -72,6 +72,9 @@ EXPERIMENTS = "experiments"
 RULES = "rules"  # hash: the applied editorial rules (contract.editorial): spec, version, applied_at_ms, source
 RULES_HISTORY = "rules:history"  # list, newest first: one JSON audit entry per apply or rollback
 WEBHOOK_ENDPOINTS = "webhooks:endpoints"  # hash: endpoint id -> JSON {url, events, secret} (contract.webhooks)
+# JSON: the layout (udfs.features.state_layout) the users' feat:{user} states were written with, set
+# with the first states; a job whose config gives another does not start
+STATE_LAYOUT = "state:layout"
 UNAVAILABLE_ITEMS = "item:unavailable"  # set: items the catalog marks unavailable; never served
 REJECTED_OFFSETS = "ledger:rejected_offsets"  # hash "{topic}:{partition}" -> last rejected offset counted
 

@@ -26,7 +26,7 @@ from contract.schema import (CONTROL_SQL, EVENT_LINE_SQL, EVENT_TAIL_SQL, JVM_FU
 from jobs.runtime import (PROMETHEUS_REPORTER_FACTORY, find_rest_endpoint, flink_home, job_jars,
                           link_flink_lib, prometheus_reporter_jars, python_executable, restore_options)
 from jobs.functions import register
-from jobs.store import redis_client, warn_if_redis_forgets
+from jobs.store import check_state_layout, redis_client, warn_if_redis_forgets
 
 log = logging.getLogger("streamrank.jobs.recommend")
 
@@ -436,14 +436,17 @@ def job_arguments(prog: str, description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def start(args: argparse.Namespace, name: str, build_job, adjust=lambda cfg: cfg):
-    """Load and check the config (exit code 2 with the field and the fix), then plan and submit
-    the job `build_job(t_env, cfg)` wires; returns (cfg, its TableResult), or (None, 2)."""
+def start(args: argparse.Namespace, name: str, build_job, adjust=lambda cfg: cfg, keeps_user_states: bool = False):
+    """Load and check the config (exit code 2 with the field and the fix; with keeps_user_states,
+    also that the users' states in Redis have the shape it gives them), then plan and submit the
+    job `build_job(t_env, cfg)` wires; returns (cfg, its TableResult), or (None, 2)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = adjust(load_config(args.config, parse_overrides(args.set, bounded=args.bounded), args.preset))
         cfg.redis.password()  # an unset variable stops here, not in the first write
         cfg.privacy.keys()
+        if keeps_user_states:
+            check_state_layout(cfg)
     except ConfigError as e:
         print(e, file=sys.stderr)
         return None, 2
@@ -459,7 +462,7 @@ def start(args: argparse.Namespace, name: str, build_job, adjust=lambda cfg: cfg
 
 def main(argv: list[str] | None = None) -> int:
     args = job_arguments("jobs.recommend", __doc__).parse_args(argv)
-    cfg, result = start(args, "streamrank-recommend", build)
+    cfg, result = start(args, "streamrank-recommend", build, keeps_user_states=True)
     if cfg is None:
         return result
     job = result.get_job_client()

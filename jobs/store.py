@@ -12,14 +12,14 @@ import redis
 from kafka import KafkaProducer
 
 from contract import keys
-from contract.config import JobConfig
+from contract.config import ConfigError, JobConfig
 from contract.experiments import read_experiments
 from contract.webhooks import WebhookEvent
 from udfs.arms import CANDIDATE_COUNTS
 from udfs.attribution import Group, Shares
 from udfs.candidates import Candidate, CandidatePool, ItemStats, gather_candidates, item_weight
 from udfs.drift import DriftReport
-from udfs.features import Ledger, UserState
+from udfs.features import Ledger, UserState, layout_changes, state_layout
 from udfs.ranking import UserWrite
 
 log = logging.getLogger(__name__)
@@ -237,6 +237,7 @@ class RedisStore:
         self.trending = TrendingWriter(cfg, self.redis)
         self.experiments = ExperimentsSource(self.redis, cfg.scoring.experiments_refresh_s)
         self.producer: KafkaProducer | None = None  # webhook events, made at the first
+        self.layout = json.dumps(state_layout(cfg.features))
 
     def read_states(self, users: list[str]) -> dict[str, UserState]:
         raw_states = self.redis.mget([keys.feat_key(u) for u in users])
@@ -272,6 +273,7 @@ class RedisStore:
         service falls back)."""
         ttl = self.cfg.redis.rec_ttl_s
         pipe = self.redis.pipeline(transaction=True)
+        pipe.set(keys.STATE_LAYOUT, self.layout, nx=True)
         self.trending.write(items, pipe)
         self.trending.write_segments(list(segment_items), pipe)
         count_in_ledger(pipe, ledger.interactions())
@@ -304,6 +306,32 @@ def write_item_meta(client: redis.Redis, rows: list[tuple[str, str, float, bool]
             pipe.srem(keys.UNAVAILABLE_ITEMS, *back)
         pipe.execute()
     return len(rows)
+
+
+def check_state_layout(cfg: JobConfig) -> None:
+    """Stop before the start when the users' states in Redis were written with another shape than
+    cfg gives them (ConfigError naming each field): the job would misread them silently."""
+    try:
+        client = redis.Redis(**cfg.redis.client_kwargs(), socket_timeout=3, socket_connect_timeout=3)
+        stored = client.get(keys.STATE_LAYOUT)
+    except redis.RedisError:
+        return  # warn_if_redis_forgets says so; the job fails over until Redis answers
+    if stored is None:
+        return
+    old, new = json.loads(stored), state_layout(cfg.features)
+    changes = layout_changes(old, new)
+    if changes:
+        named = "; ".join(f"{k} was {_short(old.get(k))}, the config says {_short(new.get(k))} ({why})"
+                          for k, why in changes.items())
+        raise ConfigError(
+            f"the users' states in Redis {cfg.redis.host}:{cfg.redis.port} have another shape "
+            f"than this config gives them: {named}. Keep the old values, or run the changed job from the start "
+            f"(no savepoint) over an empty Redis database; `streamrank config diff OLD NEW` tells such changes apart")
+
+
+def _short(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def warn_if_redis_forgets(cfg: JobConfig) -> None:

@@ -61,6 +61,37 @@ def feature_names(cfg: FeatureConfig) -> tuple[str, ...]:
     return user_feature_names(cfg) + item_feature_names(cfg)
 
 
+# The [features] fields that give a user's stored state (feat:{user}) its shape: a state written
+# under one value is misread under another, silently (wrong features, a wrong model input), so a
+# job does not resume across a change to one (jobs.store.check_state_layout).
+STATE_SHAPE = {
+    "frequency_windows_s": "the count windows a user's buckets are kept per",
+    "monetary_windows_s": "the spend windows a user's buckets are kept per",
+    "window_slices": "the slices each window's buckets are cut into: a stored bucket's index would mean another time",
+    "memory_half_lives_s": "the weights kept per remembered item",
+    "dedup_horizon_s": "the time buckets the seen event ids are kept in: duplicates could be counted again",
+}
+FEATURE_SET = "feature_names"
+
+
+def state_layout(cfg: FeatureConfig) -> dict[str, object]:
+    """What a stored state's shape depends on: the STATE_SHAPE fields and the feature set."""
+    out: dict[str, object] = {f"features.{name}": _plain(getattr(cfg, name)) for name in STATE_SHAPE}
+    out[FEATURE_SET] = list(feature_names(cfg))
+    return out
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def layout_changes(old: dict, new: dict) -> dict[str, str]:
+    """Each field of the layout that differs -> why a state written under old cannot be read under new."""
+    why = {f"features.{k}": v for k, v in STATE_SHAPE.items()}
+    why[FEATURE_SET] = "the features kept and the model's input"
+    return {k: why.get(k, "the state's shape") for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
+
+
 class Event(NamedTuple):
     """One valid interaction inside a window delta. A NamedTuple, not a frozen dataclass: the job
     makes one per event, and a frozen dataclass sets each field through object.__setattr__."""

@@ -155,11 +155,32 @@ def test_stop_with_savepoint_and_resume_rescaled(cluster, kafka_broker, redis_se
     at_stop = sum(read_ledger(r).values())
     assert 0 < at_stop < part  # windows were open when it stopped: their records are in the savepoint
 
+    # `config diff` tells the change made below (the parallelism) from one to the state's shape,
+    # and a job with the latter is refused before Flink runs it, naming the field
+    local = PROJECT_ROOT / "deploy" / "config" / "local.toml"
+    rescaled, sliced = tmp_path / "rescaled.toml", tmp_path / "sliced.toml"
+    rescaled.write_text(local.read_text().replace("parallelism = 1\n", "parallelism = 2\n", 1))
+    sliced.write_text(local.read_text().replace("[features]\n", "[features]\nwindow_slices = 6\n", 1))
+    verdicts = {}
+    for new in (rescaled, sliced):
+        out = subprocess.run([*cli, "config", "diff", str(local), str(new)], cwd=PROJECT_ROOT, env=env,
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        verdicts[new.stem] = json.loads(out.stdout.splitlines()[-1])
+    assert verdicts["rescaled"]["resumable"] and list(verdicts["rescaled"]["changed"]) == ["flink.parallelism"]
+    assert not verdicts["sliced"]["resumable"] and list(verdicts["sliced"]["state_shape"]) == ["features.window_slices"]
+    jobs_before = len(c.jobs())
+    refused = subprocess.run([*cli, "submit", "--config", str(sliced), *args, "--from-savepoint", savepoint],
+                             cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2, refused.stdout[-2000:] + refused.stderr[-2000:]
+    assert "features.window_slices was 12, the config says 6" in refused.stderr
+    assert len(c.jobs()) == jobs_before  # nothing was submitted
+
     send(kafka_broker, topic, records[part:])
     # one record far ahead in each partition closes every window of the stream (it stays in its own)
     for p, ev in enumerate(Simulator(seed=9, users=2, items=1, categories=1).events(start + 3_600_000, 1.0, 2)):
         send(kafka_broker, topic, [(f"flush{p}", json.dumps({**ev, "user_id": f"flush{p}"}).encode())], partition=p)
-    submit("--set", "flink.parallelism=2", "--from-savepoint", savepoint)
+    submit("--set", "flink.parallelism=2", "--from-savepoint", savepoint)  # the resumable change
     second = one_running_job(c, but=first)
     wait_until(lambda: sum(read_ledger(r).values()) >= len(records), 240, every_s=0.5)
     ledger = read_ledger(r)

@@ -3,10 +3,11 @@ like the job config (contract.config): frozen, unknown keys refused, each field 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from contract.config import (PrivacyConfig, RedisConfig, _read_toml, _Strict, apply_overrides, validated,
                              check_pem_files)
@@ -123,6 +124,24 @@ class ExposuresConfig(_Strict):
     less of the service's CPU goes to Kafka between calls."""
 
 
+class TracingConfig(_Strict):
+    """OpenTelemetry traces of the lookups (README, Traces): the gateway's HTTP and GraphQL calls
+    and lookupd's gRPC calls, continuing a caller's W3C `traceparent`."""
+    otlp_endpoint: str = ""
+    """OTLP/HTTP collector base URL (spans are POSTed to <url>/v1/traces), e.g.
+    "http://127.0.0.1:4318"; empty: no traces are made."""
+    sample_ratio: float = Field(1.0, ge=0, le=1)
+    """Share of the traces a lookup starts that are kept; a caller's sampled traceparent is always followed."""
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if v and not re.fullmatch(r"https?://[^/\s]+(/\S*)?", v):
+            raise ValueError(f"{v!r} is not an OTLP/HTTP base URL; give one such as http://127.0.0.1:4318 "
+                             "(spans go to <url>/v1/traces), or leave it empty for no traces")
+        return v.rstrip("/")
+
+
 class ServingConfig(_Strict):
     """The gRPC lookup service's config file (deploy/config/serving.toml)."""
     engine: Literal["go", "python"] = "go"
@@ -161,6 +180,7 @@ class ServingConfig(_Strict):
     gateway: GatewayConfig = GatewayConfig()
     privacy: PrivacyConfig = PrivacyConfig()
     exposures: ExposuresConfig = ExposuresConfig()
+    tracing: TracingConfig = TracingConfig()
     experiments_refresh_s: float = Field(5.0, gt=0)
     """How often the service polls Redis for experiments `streamrank experiments apply` stored (s)."""
     rules_refresh_s: float = Field(1.0, gt=0)

@@ -45,6 +45,7 @@ from contract.serving_config import ExposuresConfig, GatewayConfig, GraphQLConfi
 from serving import lookup
 from serving.core import LookupService, Observed, StoreUnavailable
 from serving.exposures import ExposureLog
+from serving.tracing import TraceRequests, Tracing
 from serving.upstream import LookupdFailed, UpstreamLookup
 from serving.server import authorized, bearer_token
 
@@ -358,9 +359,11 @@ def validation_errors(err: RequestValidationError) -> list[dict]:
 def create_app(cfg: ServingConfig) -> FastAPI:
     expected = bearer_token(cfg)
 
+    tracing = Tracing(cfg.tracing, "streamrank-gateway")
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        app.state.service = UpstreamLookup(cfg) if cfg.gateway.lookupd else LookupService(cfg)
+        app.state.service = UpstreamLookup(cfg, tracing.tracer) if cfg.gateway.lookupd else LookupService(cfg)
         await app.state.service.start()
         app.state.beacons = beacon_logs(cfg.gateway) if cfg.gateway.beacons.enabled else None
         log.info("gateway on http://%s:%d (%s)", cfg.gateway.host, cfg.gateway.port,
@@ -369,6 +372,7 @@ def create_app(cfg: ServingConfig) -> FastAPI:
         await app.state.service.close()
         for log_ in (app.state.beacons or {}).values():
             log_.close()
+        tracing.shutdown()
 
     async def require_token(request: Request) -> None:
         if not authorized(request.headers.get("authorization"), expected):
@@ -378,6 +382,8 @@ def create_app(cfg: ServingConfig) -> FastAPI:
     # scrapers cannot send one and learn nothing about users, so /healthz and /metrics stay open,
     # as do the API's description (/docs, /openapi.json).
     app = FastAPI(title="streamrank lookup gateway", lifespan=lifespan)
+    if tracing.provider is not None:
+        app.add_middleware(TraceRequests, tracer=tracing.tracer)
     private = [Depends(require_token)]
 
     @app.exception_handler(lookup.InvalidRequest)

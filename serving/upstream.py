@@ -6,6 +6,7 @@ as serving.core.LookupService, which the gateway uses when gateway.lookupd is em
 from __future__ import annotations
 
 import grpc
+from opentelemetry import trace
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from contract import keys
@@ -14,6 +15,7 @@ from contract.serving_config import ServingConfig
 from serving import lookup
 from serving.core import StoreUnavailable, check_request
 from serving.server import SERVICE_NAME, bearer_token, pb, pb_grpc
+from serving.tracing import inject
 
 
 class LookupdUnavailable(StoreUnavailable):
@@ -48,7 +50,7 @@ def _recommendations(a) -> lookup.Recommendations:
 
 
 class UpstreamLookup:
-    def __init__(self, cfg: ServingConfig) -> None:
+    def __init__(self, cfg: ServingConfig, tracer: trace.Tracer | None = None) -> None:
         if cfg.tls is not None:
             raise ConfigError("gateway.lookupd asks lookupd in plaintext, but the serving config sets [tls]; "
                               "leave gateway.lookupd empty (the gateway then reads Redis itself)")
@@ -56,6 +58,7 @@ class UpstreamLookup:
         token = bearer_token(cfg)
         self.metadata = (("authorization", token.decode()),) if token else ()
         self.timeout_s = cfg.redis_timeout_s + 1.0  # lookupd's own Redis budget, and the hop
+        self.tracer = tracer or trace.NoOpTracer()
 
     async def start(self) -> None:
         self.channel = grpc.aio.insecure_channel(self.cfg.gateway.lookupd)
@@ -69,31 +72,37 @@ class UpstreamLookup:
                 placement: str = "") -> lookup.Request:
         return check_request(self.cfg, user_id, k, include_categories, exclude_categories, exclude_items, placement)
 
-    async def _call(self, method, message, remaining_s: float | None):
+    async def _call(self, rpc: str, message, remaining_s: float | None):
+        """lookupd's `rpc` (a method of the Recommendations service) in a CLIENT span, whose
+        context goes with the call (lookupd continues the trace)."""
         timeout = self.timeout_s if remaining_s is None else min(self.timeout_s, remaining_s)
-        try:
-            return await method(message, timeout=timeout, metadata=self.metadata)
-        except grpc.aio.AioRpcError as err:
-            if err.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                raise lookup.InvalidRequest(err.details()) from None
-            if err.code() in RETRYABLE:
-                raise LookupdUnavailable(f"{err.code().name}: {err.details()}") from None
-            raise LookupdFailed(f"lookup service at {self.cfg.gateway.lookupd} answered {err.code().name}: "
-                                f"{err.details()}; check that the gateway and lookupd share their serving config "
-                                "(auth_token_env, version)") from None
+        with self.tracer.start_as_current_span(f"{SERVICE_NAME}/{rpc}", kind=trace.SpanKind.CLIENT, attributes={
+                "rpc.system": "grpc", "rpc.service": SERVICE_NAME, "rpc.method": rpc}) as span:
+            try:
+                return await getattr(self.stub, rpc)(message, timeout=timeout, metadata=inject(self.metadata))
+            except grpc.aio.AioRpcError as err:
+                span.set_attribute("rpc.grpc.status_code", err.code().value[0])
+                span.set_status(trace.Status(trace.StatusCode.ERROR, err.code().name))
+                if err.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                    raise lookup.InvalidRequest(err.details()) from None
+                if err.code() in RETRYABLE:
+                    raise LookupdUnavailable(f"{err.code().name}: {err.details()}") from None
+                raise LookupdFailed(f"lookup service at {self.cfg.gateway.lookupd} answered {err.code().name}: "
+                                    f"{err.details()}; check that the gateway and lookupd share their serving "
+                                    "config (auth_token_env, version)") from None
 
     async def recommend(self, requests: list[lookup.Request], remaining_s: float | None = None,
                         interface: str = "http") -> list[lookup.Recommendations]:
         if len(requests) == 1:
-            return [_recommendations(await self._call(self.stub.GetRecommendations, _request(requests[0]),
+            return [_recommendations(await self._call("GetRecommendations", _request(requests[0]),
                                                       remaining_s))]
         batch = pb.BatchGetRecommendationsRequest(requests=[_request(r) for r in requests])
-        answer = await self._call(self.stub.BatchGetRecommendations, batch, remaining_s)
+        answer = await self._call("BatchGetRecommendations", batch, remaining_s)
         return [_recommendations(a) for a in answer.responses]
 
     async def user_features(self, user_id: str, remaining_s: float | None = None) -> lookup.UserFeatures:
         lookup.check_user(user_id)
-        f = await self._call(self.stub.GetUserFeatures, pb.GetUserFeaturesRequest(user_id=user_id), remaining_s)
+        f = await self._call("GetUserFeatures", pb.GetUserFeaturesRequest(user_id=user_id), remaining_s)
         return lookup.UserFeatures(f.user_id, f.found, dict(f.features), list(f.top_categories), f.feature_ts_ms,
                                    f.window_end_ms, list(f.segments))
 

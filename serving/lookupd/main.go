@@ -166,6 +166,11 @@ func run(spec *Spec) error {
 	if err != nil {
 		return err
 	}
+	traced, stopTracing, err := startTracing(ctx, spec)
+	if err != nil {
+		return err
+	}
+	opts = append(opts, traced...)
 	store, err := newStore(spec)
 	if err != nil {
 		return err
@@ -238,6 +243,9 @@ func run(spec *Spec) error {
 		exposures.Close(flushCtx)
 		stopFlush()
 	}
+	flushCtx, stopFlush := context.WithTimeout(context.Background(), seconds(spec.GraceS))
+	stopTracing(flushCtx)
+	stopFlush()
 	slog.Info("lookupd stopped")
 	return nil
 }

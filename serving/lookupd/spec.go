@@ -70,6 +70,10 @@ type Spec struct {
 		BufferRecords    int     `json:"buffer_records"`
 		LingerMs         float64 `json:"linger_ms"`
 	} `json:"exposures"`
+	Tracing struct {
+		OtlpEndpoint string  `json:"otlp_endpoint"`
+		SampleRatio  float64 `json:"sample_ratio"`
+	} `json:"tracing"`
 	ExperimentsRefreshS float64  `json:"experiments_refresh_s"`
 	RulesRefreshS       float64  `json:"rules_refresh_s"`
 	Contract            Contract `json:"contract"`

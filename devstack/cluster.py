@@ -34,9 +34,13 @@ def _shipped_java_opts() -> str:
     return ""
 
 
-def _conf_yaml(rest_port: int, rpc_port: int, slots: int, run: Path, metrics_ports: str) -> str:
+def _conf_yaml(rest_port: int, rpc_port: int, slots: int, run: Path, metrics_ports: str,
+               scheduler_mode: str | None = None) -> str:
     py = python_executable()
-    return f"""\
+    # reactive: the job takes every slot there is, and rescales from its last checkpoint when a
+    # TaskManager comes or goes (application clusters only)
+    reactive = f"scheduler-mode: {scheduler_mode}\n" if scheduler_mode else ""
+    return reactive + f"""\
 jobmanager:
   bind-host: 127.0.0.1
   rpc:
@@ -111,7 +115,7 @@ class FlinkCluster:
         return rest_overview(self.address())
 
     def up(self, rest_port: int = 18081, slots: int = 2, metrics_port: int = 9249,
-           application: list[str] | None = None) -> dict:
+           application: list[str] | None = None, scheduler_mode: str | None = None) -> dict:
         """Start both daemons (a no-op when the cluster already answers). Each serves Flink's
         Prometheus reporter on the first free port of metrics_port..metrics_port+9. application:
         `--job-classname CLASS ARGS...` of an application cluster (standalone-job.sh: the job's
@@ -131,7 +135,7 @@ class FlinkCluster:
             if src.exists():
                 (self.conf / name).write_text(src.read_text())
         (self.conf / "config.yaml").write_text(
-            _conf_yaml(rest_port, free_port(), slots, self.dir, _metrics_ports(metrics_port)))
+            _conf_yaml(rest_port, free_port(), slots, self.dir, _metrics_ports(metrics_port), scheduler_mode))
         (self.conf / "masters").write_text(f"127.0.0.1:{rest_port}\n")
         (self.conf / "workers").write_text("127.0.0.1\n")
         self.state_file.write_text(json.dumps({"rest_port": rest_port, "metrics_port": metrics_port}))
@@ -150,6 +154,13 @@ class FlinkCluster:
                 return ov
             time.sleep(1)
         raise ClusterError(f"Flink cluster did not come up within 90s; see {self.logs}")
+
+    def add_taskmanager(self) -> None:
+        """One more TaskManager process beside the running ones (its own ports; stopped by down)."""
+        out = subprocess.run(["bash", str(flink_home() / "bin" / "taskmanager.sh"), "start"], env=self._env(),
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            raise ClusterError(f"taskmanager.sh start failed: {out.stderr or out.stdout}; logs in {self.logs}")
 
     def down(self) -> None:
         if not self.conf.exists():

@@ -237,6 +237,20 @@ func openRun(c call, rate, seconds, warmup float64) ([]time.Duration, int64, int
 	return lat[skip:], errors, int64(total)
 }
 
+// soak runs the open loop at rate for seconds, printing each interval's summary as it ends (one
+// JSON line each, with the seconds since the start), so a long run is read while it goes.
+func soak(c call, rate, seconds, interval float64) {
+	enc := json.NewEncoder(os.Stdout)
+	t0 := time.Now()
+	for n := 0; time.Since(t0).Seconds() < seconds; n++ {
+		offset := uint64(n) << 32 // other users each interval
+		s := openLoop(func(pick uint64) error { return c(pick + offset) }, rate, interval, 0)
+		if err := enc.Encode(map[string]any{"t_s": round(time.Since(t0).Seconds(), 1), "summary": s}); err != nil {
+			os.Exit(1)
+		}
+	}
+}
+
 // pairedOpenLoop runs the open loop of a and of b at the same rate in turns, `slices` turns each
 // of seconds/slices, and summarizes each over all its turns: both meet the same background load
 // (on this shared 2-core machine other work comes and goes within minutes), so the ratio of their
@@ -386,6 +400,11 @@ func main() {
 		"closed loop at the same concurrencies and open loop at the k=25 rates, each step beside k=25's: what a gRPC round trip alone costs on this machine")
 	exactK := flag.Bool("exact-k", true, "an answer must hold exactly k items; false: 1 to k (editorial rules may exclude items)")
 	turns := flag.Int("floor-turns", 3, "the open loops at fractions of the k=25 peak alternate k=25 and health-check runs in this many turns each")
+	soakRate := flag.Float64("soak-rate", 0, "soak mode (bench.soak): only the open loop at this rate, with the first k of -k, "+
+		"one JSON line per -soak-interval for -soak-seconds")
+	soakSeconds := flag.Float64("soak-seconds", 60, "soak mode: how long")
+	soakInterval := flag.Float64("soak-interval", 10, "soak mode: seconds summarized per line")
+	userFormat := flag.String("user-format", "u%d", "the user ids asked for: this format over 0..users-1 (the simulator's: u%05d)")
 	flag.Parse()
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(400) // fewer collections in the load process: less of its own jitter in every figure
@@ -423,7 +442,7 @@ func main() {
 	for _, k := range kList {
 		reqs := make([][]byte, *users)
 		for u := range reqs {
-			reqs[u] = encodeRequest(fmt.Sprintf("u%d", u), k)
+			reqs[u] = encodeRequest(fmt.Sprintf(*userFormat, u), k)
 		}
 		want := k
 		c := func(pick uint64) error {
@@ -435,6 +454,10 @@ func main() {
 				return fmt.Errorf("%d items, wanted %d", n, want)
 			}
 			return nil
+		}
+		if *soakRate > 0 {
+			soak(c, *soakRate, *soakSeconds, *soakInterval)
+			return
 		}
 		if k != floorK || !*floor {
 			var curve []Summary

@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 
@@ -246,6 +247,75 @@ def one_running_job(c: FlinkCluster, but: str | None = None, timeout_s: float = 
     return running()[0]
 
 
+def kubernetes_job() -> tuple[dict, list[str]]:
+    """deploy/k8s/flink.yaml's FlinkDeployment, and its job's args with the image's paths mapped
+    to this checkout."""
+    k8s = PROJECT_ROOT / "deploy" / "k8s"
+    flink = next(d for d in yaml.safe_load_all((k8s / "flink.yaml").read_text()) if d["kind"] == "FlinkDeployment")
+    image = {"/opt/venv/bin/python3": python_executable(), "/etc/streamrank/job.toml": str(k8s / "job.toml"),
+             "/opt/streamrank/": f"{PROJECT_ROOT}/"}
+    args = [next((here + a[len(there):] for there, here in image.items() if a.startswith(there)), a)
+            for a in flink["spec"]["job"]["args"]]
+    assert all("/opt/" not in a and "/etc/" not in a for a in args), args
+    return flink, args
+
+
+def test_reactive_mode_rescales_onto_a_second_taskmanager_under_load(kafka_broker, redis_server, model_dir,
+                                                                     tmp_path):
+    """The Kubernetes job spec as an application cluster in reactive mode (scheduler-mode:
+    reactive) with one TaskManager of one slot: the job runs at parallelism 1. A second
+    TaskManager started while records keep arriving makes Flink rescale the running job to 2 (from
+    its last checkpoint). At the end every record is in the ledger exactly once and every user's
+    features equal the offline replay."""
+    port, r = redis_server
+    flink, args = kubernetes_job()
+    prefix, sim = "reactive.", Simulator(seed=13, users=60, items=150, categories=5)
+    fresh_start(kafka_broker, r, prefix, sim)
+    start = int(time.time() * 1000) - 600_000
+    records = [(key, value) for key, value, _ in sim.records(start, 5.0, 3000, malformed_fraction=0.01)]
+    topic = f"{prefix}interactions"
+    first = len(records) // 3
+    send(kafka_broker, topic, records[:first])
+    overrides = job_args(kafka_broker, port, model_dir, prefix, "reactive") + [
+        "--set", 'redis.host="127.0.0.1"', "--set", f'flink.checkpoint_dir="{tmp_path / "checkpoints"}"',
+        "--set", f'flink.savepoint_dir="{tmp_path / "savepoints"}"']
+    c = FlinkCluster(tmp_path / "run")
+
+    def parallelism(job_id: str) -> set[int]:
+        return {v["parallelism"] for v in c.rest("GET", f"/jobs/{job_id}")["vertices"]}
+
+    try:
+        c.up(rest_port=free_port(), slots=1, metrics_port=free_port(), scheduler_mode="reactive",
+             application=["--job-classname", flink["spec"]["job"]["entryClass"], *args, *overrides])
+        job_id = one_running_job(c, timeout_s=120)
+        assert parallelism(job_id) == {1}
+        assert wait_until(lambda: read_ledger(r)["used"] > 0, 180, every_s=1), read_ledger(r)
+        # records keep coming while the second TaskManager joins and the job rescales onto it
+        rest = records[first:]
+        sender = threading.Thread(target=lambda: [send(kafka_broker, topic, rest[i:i + 100]) or time.sleep(0.5)
+                                                  for i in range(0, len(rest), 100)])
+        sender.start()
+        c.add_taskmanager()
+        assert wait_until(lambda: c.overview()["taskmanagers"] == 2, 90, every_s=1), c.overview()
+        running = lambda: {j["jid"]: j["state"] for j in c.jobs()}.get(job_id) == "RUNNING"  # noqa: E731
+        assert wait_until(lambda: parallelism(job_id) == {2} and running(), 180, every_s=1), \
+            c.rest("GET", f"/jobs/{job_id}")
+        sender.join()
+        # one record far ahead in each partition closes every window of the stream (it stays in its own)
+        for p, ev in enumerate(Simulator(seed=9, users=2, items=1, categories=1).events(start + 3_600_000, 1.0, 2)):
+            send(kafka_broker, topic, [(f"flush{p}", json.dumps({**ev, "user_id": f"flush{p}"}).encode())], partition=p)
+        assert wait_until(lambda: sum(read_ledger(r).values()) >= len(records), 300, every_s=1), read_ledger(r)
+        ledger = read_ledger(r)
+        jm_log = "".join(p.read_text(errors="replace") for p in c.logs.glob("*standalonejob*.log"))
+    finally:
+        c.down()
+    assert "reactive" in jm_log.lower() or "AdaptiveScheduler" in jm_log, jm_log[-2000:]
+    cfg = job_config(port, model_dir)
+    hist, replay = records_replay([v for _, v in records], cfg, tmp_path / "stream.jsonl")
+    assert ledger == replay_ledger(hist, replay) and sum(ledger.values()) == len(records)
+    assert_features_equal_replay(read_states(r), replay, cfg)
+
+
 def test_application_mode_runs_the_kubernetes_job_spec(kafka_broker, redis_server, model_dir, tmp_path):
     """deploy/k8s/flink.yaml's job as the Flink Kubernetes Operator runs it: an application cluster
     whose JobManager runs the FlinkDeployment's entry class with its args (PyFlink's PythonDriver,
@@ -255,13 +325,7 @@ def test_application_mode_runs_the_kubernetes_job_spec(kafka_broker, redis_serve
     bounded job accounts for every record, writes a list for every user and the DLQ holds each
     rejected record once; the cluster ends with the job."""
     port, r = redis_server
-    k8s = PROJECT_ROOT / "deploy" / "k8s"
-    flink = next(d for d in yaml.safe_load_all((k8s / "flink.yaml").read_text()) if d["kind"] == "FlinkDeployment")
-    image = {"/opt/venv/bin/python3": python_executable(), "/etc/streamrank/job.toml": str(k8s / "job.toml"),
-             "/opt/streamrank/": f"{PROJECT_ROOT}/"}
-    args = [next((here + a[len(there):] for there, here in image.items() if a.startswith(there)), a)
-            for a in flink["spec"]["job"]["args"]]
-    assert all("/opt/" not in a and "/etc/" not in a for a in args), args
+    flink, args = kubernetes_job()
 
     prefix, sim = "app.", Simulator(seed=11, users=80, items=150, categories=5)
     fresh_start(kafka_broker, r, prefix, sim)

@@ -50,7 +50,8 @@ def test_every_object_is_valid_against_its_schema(rendered, objects):
                             ("FlinkDeployment", "streamrank-engagement"),
                             ("PersistentVolumeClaim", "streamrank-models"), ("StatefulSet", "redis"),
                             ("Service", "redis"), ("Deployment", "streamrank-lookup"),
-                            ("Service", "streamrank-lookup"), ("CronJob", "streamrank-retrain")}
+                            ("Service", "streamrank-lookup"), ("HorizontalPodAutoscaler", "streamrank-lookup"),
+                            ("CronJob", "streamrank-retrain")}
 
 
 def test_the_retraining_cronjob_runs_retrain_on_the_registry_the_job_reads(objects):
@@ -146,6 +147,25 @@ def test_redis_and_the_lookup_service_agree_with_both_configs(objects):
     assert pod["terminationGracePeriodSeconds"] > serving.grace_s  # SIGTERM drains in-flight calls
     svc = objects[("Service", "streamrank-lookup")]
     assert {p["port"] for p in svc["spec"]["ports"]} == {serving.port, serving.metrics_port}
+
+
+def test_the_job_and_the_lookup_service_scale_with_their_load(objects):
+    flink = objects[("FlinkDeployment", "streamrank-recommend")]["spec"]
+    conf = flink["flinkConfiguration"]
+    assert conf["job.autoscaler.enabled"] == "true" and conf["jobmanager.scheduler"] == "adaptive"
+    low, high = int(conf["job.autoscaler.vertex.min-parallelism"]), int(conf["job.autoscaler.vertex.max-parallelism"])
+    assert 1 <= low <= flink["job"]["parallelism"] <= high <= int(conf["pipeline.max-parallelism"])
+    assert flink["job"]["upgradeMode"] == "savepoint"  # a rescale keeps the state
+    assert 0 < float(conf["job.autoscaler.target.utilization"]) < 1
+
+    hpa = objects[("HorizontalPodAutoscaler", "streamrank-lookup")]["spec"]
+    target = hpa["scaleTargetRef"]
+    deployment = objects[(target["kind"], target["name"])]["spec"]
+    assert hpa["minReplicas"] <= deployment["replicas"] <= hpa["maxReplicas"]
+    cpu = [m["resource"] for m in hpa["metrics"] if m["type"] == "Resource" and m["resource"]["name"] == "cpu"]
+    assert cpu and cpu[0]["target"]["type"] == "Utilization"
+    # utilization is measured against the pods' CPU requests: without them the HPA cannot scale
+    assert all(c["resources"]["requests"]["cpu"] for c in deployment["template"]["spec"]["containers"])
 
 
 def test_the_image_build_context_keeps_what_the_image_runs():

@@ -1,7 +1,7 @@
 """A soak: the job and the lookups together for a long, bounded time, watching every process's
 memory, the lookups' p99 and the ledger.
 
-    python -m bench.soak [--minutes 20] [--event-rate 5000] [--lookup-rate 1000] [--warmup-minutes 3]
+    python -m bench.soak [--minutes 20] [--event-rate 5000] [--lookup-rate 1000] [--warmup-minutes 5]
         [--plot var/bench/soak.png] [--set SECTION.KEY=JSON ...]
 
 Starts its own Kafka and Redis (bench.harness), the recommend job on the embedded MiniCluster
@@ -172,12 +172,14 @@ def main(argv: list[str] | None = None) -> int:
               f"lookups/s (work dir {stack.work})", flush=True)
         produce = subprocess.Popen([str(producer_bin), "-brokers", stack.bootstrap, "-topic", "bench.soak",
                                     "-records", str(records), "-rate", str(args.event_rate),
-                                    "-count", str(sent_target)], stdout=subprocess.PIPE, text=True)
+                                    "-count", str(sent_target)], stdout=subprocess.PIPE, text=True,
+                                   start_new_session=True)
         running.append(produce)
         lookups = subprocess.Popen([str(loadgen_bin), "-target", f"127.0.0.1:{lookupd.port}", "-k", "10",
                                     "-users", str(args.users), "-user-format", "u%05d", "-exact-k=false",
                                     "-soak-rate", str(args.lookup_rate), "-soak-seconds", str(seconds),
-                                    "-soak-interval", str(SAMPLE_S)], stdout=subprocess.PIPE, text=True)
+                                    "-soak-interval", str(SAMPLE_S)], stdout=subprocess.PIPE, text=True,
+                                   start_new_session=True)
         running.append(lookups)
         p99: list[tuple[float, float]] = []
         lookup_errors = {"warmup": 0, "after": 0}  # lookups that failed, or answered no item
@@ -204,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
             if job.poll() is not None:
                 print(f"bench: the job ended early ({job.returncode}); see {stack.work / 'jobs.log'}", flush=True)
                 errors += 1
+                stop_pid(produce.pid)  # what is left of the run is not measured
+                stop_pid(lookups.pid)
                 break
             elapsed = time.monotonic() - t0
             print(f"bench: {elapsed / 60:.1f} min: " + ", ".join(f"{k} {v[-1]:.0f} MiB" for k, v in rss.items())
@@ -221,7 +225,10 @@ def main(argv: list[str] | None = None) -> int:
         while sum(read_ledger(stack.redis).values()) < sent and time.monotonic() < deadline and job.poll() is None:
             time.sleep(2)
         ledger = read_ledger(stack.redis)
-        skip = next((n for n, t in enumerate(times) if t >= args.warmup_minutes * 60), 0)
+        skip = next((n for n, t in enumerate(times) if t >= args.warmup_minutes * 60), None)
+        if skip is None:
+            print("bench: the run ended within the warm-up; growth is measured from the first sample", flush=True)
+            skip = 0
         plot(times, rss, p99, args.warmup_minutes * 60, args.plot)
         series = [v for _, v in p99]
         ordered = sorted(series)

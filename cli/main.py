@@ -19,7 +19,8 @@ from contract.paths import PROJECT_ROOT
 # and every other command would otherwise pay. tests/unit/test_cli.py checks each line here
 # against the docstring of the command it names.
 COMMANDS: dict[str, tuple[str, str, str | None, str]] = {
-    "config": ("cli.config", "app", None, "Config files: check one without running anything."),
+    "config": ("cli.config", "app", None, "Config files: check one, or compare two (can a job resume across the "
+                                          "change?), without running anything."),
     "experiments": ("cli.experiments", "app", None,
                     "Experiments: check a file, apply it to the running services and job, list what runs, report one."),
     "rules": ("cli.rules", "app", None,

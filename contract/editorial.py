@@ -198,10 +198,13 @@ def decode_spec(raw: bytes | str) -> dict:
     missing, or one this version does not know): lookupd refuses the same, so no engine serves
     rules it half understands."""
     spec = json.loads(raw)
-    if set(spec) != {"rules"}:
-        raise ValueError(f"rules spec: top-level fields {sorted(spec)}, expected ['rules'] (apply it again with this "
+    if not isinstance(spec, dict) or set(spec) != {"rules"} or not isinstance(spec["rules"], list):
+        raise ValueError(f"rules spec: {str(spec)[:80]} is not {{\"rules\": [...]}} (apply it again with this "
                          "version's `streamrank rules apply`)")
     for r in spec["rules"]:
+        if not isinstance(r, dict):
+            raise ValueError(f"rules spec: rule {r!r} is not an object (apply it again with this version's "
+                             "`streamrank rules apply`)")
         if set(r) != RULE_FIELDS:
             raise ValueError(f"rules spec: rule {r.get('name')!r} has fields {sorted(r)}, expected {sorted(RULE_FIELDS)} "
                              "(apply it again with this version's `streamrank rules apply`)")

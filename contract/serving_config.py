@@ -139,6 +139,9 @@ class TracingConfig(_Strict):
         if v and not re.fullmatch(r"https?://[^/\s]+(/\S*)?", v):
             raise ValueError(f"{v!r} is not an OTLP/HTTP base URL; give one such as http://127.0.0.1:4318 "
                              "(spans go to <url>/v1/traces), or leave it empty for no traces")
+        if v.rstrip("/").endswith("/v1/traces"):
+            raise ValueError(f"{v!r} names the traces path; give the collector's base URL "
+                             f"({v.rstrip('/')[:-len('/v1/traces')]!r}): /v1/traces is added")
         return v.rstrip("/")
 
 

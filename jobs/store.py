@@ -317,6 +317,11 @@ def check_state_layout(cfg: JobConfig) -> None:
     except redis.RedisError:
         return  # warn_if_redis_forgets says so; the job fails over until Redis answers
     if stored is None:
+        if next(client.scan_iter(match=keys.feat_key("*"), count=1000), None) is not None:
+            log.warning("the users' states in Redis %s:%d were written before jobs recorded their layout: this "
+                        "config's is recorded with the next write. If its windows, slices, memory half-lives or "
+                        "dedup horizon differ from the ones they were written with, stop now and start over an "
+                        "empty Redis database", cfg.redis.host, cfg.redis.port)
         return
     old, new = json.loads(stored), state_layout(cfg.features)
     changes = layout_changes(old, new)

@@ -397,7 +397,6 @@ def create_app(cfg: ServingConfig) -> FastAPI:
 
     @app.exception_handler(LookupdFailed)
     async def upstream_failed(request: Request, err: LookupdFailed):
-        log.error("%s", err)
         return JSONResponse({"code": "UPSTREAM_FAILED", "error": str(err)}, status_code=502)
 
     @app.exception_handler(StoreUnavailable)

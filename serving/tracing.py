@@ -123,8 +123,10 @@ class TraceRequests:
     def __init__(self, app, tracer: trace.Tracer) -> None:
         self.app, self.tracer = app, tracer
 
+    UNTRACED = ("/healthz", "/metrics")  # probes and scrapers: most calls, nothing to follow
+
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"] in self.UNTRACED:
             await self.app(scope, receive, send)
             return
         caller = W3C.extract({k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]})

@@ -5,6 +5,8 @@ as serving.core.LookupService, which the gateway uses when gateway.lookupd is em
 
 from __future__ import annotations
 
+import logging
+
 import grpc
 from opentelemetry import trace
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -18,6 +20,9 @@ from serving.server import SERVICE_NAME, bearer_token, pb, pb_grpc
 from serving.tracing import inject
 
 
+log = logging.getLogger(__name__)
+
+
 class LookupdUnavailable(StoreUnavailable):
     """lookupd did not answer in time, or said it cannot now (a retry may succeed); the gateway answers 503."""
 
@@ -27,8 +32,18 @@ class LookupdUnavailable(StoreUnavailable):
 
 class LookupdFailed(RuntimeError):
     """lookupd refused the call for a reason a retry does not change (a token the two configs do not
-    share, a gateway and lookupd of different versions); the gateway answers 502 with it."""
+    share, a gateway and lookupd of different versions, an internal error); the gateway answers 502
+    with the code and the fix, and logs the details (they may name internal hosts)."""
 
+
+# what a caller is told for a refusal a retry does not change (the details go to the gateway's log)
+FIXES = {
+    grpc.StatusCode.UNAUTHENTICATED: "the gateway and lookupd do not share a token; give both the same serving "
+                                     "config's auth_token_env and its variable",
+    grpc.StatusCode.PERMISSION_DENIED: "the gateway and lookupd do not share a token; give both the same serving "
+                                       "config's auth_token_env and its variable",
+    grpc.StatusCode.UNIMPLEMENTED: "the gateway and lookupd are of different versions; deploy them together",
+}
 
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED,
              grpc.StatusCode.CANCELLED}
@@ -87,9 +102,10 @@ class UpstreamLookup:
                     raise lookup.InvalidRequest(err.details()) from None
                 if err.code() in RETRYABLE:
                     raise LookupdUnavailable(f"{err.code().name}: {err.details()}") from None
-                raise LookupdFailed(f"lookup service at {self.cfg.gateway.lookupd} answered {err.code().name}: "
-                                    f"{err.details()}; check that the gateway and lookupd share their serving "
-                                    "config (auth_token_env, version)") from None
+                log.error("lookup service at %s answered %s: %s", self.cfg.gateway.lookupd, err.code().name,
+                          err.details())
+                raise LookupdFailed(f"the lookup service refused the call ({err.code().name}): "
+                                    f"{FIXES.get(err.code(), 'see the gateway log')}") from None
 
     async def recommend(self, requests: list[lookup.Request], remaining_s: float | None = None,
                         interface: str = "http") -> list[lookup.Recommendations]:

@@ -144,15 +144,14 @@ class Worker:
         consumer = KafkaConsumer(topic, bootstrap_servers=self.bootstrap, group_id=group, enable_auto_commit=False,
                                  auto_offset_reset="earliest", consumer_timeout_ms=500, max_poll_records=1,
                                  max_poll_interval_ms=30 * 60_000)
-        ends: dict | None = None
+        ends: dict = {}  # partition -> its end offset when first assigned
         done: dict = {}  # partition -> the next offset to handle (the consumer's position runs ahead: it fetches)
 
         def at_end() -> bool:
-            nonlocal ends
             if not upto_end or not consumer.assignment():
                 return False
-            if ends is None:
-                ends = consumer.end_offsets(list(consumer.assignment()))
+            if new := [tp for tp in consumer.assignment() if tp not in ends]:
+                ends.update(consumer.end_offsets(new))
             for tp in ends:
                 if tp not in done:
                     committed = consumer.committed(tp)
@@ -166,8 +165,14 @@ class Worker:
                 for message in consumer:
                     got = True
                     tp = TopicPartition(message.topic, message.partition)
-                    if at_end() or (ends is not None and message.offset >= ends[tp]):
-                        return  # written after the start: not committed, so the next run reads it
+                    if upto_end and (at_end() or message.offset >= ends[tp]):
+                        # written after the start: not handled nor committed, so the next run reads
+                        # it; this partition is done, the others go on to their own ends
+                        consumer.pause(tp)
+                        done[tp] = max(done.get(tp, 0), ends[tp])
+                        if at_end():
+                            return
+                        continue
                     handle(message.value)
                     consumer.commit()
                     done[tp] = message.offset + 1

@@ -48,14 +48,17 @@ var ruleFields = []string{"action", "category", "end_ms", "factor", "item", "nam
 func decodeEditorial(raw []byte) ([]EditorialRule, error) {
 	again := "(apply it again with this version's `streamrank rules apply`)"
 	var shape struct {
-		Rules []map[string]json.RawMessage `json:"rules"`
+		Rules *[]map[string]json.RawMessage `json:"rules"`
 	}
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&shape); err != nil {
 		return nil, fmt.Errorf("rules spec: %w %s", err, again)
 	}
-	for n, r := range shape.Rules {
+	if shape.Rules == nil {
+		return nil, fmt.Errorf("rules spec: no rules list %s", again)
+	}
+	for n, r := range *shape.Rules {
 		fields := slices.Sorted(maps.Keys(r))
 		if !slices.Equal(fields, ruleFields) {
 			return nil, fmt.Errorf("rules spec: rule %d has fields %v, expected %v %s", n, fields, ruleFields, again)

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc/filters"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
@@ -46,5 +47,7 @@ func startTracing(ctx context.Context, spec *Spec) ([]grpc.ServerOption, func(co
 			slog.Warn(fmt.Sprintf("traces not all exported: %v", err))
 		}
 	}
-	return []grpc.ServerOption{grpc.StatsHandler(otelgrpc.NewServerHandler())}, shutdown, nil
+	// not the health checks: probes call them every few seconds, and they would be most traces
+	handler := otelgrpc.NewServerHandler(otelgrpc.WithFilter(filters.Not(filters.HealthCheck())))
+	return []grpc.ServerOption{grpc.StatsHandler(handler)}, shutdown, nil
 }

@@ -124,11 +124,7 @@ def test_stop_with_savepoint_and_resume_rescaled(cluster, kafka_broker, redis_se
     prefix, sim = "cl3.", Simulator(seed=8, users=80, items=200, categories=6)
     fresh_start(kafka_broker, r, prefix, sim)
     start = int(time.time() * 1000) - 600_000
-    records: list[tuple[str, bytes]] = []
-    for n, (key, value, ok) in enumerate(sim.records(start, 20.0, 2400, malformed_fraction=0.01)):
-        records.append((key, value))
-        if ok and n % 10 == 0:
-            records.append((key, value))  # a duplicate, to the same partition (keyed by user)
+    records = with_duplicates(sim.records(start, 20.0, 2400, malformed_fraction=0.01), every=10)
     part = len(records) * 3 // 5
     topic = f"{prefix}interactions"
     send(kafka_broker, topic, records[:part])
@@ -178,9 +174,7 @@ def test_stop_with_savepoint_and_resume_rescaled(cluster, kafka_broker, redis_se
     assert len(c.jobs()) == jobs_before  # nothing was submitted
 
     send(kafka_broker, topic, records[part:])
-    # one record far ahead in each partition closes every window of the stream (it stays in its own)
-    for p, ev in enumerate(Simulator(seed=9, users=2, items=1, categories=1).events(start + 3_600_000, 1.0, 2)):
-        send(kafka_broker, topic, [(f"flush{p}", json.dumps({**ev, "user_id": f"flush{p}"}).encode())], partition=p)
+    close_windows(kafka_broker, topic, start)
     submit("--set", "flink.parallelism=2", "--from-savepoint", savepoint)  # the resumable change
     second = one_running_job(c, but=first)
     wait_until(lambda: sum(read_ledger(r).values()) >= len(records), 240, every_s=0.5)
@@ -214,6 +208,24 @@ def test_stop_with_savepoint_and_resume_rescaled(cluster, kafka_broker, redis_se
     assert_features_equal_replay(read_states(r), replay, cfg)
     dlq = dlq_report()
     assert dlq["by_reason"] == Counter(why for _, why in hist.rejected) and dlq["repeated"] == 0
+
+
+def with_duplicates(records, every: int) -> list[tuple[str, bytes]]:
+    """The simulator's (key, value, valid) records, every `every`-th valid one sent twice (to the
+    same partition: keyed by user)."""
+    out: list[tuple[str, bytes]] = []
+    for n, (key, value, ok) in enumerate(records):
+        out.append((key, value))
+        if ok and n % every == 0:
+            out.append((key, value))
+    return out
+
+
+def close_windows(bootstrap: str, topic: str, start_ms: int) -> None:
+    """One record an hour past start_ms in each of the topic's two partitions: the watermark passes
+    every window of the stream (the record stays in a window of its own)."""
+    for p, ev in enumerate(Simulator(seed=9, users=2, items=1, categories=1).events(start_ms + 3_600_000, 1.0, 2)):
+        send(bootstrap, topic, [(f"flush{p}", json.dumps({**ev, "user_id": f"flush{p}"}).encode())], partition=p)
 
 
 def fresh_start(bootstrap: str, r, prefix: str, sim: Simulator, partitions: int = 2) -> None:
@@ -301,9 +313,7 @@ def test_reactive_mode_rescales_onto_a_second_taskmanager_under_load(kafka_broke
         assert wait_until(lambda: parallelism(job_id) == {2} and running(), 180, every_s=1), \
             c.rest("GET", f"/jobs/{job_id}")
         sender.join()
-        # one record far ahead in each partition closes every window of the stream (it stays in its own)
-        for p, ev in enumerate(Simulator(seed=9, users=2, items=1, categories=1).events(start + 3_600_000, 1.0, 2)):
-            send(kafka_broker, topic, [(f"flush{p}", json.dumps({**ev, "user_id": f"flush{p}"}).encode())], partition=p)
+        close_windows(kafka_broker, topic, start)
         assert wait_until(lambda: sum(read_ledger(r).values()) >= len(records), 300, every_s=1), read_ledger(r)
         ledger = read_ledger(r)
         jm_log = "".join(p.read_text(errors="replace") for p in c.logs.glob("*standalonejob*.log"))

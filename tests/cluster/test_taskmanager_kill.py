@@ -7,7 +7,6 @@ the exactly-once DLQ holds each rejected record once."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -24,7 +23,7 @@ from contract.paths import PROJECT_ROOT
 from devstack.cluster import FlinkCluster
 from devstack.rejected import read_rejected, summarize
 from devstack.stack import free_port
-from tests.cluster.test_cluster_submit import fresh_start, one_running_job, send
+from tests.cluster.test_cluster_submit import close_windows, fresh_start, one_running_job, send, with_duplicates
 from tests.conftest import job_config
 from tests.helpers import (assert_features_equal_replay, child_env, job_args, read_states, records_replay,
                            replay_ledger, wait_until)
@@ -66,11 +65,7 @@ def test_three_taskmanager_kills_at_checkpoints_lose_and_repeat_nothing(kafka_br
     prefix, sim = "tmkill.", Simulator(seed=21, users=70, items=150, categories=5)
     fresh_start(kafka_broker, r, prefix, sim)
     start = int(time.time() * 1000) - 900_000
-    records: list[tuple[str, bytes]] = []
-    for n, (key, value, ok) in enumerate(sim.records(start, 4.0, 3200, malformed_fraction=0.01)):
-        records.append((key, value))
-        if ok and n % 15 == 0:
-            records.append((key, value))  # a duplicate
+    records = with_duplicates(sim.records(start, 4.0, 3200, malformed_fraction=0.01), every=15)
     topic = f"{prefix}interactions"
     parts = [records[i * len(records) // (KILLS + 1):(i + 1) * len(records) // (KILLS + 1)] for i in range(KILLS + 1)]
     send(kafka_broker, topic, parts[0])
@@ -115,6 +110,9 @@ def test_three_taskmanager_kills_at_checkpoints_lose_and_repeat_nothing(kafka_br
         def checkpoints() -> int:
             return c.rest("GET", f"/jobs/{job_id}/checkpoints")["counts"]["completed"]
 
+        def failures() -> list:
+            return c.rest("GET", f"/jobs/{job_id}/exceptions")["exceptionHistory"]["entries"]
+
         for n in range(KILLS):
             before = checkpoints()
             assert wait_until(lambda before=before: checkpoints() > before, 120, every_s=0.1), checkpoints()
@@ -123,14 +121,14 @@ def test_three_taskmanager_kills_at_checkpoints_lose_and_repeat_nothing(kafka_br
             killed.append(pid)
             send(kafka_broker, topic, parts[n + 1])  # records keep coming while it recovers
             c.add_taskmanager()  # the replacement
+            # Flink saw the failure (a new entry in the job's exceptions), then runs the job again
+            assert wait_until(lambda n=n: len(failures()) > n, 180, every_s=0.5), failures()
             assert wait_until(lambda: {j["jid"]: j["state"] for j in c.jobs()}.get(job_id) == "RUNNING"
                               and len(taskmanager_pids(c)) == 2, 180, every_s=1), c.jobs()
-        # one record far ahead in each partition closes every window of the stream (it stays in its own)
-        for p, ev in enumerate(Simulator(seed=9, users=2, items=1, categories=1).events(start + 3_600_000, 1.0, 2)):
-            send(kafka_broker, topic, [(f"flush{p}", json.dumps({**ev, "user_id": f"flush{p}"}).encode())], partition=p)
+        close_windows(kafka_broker, topic, start)
         assert wait_until(lambda: sum(read_ledger(r).values()) >= len(records), 300, every_s=1), read_ledger(r)
         restarts = c.rest("GET", f"/jobs/{job_id}")
-        failures = c.rest("GET", f"/jobs/{job_id}/exceptions")["exceptionHistory"]["entries"]
+        failed = failures()
         ledger = read_ledger(r)
         # the DLQ's last transaction commits with a checkpoint
         last = checkpoints()
@@ -141,7 +139,7 @@ def test_three_taskmanager_kills_at_checkpoints_lose_and_repeat_nothing(kafka_br
         c.down()
     assert len(set(killed)) == KILLS, killed
     assert restarts["state"] == "RUNNING"
-    assert len(failures) >= KILLS, failures  # each kill failed the job, which restarted from its checkpoint
+    assert len(failed) >= KILLS, failed  # each kill failed the job, which restarted from its checkpoint
     cfg = job_config(port, model_dir)
     hist, replay = records_replay([v for _, v in records], cfg, tmp_path / "stream.jsonl")
     assert ledger == replay_ledger(hist, replay)

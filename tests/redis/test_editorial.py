@@ -182,4 +182,4 @@ def test_the_gateway_says_what_lookupd_refused_when_a_retry_cannot_help(redis_db
         got = httpx.get(f"{base}/v1/recommendations/vip-user")
         assert got.status_code == 502, got.text
         assert got.json()["code"] == "UPSTREAM_FAILED" and "UNAUTHENTICATED" in got.json()["error"]
-        assert "auth_token_env" in got.json()["error"]
+        assert "auth_token_env" in got.json()["error"] and "127.0.0.1" not in got.json()["error"]

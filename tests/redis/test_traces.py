@@ -9,6 +9,7 @@ import contextlib
 import json
 import secrets
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
@@ -145,6 +146,15 @@ def test_a_callers_trace_runs_through_the_gateway_into_lookupd(redis_db):
         assert client["name"] == looked_up["name"] == "streamrank.v1.Recommendations/GetRecommendations"
         assert looked_up["parent"] == client["span_id"]
         assert all("vip-user" not in s["name"] for s in spans)  # span names hold routes, not user ids
-        # the call without a traceparent started its own trace, which lookupd continued too
-        assert wait_until(lambda: any(s["service"] == "streamrank-lookupd" and s["trace_id"] != trace_id
-                                      for s in list(spans)), 20)
+        # the call without a traceparent started its own trace at the gateway, and lookupd continued it
+        def own_trace() -> bool:
+            got = [s for s in list(spans) if s["trace_id"] != trace_id]
+            roots = {s["span_id"] for s in got if s["service"] == "streamrank-gateway" and s["kind"] == "SERVER"
+                     and not s["parent"]}
+            clients = {s["span_id"] for s in got if s["kind"] == "CLIENT" and s["parent"] in roots}
+            return any(s["service"] == "streamrank-lookupd" and s["parent"] in clients for s in got)
+        assert wait_until(own_trace, 20), spans
+        assert httpx.get(f"{base}/healthz").status_code == 200
+        time.sleep(1.5)  # a batch's delay: a health check's span would have been sent by now
+        assert not any(s["name"].endswith("/healthz") or "Health" in s["name"] for s in list(spans)), \
+            [s["name"] for s in spans]

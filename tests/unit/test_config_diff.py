@@ -27,7 +27,8 @@ def with_features(line: str) -> str:
 
 def test_a_change_outside_the_states_shape_can_resume(tmp_path):
     out, got = diff(tmp_path, LOCAL.read_text() + "\n[webhooks]\nlist_top_n = 7\n")
-    assert got == {"changed": {"webhooks.list_top_n": {"old": 5, "new": 7}}, "resumable": True, "state_shape": {}}
+    assert got == {"changed": {"webhooks.list_top_n": {"old": 5, "new": 7}}, "resumable": True, "state_shape": {},
+                   "savepoint": {}}
     assert "can resume" in out.output
 
 
@@ -42,6 +43,15 @@ def test_a_window_changes_the_feature_set_too(tmp_path):
     _, got = diff(tmp_path, with_features("frequency_windows_s = [3600.0, 604800.0]"))
     assert set(got["state_shape"]) == {"features.frequency_windows_s", "feature_names"}
     assert got["resumable"] is False
+
+
+def test_a_change_flinks_savepoint_cannot_take_is_named_too(tmp_path):
+    out, got = diff(tmp_path, with_features("micro_batch_s = 5.0").replace("micro_batch_s = 2.0\n", "", 1))
+    assert got["changed"] == {"features.micro_batch_s": {"old": 2.0, "new": 5.0}}
+    assert list(got["savepoint"]) == ["features.micro_batch_s"] and got["state_shape"] == {}
+    assert got["resumable"] is False and "the savepoint's state" in out.output
+    _, quarantined = diff(tmp_path, LOCAL.read_text() + "\n[quarantine]\nmax_events_per_minute = 120\n")
+    assert list(quarantined["savepoint"]) == ["quarantine.max_events_per_minute"]
 
 
 def test_an_invalid_config_is_exit_2_naming_the_field(tmp_path):

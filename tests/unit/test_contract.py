@@ -394,3 +394,12 @@ def test_histogram_quantile_reads_cumulative_buckets_as_prometheus_does():
     assert histogram_quantile(0.7, buckets) == pytest.approx(0.15)
     assert histogram_quantile(0.95, buckets) == pytest.approx(0.6)
     assert histogram_quantile(0.5, {float("inf"): 0.0}) is None
+
+
+@pytest.mark.parametrize("endpoint, fix", [("collector:4318", "http://127.0.0.1:4318"),
+                                           ("http://collector:4318/v1/traces", "'http://collector:4318'")])
+def test_a_tracing_endpoint_that_is_not_a_base_url_is_refused_with_the_fix(endpoint, fix):
+    with pytest.raises(ConfigError, match=re.escape(fix)):
+        load_serving_config(None, {"tracing.otlp_endpoint": endpoint})
+    assert load_serving_config(None, {"tracing.otlp_endpoint": "http://collector:4318/"}).tracing.otlp_endpoint == \
+        "http://collector:4318"

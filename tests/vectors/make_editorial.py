@@ -59,6 +59,9 @@ out["refused_specs"] = [
     {"name": "a rule without a field", "spec": json.dumps({"rules": [{k: v for k, v in good.items() if k != "segments"}]})},
     {"name": "a rule with an unknown field", "spec": json.dumps({"rules": [{**good, "weight": 2}]})},
     {"name": "an unknown top-level field", "spec": json.dumps({"rules": [good], "owner": "x"})},
+    {"name": "no rules list", "spec": json.dumps({})},
+    {"name": "rules null", "spec": json.dumps({"rules": None})},
+    {"name": "a rule that is no object", "spec": json.dumps({"rules": ["pin i1"]})},
 ]
 json.dump(out, open("tests/vectors/editorial.json", "w"), indent=1)
 for c in out["cases"]:

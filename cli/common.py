@@ -63,7 +63,13 @@ def job_config(config: str, sets: list[str] | None, bounded: bool = False, prese
 def redis_of(config: str, sets: list[str] | None) -> redis.Redis:
     """A client of the job config's Redis (--set applied): the one the job, the services and the
     commands that store experiments, rules and webhook endpoints share."""
-    return redis.Redis(**job_config(config, sets).redis.client_kwargs())
+    return redis_for(job_config(config, sets))
+
+
+def redis_for(cfg: JobConfig) -> redis.Redis:
+    """A client of cfg's Redis, for the commands (not jobs.store's: the serving role's install
+    has no job dependencies)."""
+    return redis.Redis(**cfg.redis.client_kwargs(), socket_timeout=10)
 
 
 @contextmanager

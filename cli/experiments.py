@@ -7,11 +7,10 @@ import json
 from pathlib import Path
 from typing import Annotated
 
-import redis as redis_lib
 import typer
 from kafka.errors import KafkaError
 
-from cli.common import DEFAULT_CONFIG, ConfigOpt, SetOpt, exit_on, job_config, on_redis_error, redis_of
+from cli.common import DEFAULT_CONFIG, ConfigOpt, SetOpt, exit_on, job_config, on_redis_error, redis_for, redis_of
 from contract import keys
 from contract.config import ConfigError, JobConfig
 from contract.experiments import BUCKETS, load_experiments, now_ms, read_experiments, store_experiments
@@ -100,7 +99,7 @@ def list_(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None) -> None:
 def applied_experiments(cfg: JobConfig) -> tuple[dict, str] | None:
     """The applied spec and version from the config's Redis, or exit 1 saying why not."""
     with on_redis_error("read the experiments from Redis"), exit_on(ValueError):  # fields this version does not know
-        return read_experiments(redis_lib.Redis(**cfg.redis.client_kwargs()))
+        return read_experiments(redis_for(cfg))
 
 
 def exposure_outcomes(cfg: JobConfig, exposures_topic: str) -> list[ExposureRow]:

@@ -10,10 +10,9 @@ import uuid
 from typing import Annotated
 
 import httpx
-import redis as redis_lib
 import typer
 
-from cli.common import DEFAULT_CONFIG, ConfigOpt, SetOpt, job_config, on_redis_error, redis_of
+from cli.common import DEFAULT_CONFIG, ConfigOpt, SetOpt, job_config, on_redis_error, redis_for, redis_of
 from contract import keys
 from contract.webhooks import EVENT_TYPES, Endpoint, new_secret, read_endpoints
 from serving.webhooks import Worker
@@ -86,7 +85,7 @@ def deliver(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None,
     after [webhooks] max_attempts. Runs until SIGTERM/SIGINT; the last line is JSON counts."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = job_config(config, set_)
-    worker = Worker(cfg.webhooks, cfg.kafka.bootstrap_servers, redis_lib.Redis(**cfg.redis.client_kwargs()))
+    worker = Worker(cfg.webhooks, cfg.kafka.bootstrap_servers, redis_for(cfg))
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: worker.stop.set())
     typer.echo(f"delivering {cfg.webhooks.topic} from {cfg.kafka.bootstrap_servers}", err=True)
@@ -100,5 +99,5 @@ def replay(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None,
     fails again is dead-lettered again. The last line is JSON counts."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = job_config(config, set_)
-    worker = Worker(cfg.webhooks, cfg.kafka.bootstrap_servers, redis_lib.Redis(**cfg.redis.client_kwargs()))
+    worker = Worker(cfg.webhooks, cfg.kafka.bootstrap_servers, redis_for(cfg))
     typer.echo(json.dumps(worker.replay(idle_s)))

@@ -688,29 +688,24 @@ def preset_path(name: str) -> Path:
 # Job config fields whose change a job resumed from a savepoint cannot take: Flink's state in the
 # savepoint (or the job graph) was made under the old value. `streamrank config diff` names them;
 # Flink refuses some itself, the others would resume wrongly.
-SAVEPOINT_SHAPE = {
-    "features.micro_batch_s": "the size of the windows open in the savepoint",
-    "features.early_fire_s": "whether the job graph has the early rows' operators (0: none)",
-    "privacy.pseudonymize": "the users' identity: state in the savepoint is keyed by the old ids",
-    "privacy.key_env": "the users' identity, if the key differs: state in the savepoint is keyed by the old ids",
-    "quarantine.max_events_per_minute": "whether the job graph has the quarantine's windows (on or off)",
+SAVEPOINT_SHAPE = {  # field -> (why, what of its value the savepoint depends on)
+    "features.micro_batch_s": ("the size of the windows open in the savepoint", lambda v: v),
+    "features.early_fire_s": ("whether the job graph has the early rows' operators (0: none)", lambda v: v > 0),
+    "privacy.pseudonymize": ("the users' identity: state in the savepoint is keyed by the old ids", lambda v: v),
+    "privacy.key_env": ("the users' identity, if the key differs: state in the savepoint is keyed by the old ids",
+                        lambda v: v),
+    "quarantine.max_events_per_minute": ("whether the job graph has the quarantine's windows (on or off; the "
+                                         "threshold itself may change)", lambda v: v is None),
 }
 
 
 def savepoint_changes(old: JobConfig, new: JobConfig) -> dict[str, str]:
-    """Each SAVEPOINT_SHAPE field that differs -> why a savepoint of old cannot resume new. The
-    quarantine's threshold may change; only turning it on or off changes the graph."""
-    out: dict[str, str] = {}
-    for path, why in SAVEPOINT_SHAPE.items():
+    """Each SAVEPOINT_SHAPE field whose change matters -> why a savepoint of old cannot resume new."""
+    def value(cfg: JobConfig, path: str):
         section, name = path.split(".")
-        a, b = getattr(getattr(old, section), name), getattr(getattr(new, section), name)
-        if path == "quarantine.max_events_per_minute":
-            a, b = a is None, b is None
-        elif path == "features.early_fire_s":
-            a, b = a > 0, b > 0
-        if a != b:
-            out[path] = why
-    return out
+        return getattr(getattr(cfg, section), name)
+    return {path: why for path, (why, shape) in SAVEPOINT_SHAPE.items()
+            if shape(value(old, path)) != shape(value(new, path))}
 
 
 def load_config(path: str | Path | None, overrides: dict | None = None, preset: str | None = None) -> JobConfig:

@@ -308,11 +308,16 @@ def write_item_meta(client: redis.Redis, rows: list[tuple[str, str, float, bool]
     return len(rows)
 
 
+def probe_client(cfg: JobConfig) -> redis.Redis:
+    """A client for the checks before the job starts: a Redis that does not answer in 3 s is reported, not waited for."""
+    return redis.Redis(**cfg.redis.client_kwargs(), socket_timeout=3, socket_connect_timeout=3)
+
+
 def check_state_layout(cfg: JobConfig) -> None:
     """Stop before the start when the users' states in Redis were written with another shape than
     cfg gives them (ConfigError naming each field): the job would misread them silently."""
     try:
-        client = redis.Redis(**cfg.redis.client_kwargs(), socket_timeout=3, socket_connect_timeout=3)
+        client = probe_client(cfg)
         stored = client.get(keys.STATE_LAYOUT)
     except redis.RedisError:
         return  # warn_if_redis_forgets says so; the job fails over until Redis answers
@@ -344,8 +349,7 @@ def warn_if_redis_forgets(cfg: JobConfig) -> None:
     Redis without an append-only file comes back empty from a restart while the job reads on from
     its offsets, and what it had folded is gone without an error. Say so before the job starts."""
     try:
-        client = redis.Redis(**cfg.redis.client_kwargs(), socket_timeout=3, socket_connect_timeout=3)
-        aof = client.info("persistence").get("aof_enabled")
+        aof = probe_client(cfg).info("persistence").get("aof_enabled")
     except redis.RedisError as e:
         log.warning("Redis %s:%d does not answer (%s); the job will fail over until it does",
                     cfg.redis.host, cfg.redis.port, e)

@@ -349,7 +349,7 @@ class BodyLimit:
                             "(gateway.max_body_bytes); send a smaller batch"}, status_code=413)(scope, receive, send)
 
 
-def validation_errors(err: RequestValidationError) -> list[dict]:
+def validation_errors(err: RequestValidationError | ValidationError) -> list[dict]:
     """Where a request breaks its schema and why, without the offending input: an answer never
     echoes the body (it may be megabytes, or hold NaN, which JSON cannot carry)."""
     return [{"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg", ""), "type": e.get("type", "")}
@@ -441,8 +441,7 @@ def create_app(cfg: ServingConfig) -> FastAPI:
             return JSONResponse({"code": "INVALID_ARGUMENT", "error": "the beacon does not match its schema "
                                  "({\"events\": [{\"type\": \"click\" | \"exposure\", \"user_id\", "
                                  "\"request_id\", ...}]})",
-                                 "errors": [{"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg", "")}
-                                            for e in err.errors()[:20]]}, status_code=400)
+                                 "errors": validation_errors(err)}, status_code=400)
         records = beacon_records(body, int(time.time() * 1000))
         for kind, record in records:
             logs[kind].log(record)

@@ -10,7 +10,12 @@ out (the median of the repeats' runs over a one-record topic). Each is measured 
 and the median reported, with every repeat's rate and start-up beside it: the ceiling's backlog
 run lasts a few seconds, so start-up jitter alone moved single ceiling figures by ±30%.
 state_bytes_per_user is the mean size of feat:{user}, profile_bytes_per_user of profile:{user}
-(the named features GetUserFeatures answers). With --jvm-stages, the same job with its
+(the named features GetUserFeatures answers). Then one run with scoring on (lists written) over
+the same backlog at the highest parallelism measures memory per user: redis_bytes_per_user is
+Redis's used_memory grown from the empty store, divided by the users (every per-user key and its
+overhead, lists included, plus the shared boards), flink_state_bytes_per_user Flink's largest
+completed checkpoint (its own statistics, a checkpoint every 2 s) over the same users;
+--memory-only runs just that. With --jvm-stages, the same job with its
 Python functions replaced by a JVM stand-in is timed too (jvm_stages_events_per_s): the most the
 job's JVM side allows. A bar chart of the rates goes to --plot (var/bench/features.png). The last
 stdout line is one JSON object.
@@ -71,6 +76,32 @@ def plot(runs: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def measure_memory(stack, parallelism: int, sets: dict) -> dict:
+    """What one user costs where the job keeps them, after the whole backlog with scoring on (lists
+    included): Redis's used_memory grown from the empty store, and Flink's largest checkpoint,
+    each over the users the job wrote; and the mean stored size of each per-user value."""
+    print("bench: memory (scoring on, lists written)", flush=True)
+    r = stack.redis
+    r.flushdb()
+    base = int(r.info("memory")["used_memory"])
+    seconds, flink_bytes = stack.checkpointed_run("jobs.recommend", [
+        *stack.job_sets("bench.backlog", parallelism, **{"flink.checkpoint_interval_s": 2.0, **sets})])
+    used = int(r.info("memory")["used_memory"])
+    users = [k.decode().removeprefix(keys.feat_key("")) for k in r.scan_iter(keys.feat_key("*"), count=5000)]
+    n = max(len(users), 1)
+
+    def mean_size(key_of) -> int:
+        sizes = [size for u in users if (size := r.strlen(key_of(u)))]  # users without a list: no rec
+        return round(sum(sizes) / max(len(sizes), 1))
+
+    with_lists = sum(1 for _ in r.scan_iter(keys.rec_key("*"), count=5000))
+    return {"redis_bytes_per_user": round((used - base) / n), "flink_state_bytes_per_user": round(flink_bytes / n),
+            "memory_users": len(users), "memory_users_with_lists": with_lists,
+            "stored_bytes_per_user": {"feat": mean_size(keys.feat_key), "profile": mean_size(keys.profile_key),
+                                      "rec": mean_size(keys.rec_key)},
+            "memory_run_s": round(seconds, 1), "flink_checkpoint_bytes": flink_bytes}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--events", type=int, default=2_000_000,
@@ -82,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jvm-stages", action="store_true",
                    help="also time the job with its Python functions replaced by a JVM stand-in "
                         "(jvm_stages_events_per_s): what the JVM side alone allows")
+    p.add_argument("--memory-only", action="store_true", help="only the memory run (no rates, no plot)")
     p.add_argument("--plot", default=str(PROJECT_ROOT / "var" / "bench" / "features.png"), help="PNG to write")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=JSON",
                    help="extra job config for the measured runs, e.g. features.watermark_emit=\"on-periodic\"")
@@ -97,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         publish_events(sim, stack.bootstrap, "bench.backlog", args.events, args.event_rate, start_ms=start)
         publish_events(sim, stack.bootstrap, "bench.tiny", 1, 1.0, start_ms=start, progress=False)
         runs = []
-        for par in args.parallelism:
+        for par in [] if args.memory_only else args.parallelism:
             print(f"bench: parallelism {par}", flush=True)
             off = {"scoring.enabled": False, **parse_sets(args.set)}
 
@@ -147,9 +179,15 @@ def main(argv: list[str] | None = None) -> int:
                 run["startup_s_repeats"]["jvm_stages"] = [round(t, 2) for t, _ in jvm_t]
             print(json.dumps(run), flush=True)
             runs.append(run)
+        memory = measure_memory(stack, max(args.parallelism), parse_sets(args.set))
+        print(json.dumps(memory), flush=True)
+        if not runs:
+            print(json.dumps({**memory, "events": args.events, "users": args.users,
+                              "backlog_event_rate": args.event_rate, "settings": args.set}))
+            return 0
         best = max(runs, key=lambda x: x["parallelism"])
         plot(runs, Path(args.plot))
-        print(json.dumps({**best, "events": args.events, "backlog_event_rate": args.event_rate,
+        print(json.dumps({**best, **memory, "events": args.events, "backlog_event_rate": args.event_rate,
                           "settings": args.set, "plot": args.plot, "runs": runs}))
         return 0
     finally:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,9 +76,43 @@ class BenchStack:
             raise SystemExit(f"{module} failed ({rc}); see {self.work / 'jobs.log'}")
         return time.monotonic() - t0
 
+    def checkpointed_run(self, module: str, args: list[str]) -> tuple[float, int]:
+        """One bounded run of `python -m module` with its REST API on a free port, Redis flushed
+        first: (seconds, the largest checkpoint's state size in bytes, from Flink's own checkpoint
+        statistics; 0 if none completed)."""
+        self.redis.flushdb()
+        port = free_port()
+        t0 = time.monotonic()
+        largest = 0
+        with open(self.work / "jobs.log", "ab") as out:
+            proc = subprocess.Popen([sys.executable, "-m", module, "--bounded", *args, "--set", f"flink.web_port={toml_value(str(port))}"],
+                                    cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT)
+            while proc.poll() is None:
+                largest = max(largest, _checkpointed_bytes(port))
+                time.sleep(0.5)
+        if proc.returncode != 0:
+            raise SystemExit(f"{module} failed ({proc.returncode}); see {self.work / 'jobs.log'}")
+        return time.monotonic() - t0, largest
+
     def close(self) -> None:
         stop_pid(self.kafka.pid)
         stop_pid(self.redis_svc.pid)
+
+
+def _checkpointed_bytes(port: int) -> int:
+    """The largest completed checkpoint's state size of the jobs a local REST API lists (0 if it
+    does not answer yet, or none completed)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/jobs", timeout=1) as r:
+            jobs = json.load(r)["jobs"]
+        sizes = [0]
+        for job in jobs:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/jobs/{job['id']}/checkpoints", timeout=1) as r:
+                latest = (json.load(r).get("latest") or {}).get("completed") or {}
+            sizes.append(int(latest.get("state_size") or 0))
+        return max(sizes)
+    except (OSError, ValueError, KeyError):
+        return 0
 
 
 def stop_on_sigterm() -> None:

@@ -145,7 +145,10 @@ class RedisConfig(_Strict):
     port: int = Field(16379, ge=1, le=65535)
     """Redis port (with [redis.tls], Redis's tls-port)."""
     rec_ttl_s: int = Field(7 * 86400, ge=0)
-    """TTL of rec:{user}, feat:{user} and profile:{user} keys in seconds; 0 keeps them forever."""
+    """TTL of rec:{user}, feat:{user} and profile:{user} keys in seconds, renewed at each of the user's
+    windows: a user idle this long is forgotten (starts again from nothing). 0 keeps them forever.
+    With Redis's maxmemory, use `maxmemory-policy volatile-ttl`: it evicts only these keys, the
+    longest-idle users first, never the ledger or the boards."""
     username: str | None = None
     """ACL user to log in as (Redis 6+ ACL), with password_env's password (needed with it); unset: the
     `default` user, with password_env's password if set."""

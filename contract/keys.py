@@ -1,5 +1,9 @@
 """Redis key layout and value encoding, shared by the job's writer and the gRPC service.
 
+Per-user values (rec, feat, profile) are stored packed (contract.compact: zstd with a trained
+dictionary, behind a `z:<feature_ts>:` prefix); every reader goes through compact.text, which
+also reads plain JSON.
+
 - `rec:{user}`   JSON RecList: ranked items with scores, model version, feature timestamp, the
                  user's segments.
 - `feat:{user}`  JSON user feature state (see udfs.features.UserState), read by the job only.
@@ -48,6 +52,8 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from urllib.parse import quote
+
+from contract import compact
 
 TRENDING = "trending"
 TRENDING_LONG = "trending:long"
@@ -225,7 +231,7 @@ class RecList:
 
     @staticmethod
     def decode(raw: str | bytes) -> RecList:
-        d = json.loads(raw)
+        d = json.loads(compact.text(raw))
         return RecList(
             items=[stored_item(e) for e in d["items"]],
             model_version=d["model_version"],
@@ -283,6 +289,6 @@ class Profile:
 
     @staticmethod
     def decode(raw: str | bytes) -> Profile:
-        d = json.loads(raw)
+        d = json.loads(compact.text(raw))
         return Profile({k: float(v) for k, v in d["features"].items()}, [str(c) for c in d["top_categories"]],
                        int(d["feature_ts"]), int(d["window_end"]), [str(s) for s in d.get("segments", ())])

@@ -11,7 +11,8 @@ import time
 import redis
 from kafka import KafkaProducer
 
-from contract import keys
+from contract import compact, keys
+from contract.compact import pack
 from contract.config import ConfigError, JobConfig
 from contract.experiments import read_experiments
 from contract.webhooks import WebhookEvent
@@ -225,6 +226,9 @@ class ExperimentsSource:
         return self.spec
 
 
+DICTIONARY_REPUBLISH_S = 60.0
+
+
 class RedisStore:
     """The ranker's reads and writes: users' states, the candidate source, and one MULTI per batch
     of states, lists, item statistics and the ledger."""
@@ -238,6 +242,18 @@ class RedisStore:
         self.experiments = ExperimentsSource(self.redis, cfg.scoring.experiments_refresh_s)
         self.producer: KafkaProducer | None = None  # webhook events, made at the first
         self.layout = json.dumps(state_layout(cfg.features))
+        self.dictionaries_published = -DICTIONARY_REPUBLISH_S  # monotonic s
+
+    def _publish_dictionaries(self, pipe) -> None:
+        """The dictionaries this job packs values with, where readers without the files (lookupd)
+        find them; again now and then, in case Redis lost them (a flush, a restore)."""
+        now = time.monotonic()
+        if now - self.dictionaries_published < DICTIONARY_REPUBLISH_S:
+            return
+        self.dictionaries_published = now
+        for kind in compact.KINDS:
+            dict_id = compact.current(kind)
+            pipe.set(compact.dictionary_key(dict_id), compact.dictionaries()[dict_id][1], nx=True)
 
     def read_states(self, users: list[str]) -> dict[str, UserState]:
         raw_states = self.redis.mget([keys.feat_key(u) for u in users])
@@ -280,14 +296,18 @@ class RedisStore:
         for action, n in ledger.controls().items():
             if n:
                 pipe.hincrby(keys.CONTROL, action, n)
+        self._publish_dictionaries(pipe)
         for u, (s, named, rec) in out.items():
             if s is not None:
-                self.guarded_set(keys=[keys.feat_key(u)], args=[s.feature_ts, s.encode(), ttl], client=pipe)
+                self.guarded_set(keys=[keys.feat_key(u)], args=[s.feature_ts, pack("feat", s.feature_ts, s.encode()), ttl],
+                                 client=pipe)
             # profile and list: over the final state and the early events (udfs.speculation), so
             # their guard is their own newest event
-            self.guarded_set(keys=[keys.profile_key(u)], args=[named.feature_ts, named.encode(), ttl], client=pipe)
+            self.guarded_set(keys=[keys.profile_key(u)],
+                             args=[named.feature_ts, pack("profile", named.feature_ts, named.encode()), ttl], client=pipe)
             if rec is not None:
-                self.guarded_set(keys=[keys.rec_key(u)], args=[rec.feature_ts, rec.encode(), ttl], client=pipe)
+                self.guarded_set(keys=[keys.rec_key(u)], args=[rec.feature_ts, pack("rec", rec.feature_ts, rec.encode()), ttl],
+                                 client=pipe)
             elif s is not None and not s.personalized():
                 pipe.delete(keys.rec_key(u))
         pipe.execute()
@@ -359,6 +379,32 @@ def warn_if_redis_forgets(cfg: JobConfig) -> None:
                     "restarts they are lost, while the job reads on from its checkpointed offsets. Turn on "
                     "`appendonly yes` (appendfsync everysec or always), as `streamrank stack up` does",
                     cfg.redis.host, cfg.redis.port)
+    try:
+        memory = probe_client(cfg).info("memory")
+    except redis.RedisError:
+        return
+    if problem := eviction_problem(int(memory.get("maxmemory", 0)), str(memory.get("maxmemory_policy", "")),
+                                   cfg.redis.rec_ttl_s):
+        log.warning("Redis %s:%d: %s", cfg.redis.host, cfg.redis.port, problem)
+
+
+def eviction_problem(maxmemory: int, policy: str, user_ttl_s: int) -> str | None:
+    """What is wrong with Redis's eviction for the job, or None. The per-user values (rec, feat,
+    profile) carry redis.rec_ttl_s, refreshed at every write, and nothing else the job keeps does
+    (the ledger, the boards, the dictionaries): a volatile-* policy can only take users, and
+    volatile-ttl takes the longest idle first. An allkeys-* policy can take the ledger or a board."""
+    if not maxmemory:
+        return None
+    if policy.startswith("allkeys-"):
+        return (f"maxmemory-policy {policy} can evict the ledger, the item boards and the codec dictionaries, "
+                "not only users; set `maxmemory-policy volatile-ttl` (evicts the longest-idle users first)")
+    if policy.startswith("volatile-") and not user_ttl_s:
+        return (f"maxmemory-policy {policy} evicts only keys with a TTL, and redis.rec_ttl_s = 0 gives the users "
+                "none: at maxmemory every write fails; set redis.rec_ttl_s (e.g. 604800)")
+    if policy == "noeviction":
+        return ("maxmemory-policy noeviction: at maxmemory the job's writes fail and it restarts from its "
+                "checkpoint until memory is freed; `volatile-ttl` evicts the longest-idle users instead")
+    return None
 
 
 class EngagementStore:

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from contract import keys
+from contract import compact, keys
 from contract.config import ConfigError
 from contract.serving_config import ServingConfig
 from contract.schema import ID_PATTERN
@@ -44,6 +44,7 @@ def contract_spec() -> dict:
         "profile_prefix": keys.profile_key(""), "feat_prefix": keys.feat_key(""),
         "trending": keys.TRENDING, "item_meta": keys.ITEM_META, "experiments": keys.EXPERIMENTS, "deadline_reserve_s": DEADLINE_RESERVE_S,
         "rules": keys.RULES, "unavailable_items": keys.UNAVAILABLE_ITEMS,
+        "dictionary_prefix": compact.DICTIONARY_PREFIX,
     }
 
 

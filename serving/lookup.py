@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from contract import keys
+from contract import compact, keys
 from contract.schema import valid_id
 
 MAX_FILTER_CATEGORIES = 100
@@ -190,12 +190,12 @@ NO_EDITORIAL = Editorial()
 
 def answer(request: Request, raw: bytes | None, popular: list[keys.ScoredItem], now_ms: int,
            unavailable: str = "", editorial: Editorial = NO_EDITORIAL) -> Recommendations:
-    """One answer from the user's stored list (raw JSON, or None) or, failing that, from the
+    """One answer from the user's stored list (as stored, packed or JSON; or None) or, failing that, from the
     popular items, with the editorial rules applied. `unavailable` names why the store could not
     be read (then raw is None)."""
     r = request
     if raw is not None:
-        d = orjson.loads(raw)
+        d = orjson.loads(compact.text(raw))
         segments = [str(s) for s in d.get("segments", ())]
         if editorial:
             items = editorial.apply([keys.stored_item(e) for e in d["items"]], r, segments, now_ms)

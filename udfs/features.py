@@ -19,7 +19,7 @@ from typing import NamedTuple
 import numpy as np
 import orjson
 
-from contract import keys
+from contract import compact, keys
 from contract.config import FeatureConfig, duration_label, user_feature_names
 from contract.schema import CONTROL_ACTIONS, QUARANTINED
 from contract.segments import Segments
@@ -203,7 +203,7 @@ class UserState:
     def decode(raw: str | bytes | None) -> UserState:
         if not raw:
             return UserState()
-        return UserState(**orjson.loads(raw))
+        return UserState(**orjson.loads(compact.text(raw)))
 
     def top_categories(self, n: int) -> list[str]:
         return [c for c, _ in sorted(self.affinity.items(), key=lambda kv: (-kv[1], kv[0]))[:n]]

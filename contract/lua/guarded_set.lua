@@ -1,5 +1,6 @@
 -- Set KEYS[1] to ARGV[2] (with TTL ARGV[3] s) unless its stored guard field is newer than ARGV[1].
--- Values are JSON with a top-level "feature_ts"; equal timestamps rewrite (idempotent replay).
+-- Values are packed (`z:<feature_ts>:` and a zstd frame, contract.compact) or JSON with a top-level
+-- "feature_ts"; equal timestamps rewrite (idempotent replay).
 -- The guard is read with a pattern, not by decoding the stored document: for feat:{user} that is
 -- the whole user state, and cjson.decode of it was most of Redis's CPU in the features job. The
 -- first "feature_ts" key in the text is the top-level one, because UserState, RecList and Profile write it
@@ -7,7 +8,8 @@
 -- shape is decoded as before.
 local cur = redis.call('GET', KEYS[1])
 if cur then
-  local stored = string.match(cur, '"feature_ts"%s*:%s*(%-?%d+)[,}%s]')
+  -- a packed value (contract.compact) carries its guard before the zstd frame
+  local stored = string.match(cur, '^z:(%-?%d+):') or string.match(cur, '"feature_ts"%s*:%s*(%-?%d+)[,}%s]')
   if not stored then
     local ok, doc = pcall(cjson.decode, cur)
     stored = ok and type(doc) == 'table' and doc['feature_ts'] or nil

@@ -188,7 +188,8 @@ func run(spec *Spec) error {
 
 	server := grpc.NewServer(opts...)
 	pb.RegisterRecommendationsServer(server, &Service{rules: rules, store: store, pseudonyms: pseudonyms,
-		lists: newListCache(spec.Cache.ListsMB << 20), exposures: exposures})
+		lists: newListCache(spec.Cache.ListsMB << 20), exposures: exposures,
+		unpacker: newUnpacker(spec.Contract.DictionaryPrefix, store.Bytes)})
 	healthServer := health.NewServer()
 	healthpb.RegisterHealthServer(server, healthServer)
 	if spec.Reflection {

@@ -54,6 +54,7 @@ type Service struct {
 	store      *Store
 	pseudonyms *Pseudonyms
 	lists      *ListCache   // nil: cache.lists_mb = 0
+	unpacker   *Unpacker
 	exposures  *ExposureLog // nil: [exposures] enabled = false
 }
 
@@ -208,6 +209,13 @@ func (s *Service) readFirst(ctx context.Context, users []string, prefix string) 
 				}
 				value = v
 			}
+		}
+		if value != nil {
+			text, err := s.unpacker.Text(ctx, *value)
+			if err != nil {
+				return out, err
+			}
+			value = &text
 		}
 		out[n] = value
 	}

@@ -100,6 +100,7 @@ type Contract struct {
 	DeadlineReserveS    float64 `json:"deadline_reserve_s"`
 	Rules               string  `json:"rules"`
 	UnavailableItems    string  `json:"unavailable_items"`
+	DictionaryPrefix    string  `json:"dictionary_prefix"`
 }
 
 func loadSpec(path string) (*Spec, error) {
@@ -114,7 +115,7 @@ func loadSpec(path string) (*Spec, error) {
 		return nil, fmt.Errorf("spec %s does not match lookupd's Spec (serving/lookupd/spec.go): %w; "+
 			"a field of contract.config.ServingConfig was added or renamed without lookupd", path, err)
 	}
-	if s.Contract.IDPattern == "" || s.Contract.MaxBatch == 0 || s.Contract.RecPrefix == "" || s.Contract.ProfilePrefix == "" || s.Contract.FeatPrefix == "" || s.Contract.Experiments == "" || s.Contract.Rules == "" {
+	if s.Contract.IDPattern == "" || s.Contract.MaxBatch == 0 || s.Contract.RecPrefix == "" || s.Contract.ProfilePrefix == "" || s.Contract.FeatPrefix == "" || s.Contract.Experiments == "" || s.Contract.Rules == "" || s.Contract.DictionaryPrefix == "" {
 		return nil, fmt.Errorf("spec %s has no contract section; start lookupd with `streamrank serve`", path)
 	}
 	return &s, nil

@@ -327,6 +327,17 @@ func textOf(m *rueidis.RedisMessage, into *string) (*string, error) {
 	return into, nil
 }
 
+// Bytes reads one key's value as bytes (nil, nil: no such key), within the store's timeout.
+func (s *Store) Bytes(ctx context.Context, key string) ([]byte, error) {
+	cctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	b, err := s.rdb.Do(cctx, s.rdb.B().Get().Key(key).Build()).AsBytes()
+	if rueidis.IsRedisNil(err) {
+		return nil, nil
+	}
+	return b, err
+}
+
 func isTimeout(err error) bool {
 	var t interface{ Timeout() bool }
 	return errors.As(err, &t) && t.Timeout()

@@ -59,7 +59,7 @@ def test_submitted_job_writes_lists(cluster, kafka_broker, redis_server, model_d
     assert [j["state"] for j in jobs] == ["FINISHED"], jobs
     with_lists = {k.decode().removeprefix(keys.rec_key("")) for k in r.scan_iter(keys.rec_key("*"))}
     assert len(with_lists) == report.users > 0
-    assert json.loads(r.get(keys.rec_key(sorted(with_lists)[0])))["items"]
+    assert keys.RecList.decode(r.get(keys.rec_key(sorted(with_lists)[0]))).items
 
 
 def test_submitted_engagement_job_totals_the_offline_ones(cluster, kafka_broker, redis_server):

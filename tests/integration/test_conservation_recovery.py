@@ -24,7 +24,7 @@ from collections import Counter
 import pytest
 import redis
 
-from contract import keys
+from contract import compact, keys
 from contract.keys import read_ledger
 from contract.paths import PROJECT_ROOT
 from contract.schema import valid_id
@@ -226,7 +226,7 @@ def test_recovery_from_checkpoint_equals_uninterrupted_run(published, kafka_brok
     run_job_embedded(job_args(kafka_broker, port, model_dir, PREFIX, f"acct-2-{lateness_s}") + lateness,
                      tmp_path / "clean.log")
     clean = {k: r.get(k) for k in r.scan_iter(keys.feat_key("*"))}
-    clean_recs = {k: json.loads(r.get(k)) for k in r.scan_iter(keys.rec_key("*"))}
+    clean_recs = {k: json.loads(compact.text(r.get(k))) for k in r.scan_iter(keys.rec_key("*"))}
     clean_ledger = read_ledger(r)
     assert (clean_ledger.get("late", 0) > 0) == (lateness_s < 60)
 
@@ -277,7 +277,7 @@ def test_recovery_from_checkpoint_equals_uninterrupted_run(published, kafka_brok
         want, got = UserState.decode(raw), UserState.decode(recovered[k])
         assert got.window_end == want.window_end and got.seen == want.seen
         assert describe(got, t, cfg.features) == describe(want, t, cfg.features)
-    recs = {k: json.loads(r.get(k)) for k in r.scan_iter(keys.rec_key("*"))}
+    recs = {k: json.loads(compact.text(r.get(k))) for k in r.scan_iter(keys.rec_key("*"))}
     assert recs.keys() == clean_recs.keys()
     for k, rec in recs.items():
         assert rec["feature_ts"] == clean_recs[k]["feature_ts"] and rec["items"], k

@@ -3,7 +3,7 @@ on a real Redis: a stored value with a newer feature_ts is kept, an equal or old
 and the guard is the top-level feature_ts even when an item, a category or an event id is named
 "feature_ts" inside the document."""
 
-from contract import keys
+from contract import compact, keys
 from udfs.features import UserState
 
 ADVERSARIAL = "feature_ts"  # a valid item id, category and event id
@@ -48,3 +48,27 @@ def test_guarded_set_decodes_values_of_another_shape(redis_db):
         r.set(keys.feat_key("u2"), stored)
         assert guarded_set(keys=[keys.feat_key("u2")], args=[ts, "new", 0]) == written, stored
         assert r.get(keys.feat_key("u2")).decode() == ("new" if written else stored)
+
+
+def test_guarded_set_reads_the_guard_of_packed_values_without_decompressing(redis_db):
+    """The job's values are packed (contract.compact): the guard comes from the `z:<ts>:` prefix, and
+    a packed value whose compressed bytes happen to hold `"feature_ts":...` text is not misread."""
+    _, r = redis_db
+    guarded_set = r.register_script(keys.lua("guarded_set"))
+    for key, kind, value in ((keys.feat_key("u3"), "feat", stored_state), (keys.rec_key("u3"), "rec", stored_list),
+                             (keys.profile_key("u3"), "profile", stored_profile)):
+        def packed(ts: int) -> bytes:
+            return compact.pack(kind, ts, value(ts))  # noqa: B023 (called in this iteration)
+
+        assert guarded_set(keys=[key], args=[1000, packed(1000), 60]) == 1
+        assert guarded_set(keys=[key], args=[999, packed(999), 60]) == 0  # older: kept
+        assert compact.text(r.get(key)).decode() == value(1000)
+        assert guarded_set(keys=[key], args=[1000, packed(1000), 60]) == 1  # equal: a replay rewrites
+        assert guarded_set(keys=[key], args=[2000, packed(2000), 60]) == 1
+        assert compact.text(r.get(key)).decode() == value(2000)
+        # a JSON value from before is overwritten by a newer packed one, and guards against an older one
+        r.set(key, value(3000))
+        assert guarded_set(keys=[key], args=[2500, packed(2500), 60]) == 0
+        assert guarded_set(keys=[key], args=[3500, packed(3500), 60]) == 1
+    r.set(keys.feat_key("u4"), b"z:5000:" + b'"feature_ts":99999999')  # the prefix wins over any text after it
+    assert guarded_set(keys=[keys.feat_key("u4")], args=[6000, "new", 0]) == 1

@@ -403,3 +403,13 @@ def test_a_tracing_endpoint_that_is_not_a_base_url_is_refused_with_the_fix(endpo
         load_serving_config(None, {"tracing.otlp_endpoint": endpoint})
     assert load_serving_config(None, {"tracing.otlp_endpoint": "http://collector:4318/"}).tracing.otlp_endpoint == \
         "http://collector:4318"
+
+
+def test_eviction_policies_are_judged_for_what_they_can_take():
+    from jobs.store import eviction_problem
+
+    assert eviction_problem(0, "allkeys-lru", 0) is None  # no maxmemory: nothing is evicted
+    assert eviction_problem(1 << 30, "volatile-ttl", 604800) is None
+    assert "volatile-ttl" in eviction_problem(1 << 30, "allkeys-lru", 604800)
+    assert "redis.rec_ttl_s" in eviction_problem(1 << 30, "volatile-lru", 0)
+    assert "restarts from its checkpoint" in eviction_problem(1 << 30, "noeviction", 604800)

@@ -33,7 +33,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from bench.harness import parse_sets, start_bench_stack, sustained_rate
-from contract import keys
+from contract import compact, keys
 from contract.paths import PROJECT_ROOT
 from traffic.publish import publish_catalog, publish_events
 from traffic.simulator import Simulator
@@ -94,12 +94,50 @@ def measure_memory(stack, parallelism: int, sets: dict) -> dict:
         sizes = [size for u in users if (size := r.strlen(key_of(u)))]  # users without a list: no rec
         return round(sum(sizes) / max(len(sizes), 1))
 
+    def mean_json_size(key_of) -> int:
+        sizes = [len(compact.text(raw)) for raw in r.mget([key_of(u) for u in users[:2000]]) if raw]
+        return round(sum(sizes) / max(len(sizes), 1))
+
     with_lists = sum(1 for _ in r.scan_iter(keys.rec_key("*"), count=5000))
-    return {"redis_bytes_per_user": round((used - base) / n), "flink_state_bytes_per_user": round(flink_bytes / n),
+    # the boards, the catalog, the ledger and the dictionaries are shared: with more users their
+    # share of each user shrinks, so they are reported apart as well
+    per_user_prefixes = tuple(key_of("").encode() for key_of in (keys.rec_key, keys.feat_key, keys.profile_key))
+    shared = sum(r.memory_usage(k) or 0 for k in r.scan_iter(count=5000) if not k.startswith(per_user_prefixes))
+    floor = key_overhead(r, len(users))
+    return {"redis_bytes_per_user": round((used - base) / n),
+            "redis_user_keys_bytes_per_user": round((used - base - shared) / n), "redis_shared_bytes": shared,
+            "flink_state_bytes_per_user": round(flink_bytes / n),
             "memory_users": len(users), "memory_users_with_lists": with_lists,
             "stored_bytes_per_user": {"feat": mean_size(keys.feat_key), "profile": mean_size(keys.profile_key),
                                       "rec": mean_size(keys.rec_key)},
+            "json_bytes_per_user": {"feat": mean_json_size(keys.feat_key), "profile": mean_json_size(keys.profile_key),
+                                    "rec": mean_json_size(keys.rec_key)},
+            "redis_key_overhead_bytes_per_user": floor,
             "memory_run_s": round(seconds, 1), "flink_checkpoint_bytes": flink_bytes}
+
+
+def key_overhead(r, users: int, ttl_s: int = 604800) -> int:
+    """What Redis spends on a user's three keys before their values, measured the same way in the
+    same Redis: used_memory grown by three keys per user (names as long as the users', a TTL, one
+    byte of value), divided by the users; the floor no value encoding can go under."""
+    users = max(users, 1)
+    before = int(r.info("memory")["used_memory"])
+    pipe = r.pipeline(transaction=False)
+    for n in range(users):
+        for key_of in (keys.rec_key, keys.feat_key, keys.profile_key):
+            pipe.set("floor" + key_of(f"u{n:07d}"), b"x", ex=ttl_s)
+        if n % 1000 == 999:
+            pipe.execute()
+    pipe.execute()
+    grown = int(r.info("memory")["used_memory"]) - before
+    for batch in _chunks([k for k in r.scan_iter("floor*", count=5000)], 1000):
+        r.delete(*batch)
+    return round(grown / users)
+
+
+def _chunks(items: list, n: int):
+    for i in range(0, len(items), n):
+        yield items[i:i + n]
 
 
 def main(argv: list[str] | None = None) -> int:

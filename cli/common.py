@@ -10,9 +10,10 @@ from typing import Annotated
 
 import redis
 import typer
+from redis.cluster import ClusterNode
 from pythonjsonlogger.json import JsonFormatter
 
-from contract.config import ConfigError, JobConfig, load_config, parse_overrides
+from contract.config import ConfigError, JobConfig, RedisConfig, load_config, parse_overrides
 from contract.serving_config import ServingConfig, load_serving_config
 from contract.paths import CONFIG_DIR, PROJECT_ROOT
 from jobs.runtime import restore_options
@@ -69,7 +70,7 @@ def redis_of(config: str, sets: list[str] | None) -> redis.Redis:
 def redis_for(cfg: JobConfig) -> redis.Redis:
     """A client of cfg's Redis, for the commands (not jobs.store's: the serving role's install
     has no job dependencies)."""
-    return redis.Redis(**cfg.redis.client_kwargs(), socket_timeout=10)
+    return connect(cfg.redis, socket_timeout=10)
 
 
 @contextmanager
@@ -133,3 +134,12 @@ def import_log(path: Path, fmt: str, out: Path, cfg: JobConfig, item_properties:
         return import_file(path, fmt, out, item_properties=[str(p) for p in item_properties or []],
                            category_tree=str(category_tree) if category_tree else None,
                            products=str(products) if products else None, min_ts_ms=cfg.events.min_ts_ms)
+
+
+def connect(rc: RedisConfig, **timeouts) -> redis.Redis | redis.RedisCluster:
+    """A redis-py client for [redis]: a cluster client with [redis.cluster], else one Redis's."""
+    if rc.cluster is None:
+        return redis.Redis(**rc.client_kwargs(), **timeouts)
+    kwargs = rc.cluster_kwargs()
+    seeds = [ClusterNode(host, port) for host, port in kwargs.pop("startup_nodes")]
+    return redis.RedisCluster(startup_nodes=seeds, **kwargs, **timeouts)

@@ -11,7 +11,7 @@ import typer
 from kafka import KafkaConsumer, TopicPartition
 
 from cli.common import (DEFAULT_CONFIG, AllowNonRestoredOpt, ConfigOpt, FromSavepointOpt, JobOpt, PresetOpt,
-                        SetOpt, check_job, job_args, job_config)
+                        SetOpt, check_job, job_args, job_config, redis_for)
 from contract import keys
 from devstack.metrics import find_ledger_metrics
 from devstack.rejected import read_rejected, summarize
@@ -27,8 +27,8 @@ def ledger(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None) -> None:
     count, and a running embedded job's Flink metrics of the same counts."""
     cfg = job_config(config, set_)
     try:
-        client = redis_lib.Redis(**cfg.redis.client_kwargs())
-        counts, control = keys.read_ledger(client), keys.read_control(client)
+        client = redis_for(cfg)
+        counts, control = keys.read_ledger(client, cfg.redis.layout()), keys.read_control(client, cfg.redis.layout())
     except redis_lib.RedisError as e:
         typer.echo(f"cannot read the ledger from Redis {cfg.redis.host}:{cfg.redis.port}: {e}", err=True)
         raise typer.Exit(1) from None

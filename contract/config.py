@@ -19,6 +19,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from contract.keys import Layout
 from contract.schema import MAX_FUTURE_MS, MIN_TS_MS
 from contract.segments import SegmentRuleError, compile_rule
 
@@ -120,6 +121,29 @@ def check_pem_files(model: BaseModel, *names: str) -> None:
             raise ValueError(f"{name} = {value!r} is not a readable file; give the PEM file's path")
 
 
+class RedisClusterConfig(_Strict):
+    """[redis.cluster]: Redis is a Redis Cluster; host and port name any one of its nodes (the
+    clients find the others). The job writes each batch as one transaction per shard of users:
+    the shard's users' keys and its own ledger, control counts and item boards share a hash slot
+    (contract.keys.Layout), and readers sum the shards. The Python serving engine does not read a
+    cluster: serve with engine = "go"."""
+    nodes: list[str] = []
+    """More nodes to start from ("host:port"), besides redis.host:port: a client (re)starting while
+    that one is down finds the cluster through another."""
+    shards: int = Field(16, ge=1, le=1024)
+    """Shards the users are split into (CRC-32 of the user id). More shards spread the writes over
+    more slots, so over more masters; each shard keeps its own item boards, which the job merges.
+    Part of the stored layout: a job does not start over states written with another count."""
+    wait_replicas: int = Field(1, ge=0, le=5)
+    """After each shard's transaction the job WAITs until this many replicas have it (never more
+    than the master has connected), so a failover to a replica cannot lose a write Flink's next
+    checkpoint counts as done. 0: asynchronous replication, which can lose the last writes
+    before a failover, after a checkpoint said they were made."""
+    wait_timeout_ms: int = Field(2000, ge=1, le=60_000)
+    """How long one WAIT may take; fewer replicas by then fail the batch, and Flink retries it
+    from the last checkpoint."""
+
+
 class RedisTlsConfig(_Strict):
     """TLS to Redis (redis-server's tls-port). The certificate Redis presents must name `host`."""
     ca_file: str | None = None
@@ -157,6 +181,8 @@ class RedisConfig(_Strict):
     unset: no password. The name, never the password itself."""
     tls: RedisTlsConfig | None = None
     """[redis.tls]: connect over TLS; absent: plaintext (loopback or a private network only)."""
+    cluster: RedisClusterConfig | None = None
+    """[redis.cluster]: a Redis Cluster (3 masters and their replicas, say); absent: one Redis."""
 
     @model_validator(mode="after")
     def _user_has_password(self) -> RedisConfig:
@@ -186,6 +212,19 @@ class RedisConfig(_Strict):
             kwargs.update(ssl=True, ssl_ca_certs=self.tls.ca_file, ssl_certfile=self.tls.cert_file,
                           ssl_keyfile=self.tls.key_file, ssl_check_hostname=True, ssl_cert_reqs="required")
         return kwargs
+
+    def cluster_kwargs(self) -> dict:
+        """Keyword arguments for redis.RedisCluster: client_kwargs without the address, and
+        `startup_nodes`, the (host, port) of redis.host:port and every [redis.cluster] node (the
+        caller makes them redis.cluster.ClusterNode)."""
+        kwargs = self.client_kwargs()
+        seeds = [(kwargs.pop("host"), kwargs.pop("port"))]
+        seeds += [(host, int(port)) for host, port in (node.rsplit(":", 1) for node in self.cluster.nodes)]
+        return {**kwargs, "startup_nodes": seeds}
+
+    def layout(self) -> Layout:
+        """Where the keys are (contract.keys.Layout)."""
+        return Layout(self.cluster.shards if self.cluster is not None else 0)
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """The TLS context for an asyncio connection (serving.resp); None without [redis.tls]."""

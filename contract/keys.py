@@ -48,6 +48,7 @@ import hmac
 import json
 import math
 import sys
+import zlib
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -85,9 +86,19 @@ UNAVAILABLE_ITEMS = "item:unavailable"  # set: items the catalog marks unavailab
 REJECTED_OFFSETS = "ledger:rejected_offsets"  # hash "{topic}:{partition}" -> last rejected offset counted
 
 
-def read_control(r) -> dict[str, int]:
-    """The control hash: users' requests applied, by action (only those that happened)."""
-    return {k.decode(): int(v) for k, v in r.hgetall(CONTROL).items()}
+def read_control(r, layout: Layout | None = None) -> dict[str, int]:
+    """The control hash (summed over a cluster layout's shards): users' requests applied, by
+    action (only those that happened)."""
+    out: dict[str, int] = {}
+    for key in _per_shard(CONTROL, layout):
+        for k, v in r.hgetall(key).items():
+            out[k.decode()] = out.get(k.decode(), 0) + int(v)
+    return out
+
+
+def _per_shard(name: str, layout: Layout | None) -> list[str]:
+    layout = layout or Layout()
+    return [name + layout.tag(s) for s in layout.all_shards()]
 
 
 def accounted(ledger: dict[str, int], control: dict[str, int]) -> int:
@@ -96,10 +107,15 @@ def accounted(ledger: dict[str, int], control: dict[str, int]) -> int:
     return sum(ledger.values()) + sum(control.values())
 
 
-def read_ledger(r) -> dict[str, int]:
-    """The ledger hash from a Redis client, with 0 for a count nothing has incremented yet."""
-    raw = r.hgetall(LEDGER)
-    return {f: int(raw.get(f.encode(), 0)) for f in LEDGER_FIELDS}
+def read_ledger(r, layout: Layout | None = None) -> dict[str, int]:
+    """The ledger hash from a Redis client (summed over a cluster layout's shards), with 0 for a
+    count nothing has incremented yet."""
+    out = dict.fromkeys(LEDGER_FIELDS, 0)
+    for key in _per_shard(LEDGER, layout):
+        raw = r.hgetall(key)
+        for f in LEDGER_FIELDS:
+            out[f] += int(raw.get(f.encode(), 0))
+    return out
 
 
 ENGAGEMENT_GROUPS = "engagement:groups"
@@ -179,6 +195,56 @@ def trending_category_key(category: str) -> str:
 
 def trending_segment_key(segment: str) -> str:
     return f"{TRENDING_SEGMENT_PREFIX}{segment}"
+
+
+# The job's atomic write: one MULTI per shard, with the shard's users' keys and its own ledger,
+# control counts and item boards. One Redis has one shard and the names above; in a Redis Cluster
+# (redis.cluster) each of N shards carries the hash tag {sK}, so everything one transaction touches
+# is in one hash slot, and the boards and the ledger are kept per shard (readers sum them).
+@dataclass(frozen=True, slots=True)
+class Layout:
+    shards: int = 0  # 0: one Redis; N: a Redis Cluster with the users in N shards
+
+    def shard(self, user_id: str) -> int:
+        """The user's shard: CRC-32 of the id's UTF-8 bytes modulo the shards (lookupd the same, userKey)."""
+        return zlib.crc32(user_id.encode("utf-8", "surrogatepass")) % self.shards if self.shards else 0
+
+    def all_shards(self) -> range:
+        return range(max(self.shards, 1))
+
+    def tag(self, shard: int) -> str:
+        return f"{{s{shard}}}" if self.shards else ""
+
+    def rec(self, user_id: str) -> str:
+        return rec_key(user_id) + self.tag(self.shard(user_id))
+
+    def feat(self, user_id: str) -> str:
+        return feat_key(user_id) + self.tag(self.shard(user_id))
+
+    def profile(self, user_id: str) -> str:
+        return profile_key(user_id) + self.tag(self.shard(user_id))
+
+    def ledger(self, shard: int = 0) -> str:
+        return LEDGER + self.tag(shard)
+
+    def control(self, shard: int = 0) -> str:
+        return CONTROL + self.tag(shard)
+
+    def rejected_offsets(self) -> str:
+        """Beside shard 0's ledger, which the DLQ'd and late records are counted into."""
+        return REJECTED_OFFSETS + self.tag(0)
+
+    def board(self, name: str, shard: int = 0) -> str:
+        """One of the item boards (TRENDING, ...; a category's or a segment's) of a shard."""
+        return name + self.tag(shard)
+
+    def user_of(self, key: str | bytes) -> str:
+        """The user id of a per-user key (rec:, feat:, profile:)."""
+        text = key.decode() if isinstance(key, bytes) else key
+        return text.split(":", 1)[1].split("{", 1)[0]
+
+
+ONE_REDIS = Layout()
 
 
 LUA_DIR = Path(__file__).resolve().parent / "lua"

@@ -190,6 +190,14 @@ class ServingConfig(_Strict):
     """How often the service polls Redis for the editorial rules (`streamrank rules apply`) and the
     items the catalog marks unavailable (s): an edit is served within this time, with no restart."""
 
+    @model_validator(mode="after")
+    def _cluster_needs_lookupd(self) -> ServingConfig:
+        # the Python engine's Redis client (serving.resp) speaks to one Redis, not a cluster
+        if self.redis.cluster is not None and self.engine == "python":
+            raise ValueError("[redis.cluster] needs engine = \"go\": lookupd is a cluster client, the Python "
+                             "engine is not; set engine = \"go\" (or remove [redis.cluster] for one Redis)")
+        return self
+
 
 def load_serving_config(path: str | Path | None, overrides: dict | None = None) -> ServingConfig:
     """Load serving.toml (None: all defaults), then dotted overrides (contract.config.apply_overrides)."""

@@ -11,6 +11,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import yaml
+
 from contract.config import port_range
 from contract.paths import PROJECT_ROOT
 from devstack.metrics import scrape
@@ -26,6 +28,21 @@ class ClusterError(RuntimeError):
     """The cluster did not start, answer or accept a job; the message names the log."""
 
 
+def kubernetes_job() -> tuple[dict, list[str]]:
+    """deploy/k8s/flink.yaml's FlinkDeployment, and its job's args with the image's paths mapped
+    to this checkout (what an application cluster here runs as the operator would)."""
+    k8s = PROJECT_ROOT / "deploy" / "k8s"
+    flink = next(d for d in yaml.safe_load_all((k8s / "flink.yaml").read_text()) if d["kind"] == "FlinkDeployment")
+    image = {"/opt/venv/bin/python3": python_executable(), "/etc/streamrank/job.toml": str(k8s / "job.toml"),
+             "/opt/streamrank/": f"{PROJECT_ROOT}/"}
+    args = [next((here + a[len(there):] for there, here in image.items() if a.startswith(there)), a)
+            for a in flink["spec"]["job"]["args"]]
+    unmapped = [a for a in args if "/opt/" in a or "/etc/" in a]
+    if unmapped:
+        raise ValueError(f"deploy/k8s/flink.yaml's job args name image paths kubernetes_job does not map: {unmapped}")
+    return flink, args
+
+
 def _shipped_java_opts() -> str:
     """The --add-opens/--add-exports flags of PyFlink's own config.yaml (Java 17 needs them)."""
     for line in (flink_home() / "conf" / "config.yaml").read_text().splitlines():
@@ -35,7 +52,7 @@ def _shipped_java_opts() -> str:
 
 
 def _conf_yaml(rest_port: int, rpc_port: int, slots: int, run: Path, metrics_ports: str,
-               scheduler_mode: str | None = None) -> str:
+               scheduler_mode: str | None = None, taskmanager_memory: str = "2048m") -> str:
     py = python_executable()
     # reactive: the job takes every slot there is, and rescales from its last checkpoint when a
     # TaskManager comes or goes (application clusters only)
@@ -55,7 +72,7 @@ taskmanager:
   numberOfTaskSlots: {slots}
   memory:
     process:
-      size: 2048m
+      size: {taskmanager_memory}
 rest:
   address: 127.0.0.1
   bind-address: 127.0.0.1
@@ -115,7 +132,8 @@ class FlinkCluster:
         return rest_overview(self.address())
 
     def up(self, rest_port: int = 18081, slots: int = 2, metrics_port: int = 9249,
-           application: list[str] | None = None, scheduler_mode: str | None = None) -> dict:
+           application: list[str] | None = None, scheduler_mode: str | None = None,
+           taskmanager_memory: str = "2048m") -> dict:
         """Start both daemons (a no-op when the cluster already answers). Each serves Flink's
         Prometheus reporter on the first free port of metrics_port..metrics_port+9. application:
         `--job-classname CLASS ARGS...` of an application cluster (standalone-job.sh: the job's
@@ -135,7 +153,8 @@ class FlinkCluster:
             if src.exists():
                 (self.conf / name).write_text(src.read_text())
         (self.conf / "config.yaml").write_text(
-            _conf_yaml(rest_port, free_port(), slots, self.dir, _metrics_ports(metrics_port), scheduler_mode))
+            _conf_yaml(rest_port, free_port(), slots, self.dir, _metrics_ports(metrics_port), scheduler_mode,
+                       taskmanager_memory))
         (self.conf / "masters").write_text(f"127.0.0.1:{rest_port}\n")
         (self.conf / "workers").write_text("127.0.0.1\n")
         self.state_file.write_text(json.dumps({"rest_port": rest_port, "metrics_port": metrics_port}))

@@ -192,6 +192,93 @@ def start_redis(run_dir: Path, port: int, durable: bool = True, extra_args: tupl
     return Service("redis", pid, port, str(log_path))
 
 
+@dataclass
+class RedisCluster:
+    """A local Redis Cluster: masters and their replicas, one redis-server each (start_redis_cluster)."""
+
+    nodes: list[Service]  # in start order: the first `masters` were made masters
+
+    @property
+    def port(self) -> int:
+        """A node to start from: cluster clients find the rest themselves."""
+        return self.nodes[0].port
+
+    def client(self) -> redis.RedisCluster:
+        return redis.RedisCluster(host="127.0.0.1", port=self.port, socket_timeout=5)
+
+    def masters(self) -> list[Service]:
+        """The nodes that are masters now (after a failover, a former replica)."""
+        by_port = {n.port: n for n in self.nodes if pid_alive(n.pid)}
+        return [by_port[int(n["port"])] for n in self._cluster_nodes() if "master" in n["flags"] and int(n["port"]) in by_port]
+
+    def _cluster_nodes(self) -> list[dict]:
+        for node in self.nodes:
+            if not pid_alive(node.pid):
+                continue
+            try:
+                seen = redis.Redis(port=node.port, socket_timeout=2).execute_command("CLUSTER NODES")
+            except redis.RedisError:
+                continue
+            # redis-py parses the reply: "host:port" -> {"node_id", "flags", "connected", ...}
+            return [{"port": addr.rsplit(":", 1)[1], "flags": v["flags"]} for addr, v in seen.items()
+                    if "fail" not in v["flags"]]
+        return []
+
+    def healthy(self) -> bool:
+        """Every slot served (cluster_state:ok), as a live node sees it."""
+        for node in self.nodes:
+            if pid_alive(node.pid):
+                try:
+                    info = redis.Redis(port=node.port, socket_timeout=2).execute_command("CLUSTER INFO")
+                except redis.RedisError:
+                    continue
+                return info.get("cluster_state") == "ok"  # redis-py parses the reply
+        return False
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            stop_pid(node.pid)
+
+
+def start_redis_cluster(run_dir: Path, masters: int = 3, replicas: int = 1, node_timeout_ms: int = 2000
+                        ) -> RedisCluster:
+    """A Redis Cluster on loopback from Debian's redis-server: masters x (1 + replicas) nodes, each
+    `--cluster-enabled yes` with an append-only file, joined by `redis-cli --cluster create`. A master
+    that stops answering for node_timeout_ms is failed over to its replica."""
+    exe = shutil.which("redis-server") or "/usr/bin/redis-server"
+    cli = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+    if not Path(exe).exists() or not Path(cli).exists():
+        raise StackError("redis-server / redis-cli not installed; run `make setup` (installs Debian's redis-server)")
+    nodes = []
+    for n in range(masters * (1 + replicas)):
+        port = free_port()
+        home = run_dir / f"redis-cluster-{n}"
+        home.mkdir(parents=True, exist_ok=True)
+        log_path = home / "redis.log"
+        pid = _spawn([exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(home), "--save", "",
+                      "--appendonly", "yes", "--appendfsync", "everysec", "--daemonize", "no",
+                      "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                      "--cluster-port", str(free_port()),  # else port + 10000, past 65535 for a high port
+                      "--cluster-node-timeout", str(node_timeout_ms)], log_path, home)
+        _wait(lambda port=port: _redis_answers(port), "Redis cluster node", 30, pid, log_path)
+        nodes.append(Service("redis", pid, port, str(log_path)))
+    cluster = RedisCluster(nodes)
+    created = subprocess.run([cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in nodes),
+                              "--cluster-replicas", str(replicas), "--cluster-yes"],
+                             capture_output=True, text=True, timeout=60)
+    if created.returncode != 0:
+        cluster.stop()
+        raise StackError(f"redis-cli --cluster create failed: {created.stdout[-2000:]}{created.stderr[-2000:]}")
+    deadline = time.monotonic() + 60
+    # served slots and every replica attached (create assigns the replicas a moment after the slots)
+    while not (cluster.healthy() and len(cluster.masters()) == masters):
+        if time.monotonic() > deadline:
+            cluster.stop()
+            raise StackError(f"the Redis Cluster did not reach cluster_state:ok within 60 s; see {run_dir}/redis-cluster-*")
+        time.sleep(0.2)
+    return cluster
+
+
 def _redis_answers(port: int, login: dict | None = None) -> bool:
     try:
         return bool(redis.Redis(**{"port": port, **(login or {})}, socket_timeout=1).ping())

@@ -135,7 +135,8 @@ class CountRejected(ScalarFunction):
         self.counters: dict = {}
 
     def open(self, function_context: FunctionContext) -> None:
-        self.counter = RejectedCounter(redis_client(JobConfig.model_validate_json(self.cfg_json)))
+        cfg = JobConfig.model_validate_json(self.cfg_json)
+        self.counter = RejectedCounter(redis_client(cfg), cfg)
         group = function_context.get_metric_group().add_group("streamrank")
         self.counters = {name: group.counter(name) for name in ("dlq", "late")}
         self.by_reason = {r: group.add_group("dlq_reason", r).counter("records") for r in DLQ_REASONS}

@@ -485,7 +485,7 @@ def log_ledger(cfg: JobConfig) -> None:
     """After a bounded run: where every record went, from the ledger in Redis."""
     try:
         client = redis_client(cfg)
-        counts, control = read_ledger(client), read_control(client)
+        counts, control = read_ledger(client, cfg.redis.layout()), read_control(client, cfg.redis.layout())
     except redis.RedisError as e:
         log.warning("the job ended; the ledger could not be read from Redis: %s", e)
         return

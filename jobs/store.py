@@ -9,46 +9,108 @@ import logging
 import time
 
 import redis
+from redis.cluster import ClusterNode
 from kafka import KafkaProducer
 
 from contract import compact, keys
 from contract.compact import pack
-from contract.config import ConfigError, JobConfig
+from contract.config import ConfigError, JobConfig, RedisConfig
 from contract.experiments import read_experiments
 from contract.webhooks import WebhookEvent
 from udfs.arms import CANDIDATE_COUNTS
 from udfs.attribution import Group, Shares
 from udfs.candidates import Candidate, CandidatePool, ItemStats, gather_candidates, item_weight
 from udfs.drift import DriftReport
-from udfs.features import Ledger, UserState, layout_changes, state_layout
-from udfs.ranking import UserWrite
+from udfs.features import UserState, layout_changes, state_layout
+from udfs.ranking import ShardBatch, UserWrite
 
 log = logging.getLogger(__name__)
 
 
-def redis_client(cfg: JobConfig) -> redis.Redis:
-    return redis.Redis(**cfg.redis.client_kwargs(), socket_timeout=10)
+def redis_client(cfg: JobConfig) -> redis.Redis | redis.RedisCluster:
+    return connect(cfg.redis, socket_timeout=10)
+
+def connect(rc: RedisConfig, **timeouts) -> redis.Redis | redis.RedisCluster:
+    """A redis-py client for [redis]: a cluster client with [redis.cluster], else one Redis's."""
+    if rc.cluster is None:
+        return redis.Redis(**rc.client_kwargs(), **timeouts)
+    kwargs = rc.cluster_kwargs()
+    seeds = [ClusterNode(host, port) for host, port in kwargs.pop("startup_nodes")]
+    return redis.RedisCluster(startup_nodes=seeds, **kwargs, **timeouts)
+
+
+
+class Shards:
+    """The connections the job's transactions go over. One Redis: the client itself. A Redis
+    Cluster: one connection to the master of each shard's slot, so that a shard's MULTI and the
+    WAIT after it (redis.cluster.wait_replicas) are on the same connection. A failover makes these
+    fail (the master is gone, or answers MOVED): the batch fails and Flink restarts the job from
+    its last checkpoint, with new connections to the new masters."""
+
+    REPLICAS_REFRESH_S = 5.0
+
+    def __init__(self, cfg: JobConfig, client) -> None:
+        self.cfg, self.client = cfg, client
+        self.layout = cfg.redis.layout()
+        self.nodes: dict[tuple[str, int], redis.Redis] = {}
+        self.replicas: dict[tuple[str, int], tuple[int, float]] = {}  # node -> (connected replicas, when read)
+
+    def connection(self, shard: int) -> redis.Redis:
+        if not self.layout.shards:
+            return self.client
+        node = self.client.get_node_from_key(self.layout.ledger(shard))
+        address = (node.host, int(node.port))
+        if address not in self.nodes:
+            self.nodes[address] = redis.Redis(**{**self.cfg.redis.client_kwargs(), "host": node.host, "port": int(node.port)},
+                                              socket_timeout=10, single_connection_client=True)
+        return self.nodes[address]
+
+    def replicated(self, conn: redis.Redis) -> None:
+        """Return once the configured replicas (no more than the master has) hold every write made
+        on conn; raise if they do not within wait_timeout_ms."""
+        c = self.cfg.redis.cluster
+        if c is None or not c.wait_replicas:
+            return
+        address = (conn.connection_pool.connection_kwargs["host"], conn.connection_pool.connection_kwargs["port"])
+        known, at = self.replicas.get(address, (0, -1e18))
+        if time.monotonic() - at > self.REPLICAS_REFRESH_S:
+            known = int(conn.info("replication").get("connected_slaves", 0))
+            self.replicas[address] = (known, time.monotonic())
+        want = min(c.wait_replicas, known)
+        if want and (got := int(conn.execute_command("WAIT", want, c.wait_timeout_ms))) < want:
+            raise redis.RedisError(f"only {got} of {want} replicas of {address[0]}:{address[1]} acknowledged the batch "
+                                   f"within redis.cluster.wait_timeout_ms = {c.wait_timeout_ms}; the batch is retried "
+                                   "from the last checkpoint")
 
 
 class RejectedCounter:
     """Counts DLQ'd and late records into the ledger exactly once, replays included."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client, cfg: JobConfig | None = None) -> None:
         self.script = client.register_script(keys.lua("count_rejected"))
+        self.shards = Shards(cfg, client) if cfg is not None else None
+        self.layout = cfg.redis.layout() if cfg is not None else keys.Layout()
 
     def count(self, rows: list[tuple[str, int, int, str]]) -> int:
-        """rows: (topic, partition, offset, 'dlq' | 'late'); returns how many were new."""
+        """rows: (topic, partition, offset, 'dlq' | 'late'); returns how many were new. Counted
+        into the first shard's ledger (a cluster's readers sum the shards)."""
         args: list = []
         for topic, partition, offset, field in rows:
             args += [f"{topic}:{partition}", offset, field]
-        return int(self.script(keys=[keys.LEDGER, keys.REJECTED_OFFSETS], args=args)) if rows else 0
+        if not rows:
+            return 0
+        conn = self.shards.connection(0) if self.shards else None
+        new = int(self.script(keys=[self.layout.ledger(0), self.layout.rejected_offsets()], args=args, client=conn))
+        if self.shards:
+            self.shards.replicated(conn)
+        return new
 
 
-def count_in_ledger(pipe, counts: dict[str, int]) -> None:
+def count_in_ledger(pipe, counts: dict[str, int], ledger_key: str = keys.LEDGER) -> None:
     """Queue HINCRBYs of the ledger hash (used/duplicate/opted_out/dlq/late) on a pipeline."""
     for name, n in counts.items():
         if n:
-            pipe.hincrby(keys.LEDGER, str(name), int(n))
+            pipe.hincrby(ledger_key, str(name), int(n))
 
 
 class TrendingWriter:
@@ -61,36 +123,128 @@ class TrendingWriter:
         self.redis = client or redis_client(cfg)
         self.script = self.redis.register_script(keys.lua("item_stats"))
         self.segment_script = self.redis.register_script(keys.lua("segment_stats"))
+        self.layout = cfg.redis.layout()
 
-    def write(self, rows: list[tuple[int, str, str, int, int, int, int, int]], pipe=None) -> int:
-        """rows: (window_end, item_id, category, n_view, n_click, n_cart, n_purchase, n_repeat). With pipe
-        (a MULTI pipeline), the script is queued there instead of run at once."""
-        f = self.cfg.features
+    def write(self, rows: list[tuple[int, str, str, int, int, int, int, int]], pipe=None, shard: int = 0) -> int:
+        """rows: (window_end, item_id, category, n_view, n_click, n_cart, n_purchase, n_repeat), into
+        the shard's boards. With pipe (a MULTI pipeline), the script is queued there instead of run at once."""
+        f, layout = self.cfg.features, self.layout
         argv: list = [f.item_half_life_s * 1000.0, f.item_long_half_life_s * 1000.0, self.MAX_BOARD,
-                      keys.TRENDING_CATEGORY_PREFIX]
+                      keys.TRENDING_CATEGORY_PREFIX, layout.tag(shard)]
         for t, item, category, nv, nc, na, np_, nr in sorted(rows):
             argv += [t, item, category, nv, np_, nr, repr(item_weight(nv, nc, na, np_))]
         if rows:
-            self.script(keys=[keys.TRENDING_LANDMARK, keys.TRENDING_BOARDS, *keys.ITEM_STATS_BOARDS], args=argv, client=pipe)
+            boards = (keys.TRENDING_LANDMARK, keys.TRENDING_BOARDS, *keys.ITEM_STATS_BOARDS)
+            self.script(keys=[layout.board(b, shard) for b in boards], args=argv, client=pipe)
         return len(rows)
 
-    def write_segments(self, rows: list[tuple[int, str, str, float]], pipe=None) -> int:
+    def write_segments(self, rows: list[tuple[int, str, str, float]], pipe=None, shard: int = 0) -> int:
         """rows: (window_end, segment, item_id, weight), after write's rows of the same batch (their
         landmark is this one's)."""
-        argv: list = [self.cfg.features.item_half_life_s * 1000.0, self.MAX_BOARD, keys.TRENDING_SEGMENT_PREFIX]
+        argv: list = [self.cfg.features.item_half_life_s * 1000.0, self.MAX_BOARD, keys.TRENDING_SEGMENT_PREFIX,
+                      self.layout.tag(shard)]
         for t, segment, item, w in sorted(rows):
             argv += [t, segment, item, repr(w)]
         if rows:
-            self.segment_script(keys=[keys.TRENDING_LANDMARK, keys.TRENDING_BOARDS], args=argv, client=pipe)
+            self.segment_script(keys=[self.layout.board(keys.TRENDING_LANDMARK, shard),
+                                      self.layout.board(keys.TRENDING_BOARDS, shard)], args=argv, client=pipe)
         return len(rows)
+
+
+class BoardReader:
+    """The item boards as the candidate source reads them. One Redis: one set of boards, read as
+    they are. A Redis Cluster: a set per shard (contract.keys.Layout), each forward-decayed from
+    its own landmark; a score is brought to the newest landmark (x 2^((landmark - newest) /
+    half-life)) and summed over the shards. A top-n is the top of the sum of each shard's top 2n:
+    exact unless an item outside a shard's top 2n there is in the summed top n."""
+
+    def __init__(self, cfg: JobConfig, client) -> None:
+        self.client, self.layout = client, cfg.redis.layout()
+        self.half_lives = (cfg.features.item_half_life_s * 1000.0, cfg.features.item_long_half_life_s * 1000.0)
+        self.factors: dict[int, tuple[float, float]] = {0: (1.0, 1.0)}
+
+    def _each(self, command) -> list:
+        """command(pipe, board suffix) queued for every shard; the replies in shard order."""
+        pipe = self.client.pipeline(transaction=False)
+        for shard in self.factors:
+            command(pipe, self.layout.tag(shard))
+        return pipe.execute()
+
+    def begin(self) -> None:
+        """Read the shards' landmarks (once per refresh)."""
+        if not self.layout.shards:
+            return
+        shards = list(self.layout.all_shards())
+        pipe = self.client.pipeline(transaction=False)
+        for shard in shards:
+            pipe.get(self.layout.board(keys.TRENDING_LANDMARK, shard))
+        landmarks = {s: float(lm) for s, lm in zip(shards, pipe.execute()) if lm is not None}
+        newest = max(landmarks.values(), default=0.0)
+        hs, hl = self.half_lives
+        self.factors = {s: (2.0 ** ((lm - newest) / hs), 2.0 ** ((lm - newest) / hl)) for s, lm in landmarks.items()}
+
+    def names(self) -> list[str]:
+        """Every board registered in any shard, by its name in one Redis."""
+        found = self._each(lambda pipe, tag: pipe.smembers(keys.TRENDING_BOARDS + tag))
+        return sorted({b.decode().split("{", 1)[0] for members in found for b in members})
+
+    def _summed(self, replies: list, long: bool) -> dict[str, float]:
+        sums: dict[str, float] = {}
+        for f, rows in zip(self.factors.values(), replies):
+            for member, score in rows:
+                m = member.decode()
+                sums[m] = sums.get(m, 0.0) + score * f[long]
+        return sums
+
+    def top(self, board: str, n: int, long: bool = False) -> list[tuple[str, float]]:
+        if n <= 0:
+            return []
+        if not self.layout.shards:
+            return [(i.decode(), sc) for i, sc in self.client.zrevrange(board, 0, n - 1, withscores=True)]
+        replies = self._each(lambda pipe, tag: pipe.zrevrange(board + tag, 0, 2 * n - 1, withscores=True))
+        candidates = sorted({m.decode() for rows in replies for m, _ in rows})
+        scores = self.scores(board, candidates, long)
+        ranked = sorted(((m, sc) for m, sc in zip(candidates, scores) if sc is not None), key=lambda kv: (-kv[1], kv[0]))
+        return ranked[:n]
+
+    def everything(self, board: str, long: bool = False) -> list[tuple[str, float]]:
+        if not self.layout.shards:
+            return [(i.decode(), sc) for i, sc in self.client.zrange(board, 0, -1, withscores=True)]
+        return sorted(self._summed(self._each(lambda pipe, tag: pipe.zrange(board + tag, 0, -1, withscores=True)),
+                                   long).items(), key=lambda kv: (kv[1], kv[0]))
+
+    def scores(self, board: str, members: list[str], long: bool = False) -> list[float | None]:
+        if not members:
+            return []
+        if not self.layout.shards:
+            return self.client.zmscore(board, members)
+        out: list[float | None] = [None] * len(members)
+        for f, found in zip(self.factors.values(),
+                                     self._each(lambda pipe, tag: pipe.zmscore(board + tag, members))):
+            for n, score in enumerate(found):
+                if score is not None:
+                    out[n] = (out[n] or 0.0) + score * f[long]
+        return out
+
+    def publish_global(self, top: list[tuple[str, float]]) -> None:
+        """A cluster's summed trending board under keys.TRENDING, which the lookup services read
+        for their popular fallback (one Redis: the board itself is there)."""
+        if not self.layout.shards or not top:
+            return
+        # the same hash slot as TRENDING (its whole name is its hash), so RENAME can swap it in
+        staging = f"{keys.TRENDING}:next{{{keys.TRENDING}}}"
+        self.client.delete(staging)
+        self.client.zadd(staging, dict(top))
+        self.client.rename(staging, keys.TRENDING)  # a cluster pipeline refuses RENAME
 
 
 class CandidateSource:
     """Trending boards and item metadata read from Redis, refreshed every `refresh_s`."""
 
-    def __init__(self, cfg: JobConfig, client: redis.Redis) -> None:
+    def __init__(self, cfg: JobConfig, client) -> None:
         self.cfg = cfg
         self.redis = client
+        self.boards = BoardReader(cfg, client)
         self.loaded_at = -1e18
         self.catalog: dict[str, tuple[str, float]] = {}
         self.unknown: set[str] = set()  # items without metadata yet; asked again after a refresh
@@ -102,23 +256,16 @@ class CandidateSource:
         now = time.monotonic()
         if not force and now - self.loaded_at < self.cfg.candidates.refresh_s:
             return
-        c, deeper = self.cfg.candidates, deeper or {}
-        boards = [b.decode() for b in self.redis.smembers(keys.TRENDING_BOARDS)]
-        cat_keys = [b for b in boards if b.startswith(keys.TRENDING_CATEGORY_PREFIX)]
-        seg_keys = [b for b in boards if b.startswith(keys.TRENDING_SEGMENT_PREFIX)] if c.per_segment else []
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.zrevrange(keys.TRENDING, 0, max(c.trending, deeper.get("trending", 0)) - 1, withscores=True)
-        for b in cat_keys:
-            pipe.zrevrange(b, 0, max(c.per_category, deeper.get("per_category", 0)) - 1, withscores=True)
-        for b in seg_keys:
-            pipe.zrevrange(b, 0, c.per_segment - 1, withscores=True)
-        res = pipe.execute()
-        global_top = [(i.decode(), s) for i, s in res[0]]
-
-        def tops(names: list[str], prefix: str, found: list) -> dict[str, list[tuple[str, float]]]:
-            return {b[len(prefix):]: [(i.decode(), s) for i, s in r] for b, r in zip(names, found)}
-        category_top = tops(cat_keys, keys.TRENDING_CATEGORY_PREFIX, res[1:1 + len(cat_keys)])
-        segment_top = tops(seg_keys, keys.TRENDING_SEGMENT_PREFIX, res[1 + len(cat_keys):])
+        c, deeper, boards = self.cfg.candidates, deeper or {}, self.boards
+        boards.begin()
+        names = boards.names()
+        cat_keys = [b for b in names if b.startswith(keys.TRENDING_CATEGORY_PREFIX)]
+        seg_keys = [b for b in names if b.startswith(keys.TRENDING_SEGMENT_PREFIX)] if c.per_segment else []
+        global_top = boards.top(keys.TRENDING, max(c.trending, deeper.get("trending", 0)))
+        boards.publish_global(global_top)
+        per_category = max(c.per_category, deeper.get("per_category", 0))
+        category_top = {b[len(keys.TRENDING_CATEGORY_PREFIX):]: boards.top(b, per_category) for b in cat_keys}
+        segment_top = {b[len(keys.TRENDING_SEGMENT_PREFIX):]: boards.top(b, c.per_segment) for b in seg_keys}
         self.unknown.clear()
         wanted = {i for i, _ in global_top}
         for top in (*category_top.values(), *segment_top.values()):
@@ -131,19 +278,14 @@ class CandidateSource:
     def _stats(self, items: list[str], boards: bool = True) -> ItemStats:
         """Long-term popularity and conversion/repurchase counts of these items; with boards, also
         the top long-term score and category popularity (a refresh needs them, own_stats not)."""
-        pipe = self.redis.pipeline(transaction=False)
-        if boards:
-            pipe.zrevrange(keys.TRENDING_LONG, 0, 0, withscores=True)
-            pipe.zrange(keys.TRENDING_CATS, 0, -1, withscores=True)
-            pipe.zrange(keys.TRENDING_CATS_LONG, 0, -1, withscores=True)
+        b = self.boards
+        long_top = b.top(keys.TRENDING_LONG, 1, long=True) if boards else []
+        cats = b.everything(keys.TRENDING_CATS) if boards else []
+        cats_long = b.everything(keys.TRENDING_CATS_LONG, long=True) if boards else []
         with_all = [*items, keys.ALL_ITEMS]
-        pipe.zmscore(keys.TRENDING_LONG, with_all)
-        pipe.zmscore(keys.TRENDING_VIEWS, with_all)
-        pipe.zmscore(keys.TRENDING_BUYS, with_all)
-        pipe.zmscore(keys.TRENDING_REBUYS, with_all)
-        res = pipe.execute()
-        long_top, cats, cats_long = res[:3] if boards else ([], [], [])
-        long_scores, views, buys, rebuys = res[-4:]
+        long_scores = b.scores(keys.TRENDING_LONG, with_all, long=True)
+        views, buys, rebuys = (b.scores(board, with_all, long=True)
+                               for board in (keys.TRENDING_VIEWS, keys.TRENDING_BUYS, keys.TRENDING_REBUYS))
 
         def known(names: list[str], scores: list) -> dict[str, float]:
             return {n: float(s) for n, s in zip(names, scores) if s is not None}
@@ -151,8 +293,8 @@ class CandidateSource:
         return ItemStats(
             long=known(items, long_scores),
             long_top=float(long_top[0][1]) if long_top else 0.0,
-            categories={c.decode(): float(s) for c, s in cats},
-            categories_long={c.decode(): float(s) for c, s in cats_long},
+            categories={c: float(s) for c, s in cats},
+            categories_long={c: float(s) for c, s in cats_long},
             views=known(with_all, views),
             buys=known(with_all, buys),
             rebuys=known(with_all, rebuys),
@@ -226,41 +368,54 @@ class ExperimentsSource:
         return self.spec
 
 
-DICTIONARY_REPUBLISH_S = 60.0
+SHARED_REPUBLISH_S = 60.0
 
 
 class RedisStore:
-    """The ranker's reads and writes: users' states, the candidate source, and one MULTI per batch
-    of states, lists, item statistics and the ledger."""
+    """The ranker's reads and writes: users' states, the candidate source, and per batch one MULTI
+    per shard (one Redis: one) of states, lists, item statistics and the ledger."""
 
-    def __init__(self, cfg: JobConfig, client: redis.Redis | None = None) -> None:
+    def __init__(self, cfg: JobConfig, client=None) -> None:
         self.cfg = cfg
         self.redis = client or redis_client(cfg)
+        self.shards = Shards(cfg, self.redis)
+        self.key_layout = cfg.redis.layout()
         self.guarded_set = self.redis.register_script(keys.lua("guarded_set"))
         self.candidates = CandidateSource(cfg, self.redis)
         self.trending = TrendingWriter(cfg, self.redis)
         self.experiments = ExperimentsSource(self.redis, cfg.scoring.experiments_refresh_s)
         self.producer: KafkaProducer | None = None  # webhook events, made at the first
-        self.layout = json.dumps(state_layout(cfg.features))
-        self.dictionaries_published = -DICTIONARY_REPUBLISH_S  # monotonic s
+        self.layout = json.dumps(stored_layout(cfg))
+        self.shared_published = -SHARED_REPUBLISH_S  # monotonic s
 
-    def _publish_dictionaries(self, pipe) -> None:
-        """The dictionaries this job packs values with, where readers without the files (lookupd)
-        find them; again now and then, in case Redis lost them (a flush, a restore)."""
+    def shard_of(self, user_id: str) -> int:
+        return self.key_layout.shard(user_id)
+
+    def _publish_shared(self) -> None:
+        """The state layout (contract.keys.STATE_LAYOUT) and the dictionaries this job packs values
+        with, where readers find them (lookupd has no files); again now and then, in case Redis
+        lost them (a flush, a restore). SET NX: a layout recorded first stays."""
         now = time.monotonic()
-        if now - self.dictionaries_published < DICTIONARY_REPUBLISH_S:
+        if now - self.shared_published < SHARED_REPUBLISH_S:
             return
-        self.dictionaries_published = now
+        self.shared_published = now
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(keys.STATE_LAYOUT, self.layout, nx=True)
         for kind in compact.KINDS:
             dict_id = compact.current(kind)
             pipe.set(compact.dictionary_key(dict_id), compact.dictionaries()[dict_id][1], nx=True)
+        pipe.execute()
+
+    def _mget(self, names: list[str]) -> list:
+        # a cluster's MGET cannot span slots: redis-py splits it by slot
+        return self.redis.mget_nonatomic(names) if self.key_layout.shards else self.redis.mget(names)
 
     def read_states(self, users: list[str]) -> dict[str, UserState]:
-        raw_states = self.redis.mget([keys.feat_key(u) for u in users])
+        raw_states = self._mget([self.key_layout.feat(u) for u in users])
         return {u: UserState.decode(r) for u, r in zip(users, raw_states)}
 
     def read_tops(self, users: list[str], n: int) -> dict[str, list[str]]:
-        raws = self.redis.mget([keys.rec_key(u) for u in users])
+        raws = self._mget([self.key_layout.rec(u) for u in users])
         return {u: [i.item_id for i in keys.RecList.decode(raw).items[:n]] for u, raw in zip(users, raws) if raw}
 
     def emit(self, events: list[WebhookEvent]) -> None:
@@ -280,37 +435,54 @@ class RedisStore:
             "window_end_ms": report.window_end_ms, "rows": report.rows, "psi": json.dumps(report.psi),
             "max_feature": worst, "max_psi": report.psi[worst], "alert": int(report.alert)})
 
-    def write(self, ledger: Ledger, out: dict[str, UserWrite],
-              items: list[tuple[int, str, str, int, int, int, int, int]],
-              segment_items: list[tuple[int, str, str, float]] = ()) -> None:
-        """One MULTI: item statistics, states (with their profiles), lists and the ledger change
-        together or not at all (a replayed window finds its state already applied and adds nothing
-        anywhere). A user whose history was erased, or who opted out, loses the list (the
-        service falls back)."""
-        ttl = self.cfg.redis.rec_ttl_s
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.set(keys.STATE_LAYOUT, self.layout, nx=True)
-        self.trending.write(items, pipe)
-        self.trending.write_segments(list(segment_items), pipe)
-        count_in_ledger(pipe, ledger.interactions())
-        for action, n in ledger.controls().items():
-            if n:
-                pipe.hincrby(keys.CONTROL, action, n)
-        self._publish_dictionaries(pipe)
-        for u, (s, named, rec) in out.items():
-            if s is not None:
-                self.guarded_set(keys=[keys.feat_key(u)], args=[s.feature_ts, pack("feat", s.feature_ts, s.encode()), ttl],
+    def write(self, batches: dict[int, ShardBatch], out: dict[str, UserWrite]) -> None:
+        """Per shard, one MULTI: its item statistics, its users' states (with their profiles) and
+        lists, and its ledger change together or not at all (a replayed window finds its state
+        already applied and adds nothing anywhere). A user whose history was erased, or who opted
+        out, loses the list (the service falls back). In a Redis Cluster each shard's MULTI is on
+        its slot's master, and WAITs for its replicas (redis.cluster.wait_replicas)."""
+        ttl, layout = self.cfg.redis.rec_ttl_s, self.key_layout
+        self._publish_shared()
+        users: dict[int, list[str]] = {}
+        for u in out:
+            users.setdefault(layout.shard(u), []).append(u)
+        for shard in sorted(set(batches) | set(users)):
+            conn = self.shards.connection(shard)
+            pipe = conn.pipeline(transaction=True)
+            batch = batches.get(shard)
+            if batch is not None:
+                self.trending.write(batch.items, pipe, shard)
+                self.trending.write_segments(list(batch.segment_items), pipe, shard)
+                count_in_ledger(pipe, batch.ledger.interactions(), layout.ledger(shard))
+                for action, n in batch.ledger.controls().items():
+                    if n:
+                        pipe.hincrby(layout.control(shard), action, n)
+            for u in users.get(shard, ()):
+                s, named, rec = out[u]
+                if s is not None:
+                    self.guarded_set(keys=[layout.feat(u)], args=[s.feature_ts, pack("feat", s.feature_ts, s.encode()), ttl],
+                                     client=pipe)
+                # profile and list: over the final state and the early events (udfs.speculation), so
+                # their guard is their own newest event
+                self.guarded_set(keys=[layout.profile(u)],
+                                 args=[named.feature_ts, pack("profile", named.feature_ts, named.encode()), ttl],
                                  client=pipe)
-            # profile and list: over the final state and the early events (udfs.speculation), so
-            # their guard is their own newest event
-            self.guarded_set(keys=[keys.profile_key(u)],
-                             args=[named.feature_ts, pack("profile", named.feature_ts, named.encode()), ttl], client=pipe)
-            if rec is not None:
-                self.guarded_set(keys=[keys.rec_key(u)], args=[rec.feature_ts, pack("rec", rec.feature_ts, rec.encode()), ttl],
-                                 client=pipe)
-            elif s is not None and not s.personalized():
-                pipe.delete(keys.rec_key(u))
-        pipe.execute()
+                if rec is not None:
+                    self.guarded_set(keys=[layout.rec(u)], args=[rec.feature_ts, pack("rec", rec.feature_ts, rec.encode()), ttl],
+                                     client=pipe)
+                elif s is not None and not s.personalized():
+                    pipe.delete(layout.rec(u))
+            pipe.execute()
+            self.shards.replicated(conn)
+
+
+def stored_layout(cfg: JobConfig) -> dict[str, object]:
+    """What STATE_LAYOUT records: the state's shape (udfs.features.state_layout), and in a Redis
+    Cluster the shard count, which decides where every user's keys are."""
+    out = state_layout(cfg.features)
+    if cfg.redis.cluster is not None:
+        out["redis.cluster.shards"] = cfg.redis.cluster.shards
+    return out
 
 
 def write_item_meta(client: redis.Redis, rows: list[tuple[str, str, float, bool]]) -> int:
@@ -330,7 +502,7 @@ def write_item_meta(client: redis.Redis, rows: list[tuple[str, str, float, bool]
 
 def probe_client(cfg: JobConfig) -> redis.Redis:
     """A client for the checks before the job starts: a Redis that does not answer in 3 s is reported, not waited for."""
-    return redis.Redis(**cfg.redis.client_kwargs(), socket_timeout=3, socket_connect_timeout=3)
+    return connect(cfg.redis, socket_timeout=3, socket_connect_timeout=3)
 
 
 def check_state_layout(cfg: JobConfig) -> None:
@@ -348,7 +520,7 @@ def check_state_layout(cfg: JobConfig) -> None:
                         "dedup horizon differ from the ones they were written with, stop now and start over an "
                         "empty Redis database", cfg.redis.host, cfg.redis.port)
         return
-    old, new = json.loads(stored), state_layout(cfg.features)
+    old, new = json.loads(stored), stored_layout(cfg)
     changes = layout_changes(old, new)
     if changes:
         named = "; ".join(f"{k} was {_short(old.get(k))}, the config says {_short(new.get(k))} ({why})"

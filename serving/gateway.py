@@ -41,6 +41,7 @@ from strawberry.extensions import DisableIntrospection, MaxAliasesLimiter, MaxTo
 from strawberry.fastapi import GraphQLRouter
 
 from contract.paths import PROJECT_ROOT
+from contract.config import ConfigError
 from contract.serving_config import ExposuresConfig, GatewayConfig, GraphQLConfig, ServingConfig
 from serving import lookup
 from serving.core import LookupService, Observed, StoreUnavailable
@@ -357,6 +358,10 @@ def validation_errors(err: RequestValidationError | ValidationError) -> list[dic
 
 
 def create_app(cfg: ServingConfig) -> FastAPI:
+    if cfg.redis.cluster is not None and not cfg.gateway.lookupd:
+        # the gateway's own Redis reads (the Python lookup core) are for one Redis
+        raise ConfigError("[redis.cluster] needs gateway.lookupd = \"host:port\" of lookupd, the cluster client: "
+                          "start `streamrank serve` (engine go) and point the gateway at it")
     expected = bearer_token(cfg)
 
     tracing = Tracing(cfg.tracing, "streamrank-gateway")

@@ -140,9 +140,9 @@ def replay_ledger(hist, replay) -> dict[str, int]:
             "late": len(hist.late), "dlq": len(hist.rejected)}
 
 
-def read_states(r) -> dict:
-    """user -> UserState of every feat:{user} in Redis."""
-    return {k.decode().removeprefix(keys.feat_key("")): UserState.decode(r.get(k)) for k in r.scan_iter(keys.feat_key("*"))}
+def read_states(r, layout: keys.Layout = keys.ONE_REDIS) -> dict:
+    """user -> UserState of every feat:{user} in Redis (a cluster client and its layout: every node's)."""
+    return {layout.user_of(k): UserState.decode(r.get(k)) for k in r.scan_iter(keys.feat_key("*"))}
 
 
 def assert_features_equal_replay(states: dict, replay, cfg) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
 import numpy as np
@@ -67,6 +68,16 @@ def segment_window_counts(windows: list[tuple[int, str, list[Event]]], segments:
     return [(t, s, i, w) for (t, s, i), w in weights.items()]
 
 
+@dataclass
+class ShardBatch:
+    """What one batch adds to one shard's shared keys (one Redis: the one shard 0): the ledger's
+    counts of its users' windows, and what their new windows add to the item and segment boards."""
+
+    ledger: Ledger
+    items: list[tuple[int, str, str, int, int, int, int, int]]
+    segment_items: list[tuple[int, str, str, float]] = field(default_factory=list)
+
+
 class UserWrite(NamedTuple):
     """What one batch writes for a user: the state (None: no window of the user's was final in
     the batch, only early events came), the profile (the features by name, over the final
@@ -87,9 +98,11 @@ class RankingStore(Protocol):
 
     def read_states(self, users: list[str]) -> dict[str, UserState]: ...
 
-    def write(self, ledger: Ledger, out: dict[str, UserWrite],
-              items: list[tuple[int, str, str, int, int, int, int, int]],
-              segment_items: list[tuple[int, str, str, float]] = ()) -> None: ...
+    def write(self, batches: dict[int, ShardBatch], out: dict[str, UserWrite]) -> None: ...
+
+    def shard_of(self, user_id: str) -> int:
+        """The shard the user's keys are written with (contract.keys.Layout; one Redis: 0)."""
+        ...
 
     def report_drift(self, report: DriftReport) -> None: ...
 
@@ -220,6 +233,7 @@ class BatchRanker:
         read_end = {u: states[u].window_end for u in users}
         fresh: list[tuple[int, list[Event], list]] = []  # windows that are not replays after a restart
         fresh_by_user: list[tuple[int, str, list[Event]]] = []  # the same, with their users (segment boards)
+        shard_ledgers: dict[int, Ledger] = {}
         for d in sorted(finals, key=lambda d: d.window_end):
             events = parse_events(d.events)
             rebought: list[tuple[str, str]] = []  # filled by apply_window below
@@ -228,7 +242,7 @@ class BatchRanker:
                 fresh_by_user.append((d.window_end, d.user_id, fresh[-1][1]))
             states[d.user_id], counted = apply_window(states[d.user_id], d, self.cfg.features, events, rebought)
             ledger.add(counted)
-        items = item_window_counts(fresh)
+            shard_ledgers.setdefault(self.store.shard_of(d.user_id), Ledger()).add(counted)
         # every state a window moved on is written, also one with only duplicates or opted-out
         # events so far: its `seen` ids must be there for the user's next batch, and for a replay
         # after a restart (which would count them a second time)
@@ -251,7 +265,7 @@ class BatchRanker:
             for u, v in views.items():
                 out[u] = UserWrite(states[u] if u in committed else None, self._profile(v))
             self._emit(before, states, committed, out)
-            self.store.write(ledger, out, items, self._segment_items(fresh_by_user, out))
+            self.store.write(self._batches(shard_ledgers, fresh, fresh_by_user, out), out)
             return ledger
         for u, v in views.items():  # erased or opted out: lists deleted (when final)
             if not v.personalized():
@@ -326,8 +340,20 @@ class BatchRanker:
             self._remember(u, basis[u], now)
             self.written.append((written_at, s.feature_ts))
         self._emit(before, states, committed, out)
-        self.store.write(ledger, out, items, self._segment_items(fresh_by_user, out))
+        self.store.write(self._batches(shard_ledgers, fresh, fresh_by_user, out), out)
         return ledger
+
+    def _batches(self, ledgers: dict[int, Ledger], fresh: list[tuple[int, list[Event], list]],
+                 fresh_by_user: list[tuple[int, str, list[Event]]], out: dict[str, UserWrite]) -> dict[int, ShardBatch]:
+        """What the batch adds to each shard: its users' ledger counts and their new windows' items."""
+        windows: dict[int, tuple[list, list]] = {}
+        for window, by_user in zip(fresh, fresh_by_user):
+            mine = windows.setdefault(self.store.shard_of(by_user[1]), ([], []))
+            mine[0].append(window)
+            mine[1].append(by_user)
+        return {shard: ShardBatch(ledgers.get(shard, Ledger()), item_window_counts(windows.get(shard, ([], []))[0]),
+                                  self._segment_items(windows.get(shard, ([], []))[1], out))
+                for shard in sorted(set(ledgers) | set(windows))}
 
     def _segment_items(self, windows: list[tuple[int, str, list[Event]]], out: dict[str, UserWrite]
                        ) -> list[tuple[int, str, str, float]]:

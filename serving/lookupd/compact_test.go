@@ -74,3 +74,29 @@ func TestPackedValuesDecodeToTheirText(t *testing.T) {
 		t.Fatal("a damaged frame was read")
 	}
 }
+
+func TestUserKeysFollowTheLayoutVectors(t *testing.T) {
+	raw, err := os.ReadFile("../../tests/vectors/layout.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v struct {
+		Cases []struct {
+			User    string `json:"user"`
+			Shards  int    `json:"shards"`
+			Rec     string `json:"rec"`
+			Profile string `json:"profile"`
+		} `json:"cases"`
+	}
+	if err := json.Unmarshal(raw, &v); err != nil || len(v.Cases) == 0 {
+		t.Fatalf("vectors: %v", err)
+	}
+	for _, c := range v.Cases {
+		if got := userKey("rec:", c.User, c.Shards); got != c.Rec {
+			t.Errorf("%s with %d shards: %q, want %q", c.User, c.Shards, got, c.Rec)
+		}
+		if got := userKey("profile:", c.User, c.Shards); got != c.Profile {
+			t.Errorf("%s with %d shards: %q, want %q", c.User, c.Shards, got, c.Profile)
+		}
+	}
+}

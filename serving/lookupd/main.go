@@ -189,7 +189,7 @@ func run(spec *Spec) error {
 	server := grpc.NewServer(opts...)
 	pb.RegisterRecommendationsServer(server, &Service{rules: rules, store: store, pseudonyms: pseudonyms,
 		lists: newListCache(spec.Cache.ListsMB << 20), exposures: exposures,
-		unpacker: newUnpacker(spec.Contract.DictionaryPrefix, store.Bytes)})
+		unpacker: newUnpacker(spec.Contract.DictionaryPrefix, store.Bytes), shards: spec.shards()})
 	healthServer := health.NewServer()
 	healthpb.RegisterHealthServer(server, healthServer)
 	if spec.Reflection {

@@ -53,8 +53,9 @@ type Service struct {
 	rules      *Rules
 	store      *Store
 	pseudonyms *Pseudonyms
-	lists      *ListCache   // nil: cache.lists_mb = 0
+	lists      *ListCache // nil: cache.lists_mb = 0
 	unpacker   *Unpacker
+	shards     int          // the users' shards in a Redis Cluster (Spec.shards); 0: one Redis
 	exposures  *ExposureLog // nil: [exposures] enabled = false
 }
 
@@ -182,12 +183,12 @@ func (s *Service) readFirst(ctx context.Context, users []string, prefix string) 
 	keys := make([]string, 0, len(users)*(2*len(s.pseudonyms.keys)+1))
 	for n, u := range users {
 		stored[n] = s.pseudonyms.ids(u)
-		keys = append(keys, prefix+stored[n][0])
+		keys = append(keys, userKey(prefix, stored[n][0], s.shards))
 		if len(stored[n]) > 1 {
-			keys = append(keys, s.rules.c.FeatPrefix+stored[n][0])
+			keys = append(keys, userKey(s.rules.c.FeatPrefix, stored[n][0], s.shards))
 		}
 		for _, id := range stored[n][1:] {
-			keys = append(keys, prefix+id)
+			keys = append(keys, userKey(prefix, id, s.shards))
 		}
 	}
 	out := make([]*string, len(users))

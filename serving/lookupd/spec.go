@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"hash/crc32"
 	"os"
+	"strconv"
 	"time"
 )
 
@@ -42,6 +44,13 @@ type Spec struct {
 			CertFile *string `json:"cert_file"`
 			KeyFile  *string `json:"key_file"`
 		} `json:"tls"`
+		// Cluster: a Redis Cluster, the users' keys in Shards shards (contract.keys.Layout); nil: one Redis
+		Cluster *struct {
+			Nodes         []string `json:"nodes"`
+			Shards        int      `json:"shards"`
+			WaitReplicas  int      `json:"wait_replicas"`
+			WaitTimeoutMs int      `json:"wait_timeout_ms"`
+		} `json:"cluster"`
 	} `json:"redis"`
 	TLS *struct {
 		CertFile     string  `json:"cert_file"`
@@ -122,3 +131,21 @@ func loadSpec(path string) (*Spec, error) {
 }
 
 func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
+
+// shards is the number of user shards of a Redis Cluster's layout; 0 for one Redis.
+func (s *Spec) shards() int {
+	if s.Redis.Cluster == nil {
+		return 0
+	}
+	return s.Redis.Cluster.Shards
+}
+
+// userKey is a user's key under prefix, as contract.keys.Layout names it: in a Redis Cluster with
+// the hash tag of the user's shard (CRC-32 of the id, modulo the shards), so that one transaction
+// of the job can write the user's keys with the shard's ledger and boards.
+func userKey(prefix, id string, shards int) string {
+	if shards == 0 {
+		return prefix + id
+	}
+	return prefix + id + "{s" + strconv.Itoa(int(crc32.ChecksumIEEE([]byte(id))%uint32(shards))) + "}"
+}

@@ -149,11 +149,13 @@ func newStore(spec *Spec) (*Store, error) {
 		return nil, err
 	}
 	rdb, err := rueidis.NewClient(rueidis.ClientOption{
-		InitAddress:       []string{net.JoinHostPort(spec.Redis.Host, strconv.Itoa(spec.Redis.Port))},
-		Username:          username,
-		Password:          password,
-		TLSConfig:         tlsConfig,
-		ForceSingleClient: true, // one Redis; and NewClient must not fail when Redis is down at start
+		InitAddress: initAddress(spec),
+		Username:    username,
+		Password:    password,
+		TLSConfig:   tlsConfig,
+		// one Redis (NewClient must not fail when Redis is down at start), or a cluster client
+		// that follows the slots' masters through a failover
+		ForceSingleClient: spec.Redis.Cluster == nil,
 		// users' lists cached in process with CLIENT TRACKING (RESP3): Redis pushes an invalidation
 		// on the same connection as soon as a list is rewritten; a lost connection drops the cache
 		DisableCache:      spec.Cache.ListsMB == 0,
@@ -177,6 +179,15 @@ func newStore(spec *Spec) (*Store, error) {
 		breaker: &Breaker{failures: spec.Breaker.Failures, reset: seconds(spec.Breaker.ResetS)}}
 	s.popular.Store(&popularCache{})
 	return s, nil
+}
+
+// initAddress is where the client starts: [redis]'s host:port, and a cluster's other nodes.
+func initAddress(spec *Spec) []string {
+	out := []string{net.JoinHostPort(spec.Redis.Host, strconv.Itoa(spec.Redis.Port))}
+	if spec.Redis.Cluster != nil {
+		out = append(out, spec.Redis.Cluster.Nodes...)
+	}
+	return out
 }
 
 // redisLogin is [redis]'s login and TLS, as contract.config.RedisConfig gives them to redis-py:
@@ -281,6 +292,23 @@ func (s *Store) Read(ctx context.Context, keys []string) ([]*string, error) {
 func (s *Store) get(ctx context.Context, keys []string) ([]*string, error) {
 	texts := make([]string, len(keys))
 	values := make([]*string, len(keys))
+	if s.spec.Cache.ListsMB == 0 && s.spec.Redis.Cluster != nil {
+		// the users' keys are in many slots, which one MGET cannot span: a GET each, pipelined per node
+		cmds := make(rueidis.Commands, len(keys))
+		for n, k := range keys {
+			cmds[n] = s.rdb.B().Get().Key(k).Build()
+		}
+		for n, r := range s.rdb.DoMulti(ctx, cmds...) {
+			m, err := r.ToMessage()
+			if err != nil && !rueidis.IsRedisNil(err) {
+				return nil, err
+			}
+			if values[n], err = textOf(&m, &texts[n]); err != nil {
+				return nil, err
+			}
+		}
+		return values, nil
+	}
 	if s.spec.Cache.ListsMB == 0 {
 		reply, err := s.rdb.Do(ctx, s.rdb.B().Mget().Key(keys...).Build()).ToArray()
 		if err != nil {

@@ -12,16 +12,14 @@ from collections import Counter
 
 from prometheus_client.parser import text_string_to_metric_families
 import pytest
-import yaml
 
 from contract import keys
 from contract.keys import read_ledger
 from contract.paths import PROJECT_ROOT
-from devstack.cluster import FlinkCluster
+from devstack.cluster import FlinkCluster, kubernetes_job
 from devstack.metrics import scrape
 from devstack.rejected import read_rejected, summarize
 from devstack.stack import free_port
-from jobs.runtime import python_executable
 from tests.conftest import job_config
 from tests.integration import test_engagement_job as engagement
 from tests.helpers import (assert_features_equal_replay, child_env, job_args, prefixed_topics,
@@ -257,19 +255,6 @@ def one_running_job(c: FlinkCluster, but: str | None = None, timeout_s: float = 
 
     assert wait_until(lambda: len(running()) == 1, timeout_s, every_s=0.5), f"no one running job: {c.jobs()}"
     return running()[0]
-
-
-def kubernetes_job() -> tuple[dict, list[str]]:
-    """deploy/k8s/flink.yaml's FlinkDeployment, and its job's args with the image's paths mapped
-    to this checkout."""
-    k8s = PROJECT_ROOT / "deploy" / "k8s"
-    flink = next(d for d in yaml.safe_load_all((k8s / "flink.yaml").read_text()) if d["kind"] == "FlinkDeployment")
-    image = {"/opt/venv/bin/python3": python_executable(), "/etc/streamrank/job.toml": str(k8s / "job.toml"),
-             "/opt/streamrank/": f"{PROJECT_ROOT}/"}
-    args = [next((here + a[len(there):] for there, here in image.items() if a.startswith(there)), a)
-            for a in flink["spec"]["job"]["args"]]
-    assert all("/opt/" not in a and "/etc/" not in a for a in args), args
-    return flink, args
 
 
 def test_reactive_mode_rescales_onto_a_second_taskmanager_under_load(kafka_broker, redis_server, model_dir,

@@ -31,7 +31,7 @@ from contract.schema import valid_id
 from devstack.metrics import control_counters, dashboard_metrics, dlq_reason_counters
 from tests.integration.test_engagement_job import ENGAGEMENT_METRIC
 from devstack.rejected import read_rejected, summarize
-from devstack.stack import free_port, port_open, start_kafka, start_redis, stop_pid
+from devstack.stack import free_port, port_open, start_kafka, start_redis, start_redis_cluster, stop_pid
 from tests.conftest import job_config
 from tests.helpers import (assert_features_equal_replay, assert_profiles_are_the_states, assert_segments_equal_replay, child_env, job_args, prefixed_topics,
                                        read_states, read_topic, records_replay, replay_ledger,
@@ -309,7 +309,8 @@ def checkpoint_completed_after(checkpoints, t: float) -> bool:
     return False
 
 
-def start_half_fed(bootstrap: str, r, redis_port: int, model_dir, prefix: str, records: list[bytes], log):
+def start_half_fed(bootstrap: str, r, redis_port: int, model_dir, prefix: str, records: list[bytes], log,
+                   more_sets: list[str] = (), layout: keys.Layout = keys.ONE_REDIS):
     """The fault tests' start: the stream's first half on a topic of its own, and the job (to stop
     at the stream's end; checkpoints every 0.5 s; spare slots, as in the recovery test) running
     until that half's windows are in Redis and a checkpoint has completed after them."""
@@ -318,10 +319,11 @@ def start_half_fed(bootstrap: str, r, redis_port: int, model_dir, prefix: str, r
     checkpoints = log.parent / "checkpoints"
     args = job_args(bootstrap, redis_port, model_dir, prefix, f"{prefix}fault") + [
         "--set", f"kafka.stop_offsets={{0 = {len(records)}}}", "--set", f'flink.checkpoint_dir="{checkpoints}"',
-        "--set", "flink.checkpoint_interval_s=0.5", "--set", 'flink.extra={"taskmanager.numberOfTaskSlots" = "4"}']
+        "--set", "flink.checkpoint_interval_s=0.5", "--set", 'flink.extra={"taskmanager.numberOfTaskSlots" = "4"}',
+        *more_sets]
     job = start_job_embedded(args, log)
     try:
-        wait_for(lambda: int(r.hget(keys.LEDGER, "used") or 0) > 0, 120, "part one's windows in Redis", job, log)
+        wait_for(lambda: read_ledger(r, layout)["used"] > 0, 120, "part one's windows in Redis", job, log)
         used_at = time.time()
         wait_for(lambda: checkpoint_completed_after(checkpoints, used_at), 120, "a checkpoint after them", job, log)
     except BaseException:
@@ -401,3 +403,72 @@ def test_kafka_broker_killed_mid_stream_loses_nothing(published, redis_server, m
     assert_features_equal_replay(read_states(r), replay, cfg)
     assert_profiles_are_the_states(r, cfg)
     assert_segments_equal_replay(r, replay, cfg)
+
+
+def test_redis_cluster_master_killed_mid_stream_loses_nothing(published, kafka_broker, model_dir, tmp_path):
+    """The job on a Redis Cluster of 3 masters and 3 replicas (`[redis.cluster]`, 8 shards). Mid-stream
+    the master holding the most shards is killed with SIGKILL and stays dead: the cluster fails its
+    slots over to the replica, the job's writes to it fail meanwhile and Flink restarts the job from
+    its last checkpoint. Every write before that checkpoint was acknowledged by the replica (the job
+    WAITs for it after each shard's transaction), so the replay after the restart starts from a
+    replica that holds everything the checkpoint counts. At the end the ledger (summed over the
+    shards) and every user's features equal the offline replay, and lookupd, as a cluster client,
+    answers every user's list from the promoted replica and the other masters."""
+    records, _ = published
+    cluster = start_redis_cluster(tmp_path / "redis-cluster")
+    rc = cluster.client()
+    layout = keys.Layout(shards=8)
+    prefix, log = f"{PREFIX}rc.", tmp_path / "job.log"
+    nodes = ", ".join(f'"127.0.0.1:{n.port}"' for n in cluster.nodes)
+    sets = ["--set", f"redis.cluster={{shards = 8, nodes = [{nodes}]}}", "--set", 'redis.host="127.0.0.1"']
+    job = start_half_fed(kafka_broker, rc, cluster.port, model_dir, prefix, records, log, sets, layout)
+    try:
+        # the master serving most shards; its replica takes over
+        slots = Counter(rc.get_node_from_key(layout.ledger(s)).port for s in layout.all_shards())
+        victim = next(n for n in cluster.masters() if n.port == slots.most_common(1)[0][0])
+        os.killpg(victim.pid, signal.SIGKILL)
+        publish(kafka_broker, f"{prefix}interactions", records[len(records) // 2:])
+        wait_for(lambda: cluster.healthy() and victim.port not in [m.port for m in cluster.masters()], 60,
+                 "the replica promoted", job, log)
+        wait_job(job, log, timeout_s=400)
+        rc = cluster.client()
+        ledger, states = read_ledger(rc, layout), read_states(rc, layout)
+        answers = lookupd_answers(cluster, sorted(states)[:20], tmp_path)
+    finally:
+        job.kill()
+        cluster.stop()
+    flink_log = "".join(p.read_text() for p in tmp_path.glob("flink-*.log"))
+    assert re.search(r"Restoring job \w+ from Checkpoint \d+", flink_log), "the job did not restart"
+    assert sum(1 for node in cluster.nodes if node.port == victim.port) == 1
+
+    cfg = job_config(cluster.port, model_dir)
+    hist, replay = expected(records, cfg, tmp_path)
+    assert ledger == replay_ledger(hist, replay)
+    assert_features_equal_replay(states, replay, cfg)
+    assert answers and all(a.items and not a.fallback for a in answers.values()), answers
+
+
+def lookupd_answers(cluster, users: list[str], tmp_path) -> dict[str, dict]:
+    """Each user's answer from lookupd (`streamrank serve`, engine go) started on the cluster."""
+    from serving.client import RecommendationsClient
+    nodes = ", ".join(f'"127.0.0.1:{n.port}"' for n in cluster.nodes if n.pid and port_open(n.port))
+    port = free_port()
+    config = tmp_path / "serving.toml"
+    config.write_text(f'engine = "go"\nport = {port}\n[redis]\nhost = "127.0.0.1"\nport = {cluster.masters()[0].port}\n'
+                      f"[redis.cluster]\nshards = 8\nnodes = [{nodes}]\n")
+    log = open(tmp_path / "serve.log", "wb")
+    serve = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--config", str(config)], stdout=log,
+                             stderr=subprocess.STDOUT, env=child_env())
+    try:
+        deadline = time.monotonic() + 60
+        while not port_open(port):
+            assert serve.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
+            time.sleep(0.2)
+        with RecommendationsClient(f"127.0.0.1:{port}", deadline_s=5) as client:
+            one = {u: client.recommendations(u, k=10) for u in users}
+            batch = client.batch([client.request(u, 10) for u in users])  # users of many slots in one call
+            assert [list(r.items) for r in batch] == [list(one[u].items) for u in users]
+            return one
+    finally:
+        serve.terminate()
+        serve.wait(20)

@@ -25,7 +25,7 @@ from serving.server import pb, pb_grpc
 from tests.conftest import REDIS_ADMIN_PASSWORD, REDIS_PASSWORDS
 from tests.helpers import child_env
 from tests.redis.test_serving_ops import running_gateway
-from udfs.features import Event, Ledger, UserState, WindowDelta, apply_window, profile
+from udfs.features import Event, UserState, WindowDelta, apply_window, profile
 from udfs.ranking import UserWrite
 
 ADMIN, JOB, LOOKUP = REDIS_ADMIN_PASSWORD, REDIS_PASSWORDS["SR_TEST_JOB_PASSWORD"], REDIS_PASSWORDS["SR_TEST_LOOKUP_PASSWORD"]
@@ -51,7 +51,7 @@ def test_job_store_engines_and_gateway_log_in_over_tls(secure_redis, engine):
     # the job's writer, as its UDFs make it: state, profile and list of one user
     events = ";".join(Event(f"e{n}", "view", "i1", "c1", T0 + n, 0.0, True).encode() for n in range(3))
     state, _ = apply_window(UserState(), WindowDelta("u1", T0 + 2000, events), job_cfg.features)
-    RedisStore(job_cfg).write(Ledger(), {"u1": UserWrite(state, profile(state, job_cfg.features))}, [])
+    RedisStore(job_cfg).write({}, {"u1": UserWrite(state, profile(state, job_cfg.features))})
     items = [keys.ScoredItem(f"i{n}", 1.0 - n / 100, "c1") for n in range(5)]
     redis_client(job_cfg).set(keys.rec_key("u1"), keys.RecList(items, "v0001", T0, T0 + 5).encode())
 

@@ -17,7 +17,7 @@ from serving.launch import start_server
 from serving.resp import PipelinedRedis, RedisReplyError
 from serving.server import pb, pb_grpc
 from jobs.store import RedisStore
-from udfs.features import Event, Ledger, UserState, WindowDelta, apply_window, profile
+from udfs.features import Event, UserState, WindowDelta, apply_window, profile
 from udfs.ranking import UserWrite
 
 T0 = int(time.time() * 1000) - 60_000
@@ -32,7 +32,7 @@ def seed(r) -> None:
     events = ";".join(Event(f"e{n}", "view", "i1", "c1", T0 + n, 0.0, True).encode() for n in range(3))
     state, _ = apply_window(UserState(), WindowDelta("u1", T0 + 2000, events), cfg.features)
     # the state and its profile, as the job writes them
-    RedisStore(cfg, r).write(Ledger(), {"u1": UserWrite(state, profile(state, cfg.features))}, [])
+    RedisStore(cfg, r).write({}, {"u1": UserWrite(state, profile(state, cfg.features))})
 
 
 VARIANTS = {"go": {"engine": "go"}, "go, no list cache": {"engine": "go", "cache.lists_mb": 0},

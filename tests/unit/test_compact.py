@@ -55,3 +55,24 @@ def test_shared_vectors_decode_to_their_text():
         raw = base64.b64decode(v["packed"])
         assert compact.text(raw).decode() == v["text"], v["kind"]
         assert compact.feature_ts(raw) == v["feature_ts"]
+
+
+def test_layout_vectors_and_what_one_transaction_touches():
+    """Python's side of tests/vectors/layout.json (lookupd's in compact_test.go), and the rule the
+    cluster layout exists for: a user's keys and their shard's ledger, control counts and boards
+    share one hash slot (the tag), different shards' do not collide."""
+    from redis.crc import key_slot
+
+    for case in json.loads((PROJECT_ROOT / "tests" / "vectors" / "layout.json").read_text())["cases"]:
+        layout = keys.Layout(case["shards"])
+        assert layout.rec(case["user"]) == case["rec"] and layout.profile(case["user"]) == case["profile"]
+        assert layout.user_of(case["rec"]) == case["user"]
+    layout = keys.Layout(8)
+    for user in ("u1", "u2", "p:0123456789abcdef0123456789abcdef"):
+        shard = layout.shard(user)
+        together = [layout.rec(user), layout.feat(user), layout.profile(user), layout.ledger(shard), layout.control(shard),
+                    layout.board(keys.TRENDING, shard), layout.board(keys.TRENDING_LANDMARK, shard),
+                    keys.TRENDING_CATEGORY_PREFIX + "c1" + layout.tag(shard)]
+        assert len({key_slot(k.encode()) for k in together}) == 1, together
+    assert len({key_slot(layout.ledger(s).encode()) for s in layout.all_shards()}) == 8
+    assert keys.Layout().rec("u1") == keys.rec_key("u1") and keys.Layout().ledger() == keys.LEDGER

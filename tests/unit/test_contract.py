@@ -413,3 +413,23 @@ def test_eviction_policies_are_judged_for_what_they_can_take():
     assert "volatile-ttl" in eviction_problem(1 << 30, "allkeys-lru", 604800)
     assert "redis.rec_ttl_s" in eviction_problem(1 << 30, "volatile-lru", 0)
     assert "restarts from its checkpoint" in eviction_problem(1 << 30, "noeviction", 604800)
+
+
+def test_the_stored_layout_names_a_cluster_shard_count():
+    from jobs.store import stored_layout
+    from udfs.features import layout_changes
+
+    one = stored_layout(load_config(None))
+    assert "redis.cluster.shards" not in one  # one Redis: as before, so stored layouts stay valid
+    eight = stored_layout(load_config(None, {"redis.cluster": {"shards": 8}}))
+    sixteen = stored_layout(load_config(None, {"redis.cluster": {"shards": 16}}))
+    assert list(layout_changes(eight, sixteen)) == ["redis.cluster.shards"]
+    assert list(layout_changes(one, eight)) == ["redis.cluster.shards"]
+
+
+def test_a_cluster_config_is_refused_where_it_cannot_be_read():
+    from contract.serving_config import load_serving_config
+
+    with pytest.raises(ConfigError, match='needs engine = "go"'):
+        load_serving_config(None, {"engine": "python", "redis.cluster": {"shards": 4}})
+    assert load_serving_config(None, {"redis.cluster": {"shards": 4, "nodes": ["127.0.0.1:7001"]}}).redis.cluster.shards == 4

@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--events", type=int, default=2_500_000, help="the backlog; it must outlast both measurements")
     p.add_argument("--users", type=int, default=10_000)
+    p.add_argument("--event-rate", type=float, default=5_000.0,
+                   help="backlog density in event time (events/s): each 2 s window holds twice this many "
+                        "records, and the ledger moves by a window at a time")
     p.add_argument("--measure-s", type=float, default=60.0)
     p.add_argument("--warmup-s", type=float, default=20.0)
     p.add_argument("--taskmanager-memory", default="4096m", help="each TaskManager's process size")
@@ -80,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         stack.topics("bench.backlog", partitions=2)
         sim = Simulator(seed=7, users=args.users, items=5000, categories=30)
         publish_catalog(sim, stack.bootstrap, "bench.items")
-        publish_events(sim, stack.bootstrap, "bench.backlog", args.events, 50_000.0,
+        publish_events(sim, stack.bootstrap, "bench.backlog", args.events, args.event_rate,
                        start_ms=int(time.time() * 1000) - 3_600_000)
         flink, job_args = kubernetes_job()
         overrides = stack.job_sets("bench.backlog", 2, **{
@@ -121,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({"before_events_per_s": round(before), "after_events_per_s": round(after),
                       "after_over_before": round(after / max(before, 1e-9), 3), "parallelism_before": sorted(before_p),
                       "parallelism_after": [2], "taskmanagers_after": tms, "rescale_s": round(rescale_s, 1),
-                      "events": args.events, "measure_s": args.measure_s, "warmup_s": args.warmup_s,
+                      "events": args.events, "event_rate": args.event_rate, "measure_s": args.measure_s, "warmup_s": args.warmup_s,
                       "plot": args.plot}))
     return 0
 

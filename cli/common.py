@@ -10,12 +10,12 @@ from typing import Annotated
 
 import redis
 import typer
-from redis.cluster import ClusterNode
 from pythonjsonlogger.json import JsonFormatter
 
-from contract.config import ConfigError, JobConfig, RedisConfig, load_config, parse_overrides
+from contract.config import ConfigError, JobConfig, load_config, parse_overrides
 from contract.serving_config import ServingConfig, load_serving_config
 from contract.paths import CONFIG_DIR, PROJECT_ROOT
+from jobs.redis_client import connect
 from jobs.runtime import restore_options
 from traffic.importers import ImportFailed, ImportReport, import_file
 
@@ -135,11 +135,3 @@ def import_log(path: Path, fmt: str, out: Path, cfg: JobConfig, item_properties:
                            category_tree=str(category_tree) if category_tree else None,
                            products=str(products) if products else None, min_ts_ms=cfg.events.min_ts_ms)
 
-
-def connect(rc: RedisConfig, **timeouts) -> redis.Redis | redis.RedisCluster:
-    """A redis-py client for [redis]: a cluster client with [redis.cluster], else one Redis's."""
-    if rc.cluster is None:
-        return redis.Redis(**rc.client_kwargs(), **timeouts)
-    kwargs = rc.cluster_kwargs()
-    seeds = [ClusterNode(host, port) for host, port in kwargs.pop("startup_nodes")]
-    return redis.RedisCluster(startup_nodes=seeds, **kwargs, **timeouts)

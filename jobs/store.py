@@ -9,14 +9,14 @@ import logging
 import time
 
 import redis
-from redis.cluster import ClusterNode
 from kafka import KafkaProducer
 
 from contract import compact, keys
 from contract.compact import pack
-from contract.config import ConfigError, JobConfig, RedisConfig
+from contract.config import ConfigError, JobConfig
 from contract.experiments import read_experiments
 from contract.webhooks import WebhookEvent
+from jobs.redis_client import connect
 from udfs.arms import CANDIDATE_COUNTS
 from udfs.attribution import Group, Shares
 from udfs.candidates import Candidate, CandidatePool, ItemStats, gather_candidates, item_weight
@@ -29,14 +29,6 @@ log = logging.getLogger(__name__)
 
 def redis_client(cfg: JobConfig) -> redis.Redis | redis.RedisCluster:
     return connect(cfg.redis, socket_timeout=10)
-
-def connect(rc: RedisConfig, **timeouts) -> redis.Redis | redis.RedisCluster:
-    """A redis-py client for [redis]: a cluster client with [redis.cluster], else one Redis's."""
-    if rc.cluster is None:
-        return redis.Redis(**rc.client_kwargs(), **timeouts)
-    kwargs = rc.cluster_kwargs()
-    seeds = [ClusterNode(host, port) for host, port in kwargs.pop("startup_nodes")]
-    return redis.RedisCluster(startup_nodes=seeds, **kwargs, **timeouts)
 
 
 

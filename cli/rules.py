@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
+import redis
 import typer
 
 from cli.common import DEFAULT_CONFIG, ConfigOpt, SetOpt, exit_on, on_redis_error, redis_of
@@ -67,6 +68,15 @@ def check(file: FileArg) -> None:
     typer.echo(json.dumps(spec))
 
 
+def refuse_cluster(client) -> None:
+    """The rules and their audit are written in one transaction across two keys, which a Redis
+    Cluster cannot do in one: exit 2 before anything is written."""
+    if isinstance(client, redis.RedisCluster):
+        typer.echo("rules apply/rollback do not run on a Redis Cluster yet ([redis.cluster] is set): the rules and "
+                   "their audit are written in one transaction, across hash slots", err=True)
+        raise typer.Exit(2)
+
+
 @app.command("apply")
 def apply(file: FileArg, config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None, who: WhoOpt = "") -> None:
     """Validate a rules file and store it as a new version in the config's Redis: the lookup
@@ -83,6 +93,7 @@ def apply(file: FileArg, config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None
         for missing in fill_pin_categories(spec, known):
             typer.echo(f"note: pinned item {missing} is not in the catalog yet; it is served with no category "
                        "(set category in the rule to give it one)", err=True)
+        refuse_cluster(client)
         entry = store_rules(client, spec, file.read_text(), who or _who(), now_ms())
     for line in describe(spec, now_ms()):
         typer.echo(line, err=True)
@@ -134,6 +145,7 @@ def rollback(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None, who: WhoOp
         if previous is None:
             typer.echo("nothing to roll back to: the history holds fewer than two changes", err=True)
             raise typer.Exit(1)
+        refuse_cluster(client)
         entry = store_rules(client, previous["spec"], previous["source"], who or _who(), now_ms(), "rollback")
     typer.echo(f"rolled back to {entry['version']} (applied {_when(previous['at_ms'])} by {previous['who']})", err=True)
     typer.echo(json.dumps({"version": entry["version"], "diff": entry["diff"]}))

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from contract.config import JobConfig
+from contract.config import ConfigError, JobConfig
 from contract.schema import KAFKA_TS_MS_SQL, parse_once_sql, validation_sql
 from jobs.functions import register_engagement
 from jobs.recommend import (day_to_second, event_time_sql, in_range_sql, job_arguments, kafka_source_ddl,
@@ -37,7 +37,12 @@ log = logging.getLogger("streamrank.jobs.engagement")
 
 def engagement_config(cfg: JobConfig) -> JobConfig:
     """The job config as this job reads it: its own consumer group (the recommend job's offsets
-    are the recommend job's)."""
+    are the recommend job's). Its totals and markers are written together (contract/lua/once.lua),
+    in keys of many slots: not on a Redis Cluster yet."""
+    if cfg.redis.cluster is not None:
+        raise ConfigError("the engagement job does not run on a Redis Cluster yet ([redis.cluster] is set): its "
+                          "totals and their markers are written in one script, across hash slots. Give it a "
+                          "config whose [redis] is one Redis (remove [redis.cluster]), or do not run it")
     return cfg.model_copy(update={"kafka": cfg.kafka.model_copy(update={"group_id": f"{cfg.kafka.group_id}-engagement"})})
 
 

@@ -433,3 +433,11 @@ def test_a_cluster_config_is_refused_where_it_cannot_be_read():
     with pytest.raises(ConfigError, match='needs engine = "go"'):
         load_serving_config(None, {"engine": "python", "redis.cluster": {"shards": 4}})
     assert load_serving_config(None, {"redis.cluster": {"shards": 4, "nodes": ["127.0.0.1:7001"]}}).redis.cluster.shards == 4
+
+
+def test_the_engagement_job_refuses_a_redis_cluster():
+    from jobs.engagement import engagement_config
+
+    with pytest.raises(ConfigError, match="does not run on a Redis Cluster yet"):
+        engagement_config(load_config(None, {"redis.cluster": {"shards": 4}}))
+    assert engagement_config(load_config(None)).kafka.group_id.endswith("-engagement")

@@ -235,8 +235,9 @@ class Layout:
         return REJECTED_OFFSETS + self.tag(0)
 
     def board(self, name: str, shard: int = 0) -> str:
-        """One of the item boards (TRENDING, ...; a category's or a segment's) of a shard."""
-        return name + self.tag(shard)
+        """One of the item boards (TRENDING, ...; a category's or a segment's) of a shard. The tag
+        comes first: a category is free text, and a brace in it must not become the hash tag."""
+        return self.tag(shard) + name
 
     def user_of(self, key: str | bytes) -> str:
         """The user id of a per-user key (rec:, feat:, profile:)."""

@@ -177,8 +177,9 @@ class BoardReader:
 
     def names(self) -> list[str]:
         """Every board registered in any shard, by its name in one Redis."""
-        found = self._each(lambda pipe, tag: pipe.smembers(keys.TRENDING_BOARDS + tag))
-        return sorted({b.decode().split("{", 1)[0] for members in found for b in members})
+        found = self._each(lambda pipe, tag: pipe.smembers(tag + keys.TRENDING_BOARDS))
+        return sorted({b.decode().removeprefix(self.layout.tag(shard))
+                       for shard, members in zip(self.factors, found) for b in members})
 
     def _summed(self, replies: list, long: bool) -> dict[str, float]:
         sums: dict[str, float] = {}
@@ -193,7 +194,7 @@ class BoardReader:
             return []
         if not self.layout.shards:
             return [(i.decode(), sc) for i, sc in self.client.zrevrange(board, 0, n - 1, withscores=True)]
-        replies = self._each(lambda pipe, tag: pipe.zrevrange(board + tag, 0, 2 * n - 1, withscores=True))
+        replies = self._each(lambda pipe, tag: pipe.zrevrange(tag + board, 0, 2 * n - 1, withscores=True))
         candidates = sorted({m.decode() for rows in replies for m, _ in rows})
         scores = self.scores(board, candidates, long)
         ranked = sorted(((m, sc) for m, sc in zip(candidates, scores) if sc is not None), key=lambda kv: (-kv[1], kv[0]))
@@ -202,7 +203,7 @@ class BoardReader:
     def everything(self, board: str, long: bool = False) -> list[tuple[str, float]]:
         if not self.layout.shards:
             return [(i.decode(), sc) for i, sc in self.client.zrange(board, 0, -1, withscores=True)]
-        return sorted(self._summed(self._each(lambda pipe, tag: pipe.zrange(board + tag, 0, -1, withscores=True)),
+        return sorted(self._summed(self._each(lambda pipe, tag: pipe.zrange(tag + board, 0, -1, withscores=True)),
                                    long).items(), key=lambda kv: (kv[1], kv[0]))
 
     def scores(self, board: str, members: list[str], long: bool = False) -> list[float | None]:
@@ -212,7 +213,7 @@ class BoardReader:
             return self.client.zmscore(board, members)
         out: list[float | None] = [None] * len(members)
         for f, found in zip(self.factors.values(),
-                                     self._each(lambda pipe, tag: pipe.zmscore(board + tag, members))):
+                                     self._each(lambda pipe, tag: pipe.zmscore(tag + board, members))):
             for n, score in enumerate(found):
                 if score is not None:
                     out[n] = (out[n] or 0.0) + score * f[long]

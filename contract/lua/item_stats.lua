@@ -1,8 +1,8 @@
 -- Item statistics: forward-decayed popularity boards, one call per batch of item windows.
 -- KEYS: landmark, the set of boards (for rescaling), then the boards trending, trending:long,
 --   trending:cats, trending:cats:long, trending:views, trending:buys, trending:rebuys (contract.keys).
--- ARGV: short and long half-life (ms), max board size, the per-category board prefix and suffix
---   (a Redis Cluster shard's hash tag, contract.keys.Layout; else empty), then
+-- ARGV: short and long half-life (ms), max board size, the per-category board prefix and the
+--   shard's hash tag that goes before it (a Redis Cluster's, contract.keys.Layout; else empty), then
 --   (t, item, category, views, purchases, repeat purchases, weight) per item window, in time order.
 -- Same math as udfs.candidates.TrendingBoards.add. The per-category boards and the '__all__'
 -- members get one ZINCRBY per window end and category, with the window's items summed first (the
@@ -11,7 +11,7 @@
 local hs, hl, maxn = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local lm = tonumber(redis.call('GET', KEYS[1]) or '')
 local TOP, LONG, CATS, CATS_LONG, VIEWS, BUYS, REBUYS = KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
-local CAT_PREFIX, CAT_SUFFIX = ARGV[4], ARGV[5]
+local CAT_PREFIX, CAT_TAG = ARGV[4], ARGV[5]
 local long_boards = {[LONG] = true, [CATS_LONG] = true, [VIEWS] = true, [BUYS] = true, [REBUYS] = true}
 local function islong(b) return long_boards[b] == true end
 local function add(key, amount, member)
@@ -51,7 +51,7 @@ for i = 6, #ARGV, 7 do
   local ms, ml = 2 ^ ((t - lm) / hs), 2 ^ ((t - lm) / hl)
   local item, cat = ARGV[i + 1], ARGV[i + 2]
   local nv, np, nr, w = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4]), tonumber(ARGV[i + 5]), tonumber(ARGV[i + 6])
-  local ck = CAT_PREFIX .. cat .. CAT_SUFFIX
+  local ck = CAT_TAG .. CAT_PREFIX .. cat
   if not registered[ck] then
     registered[ck] = true
     redis.call('SADD', KEYS[2], ck)

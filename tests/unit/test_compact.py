@@ -72,7 +72,7 @@ def test_layout_vectors_and_what_one_transaction_touches():
         shard = layout.shard(user)
         together = [layout.rec(user), layout.feat(user), layout.profile(user), layout.ledger(shard), layout.control(shard),
                     layout.board(keys.TRENDING, shard), layout.board(keys.TRENDING_LANDMARK, shard),
-                    keys.TRENDING_CATEGORY_PREFIX + "c1" + layout.tag(shard)]
+                    layout.board(keys.TRENDING_CATEGORY_PREFIX + "c{1}", shard)]  # a category is free text
         assert len({key_slot(k.encode()) for k in together}) == 1, together
     assert len({key_slot(layout.ledger(s).encode()) for s in layout.all_shards()}) == 8
     assert keys.Layout().rec("u1") == keys.rec_key("u1") and keys.Layout().ledger() == keys.LEDGER

@@ -6,7 +6,8 @@ machine does not hold; one failure in ten runs is a bug to find, and its log is 
 
 Default tests: the three TaskManager kills at checkpoints (cluster tier) and the recovery from a
 checkpoint with late records (integration tier). Each run's pytest output goes to
-var/bench/failover/<n>-<test>.log. The last stdout line is one JSON object: runs, per test the
+var/bench/failover/<n>-<test>.log, and a failed run's temporary directory (the Flink, Kafka and
+Redis logs) beside it as <n>-<test>.tmp. The last stdout line is one JSON object: runs, per test the
 passed and failed counts and the failed runs' logs, and the seconds taken.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -48,12 +50,18 @@ def main(argv: list[str] | None = None) -> int:
                 for t in tests:
                     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", t.rsplit("/", 1)[-1])[:80]
                     log = out_dir / f"{n:02d}-{name}.log"
+                    # the run's own temporary directory (Flink's, Kafka's, Redis's logs): pytest keeps
+                    # only its last three, and a failed run's are what explain it
+                    tmp = out_dir / f"{n:02d}-{name}.tmp"
                     with open(log, "w") as f:
-                        rc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", t],
+                        rc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+                                             f"--basetemp={tmp}", t],
                                             cwd=PROJECT_ROOT, stdout=f, stderr=subprocess.STDOUT).returncode
                     results[t]["passed" if rc == 0 else "failed"] += 1
                     if rc != 0:
                         results[t]["failed_logs"].append(str(log))
+                    else:
+                        shutil.rmtree(tmp, ignore_errors=True)
                     bar.set_postfix({k.rsplit("/", 1)[-1][:20]: f"{v['passed']}/{v['passed'] + v['failed']}"
                                      for k, v in results.items()})
                     bar.update()

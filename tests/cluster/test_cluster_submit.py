@@ -257,18 +257,13 @@ def one_running_job(c: FlinkCluster, but: str | None = None, timeout_s: float = 
     return running()[0]
 
 
-def test_application_mode_runs_the_kubernetes_job_spec_and_rescales_reactively(kafka_broker, redis_server, model_dir,
-                                                                                tmp_path):
-    """deploy/k8s/flink.yaml's job as the Flink Kubernetes Operator runs it: an application cluster
-    whose JobManager runs the FlinkDeployment's entry class with its args (PyFlink's PythonDriver,
-    jobs/recommend.py, --config job.toml), here started by standalone-job.sh with the image's paths
-    mapped to this checkout and job.toml's Kafka, Redis, storage and model pointed at the test's
-    (everything else as job.toml says: group offsets, the DLQ exactly-once), in reactive mode
-    (scheduler-mode: reactive) with one TaskManager of one slot: the job runs at parallelism 1. A
-    second TaskManager started while records keep arriving makes Flink rescale the running job to
-    2 (from its last checkpoint). The job stops at the stream's last offsets and the cluster ends
-    with it. Every record is in the ledger exactly once, every user's features equal the offline
-    replay, every user has a list and the DLQ holds each rejected record once."""
+def test_reactive_mode_rescales_onto_a_second_taskmanager_under_load(kafka_broker, redis_server, model_dir,
+                                                                     tmp_path):
+    """The Kubernetes job spec as an application cluster in reactive mode (scheduler-mode:
+    reactive) with one TaskManager of one slot: the job runs at parallelism 1. A second
+    TaskManager started while records keep arriving makes Flink rescale the running job to 2 (from
+    its last checkpoint). At the end every record is in the ledger exactly once and every user's
+    features equal the offline replay."""
     port, r = redis_server
     flink, args = kubernetes_job()
     prefix, sim = "reactive.", Simulator(seed=13, users=60, items=150, categories=5)
@@ -277,24 +272,14 @@ def test_application_mode_runs_the_kubernetes_job_spec_and_rescales_reactively(k
     records = [(key, value) for key, value, _ in sim.records(start, 5.0, 3000, malformed_fraction=0.01)]
     topic = f"{prefix}interactions"
     first = len(records) // 3
-    # each record to a known partition, so the job can stop at the stream's last offsets
-    sends = [(n % 2, key, value) for n, (key, value) in enumerate(records)]
-    for p in (0, 1):
-        send(kafka_broker, topic, [(k, v) for q, k, v in sends[:first] if q == p], partition=p)
-    stop = "{" + ", ".join(f"{p} = {sum(1 for q, _, _ in sends if q == p)}" for p in (0, 1)) + "}"
+    send(kafka_broker, topic, records[:first])
     overrides = job_args(kafka_broker, port, model_dir, prefix, "reactive") + [
-        "--set", 'redis.host="127.0.0.1"', "--set", f"kafka.stop_offsets={stop}",
-        "--set", f'flink.checkpoint_dir="{tmp_path / "checkpoints"}"', "--set", f'flink.savepoint_dir="{tmp_path / "savepoints"}"']
+        "--set", 'redis.host="127.0.0.1"', "--set", f'flink.checkpoint_dir="{tmp_path / "checkpoints"}"',
+        "--set", f'flink.savepoint_dir="{tmp_path / "savepoints"}"']
     c = FlinkCluster(tmp_path / "run")
 
     def parallelism(job_id: str) -> set[int]:
         return {v["parallelism"] for v in c.rest("GET", f"/jobs/{job_id}")["vertices"]}
-
-    def send_part(part: list) -> None:
-        for i in range(0, len(part), 100):
-            for p in (0, 1):
-                send(kafka_broker, topic, [(k, v) for q, k, v in part[i:i + 100] if q == p], partition=p)
-            time.sleep(0.5)
 
     try:
         c.up(rest_port=free_port(), slots=1, metrics_port=free_port(), scheduler_mode="reactive",
@@ -303,27 +288,65 @@ def test_application_mode_runs_the_kubernetes_job_spec_and_rescales_reactively(k
         assert parallelism(job_id) == {1}
         assert wait_until(lambda: read_ledger(r)["used"] > 0, 180, every_s=1), read_ledger(r)
         # records keep coming while the second TaskManager joins and the job rescales onto it
-        # (the last 100 only after the rescale: at its last offsets the job ends)
-        sender = threading.Thread(target=send_part, args=(sends[first:-100],))
+        rest = records[first:]
+        sender = threading.Thread(target=lambda: [send(kafka_broker, topic, rest[i:i + 100]) or time.sleep(0.5)
+                                                  for i in range(0, len(rest), 100)])
         sender.start()
         c.add_taskmanager()
         assert wait_until(lambda: c.overview()["taskmanagers"] == 2, 90, every_s=1), c.overview()
-        state = lambda: {j["jid"]: j["state"] for j in c.jobs()}.get(job_id)  # noqa: E731
-        assert wait_until(lambda: parallelism(job_id) == {2} and state() == "RUNNING", 180, every_s=1), \
+        running = lambda: {j["jid"]: j["state"] for j in c.jobs()}.get(job_id) == "RUNNING"  # noqa: E731
+        assert wait_until(lambda: parallelism(job_id) == {2} and running(), 180, every_s=1), \
             c.rest("GET", f"/jobs/{job_id}")
         sender.join()
-        send_part(sends[-100:])
-        ended = wait_until(lambda: c.overview() is None, 300, every_s=1)  # an application cluster ends with its job
+        close_windows(kafka_broker, topic, start)
+        assert wait_until(lambda: sum(read_ledger(r).values()) >= len(records), 300, every_s=1), read_ledger(r)
         ledger = read_ledger(r)
+        jm_log = "".join(p.read_text(errors="replace") for p in c.logs.glob("*standalonejob*.log"))
+    finally:
+        c.down()
+    assert "reactive" in jm_log.lower() or "AdaptiveScheduler" in jm_log, jm_log[-2000:]
+    cfg = job_config(port, model_dir)
+    hist, replay = records_replay([v for _, v in records], cfg, tmp_path / "stream.jsonl")
+    assert ledger == replay_ledger(hist, replay) and sum(ledger.values()) == len(records)
+    assert_features_equal_replay(read_states(r), replay, cfg)
+
+
+def test_application_mode_runs_the_kubernetes_job_spec(kafka_broker, redis_server, model_dir, tmp_path):
+    """deploy/k8s/flink.yaml's job as the Flink Kubernetes Operator runs it: an application cluster
+    whose JobManager runs the FlinkDeployment's entry class with its args (PyFlink's PythonDriver,
+    jobs/recommend.py, --config job.toml). Here standalone-job.sh starts it, with the image's paths
+    mapped to this checkout and job.toml's Kafka, Redis, storage and model pointed at the test's
+    (everything else as job.toml says: parallelism 2, group offsets, the DLQ exactly-once). The
+    bounded job accounts for every record, writes a list for every user and the DLQ holds each
+    rejected record once; the cluster ends with the job."""
+    port, r = redis_server
+    flink, args = kubernetes_job()
+
+    prefix, sim = "app.", Simulator(seed=11, users=80, items=150, categories=5)
+    fresh_start(kafka_broker, r, prefix, sim)
+    records = [(key, value) for key, value, _ in sim.records(int(time.time() * 1000) - 120_000, 20.0, 1200,
+                                                               malformed_fraction=0.02)]
+    send(kafka_broker, f"{prefix}interactions", records)
+    overrides = job_args(kafka_broker, port, model_dir, prefix, "app-mode") + [
+        "--set", 'redis.host="127.0.0.1"', "--set", "kafka.bounded=true", "--set", f'flink.checkpoint_dir="{tmp_path / "checkpoints"}"',
+        "--set", f'flink.savepoint_dir="{tmp_path / "savepoints"}"']
+    c = FlinkCluster(tmp_path / "run")
+    try:
+        c.up(rest_port=free_port(), slots=2, metrics_port=free_port(),
+             application=["--job-classname", flink["spec"]["job"]["entryClass"], *args, *overrides])
+        job_id = one_running_job(c, timeout_s=120)
+        assert {v["parallelism"] for v in c.rest("GET", f"/jobs/{job_id}")["vertices"]} == {flink["spec"]["job"]["parallelism"]}
+        assert wait_until(lambda: sum(read_ledger(r).values()) >= len(records), 300, every_s=1), read_ledger(r)
+        ended = wait_until(lambda: c.overview() is None, 180, every_s=1)  # an application cluster ends with its job
     finally:
         c.down()
     jm_log = "".join(p.read_text(errors="replace") for p in c.logs.glob("*standalonejob*.log"))
-    assert "reactive" in jm_log.lower() or "AdaptiveScheduler" in jm_log, jm_log[-2000:]
     assert ended, jm_log[-3000:]
     assert re.search(rf"Job .*\({job_id}\) switched from state RUNNING to FINISHED", jm_log), jm_log[-3000:]
     cfg = job_config(port, model_dir)
     hist, replay = records_replay([v for _, v in records], cfg, tmp_path / "stream.jsonl")
-    assert ledger == replay_ledger(hist, replay) and sum(ledger.values()) == len(records) and ledger["dlq"] > 0
+    ledger = read_ledger(r)
+    assert ledger == replay_ledger(hist, replay) and ledger["dlq"] > 0
     states = read_states(r)
     assert_features_equal_replay(states, replay, cfg)
     assert {k.decode().removeprefix(keys.rec_key("")) for k in r.scan_iter(keys.rec_key("*"))} == set(states)  # a list for every user

@@ -89,16 +89,13 @@ REJECTED_OFFSETS = "ledger:rejected_offsets"  # hash "{topic}:{partition}" -> la
 def read_control(r, layout: Layout | None = None) -> dict[str, int]:
     """The control hash (summed over a cluster layout's shards): users' requests applied, by
     action (only those that happened)."""
+    layout = layout or Layout()
     out: dict[str, int] = {}
-    for key in _per_shard(CONTROL, layout):
-        for k, v in r.hgetall(key).items():
+    for shard in layout.all_shards():
+        for k, v in r.hgetall(layout.control(shard)).items():
             out[k.decode()] = out.get(k.decode(), 0) + int(v)
     return out
 
-
-def _per_shard(name: str, layout: Layout | None) -> list[str]:
-    layout = layout or Layout()
-    return [name + layout.tag(s) for s in layout.all_shards()]
 
 
 def accounted(ledger: dict[str, int], control: dict[str, int]) -> int:
@@ -110,9 +107,10 @@ def accounted(ledger: dict[str, int], control: dict[str, int]) -> int:
 def read_ledger(r, layout: Layout | None = None) -> dict[str, int]:
     """The ledger hash from a Redis client (summed over a cluster layout's shards), with 0 for a
     count nothing has incremented yet."""
+    layout = layout or Layout()
     out = dict.fromkeys(LEDGER_FIELDS, 0)
-    for key in _per_shard(LEDGER, layout):
-        raw = r.hgetall(key)
+    for shard in layout.all_shards():
+        raw = r.hgetall(layout.ledger(shard))
         for f in LEDGER_FIELDS:
             out[f] += int(raw.get(f.encode(), 0))
     return out

@@ -81,7 +81,7 @@ class RejectedCounter:
     def __init__(self, client, cfg: JobConfig | None = None) -> None:
         self.script = client.register_script(keys.lua("count_rejected"))
         self.shards = Shards(cfg, client) if cfg is not None else None
-        self.layout = cfg.redis.layout() if cfg is not None else keys.Layout()
+        self.layout = self.shards.layout if self.shards else keys.Layout()
 
     def count(self, rows: list[tuple[str, int, int, str]]) -> int:
         """rows: (topic, partition, offset, 'dlq' | 'late'); returns how many were new. Counted
@@ -155,11 +155,11 @@ class BoardReader:
         self.half_lives = (cfg.features.item_half_life_s * 1000.0, cfg.features.item_long_half_life_s * 1000.0)
         self.factors: dict[int, tuple[float, float]] = {0: (1.0, 1.0)}
 
-    def _each(self, command) -> list:
-        """command(pipe, board suffix) queued for every shard; the replies in shard order."""
+    def _each(self, command, board: str) -> list:
+        """command(pipe, the shard's name of board) queued for every shard; the replies in shard order."""
         pipe = self.client.pipeline(transaction=False)
         for shard in self.factors:
-            command(pipe, self.layout.tag(shard))
+            command(pipe, self.layout.board(board, shard))
         return pipe.execute()
 
     def begin(self) -> None:
@@ -177,7 +177,7 @@ class BoardReader:
 
     def names(self) -> list[str]:
         """Every board registered in any shard, by its name in one Redis."""
-        found = self._each(lambda pipe, tag: pipe.smembers(tag + keys.TRENDING_BOARDS))
+        found = self._each(lambda pipe, name: pipe.smembers(name), keys.TRENDING_BOARDS)
         return sorted({b.decode().removeprefix(self.layout.tag(shard))
                        for shard, members in zip(self.factors, found) for b in members})
 
@@ -194,7 +194,7 @@ class BoardReader:
             return []
         if not self.layout.shards:
             return [(i.decode(), sc) for i, sc in self.client.zrevrange(board, 0, n - 1, withscores=True)]
-        replies = self._each(lambda pipe, tag: pipe.zrevrange(tag + board, 0, 2 * n - 1, withscores=True))
+        replies = self._each(lambda pipe, name: pipe.zrevrange(name, 0, 2 * n - 1, withscores=True), board)
         candidates = sorted({m.decode() for rows in replies for m, _ in rows})
         scores = self.scores(board, candidates, long)
         ranked = sorted(((m, sc) for m, sc in zip(candidates, scores) if sc is not None), key=lambda kv: (-kv[1], kv[0]))
@@ -203,7 +203,7 @@ class BoardReader:
     def everything(self, board: str, long: bool = False) -> list[tuple[str, float]]:
         if not self.layout.shards:
             return [(i.decode(), sc) for i, sc in self.client.zrange(board, 0, -1, withscores=True)]
-        return sorted(self._summed(self._each(lambda pipe, tag: pipe.zrange(tag + board, 0, -1, withscores=True)),
+        return sorted(self._summed(self._each(lambda pipe, name: pipe.zrange(name, 0, -1, withscores=True), board),
                                    long).items(), key=lambda kv: (kv[1], kv[0]))
 
     def scores(self, board: str, members: list[str], long: bool = False) -> list[float | None]:
@@ -213,7 +213,7 @@ class BoardReader:
             return self.client.zmscore(board, members)
         out: list[float | None] = [None] * len(members)
         for f, found in zip(self.factors.values(),
-                                     self._each(lambda pipe, tag: pipe.zmscore(tag + board, members))):
+                                     self._each(lambda pipe, name: pipe.zmscore(name, members), board)):
             for n, score in enumerate(found):
                 if score is not None:
                     out[n] = (out[n] or 0.0) + score * f[long]
@@ -372,13 +372,13 @@ class RedisStore:
         self.cfg = cfg
         self.redis = client or redis_client(cfg)
         self.shards = Shards(cfg, self.redis)
-        self.key_layout = cfg.redis.layout()
+        self.key_layout = self.shards.layout
         self.guarded_set = self.redis.register_script(keys.lua("guarded_set"))
         self.candidates = CandidateSource(cfg, self.redis)
         self.trending = TrendingWriter(cfg, self.redis)
         self.experiments = ExperimentsSource(self.redis, cfg.scoring.experiments_refresh_s)
         self.producer: KafkaProducer | None = None  # webhook events, made at the first
-        self.layout = json.dumps(stored_layout(cfg))
+        self.stored_layout = json.dumps(stored_layout(cfg))
         self.shared_published = -SHARED_REPUBLISH_S  # monotonic s
 
     def shard_of(self, user_id: str) -> int:
@@ -393,7 +393,7 @@ class RedisStore:
             return
         self.shared_published = now
         pipe = self.redis.pipeline(transaction=False)
-        pipe.set(keys.STATE_LAYOUT, self.layout, nx=True)
+        pipe.set(keys.STATE_LAYOUT, self.stored_layout, nx=True)
         for kind in compact.KINDS:
             dict_id = compact.current(kind)
             pipe.set(compact.dictionary_key(dict_id), compact.dictionaries()[dict_id][1], nx=True)

@@ -439,7 +439,6 @@ def test_redis_cluster_master_killed_mid_stream_loses_nothing(published, kafka_b
         cluster.stop()
     flink_log = "".join(p.read_text() for p in tmp_path.glob("flink-*.log"))
     assert re.search(r"Restoring job \w+ from Checkpoint \d+", flink_log), "the job did not restart"
-    assert sum(1 for node in cluster.nodes if node.port == victim.port) == 1
 
     cfg = job_config(cluster.port, model_dir)
     hist, replay = expected(records, cfg, tmp_path)

@@ -7,7 +7,6 @@ package main
 import (
 	"context"
 	"encoding/base64"
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,10 +14,6 @@ import (
 )
 
 func TestPackedValuesDecodeToTheirText(t *testing.T) {
-	raw, err := os.ReadFile("../../tests/vectors/compact.json")
-	if err != nil {
-		t.Fatal(err)
-	}
 	var v struct {
 		Values []struct {
 			Kind   string `json:"kind"`
@@ -26,9 +21,7 @@ func TestPackedValuesDecodeToTheirText(t *testing.T) {
 			Packed string `json:"packed"`
 		} `json:"values"`
 	}
-	if err := json.Unmarshal(raw, &v); err != nil {
-		t.Fatal(err)
-	}
+	readVectors(t, "compact.json", &v)
 	files, _ := filepath.Glob("../../contract/dicts/*.zdict")
 	dicts := map[string][]byte{}
 	for _, f := range files {
@@ -76,10 +69,6 @@ func TestPackedValuesDecodeToTheirText(t *testing.T) {
 }
 
 func TestUserKeysFollowTheLayoutVectors(t *testing.T) {
-	raw, err := os.ReadFile("../../tests/vectors/layout.json")
-	if err != nil {
-		t.Fatal(err)
-	}
 	var v struct {
 		Cases []struct {
 			User    string `json:"user"`
@@ -88,8 +77,9 @@ func TestUserKeysFollowTheLayoutVectors(t *testing.T) {
 			Profile string `json:"profile"`
 		} `json:"cases"`
 	}
-	if err := json.Unmarshal(raw, &v); err != nil || len(v.Cases) == 0 {
-		t.Fatalf("vectors: %v", err)
+	readVectors(t, "layout.json", &v)
+	if len(v.Cases) == 0 {
+		t.Fatal("no layout vectors")
 	}
 	for _, c := range v.Cases {
 		if got := userKey("rec:", c.User, c.Shards); got != c.Rec {

@@ -465,6 +465,13 @@ class FlinkConfig(_Strict):
     """Where a savepoint goes when `streamrank cluster stop` names no directory (Flink's
     execution.checkpointing.savepoint-dir). A path (relative to the project root) or a URI. Resume
     with `streamrank submit --from-savepoint PATH` (or `run --from-savepoint`)."""
+    source_idle_timeout_s: float = Field(0.0, ge=0)
+    """0 (the default): every Kafka partition holds the windows back until its records move on,
+    so a partition that gets no records at all stops lists from updating. Above 0: a partition
+    quiet this long (s) stops holding them back (Flink's table.exec.source.idle-timeout). That
+    costs records: when it resumes behind the others, the windows drop its records that are
+    behind their time, and nothing counts them (no ledger field, no late topic). Set it only for
+    a topic where some partitions stay empty; better, give that topic fewer partitions."""
     python_bundle_size: int = Field(10000, ge=1)
     """Rows per Python bundle: Python is crossed in batches of up to this many rows."""
     python_bundle_time_ms: int = Field(50, ge=1)

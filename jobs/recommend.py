@@ -59,7 +59,10 @@ def environment(cfg: JobConfig, env=None, name: str = "streamrank-recommend"):
         "python.fn-execution.bundle.time": str(f.python_bundle_time_ms),
         "python.fn-execution.arrow.batch.size": str(f.python_bundle_size),
         "table.local-time-zone": "UTC",
-        "table.exec.source.idle-timeout": "5 s",
+        # 0: a quiet partition holds the windows back. Idleness would let them move on without
+        # it, and drop uncounted its records behind their time once it resumes (a subtask restarted
+        # after a TaskManager died trails the other: TaskManager-kill runs lost records that way)
+        "table.exec.source.idle-timeout": f"{int(f.source_idle_timeout_s * 1000)} ms",
         # chained operators hand records on without a deep copy (JFR: copies were the largest
         # cost left on the source thread); the Table runtime does not hold on to its inputs
         "pipeline.object-reuse": "true",
@@ -452,6 +455,10 @@ def start(args: argparse.Namespace, name: str, build_job, adjust=lambda cfg: cfg
         return None, 2
     restore = restore_options(args.from_savepoint, args.allow_non_restored_state)  # fails before Flink starts
     warn_if_redis_forgets(cfg)
+    if cfg.flink.source_idle_timeout_s:
+        log.warning("flink.source_idle_timeout_s = %s: a partition quiet that long stops holding the windows "
+                    "back, and when it resumes, its records behind them are dropped uncounted; 0 loses nothing",
+                    cfg.flink.source_idle_timeout_s)
     t_env = environment(cfg, name=name)
     for key, value in restore.items():
         t_env.get_config().set(key, value)

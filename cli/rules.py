@@ -10,10 +10,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
-import redis
 import typer
 
-from cli.common import DEFAULT_CONFIG, ConfigOpt, SetOpt, exit_on, on_redis_error, redis_of
+from cli.common import DEFAULT_CONFIG, ConfigOpt, SetOpt, exit_on, job_config, on_redis_error, redis_for, redis_of
 from contract import keys
 from contract.config import ConfigError
 from contract.editorial import (FOREVER_MS, RulesFile, fill_pin_categories, history, load_rules, pinned_items,
@@ -68,15 +67,6 @@ def check(file: FileArg) -> None:
     typer.echo(json.dumps(spec))
 
 
-def refuse_cluster(client) -> None:
-    """The rules and their audit are written in one transaction across two keys, which a Redis
-    Cluster cannot do in one: exit 2 before anything is written."""
-    if isinstance(client, redis.RedisCluster):
-        typer.echo("rules apply/rollback do not run on a Redis Cluster yet ([redis.cluster] is set): the rules and "
-                   "their audit are written in one transaction, across hash slots", err=True)
-        raise typer.Exit(2)
-
-
 @app.command("apply")
 def apply(file: FileArg, config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None, who: WhoOpt = "") -> None:
     """Validate a rules file and store it as a new version in the config's Redis: the lookup
@@ -86,15 +76,15 @@ def apply(file: FileArg, config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None
     rules = _load(file)
     spec = rules.spec()
     with on_redis_error("store the rules in Redis"):
-        client = redis_of(config, set_)
+        cfg = job_config(config, set_)
+        client = redis_for(cfg)
         items = pinned_items(spec)
         metas = client.hmget(keys.ITEM_META, items) if items else []
         known = {i: keys.ItemMeta.decode(m).category for i, m in zip(items, metas) if m is not None}
         for missing in fill_pin_categories(spec, known):
             typer.echo(f"note: pinned item {missing} is not in the catalog yet; it is served with no category "
                        "(set category in the rule to give it one)", err=True)
-        refuse_cluster(client)
-        entry = store_rules(client, spec, file.read_text(), who or _who(), now_ms())
+        entry = store_rules(client, spec, file.read_text(), who or _who(), now_ms(), layout=cfg.redis.layout())
     for line in describe(spec, now_ms()):
         typer.echo(line, err=True)
     for line in rules.conflicts():
@@ -125,7 +115,8 @@ def history_(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None,
     """Every change to the rules, newest first: version, when, who, apply or rollback, and the
     diff (rules added, removed, and the fields changed). The last line is JSON."""
     with on_redis_error("read the rules' history from Redis"):
-        entries = history(redis_of(config, set_), limit)
+        cfg = job_config(config, set_)
+        entries = history(redis_for(cfg), limit, cfg.redis.layout())
     for e in entries:
         d = e["diff"]
         parts = [f"+{n}" for n in d["added"]] + [f"-{n}" for n in d["removed"]] + [
@@ -140,12 +131,13 @@ def rollback(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None, who: WhoOp
     """Restore the rules version that was current before the latest change (a second rollback
     restores the rolled-back one again). Audited like an apply. The last line is JSON."""
     with on_redis_error("roll the rules back in Redis"):
-        client = redis_of(config, set_)
-        previous = previous_version(history(client, 2))
+        cfg = job_config(config, set_)
+        client, layout = redis_for(cfg), cfg.redis.layout()
+        previous = previous_version(history(client, 2, layout))
         if previous is None:
             typer.echo("nothing to roll back to: the history holds fewer than two changes", err=True)
             raise typer.Exit(1)
-        refuse_cluster(client)
-        entry = store_rules(client, previous["spec"], previous["source"], who or _who(), now_ms(), "rollback")
+        entry = store_rules(client, previous["spec"], previous["source"], who or _who(), now_ms(), "rollback",
+                            layout)
     typer.echo(f"rolled back to {entry['version']} (applied {_when(previous['at_ms'])} by {previous['who']})", err=True)
     typer.echo(json.dumps({"version": entry["version"], "diff": entry["diff"]}))

@@ -27,7 +27,7 @@ placement and one of the user's segments):
    that answer, even where the model ranked it higher.
 
 `streamrank rules apply` stores a version in Redis (`keys.RULES`) and an audit entry (who, when,
-what, the diff) in `keys.RULES_HISTORY`; `rules rollback` restores the version before the current.
+what, the diff) in `keys.RULES_HISTORY` (`{rules}:history` on a Redis Cluster); `rules rollback` restores the version before the current.
 """
 
 from __future__ import annotations
@@ -219,28 +219,28 @@ def read_rules(r) -> tuple[dict, str] | None:
     return decode_spec(spec), version.decode()
 
 
-def history(r, limit: int = 50) -> list[dict]:
+def history(r, limit: int = 50, layout: keys.Layout = keys.ONE_REDIS) -> list[dict]:
     """Audit entries, newest first: version, at_ms, who, action (apply | rollback), diff, spec, source."""
-    return [json.loads(e) for e in r.lrange(keys.RULES_HISTORY, 0, limit - 1)]
+    return [json.loads(e) for e in r.lrange(layout.rules_history(), 0, limit - 1)]
 
 
-def store_rules(r, spec: dict, source: str, who: str, at_ms: int, action: str = "apply") -> dict:
-    """Applies a spec and audits it in one transaction (redis-py's transaction(): WATCH on the
-    rules key, retried when another apply came first, so two editors never diff against the same
-    version). Returns the audit entry."""
+def store_rules(r, spec: dict, source: str, who: str, at_ms: int, action: str = "apply",
+                layout: keys.Layout = keys.ONE_REDIS) -> dict:
+    """Applies a spec and audits it in one script (contract/lua/rules_apply.lua), which stores them
+    only if the version the diff was made against is still the current one; otherwise it reads
+    again and retries, so two editors never diff against the same version. One script, not
+    WATCH/MULTI, so that it runs on a Redis Cluster too. Returns the audit entry."""
     version = spec_version(spec)
-
-    def apply(pipe) -> dict:
-        current = pipe.hget(keys.RULES, "spec")
+    for _ in range(50):
+        current, current_version = r.hmget(keys.RULES, ("spec", "version"))
         entry = {"version": version, "at_ms": at_ms, "who": who, "action": action,
                  "diff": diff(decode_spec(current) if current else None, spec), "spec": spec, "source": source}
-        pipe.multi()
-        pipe.hset(keys.RULES, mapping={"spec": json.dumps(spec), "version": version, "applied_at_ms": at_ms,
-                                       "source": source})
-        pipe.lpush(keys.RULES_HISTORY, json.dumps(entry))
-        return entry
-
-    return r.transaction(apply, keys.RULES, value_from_callable=True)
+        stored = r.eval(keys.lua("rules_apply"), 2, keys.RULES, layout.rules_history(),
+                        current_version or "", json.dumps(spec), version, at_ms, source, json.dumps(entry))
+        if stored:
+            return entry
+    raise RuntimeError("the rules kept changing under this apply (50 tries): another editor is applying "
+                       "in a loop; try again")
 
 
 def previous_version(entries: list[dict]) -> dict | None:

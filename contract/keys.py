@@ -237,6 +237,11 @@ class Layout:
         comes first: a category is free text, and a brace in it must not become the hash tag."""
         return self.tag(shard) + name
 
+    def rules_history(self) -> str:
+        """The rules' audit list: tagged {rules} on a cluster, the slot of RULES, so that one script
+        writes a version and its audit together."""
+        return "{rules}:history" if self.shards else RULES_HISTORY
+
     def user_of(self, key: str | bytes) -> str:
         """The user id of a per-user key (rec:, feat:, profile:)."""
         text = key.decode() if isinstance(key, bytes) else key

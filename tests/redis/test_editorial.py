@@ -19,6 +19,7 @@ from contract import keys
 from contract.editorial import history, load_rules, read_rules
 from contract.paths import CONFIG_DIR
 from contract.serving_config import load_serving_config
+from devstack.stack import start_redis_cluster
 from jobs.store import write_item_meta
 from serving.launch import start_server
 from serving.server import pb, pb_grpc
@@ -55,7 +56,26 @@ segments = ["vip"]
 
 def test_apply_list_history_and_rollback_version_and_audit_the_rules(redis_db, tmp_path):
     port, r = redis_db
-    at = ["--set", f"redis.port={port}"]
+    apply_edit_and_roll_back(r, ["--set", f"redis.port={port}"], tmp_path, keys.ONE_REDIS)
+
+
+def test_rules_on_a_redis_cluster_keep_each_version_with_its_audit(tmp_path):
+    """On a Redis Cluster the audit list is tagged {rules}, in the rules' own slot, so one script
+    stores a version and its audit together, as on one Redis."""
+    cluster = start_redis_cluster(tmp_path / "redis-cluster")
+    try:
+        nodes = ", ".join(f'"127.0.0.1:{n.port}"' for n in cluster.nodes)
+        at = ["--set", f"redis.cluster={{shards = 4, nodes = [{nodes}]}}", "--set", 'redis.host="127.0.0.1"',
+              "--set", f"redis.port={cluster.port}"]
+        rc = cluster.client()
+        layout = keys.Layout(4)
+        assert rc.keyslot(keys.RULES) == rc.keyslot(layout.rules_history())
+        apply_edit_and_roll_back(rc, at, tmp_path, layout)
+    finally:
+        cluster.stop()
+
+
+def apply_edit_and_roll_back(r, at: list[str], tmp_path: Path, layout: keys.Layout) -> None:
     assert json.loads(run("list", *at).stdout.splitlines()[-1]) == {"version": None, "rules": []}
     r.hset(keys.ITEM_META, "i9", keys.ItemMeta("c2", 3.0).encode())
 
@@ -77,7 +97,7 @@ def test_apply_list_history_and_rollback_version_and_audit_the_rules(redis_db, t
     back = run("rollback", *at, "--who", "cy")
     assert back.exit_code == 0, back.output
     assert json.loads(back.stdout.splitlines()[-1])["version"] == v1["version"] == read_rules(r)[1]
-    audit = history(r)
+    audit = history(r, layout=layout)
     assert [(e["who"], e["action"], e["version"]) for e in audit] == [
         ("cy", "rollback", v1["version"]), ("bo", "apply", v2["version"]), ("ana", "apply", v1["version"])]
     assert audit[0]["diff"]["changed"] == {"hero": {"position": [2, 1]}}
@@ -86,7 +106,11 @@ def test_apply_list_history_and_rollback_version_and_audit_the_rules(redis_db, t
 
     bad = run("apply", str(rules_file(tmp_path, "bad.toml", PIN.replace('action = "exclude"', 'action = "hide"'))), *at)
     assert bad.exit_code == 2 and "rules.1.action" in bad.output and "'pin', 'boost', 'bury' or 'exclude'" in bad.output
-    assert read_rules(r)[1] == v1["version"] and len(history(r)) == 3  # nothing stored
+    assert read_rules(r)[1] == v1["version"] and len(history(r, layout=layout)) == 3  # nothing stored
+    # an apply whose diff was made against a version that is no longer the current one stores
+    # nothing (store_rules then reads again and retries)
+    stale = r.eval(keys.lua("rules_apply"), 2, keys.RULES, layout.rules_history(), v2["version"], "{}", "v", 0, "", "{}")
+    assert stale == 0 and read_rules(r)[1] == v1["version"] and len(history(r, layout=layout)) == 3
 
 
 def test_check_names_the_conflicts_the_precedence_settles(tmp_path):

@@ -2,8 +2,8 @@
 
 A user's JSON state is mostly the same keys and item ids again and again, which a dictionary
 trained on such values takes out: on the simulator's users a 2.5 KB state packs to about 400 B,
-a 25-item list with reasons from 1.2 KB to about 230 B (contract/dicts/README.md has the figures
-and how the dictionaries were trained). Per user that is what decides how many users one Redis holds.
+a 25-item list with reasons from 1.2 KB to about 230 B (README, "Memory per user", has the figures;
+`python -m devstack.dictionaries` trains the dictionaries and prints its own). Per user that is what decides how many users one Redis holds.
 
 A packed value is `z:<feature_ts>:` and one zstd frame. The guard scripts (guarded_set.lua) read
 the feature timestamp from that prefix, so they never decompress; the frame names its dictionary
@@ -29,7 +29,7 @@ DICT_DIR = Path(__file__).resolve().parent / "dicts"
 PREFIX = b"z:"
 DICTIONARY_PREFIX = "codec:dict:"  # + dictionary id: the dictionary's bytes, for readers without the files
 KINDS = ("feat", "profile", "rec")
-LEVEL = 3  # level 9 saves 6% more at 5x the CPU of the job's Python workers (contract/dicts/README.md)
+LEVEL = 3  # level 9 saved 6% more at 5x the CPU of the job's Python workers (measured on the simulator's states)
 _NAME = re.compile(r"^(feat|profile|rec)-(\d+)\.zdict$")
 
 

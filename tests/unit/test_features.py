@@ -142,6 +142,19 @@ def test_state_round_trips_through_json():
     assert UserState.decode(s.encode()) == s
 
 
+def test_stored_weights_keep_six_significant_digits():
+    """Decayed weights are stored rounded (17-digit doubles do not pack); each stays within 5e-6 of
+    its exact value, and every path that folds (the job, the offline replay) rounds the same way."""
+    s1, _ = fold(UserState(), window(T0 + 2000, ev(1, "view", T0, item="a"), ev(2, "click", T0 + 700, item="b")))
+    s2, _ = fold(s1, window(T0 + 9000, ev(3, "view", T0 + 8000, item="b")))
+    decay = 2.0 ** (-7000 / (CFG.interest_half_life_s * 1000))
+    exact = {"a": EVENT_WEIGHTS["view"] * decay, "b": EVENT_WEIGHTS["click"] * decay + EVENT_WEIGHTS["view"]}
+    assert s2.items == pytest.approx(exact, rel=5e-6) and s2.items != exact
+    stored = [*s2.items.values(), *s2.affinity.values(), *s2.categories_long.values(),
+              *(w for m in s2.memory.values() for w in m[:len(CFG.memory_half_lives_s)])]
+    assert all(float(f"{w:.6g}") == w for w in stored)
+
+
 def test_matrix_rows_equal_single_rows_and_affinity_shares():
     s, _ = fold(UserState(), window(T0 + 2000, ev(1, "view", T0, "a", "c1"), ev(2, "view", T0 + 1, "b", "c2"),
                                     ev(3, "click", T0 + 2, "a", "c1")))

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
+import redis
 import typer
 
 from cli.common import DEFAULT_CONFIG, ConfigOpt, SetOpt, exit_on, job_config, on_redis_error, redis_for, redis_of
@@ -67,6 +68,12 @@ def check(file: FileArg) -> None:
     typer.echo(json.dumps(spec))
 
 
+def _rules_store(config: str, sets: list[str] | None) -> tuple[redis.Redis, keys.Layout]:
+    """The config's Redis and its key layout (the audit list's name depends on it)."""
+    cfg = job_config(config, sets)
+    return redis_for(cfg), cfg.redis.layout()
+
+
 @app.command("apply")
 def apply(file: FileArg, config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None, who: WhoOpt = "") -> None:
     """Validate a rules file and store it as a new version in the config's Redis: the lookup
@@ -76,15 +83,14 @@ def apply(file: FileArg, config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None
     rules = _load(file)
     spec = rules.spec()
     with on_redis_error("store the rules in Redis"):
-        cfg = job_config(config, set_)
-        client = redis_for(cfg)
+        client, layout = _rules_store(config, set_)
         items = pinned_items(spec)
         metas = client.hmget(keys.ITEM_META, items) if items else []
         known = {i: keys.ItemMeta.decode(m).category for i, m in zip(items, metas) if m is not None}
         for missing in fill_pin_categories(spec, known):
             typer.echo(f"note: pinned item {missing} is not in the catalog yet; it is served with no category "
                        "(set category in the rule to give it one)", err=True)
-        entry = store_rules(client, spec, file.read_text(), who or _who(), now_ms(), layout=cfg.redis.layout())
+        entry = store_rules(client, spec, file.read_text(), who or _who(), now_ms(), layout=layout)
     for line in describe(spec, now_ms()):
         typer.echo(line, err=True)
     for line in rules.conflicts():
@@ -115,8 +121,8 @@ def history_(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None,
     """Every change to the rules, newest first: version, when, who, apply or rollback, and the
     diff (rules added, removed, and the fields changed). The last line is JSON."""
     with on_redis_error("read the rules' history from Redis"):
-        cfg = job_config(config, set_)
-        entries = history(redis_for(cfg), limit, cfg.redis.layout())
+        client, layout = _rules_store(config, set_)
+        entries = history(client, limit, layout)
     for e in entries:
         d = e["diff"]
         parts = [f"+{n}" for n in d["added"]] + [f"-{n}" for n in d["removed"]] + [
@@ -131,8 +137,7 @@ def rollback(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None, who: WhoOp
     """Restore the rules version that was current before the latest change (a second rollback
     restores the rolled-back one again). Audited like an apply. The last line is JSON."""
     with on_redis_error("roll the rules back in Redis"):
-        cfg = job_config(config, set_)
-        client, layout = redis_for(cfg), cfg.redis.layout()
+        client, layout = _rules_store(config, set_)
         previous = previous_version(history(client, 2, layout))
         if previous is None:
             typer.echo("nothing to roll back to: the history holds fewer than two changes", err=True)

@@ -2,8 +2,9 @@
 
 A user's JSON state is mostly the same keys and item ids again and again, which a dictionary
 trained on such values takes out: on the simulator's users a 2.5 KB state packs to about 400 B,
-a 25-item list with reasons from 1.2 KB to about 230 B (README, "Memory per user", has the figures;
-`python -m devstack.dictionaries` trains the dictionaries and prints its own). Per user that is what decides how many users one Redis holds.
+a 25-item list with reasons from 1.2 KB to about 230 B (README, "Memory per user", has the
+figures; `python -m devstack.dictionaries` trains the dictionaries and prints its own). Per user
+that is what decides how many users one Redis holds.
 
 A packed value is `z:<feature_ts>:` and one zstd frame. The guard scripts (guarded_set.lua) read
 the feature timestamp from that prefix, so they never decompress; the frame names its dictionary

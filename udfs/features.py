@@ -285,13 +285,13 @@ def apply_window(state: UserState, d: WindowDelta, cfg: FeatureConfig,
     half_lives = [h * 1000.0 for h in cfg.memory_half_lives_s]
     nh = len(half_lives)
     if landmark and (t - landmark) / min(half_lives) > MEMORY_RESCALE:
-        memory = {i: [m[k] * math.pow(2.0, -(t - landmark) / half_lives[k]) for k in range(nh)] + m[nh:]
-                  for i, m in memory.items()}
+        memory = {i: [_significant(m[k] * math.pow(2.0, -(t - landmark) / half_lives[k])) for k in range(nh)]
+                  + m[nh:] for i, m in memory.items()}
         f = math.pow(2.0, -(t - landmark) / half_lives[0])
-        categories_long = {c: w * f for c, w in categories_long.items()}
+        categories_long = {c: _significant(w * f) for c, w in categories_long.items()}
         landmark = t
-    rescaled = landmark == t and bool(memory)
     touched: set[str] = set()
+    touched_categories: set[str] = set()
     for e in sorted(parsed, key=_TIME_ORDER):
         eid, etype, item, category, ts, value, consent = e
         if eid in seen_ids:
@@ -367,6 +367,7 @@ def apply_window(state: UserState, d: WindowDelta, cfg: FeatureConfig,
         for k in range(1, nh):
             m[k] += weight * math.pow(2.0, (ts - landmark) / half_lives[k])
         categories_long[category] = categories_long.get(category, 0.0) + gain
+        touched_categories.add(category)
         if ts > m[nh + 1]:
             m[nh + 1] = ts
         if purchase:
@@ -388,7 +389,7 @@ def apply_window(state: UserState, d: WindowDelta, cfg: FeatureConfig,
                   categories_long=categories_long, memory_landmark=landmark, erased_ts=erased_ts,
                   opted_out=opted_out)
     _prune(s, t, cfg)
-    _round_weights(s, s.memory.keys() if rescaled else touched & s.memory.keys(), nh)
+    _round_weights(s, touched & s.memory.keys(), touched_categories & s.categories_long.keys(), nh)
     return s, ledger
 
 
@@ -396,15 +397,18 @@ def _significant(x: float) -> float:
     return float(f"{x:.{WEIGHT_DIGITS}g}")
 
 
-def _round_weights(s: UserState, changed, nh: int) -> None:
-    """The decayed weights to WEIGHT_DIGITS significant digits, in place (s is new: its memory
-    entries in `changed` are its own copies). Full doubles are 17 digits of noise to the
+def _round_weights(s: UserState, items, categories, nh: int) -> None:
+    """The decayed weights to WEIGHT_DIGITS significant digits, in place. s is new: its memory
+    entries of the `items` this window touched are its own copies. Affinity and items decay every
+    window, so all are rounded; the forward-decayed memory and long-term categories change only
+    where touched (a rescale rounds what it makes). Full doubles are 17 digits of noise to the
     dictionary; rounded ones pack the state to about 0.6 of its size. The job and the offline
     replay both fold through here, so their states stay equal."""
     s.affinity = {c: _significant(w) for c, w in s.affinity.items()}
     s.items = {i: _significant(w) for i, w in s.items.items()}
-    s.categories_long = {c: _significant(w) for c, w in s.categories_long.items()}
-    for item in changed:
+    for c in categories:
+        s.categories_long[c] = _significant(s.categories_long[c])
+    for item in items:
         m = s.memory[item]
         m[:nh] = [_significant(w) for w in m[:nh]]
 

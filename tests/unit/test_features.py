@@ -153,6 +153,12 @@ def test_stored_weights_keep_six_significant_digits():
     stored = [*s2.items.values(), *s2.affinity.values(), *s2.categories_long.values(),
               *(w for m in s2.memory.values() for w in m[:len(CFG.memory_half_lives_s)])]
     assert all(float(f"{w:.6g}") == w for w in stored)
+    # past MEMORY_RESCALE half-lives the memory's weights move to a new landmark: rounded too
+    later = T0 + int(65 * min(CFG.memory_half_lives_s) * 1000)
+    s3, _ = fold(s2, window(later + 2000, ev(4, "view", later, item="c")))
+    assert s3.memory_landmark == later + 2000 and {"a", "b", "c"} <= s3.memory.keys()
+    assert s3.memory["a"][0] != s2.memory["a"][0]  # rescaled
+    assert all(float(f"{w:.6g}") == w for m in s3.memory.values() for w in m[:len(CFG.memory_half_lives_s)])
 
 
 def test_matrix_rows_equal_single_rows_and_affinity_shares():
